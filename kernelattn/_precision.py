@@ -1,0 +1,50 @@
+"""Floating-point policy.
+
+JAX computes in float32 unless 64-bit mode is on, and then silently truncates
+float64 requests. Condition numbers cubed by attention (κ³ of 1e3 is 1e9) do
+not fit float32, so every public function takes an explicit ``dtype`` and
+refuses float64 when JAX cannot honour it, instead of returning float32.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+DTYPES = ("float32", "float64")
+
+
+def x64_enabled() -> bool:
+    """Whether JAX's 64-bit mode (``jax_enable_x64``) is on."""
+    return bool(jax.config.jax_enable_x64)
+
+
+def enable_x64() -> None:
+    """Turn JAX's 64-bit mode on (call once at program start, as the CLI does)."""
+    jax.config.update("jax_enable_x64", True)
+
+
+def resolve_dtype(dtype, name: str = "dtype") -> np.dtype:
+    """Validate ``dtype`` (float32 or float64) and check JAX can compute in it.
+
+    Raises:
+      ValueError: for any other dtype, or float64 while 64-bit mode is off.
+    """
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError as err:
+        raise ValueError(f"{name}: expected one of {list(DTYPES)}, got {dtype!r}") from err
+    if resolved.name not in DTYPES:
+        raise ValueError(f"{name}: expected one of {list(DTYPES)}, got {resolved.name!r}")
+    if resolved == np.float64 and not x64_enabled():
+        raise ValueError(
+            f"{name}: float64 was requested but JAX's 64-bit mode is off, so JAX would "
+            "silently compute in float32. Call kernelattn.enable_x64() (or "
+            "jax.config.update('jax_enable_x64', True)) at program start."
+        )
+    return resolved
+
+
+def float_eps(dtype) -> float:
+    """Machine epsilon of a floating dtype."""
+    return float(np.finfo(np.dtype(dtype)).eps)

@@ -1,0 +1,124 @@
+"""Input checks for the public boundary.
+
+Every check raises ``ValueError`` (``TypeError`` for a wrong type) whose
+message names the argument, what was expected and what was received, in the
+spirit of scikit-learn's ``check_array``. Internals trust their inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+
+
+def _describe(value: Any) -> str:
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"array of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def check_matrix(
+    value: Any,
+    name: str,
+    *,
+    ndim: int = 2,
+    min_rows: int = 1,
+    n_cols: int | None = None,
+    allow_zero_rows: bool = True,
+) -> np.ndarray:
+    """Validate a real, finite array of rank ``ndim`` and return it as numpy.
+
+    Args:
+      value: array-like, e.g. ``(n, d)`` inputs.
+      name: the argument's name, used in the error message.
+      ndim: required rank.
+      min_rows: required minimum length of the first axis.
+      n_cols: required size of the last axis, if any.
+      allow_zero_rows: if False, a row of ℓ2 norm 0 is an error.
+
+    Returns:
+      The array as ``np.ndarray`` (dtype kept for floats, integers become
+      float64).
+    """
+    try:
+        array = np.asarray(value)
+    except Exception as err:  # ragged lists and the like
+        raise TypeError(f"{name}: expected a numeric array, got {type(value).__name__} ({err})") from err
+    if array.dtype == object or not (
+        np.issubdtype(array.dtype, np.floating)
+        or np.issubdtype(array.dtype, np.integer)
+        or np.issubdtype(array.dtype, np.bool_)
+    ):
+        raise TypeError(f"{name}: expected a real numeric array, got {_describe(array)}")
+    if array.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-d array, got {_describe(array)}")
+    if not np.issubdtype(array.dtype, np.floating):
+        array = array.astype(np.float64)
+    if array.shape[0] < min_rows:
+        raise ValueError(f"{name}: expected at least {min_rows} row(s), got {_describe(array)}")
+    if array.size == 0:
+        raise ValueError(f"{name}: expected a non-empty array, got {_describe(array)}")
+    if n_cols is not None and array.shape[-1] != n_cols:
+        raise ValueError(
+            f"{name}: expected {n_cols} columns to match the other inputs, got {_describe(array)}"
+        )
+    if not np.all(np.isfinite(array)):
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf entries in {_describe(array)}")
+    if not allow_zero_rows and array.ndim == 2:
+        zero = np.flatnonzero(~np.any(array != 0, axis=1))
+        if zero.size:
+            raise ValueError(
+                f"{name}: expected rows of non-zero norm, got {zero.size} zero row(s) "
+                f"(first at index {int(zero[0])}); drop them or pass normalize=False"
+            )
+    return array
+
+
+def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """Validate an integer (bools refused) within ``[minimum, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise ValueError(f"{name}: expected an integer, got {_describe(value)}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}: expected an integer <= {maximum}, got {value}")
+    return value
+
+
+def check_real(
+    value: Any,
+    name: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    strict_min: bool = False,
+    strict_max: bool = False,
+) -> float:
+    """Validate a finite real number within the given bounds."""
+    if isinstance(value, bool) or not isinstance(value, Real | np.floating | np.integer):
+        raise ValueError(f"{name}: expected a real number, got {_describe(value)}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value}")
+    if minimum is not None and (value < minimum or (strict_min and value == minimum)):
+        op = ">" if strict_min else ">="
+        raise ValueError(f"{name}: expected a number {op} {minimum}, got {value}")
+    if maximum is not None and (value > maximum or (strict_max and value == maximum)):
+        op = "<" if strict_max else "<="
+        raise ValueError(f"{name}: expected a number {op} {maximum}, got {value}")
+    return value
+
+
+def check_choice(value: Any, name: str, choices: tuple[str, ...] | list[str]) -> str:
+    """Validate that ``value`` is one of the named ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {sorted(choices)}, got {value!r}")
+    return value

@@ -1,0 +1,1 @@
+"""Kernels: Gram spectra, infinite-width closed forms, empirical NTKs, neural-tangents backend."""

@@ -1,0 +1,154 @@
+"""Infinite-width NNGP and NTK of the two-layer ReLU head in closed form (MATH.md §6).
+
+With pre-activation covariance Σ(x, x') = σ_w² xᵀx'/d + σ_b²,
+c = Σ(x, x') / √(Σ(x, x) Σ(x', x')) and θ = arccos c (arc-cosine kernel of
+order 1, Cho & Saul 2009; NTK of Jacot et al. 2018):
+
+    K(x, x')  = √(Σ(x,x) Σ(x',x')) (sin θ + (π − θ) c) / (2π)    hidden NNGP
+    K'(x, x') = (π − θ) / (2π)                                     derivative kernel
+    NNGP      = σ_a² K
+    NTK       = σ_a² Σ K'            first layer only (readout fixed, E[a²] = 1)
+    NTK       = σ_a² (Σ K' + K)      both layers trained
+
+These equal neural-tangents' ``kernel_fn`` for the same stax model. For the
+MLP-Attn model, pass the attention output as the inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from kernelattn._precision import resolve_dtype
+from kernelattn._validation import check_matrix
+from kernelattn.models import HeadConfig
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """A pair of kernel matrices between two sets of inputs.
+
+    Attributes:
+      nngp: ``(n1, n2)`` or, with ``full_output``, ``(n1, n2, C, C)``.
+      ntk: same shape as ``nngp`` (``None`` where not computed).
+    """
+
+    nngp: jax.Array | None
+    ntk: jax.Array | None
+
+    def tree_flatten(self):
+        return (self.nngp, self.ntk), None
+
+    @classmethod
+    def tree_unflatten(cls, _, children):
+        return cls(*children)
+
+
+def arccos_relu(
+    sigma_12: jax.Array, sigma_11: jax.Array, sigma_22: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Hidden NNGP K and derivative kernel K' of ReLU from pre-activation covariances.
+
+    Args:
+      sigma_12: ``(n1, n2)`` cross covariances Σ(x, x').
+      sigma_11: ``(n1,)`` variances Σ(x, x).
+      sigma_22: ``(n2,)`` variances Σ(x', x').
+
+    Returns:
+      ``(K, K')``, each ``(n1, n2)``.
+    """
+    norms = jnp.sqrt(sigma_11[:, None] * sigma_22[None, :])
+    cosine = jnp.clip(sigma_12 / norms, -1.0, 1.0)
+    theta = jnp.arccos(cosine)
+    k = norms * (jnp.sin(theta) + (jnp.pi - theta) * cosine) / (2 * jnp.pi)
+    k_prime = (jnp.pi - theta) / (2 * jnp.pi)
+    return k, k_prime
+
+
+def _expand_outputs(matrix: jax.Array, out_dim: int) -> jax.Array:
+    """Θ ⊗ I_C laid out as ``(n1, n2, C, C)``."""
+    return matrix[:, :, None, None] * jnp.eye(out_dim, dtype=matrix.dtype)
+
+
+@jax.jit
+def _head_kernels(x1, x2, sigma_w, sigma_b, sigma_a, train_readout):
+    d = x1.shape[-1]
+    sigma_12 = sigma_w**2 * (x1 @ x2.T) / d + sigma_b**2
+    sigma_11 = sigma_w**2 * jnp.sum(x1 * x1, axis=1) / d + sigma_b**2
+    sigma_22 = sigma_w**2 * jnp.sum(x2 * x2, axis=1) / d + sigma_b**2
+    k, k_prime = arccos_relu(sigma_12, sigma_11, sigma_22)
+    first_layer = sigma_a**2 * sigma_12 * k_prime
+    nngp = sigma_a**2 * k
+    ntk = jnp.where(train_readout, first_layer + nngp, first_layer)
+    return Kernel(nngp, ntk)
+
+
+def head_kernels(
+    x1: jax.Array,
+    x2: jax.Array | None = None,
+    head: HeadConfig | None = None,
+    *,
+    full_output: bool = False,
+    dtype="float64",
+) -> Kernel:
+    """Infinite-width NNGP and NTK of ``MLPHead`` between two input sets.
+
+    Args:
+      x1: ``(n1, d)`` inputs (for MLP-Attn: the attention output).
+      x2: ``(n2, d)`` inputs; defaults to ``x1``.
+      head: the head's σ's, readout mode and out_dim (width is ignored);
+        defaults to ``HeadConfig(width=1)`` (σ_w = σ_a = 1, σ_b = 0, fixed readout).
+      full_output: return ``(n1, n2, C, C)`` = Θ ⊗ I_C instead of the
+        output-traced ``(n1, n2)``.
+      dtype: "float64" (default; needs ``kernelattn.enable_x64()``) or "float32".
+
+    Returns:
+      ``Kernel(nngp, ntk)``; ntk is first-layer-only when the readout is fixed.
+    """
+    head = head or HeadConfig(width=1)
+    dtype = resolve_dtype(dtype)
+    zero_rows_ok = head.sigma_b > 0
+    x1 = check_matrix(x1, "x1", allow_zero_rows=zero_rows_ok)
+    x2 = x1 if x2 is None else check_matrix(x2, "x2", n_cols=x1.shape[1], allow_zero_rows=zero_rows_ok)
+    kernel = _head_kernels(
+        jnp.asarray(x1, dtype),
+        jnp.asarray(x2, dtype),
+        head.sigma_w,
+        head.sigma_b,
+        head.sigma_a,
+        head.train_readout,
+    )
+    if full_output:
+        return Kernel(_expand_outputs(kernel.nngp, head.out_dim), _expand_outputs(kernel.ntk, head.out_dim))
+    return kernel
+
+
+def qkv_attention_nngp(
+    x1: jax.Array,
+    x2: jax.Array | None = None,
+    context: jax.Array | None = None,
+    *,
+    sigma_q: float = 1.0,
+    sigma_v: float = 1.0,
+    sigma_o: float = 1.0,
+    dtype="float64",
+) -> jax.Array:
+    """Infinite-head-width NNGP of tied, linearly scaled QKV attention (MATH.md §4).
+
+    (X₁ Cᵀ)(C Cᵀ)(C X₂ᵀ) σ_q⁴ σ_v² σ_o² / d³ with C the context (training set);
+    on the training set this is σ_q⁴σ_v²σ_o² G³/d³.
+
+    Returns:
+      ``(n1, n2)`` array.
+    """
+    dtype = resolve_dtype(dtype)
+    x1 = jnp.asarray(check_matrix(x1, "x1"), dtype)
+    x2 = x1 if x2 is None else jnp.asarray(check_matrix(x2, "x2", n_cols=x1.shape[1]), dtype)
+    c = x1 if context is None else jnp.asarray(check_matrix(context, "context", n_cols=x1.shape[1]), dtype)
+    d = x1.shape[1]
+    scale = sigma_q**4 * sigma_v**2 * sigma_o**2 / math.pow(d, 3)
+    return scale * ((x1 @ c.T) @ (c @ c.T) @ (c @ x2.T))

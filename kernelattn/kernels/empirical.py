@@ -1,0 +1,298 @@
+"""Finite-width (empirical) NTK: Θ_m(x, x') = Σ_p ∂f(x)/∂p · ∂f(x')/∂p (MATH.md §7).
+
+Two routes to the same matrix:
+
+- **generic**, for any model given as ``f(params, x) -> (n, C)``: JAX
+  autodiff, either by contracting the two Jacobians ("jacobian") or by
+  NTK-vector products J₁(J₂ᵀ v) over the output basis ("ntvp"), which never
+  stores a Jacobian.
+- **structured**, exact for the two-layer head, from its closed form
+  (Novak et al. 2022, "Fast finite width NTK", structured derivatives):
+
+      H = X̃ W σ_w/√d + σ_b b,  S = 1[H > 0],  R = relu(H)
+      Θ_W = (σ_a²/m) ((S diag a)(S diag a)ᵀ) ⊙ (σ_w² X̃X̃ᵀ/d + σ_b² [b trained])
+      Θ_a = (σ_a²/m) R Rᵀ                       (only if the readout is trained)
+
+  at cost O(n m d + n² m) instead of O(n² m d), accumulated over chunks of
+  width so memory stays O(n² + n·chunk); with ``streaming_head_ntk`` the
+  parameters are drawn chunk by chunk as well, so widths of 2^20 and beyond run
+  in a few hundred MB.
+
+Output axes are traced (averaged over the C outputs, like neural-tangents'
+``trace_axes=(-1,)``) by default, giving ``(n1, n2)``; ``trace_output=False``
+gives the full ``(n1, n2, C, C)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kernelattn._precision import resolve_dtype
+from kernelattn._validation import check_choice, check_int, check_matrix
+from kernelattn.models import HeadConfig, random_signs
+
+ApplyFn = Callable[[dict, jax.Array], jax.Array]
+IMPLEMENTATIONS = ("jacobian", "ntvp")
+DEFAULT_WIDTH_CHUNK = 4096
+
+
+# --------------------------------------------------------------------------- generic
+
+
+def _contract(j1: jax.Array, j2: jax.Array, trace_output: bool) -> jax.Array:
+    """Contract Jacobian leaves ``(n1, C, *p)``, ``(n2, C, *p)`` over parameters."""
+    j1 = j1.reshape(j1.shape[0], j1.shape[1], -1)
+    j2 = j2.reshape(j2.shape[0], j2.shape[1], -1)
+    if trace_output:
+        return jnp.einsum("icp,jcp->ij", j1, j2) / j1.shape[1]
+    return jnp.einsum("icp,jdp->ijcd", j1, j2)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _jacobian_ntk(apply_fn, params, x1, x2, trace_output):
+    j1 = jax.jacrev(apply_fn)(params, x1)
+    j2 = jax.jacrev(apply_fn)(params, x2)
+    leaves = jax.tree_util.tree_map(lambda a, b: _contract(a, b, trace_output), j1, j2)
+    return sum(jax.tree_util.tree_leaves(leaves))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _ntvp_ntk(apply_fn, params, x1, x2, trace_output):
+    f1 = lambda p: apply_fn(p, x1)  # noqa: E731
+    out2, vjp2 = jax.vjp(lambda p: apply_fn(p, x2), params)
+    n2, c = out2.shape
+
+    def column(cotangent):  # Θ e_{j,d} = J₁ J₂ᵀ e_{j,d}, shape (n1, C)
+        (tangent,) = vjp2(cotangent)
+        return jax.jvp(f1, (params,), (tangent,))[1]
+
+    basis = jnp.eye(n2 * c, dtype=out2.dtype).reshape(n2 * c, n2, c)
+    columns = jax.lax.map(column, basis).reshape(n2, c, -1, c)  # (n2, d, n1, c)
+    full = jnp.transpose(columns, (2, 0, 3, 1))  # (n1, n2, c, d)
+    if trace_output:
+        return jnp.trace(full, axis1=2, axis2=3) / c
+    return full
+
+
+def empirical_ntk(
+    apply_fn: ApplyFn,
+    params,
+    x1: jax.Array,
+    x2: jax.Array | None = None,
+    *,
+    trace_output: bool = True,
+    implementation: str = "jacobian",
+    dtype="float32",
+) -> jax.Array:
+    """Empirical NTK of any model by autodiff.
+
+    Args:
+      apply_fn: ``f(params, x) -> (n, C)``, a pure function (close over Flax
+        constants and the attention context, e.g.
+        ``lambda p, x: model.apply({"params": p, **rest}, x, context)``).
+      params: pytree of the trainable parameters at which Θ is taken.
+      x1: ``(n1, d)`` inputs.
+      x2: ``(n2, d)`` inputs; defaults to ``x1``.
+      trace_output: average over the C outputs → ``(n1, n2)``; else ``(n1, n2, C, C)``.
+      implementation: "jacobian" (contract Jacobians) or "ntvp" (NTK-vector products).
+      dtype: "float32" (default) or "float64"; inputs and params are cast.
+
+    Returns:
+      The kernel matrix in ``dtype``.
+    """
+    dtype = resolve_dtype(dtype)
+    check_choice(implementation, "implementation", IMPLEMENTATIONS)
+    x1 = jnp.asarray(check_matrix(x1, "x1"), dtype)
+    x2 = x1 if x2 is None else jnp.asarray(check_matrix(x2, "x2", n_cols=x1.shape[1]), dtype)
+    params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, dtype), params)
+    fn = _jacobian_ntk if implementation == "jacobian" else _ntvp_ntk
+    return fn(apply_fn, params, x1, x2, bool(trace_output))
+
+
+def model_apply_fn(model, variables: dict, context: jax.Array | None = None) -> tuple[ApplyFn, dict]:
+    """``(apply_fn, params)`` for a kernelattn Flax model, constants and context closed over.
+
+    Args:
+      model: a kernelattn model (``TwoLayerReLU``, ``AttentionMLP``, ``QKVAttentionMLP``).
+      variables: its Flax variables (``"params"`` and optional ``"constants"``).
+      context: ``(n, d)`` training set the attention attends over (``None``:
+        each call attends over its own inputs).
+    """
+    variables = dict(variables)
+    params = variables.pop("params")
+
+    def apply_fn(p, x):
+        return model.apply({"params": p, **variables}, x, context)
+
+    return apply_fn, params
+
+
+# ------------------------------------------------------------------------ structured
+
+
+def _head_chunk(x1, x2, lin, w, b, a, sigma_w, sigma_b, trace_output, train_readout):
+    """Unnormalized Θ contribution of one chunk of hidden units (sum over the chunk)."""
+    d = x1.shape[-1]
+    h1 = sigma_w * (x1 @ w) / math.sqrt(d)
+    h2 = sigma_w * (x2 @ w) / math.sqrt(d)
+    if b is not None:
+        h1, h2 = h1 + sigma_b * b, h2 + sigma_b * b
+    s1, s2 = (h1 > 0).astype(x1.dtype), (h2 > 0).astype(x1.dtype)
+    if trace_output:
+        theta = ((s1 * jnp.mean(a * a, axis=1)) @ s2.T) * lin
+        if train_readout:
+            theta = theta + jax.nn.relu(h1) @ jax.nn.relu(h2).T
+        return theta
+    sa1 = s1[:, :, None] * a  # (n1, chunk, C)
+    sa2 = s2[:, :, None] * a
+    theta = jnp.einsum("irc,jrd->ijcd", sa1, sa2) * lin[:, :, None, None]
+    if train_readout:
+        rr = jax.nn.relu(h1) @ jax.nn.relu(h2).T
+        theta = theta + rr[:, :, None, None] * jnp.eye(a.shape[1], dtype=x1.dtype)
+    return theta
+
+
+def _linear_part(x1, x2, head: HeadConfig):
+    d = x1.shape[-1]
+    return head.sigma_w**2 * (x1 @ x2.T) / d + (head.sigma_b**2 if head.use_bias else 0.0)
+
+
+def _chunked(array: jax.Array, axis: int, chunk: int) -> jax.Array:
+    """Zero-pad ``axis`` to a multiple of ``chunk`` and move the chunk index first."""
+    width = array.shape[axis]
+    n_chunks = -(-width // chunk)
+    pad = [(0, 0)] * array.ndim
+    pad[axis] = (0, n_chunks * chunk - width)
+    array = jnp.pad(array, pad)
+    shape = array.shape[:axis] + (n_chunks, chunk) + array.shape[axis + 1 :]
+    return jnp.moveaxis(array.reshape(shape), axis, 0)
+
+
+@functools.partial(jax.jit, static_argnames=("head", "trace_output", "chunk"))
+def _structured(x1, x2, w, b, a, *, head: HeadConfig, trace_output: bool, chunk: int):
+    lin = _linear_part(x1, x2, head)
+    # Padded units have w = 0 and a = 0: H = σ_b b·0-pad = 0 → S = 0, relu = 0.
+    ws = _chunked(w, 1, chunk)
+    bs = None if b is None else _chunked(b, 0, chunk)
+    as_ = _chunked(a, 0, chunk)
+    out_shape = (x1.shape[0], x2.shape[0]) + (() if trace_output else (a.shape[1], a.shape[1]))
+
+    def body(total, xs):
+        w_c, b_c, a_c = xs
+        return total + _head_chunk(
+            x1, x2, lin, w_c, b_c, a_c, head.sigma_w, head.sigma_b, trace_output, head.train_readout
+        ), None
+
+    total, _ = jax.lax.scan(body, jnp.zeros(out_shape, x1.dtype), (ws, bs, as_))
+    return head.sigma_a**2 * total / head.width
+
+
+def structured_head_ntk(
+    head_variables: dict,
+    head: HeadConfig,
+    x1: jax.Array,
+    x2: jax.Array | None = None,
+    *,
+    trace_output: bool = True,
+    width_chunk: int = DEFAULT_WIDTH_CHUNK,
+    dtype="float32",
+) -> jax.Array:
+    """Exact empirical NTK of ``MLPHead`` at given parameters, by its closed form.
+
+    Args:
+      head_variables: ``{"W": (d, m), "b": (m,) if use_bias, "a": (m, C)}``, e.g.
+        ``{**variables["params"]["head"], **variables.get("constants", {}).get("head", {})}``.
+      head: the head's ``HeadConfig`` (decides which parameters are trained).
+      x1: ``(n1, d)`` head inputs (for MLP-Attn: the attention output).
+      x2: ``(n2, d)`` head inputs; defaults to ``x1``.
+      trace_output: average over outputs → ``(n1, n2)``; else ``(n1, n2, C, C)``.
+      width_chunk: hidden units per accumulation step (memory O(n² + n·chunk)).
+      dtype: "float32" (default) or "float64".
+
+    Returns:
+      The kernel matrix in ``dtype``.
+    """
+    dtype = resolve_dtype(dtype)
+    x1 = jnp.asarray(check_matrix(x1, "x1"), dtype)
+    x2 = x1 if x2 is None else jnp.asarray(check_matrix(x2, "x2", n_cols=x1.shape[1]), dtype)
+    chunk = min(check_int(width_chunk, "width_chunk", minimum=1), head.width)
+    w = jnp.asarray(head_variables["W"], dtype)
+    if w.shape != (x1.shape[1], head.width):
+        raise ValueError(f"head_variables['W']: expected shape {(x1.shape[1], head.width)}, got {w.shape}")
+    b = jnp.asarray(head_variables["b"], dtype) if head.use_bias else None
+    a = jnp.asarray(head_variables["a"], dtype)
+    return _structured(x1, x2, w, b, a, head=head, trace_output=bool(trace_output), chunk=chunk)
+
+
+def _draw_chunk(key, index, d, chunk, width, head: HeadConfig, dtype):
+    """Parameters of hidden units [index·chunk, (index+1)·chunk), units ≥ width zeroed."""
+    k_w, k_b, k_a = jax.random.split(jax.random.fold_in(key, index), 3)
+    alive = (index * chunk + jnp.arange(chunk)) < width
+    w = jax.random.normal(k_w, (d, chunk), dtype) * alive
+    b = jax.random.normal(k_b, (chunk,), dtype) * alive if head.use_bias else None
+    shape = (chunk, head.out_dim)
+    a = jax.random.normal(k_a, shape, dtype) if head.train_readout else random_signs(k_a, shape, dtype)
+    return w, b, a * alive[:, None]
+
+
+@functools.partial(jax.jit, static_argnames=("head", "trace_output", "chunk"))
+def _streaming(key, x1, x2, *, head: HeadConfig, trace_output: bool, chunk: int):
+    lin = _linear_part(x1, x2, head)
+    n_chunks = -(-head.width // chunk)
+    out_shape = (x1.shape[0], x2.shape[0]) + (() if trace_output else (head.out_dim, head.out_dim))
+
+    def body(index, total):
+        w, b, a = _draw_chunk(key, index, x1.shape[1], chunk, head.width, head, x1.dtype)
+        return total + _head_chunk(
+            x1, x2, lin, w, b, a, head.sigma_w, head.sigma_b, trace_output, head.train_readout
+        )
+
+    total = jax.lax.fori_loop(0, n_chunks, body, jnp.zeros(out_shape, x1.dtype))
+    return head.sigma_a**2 * total / head.width
+
+
+def streaming_head_ntk(
+    key: jax.Array,
+    head: HeadConfig,
+    x1: jax.Array,
+    x2: jax.Array | None = None,
+    *,
+    trace_output: bool = True,
+    width_chunk: int = DEFAULT_WIDTH_CHUNK,
+    dtype="float32",
+) -> jax.Array:
+    """Empirical NTK of a freshly drawn ``MLPHead`` of any width, parameters drawn per chunk.
+
+    Hidden units of chunk i are drawn from ``fold_in(key, i)`` (W, b ~ N(0, 1);
+    readout ±1 or N(0, 1)), so the draw depends on ``(key, width_chunk)`` and
+    memory is O(n² + (n + d)·chunk) whatever the width: m = 2^20 at n = 500
+    needs ~100 MB.
+
+    Args:
+      key: PRNG key of this network.
+      head: ``HeadConfig`` (its ``width`` is m).
+      x1, x2, trace_output, width_chunk, dtype: as in ``structured_head_ntk``.
+    """
+    dtype = resolve_dtype(dtype)
+    x1 = jnp.asarray(check_matrix(x1, "x1"), dtype)
+    x2 = x1 if x2 is None else jnp.asarray(check_matrix(x2, "x2", n_cols=x1.shape[1]), dtype)
+    chunk = min(check_int(width_chunk, "width_chunk", minimum=1), head.width)
+    return _streaming(key, x1, x2, head=head, trace_output=bool(trace_output), chunk=chunk)
+
+
+def head_variables(variables: dict) -> dict:
+    """Flatten a kernelattn model's head variables (params + constants) into one dict."""
+    merged = dict(variables["params"]["head"])
+    merged.update(variables.get("constants", {}).get("head", {}))
+    return merged
+
+
+def as_numpy(kernel: jax.Array) -> np.ndarray:
+    """Host copy of a kernel matrix."""
+    return np.asarray(kernel)

@@ -1,0 +1,236 @@
+"""Flax (linen) models: the MLP head in NTK parameterization and the models built on it.
+
+Every model is called as ``model.apply(variables, x, context)`` where
+``context`` is the ``(n, d)`` training set (the attention's keys and values;
+``None`` means ``x`` itself) and returns ``(n_x, C)`` outputs. Trainable
+parameters live in the ``"params"`` collection; the paper's fixed ±1 readout
+lives in ``"constants"`` and therefore never enters gradients or the NTK.
+
+- ``MLPHead``   f(x̃) = (σ_a/√m) Σ_r a_r relu(σ_w w_rᵀ x̃/√d + σ_b b_r)     (MATH.md §5)
+- ``TwoLayerReLU``  the head on the (normalized) raw inputs ("2L-ReLU")
+- ``AttentionMLP``  the head on parameter-free linearized attention ("MLP-Attn")
+- ``QKVAttentionMLP``  the head on trainable QKV linear attention (MATH.md §4)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kernelattn._validation import check_choice, check_int, check_real
+from kernelattn.transforms import AttentionConfig, attend
+
+MODEL_NAMES = ("relu", "mlp-attn", "qkv-attn")
+_ALIASES = {"2l-relu": "relu", "mlp_attn": "mlp-attn", "attn": "mlp-attn", "qkv": "qkv-attn"}
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadConfig:
+    """Hyper-parameters of the two-layer ReLU head (MATH.md §5).
+
+    Attributes:
+      width: hidden width m ≥ 1.
+      out_dim: number of outputs C ≥ 1.
+      sigma_w, sigma_b, sigma_a: weight, bias and readout scales (≥ 0).
+      use_bias: include the bias b (trained); forced on when σ_b > 0.
+      train_readout: train the readout a ~ N(0, 1) ("standard"); the
+        paper's default is a fixed at random signs ±1, only W (and b) trained.
+    """
+
+    width: int
+    out_dim: int = 1
+    sigma_w: float = 1.0
+    sigma_b: float = 0.0
+    sigma_a: float = 1.0
+    use_bias: bool = False
+    train_readout: bool = False
+
+    def __post_init__(self):
+        check_int(self.width, "width", minimum=1)
+        check_int(self.out_dim, "out_dim", minimum=1)
+        for name in ("sigma_w", "sigma_b", "sigma_a"):
+            check_real(getattr(self, name), name, minimum=0.0)
+        if self.sigma_b > 0 and not self.use_bias:
+            object.__setattr__(self, "use_bias", True)
+
+
+def random_signs(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """Independent ±1 entries with equal probability."""
+    return jnp.where(jax.random.bernoulli(key, 0.5, shape), 1.0, -1.0).astype(dtype)
+
+
+class MLPHead(nn.Module):
+    """Two-layer ReLU network in NTK parameterization, all parameters N(0, 1).
+
+    Matches neural-tangents' ``stax.serial(Dense(m, W_std=σ_w, b_std=σ_b,
+    parameterization='ntk'), Relu(), Dense(C, W_std=σ_a, parameterization='ntk'))``.
+
+    Variables: params ``W`` (d, m), ``b`` (m,) if ``use_bias``, ``a`` (m, C)
+    if ``train_readout``; else constants ``a`` (m, C) of random signs.
+    """
+
+    config: HeadConfig
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``(n, d)`` → ``(n, C)``."""
+        cfg = self.config
+        d = x.shape[-1]
+        normal = nn.initializers.normal(stddev=1.0)
+        w = self.param("W", normal, (d, cfg.width), self.param_dtype)
+        h = cfg.sigma_w * (x @ w) / math.sqrt(d)
+        if cfg.use_bias:
+            h = h + cfg.sigma_b * self.param("b", normal, (cfg.width,), self.param_dtype)
+        shape = (cfg.width, cfg.out_dim)
+        if cfg.train_readout:
+            a = self.param("a", normal, shape, self.param_dtype)
+        else:
+            a = self.variable(
+                "constants", "a", lambda: random_signs(self.make_rng("params"), shape, self.param_dtype)
+            ).value
+        return cfg.sigma_a * (nn.relu(h) @ a) / math.sqrt(cfg.width)
+
+
+class TwoLayerReLU(nn.Module):
+    """"2L-ReLU": the head on the raw (unit-norm) inputs; ``context`` is ignored."""
+
+    head: HeadConfig
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+        return MLPHead(self.head, self.param_dtype, name="head")(x)
+
+
+class AttentionMLP(nn.Module):
+    """"MLP-Attn": the head on parameter-free linearized attention over ``context``."""
+
+    head: HeadConfig
+    attention: AttentionConfig = AttentionConfig()
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+        context = x if context is None else context
+        return MLPHead(self.head, self.param_dtype, name="head")(attend(x, context, self.attention))
+
+
+class QKVAttention(nn.Module):
+    """Trainable single-head linear attention (MATH.md §4), standard N(0, 1) init.
+
+    Q = X W_Q σ_q/√d, K = C W_K σ_q/√d, V = C W_V σ_v/√d (C = context),
+    Z = (Q Kᵀ / s) V, output Z W_O σ_o/√h with s = h ("linear", W_K = W_Q tied,
+    the limit is the parameter-free attention: NNGP σ_q⁴σ_v²σ_o² G³/d³) or
+    s = √h ("sqrt", independent W_K: the usual transformer init, whose logits
+    stay random at infinite width — no closed form).
+
+    Attributes:
+      head_width: h, the width of queries, keys and values.
+      out_dim: output features (default: d).
+      scaling: "linear" or "sqrt".
+      tied_qk: share W_K = W_Q (default: True for "linear", False for "sqrt").
+    """
+
+    head_width: int
+    out_dim: int | None = None
+    scaling: str = "linear"
+    tied_qk: bool | None = None
+    sigma_q: float = 1.0
+    sigma_v: float = 1.0
+    sigma_o: float = 1.0
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+        """``(n_x, d)`` queries, ``(n, d)`` context → ``(n_x, out_dim)``."""
+        context = x if context is None else context
+        d, h = x.shape[-1], self.head_width
+        tied = (self.scaling == "linear") if self.tied_qk is None else self.tied_qk
+        normal = nn.initializers.normal(stddev=1.0)
+        w_q = self.param("W_Q", normal, (d, h), self.param_dtype)
+        w_k = w_q if tied else self.param("W_K", normal, (d, h), self.param_dtype)
+        w_v = self.param("W_V", normal, (d, h), self.param_dtype)
+        w_o = self.param("W_O", normal, (h, self.out_dim or d), self.param_dtype)
+        q = self.sigma_q * (x @ w_q) / math.sqrt(d)
+        k = self.sigma_q * (context @ w_k) / math.sqrt(d)
+        v = self.sigma_v * (context @ w_v) / math.sqrt(d)
+        scale = h if self.scaling == "linear" else math.sqrt(h)
+        z = ((q @ k.T) / scale) @ v
+        return self.sigma_o * (z @ w_o) / math.sqrt(h)
+
+
+class QKVAttentionMLP(nn.Module):
+    """The head on trainable QKV linear attention over ``context``."""
+
+    head: HeadConfig
+    attention: QKVAttention
+    normalize: bool = False
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+        z = self.attention(x, context)
+        if self.normalize:
+            z = z / jnp.linalg.norm(z, axis=-1, keepdims=True)
+        return MLPHead(self.head, self.param_dtype, name="head")(z)
+
+
+def make_model(
+    name: str,
+    width: int,
+    out_dim: int = 1,
+    *,
+    sigma_w: float = 1.0,
+    sigma_b: float = 0.0,
+    sigma_a: float = 1.0,
+    train_readout: bool = False,
+    depth: int = 1,
+    rank: int | None = None,
+    constant_term: bool = False,
+    normalize: bool = True,
+    head_width: int = 64,
+    scaling: str = "linear",
+    param_dtype: Any = jnp.float32,
+) -> nn.Module:
+    """Build a model by name: "relu" (2L-ReLU), "mlp-attn" or "qkv-attn".
+
+    Attention options (``depth``, ``rank``, ``constant_term``, ``normalize``)
+    apply to "mlp-attn"; ``head_width`` and ``scaling`` to "qkv-attn" (whose
+    row re-normalization is ``normalize``).
+    """
+    name = _ALIASES.get(str(name).lower(), str(name).lower())
+    check_choice(name, "model", MODEL_NAMES)
+    head = HeadConfig(width, out_dim, sigma_w, sigma_b, sigma_a, sigma_b > 0, train_readout)
+    if name == "relu":
+        return TwoLayerReLU(head, param_dtype)
+    if name == "mlp-attn":
+        attention = AttentionConfig(depth, rank, constant_term, normalize).validated()
+        return AttentionMLP(head, attention, param_dtype)
+    check_int(head_width, "head_width", minimum=1)
+    check_choice(scaling, "scaling", ("linear", "sqrt"))
+    qkv = QKVAttention(head_width, scaling=scaling, param_dtype=param_dtype)
+    return QKVAttentionMLP(head, qkv, normalize, param_dtype)
+
+
+def canonical_model_name(name: str) -> str:
+    """Map aliases ("2l-relu", "attn", …) to "relu" / "mlp-attn" / "qkv-attn"."""
+    name = _ALIASES.get(str(name).lower(), str(name).lower())
+    return check_choice(name, "model", MODEL_NAMES)
+
+
+def head_config(model: nn.Module) -> HeadConfig:
+    """The ``HeadConfig`` of a kernelattn model."""
+    return model.head if isinstance(model.head, HeadConfig) else model.head.config
+
+
+def split_variables(variables: dict) -> tuple[dict, dict]:
+    """Split Flax variables into (trainable params, everything else)."""
+    variables = dict(variables)
+    params = variables.pop("params")
+    return params, variables

@@ -1,0 +1,127 @@
+"""Parameter-free linearized attention over the training set (MATH.md §3).
+
+The "sequence" is the whole training set X: every query attends to all
+training samples, with keys = values = X and W_Q = W_K = W_V = I. With the
+softmax linearized and its constant term dropped, one layer maps a query row q
+to q Xᵀ X, so depth k gives
+
+    A_k(Q) = Q (XᵀX)^k,     train: Z = G^k X,     test: Z* = X* Xᵀ G^{k-1} X,
+
+and the Gram identities Z Zᵀ = G^{2k+1}, Z* Zᵀ = (X* Xᵀ) G^{2k} hold exactly
+(paper Thm 4.1), so κ(Z Zᵀ) = κ(G)^{2k+1} (Thm 4.7).
+
+Everything here is written in ``jax.numpy``: the transform is differentiable
+with respect to both the queries and the training set, which the attacks need
+(perturbing one training point moves every attention output).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from kernelattn._validation import check_int, check_matrix
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionConfig:
+    """Options of the parameter-free linearized attention.
+
+    Attributes:
+      depth: number of stacked attention layers k ≥ 1.
+      rank: if set, replace XᵀX by its top-``rank`` eigen-truncation (the
+        paper's remedy; equivalently G by G_r). ``None`` keeps the full matrix.
+      constant_term: keep the constant of exp(a) ≈ 1 + a, i.e.
+        A(Q) = Q XᵀX + 1 1ᵀ X per layer (off by default, as in the paper).
+      normalize: re-normalize output rows to unit ℓ2 norm, x̃ = z / ‖z‖
+        (on by default: this is what feeds the MLP head).
+    """
+
+    depth: int = 1
+    rank: int | None = None
+    constant_term: bool = False
+    normalize: bool = True
+
+    def validated(self, n_features: int | None = None, n_samples: int | None = None) -> "AttentionConfig":
+        """Return self after checking every field (ValueError naming the field)."""
+        check_int(self.depth, "depth", minimum=1)
+        if self.rank is not None:
+            bound = None if n_features is None or n_samples is None else min(n_features, n_samples)
+            check_int(self.rank, "rank", minimum=1, maximum=bound)
+        return self
+
+
+def key_matrix(keys: jnp.ndarray, rank: int | None = None) -> jnp.ndarray:
+    """M = XᵀX ``(d, d)``, or its top-``rank`` eigen-truncation M_r."""
+    m = keys.T @ keys
+    if rank is None:
+        return m
+    eigenvalues, eigenvectors = jnp.linalg.eigh(m)  # ascending
+    top_values, top_vectors = eigenvalues[-rank:], eigenvectors[:, -rank:]
+    return (top_vectors * top_values) @ top_vectors.T
+
+
+def attend(queries: jnp.ndarray, keys: jnp.ndarray, config: AttentionConfig = AttentionConfig()) -> jnp.ndarray:
+    """Pure, jit-able core of :func:`linear_attention` (no input checks).
+
+    Args:
+      queries: ``(n_q, d)`` query rows.
+      keys: ``(n, d)`` training set (keys = values).
+      config: attention options.
+
+    Returns:
+      ``(n_q, d)`` attention output, dtype of the inputs.
+    """
+    m = key_matrix(keys, config.rank)
+    values_sum = jnp.sum(keys, axis=0)
+    z = queries
+    for _ in range(config.depth):
+        z = z @ m
+        if config.constant_term:
+            z = z + values_sum
+    if config.normalize:
+        z = z / jnp.linalg.norm(z, axis=1, keepdims=True)
+    return z
+
+
+def linear_attention(
+    train: jnp.ndarray,
+    queries: jnp.ndarray | None = None,
+    *,
+    depth: int = 1,
+    rank: int | None = None,
+    constant_term: bool = False,
+    normalize: bool = True,
+) -> jnp.ndarray:
+    """Parameter-free linearized attention with the training set as keys and values.
+
+    A_k(Q) = Q (XᵀX)^k  (optionally with M = XᵀX truncated to rank r and the
+    constant term 1 1ᵀ X added per layer), then rows re-normalized.
+
+    Args:
+      train: ``(n, d)`` training inputs X (keys and values).
+      queries: ``(n_q, d)`` inputs to transform; ``None`` means the training
+        set itself (Z = G^k X).
+      depth: k ≥ 1.
+      rank: optional rank-r truncation, 1 ≤ r ≤ min(n, d).
+      constant_term: add 1 1ᵀ X at each layer.
+      normalize: unit-norm output rows.
+
+    Returns:
+      ``(n_q, d)`` array in the inputs' dtype (use float64 for the exact Gram
+      identities; float32 cannot hold κ³ beyond ~1e7).
+    """
+    n, d = check_matrix(train, "train").shape
+    if queries is not None:
+        check_matrix(queries, "queries", n_cols=d)
+    config = AttentionConfig(depth, rank, constant_term, normalize).validated(n_features=d, n_samples=n)
+    train_j = jnp.asarray(train)
+    queries_j = train_j if queries is None else jnp.asarray(queries)
+    z = attend(queries_j, train_j, config)
+    if normalize and not bool(jnp.all(jnp.isfinite(z))):
+        raise ValueError(
+            "queries: a query row is orthogonal to the (truncated) span of the training set, so its "
+            "attention output has norm 0 and cannot be re-normalized; pass normalize=False"
+        )
+    return z
