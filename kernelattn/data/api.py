@@ -1,0 +1,326 @@
+"""The public entry points: ``load``, ``available_datasets``, ``dataset_info``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from kernelattn._validation import check_choice, check_int, check_real
+from kernelattn.data import cifar10, digits, mnist, synthetic
+from kernelattn.data.dataset import (
+    TARGETS,
+    Dataset,
+    RawData,
+    balanced_indices,
+    encode_targets,
+    normalize_rows,
+    resolve_classes,
+    scale_pixels,
+)
+from kernelattn.data.files import FileSource, FileSpec, primary_dir, search_dirs
+
+__all__ = ["available_datasets", "dataset_info", "load"]
+
+_FILE_OPTIONS = ("base_url", "checksums", "max_bytes", "system_dirs", "timeout")
+_SOURCES: dict[str, FileSource] = {
+    "mnist": mnist.MNIST,
+    "fashion_mnist": mnist.FASHION_MNIST,
+    "cifar10": cifar10.CIFAR10,
+}
+_DESCRIPTIONS = {
+    "mnist": "MNIST handwritten digits, 28x28 grey, 60,000 train / 10,000 test, 10 classes (IDX .gz files)",
+    "fashion_mnist": "Fashion-MNIST, 28x28 grey, 60,000 train / 10,000 test, 10 classes (IDX .gz files)",
+    "cifar10": "CIFAR-10, 32x32 RGB, 50,000 train / 10,000 test, 10 classes (cifar-10-python.tar.gz)",
+    "digits": "scikit-learn's bundled 8x8 digits, 1,797 images, 10 classes, seeded stratified split (no download)",
+    "synthetic": "Gaussian-like inputs with a prescribed Gram spectrum (kappa) and a random teacher",
+}
+_CLASS_NAMES = {
+    "mnist": mnist.MNIST_CLASSES,
+    "fashion_mnist": mnist.FASHION_MNIST_CLASSES,
+    "cifar10": cifar10.CIFAR10_CLASSES,
+    "digits": digits.DIGITS_CLASSES,
+}
+_SOURCE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "mnist": _FILE_OPTIONS,
+    "fashion_mnist": _FILE_OPTIONS,
+    "cifar10": _FILE_OPTIONS,
+    "digits": ("split_seed", "test_fraction"),
+    "synthetic": ("d", "kappa", "n_classes", "singular_values", "task", "teacher_width"),
+}
+
+
+def available_datasets() -> tuple[str, ...]:
+    """Names accepted by :func:`load`, sorted."""
+    return tuple(sorted(_DESCRIPTIONS))
+
+
+def _check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def _check_source_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    allowed = _SOURCE_OPTIONS[name]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"{unknown[0]}: not an option of dataset {name!r}; expected one of {sorted(allowed)}, got {unknown}"
+        )
+    checked = dict(options)
+    if "max_bytes" in checked:
+        checked["max_bytes"] = check_int(checked["max_bytes"], "max_bytes", minimum=1)
+    if "timeout" in checked:
+        checked["timeout"] = check_real(checked["timeout"], "timeout", minimum=0.0, strict_min=True)
+    return checked
+
+
+def _jsonable(options: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            out[key] = value
+        elif isinstance(value, os.PathLike):
+            out[key] = os.fspath(value)
+        elif isinstance(value, Mapping):
+            out[key] = {str(k): v if isinstance(v, str) else repr(v) for k, v in value.items()}
+        elif isinstance(value, (list, tuple, np.ndarray)):
+            out[key] = [v.item() if isinstance(v, np.generic) else (os.fspath(v) if isinstance(v, os.PathLike) else v)
+                        for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
+        else:
+            out[key] = repr(value)
+    return out
+
+
+def _raw(
+    name: str, *, data_dir: Any, download: bool, normalize: bool, n_train: int | None, n_test: int | None,
+    seed: int, options: dict[str, Any],
+) -> RawData:
+    if name in ("mnist", "fashion_mnist"):
+        names = mnist.MNIST_CLASSES if name == "mnist" else mnist.FASHION_MNIST_CLASSES
+        return mnist.load_idx_source(_SOURCES[name], names, data_dir=data_dir, download=download, **options)
+    if name == "cifar10":
+        return cifar10.load_cifar10(data_dir=data_dir, download=download, **options)
+    if name == "digits":
+        return digits.load_digits(**options)
+    return synthetic.make_synthetic(
+        n_train=synthetic.DEFAULT_N_TRAIN if n_train is None else n_train,
+        n_test=synthetic.DEFAULT_N_TEST if n_test is None else n_test,
+        normalize=normalize,
+        seed=seed,
+        **options,
+    )
+
+
+def load(
+    name: str,
+    *,
+    classes: Any = None,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    seed: int = 0,
+    flatten: bool = True,
+    scale: bool = True,
+    normalize: bool = True,
+    target: str | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    download: bool = True,
+    **source_kwargs: Any,
+) -> Dataset:
+    """Load a dataset, select classes, subsample, preprocess, encode targets.
+
+    Args:
+      name: one of :func:`available_datasets`: ``"mnist"``,
+        ``"fashion_mnist"``, ``"cifar10"``, ``"digits"``, ``"synthetic"``.
+      classes: ``None`` (all, natural order), a sequence of class indices or
+        names (``(3, 8)``, ``("automobile", "airplane")``) or ``"a-vs-b"``.
+        The selected classes are relabelled ``0..C-1`` in the order given.
+        Not accepted for ``"synthetic"`` (use ``n_classes``).
+      n_train, n_test: subset sizes, balanced: ``n // C`` samples per class
+        (a ``ValueError`` if a class has fewer), drawn with
+        ``numpy.random.default_rng`` from ``seed``. ``None`` keeps the whole
+        split. For ``"synthetic"`` they are the generated sizes (default 200).
+      seed: int >= 0; the same seed gives the same subset.
+      flatten: ``(n, d)`` inputs; else ``(n, H, W)`` / ``(n, H, W, 3)``.
+      scale: divide pixels by their maximum (255; 16 for digits) into [0, 1].
+        No effect on ``"synthetic"``.
+      normalize: unit ℓ2 rows (MATH.md §1); a row of norm 0 is a
+        ``ValueError`` naming it. For ``"synthetic"`` the rows are made unit
+        norm *without* changing κ (see ``kernelattn.data.synthetic``).
+      target: ``"onehot"`` (float64 ``(n, C)``, the default), ``"labels"``
+        (int64 ``(n,)``) or ``"pm1"`` (float64 ±1: ``(n,)`` for 2 classes,
+        one-vs-rest ``(n, C)`` for more). A regression task
+        (``synthetic(task="regression")``) gives float64 ``(n,)`` values and
+        accepts only ``None``/``"values"``.
+      data_dir: directory holding the dataset's files (searched first,
+        downloaded into); default ``$KERNELATTN_DATA/<name>`` or the user
+        cache ``platformdirs.user_cache_dir("kernelattn")/<name>``; then
+        ``/usr/share/datasets/<name-with-dashes>/`` is searched. Ignored by
+        ``"digits"`` and ``"synthetic"``.
+      download: fetch missing files from the canonical URLs.
+      **source_kwargs: per dataset —
+        mnist / fashion_mnist / cifar10: ``checksums`` (file name → SHA-256
+        or ``FileSpec``, replaces the built-in table), ``base_url`` (a URL or
+        a sequence of mirror URLs), ``system_dirs`` (replaces the system
+        directories; ``()`` for none), ``max_bytes`` (cap on file and
+        decompressed sizes), ``timeout`` (download socket timeout, s);
+        digits: ``test_fraction`` (0.2), ``split_seed`` (0);
+        synthetic: ``d`` (100), ``kappa`` (100) or ``singular_values``,
+        ``n_classes`` (2), ``task`` (``"classification"``/``"regression"``),
+        ``teacher_width`` (100).
+
+    Returns:
+      A :class:`Dataset` (float64 inputs; ``metadata`` records the name, the
+      files used with their paths and SHA-256, the options and the seed).
+
+    Raises:
+      ValueError: a bad option; the message names the argument.
+      DatasetNotFoundError: files missing and not downloadable.
+      ChecksumError: a file matches neither its published nor its payload hash.
+      UnsafeFileError: a hostile file (bad pickle global, unsafe archive
+        member, compression bomb).
+    """
+    name = check_choice(name, "name", available_datasets())
+    seed = check_int(seed, "seed", minimum=0)
+    n_train = None if n_train is None else check_int(n_train, "n_train", minimum=1)
+    n_test = None if n_test is None else check_int(n_test, "n_test", minimum=1)
+    flatten = _check_bool(flatten, "flatten")
+    scale = _check_bool(scale, "scale")
+    normalize = _check_bool(normalize, "normalize")
+    download = _check_bool(download, "download")
+    if target is not None:
+        check_choice(target, "target", (*TARGETS, "values"))
+    options = _check_source_options(name, source_kwargs)
+    regression = name == "synthetic" and options.get("task") == "regression"
+    if regression and target not in (None, "values"):
+        raise ValueError(f"target: expected None or 'values' for a regression task, got {target!r}")
+    if not regression and target == "values":
+        raise ValueError(f"target: expected one of {sorted(TARGETS)} for a classification task, got 'values'")
+    target = ("values" if regression else "onehot") if target is None else target
+    if name == "synthetic" and classes is not None:
+        raise ValueError(f"classes: expected None for 'synthetic' (pass n_classes=...), got {classes!r}")
+    if name != "synthetic":
+        resolve_classes(classes, _CLASS_NAMES[name])  # fail before any file is read or downloaded
+    if data_dir is not None:
+        primary_dir(name, data_dir)  # validates the type
+
+    raw = _raw(name, data_dir=data_dir, download=download, normalize=normalize,
+               n_train=n_train, n_test=n_test, seed=seed, options=options)
+
+    selected = resolve_classes(classes, raw.class_names) if raw.class_names else ()
+    n_classes = len(selected)
+    splits = {}
+    train_ss, test_ss = np.random.SeedSequence(seed).spawn(2)
+    for split, x, labels, values, n, ss in (
+        ("train", raw.x_train, raw.labels_train, raw.values_train, n_train, train_ss),
+        ("test", raw.x_test, raw.labels_test, raw.values_test, n_test, test_ss),
+    ):
+        if name == "synthetic":
+            index = np.arange(x.shape[0], dtype=np.int64)
+            new_labels = labels
+        else:
+            mapping = np.full(len(raw.class_names), -1, dtype=np.int64)
+            mapping[list(selected)] = np.arange(n_classes)
+            keep = np.flatnonzero(mapping[labels] >= 0)
+            new_labels = mapping[labels[keep]]
+            chosen = balanced_indices(new_labels, n, n_classes, np.random.default_rng(ss), argument=f"n_{split}")
+            index, new_labels = keep[chosen], new_labels[chosen]
+        xs = scale_pixels(x[index], raw.pixel_max if scale else None)
+        if flatten:
+            xs = xs.reshape(xs.shape[0], -1)
+        if normalize:
+            xs = normalize_rows(xs, name=f"X_{split}", source_index=index)
+        y = np.asarray(values[index], dtype=np.float64) if regression else encode_targets(new_labels, n_classes, target)
+        splits[split] = (xs, y, new_labels)
+
+    metadata = {
+        "name": name,
+        "source": raw.source,
+        "classes": [int(c) for c in selected],
+        "class_names": [raw.class_names[c] for c in selected],
+        "preprocessing": {
+            "n_train": n_train,
+            "n_test": n_test,
+            "flatten": flatten,
+            "scale": scale,
+            "pixel_max": raw.pixel_max,
+            "normalize": normalize,
+            "target": target,
+        },
+        "seed": seed,
+        "source_options": _jsonable(options),
+    }
+    return Dataset(
+        X_train=splits["train"][0],
+        y_train=splits["train"][1],
+        X_test=splits["test"][0],
+        y_test=splits["test"][1],
+        labels_train=splits["train"][2],
+        labels_test=splits["test"][2],
+        class_names=tuple(raw.class_names[c] for c in selected),
+        metadata=metadata,
+    )
+
+
+def _spec_info(spec: FileSpec, urls: tuple[str, ...], found: Any) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "sha256": spec.sha256,
+        "payload_sha256": spec.payload_sha256,
+        "size": spec.size,
+        "urls": [u + spec.name for u in urls],
+        "found": found,
+    }
+
+
+def dataset_info(
+    name: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    verify: bool = False,
+    system_dirs: Any = None,
+) -> dict[str, Any]:
+    """Where a dataset's files are looked for and which are present — no download.
+
+    Meant for ``kernelattn data info``. With ``verify=True`` each file found is
+    hashed and checked (a ``ChecksumError`` becomes ``"verified": false`` and
+    the message).
+
+    Returns:
+      JSON-serialisable dict: ``name``, ``description``, ``options`` (the
+      source kwargs ``load`` accepts), and for file datasets
+      ``search_dirs``, ``download_dir`` and ``files`` (name, sha256,
+      payload_sha256, size, urls, and ``found``: the path of the first copy in
+      the search path or ``None``).
+    """
+    name = check_choice(name, "name", available_datasets())
+    verify = _check_bool(verify, "verify")
+    info: dict[str, Any] = {
+        "name": name,
+        "description": _DESCRIPTIONS[name],
+        "options": list(_SOURCE_OPTIONS[name]),
+    }
+    source = _SOURCES.get(name)
+    if source is None:
+        return info
+    from kernelattn.data.errors import DatasetError
+    from kernelattn.data.files import MAX_DECOMPRESSED_BYTES, read_verified
+
+    dirs = search_dirs(source, data_dir, system_dirs=system_dirs)
+    files = []
+    for spec in source.files:
+        path = next((d / spec.name for d in dirs if (d / spec.name).is_file()), None)
+        entry = _spec_info(spec, source.urls, None if path is None else str(path))
+        if verify and path is not None:
+            try:
+                verified = read_verified(path, spec, max_bytes=MAX_DECOMPRESSED_BYTES)
+                entry.update(verified=True, verified_by=verified.verified_by)
+            except DatasetError as err:
+                entry.update(verified=False, error=str(err))
+        files.append(entry)
+    info.update(search_dirs=[str(d) for d in dirs], download_dir=str(dirs[0]), files=files)
+    return info
+

@@ -1,0 +1,74 @@
+"""The real Fashion-MNIST, as installed by Debian's ``dataset-fashion-mnist``
+in /usr/share/datasets/fashion-mnist/ (CI installs it; absent → FAIL).
+
+Debian recompressed the published .gz files, so their SHA-256 differ from the
+published ones; the files must be accepted through the SHA-256 of their
+decompressed IDX payloads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kernelattn.data import load
+from kernelattn.data.mnist import FASHION_MNIST, FASHION_MNIST_CLASSES
+
+SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def require_system_copy() -> None:
+    missing = [spec.name for spec in FASHION_MNIST.files if not (SYSTEM_DIR / spec.name).is_file()]
+    if missing:
+        pytest.fail(
+            f"real Fashion-MNIST not found in {SYSTEM_DIR} (missing {missing}); "
+            "install it with: apt-get install dataset-fashion-mnist",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    """The whole dataset, found through the system directory (the primary one is empty)."""
+    require_system_copy()
+    empty = tmp_path_factory.mktemp("empty-cache")
+    return load("fashion_mnist", data_dir=empty, download=False, normalize=False, target="labels")
+
+
+def test_shapes_class_counts_and_names(full):
+    assert full.X_train.shape == (60_000, 784) and full.X_test.shape == (10_000, 784)
+    assert full.X_train.dtype == np.float64 and full.labels_train.dtype == np.int64
+    assert np.bincount(full.labels_train).tolist() == [6_000] * 10
+    assert np.bincount(full.labels_test).tolist() == [1_000] * 10
+    assert full.class_names == FASHION_MNIST_CLASSES
+    assert full.class_names[0] == "T-shirt/top" and full.class_names[9] == "Ankle boot"
+
+
+def test_pixels_scaled_to_unit_interval(full):
+    for x in (full.X_train, full.X_test):
+        assert x.min() == 0.0 and x.max() == 1.0
+    sample = full.X_train[::50] * 255
+    np.testing.assert_array_equal(sample, np.rint(sample))  # 8-bit grey levels / 255
+
+
+def test_accepted_by_payload_hash_although_gz_hashes_differ(full):
+    source = full.metadata["source"]
+    assert source["directory"] == str(SYSTEM_DIR)
+    used = {f["name"]: f for f in source["files"]}
+    for spec in FASHION_MNIST.files:
+        entry = used[spec.name]
+        assert entry["path"] == str(SYSTEM_DIR / spec.name)
+        assert entry["sha256"] != spec.sha256  # Debian's recompressed .gz
+        assert entry["payload_sha256"] == spec.payload_sha256
+        assert entry["verified_by"] == "payload_sha256"
+
+
+def test_binary_subset_normalized(tmp_path):
+    require_system_copy()
+    ds = load("fashion_mnist", data_dir=tmp_path, download=False, classes=("Sneaker", "Ankle boot"),
+              n_train=200, n_test=100, seed=1, target="pm1")
+    assert ds.X_train.shape == (200, 784) and ds.y_train.shape == (200,)
+    assert np.bincount(ds.labels_train).tolist() == [100, 100]
+    np.testing.assert_allclose(np.linalg.norm(ds.X_train, axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_array_equal(ds.y_train, np.where(ds.labels_train == 1, 1.0, -1.0))
