@@ -137,12 +137,18 @@ def model_apply_fn(model, variables: dict, context: jax.Array | None = None) -> 
 
 
 def _head_chunk(x1, x2, lin, w, b, a, sigma_w, sigma_b, trace_output, train_readout):
-    """Unnormalized Θ contribution of one chunk of hidden units (sum over the chunk)."""
+    """Unnormalized Θ contribution of one chunk of hidden units (sum over the chunk).
+
+    ``x2 is None`` means x2 = x1 (the pre-activations are then computed once).
+    """
     d = x1.shape[-1]
-    h1 = sigma_w * (x1 @ w) / math.sqrt(d)
-    h2 = sigma_w * (x2 @ w) / math.sqrt(d)
-    if b is not None:
-        h1, h2 = h1 + sigma_b * b, h2 + sigma_b * b
+
+    def preactivation(x):
+        h = sigma_w * (x @ w) / math.sqrt(d)
+        return h if b is None else h + sigma_b * b
+
+    h1 = preactivation(x1)
+    h2 = h1 if x2 is None else preactivation(x2)
     s1, s2 = (h1 > 0).astype(x1.dtype), (h2 > 0).astype(x1.dtype)
     if trace_output:
         theta = ((s1 * jnp.mean(a * a, axis=1)) @ s2.T) * lin
@@ -160,6 +166,7 @@ def _head_chunk(x1, x2, lin, w, b, a, sigma_w, sigma_b, trace_output, train_read
 
 def _linear_part(x1, x2, head: HeadConfig):
     d = x1.shape[-1]
+    x2 = x1 if x2 is None else x2
     return head.sigma_w**2 * (x1 @ x2.T) / d + (head.sigma_b**2 if head.use_bias else 0.0)
 
 
@@ -181,7 +188,8 @@ def _structured(x1, x2, w, b, a, *, head: HeadConfig, trace_output: bool, chunk:
     ws = _chunked(w, 1, chunk)
     bs = None if b is None else _chunked(b, 0, chunk)
     as_ = _chunked(a, 0, chunk)
-    out_shape = (x1.shape[0], x2.shape[0]) + (() if trace_output else (a.shape[1], a.shape[1]))
+    n2 = x1.shape[0] if x2 is None else x2.shape[0]
+    out_shape = (x1.shape[0], n2) + (() if trace_output else (a.shape[1], a.shape[1]))
 
     def body(total, xs):
         w_c, b_c, a_c = xs
@@ -220,7 +228,7 @@ def structured_head_ntk(
     """
     dtype = resolve_dtype(dtype)
     x1 = jnp.asarray(check_matrix(x1, "x1"), dtype)
-    x2 = x1 if x2 is None else jnp.asarray(check_matrix(x2, "x2", n_cols=x1.shape[1]), dtype)
+    x2 = None if x2 is None else jnp.asarray(check_matrix(x2, "x2", n_cols=x1.shape[1]), dtype)
     chunk = min(check_int(width_chunk, "width_chunk", minimum=1), head.width)
     w = jnp.asarray(head_variables["W"], dtype)
     if w.shape != (x1.shape[1], head.width):
@@ -245,7 +253,8 @@ def _draw_chunk(key, index, d, chunk, width, head: HeadConfig, dtype):
 def _streaming(key, x1, x2, *, head: HeadConfig, trace_output: bool, chunk: int):
     lin = _linear_part(x1, x2, head)
     n_chunks = -(-head.width // chunk)
-    out_shape = (x1.shape[0], x2.shape[0]) + (() if trace_output else (head.out_dim, head.out_dim))
+    n2 = x1.shape[0] if x2 is None else x2.shape[0]
+    out_shape = (x1.shape[0], n2) + (() if trace_output else (head.out_dim, head.out_dim))
 
     def body(index, total):
         w, b, a = _draw_chunk(key, index, x1.shape[1], chunk, head.width, head, x1.dtype)
@@ -281,7 +290,7 @@ def streaming_head_ntk(
     """
     dtype = resolve_dtype(dtype)
     x1 = jnp.asarray(check_matrix(x1, "x1"), dtype)
-    x2 = x1 if x2 is None else jnp.asarray(check_matrix(x2, "x2", n_cols=x1.shape[1]), dtype)
+    x2 = None if x2 is None else jnp.asarray(check_matrix(x2, "x2", n_cols=x1.shape[1]), dtype)
     chunk = min(check_int(width_chunk, "width_chunk", minimum=1), head.width)
     return _streaming(key, x1, x2, head=head, trace_output=bool(trace_output), chunk=chunk)
 
