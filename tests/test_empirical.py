@@ -104,3 +104,14 @@ def test_bad_arguments(rng):
         streaming_head_ntk(jax.random.PRNGKey(0), HeadConfig(8), x, width_chunk=0)
     with pytest.raises(ValueError, match=r"head_variables\['W'\]: expected shape \(5, 8\)"):
         structured_head_ntk(head_variables(variables), head_config(model), rng.normal(size=(4, 5)))
+
+
+def test_row_blocks_do_not_change_the_kernel(rng):
+    x = unit_rows(rng.normal(size=(11, 4)))
+    model = make_model("mlp-attn", 16, 3, train_readout=True, param_dtype=jnp.float64)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    apply_fn, params = model_apply_fn(model, variables, jnp.asarray(x))
+    whole = empirical_ntk(apply_fn, params, x, trace_output=False, dtype="float64")
+    for block in (1, 4, 11, 50):
+        blocked = empirical_ntk(apply_fn, params, x, trace_output=False, row_block=block, dtype="float64")
+        assert _rel(blocked, whole) < 1e-13

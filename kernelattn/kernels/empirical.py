@@ -54,18 +54,35 @@ def _contract(j1: jax.Array, j2: jax.Array, trace_output: bool) -> jax.Array:
     return jnp.einsum("icp,jdp->ijcd", j1, j2)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _jacobian_ntk(apply_fn, params, x1, x2, trace_output):
-    j1 = jax.jacrev(apply_fn)(params, x1)
-    j2 = jax.jacrev(apply_fn)(params, x2)
+def _jacobian(apply_fn, params, x, row_block):
+    """Jacobian leaves ``(n, C, *p)``; with ``row_block``, computed block by block of rows.
+
+    Row blocks bound the reverse-mode intermediates to O(row_block² m) instead
+    of O(n² m); they require ``apply_fn`` to act row by row.
+    """
+    if row_block is None or row_block >= x.shape[0]:
+        return jax.jacrev(apply_fn)(params, x)
+    n = x.shape[0]
+    n_blocks = -(-n // row_block)
+    # Pad with copies of a real row: zero rows can make NaN partials (0 · NaN = NaN in reverse mode).
+    padded = jnp.pad(x, ((0, n_blocks * row_block - n), (0, 0)), mode="edge").reshape(n_blocks, row_block, -1)
+    blocks = jax.lax.map(lambda xb: jax.jacrev(apply_fn)(params, xb), padded)
+    return jax.tree_util.tree_map(lambda j: j.reshape((n_blocks * row_block,) + j.shape[2:])[:n], blocks)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def _jacobian_ntk(apply_fn, params, x1, x2, trace_output, row_block):
+    """``x2 is None`` means x2 = x1: one Jacobian is computed and contracted with itself."""
+    j1 = _jacobian(apply_fn, params, x1, row_block)
+    j2 = j1 if x2 is None else _jacobian(apply_fn, params, x2, row_block)
     leaves = jax.tree_util.tree_map(lambda a, b: _contract(a, b, trace_output), j1, j2)
     return sum(jax.tree_util.tree_leaves(leaves))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _ntvp_ntk(apply_fn, params, x1, x2, trace_output):
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def _ntvp_ntk(apply_fn, params, x1, x2, trace_output, row_block=None):
     f1 = lambda p: apply_fn(p, x1)  # noqa: E731
-    out2, vjp2 = jax.vjp(lambda p: apply_fn(p, x2), params)
+    out2, vjp2 = jax.vjp(lambda p: apply_fn(p, x1 if x2 is None else x2), params)
     n2, c = out2.shape
 
     def column(cotangent):  # Θ e_{j,d} = J₁ J₂ᵀ e_{j,d}, shape (n1, C)
@@ -88,6 +105,7 @@ def empirical_ntk(
     *,
     trace_output: bool = True,
     implementation: str = "jacobian",
+    row_block: int | None = None,
     dtype="float32",
 ) -> jax.Array:
     """Empirical NTK of any model by autodiff.
@@ -101,6 +119,10 @@ def empirical_ntk(
       x2: ``(n2, d)`` inputs; defaults to ``x1``.
       trace_output: average over the C outputs → ``(n1, n2)``; else ``(n1, n2, C, C)``.
       implementation: "jacobian" (contract Jacobians) or "ntvp" (NTK-vector products).
+      row_block: "jacobian" only: build the Jacobian this many rows at a time,
+        bounding autodiff's intermediates (memory O(n·C·P) for J itself).
+        Needs ``apply_fn`` to act row by row, as every kernelattn model does
+        for a fixed context. ``None``: the whole batch at once (any model).
       dtype: "float32" (default) or "float64"; inputs and params are cast.
 
     Returns:
@@ -109,10 +131,12 @@ def empirical_ntk(
     dtype = resolve_dtype(dtype)
     check_choice(implementation, "implementation", IMPLEMENTATIONS)
     x1 = jnp.asarray(check_matrix(x1, "x1"), dtype)
-    x2 = x1 if x2 is None else jnp.asarray(check_matrix(x2, "x2", n_cols=x1.shape[1]), dtype)
+    x2 = None if x2 is None else jnp.asarray(check_matrix(x2, "x2", n_cols=x1.shape[1]), dtype)
     params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, dtype), params)
+    if row_block is not None:
+        row_block = check_int(row_block, "row_block", minimum=1)
     fn = _jacobian_ntk if implementation == "jacobian" else _ntvp_ntk
-    return fn(apply_fn, params, x1, x2, bool(trace_output))
+    return fn(apply_fn, params, x1, x2, bool(trace_output), row_block)
 
 
 def model_apply_fn(model, variables: dict, context: jax.Array | None = None) -> tuple[ApplyFn, dict]:

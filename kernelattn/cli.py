@@ -1,0 +1,191 @@
+"""The ``kernelattn`` command line: thin wrappers over the Python API.
+
+Subcommands are registered below, one small ``_cmd_*`` function each; every
+one validates at the edge (the library raises ``ValueError`` naming the bad
+argument) and maps errors to a one-line message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import warnings
+
+from kernelattn._precision import enable_x64
+
+EXIT_USAGE = 2
+
+
+def _kappa_rows(report, label: str) -> list[dict]:
+    """Table rows (rank, κ(G), κ(G^{2k+1}), log10 m_theory) for a ConditionReport."""
+    power = 2 * report.depth + 1
+    from kernelattn.kernels.gram import log10_width_threshold
+
+    rows = [{
+        "spectrum": f"{label}numerical rank",
+        "rank": report.rank,
+        "kappa_G": report.kappa_d,
+        "kappa_attention": report.kappa_d**power,
+        "log10_m_theory": report.log10_m_theory,
+    }]
+    for fraction, (rank, kappa) in report.energy.items():
+        rows.append({
+            "spectrum": f"{label}energy {fraction:g}",
+            "rank": rank,
+            "kappa_G": kappa,
+            "kappa_attention": kappa**power,
+            "log10_m_theory": log10_width_threshold(kappa, report.n),
+        })
+    return rows
+
+
+def _format_table(rows: list[dict]) -> str:
+    """Fixed-width text table of dict rows (floats in 3-digit scientific notation)."""
+    if not rows:
+        return "(no rows)"
+    columns = list(rows[0])
+
+    def cell(value):
+        if isinstance(value, float):
+            return "inf" if math.isinf(value) else f"{value:.3e}" if abs(value) >= 1e4 or 0 < abs(value) < 1e-2 else f"{value:.3f}"
+        return str(value)
+
+    body = [[cell(row[c]) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in body)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    numeric = [not isinstance(rows[0][c], str) for c in columns]
+    lines += ["  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(r, widths, numeric)) for r in body]
+    return "\n".join(lines)
+
+
+def _load_options(args) -> dict:
+    options = {"seed": args.seed, "data_dir": args.data_dir}
+    if args.classes:
+        options["classes"] = tuple(int(c) if c.isdigit() else c for c in args.classes)
+    if args.n_train is not None:
+        options["n_train"] = args.n_train
+    if args.kappa is not None:
+        options["kappa"] = args.kappa
+    return options
+
+
+def _cmd_data_info(args) -> int:
+    from kernelattn.data import load
+    from kernelattn.kernels.gram import condition_report
+
+    dataset = load(args.name, **_load_options(args))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reports = [condition_report(dataset.X_train, energy_fractions=tuple(args.energy), depth=args.depth)]
+        if args.center:
+            reports.append(condition_report(dataset.X_train, energy_fractions=tuple(args.energy),
+                                            depth=args.depth, center=True))
+    report = reports[0]
+    rows = [row for r in reports for row in _kappa_rows(r, "centered, " if r.centered else "")]
+    summary = {
+        "dataset": args.name,
+        "n_train": dataset.n_train,
+        "n_test": dataset.n_test,
+        "n_features": dataset.n_features,
+        "classes": list(dataset.class_names),
+        "rank_bound": report.rank_bound,
+        "kappa_G": report.kappa,
+        "kappa_d_G": report.kappa_d,
+        "kappa_attention": report.kappa_cubed_attention,
+        "m_theory": report.m_theory,
+        "log10_m_theory": report.log10_m_theory,
+        "notes": sorted({str(w.message) for w in caught}),
+        "spectra": rows,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+    print(f"{args.name}: X_train {dataset.n_train} x {dataset.n_features}, X_test {dataset.n_test}, "
+          f"classes {', '.join(map(str, dataset.class_names))}")
+    print(f"kappa(G) = {report.kappa:.4g}   kappa_d(G) = {report.kappa_d:.4g} (rank {report.rank} of "
+          f"min(n,d) = {report.rank_bound})   kappa(G^{2 * args.depth + 1}) = {report.kappa_cubed_attention:.4g}")
+    print(f"m_theory = kappa_d^6 n ln n = {report.m_theory:.4g} (log10 {report.log10_m_theory:.2f}; constant 1)")
+    for note in summary["notes"]:
+        print(f"note: {note}")
+    print()
+    print(_format_table(rows))
+    return 0
+
+
+def _cmd_data_files(args) -> int:
+    from kernelattn.data import available_datasets, dataset_info
+
+    names = [args.name] if args.name else list(available_datasets())
+    print(json.dumps({name: dataset_info(name, args.data_dir, verify=args.verify) for name in names},
+                     indent=2, default=str))
+    return 0
+
+
+def _cmd_store_verify(args) -> int:
+    from kernelattn.store import ResultStore
+
+    store = ResultStore.open(args.path, create=False, readonly=not args.repair)
+    problems = store.repair(quarantine=True) if args.repair else store.verify()
+    for problem in problems:
+        print(f"{problem.kind}: {problem.path}: {problem.problem}")
+    print(f"{len(store.keys())} record(s); {len(problems)} problem(s){' repaired' if args.repair else ''}")
+    return 1 if problems and not args.repair else 0
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--classes", nargs="+", help="class subset by index or name, e.g. 3 8")
+    parser.add_argument("--n-train", type=int, help="balanced number of training points")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--data-dir", help="directory holding the dataset files")
+    parser.add_argument("--kappa", type=float, help="synthetic data: prescribed kappa(G)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``kernelattn``."""
+    parser = argparse.ArgumentParser(prog="kernelattn", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="dataset information").add_subparsers(dest="data_command",
+                                                                                   required=True, metavar="ACTION")
+    info = data.add_parser("info", help="shape, classes, condition numbers and the width threshold")
+    info.add_argument("name", help="mnist, fashion_mnist, cifar10, digits or synthetic")
+    _add_data_options(info)
+    info.add_argument("--energy", nargs="*", type=float, default=[0.99, 0.999],
+                      help="also report kappa at ranks keeping these spectral-energy fractions")
+    info.add_argument("--center", action="store_true", help="also report the column-centered data")
+    info.add_argument("--depth", type=int, default=1, help="attention depth k: kappa(G^(2k+1))")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.set_defaults(handler=_cmd_data_info)
+    files = data.add_parser("files", help="where each dataset's files are looked for and found")
+    files.add_argument("name", nargs="?")
+    files.add_argument("--data-dir")
+    files.add_argument("--verify", action="store_true", help="hash the files found")
+    files.set_defaults(handler=_cmd_data_files)
+
+    store = commands.add_parser("store", help="check a results store")
+    store.add_argument("path")
+    store.add_argument("--repair", action="store_true", help="move corrupt records to quarantine/")
+    store.set_defaults(handler=_cmd_store_verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``kernelattn`` script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    enable_x64()
+    try:
+        return args.handler(args)
+    except (ValueError, TypeError, OSError, MemoryError) as err:
+        print(f"kernelattn {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("kernelattn: interrupted; finished cells are kept in the store, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

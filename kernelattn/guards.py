@@ -1,0 +1,796 @@
+"""Numerical guard-rails for kernel matrices: is this kernel fit for what is asked of it?
+
+A kernel Θ computed in float32 can be perfectly good for ‖Θ_m − Θ_∞‖_F and
+meaningless for (Θ + λI)⁻¹y: once κ(Θ) approaches 1/eps of the dtype it was
+*computed* in (float32: eps ≈ 1.2e-7, so κ ≳ 1e6), its small eigenvalues are
+round-off and every solve, λ_min, κ or certificate built on them is noise —
+and linearized attention cubes κ (MATH.md §3: κ(G³) = κ(G)³), so MLP-Attn
+kernels cross that line at κ(G) ≈ 100. :func:`check_kernel` measures, in
+float64 and with one ``eigvalsh``:
+
+- finiteness (NaN/inf entries);
+- symmetry error ‖K − Kᵀ‖_F / ‖K‖_F (a train × train NTK/Gram is symmetric);
+- λ_max, λ_min and the most negative eigenvalue relative to λ_max (PSD by
+  construction; negative values beyond the round-off floor mean a bug);
+- κ = λ_max/λ_min, of K + λI when a ridge is given, against the limit
+  ``solve_margin / eps(dtype)`` (default 0.1/eps: 8.4e5 in float32, 4.5e14 in
+  float64), and the remedies that would bring it under: float64, the smallest
+  ridge λ with κ(K + λI) ≤ limit, the rank of a truncation to eigenvalues above
+  λ_max/limit.
+
+:func:`check_solve` adds what a factorization reports
+(``kernelattn.linalg.factorize``: "cholesky" or "eigh-clipped") and,
+optionally, the backward error of a solution. :func:`check_condition` checks a
+*predicted* κ before anything is computed (κ_d(G)^(2k+1) for depth-k attention).
+
+Reporting policy
+----------------
+Problems are reported according to a :class:`GuardPolicy`: ``"warn"``
+(default) issues a :class:`KernelWarning` (a ``RuntimeWarning``) per problem,
+``"raise"`` raises :class:`KernelError` (a ``ValueError``) naming the kernel,
+the numbers and the remedy, ``"ignore"`` only returns the diagnostics. The
+policy is taken, in order, from the ``policy=`` argument, else from the
+innermost ``with guards.policy(...)`` / ``with guards.strict()`` block (a
+``contextvars.ContextVar``, so it is per thread and per asyncio task, and
+restored on exit), else the default ``GuardPolicy()``.
+
+Warn once, without a registry of our own: warnings go through
+``warnings.warn`` with a stable category (:class:`KernelWarning`), a message
+that is a pure function of the problem (kernel name, dtype, kind and the
+numbers printed to two significant digits) and ``stacklevel`` pointing at the
+caller. Python's standard ``"default"`` action — which applies to
+``RuntimeWarning`` unless configured otherwise — therefore shows a given
+problem once per call site, and the usual filters control it:
+``warnings.simplefilter("always", KernelWarning)`` to see every occurrence,
+``"once"`` for once per message whatever the site, ``"ignore"`` to silence
+them. A sweep, where every cell's numbers differ slightly, can open
+``with guards.collect() as log:``: inside it a problem is warned the first
+time per (kernel name, kind, dtype), repeats are counted in ``log`` (with
+every flagged :class:`KernelDiagnostics`, for storing beside the results) and
+summarized by one warning when the block ends. All state lives in the policy
+and log objects the caller opened; nothing is module-global.
+
+Cost: one float64 copy of K, its transpose difference and one ``eigvalsh``
+(O(n³), ~3 n² float64 of memory). Pass ``eigenvalues=`` when they are already
+known, or ``eig=False`` (default for n > ``GuardPolicy.eig_max_n``) to keep
+only the O(n²) checks (finiteness, symmetry, diagonal and 2×2-minor PSD
+conditions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import math
+import warnings
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "GuardLog",
+    "GuardPolicy",
+    "KernelDiagnostics",
+    "KernelError",
+    "KernelWarning",
+    "Problem",
+    "check_condition",
+    "check_kernel",
+    "check_solve",
+    "collect",
+    "current_policy",
+    "policy",
+    "strict",
+    "summarize",
+]
+
+ACTIONS = ("warn", "raise", "ignore")
+REQUESTS = ("entries", "spectrum", "solve")
+#: Problem kinds, in the order they are checked.
+PROBLEM_KINDS = ("nonfinite", "zero", "asymmetric", "not_psd", "ill_conditioned", "clipped", "backward_error")
+_DTYPES = ("float32", "float64")
+
+
+class KernelWarning(RuntimeWarning):
+    """A kernel matrix is numerically unfit for what is asked of it (see ``kernelattn.guards``)."""
+
+
+class KernelError(ValueError):
+    """Raised instead of :class:`KernelWarning` under a ``"raise"`` policy.
+
+    Attributes:
+      diagnostics: the :class:`KernelDiagnostics` of the offending kernel.
+      problems: the :class:`Problem` s that triggered it.
+    """
+
+    def __init__(self, message: str, diagnostics: KernelDiagnostics | None = None):
+        super().__init__(message)
+        self.diagnostics = diagnostics
+        self.problems = () if diagnostics is None else diagnostics.problems
+
+
+# ------------------------------------------------------------------------------ policy
+
+
+@dataclasses.dataclass(frozen=True)
+class GuardPolicy:
+    """What counts as a problem and what happens then.
+
+    Attributes:
+      action: "warn" (a :class:`KernelWarning` per problem, default), "raise"
+        (:class:`KernelError`) or "ignore" (diagnostics only).
+      solve_margin: a kernel computed in a dtype with machine epsilon eps is
+        unfit for solves / spectra when κ > ``solve_margin / eps`` (default
+        0.1: 8.4e5 in float32, 4.5e14 in float64).
+      symmetry_rtol: tolerated ‖K − Kᵀ‖_F/‖K‖_F; None → 1000·eps(dtype).
+      psd_rtol: tolerated most negative eigenvalue, relative to λ_max, before
+        K is called not PSD (smaller negative values are round-off and make K
+        numerically singular instead); None → 10·n·eps(dtype).
+      backward_rtol: tolerated normwise backward error of a solve (float64).
+      eig_max_n: with ``eig=None``, compute eigenvalues only up to this size.
+      ignore: problem kinds never reported (e.g. ``("ill_conditioned",)``).
+    """
+
+    action: str = "warn"
+    solve_margin: float = 0.1
+    symmetry_rtol: float | None = None
+    psd_rtol: float | None = None
+    backward_rtol: float = 1e-10
+    eig_max_n: int = 4096
+    ignore: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.action not in ACTIONS:
+            raise ValueError(f"action: expected one of {list(ACTIONS)}, got {self.action!r}")
+        if not 0 < self.solve_margin <= 1:
+            raise ValueError(f"solve_margin: expected a number in (0, 1], got {self.solve_margin!r}")
+        for field in ("symmetry_rtol", "psd_rtol"):
+            value = getattr(self, field)
+            if value is not None and not value >= 0:
+                raise ValueError(f"{field}: expected None or a number >= 0, got {value!r}")
+        if not self.backward_rtol >= 0:
+            raise ValueError(f"backward_rtol: expected a number >= 0, got {self.backward_rtol!r}")
+        if isinstance(self.ignore, str):
+            object.__setattr__(self, "ignore", (self.ignore,))
+        unknown = sorted(set(self.ignore) - set(PROBLEM_KINDS))
+        if unknown:
+            raise ValueError(f"ignore: expected problem kinds among {list(PROBLEM_KINDS)}, got {unknown}")
+        object.__setattr__(self, "ignore", tuple(self.ignore))
+
+    def kappa_limit(self, dtype) -> float:
+        """Largest κ a kernel computed in ``dtype`` may have for solves and spectra."""
+        return self.solve_margin / _eps(dtype)
+
+
+_POLICY: contextvars.ContextVar[GuardPolicy] = contextvars.ContextVar("kernelattn_guard_policy",
+                                                                      default=GuardPolicy())
+_LOG: contextvars.ContextVar[GuardLog | None] = contextvars.ContextVar("kernelattn_guard_log", default=None)
+
+
+def current_policy() -> GuardPolicy:
+    """The policy in force here: the innermost ``policy()``/``strict()`` block, else the default."""
+    return _POLICY.get()
+
+
+def _resolve_policy(value: GuardPolicy | str | None) -> GuardPolicy:
+    if value is None:
+        return _POLICY.get()
+    if isinstance(value, GuardPolicy):
+        return value
+    if isinstance(value, str):
+        return dataclasses.replace(_POLICY.get(), action=value)
+    raise ValueError(f"policy: expected None, one of {list(ACTIONS)} or a GuardPolicy, got {value!r}")
+
+
+@contextlib.contextmanager
+def policy(action: GuardPolicy | str | None = None, **overrides: Any) -> Iterator[GuardPolicy]:
+    """Use a policy for every check in this block (and the functions it calls).
+
+    Args:
+      action: "warn", "raise", "ignore", a whole :class:`GuardPolicy`, or None
+        to keep the current one.
+      **overrides: fields of :class:`GuardPolicy` to change, e.g.
+        ``solve_margin=0.01``, ``ignore=("ill_conditioned",)``.
+
+    Yields:
+      The policy in force inside the block.
+    """
+    new = _resolve_policy(action)
+    if overrides:
+        new = dataclasses.replace(new, **overrides)
+    token = _POLICY.set(new)
+    try:
+        yield new
+    finally:
+        _POLICY.reset(token)
+
+
+def strict(**overrides: Any) -> contextlib.AbstractContextManager[GuardPolicy]:
+    """``with strict():`` — every kernel problem in the block raises :class:`KernelError`."""
+    return policy("raise", **overrides)
+
+
+@dataclasses.dataclass
+class GuardLog:
+    """What the checks inside a ``with collect()`` block found.
+
+    Attributes:
+      records: every :class:`KernelDiagnostics` that had a problem, in order.
+      checked: number of kernels checked.
+      counts: {(name, kind, dtype): occurrences}.
+      suppressed: {(name, kind, dtype): occurrences not warned (repeats)}.
+      once: warn only the first occurrence of each (name, kind, dtype).
+    """
+
+    once: bool = True
+    records: list = dataclasses.field(default_factory=list)
+    checked: int = 0
+    counts: dict = dataclasses.field(default_factory=dict)
+    suppressed: dict = dataclasses.field(default_factory=dict)
+    _values: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def _note(self, diag: KernelDiagnostics, problem: Problem) -> bool:
+        """Count ``problem``; True if it should be reported now."""
+        key = (diag.name, problem.kind, diag.dtype)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        if problem.value is not None:
+            self._values.setdefault(key, []).append(problem.value)
+        if self.once and self.counts[key] > 1:
+            self.suppressed[key] = self.suppressed.get(key, 0) + 1
+            return False
+        return True
+
+    def summary(self) -> str:
+        """One line per repeated problem: how many were not warned and the range of the key number."""
+        lines = []
+        for key, count in self.suppressed.items():
+            name, kind, dtype = key
+            values = self._values.get(key)
+            spread = f" ({_QUANTITY[kind]} from {min(values):.2g} to {max(values):.2g})" if values else ""
+            lines.append(f"{count} further '{kind}' problem(s) of kernel '{name}' ({dtype}) not repeated{spread}")
+        return "; ".join(lines)
+
+    def as_dict(self) -> dict:
+        """Plain-dict view: counts per problem and the flagged diagnostics."""
+        return {
+            "checked": self.checked,
+            "counts": {"/".join(k): v for k, v in self.counts.items()},
+            "records": [r.as_dict() for r in self.records],
+        }
+
+
+_QUANTITY = {"ill_conditioned": "κ", "not_psd": "λ_min/λ_max", "asymmetric": "‖K − Kᵀ‖_F/‖K‖_F",
+             "nonfinite": "non-finite entries", "clipped": "clipped eigenvalues",
+             "backward_error": "backward error", "zero": "‖K‖_F"}
+
+
+@contextlib.contextmanager
+def collect(*, once: bool = True) -> Iterator[GuardLog]:
+    """Collect the diagnostics of every check in this block; warn each problem once.
+
+    Inside the block a problem is warned (under a "warn" policy) the first
+    time for each (kernel name, kind, dtype) and counted afterwards; at the
+    end one :class:`KernelWarning` summarizes the repeats. "raise" policies
+    still raise at the first problem. Blocks nest; the innermost collects.
+
+    Args:
+      once: False → warn every occurrence (still recorded).
+
+    Yields:
+      The :class:`GuardLog`.
+    """
+    log = GuardLog(once=once)
+    token = _LOG.set(log)
+    try:
+        yield log
+    finally:
+        _LOG.reset(token)
+    if log.suppressed and _POLICY.get().action == "warn":
+        # stacklevel 3: this generator → contextlib's __exit__ → the ``with`` statement.
+        warnings.warn(f"kernelattn.guards: {log.summary()}.", KernelWarning, stacklevel=3)
+
+
+# ------------------------------------------------------------------------ diagnostics
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One finding: its ``kind`` (see ``PROBLEM_KINDS``), the full ``message``, the key number."""
+
+    kind: str
+    message: str
+    value: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelDiagnostics:
+    """Numerical health of one kernel matrix (all numbers float64).
+
+    Attributes:
+      name: the kernel's name in messages.
+      shape: shape of the matrix as checked (a ``(n1, n2, C, C)`` kernel is
+        checked as ``(n1·C, n2·C)``).
+      dtype: the dtype it was computed in ("float32" / "float64").
+      requested: "entries", "spectrum" or "solve": what it will be used for.
+      ridge: λ of the solves (κ is then that of K + λI).
+      n_nonfinite: number of NaN/inf entries.
+      symmetry_error: ‖K − Kᵀ‖_F / ‖K‖_F (None unless checked as symmetric).
+      lambda_max, lambda_min: extreme eigenvalues (None without eigenvalues).
+      negative_ratio: max(0, −λ_min)/λ_max, the most negative eigenvalue
+        relative to λ_max.
+      kappa: λ_max/λ_min of K (inf when λ_min ≤ 0).
+      kappa_effective: κ that matters for ``requested``: of K + λI for
+        "solve", of K for "spectrum".
+      kappa_limit: ``solve_margin / eps(dtype)``.
+      representable: κ_effective ≤ κ_limit (None when not applicable/known).
+      ridge_needed: smallest λ with κ(K + λI) ≤ κ_limit (None if not needed).
+      rank_needed: eigenvalues above λ_max/κ_limit: the rank of a truncation
+        that the dtype resolves (None if not needed).
+      eps: machine epsilon of ``dtype``.
+      problems: the :class:`Problem` s found (empty: healthy).
+      method: "cholesky" / "eigh-clipped" (``check_solve`` only).
+      clipped: eigenvalues clipped by the fallback (``check_solve`` only).
+      backward_error: ‖b − (K + λI)x‖ / (‖K + λI‖‖x‖ + ‖b‖) (``check_solve``
+        with ``rhs`` and ``solution``).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    requested: str
+    ridge: float = 0.0
+    n_nonfinite: int = 0
+    symmetry_error: float | None = None
+    lambda_max: float | None = None
+    lambda_min: float | None = None
+    negative_ratio: float | None = None
+    kappa: float | None = None
+    kappa_effective: float | None = None
+    kappa_limit: float | None = None
+    representable: bool | None = None
+    ridge_needed: float | None = None
+    rank_needed: int | None = None
+    eps: float = 0.0
+    problems: tuple[Problem, ...] = ()
+    method: str | None = None
+    clipped: int | None = None
+    backward_error: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        """No problem found."""
+        return not self.problems
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """Kinds of the problems found."""
+        return tuple(p.kind for p in self.problems)
+
+    def as_dict(self) -> dict:
+        """JSON-friendly view (problems as their kinds and messages)."""
+        out = dataclasses.asdict(self)
+        out["shape"] = list(self.shape)
+        out["problems"] = [{"kind": p.kind, "message": p.message} for p in self.problems]
+        return out
+
+
+def _eps(dtype) -> float:
+    return float(np.finfo(np.dtype(dtype)).eps)
+
+
+def _dtype_name(dtype, k: np.ndarray) -> str:
+    if dtype is None:
+        dtype = k.dtype if np.issubdtype(k.dtype, np.floating) else np.float64
+    try:
+        name = np.dtype(dtype).name
+    except TypeError as err:
+        raise ValueError(f"dtype: expected one of {list(_DTYPES)}, got {dtype!r}") from err
+    if name not in _DTYPES:
+        raise ValueError(f"dtype: expected one of {list(_DTYPES)} (the dtype the kernel was computed in), "
+                         f"got {name!r}")
+    return name
+
+
+def _as_matrix(k: Any, name: str) -> np.ndarray:
+    """The kernel as a 2-d array; ``(n1, n2, C, C)`` becomes ``(n1·C, n2·C)``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name: expected a non-empty string naming the kernel, got {name!r}")
+    try:
+        array = np.asarray(k)
+    except Exception as err:
+        raise TypeError(f"{name}: expected a numeric array, got {type(k).__name__} ({err})") from err
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise TypeError(f"{name}: expected a real numeric array, got dtype {array.dtype}")
+    if array.ndim == 4:
+        n1, n2, c1, c2 = array.shape
+        array = np.transpose(array, (0, 2, 1, 3)).reshape(n1 * c1, n2 * c2)
+    if array.ndim != 2 or array.size == 0:
+        raise ValueError(f"{name}: expected a non-empty (n1, n2) or (n1, n2, C, C) kernel, got shape {array.shape}")
+    return array
+
+
+def _g(x: float) -> str:
+    """Two significant digits: stable text for the same problem, precise enough to act on."""
+    return "inf" if math.isinf(x) else f"{x:.2g}"
+
+
+def _float64_remedy(dtype: str) -> list[str]:
+    if dtype == "float64":
+        return []
+    return ["compute it in float64 (kernelattn.enable_x64() at program start, then dtype='float64'; "
+            f"float64 resolves κ up to {_g(GuardPolicy().kappa_limit('float64'))})"]
+
+
+def _ridge_for(lam_max: float, lam_min: float, limit: float) -> float:
+    """Smallest λ ≥ 0 with (λ_max + λ)/(max(λ_min, 0) + λ) ≤ limit."""
+    lo = max(lam_min, 0.0)
+    return max((lam_max - limit * lo) / (limit - 1.0), 0.0)
+
+
+def _analyse(
+    k: np.ndarray,
+    *,
+    name: str,
+    dtype: str,
+    requested: str,
+    symmetric: bool,
+    psd: bool,
+    ridge: float,
+    eig: bool | None,
+    eigenvalues: Any,
+    pol: GuardPolicy,
+) -> KernelDiagnostics:
+    eps = _eps(dtype)
+    n = k.shape[0]
+    square = k.shape[0] == k.shape[1]
+    if (symmetric or psd) and not square:
+        raise ValueError(
+            f"{name}: symmetric/psd checks need a square kernel, got shape {k.shape}; "
+            "pass symmetric=False, psd=False for a cross (e.g. test × train) kernel"
+        )
+    base = dict(name=name, shape=tuple(k.shape), dtype=dtype, requested=requested, ridge=float(ridge), eps=eps)
+    problems: list[Problem] = []
+    size = f"{k.shape[0]}×{k.shape[1]}"
+    where = f"kernel '{name}' ({size}, computed in {dtype})"
+
+    finite = np.isfinite(k)
+    n_bad = int(k.size - np.count_nonzero(finite))
+    if n_bad:
+        problems.append(Problem("nonfinite", (
+            f"{where} has {n_bad} NaN/inf entries of {k.size}. Remedy: if it overflowed, compute it in float64 "
+            "(kernelattn.enable_x64(), dtype='float64'); check the inputs for zero rows (unit-row normalization "
+            "of a zero row gives NaN) and for NaN parameters."), float(n_bad)))
+        return KernelDiagnostics(**base, n_nonfinite=n_bad, problems=tuple(problems))
+
+    kd = np.asarray(k, dtype=np.float64)
+    norm = float(np.linalg.norm(kd))
+    if norm == 0.0:
+        problems.append(Problem("zero", (
+            f"{where} is identically zero. Remedy: check the model's parameters (a zero readout or zero "
+            "inputs give a zero NTK) and the scales σ_w, σ_a."), 0.0))
+        return KernelDiagnostics(**base, problems=tuple(problems))
+
+    symmetry_error = None
+    if symmetric:
+        symmetry_error = float(np.linalg.norm(kd - kd.T)) / norm
+        tol = pol.symmetry_rtol if pol.symmetry_rtol is not None else 1e3 * eps
+        if symmetry_error > tol:
+            problems.append(Problem("asymmetric", (
+                f"{where} is not symmetric: ‖K − Kᵀ‖_F/‖K‖_F = {_g(symmetry_error)} > {_g(tol)} "
+                f"(round-off in {dtype}). A train × train NTK or Gram matrix is symmetric by construction and "
+                "solvers use (K + Kᵀ)/2, which changes this K materially. Remedy: make sure both arguments are "
+                "the same training set in the same order (x2 = x1), or pass symmetric=False, psd=False for a "
+                "cross (test × train) kernel."), symmetry_error))
+
+    if not (square and (psd or requested != "entries")):
+        return KernelDiagnostics(**base, symmetry_error=symmetry_error, problems=tuple(problems))
+
+    psd_tol = pol.psd_rtol if pol.psd_rtol is not None else 10 * n * eps
+    if eigenvalues is not None:
+        values = np.sort(np.asarray(eigenvalues, dtype=np.float64).ravel())
+        if values.size != n:
+            raise ValueError(f"eigenvalues: expected {n} eigenvalues of {name}, got {values.size}")
+    elif eig if eig is not None else n <= pol.eig_max_n:
+        import scipy.linalg
+
+        values = scipy.linalg.eigvalsh((kd + kd.T) / 2, overwrite_a=True, check_finite=False)
+    else:
+        values = None
+
+    if values is None:
+        # O(n²) necessary conditions of PSD-ness: a non-negative diagonal and |K_ij|² ≤ K_ii K_jj.
+        if psd:
+            diag = np.diag(kd)
+            scale = float(np.max(np.abs(diag))) or norm
+            worst = float(-np.min(diag)) / scale
+            if worst <= psd_tol and np.all(diag > 0):
+                minor = kd**2 / np.outer(diag, diag)
+                worst = max(worst, float(np.max(minor)) - 1.0)
+            if worst > max(psd_tol, 1e3 * eps):
+                problems.append(Problem("not_psd", (
+                    f"{where} is not positive semi-definite: a diagonal entry or 2×2 principal minor is "
+                    f"negative (violation {_g(worst)} relative to the diagonal; eigenvalues not computed). "
+                    "An NTK or Gram matrix is PSD by construction, so this signals a bug in how it was built; "
+                    "pass psd=False if it is not meant to be one."), worst))
+        return KernelDiagnostics(**base, symmetry_error=symmetry_error, problems=tuple(problems))
+
+    lam_min, lam_max = float(values[0]), float(values[-1])
+    limit = pol.kappa_limit(dtype)
+    out = dict(lambda_min=lam_min, lambda_max=lam_max, kappa_limit=limit)
+    if lam_max <= 0:
+        problems.append(Problem("not_psd", (
+            f"{where} has no positive eigenvalue (λ_max = {_g(lam_max)}, λ_min = {_g(lam_min)}): it is not a "
+            "kernel matrix. Remedy: check its sign and how it was built; psd=False if it is not meant to be PSD."),
+            lam_max))
+        return KernelDiagnostics(**base, symmetry_error=symmetry_error, **out, problems=tuple(problems))
+
+    negative_ratio = max(0.0, -lam_min) / lam_max
+    kappa = lam_max / lam_min if lam_min > 0 else math.inf
+    out.update(negative_ratio=negative_ratio, kappa=kappa)
+    if psd and negative_ratio > psd_tol:
+        problems.append(Problem("not_psd", (
+            f"{where} is not positive semi-definite: its most negative eigenvalue is "
+            f"{_g(-negative_ratio)}·λ_max (λ_min = {_g(lam_min)}, λ_max = {_g(lam_max)}), beyond the "
+            f"{dtype} round-off floor {_g(psd_tol)}·λ_max. An NTK or Gram matrix is PSD by construction, so this "
+            "signals a bug (x1 ≠ x2, a test × train block checked as train × train, a sign); solvers would clip "
+            "these eigenvalues. Remedy: check how it was built; psd=False if it is not meant to be PSD."),
+            -negative_ratio))
+
+    if requested == "entries":
+        return KernelDiagnostics(**base, symmetry_error=symmetry_error, **out, problems=tuple(problems))
+
+    use_ridge = ridge if requested == "solve" else 0.0
+    if use_ridge > 0:
+        floor = lam_min + use_ridge
+        kappa_eff = (lam_max + use_ridge) / floor if floor > 0 else math.inf
+    else:
+        kappa_eff = kappa
+    representable = kappa_eff <= limit
+    out.update(kappa_effective=kappa_eff, representable=representable)
+    if not representable and not any(p.kind == "not_psd" for p in problems):
+        ridge_needed = _ridge_for(lam_max, lam_min, limit)
+        rank_needed = int(np.count_nonzero(values > lam_max / limit))
+        out.update(ridge_needed=ridge_needed, rank_needed=rank_needed)
+        if lam_min > 0:
+            spectrum = f"κ = {_g(kappa)} (λ_max = {_g(lam_max)}, λ_min = {_g(lam_min)})"
+        else:
+            spectrum = (f"κ = inf (λ_min = {_g(lam_min)} ≤ 0 at λ_max = {_g(lam_max)}: numerically singular "
+                        f"in {dtype})")
+        if use_ridge > 0:
+            spectrum += f"; with the ridge λ = {_g(use_ridge)}, κ(K + λI) = {_g(kappa_eff)}"
+        use = ("solves with it ((K + λI)⁻¹y, influence, kernel regression)" if requested == "solve"
+               else "its smallest eigenvalues, λ_min, κ and the certificate ‖Θ_m − Θ_∞‖₂/λ_min")
+        remedies = _float64_remedy(dtype)
+        if requested == "solve":
+            remedies.append(f"solve with a ridge λ ≥ {_g(ridge_needed)} (κ(K + λI) ≤ {_g(limit)})")
+        remedies.append(f"truncate K to its top r = {rank_needed} of {n} eigenpairs (those above λ_max/{_g(limit)}), "
+                        "or use rank-truncated attention (AttentionConfig(rank=r)) for MLP-Attn")
+        problems.append(Problem("ill_conditioned", (
+            f"{where} is too ill-conditioned for {use} in {dtype}: {spectrum} exceeds "
+            f"{_g(limit)} = {_g(pol.solve_margin)}/eps({dtype}), so its smallest eigenvalues are round-off. "
+            "Remedy: " + "; or ".join(remedies) + "."), kappa_eff))
+    return KernelDiagnostics(**base, symmetry_error=symmetry_error, **out, problems=tuple(problems))
+
+
+def _report(diag: KernelDiagnostics, pol: GuardPolicy, stacklevel: int) -> KernelDiagnostics:
+    """Apply the policy to ``diag``'s problems; ``stacklevel`` is relative to ``_report``'s caller's caller."""
+    problems = tuple(p for p in diag.problems if p.kind not in pol.ignore)
+    if problems != diag.problems:
+        diag = dataclasses.replace(diag, problems=problems)
+    log = _LOG.get()
+    if log is not None:
+        log.checked += 1
+        if problems:
+            log.records.append(diag)
+    if not problems or pol.action == "ignore":
+        return diag
+    if pol.action == "raise":
+        head = f"kernelattn.guards: {len(problems)} problem(s) with kernel '{diag.name}':"
+        raise KernelError("\n".join([head] + [f"- [{p.kind}] {p.message}" for p in problems]), diag)
+    for problem in problems:
+        if log is None or log._note(diag, problem):
+            # +1: this function sits between warnings.warn and the public check_* function.
+            warnings.warn(problem.message, KernelWarning, stacklevel=stacklevel + 1)
+    return diag
+
+
+def _check_args(requested, ridge) -> tuple[str, float]:
+    if requested not in REQUESTS:
+        raise ValueError(f"requested: expected one of {list(REQUESTS)} or None, got {requested!r}")
+    try:
+        ridge = float(ridge)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"ridge: expected a number >= 0, got {ridge!r}") from err
+    if not (ridge >= 0 and math.isfinite(ridge)):
+        raise ValueError(f"ridge: expected a finite number >= 0, got {ridge!r}")
+    return requested, ridge
+
+
+def check_kernel(
+    k: Any,
+    *,
+    name: str,
+    dtype=None,
+    requested: str | None = None,
+    symmetric: bool = True,
+    psd: bool = True,
+    ridge: float = 0.0,
+    eig: bool | None = None,
+    eigenvalues: Any | None = None,
+    policy: GuardPolicy | str | None = None,
+    stacklevel: int = 2,
+) -> KernelDiagnostics:
+    """Check that a kernel matrix is finite, symmetric, PSD and resolvable in its dtype.
+
+    Args:
+      k: ``(n1, n2)`` kernel, or ``(n1, n2, C, C)`` (checked as ``(n1·C, n2·C)``);
+        numpy or jax, any float dtype (analysed in float64).
+      name: the kernel's name in messages, e.g. "theta_m (mlp-attn, m=4096)".
+      dtype: the dtype it was *computed* in, "float32" or "float64"; None →
+        ``k.dtype`` (pass it when a float32 kernel was converted to float64).
+      requested: what it will be used for: "entries" (norms and differences
+        only: no conditioning check), "spectrum" (λ_min, κ, certificates:
+        κ(K) ≤ limit) or "solve" (κ(K + ridge·I) ≤ limit). None → "solve" for
+        a PSD kernel, "entries" otherwise.
+      symmetric: check ‖K − Kᵀ‖_F/‖K‖_F (square kernels; False for test × train).
+      psd: check the most negative eigenvalue (square kernels).
+      ridge: λ ≥ 0 of the solves (``requested="solve"``).
+      eig: compute eigenvalues (one float64 ``eigvalsh``); None → when
+        n ≤ ``policy.eig_max_n``. Without them only O(n²) checks run.
+      eigenvalues: the eigenvalues of (K + Kᵀ)/2 if already known (any order).
+      policy: "warn", "raise", "ignore" or a :class:`GuardPolicy`; None → the
+        policy in force (``guards.policy()`` / ``guards.strict()`` blocks).
+      stacklevel: as in ``warnings.warn``, counted from ``check_kernel``: 2
+        (default) attributes the warning to the line calling ``check_kernel``;
+        a library function wrapping it passes 3 to blame its own caller.
+
+    Returns:
+      :class:`KernelDiagnostics` (problems already reported per the policy).
+
+    Raises:
+      KernelError: a problem under a "raise" policy.
+      ValueError / TypeError: invalid arguments.
+    """
+    matrix = _as_matrix(k, name)
+    dtype = _dtype_name(dtype, matrix)
+    requested, ridge = _check_args(requested if requested is not None else ("solve" if psd else "entries"), ridge)
+    pol = _resolve_policy(policy)
+    diag = _analyse(matrix, name=name, dtype=dtype, requested=requested, symmetric=symmetric, psd=psd, ridge=ridge,
+                    eig=eig, eigenvalues=eigenvalues, pol=pol)
+    return _report(diag, pol, stacklevel)
+
+
+def check_solve(
+    k: Any,
+    ridge: float = 0.0,
+    *,
+    name: str,
+    factorization: Any | None = None,
+    method: str | None = None,
+    clipped: int | None = None,
+    rhs: Any | None = None,
+    solution: Any | None = None,
+    dtype=None,
+    eig: bool | None = None,
+    eigenvalues: Any | None = None,
+    policy: GuardPolicy | str | None = None,
+    stacklevel: int = 2,
+) -> KernelDiagnostics:
+    """Check a solve with K + λI: the kernel's fitness, the method that ran, the backward error.
+
+    Args:
+      k: ``(n, n)`` kernel that was (or will be) solved with.
+      ridge: λ ≥ 0 added to its diagonal.
+      name: the kernel's name in messages.
+      factorization: the ``kernelattn.linalg.Factorization`` used (its
+        ``method`` and ``clipped`` are read), or None.
+      method: "cholesky" or "eigh-clipped" when no factorization is given.
+      clipped: eigenvalues the fallback clipped (with ``method``).
+      rhs, solution: b and x of (K + λI) x = b, to measure the normwise
+        backward error ‖b − (K + λI)x‖_F / (‖K + λI‖_F‖x‖_F + ‖b‖_F).
+      dtype, eig, eigenvalues, policy, stacklevel: as in :func:`check_kernel`.
+
+    Returns:
+      :class:`KernelDiagnostics` with ``method``, ``clipped`` and ``backward_error``.
+    """
+    matrix = _as_matrix(k, name)
+    dtype = _dtype_name(dtype, matrix)
+    _, ridge = _check_args("solve", ridge)
+    if factorization is not None:
+        method = getattr(factorization, "method", method)
+        clipped = getattr(factorization, "clipped", clipped)
+        ridge_f = getattr(factorization, "ridge", None)
+        if ridge_f is not None and ridge == 0.0:
+            ridge = float(ridge_f)
+    if method is not None and method not in ("cholesky", "eigh-clipped"):
+        raise ValueError(f"method: expected 'cholesky' or 'eigh-clipped', got {method!r}")
+    pol = _resolve_policy(policy)
+    diag = _analyse(matrix, name=name, dtype=dtype, requested="solve", symmetric=True, psd=True, ridge=ridge,
+                    eig=eig, eigenvalues=eigenvalues, pol=pol)
+    problems = list(diag.problems)
+    where = f"solve with kernel '{name}' + {_g(ridge)}·I ({matrix.shape[0]}×{matrix.shape[1]}, computed in {dtype})"
+    if method == "eigh-clipped":
+        need = f"a ridge λ ≥ {_g(diag.ridge_needed)}" if diag.ridge_needed else "a larger ridge"
+        problems.append(Problem("clipped", (
+            f"{where} fell back from Cholesky to a clipped eigen-decomposition: "
+            f"{clipped if clipped is not None else 'some'} eigenvalue(s) raised to the floor because K + λI is not "
+            "positive definite in float64, so the result solves a modified system. Remedy: "
+            + "; or ".join([need] + _float64_remedy(dtype) + ["a rank truncation of K"]) + "."),
+            float(clipped) if clipped is not None else None))
+    backward = None
+    if rhs is not None and solution is not None:
+        b = np.asarray(rhs, np.float64)
+        x = np.asarray(solution, np.float64)
+        kd = np.asarray(matrix, np.float64)
+        a_x = ((kd + kd.T) / 2) @ x + ridge * x
+        a_norm = float(np.linalg.norm(kd)) + ridge * math.sqrt(kd.shape[0])
+        denominator = a_norm * float(np.linalg.norm(x)) + float(np.linalg.norm(b))
+        backward = float(np.linalg.norm(b - a_x)) / denominator if denominator > 0 else 0.0
+        if backward > pol.backward_rtol:
+            problems.append(Problem("backward_error", (
+                f"{where} has backward error {_g(backward)} > {_g(pol.backward_rtol)}: the solution does not "
+                f"solve (K + λI)x = b to float64 accuracy (method: {method or 'unknown'}). Remedy: a larger ridge, "
+                "float64 kernels, or a rank truncation."), backward))
+    diag = dataclasses.replace(diag, problems=tuple(problems), method=method, clipped=clipped,
+                               backward_error=backward)
+    return _report(diag, pol, stacklevel)
+
+
+def check_condition(
+    kappa: float,
+    *,
+    name: str,
+    dtype,
+    power: float = 1.0,
+    requested: str = "solve",
+    policy: GuardPolicy | str | None = None,
+    stacklevel: int = 2,
+) -> KernelDiagnostics:
+    """Check a *predicted* condition number κ^power before computing a kernel in ``dtype``.
+
+    Linearized attention of depth k maps the Gram matrix G to G^(2k+1)
+    (MATH.md §3), so MLP-Attn kernels inherit κ_d(G)^3: ``check_condition(
+    report.kappa_d, power=3, name=..., dtype="float32")`` warns before a
+    float32 computation that cannot resolve them.
+
+    Args:
+      kappa: condition number of the inputs, e.g. ``condition_report(x).kappa_d``.
+      name: the kernel's name in messages.
+      dtype: the dtype it will be computed in.
+      power: κ is raised to this power (2k + 1 for depth-k attention).
+      requested: "spectrum" or "solve" (for messages).
+      policy, stacklevel: as in :func:`check_kernel`.
+    """
+    dtype = _dtype_name(dtype, np.zeros(0))
+    if requested not in ("spectrum", "solve"):
+        raise ValueError(f"requested: expected 'spectrum' or 'solve', got {requested!r}")
+    kappa, power = float(kappa), float(power)
+    if not kappa >= 1:
+        raise ValueError(f"kappa: expected a condition number >= 1, got {kappa!r}")
+    pol = _resolve_policy(policy)
+    limit = pol.kappa_limit(dtype)
+    predicted = math.inf if math.isinf(kappa) else math.exp(min(power * math.log(kappa), 709.0))
+    problems = []
+    if predicted > limit:
+        powered = f"κ^{power:g} = ({_g(kappa)})^{power:g}" if power != 1 else "κ"
+        remedies = _float64_remedy(dtype) + [f"a ridge λ ≥ {_g(1 / (limit - 1))}·λ_max",
+                                             "rank-truncated attention (AttentionConfig(rank=r))"]
+        problems.append(Problem("ill_conditioned", (
+            f"kernel '{name}' (to be computed in {dtype}) has predicted condition number {powered} = "
+            f"{_g(predicted)} > {_g(limit)} = {_g(pol.solve_margin)}/eps({dtype})"
+            + (" (linearized attention raises κ(G) to the power 2k + 1)" if power != 1 else "")
+            + f", beyond what {dtype} resolves for "
+            + ("solves" if requested == "solve" else "λ_min, κ and certificates")
+            + ". Remedy: " + "; or ".join(remedies) + "."), predicted))
+    diag = KernelDiagnostics(name=name, shape=(), dtype=dtype, requested=requested, kappa=predicted,
+                             kappa_effective=predicted, kappa_limit=limit, representable=predicted <= limit,
+                             eps=_eps(dtype), problems=tuple(problems))
+    return _report(diag, pol, stacklevel)
+
+
+def summarize(diagnostics: Mapping[str, KernelDiagnostics] | list[KernelDiagnostics]) -> dict:
+    """{name: [problem kinds]} for a batch of diagnostics (for result records)."""
+    items = diagnostics.values() if isinstance(diagnostics, Mapping) else diagnostics
+    return {d.name: list(d.kinds) for d in items}
