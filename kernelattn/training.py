@@ -70,8 +70,13 @@ def loss_value(outputs: jax.Array, targets: jax.Array, weights: jax.Array, loss:
     return jnp.sum(per_row * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
+@functools.lru_cache(maxsize=64)
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """Adam with coupled L2: chain(add_decayed_weights(λ), adam(lr))."""
+    """Adam with coupled L2: chain(add_decayed_weights(λ), adam(lr)).
+
+    Cached per (frozen, hashable) config: the optimizer is a static argument of
+    the jitted training loop, so the same object avoids a recompilation.
+    """
     return optax.chain(optax.add_decayed_weights(config.weight_decay), optax.adam(config.learning_rate))
 
 

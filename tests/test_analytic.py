@@ -2,7 +2,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import unit_rows
+from support import unit_rows
 from kernelattn.kernels.analytic import head_kernels, qkv_attention_nngp
 from kernelattn.kernels.empirical import streaming_head_ntk
 from kernelattn.models import HeadConfig

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import unit_rows
+from support import unit_rows
 from kernelattn.kernels.empirical import (
     _draw_chunk,
     empirical_ntk,

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.datasets import load_digits
 
-from conftest import unit_rows, well_conditioned
+from support import unit_rows, well_conditioned
 from kernelattn.kernels import gram as g
 
 

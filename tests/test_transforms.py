@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import well_conditioned
+from support import well_conditioned
 from kernelattn.kernels.gram import condition_report
 from kernelattn.transforms import linear_attention
 

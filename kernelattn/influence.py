@@ -1,0 +1,656 @@
+"""Influence of training points on test predictions of kernel ridge regression (MATH.md §9).
+
+For a kernel K (empirical Θ_m of a trained network, or the infinite-width
+Θ_∞) and ridge λ > 0, with H = (K + λI)⁻¹, α = H y and f(x*) = k*ᵀ α:
+
+- exact leave-one-out influence (the default, ``method="loo"``):
+
+      I(i, x*) = f(x*) − f_{−i}(x*) = (k*ᵀ H e_i) α_i / H_ii,
+
+  the change of the prediction at x* when point i is removed and the ridge
+  problem is re-solved on the other n − 1 points (exact, by the
+  Sherman–Morrison identity for the bordered inverse; no approximation);
+- influence-function form (``method="if"``; Zhang et al. 2022, NTK regime,
+  MSE loss): I_IF(i, x*) = (k*ᵀ H)_i r_i with the ridge fit's training
+  residual r = y − K α. Since (K + λI) α = y, r = λ α, so I_IF differs from
+  I by the positive per-point factor λ H_ii: the two always agree in sign.
+
+Multi-class: targets are one-vs-rest, ``"pm1"`` (+1 for the class, −1
+otherwise; default) or ``"onehot"`` (1 / 0), one ridge fit per class sharing
+the one factorization; the influence on test point t is taken on its
+**true-class output** c_t: I(i, t) = (k_tᵀ H e_i) α_{i, c_t} / H_ii.
+
+Everything is float64, batched over the test points, and solved, never
+inverted: one factorization of K + λI (Cholesky, eigen-decomposition fallback;
+:func:`kernelattn.linalg.factorize`) serves all classes and test points, and
+the method that ran is reported.
+
+The second half of the module builds that kernel from data and a model:
+raw pixels → unit rows → (parameter-free attention over the training set) →
+MLP head trained with optax → empirical NTK at the trained parameters
+(kernelattn's structured path) or the closed-form infinite-width NTK on the
+same features. :func:`influence` is the public entry point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kernelattn._precision import resolve_dtype
+from kernelattn._validation import check_choice, check_int, check_matrix, check_real
+from kernelattn.kernels.analytic import head_kernels
+from kernelattn.kernels.empirical import structured_head_ntk
+from kernelattn.linalg import factorize
+from kernelattn.models import AttentionMLP, HeadConfig, MLPHead, TwoLayerReLU, canonical_model_name, make_model
+from kernelattn.training import TrainConfig, train
+from kernelattn.transforms import AttentionConfig, attend
+
+INFLUENCE_METHODS = ("loo", "if")
+KERNELS = ("empirical", "infinite")
+TARGET_ENCODINGS = ("pm1", "onehot")
+SUPPORTED_MODELS = ("relu", "mlp-attn")
+
+
+# =========================================================================== scores from a kernel
+
+
+@dataclasses.dataclass(frozen=True)
+class InfluenceResult:
+    """Influence scores of every training point on every test point.
+
+    Attributes:
+      scores: ``(n*, n)`` float64, I(i, x*_t) in row t, column i.
+      method: "loo" (exact leave-one-out) or "if" (influence-function form).
+      factorization: how K + λI was solved: "cholesky" or "eigh-clipped".
+      ridge: λ.
+      predictions: ``(n*,)`` f(x*_t) on the output the influence is taken on
+        (the true class c_t for multi-class targets).
+      test_labels: ``(n*,)`` int class of each test point, or ``None`` for a
+        single output.
+      kernel: "empirical", "infinite" or "precomputed".
+      targets: one-vs-rest encoding ("pm1" / "onehot"), ``None`` if given as is.
+      model, width, seed: provenance when built by :func:`influence`.
+      train_losses: per-epoch training losses of the network (may be empty).
+    """
+
+    scores: np.ndarray
+    method: str
+    factorization: str
+    ridge: float
+    predictions: np.ndarray
+    test_labels: np.ndarray | None = None
+    kernel: str = "precomputed"
+    targets: str | None = None
+    model: str | None = None
+    width: int | None = None
+    seed: int | None = None
+    train_losses: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n*, n)``."""
+        return tuple(self.scores.shape)
+
+    def to_dict(self, arrays: bool = False) -> dict:
+        """Metadata (and, with ``arrays=True``, the arrays as nested lists)."""
+        out = {
+            "method": self.method,
+            "factorization": self.factorization,
+            "ridge": self.ridge,
+            "kernel": self.kernel,
+            "targets": self.targets,
+            "model": self.model,
+            "width": self.width,
+            "seed": self.seed,
+            "n_test": self.shape[0],
+            "n_train": self.shape[1],
+        }
+        if arrays:
+            out["scores"] = self.scores.tolist()
+            out["predictions"] = self.predictions.tolist()
+            out["test_labels"] = None if self.test_labels is None else self.test_labels.tolist()
+        return out
+
+
+def _check_kernels(k_train, k_test_train) -> tuple[np.ndarray, np.ndarray]:
+    k_train = check_matrix(k_train, "k_train").astype(np.float64)
+    if k_train.shape[0] != k_train.shape[1]:
+        raise ValueError(f"k_train: expected a square (n, n) kernel matrix, got shape {k_train.shape}")
+    k_test_train = check_matrix(k_test_train, "k_test_train").astype(np.float64)
+    if k_test_train.shape[1] != k_train.shape[0]:
+        raise ValueError(
+            f"k_test_train: expected shape (n*, {k_train.shape[0]}) to match k_train, got {k_test_train.shape}"
+        )
+    return k_train, k_test_train
+
+
+def _check_targets(y, n: int) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim not in (1, 2) or y.shape[0] != n:
+        raise ValueError(f"y: expected shape ({n},) or ({n}, C) to match k_train, got {y.shape}")
+    y = check_matrix(y, "y", ndim=y.ndim).astype(np.float64)
+    return y[:, None] if y.ndim == 1 else y
+
+
+def _check_test_labels(test_labels, n_test: int, n_outputs: int) -> np.ndarray | None:
+    if test_labels is None:
+        if n_outputs > 1:
+            raise ValueError(
+                f"test_labels: expected ({n_test},) class indices in [0, {n_outputs - 1}] for {n_outputs}-output "
+                "targets (the influence is taken on each test point's true-class output), got None"
+            )
+        return None
+    labels = np.asarray(test_labels)
+    if labels.shape != (n_test,) or not (np.issubdtype(labels.dtype, np.integer) or labels.size == 0):
+        raise ValueError(f"test_labels: expected ({n_test},) integer class indices, got {labels.shape} {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() >= n_outputs):
+        raise ValueError(
+            f"test_labels: expected class indices in [0, {n_outputs - 1}], got {labels.min()}..{labels.max()}"
+        )
+    return labels.astype(np.int64)
+
+
+def influence_scores(
+    k_train,
+    k_test_train,
+    y,
+    ridge: float,
+    *,
+    test_labels=None,
+    method: str = "loo",
+) -> InfluenceResult:
+    """Influence of each training point on each test prediction of kernel ridge regression.
+
+    I(i, x*) = (k*ᵀ H e_i) α_i / H_ii  (exact LOO, ``method="loo"``, default), or
+    I_IF(i, x*) = (k*ᵀ H)_i r_i with r = y − K α  (``method="if"``),
+    H = (K + λI)⁻¹, α = H y; one factorization for all test points and outputs.
+
+    Args:
+      k_train: ``(n, n)`` symmetric PSD kernel K of the training set (any kernel:
+        empirical at width m, infinite-width, …).
+      k_test_train: ``(n*, n)`` kernel between test and training points.
+      y: ``(n,)`` targets, or ``(n, C)`` one-vs-rest targets.
+      ridge: λ > 0.
+      test_labels: ``(n*,)`` true class of each test point (required when C > 1):
+        the influence is taken on that output.
+      method: "loo" (default) or "if".
+
+    Returns:
+      :class:`InfluenceResult` with ``scores`` ``(n*, n)`` (float64).
+    """
+    method = check_choice(method, "influence", INFLUENCE_METHODS)
+    ridge = check_real(ridge, "ridge", minimum=0.0, strict_min=True)
+    k_train, k_test_train = _check_kernels(k_train, k_test_train)
+    n, n_test = k_train.shape[0], k_test_train.shape[0]
+    y = _check_targets(y, n)
+    labels = _check_test_labels(test_labels, n_test, y.shape[1])
+    column = np.zeros(n_test, np.int64) if labels is None else labels
+    factorization = factorize(k_train, ridge, name="k_train")
+    alpha = factorization.solve(y)  # (n, C)
+    k_h = factorization.solve(k_test_train.T).T  # (n*, n) = K* H   (H symmetric)
+    if method == "loo":
+        weights = alpha[:, column].T / factorization.inverse_diagonal()[None, :]
+    else:
+        residual = y - ((k_train + k_train.T) / 2) @ alpha
+        weights = residual[:, column].T
+    predictions = np.einsum("ti,it->t", k_test_train, alpha[:, column])
+    return InfluenceResult(
+        scores=k_h * weights,
+        method=method,
+        factorization=factorization.method,
+        ridge=ridge,
+        predictions=predictions,
+        test_labels=labels,
+    )
+
+
+def one_vs_rest(labels: np.ndarray, n_classes: int, encoding: str = "pm1") -> np.ndarray:
+    """``(n, C)`` one-vs-rest targets: ±1 ("pm1", default) or 1/0 ("onehot"), float64."""
+    encoding = check_choice(encoding, "targets", TARGET_ENCODINGS)
+    onehot = np.eye(n_classes, dtype=np.float64)[np.asarray(labels)]
+    return 2.0 * onehot - 1.0 if encoding == "pm1" else onehot
+
+
+# =========================================================================== data
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainTest:
+    """Validated arrays: raw inputs and int labels of both splits, and the class count."""
+
+    X: np.ndarray
+    labels: np.ndarray
+    X_test: np.ndarray
+    labels_test: np.ndarray
+    n_classes: int
+    normalized: bool | None = None
+
+    def onehot(self, labels: np.ndarray | None = None) -> np.ndarray:
+        """One-hot training targets (what the network is trained on)."""
+        return np.eye(self.n_classes, dtype=np.float64)[self.labels if labels is None else labels]
+
+
+def _labels_of(y, name: str, n: int) -> tuple[np.ndarray, int | None]:
+    """Int labels from ``(n,)`` class indices or ``(n, C)`` one-hot / ±1 rows; and C if known."""
+    if y is None:
+        raise ValueError(f"{name}: expected ({n},) class labels or ({n}, C) one-hot targets, got None")
+    y = np.asarray(y)
+    if y.ndim not in (1, 2) or y.shape[0] != n:
+        raise ValueError(f"{name}: expected ({n},) class labels or ({n}, C) one-hot targets to match the inputs, got shape {y.shape}")
+    if y.ndim == 2:
+        return np.argmax(y, axis=1).astype(np.int64), int(y.shape[1])
+    if not (np.issubdtype(y.dtype, np.integer) or np.all(np.equal(np.mod(y, 1), 0))):
+        raise ValueError(f"{name}: expected integer class labels (classification only), got dtype {y.dtype}")
+    if y.size and y.min() < 0:
+        raise ValueError(f"{name}: expected class labels >= 0, got minimum {y.min()}")
+    return y.astype(np.int64), None
+
+
+def resolve_data(data=None, *, X=None, y=None, X_test=None, y_test=None) -> TrainTest:
+    """Validate a dataset given as a ``Dataset``-like object or as arrays.
+
+    Args:
+      data: any object with ``X_train``, ``X_test`` and ``labels_train`` /
+        ``labels_test`` (else ``y_train`` / ``y_test``) — e.g.
+        ``kernelattn.data.load("digits", normalize=False)``.
+      X, y, X_test, y_test: raw arrays instead: ``(n, d)`` inputs, labels
+        ``(n,)`` int or ``(n, C)`` one-hot.
+
+    Returns:
+      :class:`TrainTest` (float64 inputs, int64 labels).
+    """
+    normalized = None
+    n_classes = None
+    if data is not None:
+        if any(v is not None for v in (X, y, X_test, y_test)):
+            raise ValueError("data: pass either data or the arrays X, y, X_test, y_test, not both")
+        missing = [a for a in ("X_train", "X_test") if not hasattr(data, a)]
+        if missing:
+            raise ValueError(f"data: expected an object with X_train, labels_train, X_test, labels_test, got {type(data).__name__} lacking {missing}")
+        X, X_test = data.X_train, data.X_test
+        y = getattr(data, "labels_train", None)
+        y = getattr(data, "y_train", None) if y is None else y
+        y_test = getattr(data, "labels_test", None)
+        y_test = getattr(data, "y_test", None) if y_test is None else y_test
+        names = getattr(data, "class_names", None)
+        n_classes = len(names) if names else None
+        meta = getattr(data, "metadata", None) or {}
+        normalized = (meta.get("preprocessing") or {}).get("normalize") if isinstance(meta, Mapping) else None
+    if X is None or X_test is None:
+        raise ValueError(f"{'X' if X is None else 'X_test'}: expected an (n, d) array (or pass data=...), got None")
+    X = check_matrix(X, "X").astype(np.float64)
+    X_test = check_matrix(X_test, "X_test", n_cols=X.shape[1]).astype(np.float64)
+    labels, c_train = _labels_of(y, "y", X.shape[0])
+    labels_test, c_test = _labels_of(y_test, "y_test", X_test.shape[0])
+    if c_train is not None and c_test is not None and c_train != c_test:
+        raise ValueError(f"y_test: expected {c_train} columns like y, got {c_test}")
+    inferred = max(int(labels.max()), int(labels_test.max())) + 1
+    n_classes = n_classes or c_train or c_test or inferred
+    if inferred > n_classes:
+        raise ValueError(f"y_test: expected class labels below {n_classes}, got {inferred - 1}")
+    if n_classes < 2:
+        raise ValueError(f"y: expected at least 2 classes, got {n_classes}")
+    return TrainTest(X, labels, X_test, labels_test, int(n_classes), normalized)
+
+
+# =========================================================================== model pipeline
+
+
+def unit_rows(x: jax.Array) -> jax.Array:
+    """Rows scaled to unit ℓ2 norm (jnp, differentiable; an all-zero row stays 0)."""
+    norms = jnp.linalg.norm(x, axis=1, keepdims=True)
+    return x / jnp.maximum(norms, jnp.finfo(x.dtype).tiny)
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadModel:
+    """A kernelattn model as a function of raw pixels.
+
+    raw X → unit rows → (MLP-Attn: parameter-free attention of the queries
+    over the training set, re-normalized) → ``MLPHead``. The attention has no
+    parameters, so features can be computed once and the head trained on them.
+
+    Attributes:
+      name: "relu" (2L-ReLU) or "mlp-attn".
+      head: the head's ``HeadConfig``.
+      attention: the attention's ``AttentionConfig`` (``None`` for "relu").
+      dtype: compute dtype.
+    """
+
+    name: str
+    head: HeadConfig
+    attention: AttentionConfig | None
+    dtype: Any
+
+    def features(self, queries: jax.Array, context: jax.Array) -> jax.Array:
+        """``(n_q, d)`` head inputs of raw ``queries`` given the raw training set ``context``."""
+        return _features(self, jnp.asarray(queries, self.dtype), jnp.asarray(context, self.dtype))
+
+    def apply(self, variables: dict, features: jax.Array) -> jax.Array:
+        """Head outputs ``(n_q, C)`` on precomputed features."""
+        return _apply(self, variables, features)
+
+    def outputs(self, variables: dict, queries: jax.Array, context: jax.Array) -> jax.Array:
+        """Model outputs ``(n_q, C)`` on raw queries, attending over the raw training set."""
+        return self.apply(variables, self.features(queries, context))
+
+    def init(self, key: jax.Array, features: jax.Array) -> dict:
+        """Head variables ``{"params": {"W", ["b"], ["a"]}, ["constants": {"a"}]}``, N(0, 1) / ±1."""
+        return _init(self, key, jnp.asarray(features, self.dtype))
+
+
+# Jitted with the (hashable, frozen) HeadModel static: one compilation per model
+# configuration and shape instead of one per primitive in eager mode.
+@functools.partial(jax.jit, static_argnums=0)
+def _features(spec: HeadModel, queries, context):
+    queries = unit_rows(queries)
+    if spec.attention is None:
+        return queries
+    return attend(queries, unit_rows(context), spec.attention)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(spec: HeadModel, variables, features):
+    return MLPHead(spec.head, spec.dtype).apply(variables, features)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init(spec: HeadModel, key, features):
+    variables = MLPHead(spec.head, spec.dtype).init(key, features)
+    return jax.tree_util.tree_map(lambda v: jnp.asarray(v, spec.dtype), dict(variables))
+
+
+def resolve_model(model, width: int, out_dim: int, dtype) -> HeadModel:
+    """A :class:`HeadModel` from a name ("relu", "mlp-attn" and aliases) or a model instance.
+
+    A ``TwoLayerReLU`` / ``AttentionMLP`` instance keeps its head and attention
+    configuration (its ``width`` wins over the ``width`` argument) but must
+    have ``out_dim`` outputs. Trainable-QKV models are not supported here.
+    """
+    dtype = resolve_dtype(dtype)
+    if isinstance(model, str):
+        try:
+            name = canonical_model_name(model)
+        except ValueError:
+            name = None
+        if name not in SUPPORTED_MODELS:
+            raise ValueError(f"model: expected one of {list(SUPPORTED_MODELS)} or a TwoLayerReLU/AttentionMLP instance, got {model!r}")
+        width = check_int(width, "width", minimum=1)
+        model = make_model(name, width, out_dim)
+    if isinstance(model, TwoLayerReLU):
+        name, attention = "relu", None
+    elif isinstance(model, AttentionMLP):
+        name, attention = "mlp-attn", model.attention.validated()
+    else:
+        raise ValueError(
+            f"model: expected one of {list(SUPPORTED_MODELS)} or a TwoLayerReLU/AttentionMLP instance, "
+            f"got {type(model).__name__}"
+        )
+    head = model.head
+    if head.out_dim != out_dim:
+        raise ValueError(f"model: expected a head with out_dim = {out_dim} (the number of classes), got {head.out_dim}")
+    return HeadModel(name, head, attention, jnp.dtype(dtype))
+
+
+@dataclasses.dataclass(frozen=True)
+class FittedModel:
+    """A trained :class:`HeadModel`.
+
+    Attributes:
+      spec: the model.
+      variables: trained head variables (``params`` and ``constants``).
+      initial: the head variables at initialization.
+      losses: per-epoch mean training loss.
+      training: "standard" or "pgd-at".
+    """
+
+    spec: HeadModel
+    variables: dict
+    initial: dict
+    losses: np.ndarray
+    training: str = "standard"
+
+    def outputs(self, queries, context) -> jax.Array:
+        """``(n_q, C)`` outputs on raw queries attending over the raw training set."""
+        return self.spec.outputs(self.variables, queries, context)
+
+
+def as_train_config(value) -> TrainConfig:
+    """``None`` → paper defaults; a dict → ``TrainConfig(**dict)``; a ``TrainConfig`` as is."""
+    if value is None:
+        return TrainConfig()
+    if isinstance(value, TrainConfig):
+        return value
+    if isinstance(value, Mapping):
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = sorted(set(value) - fields)
+        if unknown:
+            raise ValueError(f"train_config: unknown key(s) {unknown}; expected some of {sorted(fields)}")
+        return TrainConfig(**dict(value))
+    raise ValueError(f"train_config: expected None, a dict or a TrainConfig, got {type(value).__name__}")
+
+
+def fit_model(spec: HeadModel, X, targets, *, key_init: jax.Array, key_train: jax.Array, config: TrainConfig) -> FittedModel:
+    """Initialize the head and train it (optax, ``kernelattn.training.train``) on raw X.
+
+    The features (attention over X) are computed once; the head is trained on
+    them, which is exactly training the whole model since the attention has no
+    parameters.
+
+    Args:
+      spec: the model.
+      X: ``(n, d)`` raw training inputs.
+      targets: ``(n, C)`` one-hot targets.
+      key_init, key_train: PRNG keys of the initialization and the epoch shuffles.
+      config: optimization settings.
+    """
+    features = spec.features(X, X)
+    initial = spec.init(key_init, features)
+    params, rest = initial["params"], {k: v for k, v in initial.items() if k != "params"}
+
+    def apply_fn(p, f):
+        return spec.apply({"params": p, **rest}, f)
+
+    result = train(apply_fn, params, np.asarray(features), np.asarray(targets), key=key_train, config=config)
+    return FittedModel(spec, {"params": result.params, **rest}, initial, result.losses, "standard")
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+def model_kernels(fitted: FittedModel, X, X_test, kernel: str = "empirical") -> tuple[np.ndarray, np.ndarray]:
+    """``(K (n, n), K* (n*, n))`` float64 NTKs on the features of raw X and X_test.
+
+    Both splits attend over the raw training set X. "empirical": the NTK of the
+    trained network at its parameters (``structured_head_ntk``, output-traced);
+    "infinite": the closed-form infinite-width NTK (``head_kernels``) of the
+    same head on the same features.
+    """
+    kernel = check_choice(kernel, "kernel", KERNELS)
+    spec = fitted.spec
+    features = np.asarray(spec.features(X, X), np.float64)
+    features_test = np.asarray(spec.features(X_test, X), np.float64)
+    both = np.concatenate([features, features_test])
+    if kernel == "empirical":
+        merged = dict(fitted.variables["params"])
+        merged.update(fitted.variables.get("constants", {}))
+        k = structured_head_ntk(merged, spec.head, both, features, dtype="float64")
+    else:
+        k = head_kernels(both, features, spec.head, dtype="float64").ntk
+    k = np.asarray(k, np.float64)
+    n = features.shape[0]
+    return k[:n], k[n:]
+
+
+def _safe_arccos(c: jax.Array) -> jax.Array:
+    """arccos with finite gradients at c = ±1 (where the true derivative is ±∞ but
+    c is identically ±1 on the diagonal, so its variation is 0)."""
+    inside = jnp.abs(c) < 1.0
+    return jnp.where(inside, jnp.arccos(jnp.where(inside, c, 0.0)), jnp.where(c > 0, 0.0, jnp.pi))
+
+
+def infinite_ntk_jnp(f1: jax.Array, f2: jax.Array, head: HeadConfig) -> jax.Array:
+    """Differentiable closed-form NTK of the head (MATH.md §6), ``(n1, n2)``."""
+    d = f1.shape[-1]
+    s12 = head.sigma_w**2 * (f1 @ f2.T) / d + head.sigma_b**2
+    s11 = head.sigma_w**2 * jnp.sum(f1 * f1, axis=1) / d + head.sigma_b**2
+    s22 = head.sigma_w**2 * jnp.sum(f2 * f2, axis=1) / d + head.sigma_b**2
+    norms = jnp.sqrt(s11[:, None] * s22[None, :])
+    c = jnp.clip(s12 / norms, -1.0, 1.0)
+    theta = _safe_arccos(c)
+    ntk = head.sigma_a**2 * s12 * (jnp.pi - theta) / (2 * jnp.pi)
+    if head.train_readout:
+        ntk = ntk + head.sigma_a**2 * norms * (jnp.sin(theta) + (jnp.pi - theta) * c) / (2 * jnp.pi)
+    return ntk
+
+
+def empirical_ntk_jnp(f1: jax.Array, f2: jax.Array, head: HeadConfig, variables: dict) -> jax.Array:
+    """Differentiable structured empirical NTK of the head (MATH.md §7), output-traced, ``(n1, n2)``."""
+    params = variables["params"]
+    a = params["a"] if head.train_readout else variables["constants"]["a"]
+    d = f1.shape[-1]
+    h1 = head.sigma_w * (f1 @ params["W"]) / math.sqrt(d)
+    h2 = head.sigma_w * (f2 @ params["W"]) / math.sqrt(d)
+    if head.use_bias:
+        h1, h2 = h1 + head.sigma_b * params["b"], h2 + head.sigma_b * params["b"]
+    lin = head.sigma_w**2 * (f1 @ f2.T) / d + (head.sigma_b**2 if head.use_bias else 0.0)
+    s1, s2 = (h1 > 0).astype(f1.dtype), (h2 > 0).astype(f1.dtype)
+    theta = ((s1 * jnp.mean(a * a, axis=1)) @ s2.T) * lin
+    if head.train_readout:
+        theta = theta + jax.nn.relu(h1) @ jax.nn.relu(h2).T
+    return head.sigma_a**2 * theta / head.width
+
+
+def kernel_function(fitted: FittedModel, kernel: str = "empirical"):
+    """X ↦ K(X) ``(n, n)`` in jnp: the kernel of the training set rebuilt from raw X
+    (attention over X itself), differentiable in X — for attacks on the kernel predictor."""
+    kernel = check_choice(kernel, "kernel", KERNELS)
+    spec = fitted.spec
+
+    def kernel_fn(x):
+        f = spec.features(x, x)
+        if kernel == "infinite":
+            return infinite_ntk_jnp(f, f, spec.head)
+        return empirical_ntk_jnp(f, f, spec.head, fitted.variables)
+
+    return kernel_fn
+
+
+def fitted_influence(
+    fitted: FittedModel,
+    X,
+    labels,
+    X_test,
+    labels_test,
+    *,
+    n_classes: int,
+    ridge: float,
+    kernel: str,
+    method: str,
+    targets: str,
+) -> InfluenceResult:
+    """Influence matrix of a trained model on (X, labels) → (X_test, labels_test)."""
+    k_train, k_test_train = model_kernels(fitted, X, X_test, kernel)
+    result = influence_scores(
+        k_train, k_test_train, one_vs_rest(labels, n_classes, targets), ridge, test_labels=labels_test, method=method
+    )
+    return dataclasses.replace(
+        result,
+        kernel=kernel,
+        targets=targets,
+        model=fitted.spec.name,
+        width=fitted.spec.head.width,
+        train_losses=fitted.losses,
+    )
+
+
+def split_keys(seed: int) -> dict[str, jax.Array]:
+    """Named PRNG keys derived from ``seed``: init, train (shuffles, PGD-AT), attack."""
+    seed = check_int(seed, "seed", minimum=0)
+    init, train_key, attack = jax.random.split(jax.random.PRNGKey(seed), 3)
+    return {"init": init, "train": train_key, "attack": attack}
+
+
+def influence(
+    data=None,
+    *,
+    X=None,
+    y=None,
+    X_test=None,
+    y_test=None,
+    model="mlp-attn",
+    width: int = 1024,
+    ridge: float = 1e-3,
+    seed: int = 0,
+    kernel: str = "empirical",
+    method: str = "loo",
+    targets: str = "pm1",
+    train_config=None,
+    dtype="float64",
+) -> InfluenceResult:
+    """Train a model on data and return the influence of each training point on each test point.
+
+    raw pixels → unit rows → (attention over the training set) → MLP head,
+    trained with optax (``train_config``; paper defaults: Adam 1e-3, batch
+    128, 500 epochs, L2 1e-3, cross-entropy) → kernel → ridge influence.
+
+    Args:
+      data: a ``Dataset``-like object (``X_train``, ``labels_train``,
+        ``X_test``, ``labels_test``), or pass the arrays below instead.
+      X, y, X_test, y_test: ``(n, d)`` / ``(n*, d)`` inputs and int labels
+        (or one-hot rows).
+      model: "relu" (2L-ReLU), "mlp-attn" (default) or a ``TwoLayerReLU`` /
+        ``AttentionMLP`` instance.
+      width: hidden width m (for a model given by name).
+      ridge: λ > 0 (default 1e-3).
+      seed: seeds the initialization and the shuffles.
+      kernel: "empirical" (default: the NTK of the trained width-m network,
+        the finite-width object the paper studies) or "infinite" (closed-form
+        NTK of the head on the same features).
+      method: "loo" (exact leave-one-out, default) or "if" (influence function).
+      targets: one-vs-rest ridge targets "pm1" (default) or "onehot".
+      train_config: ``TrainConfig`` or dict of its fields.
+      dtype: "float64" (default; needs ``kernelattn.enable_x64()``) or "float32"
+        for the network and features; the kernel solves are always float64.
+
+    Returns:
+      :class:`InfluenceResult` with ``(n*, n)`` scores on each test point's
+      true-class output.
+    """
+    dtype = resolve_dtype(dtype)
+    method = check_choice(method, "method", INFLUENCE_METHODS)
+    kernel = check_choice(kernel, "kernel", KERNELS)
+    targets = check_choice(targets, "targets", TARGET_ENCODINGS)
+    ridge = check_real(ridge, "ridge", minimum=0.0, strict_min=True)
+    config = as_train_config(train_config)
+    keys = split_keys(seed)
+    split = resolve_data(data, X=X, y=y, X_test=X_test, y_test=y_test)
+    spec = resolve_model(model, width, split.n_classes, dtype)
+    fitted = fit_model(spec, split.X, split.onehot(), key_init=keys["init"], key_train=keys["train"], config=config)
+    result = fitted_influence(
+        fitted, split.X, split.labels, split.X_test, split.labels_test,
+        n_classes=split.n_classes, ridge=ridge, kernel=kernel, method=method, targets=targets,
+    )
+    return dataclasses.replace(result, seed=int(seed))
+
+
+def warn_if_normalized(split: TrainTest) -> None:
+    """Warn when the inputs look unit-normalized rather than raw pixels (ε is then on that scale)."""
+    norms = np.linalg.norm(split.X, axis=1)
+    if split.normalized or (split.normalized is None and np.allclose(norms, 1.0, atol=1e-6)):
+        warnings.warn(
+            "X: the training rows are already unit-normalized; attacks then act on that scale rather than on "
+            "[0, 1] pixels, so epsilon is not comparable to the paper's. Load raw pixels "
+            "(kernelattn.data.load(..., normalize=False)); the model re-normalizes them itself.",
+            UserWarning,
+            stacklevel=3,
+        )

@@ -1,0 +1,941 @@
+"""Influence malleability: how far perturbing the training data moves a model's influence scores (MATH.md §10).
+
+Procedure (:func:`malleability`):
+
+1. Train the model on clean raw pixels (standard training, or PGD adversarial
+   training with ``training="pgd-at"``) and compute the influence matrix
+   I (n* × n) of its kernel (:mod:`kernelattn.influence`).
+2. Intervene on the training data, then **rebuild everything that depends on
+   X** at the trained parameters: unit-row preprocessing, the transductive
+   attention of the training *and* test points over the perturbed training
+   set, the head's features, the kernel (empirical NTK at the trained
+   parameters, or infinite-width NTK), the ridge fit and the influence matrix
+   I'. With ``retrain=True`` the network is also retrained on the new data
+   from the same initialization and keys (off by default: the network is the
+   object under attack, and for adversarial training the comparison is between
+   two fixed trained networks).
+3. Compare I and I' test point by test point (:func:`compare_influence`).
+
+Interventions (the "top-τ points" are the ⌈τ n⌉ training points of largest
+mean |I| over the test points, one shared set since the training set is
+shared):
+
+- ``"adversarial"``: every training point perturbed by the attack (default);
+- ``"transformed"``: only the top-τ points perturbed (the attack maximizes
+  the loss on the whole training set but moves only those rows);
+- ``"curated"``: the top-τ points removed; I' has n − ⌈τ n⌉ columns and the
+  metrics are computed on the remaining points (I restricted to them).
+
+Metrics, per test point t, then mean and std over test points:
+
+- flip rate: among the k = ⌈τ n'⌉ training points with the largest |I[t]|
+  (n' = columns compared), the fraction whose sign differs in I'[t]
+  (the paper's headline metric; τ = 0.1);
+- Spearman ρ between I[t] and I'[t] (average ranks for ties; NaN when a row
+  is constant);
+- top-k overlap |top_k(|I[t]|) ∩ top_k(|I'[t]|)| / k with the same k.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import scipy.stats
+
+from kernelattn._precision import resolve_dtype
+from kernelattn._validation import check_choice, check_int, check_real
+from kernelattn.attacks import (
+    ATTACKS,
+    AttackConfig,
+    as_attack_config,
+    check_in_bounds,
+    kernel_ridge_loss,
+    model_loss,
+    pgd,
+    run_attack,
+)
+from kernelattn.influence import (
+    INFLUENCE_METHODS,
+    KERNELS,
+    TARGET_ENCODINGS,
+    FittedModel,
+    HeadModel,
+    InfluenceResult,
+    TrainTest,
+    as_train_config,
+    fit_model,
+    fitted_influence,
+    kernel_function,
+    one_vs_rest,
+    resolve_data,
+    resolve_model,
+    split_keys,
+    warn_if_normalized,
+)
+from kernelattn.models import canonical_model_name
+from kernelattn.training import TrainConfig, loss_value, make_optimizer
+
+INTERVENTIONS = ("adversarial", "transformed", "curated")
+TRAININGS = ("standard", "pgd-at")
+EPSILON_SWEEP = (0.1, 0.2, 0.3, 0.5)
+
+
+# =========================================================================== metrics
+
+
+def top_count(n: int, tau: float) -> int:
+    """k = ⌈τ n⌉ (at least 1): how many training points count as "top-τ"."""
+    return max(1, min(n, math.ceil(tau * n - 1e-9)))
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """``(n*, k)`` column indices of the k largest |scores| of each row (stable order)."""
+    return np.argsort(-np.abs(scores), axis=1, kind="stable")[:, :k]
+
+
+def flip_rates(I: np.ndarray, I_prime: np.ndarray, tau: float = 0.1) -> np.ndarray:  # noqa: N803
+    """Per test point, the fraction of its top-τ points by |I| whose sign differs in I'. ``(n*,)``."""
+    top = _top(I, top_count(I.shape[1], tau))
+    before = np.take_along_axis(np.sign(I), top, axis=1)
+    after = np.take_along_axis(np.sign(I_prime), top, axis=1)
+    return np.mean(before != after, axis=1)
+
+
+def spearman_rows(I: np.ndarray, I_prime: np.ndarray) -> np.ndarray:  # noqa: N803
+    """Per test point, Spearman's ρ between I[t] and I'[t] (NaN for a constant row). ``(n*,)``."""
+    a = scipy.stats.rankdata(I, axis=1)
+    b = scipy.stats.rankdata(I_prime, axis=1)
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    numerator = np.sum(a * b, axis=1)
+    denominator = np.sqrt(np.sum(a * a, axis=1) * np.sum(b * b, axis=1))
+    out = np.full(I.shape[0], np.nan)
+    np.divide(numerator, denominator, out=out, where=denominator > 0)
+    return out
+
+
+def topk_overlaps(I: np.ndarray, I_prime: np.ndarray, tau: float = 0.1) -> np.ndarray:  # noqa: N803
+    """Per test point, |top_k(|I|) ∩ top_k(|I'|)| / k with k = ⌈τ n⌉. ``(n*,)``."""
+    k = top_count(I.shape[1], tau)
+    a, b = _top(I, k), _top(I_prime, k)
+    return np.array([np.intersect1d(x, y).size / k for x, y in zip(a, b)])
+
+
+def compare_influence(I, I_prime, tau: float = 0.1) -> dict[str, np.ndarray]:  # noqa: N803
+    """Flip rate, Spearman ρ and top-k overlap of two ``(n*, n)`` influence matrices, per test point.
+
+    Raises:
+      ValueError: shapes differ, or τ outside (0, 1].
+    """
+    tau = check_real(tau, "tau", minimum=0.0, maximum=1.0, strict_min=True)
+    I, I_prime = np.asarray(I, np.float64), np.asarray(I_prime, np.float64)  # noqa: N806
+    if I.ndim != 2 or I.shape != I_prime.shape:
+        raise ValueError(f"I_prime: expected the shape of I {I.shape}, got {I_prime.shape}")
+    return {
+        "flip_rate": flip_rates(I, I_prime, tau),
+        "spearman": spearman_rows(I, I_prime),
+        "topk_overlap": topk_overlaps(I, I_prime, tau),
+    }
+
+
+def influential_points(I: np.ndarray, tau: float) -> np.ndarray:  # noqa: N803
+    """The ⌈τ n⌉ training points of largest mean |I| over test points (sorted indices)."""
+    k = top_count(I.shape[1], tau)
+    return np.sort(np.argsort(-np.mean(np.abs(I), axis=0), kind="stable")[:k])
+
+
+# =========================================================================== adversarial training
+
+
+def _epoch_batches(key, n: int, batch_size: int, dtype):
+    n_batches = -(-n // batch_size)
+    order = jax.random.permutation(key, n)
+    padded = jnp.concatenate([order, jnp.zeros(n_batches * batch_size - n, order.dtype)])
+    weights = (jnp.arange(n_batches * batch_size) < n).astype(dtype)
+    return padded.reshape(n_batches, batch_size), weights.reshape(n_batches, batch_size)
+
+
+def adversarial_fit(
+    spec: HeadModel,
+    X,
+    targets,
+    *,
+    key_init: jax.Array,
+    key_train: jax.Array,
+    config: TrainConfig,
+    epsilon: float,
+    attack_config: AttackConfig,
+) -> FittedModel:
+    """PGD adversarial training (Madry et al. 2018), transductive.
+
+    Each epoch: PGD (``attack_config``: steps, step size, random start,
+    bounds) perturbs the whole training set jointly to maximize the current
+    network's training loss, with gradients through the attention over the
+    perturbed set; then one epoch of minibatch Adam (``config``, the same
+    optimizer as ``kernelattn.training.train``) on the perturbed set, whose
+    features attend over the perturbed set. One jit-compiled loop.
+
+    Returns:
+      :class:`FittedModel` with ``training="pgd-at"`` and the per-epoch mean
+      adversarial training loss.
+    """
+    dtype = spec.dtype
+    x = jnp.asarray(X, dtype)
+    y = jnp.asarray(targets, dtype)
+    initial = spec.init(key_init, spec.features(x, x))
+    params, rest = initial["params"], {k: v for k, v in initial.items() if k != "params"}
+    if config.epochs == 0:
+        return FittedModel(spec, initial, initial, np.zeros(0), "pgd-at")
+    opt_state = make_optimizer(config).init(params)
+    eta = attack_config.resolved_step_size("pgd", epsilon)
+    params, losses = _adversarial_epochs(
+        spec, config, attack_config, min(config.batch_size, x.shape[0]), params, rest, opt_state, x, y,
+        jax.random.split(key_train, config.epochs), jnp.asarray(epsilon, dtype), jnp.asarray(eta, dtype),
+    )
+    return FittedModel(spec, {"params": params, **rest}, initial, np.asarray(losses, np.float64), "pgd-at")
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _adversarial_epochs(spec, config, attack_config, batch_size, params, rest, opt_state, x, y, keys, epsilon, eta):
+    """The PGD-AT loop, compiled once per (model, configs, batch size) and shapes."""
+    n = x.shape[0]
+    loss = config.resolved_loss(y.shape[1])
+    optimizer = make_optimizer(config)
+    ones = jnp.ones(n, x.dtype)
+
+    def epoch(carry, key):
+        params, opt_state = carry
+        k_attack, k_order = jax.random.split(key)
+
+        def full_loss(x_adv):
+            return loss_value(spec.outputs({"params": params, **rest}, x_adv, x_adv), y, ones, loss)
+
+        x_adv = pgd(
+            full_loss, x, epsilon, key=k_attack, steps=attack_config.steps, step_size=eta,
+            random_start=attack_config.random_start, bounds=attack_config.bounds,
+        )
+        features = spec.features(jax.lax.stop_gradient(x_adv), jax.lax.stop_gradient(x_adv))
+        idx, w = _epoch_batches(k_order, n, batch_size, x.dtype)
+
+        def step(carry, batch):
+            params, opt_state = carry
+            i, wb = batch
+            value, grads = jax.value_and_grad(
+                lambda p: loss_value(spec.apply({"params": p, **rest}, features[i]), y[i], wb, loss)
+            )(params)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), value
+
+        carry, values = jax.lax.scan(step, (params, opt_state), (idx, w))
+        return carry, jnp.mean(values)
+
+    (params, _), losses = jax.lax.scan(epoch, (params, opt_state), keys)
+    return params, losses
+
+
+# =========================================================================== experiment
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Experiment:
+    """A clean model and its influence matrix, ready for interventions (see :func:`prepare`).
+
+    Compared and hashed by identity (it caches its attack objectives).
+    """
+
+    split: TrainTest
+    fitted: FittedModel
+    clean: InfluenceResult
+    kernel: str
+    ridge: float
+    method: str
+    targets: str
+    train_config: TrainConfig
+    training: str
+    at_epsilon: float | None
+    attack_config: AttackConfig
+    seed: int
+    keys: dict
+
+
+def _fit(spec, X, labels, n_classes, *, keys, config, training, at_epsilon, attack_config) -> FittedModel:
+    targets = np.eye(n_classes)[labels]
+    if training == "standard":
+        return fit_model(spec, X, targets, key_init=keys["init"], key_train=keys["train"], config=config)
+    return adversarial_fit(
+        spec, X, targets, key_init=keys["init"], key_train=keys["train"], config=config,
+        epsilon=at_epsilon, attack_config=attack_config,
+    )
+
+
+def prepare(
+    data=None,
+    *,
+    X=None,
+    y=None,
+    X_test=None,
+    y_test=None,
+    model="mlp-attn",
+    width: int = 1024,
+    ridge: float = 1e-3,
+    seed: int = 0,
+    kernel: str = "empirical",
+    influence: str = "loo",
+    targets: str = "pm1",
+    training: str = "standard",
+    at_epsilon: float = 0.3,
+    train_config=None,
+    attack_config=None,
+    dtype="float64",
+) -> Experiment:
+    """Validate the inputs, train on clean data and compute the clean influence matrix I.
+
+    Arguments as in :func:`malleability`; ``at_epsilon`` is the radius of
+    PGD adversarial training (``training="pgd-at"``).
+    """
+    dtype = resolve_dtype(dtype)
+    ridge = check_real(ridge, "ridge", minimum=0.0, strict_min=True)
+    kernel = check_choice(kernel, "kernel", KERNELS)
+    influence = check_choice(influence, "influence", INFLUENCE_METHODS)
+    targets = check_choice(targets, "targets", TARGET_ENCODINGS)
+    training = check_choice(training, "training", TRAININGS)
+    at_epsilon = check_real(at_epsilon, "at_epsilon", minimum=0.0)
+    config = as_train_config(train_config)
+    attack_config = as_attack_config(attack_config)
+    keys = split_keys(seed)
+    split = resolve_data(data, X=X, y=y, X_test=X_test, y_test=y_test)
+    spec = resolve_model(model, width, split.n_classes, dtype)
+    fitted = _fit(
+        spec, split.X, split.labels, split.n_classes, keys=keys, config=config, training=training,
+        at_epsilon=at_epsilon, attack_config=attack_config,
+    )
+    clean = fitted_influence(
+        fitted, split.X, split.labels, split.X_test, split.labels_test, n_classes=split.n_classes,
+        ridge=ridge, kernel=kernel, method=influence, targets=targets,
+    )
+    return Experiment(
+        split, fitted, dataclasses.replace(clean, seed=int(seed)), kernel, ridge, influence, targets, config,
+        training, at_epsilon if training == "pgd-at" else None, attack_config, int(seed), keys,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class MalleabilityReport:
+    """Result of one malleability measurement.
+
+    Attributes:
+      model, kernel, influence, training, intervention, attack: what was run
+        (``attack`` is "none" for the curated intervention).
+      epsilon, tau, ridge, seed, width: settings.
+      n_train, n_test: sizes of the clean split.
+      top_k: k = ⌈τ n'⌉ points per test point entering flip rate and overlap.
+      flip_rate, spearman, topk_overlap: means over test points (NaN-ignoring
+        for ρ); ``*_std``: their standard deviations over test points.
+      flip_rates, spearmans, topk_overlaps_per_test: ``(n*,)`` per-test-point values.
+      influence_clean: I, ``(n*, n)``; influence_perturbed: I', ``(n*, n')``.
+      columns: ``(n',)`` indices (into the clean training set) of I''s columns.
+      intervened: indices of the perturbed (or removed) training points.
+      perturbation: the perturbation actually used: linf (max |X' − X|),
+        mean_linf / mean_l2 over perturbed rows, n_perturbed, steps,
+        step_size, loss_clean / loss_adv of the attacked objective.
+      factorization: how K + λI was solved, clean and perturbed.
+      retrain: whether the network was retrained on the perturbed data.
+      seconds: wall time of the measurement (attack + rebuild), excluding the
+        clean training.
+    """
+
+    model: str
+    kernel: str
+    influence: str
+    training: str
+    intervention: str
+    attack: str
+    epsilon: float
+    tau: float
+    ridge: float
+    seed: int
+    width: int
+    n_train: int
+    n_test: int
+    top_k: int
+    flip_rate: float
+    flip_rate_std: float
+    spearman: float
+    spearman_std: float
+    topk_overlap: float
+    topk_overlap_std: float
+    flip_rates: np.ndarray
+    spearmans: np.ndarray
+    topk_overlaps_per_test: np.ndarray
+    influence_clean: np.ndarray
+    influence_perturbed: np.ndarray
+    columns: np.ndarray
+    intervened: np.ndarray
+    perturbation: dict
+    factorization: tuple[str, str]
+    retrain: bool
+    seconds: float
+
+    @property
+    def I(self) -> np.ndarray:  # noqa: E743, N802
+        """The clean influence matrix I."""
+        return self.influence_clean
+
+    @property
+    def I_prime(self) -> np.ndarray:  # noqa: N802
+        """The influence matrix I' after the intervention."""
+        return self.influence_perturbed
+
+    _SCALARS = (
+        "model", "kernel", "influence", "training", "intervention", "attack", "epsilon", "tau", "ridge",
+        "seed", "width", "n_train", "n_test", "top_k", "flip_rate", "flip_rate_std", "spearman",
+        "spearman_std", "topk_overlap", "topk_overlap_std", "retrain", "seconds",
+    )
+
+    def to_dict(self, arrays: bool = False) -> dict:
+        """Scalars, ``perturbation`` and ``factorization``; with ``arrays=True`` also the per-test
+        arrays and the influence matrices as lists."""
+        out = {name: getattr(self, name) for name in self._SCALARS}
+        out["perturbation"] = dict(self.perturbation)
+        out["factorization"] = list(self.factorization)
+        if arrays:
+            out["flip_rates"] = self.flip_rates.tolist()
+            out["spearmans"] = self.spearmans.tolist()
+            out["topk_overlaps"] = self.topk_overlaps_per_test.tolist()
+            out["influence_clean"] = self.influence_clean.tolist()
+            out["influence_perturbed"] = self.influence_perturbed.tolist()
+            out["columns"] = self.columns.tolist()
+            out["intervened"] = self.intervened.tolist()
+        return out
+
+    def to_frame(self, per_test: bool = False):
+        """pandas DataFrame: one summary row (default), or one row per test point."""
+        import pandas as pd
+
+        summary = {name: getattr(self, name) for name in self._SCALARS}
+        summary.update({f"perturbation_{k}": v for k, v in self.perturbation.items()})
+        if not per_test:
+            return pd.DataFrame([summary])
+        frame = pd.DataFrame(
+            {
+                "test_index": np.arange(self.n_test),
+                "flip_rate": self.flip_rates,
+                "spearman": self.spearmans,
+                "topk_overlap": self.topk_overlaps_per_test,
+            }
+        )
+        for name in ("model", "kernel", "training", "intervention", "attack", "epsilon", "tau", "seed"):
+            frame[name] = summary[name]
+        return frame
+
+
+@functools.lru_cache(maxsize=16)
+def _attack_loss(experiment: Experiment, config: AttackConfig):
+    """The attack objective of an experiment: one function object per (experiment, config),
+    so repeated measurements (ε sweeps, interventions) reuse the compiled attack."""
+    fitted, split = experiment.fitted, experiment.split
+    if config.target == "kernel":
+        targets = one_vs_rest(split.labels, split.n_classes, experiment.targets)
+        return kernel_ridge_loss(kernel_function(fitted, experiment.kernel), targets, experiment.ridge)
+    loss = experiment.train_config.resolved_loss(split.n_classes)
+    return model_loss(lambda x: fitted.outputs(x, x), split.onehot(), loss)
+
+
+def _summary(values: np.ndarray) -> tuple[float, float]:
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return math.nan, math.nan
+    return float(np.mean(finite)), float(np.std(finite))
+
+
+def measure(
+    experiment: Experiment,
+    *,
+    attack: str = "pgd",
+    epsilon: float = 0.3,
+    tau: float = 0.1,
+    intervention: str = "adversarial",
+    attack_config=None,
+    retrain: bool = False,
+) -> MalleabilityReport:
+    """Intervene on the training data of a prepared experiment, rebuild, and compare I' with I.
+
+    Args as in :func:`malleability`; ``attack_config`` defaults to the
+    experiment's.
+    """
+    attack = check_choice(str(attack).lower(), "attack", ATTACKS)
+    epsilon = check_real(epsilon, "epsilon", minimum=0.0)
+    tau = check_real(tau, "tau", minimum=0.0, maximum=1.0, strict_min=True)
+    intervention = check_choice(intervention, "intervention", INTERVENTIONS)
+    config = experiment.attack_config if attack_config is None else as_attack_config(attack_config)
+    if not isinstance(retrain, bool):
+        raise ValueError(f"retrain: expected a bool, got {retrain!r}")
+    start = time.perf_counter()
+    split, clean = experiment.split, experiment.clean.scores
+    n = split.X.shape[0]
+    influential = influential_points(clean, tau)
+    if intervention == "curated":
+        columns = np.setdiff1d(np.arange(n), influential)
+        if columns.size == 0:
+            raise ValueError(f"tau: removing the top-τ points must leave some training points, got tau={tau} with n={n}")
+        x_new, labels_new = split.X[columns], split.labels[columns]
+        attack_name, epsilon_used = "none", 0.0
+        perturbation = {"linf": 0.0, "mean_linf": 0.0, "mean_l2": 0.0, "n_perturbed": 0, "n_removed": int(influential.size)}
+        intervened = influential
+    else:
+        check_in_bounds(split.X, config.bounds)
+        mask = np.zeros(n, bool)
+        mask[influential if intervention == "transformed" else slice(None)] = True
+        result = run_attack(
+            _attack_loss(experiment, config), split.X, method=attack, epsilon=epsilon,
+            key=experiment.keys["attack"], config=config, mask=mask,
+        )
+        x_new, labels_new, columns = result.x_adv, split.labels, np.arange(n)
+        attack_name, epsilon_used = attack, epsilon
+        perturbation = {k: v for k, v in result.summary().items() if k not in ("method", "epsilon")}
+        perturbation["target"] = config.target
+        intervened = np.flatnonzero(mask)
+    fitted = experiment.fitted
+    if retrain:
+        fitted = _fit(
+            fitted.spec, x_new, labels_new, split.n_classes, keys=experiment.keys, config=experiment.train_config,
+            training=experiment.training, at_epsilon=experiment.at_epsilon, attack_config=config,
+        )
+    perturbed = fitted_influence(
+        fitted, x_new, labels_new, split.X_test, split.labels_test, n_classes=split.n_classes,
+        ridge=experiment.ridge, kernel=experiment.kernel, method=experiment.method, targets=experiment.targets,
+    )
+    metrics = compare_influence(clean[:, columns], perturbed.scores, tau)
+    flip, flip_std = _summary(metrics["flip_rate"])
+    rho, rho_std = _summary(metrics["spearman"])
+    overlap, overlap_std = _summary(metrics["topk_overlap"])
+    return MalleabilityReport(
+        model=fitted.spec.name,
+        kernel=experiment.kernel,
+        influence=experiment.method,
+        training=experiment.training,
+        intervention=intervention,
+        attack=attack_name,
+        epsilon=epsilon_used,
+        tau=tau,
+        ridge=experiment.ridge,
+        seed=experiment.seed,
+        width=fitted.spec.head.width,
+        n_train=n,
+        n_test=split.X_test.shape[0],
+        top_k=top_count(columns.size, tau),
+        flip_rate=flip,
+        flip_rate_std=flip_std,
+        spearman=rho,
+        spearman_std=rho_std,
+        topk_overlap=overlap,
+        topk_overlap_std=overlap_std,
+        flip_rates=metrics["flip_rate"],
+        spearmans=metrics["spearman"],
+        topk_overlaps_per_test=metrics["topk_overlap"],
+        influence_clean=clean,
+        influence_perturbed=perturbed.scores,
+        columns=columns,
+        intervened=intervened,
+        perturbation=perturbation,
+        factorization=(experiment.clean.factorization, perturbed.factorization),
+        retrain=retrain,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def malleability(
+    data=None,
+    *,
+    X=None,
+    y=None,
+    X_test=None,
+    y_test=None,
+    model="mlp-attn",
+    width: int = 1024,
+    attack: str = "pgd",
+    epsilon: float = 0.3,
+    tau: float = 0.1,
+    ridge: float = 1e-3,
+    seed: int = 0,
+    intervention: str = "adversarial",
+    kernel: str = "empirical",
+    train_config=None,
+    attack_config=None,
+    influence: str = "loo",
+    dtype="float64",
+    training: str = "standard",
+    at_epsilon: float | None = None,
+    targets: str = "pm1",
+    retrain: bool = False,
+) -> MalleabilityReport:
+    """Measure how far an attack on the training data moves a model's influence scores.
+
+    Train on clean data → I; intervene on the training set (attack every
+    point, the top-τ points, or remove them); rebuild everything that depends
+    on X (preprocessing, the transductive attention of train and test points
+    over the perturbed training set, features, kernel, ridge fit) → I';
+    compare per test point (flip rate among the top-τ |I|, Spearman ρ, top-k
+    overlap).
+
+    Args:
+      data: ``Dataset``-like object with ``X_train``, ``labels_train``,
+        ``X_test``, ``labels_test`` holding **raw [0, 1] pixels**
+        (``kernelattn.data.load(name, normalize=False)``); the model
+        normalizes rows itself, so the attack acts on pixels.
+      X, y, X_test, y_test: arrays instead of ``data`` (labels int ``(n,)``
+        or one-hot ``(n, C)``).
+      model: "relu" (2L-ReLU), "mlp-attn" (default) or a ``TwoLayerReLU`` /
+        ``AttentionMLP`` instance.
+      width: hidden width m (default 1024) of a model given by name.
+      attack: "fgsm", "pgd" (default) or "mim".
+      epsilon: ℓ∞ radius ε ≥ 0 on [0, 1] pixels (default 0.3, the paper's).
+      tau: fraction τ ∈ (0, 1] of top influential points (default 0.1).
+      ridge: λ > 0 of the kernel ridge fit (default 1e-3).
+      seed: int ≥ 0; PRNG keys for init, shuffles/adversarial training and
+        the attack are split from ``PRNGKey(seed)``.
+      intervention: "adversarial" (default), "transformed" or "curated".
+      kernel: "empirical" (default: NTK of the trained width-m network at its
+        trained parameters — the finite-width kernel the paper is about) or
+        "infinite" (closed-form NTK of the head on the same features).
+      train_config: ``TrainConfig`` or dict (default: the paper's Adam 1e-3,
+        batch 128, 500 epochs, L2 1e-3, cross-entropy).
+      attack_config: ``AttackConfig`` or dict (steps 10, PGD step 2.5ε/steps
+        with random start, MIM step ε/steps and μ = 1, target "model",
+        bounds (0, 1)).
+      influence: "loo" (exact leave-one-out, default) or "if".
+      dtype: "float64" (default) or "float32" for the network and features.
+      training: "standard" (default) or "pgd-at" (PGD adversarial training).
+      at_epsilon: radius of adversarial training (default: ``epsilon``).
+      targets: one-vs-rest ridge targets "pm1" (default) or "onehot".
+      retrain: also retrain the network on the intervened data (default False).
+
+    Returns:
+      A :class:`MalleabilityReport`.
+    """
+    experiment = _prepare_checked(
+        data, X=X, y=y, X_test=X_test, y_test=y_test, model=model, width=width, ridge=ridge, seed=seed,
+        kernel=kernel, influence=influence, targets=targets, training=training,
+        at_epsilon=epsilon if at_epsilon is None else at_epsilon, train_config=train_config,
+        attack_config=attack_config, dtype=dtype, attack=attack, epsilon=epsilon, tau=tau,
+        intervention=intervention,
+    )
+    return measure(
+        experiment, attack=attack, epsilon=epsilon, tau=tau, intervention=intervention, retrain=retrain
+    )
+
+
+def _prepare_checked(data=None, *, attack, epsilon, tau, intervention, **kwargs) -> Experiment:
+    """Check the measurement arguments first (fail before training), then :func:`prepare`."""
+    check_choice(str(attack).lower(), "attack", ATTACKS)
+    check_real(epsilon, "epsilon", minimum=0.0)
+    check_real(tau, "tau", minimum=0.0, maximum=1.0, strict_min=True)
+    check_choice(intervention, "intervention", INTERVENTIONS)
+    split = resolve_data(data, X=kwargs["X"], y=kwargs["y"], X_test=kwargs["X_test"], y_test=kwargs["y_test"])
+    config = as_attack_config(kwargs["attack_config"])
+    if intervention != "curated" or kwargs["training"] == "pgd-at":
+        check_in_bounds(split.X, config.bounds)
+        warn_if_normalized(split)
+    return prepare(data, **kwargs)
+
+
+def malleability_sweep(
+    data=None,
+    *,
+    X=None,
+    y=None,
+    X_test=None,
+    y_test=None,
+    models: Sequence = ("relu", "mlp-attn"),
+    attacks: Sequence[str] = ("pgd",),
+    epsilons: Sequence[float] = (0.3,),
+    interventions: Sequence[str] = ("adversarial",),
+    trainings: Sequence[str] = ("standard",),
+    width: int = 1024,
+    tau: float = 0.1,
+    ridge: float = 1e-3,
+    seed: int = 0,
+    kernel: str = "empirical",
+    train_config=None,
+    attack_config=None,
+    influence: str = "loo",
+    dtype="float64",
+    at_epsilon: float = 0.3,
+    targets: str = "pm1",
+    retrain: bool = False,
+    progress=None,
+) -> list[MalleabilityReport]:
+    """Grid of :func:`malleability` measurements sharing one clean fit per (model, training).
+
+    Arguments as in :func:`malleability`, with lists for ``models``,
+    ``attacks``, ``epsilons`` (the paper's sweep is ``EPSILON_SWEEP = (0.1,
+    0.2, 0.3, 0.5)``), ``interventions`` and ``trainings``; ``at_epsilon`` is
+    the radius of PGD adversarial training (fixed across the ε grid). The
+    curated intervention does not depend on the attack or ε and is measured
+    once per clean fit. ``progress``: optional callable receiving each report.
+    """
+    if not attacks or not epsilons or not interventions or not models or not trainings:
+        raise ValueError("models, attacks, epsilons, interventions, trainings: expected non-empty sequences")
+    reports = []
+    for model in models:
+        for training in trainings:
+            experiment = _prepare_checked(
+                data, X=X, y=y, X_test=X_test, y_test=y_test, model=model, width=width, ridge=ridge, seed=seed,
+                kernel=kernel, influence=influence, targets=targets, training=training, at_epsilon=at_epsilon,
+                train_config=train_config, attack_config=attack_config, dtype=dtype, attack=attacks[0],
+                epsilon=epsilons[0], tau=tau,
+                intervention="adversarial" if any(i != "curated" for i in interventions) else "curated",
+            )
+            for intervention in interventions:
+                grid = [("pgd", 0.0)] if intervention == "curated" else [(a, e) for a in attacks for e in epsilons]
+                for attack, epsilon in grid:
+                    report = measure(
+                        experiment, attack=attack, epsilon=epsilon, tau=tau, intervention=intervention, retrain=retrain
+                    )
+                    reports.append(report)
+                    if progress is not None:
+                        progress(report)
+    return reports
+
+
+def reports_frame(reports: Sequence[MalleabilityReport]):
+    """One summary row per report, as a pandas DataFrame."""
+    import pandas as pd
+
+    return pd.concat([r.to_frame() for r in reports], ignore_index=True) if reports else pd.DataFrame()
+
+
+# =========================================================================== spec runner (CLI)
+
+SPEC_KEYS = (
+    "name", "kind", "description", "dataset", "datasets", "models", "model", "width", "widths", "seeds", "seed",
+    "kernel", "influence_kernels", "influence_kernel", "training", "training_modes", "training_mode", "attacks", "attack", "epsilons", "epsilon",
+    "interventions", "intervention", "tau", "ridge", "influence", "targets", "retrain", "at_epsilon",
+    "attack_config", "dtype",
+)
+_HEAD_KEYS = {"readout": "train_readout", "sigma_w": "sigma_w", "sigma_b": "sigma_b", "sigma_a": "sigma_a"}
+
+
+def _spec_list(spec: Mapping, plural: str, singular: str, default) -> list:
+    value = spec.get(plural, spec.get(singular, default))
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _spec_seeds(spec: Mapping) -> list[int]:
+    value = spec.get("seeds", spec.get("seed", [0]))
+    if isinstance(value, (list, tuple)):
+        return [check_int(v, "seeds[]", minimum=0) for v in value]
+    return list(range(check_int(value, "seeds", minimum=1))) if "seeds" in spec else [check_int(value, "seed", minimum=0)]
+
+
+def _canonical_spec_model(entry):
+    """Model aliases resolved ("2l-relu" → "relu"), in a name or a ``{"name": ...}`` mapping."""
+    if isinstance(entry, Mapping):
+        if "name" not in entry:
+            raise ValueError(f"models[]: expected a name or a mapping with 'name', got {dict(entry)!r}")
+        return {**dict(entry), "name": canonical_model_name(entry["name"])}
+    return canonical_model_name(entry)
+
+
+def _spec_model(entry, width: int, n_classes: int, head_options: Mapping):
+    """A model name, or a ``make_model`` instance for a mapping ``{"name": ..., options}``."""
+    options = {}
+    for key, value in dict(head_options).items():
+        if key not in _HEAD_KEYS:
+            continue
+        options[_HEAD_KEYS[key]] = (value == "trained") if key == "readout" else value
+    if isinstance(entry, Mapping):
+        entry = dict(entry)
+        name = entry.pop("name", None)
+        if name is None:
+            raise ValueError(f"models[]: expected a name or a mapping with 'name', got {entry!r}")
+        options.update(entry)
+    else:
+        name = entry
+    if not options:
+        return name
+    from kernelattn.models import make_model
+
+    try:
+        return make_model(name, width, n_classes, **options)
+    except TypeError as err:
+        raise ValueError(f"models[]: unknown model option in {options!r} ({err})") from err
+
+
+def run_malleability_spec(spec: Mapping, store, *, progress=None) -> list[str]:
+    """Run a malleability experiment spec into a ``ResultStore``, resumably.
+
+    The spec is a plain dict (e.g. parsed from ``experiments/*.json``); key
+    names follow ``kernelattn.specs`` where they overlap::
+
+        {"datasets": [{"name": "digits", "n_train": 1000, "n_test": 200, "seed": 0}],
+                                            # or "dataset": {...}; kernelattn.data.load options
+         "models": ["relu", "mlp-attn"],    # names, or {"name": "mlp-attn", "depth": 2, ...}
+         "width": 1024,                     # or "widths": [256, 1024]
+         "seeds": [0],                      # a list, or a count n (0..n-1)
+         "kernel": {"readout": "fixed", "sigma_w": 1.0, "sigma_b": 0.0, "sigma_a": 1.0},
+         "training": {"epochs": 500, ...},  # TrainConfig fields
+         "training_modes": ["standard"],    # and/or "pgd-at"
+         "at_epsilon": 0.3,                 # radius of PGD adversarial training
+         "influence_kernels": ["empirical"],# and/or "infinite"
+         "influence": "loo", "targets": "pm1", "ridge": 1e-3, "tau": 0.1, "retrain": false,
+         "attacks": ["fgsm", "pgd", "mim"], "epsilons": [0.1, 0.2, 0.3, 0.5],
+         "interventions": ["adversarial"],  # and/or "transformed", "curated"
+         "attack_config": {"steps": 10, ...},  # AttackConfig fields
+         "dtype": "float64"}
+
+    Singular keys ("model", "attack", "epsilon", "seed", …) are accepted for
+    one value. Datasets are loaded with ``normalize=False`` (raw [0, 1]
+    pixels; the models normalize rows themselves) unless the spec says
+    otherwise; ``label``/``target`` entries of a dataset are ignored. Each cell
+    — (dataset, model, width, seed, training mode, influence kernel,
+    intervention, attack, ε) — is one record of kind "malleability" keyed by
+    ``provenance.cell_key(cell)``; finished cells are skipped (resume) and
+    claimed cells left to their owner. One clean fit serves all cells of a
+    (dataset, model, width, seed, training mode, kernel), and is skipped when
+    they are all done. Metrics are ``MalleabilityReport.to_dict()`` plus the
+    per-test-point arrays (``flip_rates``, ``spearmans``, ``topk_overlaps``).
+
+    Args:
+      spec: the experiment spec (unknown keys are a ValueError naming them).
+      store: a ``kernelattn.store.ResultStore`` (``has``, ``claim``, ``put``, ``release``).
+      progress: optional callable ``progress(cell, report)`` after each stored cell.
+
+    Returns:
+      The keys of the records written by this call.
+    """
+    from kernelattn import provenance
+    from kernelattn.data import load
+
+    parsed = _parse_spec(spec)
+    written = []
+    for dataset in parsed["datasets"]:
+        data = None
+        for group in _spec_groups(parsed):
+            cells = [(provenance.cell_key(cell), cell) for cell in _group_cells(parsed, dataset, group)]
+            cells = [(key, cell) for key, cell in cells if not store.has(key)]
+            if not cells:
+                continue
+            data = load(**dataset, target="labels") if data is None else data
+            seed, model, width, mode, kernel = group
+            experiment = prepare(
+                data, model=_spec_model(model, width, data.n_classes, parsed["head"]), width=width,
+                ridge=parsed["ridge"], seed=seed, kernel=kernel, influence=parsed["influence"],
+                targets=parsed["targets"], training=mode, at_epsilon=parsed["at_epsilon"],
+                train_config=parsed["training"] or None, attack_config=parsed["attack_config"] or None,
+                dtype=parsed["dtype"],
+            )
+            for key, cell in cells:
+                report = _run_cell(store, key, cell, experiment, spec, parsed)
+                if report is not None:
+                    written.append(key)
+                    if progress is not None:
+                        progress(cell, report)
+    return written
+
+
+def _parse_spec(spec: Mapping) -> dict:
+    """Validate a malleability spec (see :func:`run_malleability_spec`) into plain lists and values."""
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"spec: expected a mapping, got {type(spec).__name__}")
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    if unknown:
+        raise ValueError(f"spec: unknown key(s) {unknown}; allowed: {sorted(SPEC_KEYS)}")
+    datasets = _spec_list(spec, "datasets", "dataset", None)
+    if not datasets or not all(isinstance(d, Mapping) and "name" in d for d in datasets):
+        raise ValueError("spec['datasets']: expected mappings with at least 'name', e.g. [{'name': 'digits'}]")
+    parsed = {
+        "datasets": [
+            {"normalize": False, **{k: v for k, v in dict(d).items() if k not in ("label", "target")}}
+            for d in datasets
+        ],
+        "tau": check_real(spec.get("tau", 0.1), "tau", minimum=0.0, maximum=1.0, strict_min=True),
+        "ridge": check_real(spec.get("ridge", 1e-3), "ridge", minimum=0.0, strict_min=True),
+        "influence": check_choice(spec.get("influence", "loo"), "influence", INFLUENCE_METHODS),
+        "targets": check_choice(spec.get("targets", "pm1"), "targets", TARGET_ENCODINGS),
+        "retrain": bool(spec.get("retrain", False)),
+        "dtype": resolve_dtype(spec.get("dtype", "float64")).name,
+        "head": dict(spec.get("kernel") or {}),
+        "training": dict(spec.get("training") or {}),
+        "attack_config": dict(spec.get("attack_config") or {}),
+        "at_epsilon": check_real(spec.get("at_epsilon", 0.3), "at_epsilon", minimum=0.0),
+        "seeds": _spec_seeds(spec),
+        "models": [_canonical_spec_model(m) for m in _spec_list(spec, "models", "model", "mlp-attn")],
+        "widths": [check_int(w, "widths[]", minimum=1) for w in _spec_list(spec, "widths", "width", 1024)],
+        "modes": [check_choice(t, "training_modes[]", TRAININGS) for t in _spec_list(spec, "training_modes", "training_mode", "standard")],
+        "kernels": [check_choice(k, "influence_kernels[]", KERNELS) for k in _spec_list(spec, "influence_kernels", "influence_kernel", "empirical")],
+        "attacks": [check_choice(str(a).lower(), "attacks[]", ATTACKS) for a in _spec_list(spec, "attacks", "attack", "pgd")],
+        "epsilons": [check_real(e, "epsilons[]", minimum=0.0) for e in _spec_list(spec, "epsilons", "epsilon", 0.3)],
+        "interventions": [check_choice(i, "interventions[]", INTERVENTIONS) for i in _spec_list(spec, "interventions", "intervention", "adversarial")],
+    }
+    as_train_config(parsed["training"] or None)  # validate before any work
+    as_attack_config(parsed["attack_config"] or None)
+    return parsed
+
+
+def _spec_groups(parsed: dict):
+    """(seed, model, width, training mode, kernel): the cells sharing one clean fit."""
+    for seed in parsed["seeds"]:
+        for model in parsed["models"]:
+            for width in parsed["widths"]:
+                for mode in parsed["modes"]:
+                    for kernel in parsed["kernels"]:
+                        yield seed, model, width, mode, kernel
+
+
+def _group_cells(parsed: dict, dataset: dict, group: tuple) -> list[dict]:
+    """The cells of one group: interventions × (attacks × ε, or once for "curated")."""
+    seed, model, width, mode, kernel = group
+    cells = []
+    for intervention in parsed["interventions"]:
+        grid = [("none", 0.0)] if intervention == "curated" else [
+            (a, e) for a in parsed["attacks"] for e in parsed["epsilons"]
+        ]
+        for attack, epsilon in grid:
+            cells.append({
+                "dataset": dataset, "model": model, "width": width, "seed": seed, "training_mode": mode,
+                "kernel": kernel, "head": parsed["head"], "training": parsed["training"],
+                "attack_config": parsed["attack_config"],
+                "at_epsilon": parsed["at_epsilon"] if mode == "pgd-at" else None,
+                "intervention": intervention, "attack": attack, "epsilon": epsilon,
+                **{k: parsed[k] for k in ("tau", "ridge", "influence", "targets", "retrain", "dtype")},
+            })
+    return cells
+
+
+def _run_cell(store, key: str, cell: dict, experiment: Experiment, spec: Mapping, parsed: dict):
+    """Claim, measure and store one cell; its report, or None when another process holds it."""
+    from kernelattn.store import make_record, utc_now
+
+    if not store.claim(key):
+        return None
+    started = utc_now()
+    try:
+        report = measure(
+            experiment, attack="pgd" if cell["attack"] == "none" else cell["attack"], epsilon=cell["epsilon"],
+            tau=parsed["tau"], intervention=cell["intervention"], retrain=parsed["retrain"],
+        )
+        # Settings live in the cell; metrics keep the results (no clashing to_frame columns).
+        metrics = {k: v for k, v in report.to_dict().items() if k not in cell and k not in ("training", "seconds")}
+        metrics.update(
+            flip_rates=report.flip_rates.tolist(),
+            spearmans=report.spearmans.tolist(),
+            topk_overlaps=report.topk_overlaps_per_test.tolist(),
+            final_train_loss=float(experiment.fitted.losses[-1]) if experiment.fitted.losses.size else None,
+        )
+        record = make_record(
+            "malleability", cell, metrics, spec=dict(spec), seed=cell["seed"], seconds=report.seconds,
+            started=started, finished=utc_now(),
+        )
+        store.put(key, record)
+        return report
+    finally:
+        store.release(key)

@@ -1,0 +1,190 @@
+"""Influence malleability: metrics, interventions, adversarial training, the public entry point."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats
+from sklearn.datasets import load_digits
+
+from kernelattn.malleability import (
+    compare_influence,
+    flip_rates,
+    influential_points,
+    malleability,
+    measure,
+    prepare,
+    spearman_rows,
+    top_count,
+    topk_overlaps,
+)
+
+FAST_TRAIN = {"epochs": 3, "batch_size": 32}
+FAST_ATTACK = {"steps": 3}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, labels = load_digits(return_X_y=True)
+    x = x / 16.0
+    return {"X": x[:60], "y": labels[:60], "X_test": x[60:75], "y_test": labels[60:75]}
+
+
+@pytest.fixture(scope="module")
+def attn_experiment(digits):
+    # The network at initialization (epochs=0): the interventions do not depend on training,
+    # which test_malleability_end_to_end exercises.
+    return prepare(model="mlp-attn", width=32, train_config={"epochs": 0}, attack_config=FAST_ATTACK, **digits)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_identical_influences_do_not_move(rng):
+    influence = rng.normal(size=(7, 40))
+    metrics = compare_influence(influence, influence.copy(), tau=0.1)
+    np.testing.assert_array_equal(metrics["flip_rate"], 0.0)
+    np.testing.assert_allclose(metrics["spearman"], 1.0)
+    np.testing.assert_array_equal(metrics["topk_overlap"], 1.0)
+
+
+def test_sign_reversed_influences_flip_everything(rng):
+    influence = rng.normal(size=(7, 40))
+    metrics = compare_influence(influence, -influence, tau=0.25)
+    np.testing.assert_array_equal(metrics["flip_rate"], 1.0)
+    np.testing.assert_allclose(metrics["spearman"], -1.0)
+    np.testing.assert_array_equal(metrics["topk_overlap"], 1.0)  # |I| unchanged
+
+
+def test_metrics_by_hand():
+    a = np.array([[5.0, -4.0, 3.0, 0.1, 0.2, -0.3, 0.4, 0.5, 0.6, 0.7]])
+    b = a.copy()
+    b[0, 1] = 4.0  # the 2nd most influential point changes sign
+    assert top_count(10, 0.3) == 3 and top_count(10, 0.01) == 1 and top_count(10, 1.0) == 10
+    np.testing.assert_allclose(flip_rates(a, b, 0.3), [1 / 3])
+    np.testing.assert_allclose(flip_rates(a, b, 0.1), [0.0])
+    c = a.copy()
+    c[0, 0] = 0.0  # drops out of the top 3; 0.7 comes in
+    np.testing.assert_allclose(topk_overlaps(a, c, 0.3), [2 / 3])
+    np.testing.assert_allclose(spearman_rows(a, b)[0], scipy.stats.spearmanr(a[0], b[0])[0], rtol=1e-12)
+    assert np.isnan(spearman_rows(np.ones((1, 5)), a[:, :5])[0])
+    np.testing.assert_array_equal(influential_points(np.array([[1.0, -9.0, 2.0], [0.0, 9.0, -3.0]]), 0.5), [1, 2])
+
+
+@pytest.mark.parametrize("tau", [0.0, -0.1, 1.5])
+def test_compare_rejects_bad_tau(rng, tau):
+    with pytest.raises(ValueError, match="tau"):
+        compare_influence(np.ones((2, 5)), np.ones((2, 5)), tau=tau)
+
+
+def test_compare_rejects_shape_mismatch():
+    with pytest.raises(ValueError, match="I_prime"):
+        compare_influence(np.ones((2, 5)), np.ones((2, 4)))
+
+
+# ------------------------------------------------------------------------ end to end
+
+
+@pytest.mark.parametrize("model", ["relu", "mlp-attn"])
+def test_malleability_end_to_end(digits, model):
+    report = malleability(
+        model=model, width=32, attack="pgd", epsilon=0.3, train_config=FAST_TRAIN,
+        attack_config=FAST_ATTACK, **digits,
+    )
+    n, n_test = 60, 15
+    assert report.model == model and report.kernel == "empirical" and report.influence == "loo"
+    assert report.I.shape == report.I_prime.shape == (n_test, n)
+    assert report.flip_rates.shape == report.spearmans.shape == report.topk_overlaps_per_test.shape == (n_test,)
+    assert 0.0 <= report.flip_rate <= 1.0 and -1.0 <= report.spearman <= 1.0 and 0.0 <= report.topk_overlap <= 1.0
+    assert report.flip_rate == pytest.approx(np.mean(report.flip_rates))
+    assert report.top_k == 6 and report.factorization == ("cholesky", "cholesky")
+    assert report.perturbation["linf"] <= 0.3 + 1e-12 and report.perturbation["n_perturbed"] == n
+    assert report.perturbation["loss_adv"] > report.perturbation["loss_clean"]
+    assert not np.allclose(report.I, report.I_prime)
+    summary = report.to_dict()
+    assert summary["flip_rate"] == report.flip_rate and "influence_clean" not in summary
+    assert len(report.to_dict(arrays=True)["flip_rates"]) == n_test
+    frame = report.to_frame()
+    assert isinstance(frame, pd.DataFrame) and len(frame) == 1 and frame.loc[0, "model"] == model
+    assert len(report.to_frame(per_test=True)) == n_test
+
+
+def test_interventions_share_one_clean_fit(attn_experiment):
+    exp = attn_experiment
+    n = exp.split.X.shape[0]
+    top = influential_points(exp.clean.scores, 0.1)
+    # One attack objective per experiment: all PGD measurements below reuse one compiled attack.
+    same = measure(exp, attack="pgd", epsilon=0.0)
+    assert same.flip_rate == 0.0 and same.spearman == pytest.approx(1.0)
+    transformed = measure(exp, attack="pgd", epsilon=0.2, intervention="transformed")
+    np.testing.assert_array_equal(transformed.intervened, top)
+    assert transformed.perturbation["n_perturbed"] == top.size
+    curated = measure(exp, intervention="curated", tau=0.1)
+    assert curated.attack == "none" and curated.I_prime.shape == (15, n - top.size)
+    np.testing.assert_array_equal(curated.columns, np.setdiff1d(np.arange(n), top))
+    assert curated.top_k == top_count(n - top.size, 0.1)
+    sweep = [measure(exp, attack="pgd", epsilon=e) for e in (0.1, 0.5)]
+    assert all(r.perturbation["linf"] <= r.epsilon + 1e-12 for r in sweep)
+    # "Retraining" on unchanged data with the same keys reproduces the clean network exactly.
+    again = measure(exp, attack="pgd", epsilon=0.0, retrain=True)
+    assert again.retrain and again.flip_rate == 0.0 and again.spearman == pytest.approx(1.0)
+
+
+def test_spec_runner_writes_and_resumes(tmp_path):
+    from kernelattn.malleability import run_malleability_spec
+    from kernelattn.store import ResultStore
+
+    store = ResultStore.open(tmp_path / "store")
+    spec = {
+        "kind": "malleability",
+        "datasets": [{"name": "digits", "n_train": 30, "n_test": 10, "seed": 0, "label": "digits"}],
+        "models": ["relu"], "attacks": ["fgsm", "pgd"], "epsilons": [0.1, 0.3], "interventions": ["curated"],
+        "width": 8, "training": {"epochs": 1}, "attack_config": {"steps": 1},
+    }
+    written = run_malleability_spec(spec, store)
+    assert len(written) == 1 and run_malleability_spec(spec, store) == []  # curated: attack-independent
+    frame = store.to_frame(kind="malleability")
+    assert list(frame["intervention"]) == ["curated"] and frame["flip_rate"].between(0, 1).all()
+    assert frame.loc[0, "n_train"] == 30 and frame.loc[0, "top_k"] == 3
+    with pytest.raises(ValueError, match="unknown key"):
+        run_malleability_spec({**spec, "epsilonz": [0.1]}, store)
+
+
+def test_adversarial_training(digits):
+    report = malleability(
+        model="relu", width=16, training="pgd-at", epsilon=0.1, kernel="infinite", influence="if",
+        train_config={"epochs": 2, "batch_size": 32}, attack_config={"steps": 2}, **digits,
+    )
+    assert report.training == "pgd-at" and report.kernel == "infinite" and report.influence == "if"
+    assert report.perturbation["target"] == "model" and report.perturbation["linf"] <= 0.1 + 1e-12
+    assert report.perturbation["loss_adv"] > report.perturbation["loss_clean"]
+    assert np.isfinite(report.flip_rate) and report.I.shape == (15, 60)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"epsilon": -0.1}, "epsilon"),
+        ({"tau": 0.0}, "tau"),
+        ({"tau": 1.2}, "tau"),
+        ({"ridge": 0.0}, "ridge"),
+        ({"ridge": -1e-3}, "ridge"),
+        ({"attack": "deepfool"}, "attack"),
+        ({"model": "resnet"}, "model"),
+        ({"intervention": "poison"}, "intervention"),
+        ({"kernel": "gaussian"}, "kernel"),
+        ({"influence": "tracin"}, "influence"),
+        ({"training": "trades"}, "training"),
+        ({"targets": "binary"}, "targets"),
+        ({"X_test": np.zeros((4, 10))}, "X_test"),
+        ({"y": np.zeros(59, int)}, "y"),
+        ({"X": np.full((60, 64), 3.0)}, "valid range"),
+        ({"seed": -1}, "seed"),
+        ({"train_config": {"epoch": 3}}, "train_config"),
+        ({"attack_config": {"steps": 0}}, "steps"),
+    ],
+)
+def test_malleability_bad_arguments(digits, kwargs, match):
+    args = {**digits, "width": 8, "train_config": FAST_TRAIN}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        malleability(**args)
