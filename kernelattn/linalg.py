@@ -10,11 +10,11 @@ an explicit inverse (MATH.md §9).
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 import numpy as np
 import scipy.linalg
 
+from kernelattn import guards
 from kernelattn._validation import check_matrix, check_real
 
 
@@ -65,7 +65,8 @@ def factorize(k: np.ndarray, ridge: float, *, name: str = "kernel", clip_floor: 
       clip_floor: relative eigenvalue floor for the fallback.
 
     Returns:
-      A ``Factorization``; a ``RuntimeWarning`` is issued when the fallback ran.
+      A ``Factorization``; when the fallback ran, ``guards.check_solve`` reports
+      it (a ``KernelWarning``, or a ``KernelError`` under ``guards.strict()``).
     """
     k = check_matrix(k, name).astype(np.float64)
     if k.shape[0] != k.shape[1]:
@@ -81,16 +82,13 @@ def factorize(k: np.ndarray, ridge: float, *, name: str = "kernel", clip_floor: 
     values, vectors = np.linalg.eigh(a)
     floor = clip_floor * max(values[-1], np.finfo(np.float64).tiny)
     clipped = int(np.count_nonzero(values < floor))
-    warnings.warn(
-        f"{name} + {ridge:g}·I is not positive definite in float64 (smallest eigenvalue "
-        f"{values[0]:.3e}); solved by eigen-decomposition with {clipped} eigenvalue(s) clipped to "
-        f"{floor:.3e}. Remedy: a larger ridge, float64 kernels, or a rank truncation.",
-        RuntimeWarning,
-        stacklevel=2,
-    )
-    return Factorization(
+    factorization = Factorization(
         "eigh-clipped", k.shape[0], ridge, clipped, _eigh=(np.maximum(values, floor), vectors)
     )
+    # Warns (or raises under guards.strict()) with the numbers and the remedy.
+    guards.check_solve(k, ridge, name=name, factorization=factorization, eigenvalues=values - ridge,
+                       dtype="float64", stacklevel=3)
+    return factorization
 
 
 def kernel_regression(

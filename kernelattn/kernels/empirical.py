@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kernelattn import memory
 from kernelattn._precision import resolve_dtype
 from kernelattn._validation import check_choice, check_int, check_matrix
 from kernelattn.models import HeadConfig, random_signs
@@ -135,6 +136,12 @@ def empirical_ntk(
     params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, dtype), params)
     if row_block is not None:
         row_block = check_int(row_block, "row_block", minimum=1)
+    memory.ensure_fits(memory.autodiff_ntk_memory(
+        x1.shape[0], None if x2 is None else x2.shape[0],
+        n_params=sum(p.size for p in jax.tree_util.tree_leaves(params)),
+        out_dim=jax.eval_shape(apply_fn, params, x1[:1]).shape[-1],
+        implementation=implementation, trace_output=trace_output, row_block=row_block, dtype=dtype.name,
+    ))
     fn = _jacobian_ntk if implementation == "jacobian" else _ntvp_ntk
     return fn(apply_fn, params, x1, x2, bool(trace_output), row_block)
 
@@ -186,6 +193,15 @@ def _head_chunk(x1, x2, lin, w, b, a, sigma_w, sigma_b, trace_output, train_read
         rr = jax.nn.relu(h1) @ jax.nn.relu(h2).T
         theta = theta + rr[:, :, None, None] * jnp.eye(a.shape[1], dtype=x1.dtype)
     return theta
+
+
+def _ensure_head_fits(x1, x2, head: HeadConfig, chunk: int, trace_output: bool, params_given: bool, dtype) -> None:
+    """Refuse (``MemoryPlanError``) before allocating when the kernel would not fit in memory."""
+    memory.ensure_fits(memory.head_ntk_memory(
+        x1.shape[0], None if x2 is None else x2.shape[0], x1.shape[1], head.width,
+        width_chunk=chunk, out_dim=head.out_dim, trace_output=trace_output,
+        train_readout=head.train_readout, use_bias=head.use_bias, params_given=params_given, dtype=dtype.name,
+    ))
 
 
 def _linear_part(x1, x2, head: HeadConfig):
@@ -259,6 +275,7 @@ def structured_head_ntk(
         raise ValueError(f"head_variables['W']: expected shape {(x1.shape[1], head.width)}, got {w.shape}")
     b = jnp.asarray(head_variables["b"], dtype) if head.use_bias else None
     a = jnp.asarray(head_variables["a"], dtype)
+    _ensure_head_fits(x1, x2, head, chunk, trace_output, True, dtype)
     return _structured(x1, x2, w, b, a, head=head, trace_output=bool(trace_output), chunk=chunk)
 
 
@@ -316,6 +333,7 @@ def streaming_head_ntk(
     x1 = jnp.asarray(check_matrix(x1, "x1"), dtype)
     x2 = None if x2 is None else jnp.asarray(check_matrix(x2, "x2", n_cols=x1.shape[1]), dtype)
     chunk = min(check_int(width_chunk, "width_chunk", minimum=1), head.width)
+    _ensure_head_fits(x1, x2, head, chunk, trace_output, False, dtype)
     return _streaming(key, x1, x2, head=head, trace_output=bool(trace_output), chunk=chunk)
 
 
