@@ -135,6 +135,51 @@ def _cmd_store_verify(args) -> int:
     return 1 if problems and not args.repair else 0
 
 
+def _cmd_sweep(args) -> int:
+    from kernelattn.sweeps import format_summary, run_sweep
+
+    results = run_sweep(args.spec, args.out, progress=not args.no_progress)
+    print(format_summary(results))
+    print(f"store: {results.store_path}")
+    return 0 if results.missing == 0 else 1
+
+
+def _read_spec(path: str) -> dict:
+    """A JSON spec file as a dict, with its file stem as the default name."""
+    from pathlib import Path
+
+    try:
+        spec = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"spec: no such file {path!r}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"spec: {path} is not valid JSON ({err})") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"spec: expected a JSON object in {path}, got {type(spec).__name__}")
+    spec.setdefault("name", Path(path).stem)
+    return spec
+
+
+def _cmd_malleability(args) -> int:
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from kernelattn.malleability import run_malleability_spec, summary_frame
+    from kernelattn.store import ResultStore
+
+    spec = _read_spec(args.spec)
+    name = spec.pop("name")
+    spec.pop("kind", None)
+    spec.pop("description", None)
+    store = ResultStore.open(Path(args.out) / name)
+    with tqdm(desc=name, unit="cell", disable=args.no_progress or not sys.stderr.isatty()) as bar:
+        keys = run_malleability_spec(spec, store, progress=lambda *_: bar.update())
+    print(summary_frame(store).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"{len(keys)} new cell(s); store: {store.path}")
+    return 0
+
+
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", nargs="+", help="class subset by index or name, e.g. 3 8")
     parser.add_argument("--n-train", type=int, help="balanced number of training points")
@@ -164,6 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
     files.add_argument("--data-dir")
     files.add_argument("--verify", action="store_true", help="hash the files found")
     files.set_defaults(handler=_cmd_data_files)
+
+    sweep = commands.add_parser("sweep", help="run (or resume) a width sweep from a JSON spec")
+    sweep.add_argument("spec", help="spec file, e.g. experiments/quick_width_sweep.json")
+    sweep.add_argument("--out", default="results", help="results directory (store: OUT/<spec name>)")
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sweep.set_defaults(handler=_cmd_sweep)
+
+    mall = commands.add_parser("malleability", help="run (or resume) an influence-malleability spec")
+    mall.add_argument("spec", help="spec file, e.g. experiments/quick_malleability.json")
+    mall.add_argument("--out", default="results", help="results directory (store: OUT/<spec name>)")
+    mall.add_argument("--no-progress", action="store_true", help="no progress bar")
+    mall.set_defaults(handler=_cmd_malleability)
 
     store = commands.add_parser("store", help="check a results store")
     store.add_argument("path")

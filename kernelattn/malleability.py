@@ -939,3 +939,30 @@ def _run_cell(store, key: str, cell: dict, experiment: Experiment, spec: Mapping
         return report
     finally:
         store.release(key)
+
+
+SUMMARY_KEYS = ("dataset.name", "model", "width", "training_mode", "kernel", "intervention", "attack", "epsilon")
+SUMMARY_METRICS = ("flip_rate", "spearman", "topk_overlap")
+
+
+def summary_frame(store):
+    """Stored malleability cells averaged over seeds: one row per (dataset, model, …, attack, ε).
+
+    Args:
+      store: a ``kernelattn.store.ResultStore``.
+
+    Returns:
+      pandas DataFrame with the ``SUMMARY_KEYS`` columns present, ``seeds`` and
+      the mean of each ``SUMMARY_METRICS`` column.
+    """
+    frame = store.to_frame("malleability")
+    if frame.empty:
+        return frame
+    if "model.name" in frame and "model" not in frame:
+        frame = frame.rename(columns={"model.name": "model"})
+    keys = [k for k in SUMMARY_KEYS if k in frame]
+    metrics = [m for m in SUMMARY_METRICS if m in frame]
+    grouped = frame.groupby(keys, dropna=False, sort=True)
+    summary = grouped[metrics].mean()
+    summary.insert(0, "seeds", grouped.size())
+    return summary.reset_index()
