@@ -195,14 +195,18 @@ def make_model(
     constant_term: bool = False,
     normalize: bool = True,
     head_width: int = 64,
+    attention_out_dim: int | None = None,
     scaling: str = "linear",
     param_dtype: Any = jnp.float32,
 ) -> nn.Module:
     """Build a model by name: "relu" (2L-ReLU), "mlp-attn" or "qkv-attn".
 
     Attention options (``depth``, ``rank``, ``constant_term``, ``normalize``)
-    apply to "mlp-attn"; ``head_width`` and ``scaling`` to "qkv-attn" (whose
-    row re-normalization is ``normalize``).
+    apply to "mlp-attn"; ``head_width``, ``attention_out_dim`` and ``scaling``
+    to "qkv-attn" (whose row re-normalization is ``normalize``). The QKV
+    output projection has ``attention_out_dim`` channels, by default
+    ``head_width``: every hidden width must grow for the empirical NTK to
+    approach the infinite-width one (with a fixed d-channel output it does not).
     """
     name = _ALIASES.get(str(name).lower(), str(name).lower())
     check_choice(name, "model", MODEL_NAMES)
@@ -214,7 +218,8 @@ def make_model(
         return AttentionMLP(head, attention, param_dtype)
     check_int(head_width, "head_width", minimum=1)
     check_choice(scaling, "scaling", ("linear", "sqrt"))
-    qkv = QKVAttention(head_width, scaling=scaling, param_dtype=param_dtype)
+    out = head_width if attention_out_dim is None else check_int(attention_out_dim, "attention_out_dim", minimum=1)
+    qkv = QKVAttention(head_width, out, scaling=scaling, param_dtype=param_dtype)
     return QKVAttentionMLP(head, qkv, normalize, param_dtype)
 
 

@@ -53,8 +53,8 @@ def test_first_layer_only_formula(rng):
     expected = 4.0 * (c / 3) * (np.pi - np.arccos(c)) / (2 * np.pi)
     off = ~np.eye(4, dtype=bool)
     np.testing.assert_allclose(k[off], expected[off], rtol=1e-12)
-    # On the diagonal c = 1 up to one rounding, and dθ = dc / sin θ amplifies it to ~√eps.
-    np.testing.assert_allclose(np.diag(k), 4.0 / 3 / 2, rtol=1e-7)
+    # On the diagonal c = 1 exactly (variances read off Σ's diagonal): θ = 0, K' = 1/2.
+    np.testing.assert_allclose(np.diag(k), np.sum(x * x, axis=1) * 4.0 / 3 / 2, rtol=1e-15)
 
 
 def test_symmetric_psd_and_multi_output(rng):

@@ -76,10 +76,18 @@ def _expand_outputs(matrix: jax.Array, out_dim: int) -> jax.Array:
 
 @jax.jit
 def _head_kernels(x1, x2, sigma_w, sigma_b, sigma_a, train_readout):
+    """``x2 is None`` means x2 = x1: the variances are then read off Σ's diagonal.
+
+    That makes c = 1 exactly at x = x', where arccos would otherwise turn one
+    rounding of c into an error of √eps in θ.
+    """
     d = x1.shape[-1]
-    sigma_12 = sigma_w**2 * (x1 @ x2.T) / d + sigma_b**2
+    sigma_12 = sigma_w**2 * (x1 @ (x1 if x2 is None else x2).T) / d + sigma_b**2
     sigma_11 = sigma_w**2 * jnp.sum(x1 * x1, axis=1) / d + sigma_b**2
-    sigma_22 = sigma_w**2 * jnp.sum(x2 * x2, axis=1) / d + sigma_b**2
+    if x2 is None:
+        sigma_11 = sigma_22 = jnp.diagonal(sigma_12)
+    else:
+        sigma_22 = sigma_w**2 * jnp.sum(x2 * x2, axis=1) / d + sigma_b**2
     k, k_prime = arccos_relu(sigma_12, sigma_11, sigma_22)
     first_layer = sigma_a**2 * sigma_12 * k_prime
     nngp = sigma_a**2 * k
@@ -113,10 +121,11 @@ def head_kernels(
     dtype = resolve_dtype(dtype)
     zero_rows_ok = head.sigma_b > 0
     x1 = check_matrix(x1, "x1", allow_zero_rows=zero_rows_ok)
-    x2 = x1 if x2 is None else check_matrix(x2, "x2", n_cols=x1.shape[1], allow_zero_rows=zero_rows_ok)
+    if x2 is not None:
+        x2 = jnp.asarray(check_matrix(x2, "x2", n_cols=x1.shape[1], allow_zero_rows=zero_rows_ok), dtype)
     kernel = _head_kernels(
         jnp.asarray(x1, dtype),
-        jnp.asarray(x2, dtype),
+        x2,
         head.sigma_w,
         head.sigma_b,
         head.sigma_a,
