@@ -9,6 +9,13 @@ from kernelattn import data
 from kernelattn._precision import enable_x64, x64_enabled
 from kernelattn.attacks import AttackConfig, AttackResult, fgsm, mim, pgd, run_attack
 from kernelattn.data import Dataset
+from kernelattn.distributed import (
+    device_mesh,
+    initialize_distributed,
+    local_device_count,
+    sharded_streaming_head_ntk,
+    sharded_structured_head_ntk,
+)
 from kernelattn.guards import KernelError, KernelWarning, check_kernel
 from kernelattn.kernels.analytic import Kernel, head_kernels, qkv_attention_nngp
 from kernelattn.kernels.empirical import (
@@ -63,6 +70,11 @@ __all__ = [
     "TrainConfig",
     "check_kernel",
     "data",
+    "device_mesh",
+    "initialize_distributed",
+    "local_device_count",
+    "sharded_streaming_head_ntk",
+    "sharded_structured_head_ntk",
     "fgsm",
     "format_summary",
     "influence",
