@@ -136,12 +136,16 @@ def _cmd_store_verify(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
+    from kernelattn.distributed import initialize_distributed
     from kernelattn.sweeps import format_summary, run_sweep
 
-    results = run_sweep(args.spec, args.out, progress=not args.no_progress)
+    # Multi-process runs (JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID,
+    # or SLURM / Open MPI): join before any JAX computation; a no-op for one process.
+    initialize_distributed()
+    results = run_sweep(args.spec, args.out, progress=not args.no_progress, devices=args.devices)
     print(format_summary(results))
     print(f"store: {results.store_path}")
-    return 0 if results.missing == 0 else 1
+    return 0 if results.n_missing == 0 else 1
 
 
 def _read_spec(path: str) -> dict:
@@ -165,13 +169,14 @@ def _cmd_malleability(args) -> int:
 
     from tqdm.auto import tqdm
 
-    from kernelattn.malleability import run_malleability_spec, summary_frame
+    from kernelattn.malleability import run_malleability_spec, summary_frame, validate_spec
     from kernelattn.store import ResultStore
 
     spec = _read_spec(args.spec)
     name = spec.pop("name")
     spec.pop("kind", None)
     spec.pop("description", None)
+    validate_spec(spec)  # before the store is created
     store = ResultStore.open(Path(args.out) / name)
     with tqdm(desc=name, unit="cell", disable=args.no_progress or not sys.stderr.isatty()) as bar:
         keys = run_malleability_spec(spec, store, progress=lambda *_: bar.update())
@@ -214,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("spec", help="spec file, e.g. experiments/quick_width_sweep.json")
     sweep.add_argument("--out", default="results", help="results directory (store: OUT/<spec name>)")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sweep.add_argument("--devices", default=None, metavar="N|all",
+                       help="local devices to shard each finite-width kernel over (overrides the spec's "
+                            "kernel.devices; default: the spec's, 1)")
     sweep.set_defaults(handler=_cmd_sweep)
 
     mall = commands.add_parser("malleability", help="run (or resume) an influence-malleability spec")

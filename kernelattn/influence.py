@@ -287,7 +287,8 @@ def resolve_data(data=None, *, X=None, y=None, X_test=None, y_test=None) -> Trai
         normalized = (meta.get("preprocessing") or {}).get("normalize") if isinstance(meta, Mapping) else None
     if X is None or X_test is None:
         raise ValueError(f"{'X' if X is None else 'X_test'}: expected an (n, d) array (or pass data=...), got None")
-    X = check_matrix(X, "X").astype(np.float64)
+    # Leave-one-out needs at least two training points to leave one out of.
+    X = check_matrix(X, "X", min_rows=2).astype(np.float64)
     X_test = check_matrix(X_test, "X_test", n_cols=X.shape[1]).astype(np.float64)
     labels, c_train = _labels_of(y, "y", X.shape[0])
     labels_test, c_test = _labels_of(y_test, "y_test", X_test.shape[0])

@@ -842,6 +842,11 @@ def run_malleability_spec(spec: Mapping, store, *, progress=None) -> list[str]:
     return written
 
 
+def validate_spec(spec: Mapping) -> None:
+    """Check a malleability spec without running it (ValueError naming the bad key)."""
+    _parse_spec(spec)
+
+
 def _parse_spec(spec: Mapping) -> dict:
     """Validate a malleability spec (see :func:`run_malleability_spec`) into plain lists and values."""
     if not isinstance(spec, Mapping):
