@@ -122,3 +122,24 @@ def check_choice(value: Any, name: str, choices: tuple[str, ...] | list[str]) ->
     if value not in choices:
         raise ValueError(f"{name}: expected one of {sorted(choices)}, got {value!r}")
     return value
+
+
+def as_config(value: Any, cls: type, name: str) -> Any:
+    """``None`` → ``cls()``; a mapping → ``cls(**mapping)``; an instance of ``cls`` as is.
+
+    Unknown mapping keys are a ValueError naming them and the allowed fields.
+    """
+    import dataclasses
+    from collections.abc import Mapping
+
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - fields)
+        if unknown:
+            raise ValueError(f"{name}: unknown key(s) {unknown}; expected some of {sorted(fields)}")
+        return cls(**dict(value))
+    raise ValueError(f"{name}: expected None, a dict or a {cls.__name__}, got {type(value).__name__}")

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernelattn._validation import check_choice, check_int, check_matrix, check_real
+from kernelattn._validation import as_config, check_choice, check_int, check_matrix, check_real
 from kernelattn.training import loss_value
 
 LossFn = Callable[[jax.Array], jax.Array]
@@ -98,17 +98,7 @@ class AttackConfig:
 
 def as_attack_config(value: Any) -> AttackConfig:
     """``None`` → defaults; a dict → ``AttackConfig(**dict)``; an ``AttackConfig`` as is."""
-    if value is None:
-        return AttackConfig()
-    if isinstance(value, AttackConfig):
-        return value
-    if isinstance(value, Mapping):
-        fields = {f.name for f in dataclasses.fields(AttackConfig)}
-        unknown = sorted(set(value) - fields)
-        if unknown:
-            raise ValueError(f"attack_config: unknown key(s) {unknown}; expected some of {sorted(fields)}")
-        return AttackConfig(**dict(value))
-    raise ValueError(f"attack_config: expected None, a dict or an AttackConfig, got {type(value).__name__}")
+    return as_config(value, AttackConfig, "attack_config")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernelattn._precision import resolve_dtype
-from kernelattn._validation import check_choice, check_int, check_matrix, check_real
+from kernelattn._validation import as_config, check_choice, check_int, check_matrix, check_real
 from kernelattn.kernels.analytic import head_kernels
 from kernelattn.kernels.empirical import structured_head_ntk
 from kernelattn.linalg import factorize
@@ -425,19 +425,9 @@ class FittedModel:
         return self.spec.outputs(self.variables, queries, context)
 
 
-def as_train_config(value) -> TrainConfig:
+def as_train_config(value: Any) -> TrainConfig:
     """``None`` → paper defaults; a dict → ``TrainConfig(**dict)``; a ``TrainConfig`` as is."""
-    if value is None:
-        return TrainConfig()
-    if isinstance(value, TrainConfig):
-        return value
-    if isinstance(value, Mapping):
-        fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        unknown = sorted(set(value) - fields)
-        if unknown:
-            raise ValueError(f"train_config: unknown key(s) {unknown}; expected some of {sorted(fields)}")
-        return TrainConfig(**dict(value))
-    raise ValueError(f"train_config: expected None, a dict or a TrainConfig, got {type(value).__name__}")
+    return as_config(value, TrainConfig, "train_config")
 
 
 def fit_model(spec: HeadModel, X, targets, *, key_init: jax.Array, key_train: jax.Array, config: TrainConfig) -> FittedModel:
