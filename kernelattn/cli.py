@@ -141,8 +141,11 @@ def _cmd_sweep(args) -> int:
 
     # Multi-process runs (JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID,
     # or SLURM / Open MPI): join before any JAX computation; a no-op for one process.
+    from kernelattn.specs import parse_devices
+
+    devices = None if args.devices is None else parse_devices(args.devices, "--devices")
     initialize_distributed()
-    results = run_sweep(args.spec, args.out, progress=not args.no_progress, devices=args.devices)
+    results = run_sweep(args.spec, args.out, progress=not args.no_progress, devices=devices)
     print(format_summary(results))
     print(f"store: {results.store_path}")
     return 0 if results.n_missing == 0 else 1

@@ -38,7 +38,8 @@ Format (every key except ``name``, ``kind``, ``datasets``, ``models`` and
       "ridge": 1e-3,                        # λ of every kernel-ridge predictor (absolute)
       "kernel": {"readout": "fixed", "sigma_w": 1.0, "sigma_b": 0.0, "sigma_a": 1.0,
                  "width_chunk": 1024, "batch_seeds": "auto",
-                 "memory_gb": 2.0, "limit_width": 4096, "limit_seeds": 8},
+                 "memory_gb": 2.0, "limit_width": 4096, "limit_seeds": 8,
+                 "devices": 1},                 # int >= 1 or "all": shard Θ_m's width over local devices
       "training": {"learning_rate": 1e-3, "batch_size": 128, "epochs": 500,
                    "weight_decay": 1e-3, "loss": "auto", "ntk_time": null}
     }
@@ -669,6 +670,11 @@ class KernelOptions:
       memory_gb: budget for batched seeds (the estimate of n²·seeds memory).
       limit_width, limit_seeds: width and number of networks of the Monte-Carlo
         estimate of Θ_∞ for "qkv-attn".
+      devices: local devices the streamed Θ_m ("relu", "mlp-attn") is sharded
+        over, width-wise: an integer ≥ 1 or "all" (``jax.local_devices()``).
+        A performance setting: results equal the 1-device ones up to float
+        summation order, so it is not part of a cell's identity (records note
+        the count used in their metrics as ``n_devices``).
     """
 
     readout: str = "fixed"
@@ -680,6 +686,7 @@ class KernelOptions:
     memory_gb: float = 2.0
     limit_width: int = 4096
     limit_seeds: int = 8
+    devices: Any = 1
 
     @property
     def train_readout(self) -> bool:
@@ -692,6 +699,23 @@ class KernelOptions:
         """Options that change the network or its draws (cell identity)."""
         return {"readout": self.readout, "sigma_w": self.sigma_w, "sigma_b": self.sigma_b,
                 "sigma_a": self.sigma_a, "width_chunk": self.width_chunk}
+
+
+def parse_devices(value: Any, path: str = "kernel.devices") -> Any:
+    """A device count: an integer >= 1 or "all" (SpecError naming ``path`` otherwise)."""
+    if isinstance(value, str):
+        if value.strip().lower() == "all":
+            return "all"
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise SpecError(path, f"expected an integer >= 1 or \"all\", got {_show(value)}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(path, f"expected an integer >= 1 or \"all\", got {_show(value)}")
+    try:
+        return _int(value, path, minimum=1, maximum=1_000_000)
+    except SpecError:
+        raise SpecError(path, f"expected an integer >= 1 or \"all\", got {_show(value)}") from None
 
 
 def _auto_or_bool(value: Any, path: str) -> Any:
@@ -710,6 +734,7 @@ _KERNEL_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "memory_gb": lambda v, p: _real(v, p, minimum=0.0, strict=True),
     "limit_width": lambda v, p: _int(v, p, minimum=1, maximum=MAX_WIDTH),
     "limit_seeds": lambda v, p: _int(v, p, minimum=1, maximum=10_000),
+    "devices": parse_devices,
 }
 
 

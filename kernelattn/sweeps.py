@@ -73,6 +73,17 @@ several processes can work on one store; a claim of a dead process on the
 same host is taken over. Every record holds the spec, the seed, package
 versions and devices (``provenance.environment``) and its timing.
 
+Several devices and hosts: ``kernel.devices`` (or ``run_sweep(...,
+devices=)``, CLI ``--devices N|all``) shards the streamed Θ_m of
+"relu"/"mlp-attn" width-wise over that many local devices — each
+accumulation step deals its blocks out over a 1-D mesh and adds the partial
+kernels with one ``psum`` (the ``kernelattn.distributed`` pattern). The draws
+are unchanged, so the numbers equal the 1-device ones up to float summation
+order; the count is not in the cell key and is recorded as the metric
+``n_devices`` ("qkv-attn" cells are computed on one device). Across
+processes (``initialize_distributed``; the CLI calls it), each process claims
+cells in the shared store, process p starting p positions into each work list.
+
 ``run_sweep`` turns on JAX's 64-bit mode if it is off (Θ_∞ and the metrics
 are float64), as the CLI does.
 """
@@ -107,6 +118,7 @@ __all__ = [
     "plan_cells",
     "qkv_empirical_ntk",
     "run_sweep",
+    "sweep_mesh",
 ]
 
 KIND_RECORD = {"kernel": "kernel_sweep", "training": "training_sweep"}
@@ -278,21 +290,28 @@ def _accumulate(key, x, lin, total, first_block, n_blocks, n_units, *, n2, block
     Unnormalized structured head NTK (MATH.md §7), output-traced; ``x`` is
     ``(n1, d)`` and the kernel is taken against its first ``n2`` rows.
     """
-    d = x.shape[1]
+    static = dict(n2=n2, block=block, out_dim=out_dim, use_bias=use_bias, train_readout=train_readout,
+                  sigma_w=sigma_w, sigma_b=sigma_b)
 
     def body(j, acc):
-        w, b, a = _draw_block(key, j, n_units, d, block, out_dim, use_bias, train_readout, x.dtype)
-        h = sigma_w * (x @ w) / math.sqrt(d)
-        if use_bias:
-            h = h + sigma_b * b
-        s = (h > 0).astype(x.dtype)
-        theta = ((s * jnp.mean(a * a, axis=1)) @ s[:n2].T) * lin
-        if train_readout:
-            r = jax.nn.relu(h)
-            theta = theta + r @ r[:n2].T
-        return acc + theta
+        return acc + _block_theta(key, j, x, lin, n_units, **static)
 
     return jax.lax.fori_loop(first_block, first_block + n_blocks, body, total)
+
+
+def _block_theta(key, j, x, lin, n_units, *, n2, block, out_dim, use_bias, train_readout, sigma_w, sigma_b):
+    """Unnormalized structured head NTK of the alive units of block ``j`` (``(n1, n2)``)."""
+    d = x.shape[1]
+    w, b, a = _draw_block(key, j, n_units, d, block, out_dim, use_bias, train_readout, x.dtype)
+    h = sigma_w * (x @ w) / math.sqrt(d)
+    if use_bias:
+        h = h + sigma_b * b
+    s = (h > 0).astype(x.dtype)
+    theta = ((s * jnp.mean(a * a, axis=1)) @ s[:n2].T) * lin
+    if train_readout:
+        r = jax.nn.relu(h)
+        theta = theta + r @ r[:n2].T
+    return theta
 
 
 _STATIC = ("n2", "block", "out_dim", "use_bias", "train_readout", "sigma_w", "sigma_b")
@@ -304,8 +323,77 @@ def _accumulate_batched(keys, x, lin, totals, first_block, n_blocks, n_units, **
     return jax.vmap(lambda k, t: _accumulate(k, x, lin, t, first_block, n_blocks, n_units, **static))(keys, totals)
 
 
+@functools.partial(jax.jit, static_argnames=_STATIC + ("mesh", "batched"))
+def _accumulate_sharded(keys, x, lin, total, first_block, n_blocks, n_units, *, mesh, batched, **static):
+    """``_accumulate`` (or its vmap over keys) with the blocks dealt out over a 1-D device mesh.
+
+    The pattern of ``distributed.sharded_streaming_head_ntk``: inputs are
+    replicated, device k sums blocks first + k, first + k + D, … of the range
+    into a partial kernel, and one ``psum`` adds the D partials to ``total``.
+    The block draws are those of the 1-device loop, so Θ_m agrees with it up
+    to floating-point summation order.
+    """
+    from jax.sharding import PartitionSpec
+
+    from kernelattn.distributed import _shard_map
+
+    axis = mesh.axis_names[0]
+    shards = mesh.shape[axis]
+    shape = (x.shape[0], static["n2"])
+
+    def local(keys, x, lin, first_block, n_blocks, n_units):
+        device = jax.lax.axis_index(axis)
+        # ⌈(n_blocks − k)/D⌉ blocks for device k (none when k ≥ n_blocks).
+        steps = jnp.maximum(n_blocks - device + shards - 1, 0) // shards
+
+        def one(key):
+            def body(step, acc):
+                return acc + _block_theta(key, first_block + device + shards * step, x, lin, n_units, **static)
+
+            return jax.lax.fori_loop(0, steps, body, jnp.zeros(shape, x.dtype))
+
+        part = jax.vmap(one)(keys) if batched else one(keys)
+        return jax.lax.psum(part, axis)
+
+    rep = PartitionSpec()
+    partial_sum = _shard_map(local, mesh, (rep,) * 6, rep)
+    return total + partial_sum(keys, x, lin, first_block, n_blocks, n_units)
+
+
+def sweep_mesh(devices: Any = 1):
+    """The 1-D width mesh of a sweep's ``kernel.devices``, or None for one device.
+
+    Args:
+      devices: an integer ≥ 1 (the first that many of ``jax.local_devices()``),
+        "all", or a ``jax.sharding.Mesh`` (returned as is).
+
+    Raises:
+      ValueError: more devices than this process has (naming ``kernel.devices``).
+    """
+    from jax.sharding import Mesh
+
+    from kernelattn.distributed import device_mesh
+
+    if devices is None or isinstance(devices, Mesh):
+        return devices
+    local = jax.local_devices()
+    if devices == "all":
+        count = len(local)
+    elif isinstance(devices, (int, np.integer)) and not isinstance(devices, bool) and devices >= 1:
+        count = int(devices)
+    else:
+        raise ValueError(f"kernel.devices: expected an integer >= 1 or \"all\", got {devices!r}")
+    if count > len(local):
+        raise ValueError(f"kernel.devices: {count} requested but this process has {len(local)} "
+                         f"{jax.default_backend()} device(s) (on CPU, XLA_FLAGS="
+                         f"--xla_force_host_platform_device_count={count} simulates more)")
+    if count == 1:
+        return None
+    return device_mesh(local[:count])
+
+
 def head_kernel_stream(keys: jax.Array, head, x: np.ndarray, n2: int, widths: Sequence[int], *,
-                       width_chunk: int = 1024, dtype="float32") -> Iterator[tuple[int, np.ndarray]]:
+                       width_chunk: int = 1024, dtype="float32", mesh=None) -> Iterator[tuple[int, np.ndarray]]:
     """Empirical head NTKs of the width-m prefixes of one network per key, for increasing m.
 
     The exact structured NTK of ``MLPHead`` (MATH.md §7), traced over outputs:
@@ -327,6 +415,11 @@ def head_kernel_stream(keys: jax.Array, head, x: np.ndarray, n2: int, widths: Se
       width_chunk: hidden units per PRNG block and contraction step; memory
         O(n1·n2 + n1·width_chunk) at any width. A width below it costs one block.
       dtype: "float32" or "float64" for the computation.
+      mesh: None (one device), or a 1-D ``jax.sharding.Mesh`` (``sweep_mesh``,
+        ``distributed.device_mesh``) over which each accumulation step's blocks
+        are dealt out width-wise and combined with one ``psum``; the draws are
+        unchanged, so Θ_m equals the 1-device value up to summation order
+        (bit for bit reproducible for a fixed mesh size).
 
     Yields:
       ``(m, Θ_m)`` with Θ_m float64 ``(n1, n2)`` (or ``(S, n1, n2)``).
@@ -346,7 +439,13 @@ def head_kernel_stream(keys: jax.Array, head, x: np.ndarray, n2: int, widths: Se
     lin = head.sigma_w**2 * (x @ x[:n2].T) / d + (head.sigma_b**2 if head.use_bias else 0.0)
     static = dict(n2=int(n2), block=block, out_dim=int(head.out_dim), use_bias=bool(head.use_bias),
                   train_readout=bool(head.train_readout), sigma_w=float(head.sigma_w), sigma_b=float(head.sigma_b))
-    step = _accumulate_batched if batched else _accumulate_single
+    mesh = sweep_mesh(mesh)
+    if mesh is not None and len(mesh.axis_names) != 1:
+        raise ValueError(f"mesh: expected a 1-D mesh (width,), got axes {tuple(mesh.axis_names)}")
+    if mesh is not None:
+        step = functools.partial(_accumulate_sharded, mesh=mesh, batched=batched)
+    else:
+        step = _accumulate_batched if batched else _accumulate_single
     shape = ((keys.shape[0],) if batched else ()) + (x.shape[0], n2)
     total = jnp.zeros(shape, dtype)
     done = 0  # blocks accumulated into total
@@ -744,12 +843,22 @@ def load_results(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, out: s
 # --------------------------------------------------------------------------- the runner
 
 
+def _rotate(items: list, offset: int) -> list:
+    """``items`` starting at position ``offset`` (mod its length), wrapping around."""
+    if not items:
+        return items
+    k = offset % len(items)
+    return items[k:] + items[:k]
+
+
 class _Runner:
-    def __init__(self, spec: Spec, store, bar) -> None:
+    def __init__(self, spec: Spec, store, bar, *, mesh=None, offset: int = 0) -> None:
         self.spec = spec
         self.store = store
         self.bar = bar
         self.computed = 0
+        self.mesh = mesh  # 1-D width mesh for the streamed Θ_m, or None
+        self.offset = offset  # this process's index: it starts its work that far into each list
         self._data: dict[int, _Data] = {}
         self._spec_dict = spec.to_dict()
 
@@ -783,13 +892,13 @@ class _Runner:
         for cell in cells:
             by_seed.setdefault(cell.seed, []).append(cell)
         if group.model.name == "qkv-attn":
-            for seed, seed_cells in by_seed.items():
+            for seed, seed_cells in _rotate(list(by_seed.items()), self.offset):
                 claimed = self.claim(seed_cells)
                 try:
                     for cell in claimed:
                         started, t0 = _now(), time.perf_counter()
                         theta = _qkv_kernel(spec, group.model, group.data, cell.width, jax.random.PRNGKey(cell.seed))
-                        self._kernel_record(group, cell, theta, time.perf_counter() - t0, started)
+                        self._kernel_record(group, cell, theta, time.perf_counter() - t0, started, devices=1)
                 finally:
                     self.release(claimed)
             return
@@ -800,7 +909,8 @@ class _Runner:
         # Batches have a fixed composition (all seeds, or one), so a cell's value never
         # depends on which cells were pending.
         batches = [list(spec.seeds)] if batched else [[seed] for seed in spec.seeds]
-        for batch in batches:
+        n_devices = 1 if self.mesh is None else int(self.mesh.devices.size)
+        for batch in _rotate(batches, self.offset):
             pending = [c for s in batch for c in by_seed.get(s, [])]
             claimed = self.claim(pending)
             if not claimed:
@@ -811,12 +921,12 @@ class _Runner:
                 widths = sorted({c.width for c in claimed})
                 started, t0 = _now(), time.perf_counter()
                 for m, theta in head_kernel_stream(keys, head, group.features, n, widths, width_chunk=k.width_chunk,
-                                                   dtype=spec.dtype):
+                                                   dtype=spec.dtype, mesh=self.mesh):
                     thetas = theta if theta.ndim == 3 else theta[None]
                     elapsed = time.perf_counter() - t0
                     done = [(i, index[(s, m)]) for i, s in enumerate(batch) if (s, m) in index]
                     for i, cell in done:
-                        self._kernel_record(group, cell, thetas[i], elapsed / len(done), started)
+                        self._kernel_record(group, cell, thetas[i], elapsed / len(done), started, devices=n_devices)
                     started, t0 = _now(), time.perf_counter()
             finally:
                 self.release(claimed)
@@ -834,12 +944,14 @@ class _Runner:
             return fits
         return fits and jax.default_backend() != "cpu"
 
-    def _kernel_record(self, group: _Group, cell: Cell, theta: np.ndarray, seconds: float, started: str) -> None:
+    def _kernel_record(self, group: _Group, cell: Cell, theta: np.ndarray, seconds: float, started: str, *,
+                       devices: int = 1) -> None:
         n = group.data.x_train.shape[0]
         t0 = time.perf_counter()
         with _blas_single_thread(n):
             metrics = M.kernel_convergence(theta[:n], theta[n:], group.reference, self.spec.metrics)
         metrics.update(group.info)
+        metrics["n_devices"] = int(devices)  # provenance only: not in the cell key
         self.put(cell, metrics, seconds + time.perf_counter() - t0, started)
 
     # -- training sweeps -------------------------------------------------------------
@@ -857,7 +969,7 @@ class _Runner:
                 f_ntk = ntk_predictor(ref.theta_train, ref.theta_test, ref.y, time=spec.training.ntk_time,
                                       ridge=spec.ridge)
         f_ntk = np.asarray(f_ntk, np.float64).reshape(group.data.x_test.shape[0], -1)
-        for cell in cells:
+        for cell in _rotate(list(cells), self.offset):
             if not self.store.claim(cell.key):
                 continue
             try:
@@ -941,7 +1053,7 @@ def _progress_enabled(progress: bool) -> bool:
 
 
 def run_sweep(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, out: str | os.PathLike[str] = "results", *,
-              progress: bool = True) -> SweepResults:
+              progress: bool = True, devices: Any = None) -> SweepResults:
     """Run (or resume) a sweep and return its tables.
 
     Args:
@@ -950,6 +1062,15 @@ def run_sweep(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, out: str 
       out: results directory; the store is ``<out>/<spec name>``.
       progress: show a tqdm progress bar (cells done, ETA) on stderr; it is
         also off when stderr is not a terminal.
+      devices: overrides the spec's ``kernel.devices`` (an integer ≥ 1 or
+        "all"): local devices the streamed Θ_m is sharded over, width-wise.
+        Not part of any cell's key (results agree to float rounding).
+
+    In a multi-process JAX run (``kernelattn.distributed.initialize_distributed``
+    called first, as the CLI does), every process runs the same call on the
+    same store: cells are claimed before they are computed, and process p
+    starts p positions into each work list, so the processes spread out
+    instead of contending for the same cells.
 
     Returns:
       ``SweepResults`` with ``.cells``, ``.summary``, ``.fits`` DataFrames
@@ -966,9 +1087,16 @@ def run_sweep(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, out: str 
 
     t_start = time.perf_counter()
     spec = load_spec(spec)
+    if devices is not None:
+        from kernelattn.specs import parse_devices
+
+        spec = dataclasses.replace(spec, kernel=dataclasses.replace(spec.kernel, devices=parse_devices(devices,
+                                                                                                       "devices")))
     if not x64_enabled():
         enable_x64()
     _np_dtype(spec)
+    mesh = sweep_mesh(spec.kernel.devices)
+    offset = jax.process_index()
     path = Path(out) / spec.name
     store = ResultStore.open(path)
     plan = plan_cells(spec)
@@ -976,12 +1104,12 @@ def run_sweep(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, out: str 
     skipped = len(plan) - len(pending)
     bar = tqdm(total=len(plan), initial=skipped, desc=spec.name, unit="cell", dynamic_ncols=True,
                disable=not _progress_enabled(progress), smoothing=0.1)
-    runner = _Runner(spec, store, bar)
+    runner = _Runner(spec, store, bar, mesh=mesh, offset=offset)
     try:
         groups: dict[tuple[int, int], list[Cell]] = {}
         for cell in pending:
             groups.setdefault((cell.dataset, cell.model), []).append(cell)
-        for (i, j), cells in groups.items():
+        for (i, j), cells in _rotate(list(groups.items()), offset):
             cells = [c for c in cells if not store.has(c.key)]
             if not cells:
                 continue
