@@ -50,6 +50,7 @@ import numpy as np
 import optax
 import scipy.stats
 
+from kernelattn import memory
 from kernelattn._precision import resolve_dtype
 from kernelattn._validation import check_choice, check_int, check_real
 from kernelattn.attacks import (
@@ -492,6 +493,12 @@ def measure(
         intervened = influential
     else:
         check_in_bounds(split.X, config.bounds)
+        head = experiment.fitted.spec.head
+        memory.ensure_fits(memory.attack_memory(
+            n, split.X.shape[1], width=head.width, out_dim=head.out_dim, target=config.target,
+            n_params=memory.head_param_count(split.X.shape[1], head.width, out_dim=head.out_dim,
+                                             use_bias=head.use_bias, train_readout=head.train_readout),
+        ))
         mask = np.zeros(n, bool)
         mask[influential if intervention == "transformed" else slice(None)] = True
         result = run_attack(

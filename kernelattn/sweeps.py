@@ -105,6 +105,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kernelattn import memory
 from kernelattn import metrics as M
 from kernelattn.specs import DatasetSpec, ModelSpec, Spec, load_spec
 
@@ -910,6 +911,11 @@ class _Runner:
         # depends on which cells were pending.
         batches = [list(spec.seeds)] if batched else [[seed] for seed in spec.seeds]
         n_devices = 1 if self.mesh is None else int(self.mesh.devices.size)
+        memory.ensure_fits(memory.sweep_cell_memory(
+            n, group.features.shape[0] - n, group.features.shape[1], width_chunk=k.width_chunk,
+            seeds=max(len(b) for b in batches), out_dim=head.out_dim, train_readout=head.train_readout,
+            use_bias=head.use_bias, dtype=spec.dtype,
+        ))
         for batch in _rotate(batches, self.offset):
             pending = [c for s in batch for c in by_seed.get(s, [])]
             claimed = self.claim(pending)
