@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -47,8 +46,8 @@ import numpy as np
 
 from kernelattn._precision import resolve_dtype
 from kernelattn._validation import as_config, check_choice, check_int, check_matrix, check_real
-from kernelattn.kernels.analytic import head_kernels
-from kernelattn.kernels.empirical import structured_head_ntk
+from kernelattn.kernels.analytic import head_kernels, head_kernels_fn
+from kernelattn.kernels.empirical import head_ntk_fn, structured_head_ntk
 from kernelattn.linalg import factorize
 from kernelattn.models import AttentionMLP, HeadConfig, MLPHead, TwoLayerReLU, canonical_model_name, make_model
 from kernelattn.training import TrainConfig, train
@@ -472,9 +471,7 @@ def model_kernels(fitted: FittedModel, X, X_test, kernel: str = "empirical") -> 
     features_test = np.asarray(spec.features(X_test, X), np.float64)
     both = np.concatenate([features, features_test])
     if kernel == "empirical":
-        merged = dict(fitted.variables["params"])
-        merged.update(fitted.variables.get("constants", {}))
-        k = structured_head_ntk(merged, spec.head, both, features, dtype="float64")
+        k = structured_head_ntk(_flat_head(fitted.variables), spec.head, both, features, dtype="float64")
     else:
         k = head_kernels(both, features, spec.head, dtype="float64").ntk
     k = np.asarray(k, np.float64)
@@ -482,43 +479,19 @@ def model_kernels(fitted: FittedModel, X, X_test, kernel: str = "empirical") -> 
     return k[:n], k[n:]
 
 
-def _safe_arccos(c: jax.Array) -> jax.Array:
-    """arccos with finite gradients at c = ±1 (where the true derivative is ±∞ but
-    c is identically ±1 on the diagonal, so its variation is 0)."""
-    inside = jnp.abs(c) < 1.0
-    return jnp.where(inside, jnp.arccos(jnp.where(inside, c, 0.0)), jnp.where(c > 0, 0.0, jnp.pi))
+def _flat_head(variables: dict) -> dict:
+    """``{"W", ["b"], "a"}`` from head variables ``{"params": …, ["constants": {"a"}]}``."""
+    return {**variables["params"], **variables.get("constants", {})}
 
 
-def infinite_ntk_jnp(f1: jax.Array, f2: jax.Array, head: HeadConfig) -> jax.Array:
-    """Differentiable closed-form NTK of the head (MATH.md §6), ``(n1, n2)``."""
-    d = f1.shape[-1]
-    s12 = head.sigma_w**2 * (f1 @ f2.T) / d + head.sigma_b**2
-    s11 = head.sigma_w**2 * jnp.sum(f1 * f1, axis=1) / d + head.sigma_b**2
-    s22 = head.sigma_w**2 * jnp.sum(f2 * f2, axis=1) / d + head.sigma_b**2
-    norms = jnp.sqrt(s11[:, None] * s22[None, :])
-    c = jnp.clip(s12 / norms, -1.0, 1.0)
-    theta = _safe_arccos(c)
-    ntk = head.sigma_a**2 * s12 * (jnp.pi - theta) / (2 * jnp.pi)
-    if head.train_readout:
-        ntk = ntk + head.sigma_a**2 * norms * (jnp.sin(theta) + (jnp.pi - theta) * c) / (2 * jnp.pi)
-    return ntk
+def infinite_ntk_jnp(f1: jax.Array, f2: jax.Array | None, head: HeadConfig) -> jax.Array:
+    """Differentiable closed-form NTK of the head (MATH.md §6), ``(n1, n2)``; f2 = None means f1."""
+    return head_kernels_fn(f1, f2, head).ntk
 
 
-def empirical_ntk_jnp(f1: jax.Array, f2: jax.Array, head: HeadConfig, variables: dict) -> jax.Array:
+def empirical_ntk_jnp(f1: jax.Array, f2: jax.Array | None, head: HeadConfig, variables: dict) -> jax.Array:
     """Differentiable structured empirical NTK of the head (MATH.md §7), output-traced, ``(n1, n2)``."""
-    params = variables["params"]
-    a = params["a"] if head.train_readout else variables["constants"]["a"]
-    d = f1.shape[-1]
-    h1 = head.sigma_w * (f1 @ params["W"]) / math.sqrt(d)
-    h2 = head.sigma_w * (f2 @ params["W"]) / math.sqrt(d)
-    if head.use_bias:
-        h1, h2 = h1 + head.sigma_b * params["b"], h2 + head.sigma_b * params["b"]
-    lin = head.sigma_w**2 * (f1 @ f2.T) / d + (head.sigma_b**2 if head.use_bias else 0.0)
-    s1, s2 = (h1 > 0).astype(f1.dtype), (h2 > 0).astype(f1.dtype)
-    theta = ((s1 * jnp.mean(a * a, axis=1)) @ s2.T) * lin
-    if head.train_readout:
-        theta = theta + jax.nn.relu(h1) @ jax.nn.relu(h2).T
-    return head.sigma_a**2 * theta / head.width
+    return head_ntk_fn(_flat_head(variables), head, f1, f2)
 
 
 def kernel_function(fitted: FittedModel, kernel: str = "empirical"):
@@ -530,8 +503,8 @@ def kernel_function(fitted: FittedModel, kernel: str = "empirical"):
     def kernel_fn(x):
         f = spec.features(x, x)
         if kernel == "infinite":
-            return infinite_ntk_jnp(f, f, spec.head)
-        return empirical_ntk_jnp(f, f, spec.head, fitted.variables)
+            return infinite_ntk_jnp(f, None, spec.head)
+        return empirical_ntk_jnp(f, None, spec.head, fitted.variables)
 
     return kernel_fn
 

@@ -110,11 +110,11 @@ def test_jnp_kernels_match_kernelattn_and_have_finite_gradients(rng):
     f = spec.features(x, x)
     variables = spec.init(jax.random.PRNGKey(0), f)
     np.testing.assert_allclose(
-        jax.jit(infinite_ntk_jnp, static_argnums=2)(f, f, spec.head), head_kernels(np.asarray(f), head=spec.head).ntk, rtol=1e-12, atol=1e-14
+        jax.jit(infinite_ntk_jnp, static_argnums=2)(f, None, spec.head), head_kernels(np.asarray(f), head=spec.head).ntk, rtol=1e-12, atol=1e-14
     )
     merged = dict(variables["params"])
     np.testing.assert_allclose(
-        jax.jit(empirical_ntk_jnp, static_argnums=2)(f, f, spec.head, variables),
+        jax.jit(empirical_ntk_jnp, static_argnums=2)(f, None, spec.head, variables),
         structured_head_ntk(merged, spec.head, np.asarray(f), dtype="float64"),
         rtol=1e-12, atol=1e-14,
     )

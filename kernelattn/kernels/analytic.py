@@ -48,6 +48,17 @@ class Kernel:
         return cls(*children)
 
 
+def safe_arccos(c: jax.Array) -> jax.Array:
+    """arccos with finite (zero) gradients at c = ±1.
+
+    There the true derivative is ∓∞, but c is ±1 identically (a point against
+    itself, or its antipode), so its variation is 0; plain arccos would give NaN
+    gradients to attacks that differentiate the kernel.
+    """
+    inside = jnp.abs(c) < 1.0
+    return jnp.where(inside, jnp.arccos(jnp.where(inside, c, 0.0)), jnp.where(c > 0, 0.0, jnp.pi))
+
+
 def arccos_relu(
     sigma_12: jax.Array, sigma_11: jax.Array, sigma_22: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
@@ -63,7 +74,7 @@ def arccos_relu(
     """
     norms = jnp.sqrt(sigma_11[:, None] * sigma_22[None, :])
     cosine = jnp.clip(sigma_12 / norms, -1.0, 1.0)
-    theta = jnp.arccos(cosine)
+    theta = safe_arccos(cosine)
     k = norms * (jnp.sin(theta) + (jnp.pi - theta) * cosine) / (2 * jnp.pi)
     k_prime = (jnp.pi - theta) / (2 * jnp.pi)
     return k, k_prime
@@ -74,8 +85,15 @@ def _expand_outputs(matrix: jax.Array, out_dim: int) -> jax.Array:
     return matrix[:, :, None, None] * jnp.eye(out_dim, dtype=matrix.dtype)
 
 
-@jax.jit
-def _head_kernels(x1, x2, sigma_w, sigma_b, sigma_a, train_readout):
+def head_kernels_fn(x1: jax.Array, x2: jax.Array | None, head: HeadConfig) -> Kernel:
+    """Pure, jit-able and differentiable core of :func:`head_kernels` (no checks).
+
+    ``x2 = None`` means x2 = x1 (exact on the diagonal). Output-traced ``(n1, n2)``.
+    """
+    return _head_kernels_core(x1, x2, head.sigma_w, head.sigma_b, head.sigma_a, head.train_readout)
+
+
+def _head_kernels_core(x1, x2, sigma_w, sigma_b, sigma_a, train_readout):
     """``x2 is None`` means x2 = x1: the variances are then read off Σ's diagonal.
 
     That makes c = 1 exactly at x = x', where arccos would otherwise turn one
@@ -91,8 +109,11 @@ def _head_kernels(x1, x2, sigma_w, sigma_b, sigma_a, train_readout):
     k, k_prime = arccos_relu(sigma_12, sigma_11, sigma_22)
     first_layer = sigma_a**2 * sigma_12 * k_prime
     nngp = sigma_a**2 * k
-    ntk = jnp.where(train_readout, first_layer + nngp, first_layer)
+    ntk = first_layer + nngp if train_readout else first_layer
     return Kernel(nngp, ntk)
+
+
+_head_kernels = jax.jit(_head_kernels_core, static_argnums=(5,))
 
 
 def head_kernels(

@@ -241,6 +241,17 @@ def _structured(x1, x2, w, b, a, *, head: HeadConfig, trace_output: bool, chunk:
     return head.sigma_a**2 * total / head.width
 
 
+def head_ntk_fn(head_variables: dict, head: HeadConfig, x1: jax.Array, x2: jax.Array | None = None) -> jax.Array:
+    """Pure, jit-able core of :func:`structured_head_ntk`, output-traced ``(n1, n2)``.
+
+    No checks and no memory planning; differentiable in the inputs (the ReLU
+    pattern S = 1[H > 0] has zero derivative), as attacks on the kernel need.
+    """
+    b = head_variables["b"] if head.use_bias else None
+    return _structured(x1, x2, head_variables["W"], b, head_variables["a"], head=head, trace_output=True,
+                       chunk=min(DEFAULT_WIDTH_CHUNK, head.width))
+
+
 def structured_head_ntk(
     head_variables: dict,
     head: HeadConfig,
