@@ -188,6 +188,25 @@ def _cmd_malleability(args) -> int:
     return 0
 
 
+def _cmd_reproduce(args) -> int:
+    from kernelattn.reproduce import reproduce
+
+    tier = "quick" if args.quick else args.tier
+    result = reproduce(tier, only=args.only, out=args.out, figures_dir=args.figures_dir,
+                       progress=not args.no_progress)
+    print(result.summary())
+    return 0
+
+
+def _cmd_figures(args) -> int:
+    from kernelattn.reproduce import redraw
+
+    paths = redraw(args.out, figures_dir=args.figures_dir)
+    for path in paths:
+        print(path)
+    return 0
+
+
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", nargs="+", help="class subset by index or name, e.g. 3 8")
     parser.add_argument("--n-train", type=int, help="balanced number of training points")
@@ -232,6 +251,22 @@ def build_parser() -> argparse.ArgumentParser:
     mall.add_argument("--out", default="results", help="results directory (store: OUT/<spec name>)")
     mall.add_argument("--no-progress", action="store_true", help="no progress bar")
     mall.set_defaults(handler=_cmd_malleability)
+
+    repro = commands.add_parser("reproduce", help="run a tier of the paper's experiments, then figures and report")
+    tier = repro.add_mutually_exclusive_group()
+    tier.add_argument("--quick", action="store_true", help="the offline quick tier (digits, synthetic)")
+    tier.add_argument("--tier", choices=("quick", "real", "full"), default="quick",
+                      help="quick (offline), real (Fashion-MNIST from Debian), full (MNIST, CIFAR-10)")
+    repro.add_argument("--only", nargs="+", help="run only these experiments (names as in experiments/<tier>/)")
+    repro.add_argument("--out", default="results", help="results directory (default: results)")
+    repro.add_argument("--figures-dir", help="where figures go (default: OUT/figures)")
+    repro.add_argument("--no-progress", action="store_true", help="no progress output")
+    repro.set_defaults(handler=_cmd_reproduce)
+
+    figures = commands.add_parser("figures", help="redraw every figure and the report from a results directory")
+    figures.add_argument("out", nargs="?", default="results", help="results directory (default: results)")
+    figures.add_argument("--figures-dir", help="where figures go (default: OUT/figures)")
+    figures.set_defaults(handler=_cmd_figures)
 
     store = commands.add_parser("store", help="check a results store")
     store.add_argument("path")

@@ -83,17 +83,9 @@ def test_self_kernels(case, model, dtype):
     assert rel_err(np.diag(ours.ntk), np.diag(ref.ntk)) < DIAG_TOL[dtype]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="kernelattn.kernels.analytic._head_kernels takes Σ(x,x) from sum(x*x) but Σ(x,x') from "
-    "x1 @ x2.T, so at x = x' the cosine rounds to 1 − O(eps) and arccos gives θ = O(√eps): "
-    "relative NTK error ~1e-8 (float64) / ~2e-4 (float32) on the diagonal. Fix: for a "
-    "self-kernel take Σ(x,x) = diag(Σ(x,x')) (then c = 1, θ = 0 exactly), as NT does with "
-    "diagonal_batch=False.",
-)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_self_ntk_diagonal_exact(dtype):
-    """The NTK diagonal at θ = 0 to TOL: fails until analytic.py takes the fix in the reason."""
+    """The NTK diagonal at θ = 0 to TOL (Σ(x, x) is read off Σ(x, x')'s diagonal, so c = 1 exactly)."""
     errors = []
     for case in CASES:
         x, _ = inputs(case.seed, case.n, case.n_test, case.d, case.unit)
