@@ -1,0 +1,656 @@
+"""Reproduce the paper's tables and figures: run a tier of experiment specs, then draw and report.
+
+``reproduce(tier)`` runs every spec of ``experiments/<tier>/`` (or the specs
+given) into the results directory ``out`` — one result store per spec,
+``<out>/<spec name>``, resumable: finished cells are skipped — and then calls
+:func:`redraw`, which reads the stores **alone** (opened read-only; no
+sweep, malleability or data-loading function runs) and writes
+
+- the figures, PNG and PDF, into ``<out>/figures`` (or ``figures_dir``);
+- the markdown report ``<out>/report.md`` with every table, each row carrying
+  the key (or a reference to the keys) of the stored records it comes from.
+
+Tiers (``experiments/<tier>/*.json``, one spec per paper artifact):
+
+- ``quick``: scikit-learn digits and synthetic data, offline and tiny; the
+  whole tier runs in 2-3 minutes on a 2-core CPU.
+- ``real``: Fashion-MNIST (10 classes and T-shirt/top vs Shirt), as installed
+  in ``/usr/share/datasets/fashion-mnist``; moderate sizes (≈ 12 minutes on
+  2 cores).
+- ``full``: MNIST, CIFAR-10 and their binary subsets (3 vs 8, automobile vs
+  airplane) at the paper's sizes; needs the data files (a missing file is a
+  :class:`kernelattn.data.DatasetNotFoundError` that names every spec needing
+  it and what to download) and hours of compute, or an accelerator.
+
+Spec kinds, dispatched by their ``"kind"``:
+
+- ``"kernel"``, ``"training"``: :func:`kernelattn.sweeps.run_sweep`
+  (``kernelattn.specs`` format);
+- ``"malleability"``: :func:`kernelattn.malleability.run_malleability_spec`;
+- ``"conditions"``: the condition-number table, computed here
+  (:func:`run_conditions`, format in its docstring).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CONDITIONS_KEYS",
+    "KIND_ORDER",
+    "TIERS",
+    "ReproduceResult",
+    "SpecRun",
+    "conditions_cell",
+    "experiments_dir",
+    "list_specs",
+    "redraw",
+    "reproduce",
+    "run_conditions",
+]
+
+TIERS = ("quick", "real", "full")
+#: Run order of spec kinds (cheap tables first, so a failure shows early).
+KIND_ORDER = ("conditions", "kernel", "training", "malleability")
+#: Keys of a "conditions" spec.
+CONDITIONS_KEYS = ("name", "kind", "description", "datasets", "depth", "energy_fractions", "spectra")
+_FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10")
+
+
+# =========================================================================== specs
+
+
+def experiments_dir() -> Path:
+    """The ``experiments/`` directory of the source tree (``$KERNELATTN_EXPERIMENTS`` overrides it)."""
+    env = os.environ.get("KERNELATTN_EXPERIMENTS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "experiments"
+
+
+@dataclasses.dataclass(frozen=True)
+class _SpecEntry:
+    name: str
+    kind: str
+    data: dict
+    source: str | None
+
+    @property
+    def description(self) -> str:
+        return str(self.data.get("description", ""))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object (an experiment spec), got {type(data).__name__}")
+    return data
+
+
+def _entry(spec: Any, index: int) -> _SpecEntry:
+    source = None
+    if isinstance(spec, (str, os.PathLike)):
+        source = str(spec)
+        spec = _read_json(Path(spec))
+    elif hasattr(spec, "to_dict") and hasattr(spec, "kind"):  # a kernelattn.specs.Spec
+        source = getattr(spec, "source", None)
+        spec = spec.to_dict()
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"specs[{index}]: expected a path, a dict or a kernelattn.specs.Spec, got {type(spec).__name__}")
+    where = source or f"specs[{index}]"
+    name, kind = spec.get("name"), spec.get("kind")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{where}: every spec needs a \"name\" (its store is <out>/<name>)")
+    if kind not in KIND_ORDER:
+        raise ValueError(f"{where}: \"kind\" must be one of {list(KIND_ORDER)}, got {kind!r}")
+    return _SpecEntry(name, kind, dict(spec), source)
+
+
+def _tier_entries(tier: str, directory: Path | None) -> list[_SpecEntry]:
+    if not isinstance(tier, str) or not tier:
+        raise ValueError(f"tier: expected one of {list(TIERS)}, got {tier!r}")
+    root = Path(directory) if directory is not None else experiments_dir()
+    folder = root / tier
+    if not folder.is_dir():
+        known = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        raise ValueError(f"tier: no experiment folder {folder} (tiers here: {known or 'none'}; expected one of "
+                         f"{list(TIERS)})")
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise ValueError(f"tier: {folder} holds no *.json spec")
+    return [_entry(path, i) for i, path in enumerate(files)]
+
+
+def _sorted(entries: list[_SpecEntry]) -> list[_SpecEntry]:
+    names = [e.name for e in entries]
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(f"specs: two specs are named {name!r}; names must be unique (they name the stores)")
+    return sorted(entries, key=lambda e: (KIND_ORDER.index(e.kind), e.name))
+
+
+def _artifact(name: str, tier: str | None) -> str:
+    return name[len(tier) + 1:] if tier and name.startswith(tier + "_") else name
+
+
+def _select(entries: list[_SpecEntry], only: Any, tier: str | None) -> list[_SpecEntry]:
+    if only is None:
+        return entries
+    patterns = [p.strip() for p in only.split(",")] if isinstance(only, str) else [str(p) for p in only]
+    patterns = [p for p in patterns if p]
+    if not patterns:
+        raise ValueError("only: expected a spec name, an artifact name or a glob, got nothing")
+    chosen = []
+    for pattern in patterns:
+        hits = [e for e in entries if fnmatch.fnmatchcase(e.name, pattern)
+                or fnmatch.fnmatchcase(_artifact(e.name, tier), pattern)]
+        if not hits:
+            available = ", ".join(e.name for e in entries)
+            raise ValueError(f"only: {pattern!r} matches no spec of this tier (available: {available})")
+        chosen += [e for e in hits if e not in chosen]
+    return [e for e in entries if e in chosen]
+
+
+def list_specs(tier: str = "quick", experiments: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+    """The specs of a tier in run order: ``name``, ``kind``, ``source`` and ``description`` of each."""
+    return [{"name": e.name, "kind": e.kind, "source": e.source, "description": e.description}
+            for e in _sorted(_tier_entries(tier, None if experiments is None else Path(experiments)))]
+
+
+# =========================================================================== condition-number table
+
+
+def _parse_conditions(data: Mapping[str, Any], source: str | None):
+    """Validate a "conditions" spec; datasets are checked by ``kernelattn.specs`` (same format, same errors)."""
+    from kernelattn.specs import SpecError, parse_spec
+
+    for key in data:
+        if key not in CONDITIONS_KEYS:
+            raise SpecError(key, f"unknown key for kind 'conditions' (allowed: {', '.join(CONDITIONS_KEYS)})", source)
+    for key in ("name", "datasets"):
+        if key not in data:
+            raise SpecError(key, "required key is missing", source)
+    parsed = parse_spec({"name": data["name"], "kind": "kernel", "datasets": data["datasets"],
+                         "models": [{"name": "relu"}], "widths": [1]}, source=source)
+    depth = data.get("depth", 1)
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise SpecError("depth", f"expected an integer >= 1, got {depth!r}", source)
+    fractions = data.get("energy_fractions", [0.99, 0.999])
+    if not isinstance(fractions, list) or not all(
+            isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1 for f in fractions):
+        raise SpecError("energy_fractions", f"expected a list of numbers in (0, 1], got {fractions!r}", source)
+    spectra = data.get("spectra", True)
+    if not isinstance(spectra, bool):
+        raise SpecError("spectra", f"expected true or false, got {spectra!r}", source)
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise SpecError("description", f"expected a string, got {description!r}", source)
+    normalized = {"name": parsed.name, "kind": "conditions", "description": description,
+                  "datasets": [d.to_dict() for d in parsed.datasets], "depth": depth,
+                  "energy_fractions": [float(f) for f in fractions], "spectra": spectra}
+    return parsed.datasets, normalized
+
+
+def conditions_cell(name: str, dataset, depth: int, fractions: Sequence[float], spectra: bool) -> dict[str, Any]:
+    """The cell definition (store key = its ``cell_key``) of one row of a conditions table."""
+    return {"sweep": name, "kind": "conditions", "dataset": dataset.identity(), "depth": int(depth),
+            "energy_fractions": [float(f) for f in fractions], "spectra": bool(spectra)}
+
+
+def _condition_metrics(dataset, depth: int, fractions: Sequence[float], spectra: bool) -> dict[str, Any]:
+    """κ(G), κ_d(G), κ_d(G)^{2k+1}, the measured κ of G^{2k+1} = Z Zᵀ, m_theory and the spectra (float64)."""
+    import numpy as np
+
+    from kernelattn.data import load
+    from kernelattn.kernels.gram import condition_report
+    from kernelattn.transforms import linear_attention
+
+    ds = load(dataset.name, **dataset.load_kwargs())
+    x = np.asarray(ds.X_train, np.float64)
+    power = 2 * depth + 1
+    report = condition_report(x, energy_fractions=tuple(fractions), depth=depth, warn_rank_deficient=False)
+    # Z = G^k X (no re-normalization): Z Zᵀ = G^{2k+1} exactly; its spectrum from the singular values of Z.
+    z = np.asarray(linear_attention(x, depth=depth, normalize=False))
+    if z.dtype != np.float64:
+        raise RuntimeError("linear_attention returned float32: enable JAX's 64-bit mode (kernelattn.enable_x64())")
+    attention = condition_report(z, warn_rank_deficient=False)
+    features = condition_report(np.asarray(linear_attention(x, depth=depth), np.float64), warn_rank_deficient=False)
+    metrics: dict[str, Any] = {
+        "n": report.n, "d": report.d, "rank_bound": report.rank_bound, "rank_G": report.rank,
+        "lambda_max_G": report.lambda_max, "lambda_min_G": report.lambda_min,
+        "kappa_G": report.kappa, "kappa_d_G": report.kappa_d,
+        "power": power, "kappa_d_G_power": report.kappa_d**power,
+        "kappa_attention": attention.kappa, "kappa_d_attention": attention.kappa_d, "rank_attention": attention.rank,
+        "kappa_d_features": features.kappa_d, "rank_features": features.rank,
+        "log10_m_theory": report.log10_m_theory, "m_theory": report.m_theory,
+        "energy": {str(f): {"rank": r, "kappa": k} for f, (r, k) in report.energy.items()},
+        "n_classes": int(ds.n_classes), "class_names": [str(c) for c in ds.class_names],
+        "data_source": ds.metadata.get("source", {}),
+    }
+    if spectra:
+        s = np.linalg.svd(x, compute_uv=False)
+        sz = np.linalg.svd(z, compute_uv=False)
+        metrics["eigenvalues_G"] = ((s / s[0]) ** 2).tolist()
+        metrics["eigenvalues_attention"] = ((sz / sz[0]) ** 2).tolist()
+    return metrics
+
+
+def run_conditions(spec: Mapping[str, Any] | str | os.PathLike[str], out: str | os.PathLike[str] = "results", *,
+                   progress: Callable[[str], None] | None = None) -> list[str]:
+    """Compute the condition-number table of a ``"conditions"`` spec into ``<out>/<name>``, resumably.
+
+    Spec format (JSON)::
+
+        {"name": "quick_conditions", "kind": "conditions", "description": "...",
+         "datasets": [...],              # kernelattn.specs dataset entries (load options + "label")
+         "depth": 1,                     # attention depth k: G^(2k+1) (cubed for k = 1)
+         "energy_fractions": [0.99, 0.999],  # also κ at the ranks keeping these fractions of Σλ
+         "spectra": true}                # store the normalized spectra of G and G^(2k+1)
+
+    One record (kind ``"conditions"``) per dataset, keyed by
+    ``provenance.cell_key`` of (spec name, dataset identity, depth, fractions,
+    spectra). Metrics, all float64 (MATH.md §2-3): ``kappa_G`` = κ(G),
+    ``kappa_d_G`` = κ_d(G) at the numerical rank ``rank_G``,
+    ``kappa_d_G_power`` = κ_d(G)^{2k+1} (the algebra), ``kappa_attention`` /
+    ``kappa_d_attention`` = κ / κ_d of G^{2k+1} = Z Zᵀ measured from the
+    singular values of Z = G^k X (the check of the algebra; reliable while
+    κ_d(G)^{2k+1} ≲ 1e26, beyond which round-off floors it), ``kappa_d_features``
+    = κ_d of the re-normalized attention output (what the head sees),
+    ``log10_m_theory`` = log10(κ_d(G)^6 n ln n) (constant 1), ``m_theory``,
+    ``energy``, and with ``spectra`` the eigenvalues λ_i/λ_1 of G and of
+    G^{2k+1} (``eigenvalues_G``, ``eigenvalues_attention``).
+
+    Returns:
+      The keys of the records written by this call.
+    """
+    from kernelattn import provenance
+    from kernelattn._precision import enable_x64, x64_enabled
+    from kernelattn.store import ResultStore, make_record, utc_now
+
+    source = None
+    if isinstance(spec, (str, os.PathLike)):
+        source = str(spec)
+        spec = _read_json(Path(spec))
+    datasets, normalized = _parse_conditions(spec, source)
+    if not x64_enabled():
+        enable_x64()
+    store = ResultStore.open(Path(out) / normalized["name"])
+    written = []
+    for dataset in datasets:
+        cell = conditions_cell(normalized["name"], dataset, normalized["depth"], normalized["energy_fractions"],
+                               normalized["spectra"])
+        key = provenance.cell_key(cell)
+        if store.has(key) or not store.claim(key):
+            continue
+        try:
+            started, t0 = utc_now(), time.perf_counter()
+            metrics = _condition_metrics(dataset, normalized["depth"], normalized["energy_fractions"],
+                                         normalized["spectra"])
+            record = make_record("conditions", cell, metrics, spec=normalized, seed=dataset.seed,
+                                 seconds=time.perf_counter() - t0, started=started, finished=utc_now())
+            store.put(key, record, exist_ok=True)
+            written.append(key)
+            if progress is not None:
+                progress(f"{dataset.label}: κ_d(G) = {metrics['kappa_d_G']:.4g}, "
+                         f"κ_d(G^{metrics['power']}) = {metrics['kappa_d_attention']:.4g}")
+        finally:
+            if key in store.held_claims():
+                store.release(key)
+    return written
+
+
+# =========================================================================== pre-flight
+
+
+class _Finished:
+    """A stand-in store in which every cell is finished: running a malleability spec against it only
+    validates the spec (nothing is loaded or computed)."""
+
+    def has(self, key: str) -> bool:
+        return True
+
+
+def _validate(entries: list[_SpecEntry]) -> None:
+    """Validate every spec before any work, so a typo in the last one does not waste the first ones."""
+    from kernelattn.specs import SpecError, load_spec
+
+    for entry in entries:
+        try:
+            if entry.kind == "conditions":
+                _parse_conditions(entry.data, entry.source)
+            elif entry.kind in ("kernel", "training"):
+                load_spec(entry.source if entry.source is not None else entry.data)
+            else:
+                from kernelattn.malleability import run_malleability_spec
+
+                run_malleability_spec(entry.data, _Finished())
+        except SpecError:
+            raise
+        except ValueError as err:
+            raise ValueError(f"{entry.source or entry.name}: {err}") from err
+
+
+
+def _file_datasets(entry: _SpecEntry) -> list[tuple[str, Any, bool, Any]]:
+    datasets = entry.data.get("datasets", entry.data.get("dataset", []))
+    if isinstance(datasets, Mapping):
+        datasets = [datasets]
+    out = []
+    for d in datasets if isinstance(datasets, list) else []:
+        if isinstance(d, Mapping) and d.get("name") in _FILE_DATASETS:
+            system_dirs = d.get("system_dirs")
+            out.append((d["name"], d.get("data_dir"), bool(d.get("download", True)),
+                        tuple(system_dirs) if isinstance(system_dirs, list) else system_dirs))
+    return out
+
+
+def _check_data(entries: list[_SpecEntry]) -> None:
+    """Make sure every file dataset of the specs is on disk (downloading it when allowed) before any work.
+
+    Raises:
+      DatasetNotFoundError: listing, per missing dataset, the specs that need it
+        and the data layer's message (file names, checksums, URLs, directory).
+    """
+    from kernelattn.data import DatasetNotFoundError, dataset_info, load
+
+    needs: dict[tuple[str, Any, bool, Any], list[str]] = {}
+    for entry in entries:
+        for item in _file_datasets(entry):
+            needs.setdefault(item, [])
+            if entry.name not in needs[item]:
+                needs[item].append(entry.name)
+    problems = []
+    for (name, data_dir, download, system_dirs), spec_names in needs.items():
+        info = dataset_info(name, data_dir, system_dirs=system_dirs)
+        if all(f.get("found") for f in info.get("files", [])):
+            continue
+        options = {} if system_dirs is None else {"system_dirs": system_dirs}
+        try:
+            load(name, data_dir=data_dir, download=download, **options)  # downloads into the cache when allowed
+        except DatasetNotFoundError as err:
+            problems.append(f"- dataset {name!r}, needed by {', '.join(spec_names)}:\n"
+                            + "\n".join("    " + line for line in str(err).splitlines()))
+    if problems:
+        raise DatasetNotFoundError(
+            "the experiments need data files that are not available:\n" + "\n".join(problems)
+            + "\nDownload them (or copy them into the directory named), then rerun; finished cells are kept.")
+
+
+# =========================================================================== running
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecRun:
+    """One spec of a reproduce run.
+
+    Attributes:
+      name, kind, source: the spec (``source`` is its file, if any).
+      store: its result store ``<out>/<name>``.
+      written: records written by this run (0 when everything was stored).
+      stored: records in the store afterwards.
+      seconds: wall time spent on it.
+    """
+
+    name: str
+    kind: str
+    source: str | None
+    store: Path
+    written: int
+    stored: int
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ReproduceResult:
+    """What :func:`reproduce` did.
+
+    Attributes:
+      tier: the tier (or ``"custom"`` for explicit specs).
+      out: the results directory.
+      runs: a :class:`SpecRun` per spec, in run order.
+      figures: the figure files written (PNG and PDF).
+      report: the markdown report.
+      seconds: total wall time; ``compute_seconds`` of the specs, ``draw_seconds`` of the redraw.
+    """
+
+    tier: str
+    out: Path
+    runs: tuple[SpecRun, ...]
+    figures: tuple[Path, ...]
+    report: Path
+    seconds: float
+    compute_seconds: float
+    draw_seconds: float
+
+    def summary(self) -> str:
+        """A few lines: per spec records written / stored and seconds, then the outputs."""
+        lines = [f"reproduce {self.tier!r} into {self.out}: {self.seconds:.1f} s "
+                 f"(compute {self.compute_seconds:.1f} s, figures and report {self.draw_seconds:.1f} s)"]
+        width = max((len(r.name) for r in self.runs), default=4)
+        for r in self.runs:
+            lines.append(f"  {r.name.ljust(width)}  {r.kind:12s} {r.written:5d} new / {r.stored:5d} stored  "
+                         f"{r.seconds:7.1f} s")
+        lines.append(f"  {len(self.figures)} figure files in {self.figures[0].parent if self.figures else '-'}")
+        lines.append(f"  report: {self.report}")
+        return "\n".join(lines)
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _setup_compile_cache(compile_cache: Any) -> None:
+    """Point JAX's persistent compilation cache at a directory (unless one is set or ``compile_cache`` is off).
+
+    The malleability runner compiles its training and attack loops per clean
+    fit; identical programs (same shapes and constants) are then read from disk
+    instead of recompiled, within a run and across runs.
+    """
+    if compile_cache is False or compile_cache is None:
+        return
+    import jax
+
+    if getattr(jax.config, "jax_compilation_cache_dir", None):
+        return
+    if compile_cache is True:
+        import platformdirs
+
+        directory = Path(platformdirs.user_cache_dir("kernelattn")) / "jax-compile"
+    else:
+        directory = Path(compile_cache)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        warnings.warn(f"compile_cache: cannot create {directory} ({err}); compiling without a cache", stacklevel=3)
+        return
+    try:
+        jax.config.update("jax_compilation_cache_dir", str(directory))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
+    except (AttributeError, KeyError, ValueError) as err:  # a JAX without these options
+        warnings.warn(f"compile_cache: JAX's persistent cache is not available ({err})", stacklevel=3)
+
+
+def _run_one(entry: _SpecEntry, out: Path, progress: bool) -> int:
+    """Run one spec into ``<out>/<name>``; the number of records written."""
+    if entry.kind == "conditions":
+        return len(run_conditions(entry.data if entry.source is None else entry.source, out,
+                                  progress=(lambda msg: _say(True, f"    {msg}")) if progress else None))
+    if entry.kind in ("kernel", "training"):
+        from kernelattn.specs import load_spec
+        from kernelattn.sweeps import run_sweep
+
+        spec = load_spec(entry.source if entry.source is not None else entry.data)
+        result = run_sweep(spec, out, progress=progress)
+        if result.n_missing:
+            warnings.warn(f"{entry.name}: {result.n_missing} cell(s) missing (claimed by another process?); "
+                          "rerun to complete", stacklevel=3)
+        return int(result.n_computed)
+    from kernelattn.malleability import run_malleability_spec
+    from kernelattn.store import ResultStore
+
+    store = ResultStore.open(out / entry.name)
+    t0 = time.perf_counter()
+
+    def report(cell, rep) -> None:
+        model = cell["model"] if isinstance(cell["model"], str) else json.dumps(cell["model"], sort_keys=True)
+        _say(True, f"    {time.perf_counter() - t0:6.1f} s  {cell['dataset'].get('name')} {model} "
+                   f"{cell['training_mode']} {cell['intervention']} {cell['attack']} ε={cell['epsilon']:g} "
+                   f"seed {cell['seed']}: flip rate {rep.flip_rate:.3f}")
+
+    return len(run_malleability_spec(entry.data, store, progress=report if progress else None))
+
+
+def reproduce(
+    tier: str = "quick",
+    only: str | Sequence[str] | None = None,
+    out: str | os.PathLike[str] = "results",
+    figures_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    *,
+    specs: Sequence[Any] | None = None,
+    experiments: str | os.PathLike[str] | None = None,
+    compile_cache: bool | str | os.PathLike[str] = True,
+) -> ReproduceResult:
+    """Run a tier's experiments (resumably), then write the figures and the markdown report.
+
+    Args:
+      tier: "quick" (digits + synthetic, minutes on a CPU), "real"
+        (Fashion-MNIST, ≈ 15 min on 2 cores) or "full" (MNIST, CIFAR-10 and
+        their binary subsets at the paper's sizes); the specs are
+        ``experiments/<tier>/*.json``.
+      only: run only these specs: a spec name ("quick_width"), an artifact
+        name without the tier prefix ("width"), a glob ("*malleability*"),
+        a comma-separated string or a list of those. Figures and the report
+        still cover every store in ``out``.
+      out: results directory; spec ``name`` is stored in ``<out>/<name>``.
+      figures_dir: where the figures go (default ``<out>/figures``).
+      progress: print per-spec and per-cell progress to stderr (sweeps show
+        a tqdm bar when stderr is a terminal).
+      specs: explicit specs instead of the tier's files: paths, dicts or
+        ``kernelattn.specs.Spec`` objects (``tier`` then only labels the run).
+      experiments: the folder holding the tier folders (default: the
+        repository's ``experiments/``).
+      compile_cache: JAX persistent compilation cache: True (default) uses
+        ``<user cache>/kernelattn/jax-compile`` unless JAX already has one, a
+        path uses that directory, False leaves JAX's settings alone.
+
+    Returns:
+      A :class:`ReproduceResult`.
+
+    Raises:
+      kernelattn.data.DatasetNotFoundError: data files are missing (checked
+        before any computation; the message names the specs that need them
+        and what to download where).
+      kernelattn.specs.SpecError, ValueError: an invalid spec or argument.
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    if specs is not None:
+        entries = _sorted([_entry(s, i) for i, s in enumerate(specs)])
+    else:
+        entries = _sorted(_tier_entries(tier, None if experiments is None else Path(experiments)))
+    entries = _select(entries, only, tier)
+    from kernelattn._precision import enable_x64, x64_enabled
+
+    if not x64_enabled():  # float64 for Θ_∞, κ and every metric (as the CLI does)
+        enable_x64()
+    _validate(entries)
+    _check_data(entries)
+    _setup_compile_cache(compile_cache)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for i, entry in enumerate(entries, 1):
+        _say(progress, f"[{i}/{len(entries)}] {entry.name} ({entry.kind})"
+                       + (f": {entry.description}" if entry.description else ""))
+        t0 = time.perf_counter()
+        from kernelattn.data import DatasetNotFoundError
+
+        try:
+            written = _run_one(entry, out, progress)
+        except DatasetNotFoundError as err:
+            raise DatasetNotFoundError(f"experiment {entry.name!r} ({entry.source or 'given spec'}): {err}") from err
+        seconds = time.perf_counter() - t0
+        stored = _count_records(out / entry.name)
+        runs.append(SpecRun(entry.name, entry.kind, entry.source, out / entry.name, written, stored, seconds))
+        _say(progress, f"    {entry.name}: {written} new record(s), {stored} stored, {seconds:.1f} s")
+    compute = time.perf_counter() - start
+    t0 = time.perf_counter()
+    written_files = redraw(out, figures_dir)
+    draw = time.perf_counter() - t0
+    figures = tuple(p for p in written_files if p.suffix in (".png", ".pdf"))
+    report = next(p for p in written_files if p.suffix == ".md")
+    result = ReproduceResult(tier if specs is None else "custom", out, tuple(runs), figures, report,
+                             time.perf_counter() - start, compute, draw)
+    _say(progress, result.summary())
+    return result
+
+
+def _count_records(path: Path) -> int:
+    records = path / "records"
+    if not records.is_dir():
+        return 0
+    return sum(1 for p in records.iterdir() if p.suffix == ".json" and not p.name.startswith("."))
+
+
+# =========================================================================== drawing
+
+
+def redraw(out: str | os.PathLike[str] = "results", figures_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Redraw every figure and rewrite ``<out>/report.md`` from the result stores alone.
+
+    Every store under ``out`` (a directory holding ``kernelattn-store.json``)
+    is opened read-only and its records read; nothing is computed and no
+    sweep or malleability code runs. Takes seconds.
+
+    Args:
+      out: the results directory of :func:`reproduce`.
+      figures_dir: where the figures go (default ``<out>/figures``).
+
+    Returns:
+      The files written: the figures (each as ``.png`` and ``.pdf``), then
+      the report ``<out>/report.md``.
+
+    Raises:
+      FileNotFoundError: ``out`` holds no result store.
+    """
+    from kernelattn import plotting, report
+
+    out = Path(out)
+    figures_dir = out / "figures" if figures_dir is None else Path(figures_dir)
+    frames = report.load_frames(out)
+    if not frames.stores:
+        raise FileNotFoundError(f"{out}: no result store found (run kernelattn reproduce first)")
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    captions: dict[str, str] = {}
+    for stem, caption, figure in plotting.figures_for(frames):
+        written += plotting.save_figure(figure, figures_dir / stem)
+        captions[stem] = caption
+    report_path = out / "report.md"
+    text = report.render_report(frames, figures={stem: _relative(figures_dir / f"{stem}.png", out)
+                                                 for stem in captions}, captions=captions)
+    tmp = report_path.with_name(f".{report_path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, report_path)
+    return written + [report_path]
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return os.path.relpath(path, base)
+    except ValueError:  # another drive
+        return str(path)
+
