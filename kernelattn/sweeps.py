@@ -105,7 +105,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernelattn import memory
+from kernelattn import guards, memory
 from kernelattn import metrics as M
 from kernelattn.specs import DatasetSpec, ModelSpec, Spec, load_spec
 
@@ -669,8 +669,12 @@ def _prepare_group(spec: Spec, dataset: DatasetSpec, model: ModelSpec, data: _Da
     with _blas_single_thread(n):
         reference = M.limit_reference(theta[:n], theta[n:], data.y, spec.ridge, labels_test=data.labels_test,
                                       predict=spec.kind == "training" or "krr" in spec.metrics)
+    # Guard-rails on Θ_∞ (its eigenvalues are already computed): warn with the remedy, and record.
+    diagnostics = guards.check_kernel(theta[:n], name=f"Θ_∞ {dataset.label}/{model.label}", dtype="float64",
+                                      requested="spectrum", eigenvalues=reference.eigenvalues)
     info = {"lambda_min_inf": reference.spectrum.lambda_min, "lambda_max_inf": reference.spectrum.lambda_max,
-            "kappa_inf": reference.spectrum.kappa, **_condition_info(data, features), **limit}
+            "kappa_inf": reference.spectrum.kappa, "guard_limit": " ".join(diagnostics.kinds) or "ok",
+            **_condition_info(data, features), **limit}
     return _Group(dataset, model, data, features, reference, info, time.perf_counter() - start)
 
 
