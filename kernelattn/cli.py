@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(handler=_cmd_sweep)
 
     mall = commands.add_parser("malleability", help="run (or resume) an influence-malleability spec")
-    mall.add_argument("spec", help="spec file, e.g. experiments/quick_malleability.json")
+    mall.add_argument("spec", help="spec file, e.g. experiments/quick/quick_malleability.json")
     mall.add_argument("--out", default="results", help="results directory (store: OUT/<spec name>)")
     mall.add_argument("--no-progress", action="store_true", help="no progress bar")
     mall.set_defaults(handler=_cmd_malleability)
