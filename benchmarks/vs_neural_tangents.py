@@ -9,17 +9,19 @@ Runs in the legacy environment (neural-tangents 0.6.5 needs jax 0.4.25):
 Model: the 2L-ReLU head of MATH.md §5 with the paper's fixed ±1 readout (only
 W trained), C = 1, d = 784, float32, widths m ∈ {256, 1024, 4096}; one
 training set of n unit-norm rows; the kernel is the (n, n) train NTK. Every
-method gets the same inputs and parameters in the same process and is jitted
-and warmed up; then the methods of one (n, m) are timed in interleaved rounds
-(so background load hits them alike), the median of ``--fast-repeats`` runs
+method gets the same inputs and parameters in the same process, is called in
+its function form (kernelattn's ``head_ntk_fn`` and ``empirical_ntk_fn``,
+neural-tangents' ``empirical_ntk_fn``: no per-call input checks or memory
+planning, which add ~2 ms to kernelattn's checked calls), jitted and warmed
+up; then the methods of one (n, m) are timed in interleaved rounds (so
+background load hits them alike), the median of ``--fast-repeats`` runs
 for methods under ``--fast-s`` and of ``--repeats`` runs otherwise; a method
 whose warm-up run exceeds ``--long-run-s`` is timed by that one run (its
 compile time is negligible next to it):
 
-- kernelattn structured: ``structured_head_ntk`` (the closed form, MATH.md §7);
-- kernelattn generic: ``empirical_ntk`` "jacobian" and "ntvp";
-- candidate generic "factored" (this file, :func:`factored_ntk`): a
-  model-agnostic autodiff path proposed for kernelattn/kernels/empirical.py;
+- kernelattn structured: ``head_ntk_fn`` (the closed form, MATH.md §7);
+- kernelattn generic: ``empirical_ntk_fn`` "factored" (structured derivatives
+  read off the model's jaxpr, model-agnostic), "jacobian" and "ntvp";
 - neural-tangents: ``empirical_ntk_fn`` JACOBIAN_CONTRACTION,
   NTK_VECTOR_PRODUCTS, STRUCTURED_DERIVATIVES on kernelattn's own apply.
 
@@ -46,166 +48,14 @@ import numpy as np
 
 import kernelattn as ka
 from kernelattn.kernels import nt_backend
+from kernelattn.kernels.empirical import head_ntk_fn
 
 D = 784
 OUT_DIM = 1
 WIDTHS = (256, 1024, 4096)
 SIZES = (200, 1000)
 NT_METHODS = tuple(f"NT {impl}" for impl in nt_backend.IMPLEMENTATIONS)
-
-
-# ------------------------------------------------------------- candidate generic path
-
-
-def _dense_factor_sites(jaxpr, param_vars, x_var) -> list[tuple[int, int]]:
-    """Params used exactly once, as the rhs ``(d_in, d_out)`` of a plain 2-D matmul u @ W
-    whose lhs u depends on the inputs x and has one row per input row.
-
-    Returns:
-      ``[(position in param_vars, index of its dot_general eqn)]``.
-    """
-    uses: dict = {}
-    depends_on_x = {x_var}
-    for eqn in jaxpr.eqns:
-        if any(not isinstance(v, jax.core.Literal) and v in depends_on_x for v in eqn.invars):
-            depends_on_x.update(eqn.outvars)
-    n_rows = x_var.aval.shape[0]
-
-    def count(eqn_list):
-        for eqn in eqn_list:
-            for var in eqn.invars:
-                if not isinstance(var, jax.core.Literal):
-                    uses[var] = uses.get(var, 0) + 1
-            for sub in jax.core.jaxprs_in_params(eqn.params):
-                count(sub.eqns)
-
-    count(jaxpr.eqns)
-    position = {var: i for i, var in enumerate(param_vars)}
-    sites = []
-    for index, eqn in enumerate(jaxpr.eqns):
-        if eqn.primitive.name != "dot_general" or len(eqn.invars) != 2:
-            continue
-        lhs, rhs = eqn.invars
-        if isinstance(rhs, jax.core.Literal) or rhs not in position or uses.get(rhs) != 1:
-            continue
-        if isinstance(lhs, jax.core.Literal) or lhs not in depends_on_x or lhs.aval.shape[0] != n_rows:
-            continue
-        (contract_l, contract_r), (batch_l, batch_r) = eqn.params["dimension_numbers"]
-        if (
-            len(rhs.aval.shape) == 2
-            and len(lhs.aval.shape) == 2
-            and tuple(contract_l) == (1,)
-            and tuple(contract_r) == (0,)
-            and not batch_l
-            and not batch_r
-        ):
-            sites.append((position[rhs], index))
-    return sites
-
-
-def _eval_with_taps(jaxpr, consts, args, site_eqns: list[int], deltas: list):
-    """Evaluate ``jaxpr``; at each site eqn record the matmul's lhs u and add δ to its output.
-
-    A copy of ``jax.core.eval_jaxpr``'s loop with the taps added.
-
-    Returns:
-      ``(outputs, [u per site])``.
-    """
-    env = {}
-
-    def read(var):
-        return var.val if isinstance(var, jax.core.Literal) else env[var]
-
-    for var, value in zip(jaxpr.constvars, consts):
-        env[var] = value
-    for var, value in zip(jaxpr.invars, args):
-        env[var] = value
-    slot = {eqn_index: k for k, eqn_index in enumerate(site_eqns)}
-    taps = [None] * len(site_eqns)
-    for index, eqn in enumerate(jaxpr.eqns):
-        subfuns, bind_params = eqn.primitive.get_bind_params(eqn.params)
-        invals = [read(var) for var in eqn.invars]
-        outvals = eqn.primitive.bind(*subfuns, *invals, **bind_params)
-        if index in slot:
-            taps[slot[index]] = invals[0]
-            outvals = outvals + deltas[slot[index]]
-        if not eqn.primitive.multiple_results:
-            outvals = [outvals]
-        for var, value in zip(eqn.outvars, outvals):
-            env[var] = value
-    return [read(var) for var in jaxpr.outvars], taps
-
-
-def _factors(apply_fn, leaves, treedef, x):
-    """Per-site (u, G) and the per-row Jacobians of the remaining leaves at inputs ``x``.
-
-    G[c] = ∂f[:, c]/∂h ``(n, d_out)`` by one VJP per output c: valid because
-    row i of f depends on row i of x only, so ∂f_i/∂h_j = 0 for i ≠ j.
-    """
-    closed = jax.make_jaxpr(lambda ls, z: apply_fn(jax.tree_util.tree_unflatten(treedef, ls), z))(leaves, x)
-    jaxpr, consts = closed.jaxpr, closed.consts
-    sites = _dense_factor_sites(jaxpr, jaxpr.invars[: len(leaves)], jaxpr.invars[len(leaves)])
-    site_leaves = [position for position, _ in sites]
-    site_eqns = [eqn_index for _, eqn_index in sites]
-    rest = [i for i in range(len(leaves)) if i not in site_leaves]
-    zero_deltas = [jnp.zeros(jaxpr.eqns[k].outvars[0].aval.shape, x.dtype) for k in site_eqns]
-
-    def f_of_deltas(deltas):
-        outs, taps = _eval_with_taps(jaxpr, consts, [*leaves, x], site_eqns, deltas)
-        return outs[0], taps
-
-    out, vjp_fn, taps = jax.vjp(f_of_deltas, zero_deltas, has_aux=True)
-    n, c = out.shape
-    cotangents = jnp.broadcast_to(jnp.eye(c, dtype=out.dtype)[:, None, :], (c, n, c))
-    (grads,) = jax.vmap(vjp_fn)(cotangents)  # per site: (C, n, d_out)
-    factors = list(zip(taps, grads))
-
-    def row_fn(rest_leaves, row):
-        full = list(leaves)
-        for i, leaf in zip(rest, rest_leaves):
-            full[i] = leaf
-        return apply_fn(jax.tree_util.tree_unflatten(treedef, full), row[None])[0]
-
-    rest_leaves = [leaves[i] for i in rest]
-    rest_jac = jax.vmap(jax.jacrev(row_fn), in_axes=(None, 0))(rest_leaves, x) if rest else []
-    return factors, rest_jac
-
-
-@jax.jit
-def _contract_factors(factors1, factors2, rest1, rest2):
-    """Σ_sites (u₁u₂ᵀ) ⊙ (1/C) Σ_c g₁_c g₂_cᵀ + Σ_rest per-row Jacobian products, traced."""
-    total = 0.0
-    for (u1, g1), (u2, g2) in zip(factors1, factors2):
-        c = g1.shape[0]
-        total = total + (u1 @ u2.T) * jnp.einsum("cik,cjk->ij", g1, g2) / c
-    for j1, j2 in zip(rest1, rest2):
-        j1 = j1.reshape(j1.shape[0], j1.shape[1], -1)
-        j2 = j2.reshape(j2.shape[0], j2.shape[1], -1)
-        total = total + jnp.einsum("icp,jcp->ij", j1, j2) / j1.shape[1]
-    return total
-
-
-def factored_ntk(apply_fn: Callable, params, x1: jax.Array, x2: jax.Array | None = None) -> jax.Array:
-    """Candidate generic empirical NTK for row-wise models, traced over outputs: ``(n1, n2)``.
-
-    Model-agnostic (it reads the model's jaxpr, no knowledge of the head): every
-    parameter used exactly once as the weight of a plain matmul h = u W gets
-    its NTK term from the factorization ∂f_i/∂W = u_iᵀ g_i,
-
-        Θ_W = (U₁U₂ᵀ) ⊙ (1/C) Σ_c G₁_c G₂_cᵀ,     G_c = ∂f[:, c]/∂h  (one VJP per output),
-
-    which costs O(n² (d_in + C d_out) + n·cost(f)) instead of O(n² C |W|)
-    (Novak et al. 2022's structured derivatives, specialised to matmuls);
-    every other parameter goes through per-row Jacobians (vmap of jacrev).
-    Valid when output row i depends on input row i only (as for NT's
-    ``vmap_axes=0``): kernelattn's models with a fixed context.
-    """
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    factors1, rest1 = _factors(apply_fn, leaves, treedef, x1)
-    if x2 is None:
-        return _contract_factors(factors1, factors1, rest1, rest1)
-    factors2, rest2 = _factors(apply_fn, leaves, treedef, x2)
-    return _contract_factors(factors1, factors2, rest1, rest2)
+GENERIC = ("factored", "jacobian", "ntvp")
 
 
 # ------------------------------------------------------------------------ benchmark
@@ -286,13 +136,11 @@ def methods_for(model, variables, head, x) -> dict[str, Callable[[], jax.Array]]
     head_vars = ka.head_variables(variables)
     apply_fn, params = ka.model_apply_fn(model, variables)
     xj = jnp.asarray(x)
-    methods = {
-        "kernelattn structured": lambda: ka.structured_head_ntk(head_vars, head, xj),
-        "kernelattn generic (jacobian)": lambda: ka.empirical_ntk(apply_fn, params, xj, implementation="jacobian"),
-        "kernelattn generic (ntvp)": lambda: ka.empirical_ntk(apply_fn, params, xj, implementation="ntvp"),
-    }
-    factored = jax.jit(lambda p, z: factored_ntk(apply_fn, p, z))
-    methods["candidate generic (factored)"] = lambda: factored(params, xj)
+    structured = jax.jit(head_ntk_fn, static_argnums=1)
+    methods = {"kernelattn structured": lambda: structured(head_vars, head, xj)}
+    for impl in GENERIC:
+        ntk_fn = jax.jit(ka.empirical_ntk_fn(apply_fn, implementation=impl))
+        methods[f"kernelattn generic ({impl})"] = (lambda f: (lambda: f(params, xj)))(ntk_fn)
     for impl in nt_backend.IMPLEMENTATIONS:
         ntk_fn, nt_params = nt_backend.empirical_ntk_fn_nt(model, variables, implementation=impl)
         methods[f"NT {impl}"] = (lambda f, p: (lambda: f(xj, None, p)))(ntk_fn, nt_params)
@@ -386,18 +234,10 @@ def verdict(rows: list[Row]) -> str:
             continue
         best = min(nt_times)
         structured = group["kernelattn structured"].seconds
-        generic = [
-            group[k].seconds
-            for k in ("kernelattn generic (jacobian)", "kernelattn generic (ntvp)")
-            if group[k].seconds is not None
-        ]
-        cand = group["candidate generic (factored)"].seconds
         parts = [f"n={n} m={m}: structured {best / structured:.3g}x faster than NT's best"]
-        parts.append(
-            "kernelattn generic best "
-            + (f"{min(generic) / best:.3g}x NT's best" if generic else "not run")
-            + (f", candidate factored {cand / best:.3g}x" if cand is not None else "")
-        )
+        for impl in GENERIC:
+            seconds = group[f"kernelattn generic ({impl})"].seconds
+            parts.append(f"generic {impl} " + ("not run" if seconds is None else f"{best / seconds:.3g}x"))
         out.append("; ".join(parts))
     return "\n".join(out)
 

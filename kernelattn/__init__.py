@@ -20,6 +20,7 @@ from kernelattn.guards import KernelError, KernelWarning, check_kernel
 from kernelattn.kernels.analytic import Kernel, head_kernels, qkv_attention_nngp
 from kernelattn.kernels.empirical import (
     empirical_ntk,
+    empirical_ntk_fn,
     head_variables,
     model_apply_fn,
     streaming_head_ntk,
@@ -103,6 +104,7 @@ __all__ = [
     "TwoLayerReLU",
     "condition_report",
     "empirical_ntk",
+    "empirical_ntk_fn",
     "enable_x64",
     "gram",
     "gram_spectrum",

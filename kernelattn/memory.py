@@ -478,6 +478,55 @@ def autodiff_ntk_memory(
     return MemoryEstimate(what, terms, options=tuple(options))
 
 
+def factored_ntk_memory(
+    n1: int,
+    n2: int | None,
+    *,
+    factor_size: int,
+    pair_size: int,
+    rest_params: int,
+    out_dim: int = 1,
+    activations: int = 0,
+    trace_output: bool = True,
+    dtype="float32",
+) -> MemoryEstimate:
+    """Peak bytes of the structured-derivatives NTK (``empirical_ntk(implementation="factored")``).
+
+    Per input row: the factors (matmul inputs u and output cotangents g,
+    ``factor_size`` numbers), the per-row Jacobians of the other parameters
+    2·C·``rest_params``, and C cotangents of every activation; per pair of
+    rows the token-pair products 2·``pair_size`` (·C² untraced); plus the kernel.
+
+    Args:
+      n1, n2: rows of x1 and x2 (``n2=None``: x2 = x1).
+      factor_size, pair_size: ``Plan.factor_size()``, ``Plan.pair_size()``.
+      rest_params: parameters that get per-row Jacobians.
+      out_dim: C.
+      activations: intermediate values of one row (``Plan.activations``).
+      trace_output: output-traced kernel or the full ``(n1, n2, C, C)``.
+      dtype: compute dtype.
+    """
+    item = _itemsize(dtype)
+    n1 = check_int(n1, "n1", minimum=1)
+    same = n2 is None
+    n2 = n1 if same else check_int(n2, "n2", minimum=1)
+    c = check_int(out_dim, "out_dim", minimum=1)
+    rows = n1 if same else n1 + n2
+    k = 1 if trace_output else c * c
+    terms = {
+        "kernel": n1 * n2 * k * item,
+        "factors (matmul inputs and output cotangents)": rows * check_int(factor_size, "factor_size", minimum=0) * item,
+        "per-row Jacobians of the other parameters": 2 * rows * c * check_int(rest_params, "rest_params", minimum=0)
+        * item,
+        "reverse-mode cotangents": rows * c * check_int(activations, "activations", minimum=0) * item,
+        "pairwise products": 2 * n1 * n2 * k * check_int(pair_size, "pair_size", minimum=1) * item,
+    }
+    options = ["the structured head NTK (kernels.empirical.structured_head_ntk) for the two-layer head",
+               "computing the kernel in blocks of rows of x1 and x2", *_common_options(dtype)]
+    what = f"the factored autodiff NTK ({n1}×{n2}, C={c}, {np.dtype(dtype).name})"
+    return MemoryEstimate(what, terms, options=tuple(options))
+
+
 def sweep_cell_memory(
     n: int,
     n_test: int,

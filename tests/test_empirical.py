@@ -7,6 +7,7 @@ from support import unit_rows
 from kernelattn.kernels.empirical import (
     _draw_chunk,
     empirical_ntk,
+    empirical_ntk_fn,
     head_variables,
     model_apply_fn,
     streaming_head_ntk,
@@ -115,3 +116,22 @@ def test_row_blocks_do_not_change_the_kernel(rng):
     for block in (1, 4, 11, 50):
         blocked = empirical_ntk(apply_fn, params, x, trace_output=False, row_block=block, dtype="float64")
         assert _rel(blocked, whole) < 1e-13
+
+
+@pytest.mark.parametrize("implementation", ["jacobian", "ntvp", "factored"])
+def test_empirical_ntk_fn_is_the_same_kernel_under_jit(rng, implementation):
+    x, x_test = unit_rows(rng.normal(size=(6, 5))), rng.normal(size=(3, 5))
+    model = make_model("qkv-attn", 12, 2, head_width=8, param_dtype=jnp.float64)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    apply_fn, params = model_apply_fn(model, variables, jnp.asarray(x))
+    ntk_fn = jax.jit(empirical_ntk_fn(apply_fn, trace_output=False, implementation=implementation))
+    checked = empirical_ntk(apply_fn, params, x_test, x, trace_output=False, implementation=implementation,
+                            dtype="float64")
+    assert _rel(ntk_fn(params, jnp.asarray(x_test), jnp.asarray(x)), checked) < 1e-13
+    assert _rel(ntk_fn(params, jnp.asarray(x)), empirical_ntk(apply_fn, params, x, trace_output=False,
+                                                              dtype="float64")) < 1e-12
+
+
+def test_empirical_ntk_fn_names_a_bad_implementation():
+    with pytest.raises(ValueError, match="implementation"):
+        empirical_ntk_fn(lambda p, x: x, implementation="fast")

@@ -3,9 +3,12 @@
 Two routes to the same matrix:
 
 - **generic**, for any model given as ``f(params, x) -> (n, C)``: JAX
-  autodiff, either by contracting the two Jacobians ("jacobian") or by
+  autodiff, either by contracting the two Jacobians ("jacobian"), by
   NTK-vector products J₁(J₂ᵀ v) over the output basis ("ntvp"), which never
-  stores a Jacobian.
+  stores a Jacobian, or by structured derivatives read off the model's jaxpr
+  ("factored", ``kernels/factored.py``): every weight used once in a matmul
+  h = u W contributes (u·u')(∂f/∂h·∂f'/∂h') without its Jacobian, the fastest
+  route for models that act row by row.
 - **structured**, exact for the two-layer head, from its closed form
   (Novak et al. 2022, "Fast finite width NTK", structured derivatives):
 
@@ -34,25 +37,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernelattn import memory
+from kernelattn.kernels import factored
 from kernelattn._precision import resolve_dtype
 from kernelattn._validation import check_choice, check_int, check_matrix
 from kernelattn.models import HeadConfig, random_signs
 
 ApplyFn = Callable[[dict, jax.Array], jax.Array]
-IMPLEMENTATIONS = ("jacobian", "ntvp")
+IMPLEMENTATIONS = ("jacobian", "ntvp", "factored")
 DEFAULT_WIDTH_CHUNK = 4096
 
 
 # --------------------------------------------------------------------------- generic
-
-
-def _contract(j1: jax.Array, j2: jax.Array, trace_output: bool) -> jax.Array:
-    """Contract Jacobian leaves ``(n1, C, *p)``, ``(n2, C, *p)`` over parameters."""
-    j1 = j1.reshape(j1.shape[0], j1.shape[1], -1)
-    j2 = j2.reshape(j2.shape[0], j2.shape[1], -1)
-    if trace_output:
-        return jnp.einsum("icp,jcp->ij", j1, j2) / j1.shape[1]
-    return jnp.einsum("icp,jdp->ijcd", j1, j2)
 
 
 def _jacobian(apply_fn, params, x, row_block):
@@ -76,7 +71,7 @@ def _jacobian_ntk(apply_fn, params, x1, x2, trace_output, row_block):
     """``x2 is None`` means x2 = x1: one Jacobian is computed and contracted with itself."""
     j1 = _jacobian(apply_fn, params, x1, row_block)
     j2 = j1 if x2 is None else _jacobian(apply_fn, params, x2, row_block)
-    leaves = jax.tree_util.tree_map(lambda a, b: _contract(a, b, trace_output), j1, j2)
+    leaves = jax.tree_util.tree_map(lambda a, b: factored.contract_jacobians(a, b, trace_output), j1, j2)
     return sum(jax.tree_util.tree_leaves(leaves))
 
 
@@ -119,7 +114,10 @@ def empirical_ntk(
       x1: ``(n1, d)`` inputs.
       x2: ``(n2, d)`` inputs; defaults to ``x1``.
       trace_output: average over the C outputs → ``(n1, n2)``; else ``(n1, n2, C, C)``.
-      implementation: "jacobian" (contract Jacobians) or "ntvp" (NTK-vector products).
+      implementation: "jacobian" (contract Jacobians), "ntvp" (NTK-vector
+        products) or "factored" (structured derivatives; applies the model to
+        each row alone, like neural-tangents' ``vmap_axes=0``, so only for
+        models that act row by row: every kernelattn model given a context).
       row_block: "jacobian" only: build the Jacobian this many rows at a time,
         bounding autodiff's intermediates (memory O(n·C·P) for J itself).
         Needs ``apply_fn`` to act row by row, as every kernelattn model does
@@ -136,14 +134,62 @@ def empirical_ntk(
     params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, dtype), params)
     if row_block is not None:
         row_block = check_int(row_block, "row_block", minimum=1)
-    memory.ensure_fits(memory.autodiff_ntk_memory(
+    estimate = _factored_memory if implementation == "factored" else _autodiff_memory
+    memory.ensure_fits(estimate(apply_fn, params, x1, x2, bool(trace_output), implementation, row_block, dtype))
+    return empirical_ntk_fn(apply_fn, trace_output=trace_output, implementation=implementation,
+                            row_block=row_block)(params, x1, x2)
+
+
+def empirical_ntk_fn(
+    apply_fn: ApplyFn,
+    *,
+    trace_output: bool = True,
+    implementation: str = "jacobian",
+    row_block: int | None = None,
+) -> Callable:
+    """Pure, jit-able form of :func:`empirical_ntk` (like neural-tangents' ``empirical_ntk_fn``).
+
+    No input checks, casts or memory planning: for calls inside ``jax.jit``
+    or in tight loops, where :func:`empirical_ntk`'s per-call validation
+    (about 2 ms) would dominate small kernels.
+
+    Args:
+      apply_fn, trace_output, implementation, row_block: as in :func:`empirical_ntk`.
+
+    Returns:
+      ``ntk_fn(params, x1, x2=None) -> Θ`` in the inputs' dtype.
+    """
+    check_choice(implementation, "implementation", IMPLEMENTATIONS)
+    trace_output = bool(trace_output)
+    if implementation == "factored":
+        def ntk_fn(params, x1, x2=None):
+            plan = factored.make_plan(apply_fn, params, x1.shape[1], x1.dtype)
+            return factored.factored_ntk(plan, params, x1, x2, trace_output=trace_output)
+    else:
+        core = _jacobian_ntk if implementation == "jacobian" else _ntvp_ntk
+
+        def ntk_fn(params, x1, x2=None):
+            return core(apply_fn, params, x1, x2, trace_output, row_block)
+    return ntk_fn
+
+
+def _autodiff_memory(apply_fn, params, x1, x2, trace_output, implementation, row_block, dtype):
+    return memory.autodiff_ntk_memory(
         x1.shape[0], None if x2 is None else x2.shape[0],
         n_params=sum(p.size for p in jax.tree_util.tree_leaves(params)),
         out_dim=jax.eval_shape(apply_fn, params, x1[:1]).shape[-1],
         implementation=implementation, trace_output=trace_output, row_block=row_block, dtype=dtype.name,
-    ))
-    fn = _jacobian_ntk if implementation == "jacobian" else _ntvp_ntk
-    return fn(apply_fn, params, x1, x2, bool(trace_output), row_block)
+    )
+
+
+def _factored_memory(apply_fn, params, x1, x2, trace_output, implementation, row_block, dtype):
+    plan = factored.make_plan(apply_fn, params, x1.shape[1], dtype)
+    leaves = jax.tree_util.tree_leaves(params)
+    return memory.factored_ntk_memory(
+        x1.shape[0], None if x2 is None else x2.shape[0], factor_size=plan.factor_size(),
+        pair_size=plan.pair_size(), rest_params=sum(leaves[i].size for i in plan.rest), out_dim=plan.out_dim,
+        activations=plan.activations, trace_output=trace_output, dtype=dtype.name,
+    )
 
 
 def model_apply_fn(model, variables: dict, context: jax.Array | None = None) -> tuple[ApplyFn, dict]:
