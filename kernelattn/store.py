@@ -1056,6 +1056,17 @@ class ResultStore:
         if self.has(key) or self.claim_is_stale(current, st.st_mtime):
             self._break_claim(path, current, st)
 
+    def claimed_elsewhere(self, key: str) -> bool:
+        """Whether another live owner is computing ``key``: absent, claimed, not by us, not stale."""
+        check_key(key)
+        if key in self._held or self.has(key):
+            return False
+        try:
+            current, st = self._read_claim(self._claim_path(key))
+        except FileNotFoundError:
+            return False
+        return not self.claim_is_stale(current, st.st_mtime)
+
     def held_claims(self) -> list[str]:
         """Keys claimed through this handle and not yet released."""
         return sorted(self._held)

@@ -134,6 +134,7 @@ CELL_METRICS = {
 GROUP_COLUMNS = ("lambda_min_inf", "lambda_max_inf", "kappa_inf", "kappa_G", "kappa_d_G", "rank_G", "log10_m_theory",
                  "kappa_d_features", "rank_features", "log10_m_theory_features", "limit", "limit_width", "limit_seeds")
 _LIMIT_FOLD = 0x6C696D  # "lim": the Monte-Carlo limit networks use fold_in(PRNGKey(i), _LIMIT_FOLD)
+WAIT_POLL_S = 1.0  # seconds between looks at the store while other processes finish their cells
 _SMALL_N_BLAS = 1000  # below this n, dense eigenproblems run single-threaded (see _blas_single_thread)
 
 
@@ -1062,8 +1063,43 @@ def _progress_enabled(progress: bool) -> bool:
     return bool(getattr(stream, "isatty", lambda: False)())
 
 
+def _work_through(spec: Spec, store, runner: _Runner, bar, cells: list[Cell], offset: int) -> None:
+    """Compute every cell of ``cells`` that is neither stored nor claimed by another process."""
+    groups: dict[tuple[int, int], list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault((cell.dataset, cell.model), []).append(cell)
+    for (i, j), group_cells in _rotate(list(groups.items()), offset):
+        group_cells = [c for c in group_cells if not store.has(c.key)]
+        if not group_cells:
+            continue
+        bar.set_postfix_str(f"{spec.datasets[i].label} / {spec.models[j].label}", refresh=False)
+        group = _prepare_group(spec, spec.datasets[i], spec.models[j], runner.data(i))
+        if spec.kind == "kernel":
+            runner.kernel_group(group, group_cells)
+        else:
+            runner.training_group(group, group_cells)
+
+
+def _wait_for_others(store, plan: list[Cell], bar, poll_s: float = WAIT_POLL_S) -> list[Cell]:
+    """Block while other live processes hold claims on missing cells.
+
+    Returns:
+      The cells still missing once no live claim is left (given up by a
+      process that failed or died): the caller computes them.
+    """
+    while True:
+        missing = [c for c in plan if not store.has(c.key)]
+        bar.n = len(plan) - len(missing)
+        waiting = sum(store.claimed_elsewhere(c.key) for c in missing)
+        if not waiting:
+            bar.refresh()
+            return missing
+        bar.set_postfix_str(f"waiting for {waiting} cells of other processes", refresh=True)
+        time.sleep(poll_s)
+
+
 def run_sweep(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, out: str | os.PathLike[str] = "results", *,
-              progress: bool = True, devices: Any = None) -> SweepResults:
+              progress: bool = True, devices: Any = None, wait: bool = True) -> SweepResults:
     """Run (or resume) a sweep and return its tables.
 
     Args:
@@ -1075,6 +1111,10 @@ def run_sweep(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, out: str 
       devices: overrides the spec's ``kernel.devices`` (an integer ≥ 1 or
         "all"): local devices the streamed Θ_m is sharded over, width-wise.
         Not part of any cell's key (results agree to float rounding).
+      wait: when the cells left are being computed by other processes
+        (live claims on the same store), wait for them, and compute those a
+        failed process gave up, so that every process returns the whole
+        table; ``False`` returns at once with them counted as ``n_missing``.
 
     In a multi-process JAX run (``kernelattn.distributed.initialize_distributed``
     called first, as the CLI does), every process runs the same call on the
@@ -1116,19 +1156,13 @@ def run_sweep(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, out: str 
                disable=not _progress_enabled(progress), smoothing=0.1)
     runner = _Runner(spec, store, bar, mesh=mesh, offset=offset)
     try:
-        groups: dict[tuple[int, int], list[Cell]] = {}
-        for cell in pending:
-            groups.setdefault((cell.dataset, cell.model), []).append(cell)
-        for (i, j), cells in _rotate(list(groups.items()), offset):
-            cells = [c for c in cells if not store.has(c.key)]
-            if not cells:
-                continue
-            bar.set_postfix_str(f"{spec.datasets[i].label} / {spec.models[j].label}", refresh=False)
-            group = _prepare_group(spec, spec.datasets[i], spec.models[j], runner.data(i))
-            if spec.kind == "kernel":
-                runner.kernel_group(group, cells)
-            else:
-                runner.training_group(group, cells)
+        while pending:
+            computed_before = runner.computed
+            _work_through(spec, store, runner, bar, pending, offset)
+            left = _wait_for_others(store, plan, bar) if wait else []
+            if left == pending and runner.computed == computed_before:
+                break  # no progress on the same cells: report them missing instead of looping
+            pending = left
     finally:
         bar.close()
     cells_df, summary, fits = _frames(spec, store, plan)

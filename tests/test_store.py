@@ -715,6 +715,19 @@ def test_stale_claim_of_dead_process_is_taken_over(tmp_path: Path) -> None:
     assert os.listdir(root / "claims") == []
 
 
+def test_claimed_elsewhere(tmp_path: Path) -> None:
+    a, b = ResultStore.open(tmp_path / "s"), ResultStore.open(tmp_path / "s")
+    key, record = record_of(0)
+    assert not a.claimed_elsewhere(key)  # nobody
+    assert a.claim(key)
+    assert b.claimed_elsewhere(key) and not a.claimed_elsewhere(key)  # not by ourselves
+    a.put(key, record)
+    assert not b.claimed_elsewhere(key)  # finished
+    k_other = record_of(1)[0]
+    _write_claim(tmp_path / "s", k_other, host="elsewhere/boot", pid=1, time=time.time() - 3 * 86400, token="t")
+    assert not a.claimed_elsewhere(k_other)  # stale
+
+
 def test_claim_rules(tmp_path: Path) -> None:
     root = tmp_path / "s"
     a = ResultStore.open(root)

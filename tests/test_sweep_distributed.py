@@ -46,7 +46,8 @@ _CHILD = textwrap.dedent(
     import jax
     from kernelattn.sweeps import run_sweep
     results = run_sweep(spec, out, progress=False, devices=None if devices == "spec" else devices)
-    print(json.dumps({"computed": results.n_computed, "process_index": jax.process_index(),
+    print(json.dumps({"computed": results.n_computed, "missing": results.n_missing,
+                      "process_index": jax.process_index(),
                       "process_count": jax.process_count(), "local_devices": jax.local_device_count()}))
     """
 )
@@ -181,6 +182,7 @@ def test_two_processes_on_one_store_compute_every_cell_once(tmp_path):
     plan = plan_cells(parse_spec(TINY))
     assert sum(v["computed"] for v in views) == len(plan)  # no cell computed twice
     assert all(v["computed"] > 0 for v in views)  # the work was shared
+    assert all(v["missing"] == 0 for v in views)  # the first to finish waited for the other
     store = ResultStore.open(shared / "tiny", create=False, readonly=True)
     assert sorted(store.keys()) == sorted(c.key for c in plan)
     assert store.verify() == []

@@ -278,3 +278,25 @@ def test_small_training_sweep(tmp_path):
     assert 0 < row["lin_distance"] < 1  # the linearization tracks the network over a few steps
     assert "slope_ntk_distance" in results.fits.columns
     assert "|f_m-f_ntk|" in format_summary(results)
+
+
+def test_a_process_waits_for_cells_claimed_elsewhere_and_takes_over_those_given_up(tmp_path):
+    """Another live owner holds one cell: wait=False reports it missing; wait=True waits until
+    that owner gives up (releases without a result) and then computes it itself."""
+    import threading
+
+    plan = plan_cells(parse_spec(SMALL))
+    other = ResultStore.open(tmp_path / "quick" / "small")
+    assert other.claim(plan[-1].key)
+    early = run_sweep(SMALL, tmp_path / "quick", progress=False, wait=False)
+    assert early.n_missing == 1 and early.n_computed == len(plan) - 1
+
+    other2 = ResultStore.open(tmp_path / "patient" / "small")
+    assert other2.claim(plan[0].key)
+    timer = threading.Timer(1.5, other2.release, args=(plan[0].key,))
+    timer.start()
+    start = time.perf_counter()
+    patient = run_sweep(SMALL, tmp_path / "patient", progress=False)
+    timer.join()
+    assert time.perf_counter() - start >= 1.5
+    assert patient.n_missing == 0 and patient.n_computed == len(plan)

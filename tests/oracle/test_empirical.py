@@ -81,7 +81,7 @@ def _structured(model, variables, x1, x2, context, dtype, trace_output):
     ids=[f"{m}-{c.id}-{dt}-{'traced' if tr else 'full'}" for c, m, dt, tr in COMBOS],
 )
 def test_empirical_ntk(case, model_name, dtype, trace_output):
-    """All six implementations agree on one network, test × train."""
+    """Every implementation (NT's three, kernelattn's generic three and structured) agrees, test × train."""
     x, x_test = (np.asarray(a, dtype) for a in inputs(case.seed, case.n, case.n_test, case.d, case.unit))
     model = _build(case, model_name, dtype, width=16 if case.d == 784 else 48)
     variables = model.init(jax.random.PRNGKey(case.seed), x, x)
