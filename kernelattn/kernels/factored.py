@@ -138,7 +138,7 @@ def make_plan(apply_fn: ApplyFn, params, d: int, dtype) -> Plan:
     return _make_plan(apply_fn, treedef, specs, int(d), jnp.dtype(dtype).name)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)  # a plan keeps its apply_fn (and what it closes over) alive
 def _make_plan(apply_fn: ApplyFn, treedef, specs: tuple, d: int, dtype: str) -> Plan:
     leaf_specs = [jax.ShapeDtypeStruct(shape, leaf_dtype) for shape, leaf_dtype in specs]
     row_spec = jax.ShapeDtypeStruct((1, d), dtype)
