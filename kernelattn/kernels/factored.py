@@ -24,9 +24,11 @@ Semantics: the model is applied to each input row alone (neural-tangents'
 attention over its own batch, ``context=None``) that is a different function
 from the batched call: use the "jacobian" or "ntvp" implementation there.
 
-The jaxpr is read and evaluated with the public jaxpr types (``jax.make_jaxpr``,
-``Primitive.bind``), the documented way to write an interpreter; nothing in
-JAX is modified.
+The jaxpr comes from ``jax.make_jaxpr`` and is evaluated equation by equation
+with ``Primitive.bind``, as in JAX's guide to custom jaxpr interpreters, using
+the types JAX exports for extensions (``jax.extend.core``); nothing in JAX is
+modified. The two places where jax 0.4.25 and current jax differ are bridged
+below (the ``Literal`` import and ``_bind``), and the tests run on both.
 """
 
 from __future__ import annotations
