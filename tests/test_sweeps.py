@@ -251,7 +251,7 @@ def test_a_cell_claimed_by_another_live_owner_is_left_to_it(tmp_path):
     other = ResultStore.open(tmp_path / "shared")
     taken = plan_cells(parse_spec(spec))[1]
     assert other.claim(taken.key)  # a live owner (this process, another handle)
-    first = run_sweep(spec, tmp_path, progress=False)
+    first = run_sweep(spec, tmp_path, progress=False, wait=False)
     assert first.n_computed == 1 and first.n_missing == 1 and "missing 1" in format_summary(first)
     other.release(taken.key)
     second = run_sweep(spec, tmp_path, progress=False)
