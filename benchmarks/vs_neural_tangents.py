@@ -21,7 +21,8 @@ compile time is negligible next to it):
 
 - kernelattn structured: ``head_ntk_fn`` (the closed form, MATH.md §7);
 - kernelattn generic: ``empirical_ntk_fn`` "factored" (structured derivatives
-  read off the model's jaxpr, model-agnostic), "jacobian" and "ntvp";
+  read off the model's jaxpr, model-agnostic), "jacobian" (whole batch, and
+  row by row with ``row_block=50``) and "ntvp";
 - neural-tangents: ``empirical_ntk_fn`` JACOBIAN_CONTRACTION,
   NTK_VECTOR_PRODUCTS, STRUCTURED_DERIVATIVES on kernelattn's own apply.
 
@@ -56,6 +57,8 @@ WIDTHS = (256, 1024, 4096)
 SIZES = (200, 1000)
 NT_METHODS = tuple(f"NT {impl}" for impl in nt_backend.IMPLEMENTATIONS)
 GENERIC = ("factored", "jacobian", "ntvp")
+ROW_BLOCK = 50
+ROW_BY_ROW = f"kernelattn generic (jacobian, row_block={ROW_BLOCK})"
 
 
 # ------------------------------------------------------------------------ benchmark
@@ -116,6 +119,7 @@ def memory_bytes(method: str, n: int, m: int) -> float:
     jac = n * OUT_DIM * params * 4
     return {
         "kernelattn generic (jacobian)": 2.2 * jac,  # J(x1) and J(x2) = J(x1) again, + contraction
+        ROW_BY_ROW: 2.2 * jac,
         "kernelattn generic (ntvp)": 3 * n * m * 4 + params * 4 * 3,
         "NT JACOBIAN_CONTRACTION": 2.2 * jac,
         "NT NTK_VECTOR_PRODUCTS": 2.6 * jac,  # vmapped tangents, one per column (33 GB at n=1000, m=4096)
@@ -141,6 +145,8 @@ def methods_for(model, variables, head, x) -> dict[str, Callable[[], jax.Array]]
     for impl in GENERIC:
         ntk_fn = jax.jit(ka.empirical_ntk_fn(apply_fn, implementation=impl))
         methods[f"kernelattn generic ({impl})"] = (lambda f: (lambda: f(params, xj)))(ntk_fn)
+    row_by_row = jax.jit(ka.empirical_ntk_fn(apply_fn, implementation="jacobian", row_block=ROW_BLOCK))
+    methods[ROW_BY_ROW] = lambda: row_by_row(params, xj)
     for impl in nt_backend.IMPLEMENTATIONS:
         ntk_fn, nt_params = nt_backend.empirical_ntk_fn_nt(model, variables, implementation=impl)
         methods[f"NT {impl}"] = (lambda f, p: (lambda: f(xj, None, p)))(ntk_fn, nt_params)

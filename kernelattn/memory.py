@@ -431,7 +431,7 @@ def autodiff_ntk_memory(
       contraction reshapes it into), and reverse mode through a
       batch of n rows propagates n·C cotangents of every hidden activation of
       every row: n²·C·A for A activations per row (the term that dominates
-      for wide models; ``row_block=b`` bounds it to b²·C·A per block);
+      for wide models; ``row_block=b``, row by row, bounds it to b·C·A);
     - "ntvp": one column at a time: activations and tangents 4·(n1 + n2)·A +
       3·P, and the stacked columns 2·n1·n2·C².
     Plus the kernel n1·n2 (·C² untraced). x2 = None counts as n2 = n1 (one
@@ -462,10 +462,12 @@ def autodiff_ntk_memory(
         jac_rows = n1 if same else n1 + n2
         terms["Jacobians (and their contraction layout)"] = 2 * jac_rows * c * p * item
         blocks = [n1] if same else [n1, n2]
-        if row_block is not None:
-            blocks = [min(check_int(row_block, "row_block", minimum=1), b) for b in blocks]
-        terms["reverse-mode cotangents"] = sum(b * b for b in blocks) * c * a * item
-        options = [f"row_block=b (cotangents b²·C·A instead of n²·C·A: now "
+        if row_block is None:
+            cotangent_rows = sum(b * b for b in blocks)  # every output of the batch through every row
+        else:  # row by row: b rows at a time, each through itself only
+            cotangent_rows = sum(min(check_int(row_block, "row_block", minimum=1), b) for b in blocks)
+        terms["reverse-mode cotangents"] = cotangent_rows * c * a * item
+        options = [f"row_block=b (cotangents b·C·A instead of n²·C·A: now "
                    f"{format_bytes(terms['reverse-mode cotangents'])})",
                    "implementation='ntvp' (never stores a Jacobian)"]
     else:

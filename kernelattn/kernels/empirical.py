@@ -51,18 +51,22 @@ DEFAULT_WIDTH_CHUNK = 4096
 
 
 def _jacobian(apply_fn, params, x, row_block):
-    """Jacobian leaves ``(n, C, *p)``; with ``row_block``, computed block by block of rows.
+    """Jacobian leaves ``(n, C, *p)``; with ``row_block``, row by row, ``row_block`` rows at a time.
 
-    Row blocks bound the reverse-mode intermediates to O(row_block² m) instead
-    of O(n² m); they require ``apply_fn`` to act row by row.
+    Row by row (vmap over rows of the one-row Jacobian, neural-tangents'
+    ``vmap_axes=0``) costs n·C one-row backward passes instead of n·C
+    passes through the whole batch, and holds the cotangents of
+    ``row_block`` rows at a time; it requires ``apply_fn`` to act row by row.
     """
-    if row_block is None or row_block >= x.shape[0]:
+    if row_block is None:
         return jax.jacrev(apply_fn)(params, x)
     n = x.shape[0]
+    row_block = min(row_block, n)
     n_blocks = -(-n // row_block)
     # Pad with copies of a real row: zero rows can make NaN partials (0 · NaN = NaN in reverse mode).
     padded = jnp.pad(x, ((0, n_blocks * row_block - n), (0, 0)), mode="edge").reshape(n_blocks, row_block, -1)
-    blocks = jax.lax.map(lambda xb: jax.jacrev(apply_fn)(params, xb), padded)
+    one_row = jax.jacrev(lambda p, row: apply_fn(p, row[None])[0])
+    blocks = jax.lax.map(lambda xb: jax.vmap(one_row, in_axes=(None, 0))(params, xb), padded)
     return jax.tree_util.tree_map(lambda j: j.reshape((n_blocks * row_block,) + j.shape[2:])[:n], blocks)
 
 
@@ -118,8 +122,10 @@ def empirical_ntk(
         products) or "factored" (structured derivatives; applies the model to
         each row alone, like neural-tangents' ``vmap_axes=0``, so only for
         models that act row by row: every kernelattn model given a context).
-      row_block: "jacobian" only: build the Jacobian this many rows at a time,
-        bounding autodiff's intermediates (memory O(n·C·P) for J itself).
+      row_block: "jacobian" only: build the Jacobian row by row (each row
+        alone, like neural-tangents' ``vmap_axes=0``: n·C one-row backward
+        passes instead of n·C through the batch), this many rows at a time
+        (memory O(row_block·C·A) for the cotangents, O(n·C·P) for J itself).
         Needs ``apply_fn`` to act row by row, as every kernelattn model does
         for a fixed context. ``None``: the whole batch at once (any model).
       dtype: "float32" (default) or "float64"; inputs and params are cast.
