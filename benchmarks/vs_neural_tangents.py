@@ -192,7 +192,7 @@ def run(sizes, widths, args) -> list[Row]:
                             last_time[(n, method)] = (m, seconds)
                         else:
                             to_time[method] = (fn, seconds < args.fast_s)
-                print(f"  n={n:5d} m={m:5d} {method:32s} warm-up done {row.note}", file=sys.stderr, flush=True)
+                print(f"  n={n:5d} m={m:5d} {method:44s} warm-up done {row.note}", file=sys.stderr, flush=True)
             for method, (median, runs) in interleaved_medians(
                 to_time, args.repeats, args.fast_repeats, args.fast_s
             ).items():
@@ -212,8 +212,8 @@ def _fmt_time(row: Row) -> str:
 def table(rows: list[Row]) -> str:
     """The results as a fixed-width text table, with the ratio to NT's fastest per (n, m)."""
     lines = [
-        f"{'n':>5} {'m':>5}  {'method':32s} {'time s':>9} {'runs':>4} {'÷ NT best':>10} {'max rel diff':>12}  note",
-        "-" * 100,
+        f"{'n':>5} {'m':>5}  {'method':44s} {'time s':>9} {'runs':>4} {'÷ NT best':>10} {'max rel diff':>12}  note",
+        "-" * 112,
     ]
     for (n, m) in sorted({(r.n, r.m) for r in rows}):
         group = [r for r in rows if (r.n, r.m) == (n, m)]
@@ -223,7 +223,7 @@ def table(rows: list[Row]) -> str:
             ratio = "-" if r.seconds is None or best is None else f"{r.seconds / best:10.4g}"
             diff = "-" if r.max_rel_diff is None else f"{r.max_rel_diff:.1e}"
             lines.append(
-                f"{n:5d} {m:5d}  {r.method:32s} {_fmt_time(r):>9} {r.runs:4d} {ratio:>10} {diff:>12}  {r.note}"
+                f"{n:5d} {m:5d}  {r.method:44s} {_fmt_time(r):>9} {r.runs:4d} {ratio:>10} {diff:>12}  {r.note}"
             )
         lines.append("")
     return "\n".join(lines)
