@@ -9,7 +9,10 @@ refuses float64 when JAX cannot honour it, instead of returning float32.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+from kernelattn._validation import check_matrix
 
 DTYPES = ("float32", "float64")
 
@@ -48,3 +51,16 @@ def resolve_dtype(dtype, name: str = "dtype") -> np.dtype:
 def float_eps(dtype) -> float:
     """Machine epsilon of a floating dtype."""
     return float(np.finfo(np.dtype(dtype)).eps)
+
+
+def kernel_inputs(x1, x2, dtype) -> tuple[np.dtype, jax.Array, jax.Array | None]:
+    """Validate a kernel's ``(n1, d)`` and optional ``(n2, d)`` inputs and cast them to ``dtype``.
+
+    Returns:
+      ``(dtype, x1, x2)`` with ``dtype`` resolved (see :func:`resolve_dtype`)
+      and ``x2`` kept ``None`` when not given.
+    """
+    dtype = resolve_dtype(dtype)
+    x1 = jnp.asarray(check_matrix(x1, "x1"), dtype)
+    x2 = None if x2 is None else jnp.asarray(check_matrix(x2, "x2", n_cols=x1.shape[1]), dtype)
+    return dtype, x1, x2

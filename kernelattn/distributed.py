@@ -49,8 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from kernelattn._precision import resolve_dtype
-from kernelattn._validation import check_int, check_matrix
+from kernelattn._precision import kernel_inputs
+from kernelattn._validation import check_int
 from kernelattn.kernels.empirical import DEFAULT_WIDTH_CHUNK, _draw_chunk, _head_chunk, _linear_part, _structured
 from kernelattn.models import HeadConfig
 
@@ -305,13 +305,6 @@ def materialized_parameter_bytes(d: int, width: int, *, out_dim: int = 1, use_bi
 # ----------------------------------------------------------------------- kernels
 
 
-def _prepare_inputs(x1, x2, dtype):
-    dtype = resolve_dtype(dtype)
-    x1 = jnp.asarray(check_matrix(x1, "x1"), dtype)
-    x2 = None if x2 is None else jnp.asarray(check_matrix(x2, "x2", n_cols=x1.shape[1]), dtype)
-    return dtype, x1, x2
-
-
 def _row_padded(x1, sample_axis, mesh):
     """Pad x1's rows to a multiple of the sample-axis size (padded rows are sliced off later)."""
     if sample_axis is None:
@@ -418,7 +411,7 @@ def sharded_streaming_head_ntk(
     """
     if not isinstance(head, HeadConfig):
         raise TypeError(f"head: expected a HeadConfig, got {type(head).__name__}")
-    _, x1, x2 = _prepare_inputs(x1, x2, dtype)
+    _, x1, x2 = kernel_inputs(x1, x2, dtype)
     chunk = min(check_int(width_chunk, "width_chunk", minimum=1), head.width)
     shard_samples = bool(shard_samples)
     mesh, width_axis, sample_axis = _resolve_mesh(mesh, shard_samples)
@@ -523,7 +516,7 @@ def sharded_structured_head_ntk(
     """
     if not isinstance(head, HeadConfig):
         raise TypeError(f"head: expected a HeadConfig, got {type(head).__name__}")
-    dtype, x1, x2 = _prepare_inputs(x1, x2, dtype)
+    dtype, x1, x2 = kernel_inputs(x1, x2, dtype)
     chunk = check_int(width_chunk, "width_chunk", minimum=1)
     shard_samples = bool(shard_samples)
     mesh, width_axis, sample_axis = _resolve_mesh(mesh, shard_samples)

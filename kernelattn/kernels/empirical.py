@@ -38,8 +38,8 @@ import numpy as np
 
 from kernelattn import memory
 from kernelattn.kernels import factored
-from kernelattn._precision import resolve_dtype
-from kernelattn._validation import check_choice, check_int, check_matrix
+from kernelattn._precision import kernel_inputs
+from kernelattn._validation import check_choice, check_int
 from kernelattn.models import HeadConfig, random_signs
 
 ApplyFn = Callable[[dict, jax.Array], jax.Array]
@@ -133,10 +133,8 @@ def empirical_ntk(
     Returns:
       The kernel matrix in ``dtype``.
     """
-    dtype = resolve_dtype(dtype)
     check_choice(implementation, "implementation", IMPLEMENTATIONS)
-    x1 = jnp.asarray(check_matrix(x1, "x1"), dtype)
-    x2 = None if x2 is None else jnp.asarray(check_matrix(x2, "x2", n_cols=x1.shape[1]), dtype)
+    dtype, x1, x2 = kernel_inputs(x1, x2, dtype)
     params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, dtype), params)
     if row_block is not None:
         row_block = check_int(row_block, "row_block", minimum=1)
@@ -329,9 +327,7 @@ def structured_head_ntk(
     Returns:
       The kernel matrix in ``dtype``.
     """
-    dtype = resolve_dtype(dtype)
-    x1 = jnp.asarray(check_matrix(x1, "x1"), dtype)
-    x2 = None if x2 is None else jnp.asarray(check_matrix(x2, "x2", n_cols=x1.shape[1]), dtype)
+    dtype, x1, x2 = kernel_inputs(x1, x2, dtype)
     chunk = min(check_int(width_chunk, "width_chunk", minimum=1), head.width)
     w = jnp.asarray(head_variables["W"], dtype)
     if w.shape != (x1.shape[1], head.width):
@@ -392,9 +388,7 @@ def streaming_head_ntk(
       head: ``HeadConfig`` (its ``width`` is m).
       x1, x2, trace_output, width_chunk, dtype: as in ``structured_head_ntk``.
     """
-    dtype = resolve_dtype(dtype)
-    x1 = jnp.asarray(check_matrix(x1, "x1"), dtype)
-    x2 = None if x2 is None else jnp.asarray(check_matrix(x2, "x2", n_cols=x1.shape[1]), dtype)
+    dtype, x1, x2 = kernel_inputs(x1, x2, dtype)
     chunk = min(check_int(width_chunk, "width_chunk", minimum=1), head.width)
     _ensure_head_fits(x1, x2, head, chunk, trace_output, False, dtype)
     return _streaming(key, x1, x2, head=head, trace_output=bool(trace_output), chunk=chunk)
