@@ -45,6 +45,8 @@ from kernelattn.training import loss_value
 LossFn = Callable[[jax.Array], jax.Array]
 ATTACKS = ("fgsm", "pgd", "mim")
 ATTACK_TARGETS = ("model", "kernel")
+#: An attack that raised its objective by less than this fraction of |L(X)| is flagged "no-op".
+NO_OP_GAIN = 0.01
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +119,9 @@ class AttackResult:
       mean_linf: mean over perturbed rows of ‖x'_i − x_i‖_∞.
       mean_l2: mean over perturbed rows of ‖x'_i − x_i‖_2.
       n_perturbed: number of rows allowed to move (the mask's support).
+      loss_gain: (L(X') − L(X)) / |L(X)|, the attack's relative effect.
+      effective: loss_gain ≥ ``NO_OP_GAIN``; False flags a "no-op" attack
+        (its flip rates measure the rebuild on a barely moved objective).
     """
 
     x_adv: np.ndarray
@@ -130,6 +135,8 @@ class AttackResult:
     mean_linf: float
     mean_l2: float
     n_perturbed: int
+    loss_gain: float = float("nan")
+    effective: bool = True
 
     def summary(self) -> dict:
         """Scalars only (for reports and the result store)."""
@@ -276,6 +283,19 @@ def kernel_ridge_loss(kernel_fn: Callable[[jax.Array], jax.Array], targets: jax.
     return loss
 
 
+def kernel_predictor_loss(predict_fn: Callable[[jax.Array], jax.Array], targets: jax.Array) -> LossFn:
+    """L(X*) = ½ mean_t ‖y*_t − f(x*_t)‖² of a fixed kernel predictor f on (perturbed) test points.
+
+    Args:
+      predict_fn: X* ↦ ``(n*, C)`` predictions, e.g. K(X*, X) α with α = (K + λI)⁻¹ Y fitted on the
+        clean training set.
+      targets: ``(n*, C)`` targets of the test points.
+    """
+    targets = jnp.asarray(targets)
+    targets = targets[:, None] if targets.ndim == 1 else targets
+    return lambda x: 0.5 * jnp.mean(jnp.sum((targets - predict_fn(x)) ** 2, axis=1))
+
+
 # --------------------------------------------------------------------- public entry
 
 
@@ -372,4 +392,13 @@ def run_attack(
         mean_linf=float(np.mean(np.max(np.abs(delta), axis=1))) if delta.size else 0.0,
         mean_l2=float(np.mean(np.linalg.norm(delta, axis=1))) if delta.size else 0.0,
         n_perturbed=int(mask_np.sum()),
+        loss_gain=attack_gain(loss_clean, loss_adv),
+        effective=attack_gain(loss_clean, loss_adv) >= NO_OP_GAIN,
     )
+
+
+def attack_gain(loss_clean: float, loss_adv: float) -> float:
+    """Relative increase (L(X') − L(X)) / |L(X)| of the attacked objective (0 when both are 0)."""
+    if loss_adv == loss_clean:
+        return 0.0
+    return (loss_adv - loss_clean) / max(abs(loss_clean), np.finfo(np.float64).tiny)

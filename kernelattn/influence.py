@@ -49,12 +49,32 @@ from kernelattn._validation import as_config, check_choice, check_int, check_mat
 from kernelattn.kernels.analytic import head_kernels, head_kernels_fn
 from kernelattn.kernels.empirical import head_ntk_fn, structured_head_ntk
 from kernelattn.linalg import factorize
-from kernelattn.models import AttentionMLP, HeadConfig, MLPHead, TwoLayerReLU, canonical_model_name, make_model
-from kernelattn.training import TrainConfig, train
+from kernelattn.models import (
+    AttentionMLP,
+    HeadConfig,
+    MLPHead,
+    TwoLayerReLU,
+    canonical_model_name,
+    head_preactivations,
+    make_model,
+)
+from kernelattn.training import (
+    TrainConfig,
+    TrainingHealth,
+    check_health,
+    class_targets,
+    loss_value,
+    train,
+    training_health,
+)
 from kernelattn.transforms import AttentionConfig, attend
 
 INFLUENCE_METHODS = ("loo", "if")
-KERNELS = ("empirical", "infinite")
+#: Where influence comes from: the empirical NTK at the trained parameters θ_T, the empirical NTK at
+#: initialization θ₀, the infinite-width NTK (kernel ridge on each), or the trained network's own loss
+#: gradients (TracIn at θ_T: no kernel ridge).
+KERNELS = ("empirical", "empirical-init", "infinite", "tracin")
+RIDGE_KERNELS = ("empirical", "empirical-init", "infinite")
 TARGET_ENCODINGS = ("pm1", "onehot")
 SUPPORTED_MODELS = ("relu", "mlp-attn")
 
@@ -75,10 +95,14 @@ class InfluenceResult:
         (the true class c_t for multi-class targets).
       test_labels: ``(n*,)`` int class of each test point, or ``None`` for a
         single output.
-      kernel: "empirical", "infinite" or "precomputed".
+      kernel: where the scores come from: "empirical" (Θ_m at θ_T),
+        "empirical-init" (Θ_m at θ₀), "infinite" (Θ_∞), "tracin" (the
+        network's own loss gradients at θ_T) or "precomputed".
       targets: one-vs-rest encoding ("pm1" / "onehot"), ``None`` if given as is.
       model, width, seed: provenance when built by :func:`influence`.
       train_losses: per-epoch training losses of the network (may be empty).
+      health: the network fit's :class:`kernelattn.training.TrainingHealth`
+        (``None`` for a precomputed kernel).
     """
 
     scores: np.ndarray
@@ -93,6 +117,7 @@ class InfluenceResult:
     width: int | None = None
     seed: int | None = None
     train_losses: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    health: TrainingHealth | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -112,6 +137,7 @@ class InfluenceResult:
             "seed": self.seed,
             "n_test": self.shape[0],
             "n_train": self.shape[1],
+            "health": None if self.health is None else self.health.to_dict(),
         }
         if arrays:
             out["scores"] = self.scores.tolist()
@@ -234,8 +260,14 @@ class TrainTest:
     normalized: bool | None = None
 
     def onehot(self, labels: np.ndarray | None = None) -> np.ndarray:
-        """One-hot training targets (what the network is trained on)."""
+        """One-hot training targets."""
         return np.eye(self.n_classes, dtype=np.float64)[self.labels if labels is None else labels]
+
+    def train_targets(self, config: TrainConfig, labels: np.ndarray | None = None) -> np.ndarray:
+        """``(n, C')`` targets the network is trained on: ±1 on one output for a binary task under
+        ``config.binary_output == "pm1"`` (the paper's), else one-hot rows."""
+        labels = self.labels if labels is None else labels
+        return class_targets(labels, self.n_classes, config.out_dim(self.n_classes))
 
 
 def _labels_of(y, name: str, n: int) -> tuple[np.ndarray, int | None]:
@@ -397,7 +429,8 @@ def resolve_model(model, width: int, out_dim: int, dtype) -> HeadModel:
         )
     head = model.head
     if head.out_dim != out_dim:
-        raise ValueError(f"model: expected a head with out_dim = {out_dim} (the number of classes), got {head.out_dim}")
+        raise ValueError(f"model: expected a head with out_dim = {out_dim} (the network outputs: 1 for a binary task "
+                         f"trained on ±1 targets, else the number of classes), got {head.out_dim}")
     return HeadModel(name, head, attention, jnp.dtype(dtype))
 
 
@@ -411,6 +444,8 @@ class FittedModel:
       initial: the head variables at initialization.
       losses: per-epoch mean training loss.
       training: "standard" or "pgd-at".
+      loss: the training loss, "mse" or "xent".
+      health: :class:`TrainingHealth` once :func:`assess_fit` has run.
     """
 
     spec: HeadModel
@@ -418,6 +453,8 @@ class FittedModel:
     initial: dict
     losses: np.ndarray
     training: str = "standard"
+    loss: str = "xent"
+    health: TrainingHealth | None = None
 
     def outputs(self, queries, context) -> jax.Array:
         """``(n_q, C)`` outputs on raw queries attending over the raw training set."""
@@ -439,7 +476,7 @@ def fit_model(spec: HeadModel, X, targets, *, key_init: jax.Array, key_train: ja
     Args:
       spec: the model.
       X: ``(n, d)`` raw training inputs.
-      targets: ``(n, C)`` one-hot targets.
+      targets: ``(n, C)`` training targets (``TrainTest.train_targets``).
       key_init, key_train: PRNG keys of the initialization and the epoch shuffles.
       config: optimization settings.
     """
@@ -451,7 +488,35 @@ def fit_model(spec: HeadModel, X, targets, *, key_init: jax.Array, key_train: ja
         return spec.apply({"params": p, **rest}, f)
 
     result = train(apply_fn, params, np.asarray(features), np.asarray(targets), key=key_train, config=config)
-    return FittedModel(spec, {"params": result.params, **rest}, initial, result.losses, "standard")
+    loss = config.resolved_loss(np.asarray(targets).shape[1])
+    return FittedModel(spec, {"params": result.params, **rest}, initial, result.losses, "standard", loss)
+
+
+def assess_fit(fitted: FittedModel, split: TrainTest, config: TrainConfig, *, what: str) -> FittedModel:
+    """The fit with its :class:`TrainingHealth` on ``split``, checked (warning, or error under
+    ``guards.strict()``, when it did not train; ``what`` names it in the message)."""
+    spec = fitted.spec
+    features = spec.features(split.X, split.X)
+    head, head0 = _flat_head(fitted.variables), _flat_head(fitted.initial)
+    health = training_health(
+        loss=fitted.loss,
+        targets=split.train_targets(config),
+        labels=split.labels,
+        outputs=np.asarray(spec.apply(fitted.variables, features)),
+        params=fitted.variables["params"],
+        initial_params=fitted.initial["params"],
+        hidden=np.asarray(head_preactivations(spec.head, head, features)),
+        hidden_initial=np.asarray(head_preactivations(spec.head, head0, features)),
+        features=np.asarray(features),
+        labels_test=split.labels_test,
+        outputs_test=np.asarray(fitted.outputs(split.X_test, split.X)),
+    )
+    return dataclasses.replace(fitted, health=check_health(health, what))
+
+
+def fit_label(spec: HeadModel, seed: int, training: str = "standard") -> str:
+    """How a fit is named in messages: "mlp-attn, width 256, seed 0[, pgd-at]"."""
+    return f"{spec.name}, width {spec.head.width}, seed {seed}" + ("" if training == "standard" else f", {training}")
 
 
 # --------------------------------------------------------------------------- kernels
@@ -462,18 +527,20 @@ def model_kernels(fitted: FittedModel, X, X_test, kernel: str = "empirical") -> 
 
     Both splits attend over the raw training set X. "empirical": the NTK of the
     trained network at its parameters (``structured_head_ntk``, output-traced);
-    "infinite": the closed-form infinite-width NTK (``head_kernels``) of the
-    same head on the same features.
+    "empirical-init": the same at the initial parameters θ₀; "infinite": the
+    closed-form infinite-width NTK (``head_kernels``) of the same head on the
+    same features.
     """
-    kernel = check_choice(kernel, "kernel", KERNELS)
+    kernel = check_choice(kernel, "kernel", RIDGE_KERNELS)
     spec = fitted.spec
     features = np.asarray(spec.features(X, X), np.float64)
     features_test = np.asarray(spec.features(X_test, X), np.float64)
     both = np.concatenate([features, features_test])
-    if kernel == "empirical":
-        k = structured_head_ntk(_flat_head(fitted.variables), spec.head, both, features, dtype="float64")
-    else:
+    if kernel == "infinite":
         k = head_kernels(both, features, spec.head, dtype="float64").ntk
+    else:
+        variables = fitted.variables if kernel == "empirical" else fitted.initial
+        k = structured_head_ntk(_flat_head(variables), spec.head, both, features, dtype="float64")
     k = np.asarray(k, np.float64)
     n = features.shape[0]
     return k[:n], k[n:]
@@ -495,18 +562,69 @@ def empirical_ntk_jnp(f1: jax.Array, f2: jax.Array | None, head: HeadConfig, var
 
 
 def kernel_function(fitted: FittedModel, kernel: str = "empirical"):
-    """X ↦ K(X) ``(n, n)`` in jnp: the kernel of the training set rebuilt from raw X
-    (attention over X itself), differentiable in X — for attacks on the kernel predictor."""
-    kernel = check_choice(kernel, "kernel", KERNELS)
+    """``kernel_fn(queries, context=None)`` → K ``(n_q, n)`` in jnp: the kernel between raw queries and
+    the raw training set ``context`` (``None``: the queries themselves), rebuilt from raw pixels with
+    the attention over ``context``, differentiable in both — for attacks on the kernel predictor."""
+    kernel = check_choice(kernel, "kernel", RIDGE_KERNELS)
     spec = fitted.spec
+    variables = fitted.initial if kernel == "empirical-init" else fitted.variables
 
-    def kernel_fn(x):
-        f = spec.features(x, x)
+    def kernel_fn(queries, context=None):
+        context = queries if context is None else context
+        f_context = spec.features(context, context)
+        f_queries = f_context if queries is context else spec.features(queries, context)
         if kernel == "infinite":
-            return infinite_ntk_jnp(f, None, spec.head)
-        return empirical_ntk_jnp(f, None, spec.head, fitted.variables)
+            return infinite_ntk_jnp(f_queries, f_context, spec.head)
+        return empirical_ntk_jnp(f_queries, f_context, spec.head, variables)
 
     return kernel_fn
+
+
+# --------------------------------------------------------------------------- network gradients
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _loss_gradients(spec: HeadModel, loss: str, variables: dict, features: jax.Array, targets: jax.Array) -> jax.Array:
+    """``(b, P)`` per-example gradients ∇_θ ℓ(f(x_i), y_i) of the trainable head parameters."""
+    params, rest = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+
+    def example_loss(p, f, y):
+        out = spec.apply({"params": p, **rest}, f[None])
+        return loss_value(out, y[None], jnp.ones(1, f.dtype), loss)
+
+    grads = jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0))(params, features, targets)
+    return jnp.concatenate([g.reshape(features.shape[0], -1) for g in jax.tree_util.tree_leaves(grads)], axis=1)
+
+
+def tracin_scores(fitted: FittedModel, split_x, targets, x_test, targets_test, *, block: int = 128) -> np.ndarray:
+    """TracIn at the trained parameters (Pruthi et al. 2020, one checkpoint): ``(n*, n)`` float64
+
+        I(i, t) = ∇_θ ℓ(x*_t, y*_t) · ∇_θ ℓ(x_i, y_i),
+
+    the first-order decrease of test point t's loss from a gradient step on
+    training point i (positive: i helps t) — the network's own gradients, no
+    kernel ridge. Equivalently g*_tᵀ Θ_m(x*_t, x_i) g_i with g = ∂ℓ/∂f, the
+    full-output empirical NTK at θ_T weighted by the loss derivatives.
+
+    Args:
+      fitted: the trained model.
+      split_x: ``(n, d)`` raw training inputs (the attention's context).
+      targets, targets_test: ``(n, C)`` / ``(n*, C)`` training targets of both splits.
+      x_test: ``(n*, d)`` raw test inputs.
+      block: training rows per gradient batch (memory: block·P).
+    """
+    spec = fitted.spec
+    dtype = spec.dtype
+    features = spec.features(split_x, split_x)
+    features_test = spec.features(x_test, split_x)
+    g_test = _loss_gradients(spec, fitted.loss, fitted.variables, features_test, jnp.asarray(targets_test, dtype))
+    targets = jnp.asarray(targets, dtype)
+    columns = []
+    for start in range(0, features.shape[0], block):
+        g = _loss_gradients(spec, fitted.loss, fitted.variables, features[start:start + block],
+                            targets[start:start + block])
+        columns.append(np.asarray(jnp.matmul(g_test, g.T, precision=jax.lax.Precision.HIGHEST), np.float64))
+    return np.concatenate(columns, axis=1)
 
 
 def fitted_influence(
@@ -521,12 +639,27 @@ def fitted_influence(
     kernel: str,
     method: str,
     targets: str,
+    train_config: TrainConfig = TrainConfig(),
 ) -> InfluenceResult:
-    """Influence matrix of a trained model on (X, labels) → (X_test, labels_test)."""
-    k_train, k_test_train = model_kernels(fitted, X, X_test, kernel)
-    result = influence_scores(
-        k_train, k_test_train, one_vs_rest(labels, n_classes, targets), ridge, test_labels=labels_test, method=method
-    )
+    """Influence matrix of a trained model on (X, labels) → (X_test, labels_test).
+
+    ``kernel`` in ``RIDGE_KERNELS``: kernel ridge influence (``method``,
+    one-vs-rest ``targets``) on that kernel; "tracin": :func:`tracin_scores`
+    with the network's training targets (``train_config.binary_output``).
+    """
+    if kernel == "tracin":
+        out_dim = train_config.out_dim(n_classes)
+        scores = tracin_scores(fitted, X, class_targets(labels, n_classes, out_dim), X_test,
+                               class_targets(labels_test, n_classes, out_dim))
+        outputs = np.asarray(fitted.outputs(X_test, X), np.float64)
+        true = outputs[:, 0] if out_dim == 1 else outputs[np.arange(len(labels_test)), labels_test]
+        result = InfluenceResult(scores, "tracin", "none", float("nan"), true, np.asarray(labels_test))
+    else:
+        k_train, k_test_train = model_kernels(fitted, X, X_test, kernel)
+        result = influence_scores(
+            k_train, k_test_train, one_vs_rest(labels, n_classes, targets), ridge, test_labels=labels_test,
+            method=method,
+        )
     return dataclasses.replace(
         result,
         kernel=kernel,
@@ -534,6 +667,7 @@ def fitted_influence(
         model=fitted.spec.name,
         width=fitted.spec.head.width,
         train_losses=fitted.losses,
+        health=fitted.health,
     )
 
 
@@ -564,8 +698,12 @@ def influence(
     """Train a model on data and return the influence of each training point on each test point.
 
     raw pixels → unit rows → (attention over the training set) → MLP head,
-    trained with optax (``train_config``; paper defaults: Adam 1e-3, batch
-    128, 500 epochs, L2 1e-3, cross-entropy) → kernel → ridge influence.
+    trained with optax (``train_config``; defaults: AdamW 1e-3 with decoupled
+    weight decay 1e-3, batch 128, 500 epochs; MSE on one ±1 output for two
+    classes, cross-entropy for more) → kernel → ridge influence. The fit's
+    training health is checked (a :class:`kernelattn.training.TrainingWarning`
+    when it did not train; an error under ``kernelattn.guards.strict()``)
+    and returned in ``result.health``.
 
     Args:
       data: a ``Dataset``-like object (``X_train``, ``labels_train``,
@@ -578,8 +716,10 @@ def influence(
       ridge: λ > 0 (default 1e-3).
       seed: seeds the initialization and the shuffles.
       kernel: "empirical" (default: the NTK of the trained width-m network,
-        the finite-width object the paper studies) or "infinite" (closed-form
-        NTK of the head on the same features).
+        the finite-width object the paper studies), "empirical-init" (its
+        NTK at initialization), "infinite" (closed-form NTK of the head on
+        the same features) or "tracin" (the trained network's own loss
+        gradients, :func:`tracin_scores`; ``method`` and ``ridge`` unused).
       method: "loo" (exact leave-one-out, default) or "if" (influence function).
       targets: one-vs-rest ridge targets "pm1" (default) or "onehot".
       train_config: ``TrainConfig`` or dict of its fields.
@@ -598,11 +738,13 @@ def influence(
     config = as_train_config(train_config)
     keys = split_keys(seed)
     split = resolve_data(data, X=X, y=y, X_test=X_test, y_test=y_test)
-    spec = resolve_model(model, width, split.n_classes, dtype)
-    fitted = fit_model(spec, split.X, split.onehot(), key_init=keys["init"], key_train=keys["train"], config=config)
+    spec = resolve_model(model, width, config.out_dim(split.n_classes), dtype)
+    fitted = fit_model(spec, split.X, split.train_targets(config), key_init=keys["init"], key_train=keys["train"],
+                       config=config)
+    fitted = assess_fit(fitted, split, config, what=fit_label(spec, seed))
     result = fitted_influence(
         fitted, split.X, split.labels, split.X_test, split.labels_test,
-        n_classes=split.n_classes, ridge=ridge, kernel=kernel, method=method, targets=targets,
+        n_classes=split.n_classes, ridge=ridge, kernel=kernel, method=method, targets=targets, train_config=config,
     )
     return dataclasses.replace(result, seed=int(seed))
 

@@ -43,6 +43,7 @@ import functools
 import math
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -54,10 +55,12 @@ from kernelattn import memory
 from kernelattn._precision import resolve_dtype
 from kernelattn._validation import check_choice, check_int, check_real
 from kernelattn.attacks import (
+    ATTACK_TARGETS,
     ATTACKS,
     AttackConfig,
     as_attack_config,
     check_in_bounds,
+    kernel_predictor_loss,
     kernel_ridge_loss,
     model_loss,
     pgd,
@@ -70,8 +73,11 @@ from kernelattn.influence import (
     FittedModel,
     HeadModel,
     InfluenceResult,
+    RIDGE_KERNELS,
     TrainTest,
     as_train_config,
+    assess_fit,
+    fit_label,
     fit_model,
     fitted_influence,
     kernel_function,
@@ -82,9 +88,15 @@ from kernelattn.influence import (
     warn_if_normalized,
 )
 from kernelattn.models import canonical_model_name
-from kernelattn.training import TrainConfig, loss_value, make_optimizer
+from kernelattn.training import TrainConfig, class_targets, loss_value, make_optimizer
 
-INTERVENTIONS = ("adversarial", "transformed", "curated")
+INTERVENTIONS = ("adversarial", "transformed", "test", "curated")
+#: Null baselines: no perturbation, the network retrained with another initialization and data order
+#: ("seed"), with another data order only ("order"), or with the very same keys ("rerun": exactly 0,
+#: a determinism check).
+NULL_KINDS = ("seed", "order", "rerun")
+#: Folded into the PRNG keys of a null refit (any fixed constant: it only has to differ from the fit's).
+_NULL_FOLD = 7919
 TRAININGS = ("standard", "pgd-at")
 EPSILON_SWEEP = (0.1, 0.2, 0.3, 0.5)
 
@@ -194,14 +206,15 @@ def adversarial_fit(
     initial = spec.init(key_init, spec.features(x, x))
     params, rest = initial["params"], {k: v for k, v in initial.items() if k != "params"}
     if config.epochs == 0:
-        return FittedModel(spec, initial, initial, np.zeros(0), "pgd-at")
+        return FittedModel(spec, initial, initial, np.zeros(0), "pgd-at", config.resolved_loss(y.shape[1]))
     opt_state = make_optimizer(config).init(params)
     eta = attack_config.resolved_step_size("pgd", epsilon)
     params, losses = _adversarial_epochs(
         spec, config, attack_config, min(config.batch_size, x.shape[0]), params, rest, opt_state, x, y,
         jax.random.split(key_train, config.epochs), jnp.asarray(epsilon, dtype), jnp.asarray(eta, dtype),
     )
-    return FittedModel(spec, {"params": params, **rest}, initial, np.asarray(losses, np.float64), "pgd-at")
+    return FittedModel(spec, {"params": params, **rest}, initial, np.asarray(losses, np.float64), "pgd-at",
+                       config.resolved_loss(y.shape[1]))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
@@ -268,7 +281,7 @@ class Experiment:
 
 
 def _fit(spec, X, labels, n_classes, *, keys, config, training, at_epsilon, attack_config) -> FittedModel:
-    targets = np.eye(n_classes)[labels]
+    targets = class_targets(labels, n_classes, config.out_dim(n_classes))
     if training == "standard":
         return fit_model(spec, X, targets, key_init=keys["init"], key_train=keys["train"], config=config)
     return adversarial_fit(
@@ -313,14 +326,18 @@ def prepare(
     attack_config = as_attack_config(attack_config)
     keys = split_keys(seed)
     split = resolve_data(data, X=X, y=y, X_test=X_test, y_test=y_test)
-    spec = resolve_model(model, width, split.n_classes, dtype)
+    if kernel not in RIDGE_KERNELS and attack_config.target == "kernel":
+        raise ValueError(f"attack_config.target: 'kernel' attacks a kernel ridge predictor, but kernel={kernel!r} "
+                         f"has none; expected kernel in {list(RIDGE_KERNELS)} or target 'model'")
+    spec = resolve_model(model, width, config.out_dim(split.n_classes), dtype)
     fitted = _fit(
         spec, split.X, split.labels, split.n_classes, keys=keys, config=config, training=training,
         at_epsilon=at_epsilon, attack_config=attack_config,
     )
+    fitted = assess_fit(fitted, split, config, what=fit_label(spec, seed, training))
     clean = fitted_influence(
         fitted, split.X, split.labels, split.X_test, split.labels_test, n_classes=split.n_classes,
-        ridge=ridge, kernel=kernel, method=influence, targets=targets,
+        ridge=ridge, kernel=kernel, method=influence, targets=targets, train_config=config,
     )
     return Experiment(
         split, fitted, dataclasses.replace(clean, seed=int(seed)), kernel, ridge, influence, targets, config,
@@ -334,7 +351,9 @@ class MalleabilityReport:
 
     Attributes:
       model, kernel, influence, training, intervention, attack: what was run
-        (``attack`` is "none" for the curated intervention).
+        (``attack`` is "none" for the curated intervention and the null
+        baselines, whose ``intervention`` is "null-seed", "null-order" or
+        "null-rerun").
       epsilon, tau, ridge, seed, width: settings.
       n_train, n_test: sizes of the clean split.
       top_k: k = ⌈τ n'⌉ points per test point entering flip rate and overlap.
@@ -351,6 +370,13 @@ class MalleabilityReport:
       retrain: whether the network was retrained on the perturbed data.
       seconds: wall time of the measurement (attack + rebuild), excluding the
         clean training.
+      attack_effective: False when the attack raised its objective by less
+        than ``attacks.NO_OP_GAIN`` (a "no-op"; flagged in tables and
+        figures), None when nothing was attacked.
+      health: the clean fit's training health (``TrainingHealth.to_dict()``;
+        for a null baseline, the null refit's), None when unknown.
+      null: the null baseline measured beside this report (see
+        :func:`measure_null`), or None.
     """
 
     model: str
@@ -384,6 +410,14 @@ class MalleabilityReport:
     factorization: tuple[str, str]
     retrain: bool
     seconds: float
+    attack_effective: bool | None = None
+    health: dict | None = None
+    null: MalleabilityReport | None = None
+
+    @property
+    def excess_flip_rate(self) -> float:
+        """flip_rate − null.flip_rate (NaN without a null baseline)."""
+        return self.flip_rate - self.null.flip_rate if self.null is not None else math.nan
 
     @property
     def I(self) -> np.ndarray:  # noqa: E743, N802
@@ -398,7 +432,7 @@ class MalleabilityReport:
     _SCALARS = (
         "model", "kernel", "influence", "training", "intervention", "attack", "epsilon", "tau", "ridge",
         "seed", "width", "n_train", "n_test", "top_k", "flip_rate", "flip_rate_std", "spearman",
-        "spearman_std", "topk_overlap", "topk_overlap_std", "retrain", "seconds",
+        "spearman_std", "topk_overlap", "topk_overlap_std", "retrain", "seconds", "attack_effective",
     )
 
     def to_dict(self, arrays: bool = False) -> dict:
@@ -407,6 +441,10 @@ class MalleabilityReport:
         out = {name: getattr(self, name) for name in self._SCALARS}
         out["perturbation"] = dict(self.perturbation)
         out["factorization"] = list(self.factorization)
+        out["health"] = None if self.health is None else dict(self.health)
+        if self.null is not None:
+            out["null_flip_rate"] = self.null.flip_rate
+            out["null_kind"] = self.null.intervention
         if arrays:
             out["flip_rates"] = self.flip_rates.tolist()
             out["spearmans"] = self.spearmans.tolist()
@@ -423,6 +461,9 @@ class MalleabilityReport:
 
         summary = {name: getattr(self, name) for name in self._SCALARS}
         summary.update({f"perturbation_{k}": v for k, v in self.perturbation.items()})
+        summary.update({f"health_{k}": v for k, v in (self.health or {}).items()})
+        if self.null is not None:
+            summary.update(null_flip_rate=self.null.flip_rate, excess_flip_rate=self.excess_flip_rate)
         if not per_test:
             return pd.DataFrame([summary])
         frame = pd.DataFrame(
@@ -438,16 +479,30 @@ class MalleabilityReport:
         return frame
 
 
-@functools.lru_cache(maxsize=16)
-def _attack_loss(experiment: Experiment, config: AttackConfig):
-    """The attack objective of an experiment: one function object per (experiment, config),
-    so repeated measurements (ε sweeps, interventions) reuse the compiled attack."""
+@functools.lru_cache(maxsize=32)
+def _attack_loss(experiment: Experiment, config: AttackConfig, on: str = "train"):
+    """The attack objective of an experiment, as a function of the training inputs (``on="train"``)
+    or of the test inputs (``on="test"``, the training set fixed and clean).
+
+    One function object per (experiment, config, on), so repeated measurements (ε sweeps,
+    interventions) reuse the compiled attack.
+    """
     fitted, split = experiment.fitted, experiment.split
     if config.target == "kernel":
+        kernel_fn = kernel_function(fitted, experiment.kernel)
         targets = one_vs_rest(split.labels, split.n_classes, experiment.targets)
-        return kernel_ridge_loss(kernel_function(fitted, experiment.kernel), targets, experiment.ridge)
-    loss = experiment.train_config.resolved_loss(split.n_classes)
-    return model_loss(lambda x: fitted.outputs(x, x), split.onehot(), loss)
+        if on == "train":
+            return kernel_ridge_loss(kernel_fn, targets, experiment.ridge)
+        x = jnp.asarray(split.X, fitted.spec.dtype)
+        k = np.asarray(kernel_fn(x), np.float64)
+        alpha = jnp.asarray(np.linalg.solve((k + k.T) / 2 + experiment.ridge * np.eye(len(k)), targets), x.dtype)
+        return kernel_predictor_loss(lambda x_star: kernel_fn(x_star, x) @ alpha,
+                                     one_vs_rest(split.labels_test, split.n_classes, experiment.targets))
+    if on == "train":
+        return model_loss(lambda x: fitted.outputs(x, x), split.train_targets(experiment.train_config), fitted.loss)
+    context = jnp.asarray(split.X, fitted.spec.dtype)
+    return model_loss(lambda x_star: fitted.outputs(x_star, context),
+                      split.train_targets(experiment.train_config, split.labels_test), fitted.loss)
 
 
 def _summary(values: np.ndarray) -> tuple[float, float]:
@@ -467,10 +522,12 @@ def measure(
     attack_config=None,
     retrain: bool = False,
 ) -> MalleabilityReport:
-    """Intervene on the training data of a prepared experiment, rebuild, and compare I' with I.
+    """Intervene on the data of a prepared experiment, rebuild, and compare I' with I.
 
     Args as in :func:`malleability`; ``attack_config`` defaults to the
-    experiment's.
+    experiment's. ``intervention="test"`` perturbs the test points instead
+    (the training set, the network and the kernel ridge fit stay clean; the
+    test points' attention features are rebuilt over the clean training set).
     """
     attack = check_choice(str(attack).lower(), "attack", ATTACKS)
     epsilon = check_real(epsilon, "epsilon", minimum=0.0)
@@ -479,65 +536,93 @@ def measure(
     config = experiment.attack_config if attack_config is None else as_attack_config(attack_config)
     if not isinstance(retrain, bool):
         raise ValueError(f"retrain: expected a bool, got {retrain!r}")
+    if experiment.kernel not in RIDGE_KERNELS and config.target == "kernel":
+        raise ValueError(f"attack_config.target: 'kernel' needs a kernel ridge influence (kernel in "
+                         f"{list(RIDGE_KERNELS)}), got kernel={experiment.kernel!r}")
     start = time.perf_counter()
     split, clean = experiment.split, experiment.clean.scores
     n = split.X.shape[0]
     influential = influential_points(clean, tau)
+    x_new, labels_new, x_test_new, columns = split.X, split.labels, split.X_test, np.arange(n)
+    attack_name, epsilon_used, effective = "none", 0.0, None
     if intervention == "curated":
         columns = np.setdiff1d(np.arange(n), influential)
         if columns.size == 0:
             raise ValueError(f"tau: removing the top-τ points must leave some training points, got tau={tau} with n={n}")
         x_new, labels_new = split.X[columns], split.labels[columns]
-        attack_name, epsilon_used = "none", 0.0
         perturbation = {"linf": 0.0, "mean_linf": 0.0, "mean_l2": 0.0, "n_perturbed": 0, "n_removed": int(influential.size)}
         intervened = influential
     else:
-        check_in_bounds(split.X, config.bounds)
+        on = "test" if intervention == "test" else "train"
+        x_attacked = split.X_test if on == "test" else split.X
+        check_in_bounds(x_attacked, config.bounds, "X_test" if on == "test" else "X")
         head = experiment.fitted.spec.head
         memory.ensure_fits(memory.attack_memory(
-            n, split.X.shape[1], width=head.width, out_dim=head.out_dim, target=config.target,
+            max(n, x_attacked.shape[0]), split.X.shape[1], width=head.width, out_dim=head.out_dim,
+            target=config.target,
             n_params=memory.head_param_count(split.X.shape[1], head.width, out_dim=head.out_dim,
                                              use_bias=head.use_bias, train_readout=head.train_readout),
         ))
-        mask = np.zeros(n, bool)
+        mask = np.zeros(x_attacked.shape[0], bool)
         mask[influential if intervention == "transformed" else slice(None)] = True
         result = run_attack(
-            _attack_loss(experiment, config), split.X, method=attack, epsilon=epsilon,
+            _attack_loss(experiment, config, on), x_attacked, method=attack, epsilon=epsilon,
             key=experiment.keys["attack"], config=config, mask=mask,
         )
-        x_new, labels_new, columns = result.x_adv, split.labels, np.arange(n)
-        attack_name, epsilon_used = attack, epsilon
+        if on == "test":
+            x_test_new = result.x_adv
+        else:
+            x_new = result.x_adv
+        attack_name, epsilon_used, effective = attack, epsilon, bool(result.effective)
         perturbation = {k: v for k, v in result.summary().items() if k not in ("method", "epsilon")}
         perturbation["target"] = config.target
         intervened = np.flatnonzero(mask)
     fitted = experiment.fitted
-    if retrain:
+    if retrain and intervention != "test":
         fitted = _fit(
             fitted.spec, x_new, labels_new, split.n_classes, keys=experiment.keys, config=experiment.train_config,
             training=experiment.training, at_epsilon=experiment.at_epsilon, attack_config=config,
         )
-    perturbed = fitted_influence(
-        fitted, x_new, labels_new, split.X_test, split.labels_test, n_classes=split.n_classes,
-        ridge=experiment.ridge, kernel=experiment.kernel, method=experiment.method, targets=experiment.targets,
+    perturbed = _influence_of(experiment, fitted, x_new, labels_new, x_test_new)
+    return _report(
+        experiment, perturbed, intervention=intervention, attack=attack_name, epsilon=epsilon_used, tau=tau,
+        columns=columns, intervened=intervened, perturbation=perturbation, retrain=retrain, start=start,
+        effective=effective, health=experiment.fitted.health,
     )
+
+
+def _influence_of(experiment: Experiment, fitted: FittedModel, X, labels, X_test) -> InfluenceResult:
+    """The experiment's influence (same kernel, method, targets) of ``fitted`` on new data."""
+    return fitted_influence(
+        fitted, X, labels, X_test, experiment.split.labels_test, n_classes=experiment.split.n_classes,
+        ridge=experiment.ridge, kernel=experiment.kernel, method=experiment.method, targets=experiment.targets,
+        train_config=experiment.train_config,
+    )
+
+
+def _report(experiment: Experiment, perturbed: InfluenceResult, *, intervention, attack, epsilon, tau, columns,
+            intervened, perturbation, retrain, start, effective, health) -> MalleabilityReport:
+    """Compare the clean influence (its ``columns``) with ``perturbed`` into a :class:`MalleabilityReport`."""
+    clean = experiment.clean.scores
     metrics = compare_influence(clean[:, columns], perturbed.scores, tau)
     flip, flip_std = _summary(metrics["flip_rate"])
     rho, rho_std = _summary(metrics["spearman"])
     overlap, overlap_std = _summary(metrics["topk_overlap"])
+    fitted = experiment.fitted
     return MalleabilityReport(
         model=fitted.spec.name,
         kernel=experiment.kernel,
         influence=experiment.method,
         training=experiment.training,
         intervention=intervention,
-        attack=attack_name,
-        epsilon=epsilon_used,
+        attack=attack,
+        epsilon=epsilon,
         tau=tau,
         ridge=experiment.ridge,
         seed=experiment.seed,
         width=fitted.spec.head.width,
-        n_train=n,
-        n_test=split.X_test.shape[0],
+        n_train=experiment.split.X.shape[0],
+        n_test=experiment.split.X_test.shape[0],
         top_k=top_count(columns.size, tau),
         flip_rate=flip,
         flip_rate_std=flip_std,
@@ -556,6 +641,51 @@ def measure(
         factorization=(experiment.clean.factorization, perturbed.factorization),
         retrain=retrain,
         seconds=time.perf_counter() - start,
+        attack_effective=effective,
+        health=None if health is None else health.to_dict(),
+    )
+
+
+def null_keys(keys: Mapping[str, jax.Array], kind: str) -> dict[str, jax.Array]:
+    """The PRNG keys of a null refit: "seed" changes the init and train keys, "order" the train
+    key (epoch shuffles; PGD-AT's starts) only, "rerun" nothing. The attack key is kept."""
+    kind = check_choice(kind, "null", NULL_KINDS)
+    keys = dict(keys)
+    if kind in ("seed", "order"):
+        keys["train"] = jax.random.fold_in(keys["train"], _NULL_FOLD)
+    if kind == "seed":
+        keys["init"] = jax.random.fold_in(keys["init"], _NULL_FOLD)
+    return keys
+
+
+def measure_null(experiment: Experiment, *, kind: str = "seed", tau: float = 0.1) -> MalleabilityReport:
+    """The null baseline of a malleability number: no perturbation, the same pipeline refitted
+    with other PRNG keys (:func:`null_keys`), and its influence compared with the experiment's.
+
+    A flip rate at or below this null cannot be told apart from retraining noise. ``kind="rerun"``
+    refits with the same keys and must give exactly 0 (determinism).
+
+    Returns:
+      A :class:`MalleabilityReport` with ``intervention = "null-<kind>"``, ``attack = "none"`` and the
+      null refit's training health.
+    """
+    kind = check_choice(kind, "null", NULL_KINDS)
+    tau = check_real(tau, "tau", minimum=0.0, maximum=1.0, strict_min=True)
+    start = time.perf_counter()
+    split, fitted = experiment.split, experiment.fitted
+    keys = null_keys(experiment.keys, kind)
+    refit = _fit(
+        fitted.spec, split.X, split.labels, split.n_classes, keys=keys, config=experiment.train_config,
+        training=experiment.training, at_epsilon=experiment.at_epsilon, attack_config=experiment.attack_config,
+    )
+    refit = assess_fit(refit, split, experiment.train_config,
+                       what=fit_label(fitted.spec, experiment.seed, experiment.training) + f", null-{kind} refit")
+    perturbed = _influence_of(experiment, refit, split.X, split.labels, split.X_test)
+    n = split.X.shape[0]
+    return _report(
+        experiment, perturbed, intervention=f"null-{kind}", attack="none", epsilon=0.0, tau=tau,
+        columns=np.arange(n), intervened=np.zeros(0, np.int64), perturbation={}, retrain=True, start=start,
+        effective=None, health=refit.health,
     )
 
 
@@ -583,6 +713,7 @@ def malleability(
     at_epsilon: float | None = None,
     targets: str = "pm1",
     retrain: bool = False,
+    null: str | None = "seed",
 ) -> MalleabilityReport:
     """Measure how far an attack on the training data moves a model's influence scores.
 
@@ -609,12 +740,17 @@ def malleability(
       ridge: λ > 0 of the kernel ridge fit (default 1e-3).
       seed: int ≥ 0; PRNG keys for init, shuffles/adversarial training and
         the attack are split from ``PRNGKey(seed)``.
-      intervention: "adversarial" (default), "transformed" or "curated".
-      kernel: "empirical" (default: NTK of the trained width-m network at its
-        trained parameters — the finite-width kernel the paper is about) or
-        "infinite" (closed-form NTK of the head on the same features).
-      train_config: ``TrainConfig`` or dict (default: the paper's Adam 1e-3,
-        batch 128, 500 epochs, L2 1e-3, cross-entropy).
+      intervention: "adversarial" (default: every training point attacked),
+        "transformed" (the top-τ points only), "test" (the test points
+        instead) or "curated" (the top-τ points removed).
+      kernel: influence source: "empirical" (default: NTK of the trained
+        width-m network at its trained parameters — the finite-width kernel
+        the paper is about), "empirical-init" (the NTK at initialization),
+        "infinite" (closed-form NTK of the head on the same features) or
+        "tracin" (the trained network's own loss gradients).
+      train_config: ``TrainConfig`` or dict (default: AdamW 1e-3 with
+        decoupled weight decay 1e-3, batch 128, 500 epochs; MSE on one ±1
+        output for two classes, cross-entropy for more).
       attack_config: ``AttackConfig`` or dict (steps 10, PGD step 2.5ε/steps
         with random start, MIM step ε/steps and μ = 1, target "model",
         bounds (0, 1)).
@@ -624,10 +760,17 @@ def malleability(
       at_epsilon: radius of adversarial training (default: ``epsilon``).
       targets: one-vs-rest ridge targets "pm1" (default) or "onehot".
       retrain: also retrain the network on the intervened data (default False).
+      null: the null baseline measured beside it (:func:`measure_null`):
+        "seed" (default), "order", "rerun", or None for none.
 
     Returns:
-      A :class:`MalleabilityReport`.
+      A :class:`MalleabilityReport` (``report.null`` holds the null
+      baseline, ``report.excess_flip_rate`` the difference; ``report.health``
+      the fit's training health, ``report.attack_effective`` whether the
+      attack moved its objective).
     """
+    if null is not None:
+        check_choice(null, "null", NULL_KINDS)
     experiment = _prepare_checked(
         data, X=X, y=y, X_test=X_test, y_test=y_test, model=model, width=width, ridge=ridge, seed=seed,
         kernel=kernel, influence=influence, targets=targets, training=training,
@@ -635,9 +778,12 @@ def malleability(
         attack_config=attack_config, dtype=dtype, attack=attack, epsilon=epsilon, tau=tau,
         intervention=intervention,
     )
-    return measure(
+    report = measure(
         experiment, attack=attack, epsilon=epsilon, tau=tau, intervention=intervention, retrain=retrain
     )
+    if null is None:
+        return report
+    return dataclasses.replace(report, null=measure_null(experiment, kind=null, tau=tau))
 
 
 def _prepare_checked(data=None, *, attack, epsilon, tau, intervention, **kwargs) -> Experiment:
@@ -648,8 +794,11 @@ def _prepare_checked(data=None, *, attack, epsilon, tau, intervention, **kwargs)
     check_choice(intervention, "intervention", INTERVENTIONS)
     split = resolve_data(data, X=kwargs["X"], y=kwargs["y"], X_test=kwargs["X_test"], y_test=kwargs["y_test"])
     config = as_attack_config(kwargs["attack_config"])
-    if intervention != "curated" or kwargs["training"] == "pgd-at":
+    if intervention == "test":
+        check_in_bounds(split.X_test, config.bounds, "X_test")
+    if intervention not in ("curated", "test") or kwargs["training"] == "pgd-at":
         check_in_bounds(split.X, config.bounds)
+    if intervention != "curated" or kwargs["training"] == "pgd-at":
         warn_if_normalized(split)
     return prepare(data, **kwargs)
 
@@ -678,6 +827,7 @@ def malleability_sweep(
     at_epsilon: float = 0.3,
     targets: str = "pm1",
     retrain: bool = False,
+    null: str | None = "seed",
     progress=None,
 ) -> list[MalleabilityReport]:
     """Grid of :func:`malleability` measurements sharing one clean fit per (model, training).
@@ -687,8 +837,11 @@ def malleability_sweep(
     0.2, 0.3, 0.5)``), ``interventions`` and ``trainings``; ``at_epsilon`` is
     the radius of PGD adversarial training (fixed across the ε grid). The
     curated intervention does not depend on the attack or ε and is measured
-    once per clean fit. ``progress``: optional callable receiving each report.
+    once per clean fit; one null baseline (``null``) per clean fit is attached
+    to each of its reports. ``progress``: optional callable receiving each report.
     """
+    if null is not None:
+        check_choice(null, "null", NULL_KINDS)
     if not attacks or not epsilons or not interventions or not models or not trainings:
         raise ValueError("models, attacks, epsilons, interventions, trainings: expected non-empty sequences")
     reports = []
@@ -701,12 +854,14 @@ def malleability_sweep(
                 epsilon=epsilons[0], tau=tau,
                 intervention="adversarial" if any(i != "curated" for i in interventions) else "curated",
             )
+            baseline = None if null is None else measure_null(experiment, kind=null, tau=tau)
             for intervention in interventions:
                 grid = [("pgd", 0.0)] if intervention == "curated" else [(a, e) for a in attacks for e in epsilons]
                 for attack, epsilon in grid:
                     report = measure(
                         experiment, attack=attack, epsilon=epsilon, tau=tau, intervention=intervention, retrain=retrain
                     )
+                    report = dataclasses.replace(report, null=baseline)
                     reports.append(report)
                     if progress is not None:
                         progress(report)
@@ -724,10 +879,14 @@ def reports_frame(reports: Sequence[MalleabilityReport]):
 
 SPEC_KEYS = (
     "name", "kind", "description", "dataset", "datasets", "models", "model", "width", "widths", "seeds", "seed",
-    "kernel", "influence_kernels", "influence_kernel", "training", "training_modes", "training_mode", "attacks", "attack", "epsilons", "epsilon",
-    "interventions", "intervention", "tau", "ridge", "influence", "targets", "retrain", "at_epsilon",
-    "attack_config", "dtype",
+    "kernel", "influence_kernels", "influence_kernel", "training", "training_modes", "training_mode", "attacks",
+    "attack", "epsilons", "epsilon", "interventions", "intervention", "tau", "ridge", "influence", "targets",
+    "retrain", "at_epsilon", "attack_config", "attack_targets", "null_baselines", "dtype", "variants",
 )
+#: Keys a variant may not override (they name the spec), plus what a variant adds: its "label" and an
+#: "n_train" applied to every dataset.
+_VARIANT_FIXED = ("name", "kind", "description", "variants")
+DEFAULT_NULLS = ("seed", "order")
 _HEAD_KEYS = {"readout": "train_readout", "sigma_w": "sigma_w", "sigma_b": "sigma_b", "sigma_a": "sigma_a"}
 
 
@@ -752,7 +911,7 @@ def _canonical_spec_model(entry):
     return canonical_model_name(entry)
 
 
-def _spec_model(entry, width: int, n_classes: int, head_options: Mapping):
+def _spec_model(entry, width: int, out_dim: int, head_options: Mapping):
     """A model name, or a ``make_model`` instance for a mapping ``{"name": ..., options}``."""
     options = {}
     for key, value in dict(head_options).items():
@@ -772,9 +931,46 @@ def _spec_model(entry, width: int, n_classes: int, head_options: Mapping):
     from kernelattn.models import make_model
 
     try:
-        return make_model(name, width, n_classes, **options)
+        return make_model(name, width, out_dim, **options)
     except TypeError as err:
         raise ValueError(f"models[]: unknown model option in {options!r} ({err})") from err
+
+
+def spec_variants(spec: Mapping) -> list[tuple[str, dict]]:
+    """The spec itself ("default") and each of its ``"variants"``, as (label, full spec) pairs.
+
+    A variant is a mapping with a unique ``"label"`` and overrides of any spec key but
+    ``name``/``kind``/``description``/``variants``; ``"n_train"`` sets every dataset's training-set
+    size. One-factor-at-a-time designs list one override per variant; a factorial block lists the
+    factors' plural keys (``"influence_kernels": [...]``, ``"interventions": [...]`` …) in one variant.
+    Cells are keyed by content, so a cell shared by several variants is computed once.
+    """
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"spec: expected a mapping, got {type(spec).__name__}")
+    base = {k: v for k, v in spec.items() if k != "variants"}
+    out = [("default", base)]
+    variants = spec.get("variants") or []
+    if not isinstance(variants, (list, tuple)):
+        raise ValueError(f"spec['variants']: expected a list of mappings, got {type(variants).__name__}")
+    for i, variant in enumerate(variants):
+        if not isinstance(variant, Mapping) or not isinstance(variant.get("label"), str) or not variant["label"]:
+            raise ValueError(f"variants[{i}]: expected a mapping with a non-empty 'label', got {variant!r}")
+        label = variant["label"]
+        if label in dict(out):
+            raise ValueError(f"variants[{i}].label: expected a unique label, got {label!r} twice")
+        overrides = {k: v for k, v in variant.items() if k != "label"}
+        fixed = sorted(set(overrides) & set(_VARIANT_FIXED))
+        if fixed:
+            raise ValueError(f"variants[{i}]: a variant cannot override {fixed}")
+        n_train = overrides.pop("n_train", None)
+        merged = {**base, **overrides}
+        if n_train is not None:
+            n_train = check_int(n_train, f"variants[{i}].n_train", minimum=2)
+            merged["datasets"] = [{**d, "n_train": n_train} if isinstance(d, Mapping) else d
+                                  for d in _spec_list(merged, "datasets", "dataset", None)]
+            merged.pop("dataset", None)
+        out.append((label, merged))
+    return out
 
 
 def run_malleability_spec(spec: Mapping, store, *, progress=None) -> list[str]:
@@ -783,33 +979,40 @@ def run_malleability_spec(spec: Mapping, store, *, progress=None) -> list[str]:
     The spec is a plain dict (e.g. parsed from ``experiments/*.json``); key
     names follow ``kernelattn.specs`` where they overlap::
 
-        {"datasets": [{"name": "digits", "n_train": 1000, "n_test": 200, "seed": 0}],
+        {"datasets": [{"name": "digits", "n_train": 1000, "n_test": 200, "seed": 0, "label": "digits"}],
                                             # or "dataset": {...}; kernelattn.data.load options
          "models": ["relu", "mlp-attn"],    # names, or {"name": "mlp-attn", "depth": 2, ...}
          "width": 1024,                     # or "widths": [256, 1024]
-         "seeds": [0],                      # a list, or a count n (0..n-1)
+         "seeds": 3,                        # a count n (0..n-1), or a list
          "kernel": {"readout": "fixed", "sigma_w": 1.0, "sigma_b": 0.0, "sigma_a": 1.0},
          "training": {"epochs": 500, ...},  # TrainConfig fields
          "training_modes": ["standard"],    # and/or "pgd-at"
          "at_epsilon": 0.3,                 # radius of PGD adversarial training
-         "influence_kernels": ["empirical"],# and/or "infinite"
+         "influence_kernels": ["empirical"],# and/or "empirical-init", "infinite", "tracin"
          "influence": "loo", "targets": "pm1", "ridge": 1e-3, "tau": 0.1, "retrain": false,
          "attacks": ["fgsm", "pgd", "mim"], "epsilons": [0.1, 0.2, 0.3, 0.5],
-         "interventions": ["adversarial"],  # and/or "transformed", "curated"
+         "interventions": ["adversarial"],  # and/or "transformed", "test", "curated"
+         "attack_targets": ["model"],       # and/or "kernel" (the loss attacked)
          "attack_config": {"steps": 10, ...},  # AttackConfig fields
+         "null_baselines": ["seed", "order"],  # no perturbation, refit with other keys
+         "variants": [{"label": "n=100", "n_train": 100}, ...],  # see spec_variants
          "dtype": "float64"}
 
     Singular keys ("model", "attack", "epsilon", "seed", …) are accepted for
     one value. Datasets are loaded with ``normalize=False`` (raw [0, 1]
     pixels; the models normalize rows themselves) unless the spec says
-    otherwise; ``label``/``target`` entries of a dataset are ignored. Each cell
-    — (dataset, model, width, seed, training mode, influence kernel,
-    intervention, attack, ε) — is one record of kind "malleability" keyed by
-    ``provenance.cell_key(cell)``; finished cells are skipped (resume) and
-    claimed cells left to their owner. One clean fit serves all cells of a
-    (dataset, model, width, seed, training mode, kernel), and is skipped when
-    they are all done. Metrics are ``MalleabilityReport.to_dict()`` plus the
-    per-test-point arrays (``flip_rates``, ``spearmans``, ``topk_overlaps``).
+    otherwise; ``label``/``target`` entries of a dataset are not part of the
+    cell. Each cell — (dataset, model, width, seed, training mode, influence
+    kernel, intervention, attack target, attack, ε), plus one null-baseline
+    cell per null kind with ``intervention = "null-<kind>"`` — is one record
+    of kind "malleability" keyed by ``provenance.cell_key(cell)``; finished
+    cells are skipped (resume) and claimed cells left to their owner. One
+    clean fit serves all cells of a (dataset, model, width, seed, training
+    mode, kernel), and is skipped when they are all done. Metrics are
+    ``MalleabilityReport.to_dict()`` plus the per-test-point arrays
+    (``flip_rates``, ``spearmans``, ``topk_overlaps``), the fit's training
+    health (``health``), the dataset's label and the labels of the variants
+    the cell belongs to (``variants``).
 
     Args:
       spec: the experiment spec (unknown keys are a ValueError naming them).
@@ -822,36 +1025,55 @@ def run_malleability_spec(spec: Mapping, store, *, progress=None) -> list[str]:
     from kernelattn import provenance
     from kernelattn.data import load
 
-    parsed = _parse_spec(spec)
-    written = []
-    for dataset in parsed["datasets"]:
-        data = None
-        for group in _spec_groups(parsed):
-            cells = [(provenance.cell_key(cell), cell) for cell in _group_cells(parsed, dataset, group)]
-            cells = [(key, cell) for key, cell in cells if not store.has(key)]
-            if not cells:
-                continue
-            data = load(**dataset, target="labels") if data is None else data
-            seed, model, width, mode, kernel = group
-            experiment = prepare(
-                data, model=_spec_model(model, width, data.n_classes, parsed["head"]), width=width,
-                ridge=parsed["ridge"], seed=seed, kernel=kernel, influence=parsed["influence"],
-                targets=parsed["targets"], training=mode, at_epsilon=parsed["at_epsilon"],
-                train_config=parsed["training"] or None, attack_config=parsed["attack_config"] or None,
-                dtype=parsed["dtype"],
-            )
-            for key, cell in cells:
-                report = _run_cell(store, key, cell, experiment, spec, parsed)
-                if report is not None:
-                    written.append(key)
-                    if progress is not None:
-                        progress(cell, report)
+    plans = [(label, _parse_spec(variant)) for label, variant in spec_variants(spec)]
+    membership: dict[str, list[str]] = {}
+    for label, parsed in plans:
+        for dataset in parsed["datasets"]:
+            for group in _spec_groups(parsed):
+                for cell in _group_cells(parsed, dataset, group):
+                    membership.setdefault(provenance.cell_key(cell), []).append(label)
+    written: list[str] = []
+    loaded: dict[str, Any] = {}
+    for _, parsed in plans:
+        for dataset, dataset_label in zip(parsed["datasets"], parsed["dataset_labels"]):
+            for group in _spec_groups(parsed):
+                cells = [(provenance.cell_key(cell), cell) for cell in _group_cells(parsed, dataset, group)]
+                cells = [(key, cell) for key, cell in cells if key not in written and not store.has(key)]
+                if not cells:
+                    continue
+                data_key = provenance.canonical_json(dataset)
+                if data_key not in loaded:
+                    loaded[data_key] = load(**dataset, target="labels")
+                data = loaded[data_key]
+                seed, model, width, mode, kernel = group
+                config = as_train_config(parsed["training"] or None)
+                experiment = prepare(
+                    data, model=_spec_model(model, width, config.out_dim(data.n_classes), parsed["head"]),
+                    width=width, ridge=parsed["ridge"], seed=seed, kernel=kernel, influence=parsed["influence"],
+                    targets=parsed["targets"], training=mode, at_epsilon=parsed["at_epsilon"], train_config=config,
+                    attack_config=parsed["attack_config"] or None, dtype=parsed["dtype"],
+                )
+                context = {"spec": spec, "parsed": parsed, "dataset_label": dataset_label}
+                for key, cell in cells:
+                    report = _run_cell(store, key, cell, experiment, context, membership.get(key, []))
+                    if report is not None:
+                        written.append(key)
+                        if progress is not None:
+                            progress(cell, report)
     return written
 
 
 def validate_spec(spec: Mapping) -> None:
-    """Check a malleability spec without running it (ValueError naming the bad key)."""
-    _parse_spec(spec)
+    """Check a malleability spec and its variants without running it (ValueError naming the bad key)."""
+    for _, variant in spec_variants(spec):
+        _parse_spec(variant)
+
+
+def _dataset_label(entry: Mapping) -> str:
+    if entry.get("label"):
+        return str(entry["label"])
+    classes = entry.get("classes")
+    return str(entry["name"]) + ("" if classes is None else " " + "-vs-".join(str(c) for c in classes))
 
 
 def _parse_spec(spec: Mapping) -> dict:
@@ -864,11 +1086,13 @@ def _parse_spec(spec: Mapping) -> dict:
     datasets = _spec_list(spec, "datasets", "dataset", None)
     if not datasets or not all(isinstance(d, Mapping) and "name" in d for d in datasets):
         raise ValueError("spec['datasets']: expected mappings with at least 'name', e.g. [{'name': 'digits'}]")
+    attack_config = dict(spec.get("attack_config") or {})
     parsed = {
         "datasets": [
             {"normalize": False, **{k: v for k, v in dict(d).items() if k not in ("label", "target")}}
             for d in datasets
         ],
+        "dataset_labels": [_dataset_label(d) for d in datasets],
         "tau": check_real(spec.get("tau", 0.1), "tau", minimum=0.0, maximum=1.0, strict_min=True),
         "ridge": check_real(spec.get("ridge", 1e-3), "ridge", minimum=0.0, strict_min=True),
         "influence": check_choice(spec.get("influence", "loo"), "influence", INFLUENCE_METHODS),
@@ -877,7 +1101,7 @@ def _parse_spec(spec: Mapping) -> dict:
         "dtype": resolve_dtype(spec.get("dtype", "float64")).name,
         "head": dict(spec.get("kernel") or {}),
         "training": dict(spec.get("training") or {}),
-        "attack_config": dict(spec.get("attack_config") or {}),
+        "attack_config": {k: v for k, v in attack_config.items() if k != "target"},
         "at_epsilon": check_real(spec.get("at_epsilon", 0.3), "at_epsilon", minimum=0.0),
         "seeds": _spec_seeds(spec),
         "models": [_canonical_spec_model(m) for m in _spec_list(spec, "models", "model", "mlp-attn")],
@@ -887,7 +1111,14 @@ def _parse_spec(spec: Mapping) -> dict:
         "attacks": [check_choice(str(a).lower(), "attacks[]", ATTACKS) for a in _spec_list(spec, "attacks", "attack", "pgd")],
         "epsilons": [check_real(e, "epsilons[]", minimum=0.0) for e in _spec_list(spec, "epsilons", "epsilon", 0.3)],
         "interventions": [check_choice(i, "interventions[]", INTERVENTIONS) for i in _spec_list(spec, "interventions", "intervention", "adversarial")],
+        "attack_targets": [check_choice(t, "attack_targets[]", ATTACK_TARGETS) for t in
+                           _spec_list(spec, "attack_targets", "attack_target", attack_config.get("target", "model"))],
+        "nulls": [check_choice(k, "null_baselines[]", NULL_KINDS) for k in
+                  (spec["null_baselines"] if "null_baselines" in spec else DEFAULT_NULLS)],
     }
+    if "kernel" in parsed["attack_targets"] and not set(parsed["kernels"]) <= set(RIDGE_KERNELS):
+        raise ValueError("attack_targets: 'kernel' needs every influence kernel in "
+                         f"{list(RIDGE_KERNELS)}, got influence_kernels {parsed['kernels']}")
     as_train_config(parsed["training"] or None)  # validate before any work
     as_attack_config(parsed["attack_config"] or None)
     return parsed
@@ -904,37 +1135,46 @@ def _spec_groups(parsed: dict):
 
 
 def _group_cells(parsed: dict, dataset: dict, group: tuple) -> list[dict]:
-    """The cells of one group: interventions × (attacks × ε, or once for "curated")."""
+    """The cells of one group: interventions × attack targets × (attacks × ε, or once for "curated"),
+    then one null-baseline cell per null kind."""
     seed, model, width, mode, kernel = group
-    cells = []
+    grid = []
     for intervention in parsed["interventions"]:
-        grid = [("none", 0.0)] if intervention == "curated" else [
-            (a, e) for a in parsed["attacks"] for e in parsed["epsilons"]
-        ]
-        for attack, epsilon in grid:
-            cells.append({
-                "dataset": dataset, "model": model, "width": width, "seed": seed, "training_mode": mode,
-                "kernel": kernel, "head": parsed["head"], "training": parsed["training"],
-                "attack_config": parsed["attack_config"],
-                "at_epsilon": parsed["at_epsilon"] if mode == "pgd-at" else None,
-                "intervention": intervention, "attack": attack, "epsilon": epsilon,
-                **{k: parsed[k] for k in ("tau", "ridge", "influence", "targets", "retrain", "dtype")},
-            })
-    return cells
+        if intervention == "curated":
+            grid.append((intervention, "none", "none", 0.0))
+            continue
+        grid += [(intervention, target, attack, epsilon) for target in parsed["attack_targets"]
+                 for attack in parsed["attacks"] for epsilon in parsed["epsilons"]]
+    grid += [(f"null-{kind}", "none", "none", 0.0) for kind in parsed["nulls"]]
+    return [{
+        "dataset": dataset, "model": model, "width": width, "seed": seed, "training_mode": mode,
+        "kernel": kernel, "head": parsed["head"], "training": parsed["training"],
+        "attack_config": parsed["attack_config"],
+        "at_epsilon": parsed["at_epsilon"] if mode == "pgd-at" else None,
+        "intervention": intervention, "attack_target": target, "attack": attack, "epsilon": epsilon,
+        **{k: parsed[k] for k in ("tau", "ridge", "influence", "targets", "retrain", "dtype")},
+    } for intervention, target, attack, epsilon in grid]
 
 
-def _run_cell(store, key: str, cell: dict, experiment: Experiment, spec: Mapping, parsed: dict):
+def _run_cell(store, key: str, cell: dict, experiment: Experiment, context: dict, variants: list[str]):
     """Claim, measure and store one cell; its report, or None when another process holds it."""
     from kernelattn.store import make_record, utc_now
 
     if not store.claim(key):
         return None
     started = utc_now()
+    parsed = context["parsed"]
     try:
-        report = measure(
-            experiment, attack="pgd" if cell["attack"] == "none" else cell["attack"], epsilon=cell["epsilon"],
-            tau=parsed["tau"], intervention=cell["intervention"], retrain=parsed["retrain"],
-        )
+        if cell["intervention"].startswith("null-"):
+            report = measure_null(experiment, kind=cell["intervention"][len("null-"):], tau=parsed["tau"])
+        else:
+            config = dataclasses.replace(
+                experiment.attack_config, target="model" if cell["attack_target"] == "none" else cell["attack_target"]
+            )
+            report = measure(
+                experiment, attack="pgd" if cell["attack"] == "none" else cell["attack"], epsilon=cell["epsilon"],
+                tau=parsed["tau"], intervention=cell["intervention"], retrain=parsed["retrain"], attack_config=config,
+            )
         # Settings live in the cell; metrics keep the results (no clashing to_frame columns).
         metrics = {k: v for k, v in report.to_dict().items() if k not in cell and k not in ("training", "seconds")}
         metrics.update(
@@ -942,9 +1182,11 @@ def _run_cell(store, key: str, cell: dict, experiment: Experiment, spec: Mapping
             spearmans=report.spearmans.tolist(),
             topk_overlaps=report.topk_overlaps_per_test.tolist(),
             final_train_loss=float(experiment.fitted.losses[-1]) if experiment.fitted.losses.size else None,
+            dataset_label=context["dataset_label"],
+            variants=list(variants),
         )
         record = make_record(
-            "malleability", cell, metrics, spec=dict(spec), seed=cell["seed"], seconds=report.seconds,
+            "malleability", cell, metrics, spec=dict(context["spec"]), seed=cell["seed"], seconds=report.seconds,
             started=started, finished=utc_now(),
         )
         store.put(key, record)

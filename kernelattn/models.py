@@ -64,6 +64,18 @@ def random_signs(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> j
     return jnp.where(jax.random.bernoulli(key, 0.5, shape), 1.0, -1.0).astype(dtype)
 
 
+def head_preactivations(config: HeadConfig, params: dict, x: jax.Array) -> jax.Array:
+    """Hidden pre-activations H = σ_w x W/√d (+ σ_b b) of the head, ``(n, m)``.
+
+    Args:
+      config: the head's ``HeadConfig``.
+      params: the head's flat variables ``{"W": (d, m), ["b": (m,)], ...}``.
+      x: ``(n, d)`` head inputs.
+    """
+    h = config.sigma_w * (x @ params["W"]) / math.sqrt(x.shape[-1])
+    return h + config.sigma_b * params["b"] if config.use_bias else h
+
+
 class MLPHead(nn.Module):
     """Two-layer ReLU network in NTK parameterization, all parameters N(0, 1).
 

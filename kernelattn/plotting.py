@@ -34,7 +34,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -451,11 +451,49 @@ def plot_condition_power(conditions: pd.DataFrame) -> Figure:
 # =========================================================================== malleability
 
 
-def _adversarial(frame: pd.DataFrame) -> pd.DataFrame:
+def _measured(frame: pd.DataFrame) -> pd.DataFrame:
+    """The malleability records that are not null baselines."""
     if frame.empty or "intervention" not in frame:
         return frame
-    adv = frame[frame["intervention"] == "adversarial"]
+    return frame[~frame["intervention"].astype(str).str.startswith("null-")]
+
+
+def _adversarial(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every training point attacked on the network's loss, influence from Θ_m at θ_T (the default
+    protocol) when such records exist; else every measured record."""
+    frame = _measured(frame)
+    if frame.empty:
+        return frame
+    mask = frame["intervention"] == "adversarial"
+    if "attack_target" in frame:
+        mask &= frame["attack_target"].isin(["model"])
+    if "influence_kernel" in frame and (frame["influence_kernel"] == "empirical").any():
+        mask &= frame["influence_kernel"] == "empirical"
+    if "variants" in frame:
+        mask &= frame["variants"].apply(lambda vs: "default" in vs)
+    adv = frame[mask]
     return adv if not adv.empty else frame
+
+
+def _null_level(malleability: pd.DataFrame, dataset: str, model: str) -> float:
+    """Mean flip rate of the "null-seed" baselines of a dataset and model (NaN when none)."""
+    if malleability.empty or "intervention" not in malleability:
+        return math.nan
+    sub = malleability[(malleability["intervention"] == "null-seed") & (malleability["dataset"] == dataset)
+                       & (malleability["model"] == model)]
+    if "influence_kernel" in sub and (sub["influence_kernel"] == "empirical").any():
+        sub = sub[sub["influence_kernel"] == "empirical"]
+    return float(sub["flip_rate"].mean()) if not sub.empty else math.nan
+
+
+def _flags(frame: pd.DataFrame) -> str:
+    """"†" when a fit behind ``frame`` did not train, "‡" when one of its attacks was a no-op."""
+    untrained = "trained" in frame and bool((~frame["trained"].astype(bool)).any())
+    no_op = "attack_effective" in frame and bool((frame["attack_effective"] == False).any())  # noqa: E712
+    return ("†" if untrained else "") + ("‡" if no_op else "")
+
+
+FLAG_CAPTION = "black ticks: null baseline (no perturbation, another seed); † fit did not train; ‡ attack no-op"
 
 
 def _closest(values: Sequence[float], target: float) -> float:
@@ -464,14 +502,23 @@ def _closest(values: Sequence[float], target: float) -> float:
 
 
 def _bars(ax, groups: list[str], series: list[tuple[str, list[float], list[float]]], colors: dict[str, str],
-          ratio_of: tuple[str, str] | None = None) -> None:
-    """Grouped bars: ``series`` = (label, heights per group, errors per group)."""
+          ratio_of: tuple[str, str] | None = None, nulls: Mapping[str, list[float]] | None = None,
+          marks: Mapping[str, list[str]] | None = None) -> None:
+    """Grouped bars: ``series`` = (label, heights per group, errors per group); optional per-label null
+    levels (a black tick across the bar) and flag marks (text above it)."""
     n = max(1, len(series))
     width = 0.8 / n
     x = np.arange(len(groups))
     for k, (label, heights, errors) in enumerate(series):
-        ax.bar(x + (k - (n - 1) / 2) * width, heights, width * 0.92, yerr=errors, color=colors.get(label, "grey"),
+        xs = x + (k - (n - 1) / 2) * width
+        ax.bar(xs, heights, width * 0.92, yerr=errors, color=colors.get(label, "grey"),
                label=label, error_kw={"linewidth": 0.7, "capsize": 1.5})
+        for g, level in enumerate((nulls or {}).get(label, [])):
+            if math.isfinite(level):
+                ax.hlines(level, xs[g] - width * 0.46, xs[g] + width * 0.46, colors="black", linewidth=1.2)
+        for g, mark in enumerate((marks or {}).get(label, [])):
+            if mark and math.isfinite(heights[g]):
+                ax.text(xs[g], heights[g] + 0.01, mark, ha="center", va="bottom", fontsize=6, color="crimson")
     if ratio_of is not None:
         base = next((s for s in series if s[0] == ratio_of[0]), None)
         other = next((s for s in series if s[0] == ratio_of[1]), None)
@@ -529,18 +576,21 @@ def plot_flip_rates(malleability: pd.DataFrame, *, epsilon: float = 0.3, colors:
         sub = frame[frame["dataset"] == dataset]
         attacks = [a for a in ("fgsm", "pgd", "mim", "none") if a in set(sub["attack"])] + \
             sorted(set(sub["attack"]) - {"fgsm", "pgd", "mim", "none"})
-        series = []
+        series, nulls, marks = [], {}, {}
         for model in _models(sub):
             stats = [_mean_err(sub[(sub["model"] == model) & (sub["attack"] == a)]) for a in attacks]
             series.append((model, [s[0] for s in stats], [s[1] for s in stats]))
-        _bars(ax, [a.upper() for a in attacks], series, colors, ratio_of=("2L-ReLU", "MLP-Attn"))
+            nulls[model] = [_null_level(malleability, dataset, model)] * len(attacks)
+            marks[model] = [_flags(sub[(sub["model"] == model) & (sub["attack"] == a)]) for a in attacks]
+        _bars(ax, [a.upper() for a in attacks], series, colors, ratio_of=("2L-ReLU", "MLP-Attn"), nulls=nulls,
+              marks=marks)
         ax.set_ylim(0, 1.05)
         _panel_label(ax, f"{dataset}, ε = {fmt_eps(eps)}")
         if j == 0:
             ax.set_ylabel("flip rate (top-10 % by |influence|)")
         ax.set_xlabel("attack")
     axes[0, 0].legend(loc="upper left")
-    fig.supxlabel(_err_note(frame, ["dataset", "attack", "model"]), fontsize=6)
+    fig.supxlabel(_err_note(frame, ["dataset", "attack", "model"]) + "; " + FLAG_CAPTION, fontsize=6)
     return fig
 
 
@@ -883,13 +933,14 @@ def figures_for(frames) -> Iterator[tuple[str, str, Figure]]:
             yield (f"{store}_ntk_distance", f"Function-space distance to the NTK predictor after training ({store}).",
                    plot_ntk_distance(t, colors=colors))
         m = frames.malleability[frames.malleability["store"] == store] if not frames.malleability.empty else None
-        if m is not None and not m.empty:
+        measured = _adversarial(m) if m is not None else None
+        if m is not None and not measured.empty:
             made = False
-            if m["epsilon"].nunique() >= 2:
+            if measured["epsilon"].nunique() >= 2:
                 made = True
                 yield (f"{store}_epsilon", f"Flip rate against the attack radius ε ({store}).",
                        plot_epsilon_sweep(m, colors=colors))
-            if m["training_mode"].nunique() >= 2:
+            if measured["training_mode"].nunique() >= 2:
                 made = True
                 yield (f"{store}_adversarial_training", f"Standard vs PGD adversarial training ({store}).",
                        plot_adversarial_training(m, colors=colors))
@@ -901,6 +952,6 @@ def figures_for(frames) -> Iterator[tuple[str, str, Figure]]:
                 made = True
                 yield (f"{store}_kappa", f"Malleability gap against κ(G), synthetic data ({store}).",
                        plot_kappa_sweep(malleability=m, colors=colors))
-            if m["attack"].nunique() >= 2 or not made:
+            if measured["attack"].nunique() >= 2 or not made:
                 yield (f"{store}_flip_rates", f"Influence flip rates per attack and model ({store}).",
                        plot_flip_rates(m, colors=colors))

@@ -750,8 +750,9 @@ class TrainingOptions:
     """``kernelattn.training.TrainConfig`` fields plus the NTK predictor's time.
 
     Attributes:
-      learning_rate, batch_size, epochs, weight_decay, loss: as in TrainConfig
-        (paper defaults; 500 epochs).
+      learning_rate, batch_size, epochs, weight_decay, loss,
+        weight_decay_mode: as in TrainConfig (paper defaults; 500 epochs;
+        decoupled weight decay).
       ntk_time: gradient-flow time t of the NTK predictor (in steps of η = 1),
         or None for t → ∞ (kernel ridge regression with the spec's ridge).
     """
@@ -762,12 +763,14 @@ class TrainingOptions:
     weight_decay: float = 1e-3
     loss: str = "auto"
     ntk_time: float | None = None
+    weight_decay_mode: str = "decoupled"
 
     def train_config(self):
         """The ``kernelattn.training.TrainConfig``."""
         from kernelattn.training import TrainConfig
 
-        return TrainConfig(self.learning_rate, self.batch_size, self.epochs, self.weight_decay, self.loss)
+        return TrainConfig(self.learning_rate, self.batch_size, self.epochs, self.weight_decay, self.loss,
+                           self.weight_decay_mode)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -780,6 +783,7 @@ _TRAINING_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "weight_decay": lambda v, p: _real(v, p, minimum=0.0),
     "loss": lambda v, p: _choice(v, p, LOSSES),
     "ntk_time": _optional(lambda v, p: _real(v, p, minimum=0.0)),
+    "weight_decay_mode": lambda v, p: _choice(v, p, ("decoupled", "coupled")),
 }
 
 

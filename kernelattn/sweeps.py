@@ -1037,6 +1037,9 @@ def _train_cell(spec: Spec, group: _Group, cell: Cell, f_ntk: np.ndarray) -> dic
     f_m = np.asarray(apply_fn(result.params, jnp.asarray(x_test, dtype)), np.float64)
     out: dict[str, Any] = {"loss": loss, "epochs": config.epochs, "loss_m": final_loss(apply_fn, result.params),
                            "f_ntk_norm": float(np.linalg.norm(f_ntk))}
+    if data.labels_test is not None:
+        out.update(_fit_health(apply_fn, params, result.params, rest if group.features is not None else None,
+                               module, x_train, y, f_m, data.labels_test, loss, dtype))
     metrics = spec.metrics
     if "ntk_distance" in metrics:
         out["ntk_distance"] = M.relative_error(f_m, f_ntk)
@@ -1054,6 +1057,25 @@ def _train_cell(spec: Spec, group: _Group, cell: Cell, f_ntk: np.ndarray) -> dic
         if f_lin is not None:
             out["acc_lin"] = M.accuracy(f_lin, data.labels_test)
     return out
+
+
+def _fit_health(apply_fn, params0, params, rest, module, x_train, y, f_test, labels_test, loss, dtype) -> dict:
+    """Training health (``kernelattn.training.training_health``) of a sweep fit, as ``health_*`` metrics;
+    the ReLU-pattern diagnostics need the head's variables (``rest`` not None)."""
+    from kernelattn.models import head_preactivations
+    from kernelattn.training import predicted_labels, training_health
+
+    x = jnp.asarray(x_train, dtype)
+    hidden = hidden0 = None
+    if rest is not None:
+        hidden = np.asarray(head_preactivations(module.config, {**params, **rest.get("constants", {})}, x))
+        hidden0 = np.asarray(head_preactivations(module.config, {**params0, **rest.get("constants", {})}, x))
+    health = training_health(
+        loss=loss, targets=y, labels=predicted_labels(y), outputs=np.asarray(apply_fn(params, x)), params=params,
+        initial_params=params0, hidden=hidden, hidden_initial=hidden0, features=np.asarray(x_train),
+        labels_test=labels_test, outputs_test=f_test,
+    )
+    return {f"health_{k}": v for k, v in health.to_dict().items()} | {"trained": health.trained}
 
 
 def _progress_enabled(progress: bool) -> bool:
