@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -43,6 +44,19 @@ def test_version_is_the_one_in_pyproject():
     assert kernelattn.__version__ == version
     init = (ROOT / "kernelattn" / "__init__.py").read_text()
     assert f'"{version}"' not in init  # read from the metadata, not repeated here
+
+
+def test_citation_and_changelog_name_the_same_version():
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    citation = (ROOT / "CITATION.cff").read_text(encoding="utf-8")
+    assert re.search(r"^cff-version: 1\.2\.0$", citation, flags=re.M)
+    assert re.findall(r"^version: (\S+)$", citation, flags=re.M) == [version]
+    assert "arXiv:2603.13085" in citation
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert "## [Unreleased]" in changelog and f"## [{version}]" in changelog
+    assert (ROOT / "kernelattn" / "py.typed").is_file()
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"] == {
+        "kernelattn": ["py.typed"]}
 
 
 def test_import_and_help_load_no_jax():
