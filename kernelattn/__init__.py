@@ -3,119 +3,163 @@
 Reproduces and extends arXiv 2603.13085: parameter-free linearized attention
 turns the Gram matrix G into G³, cubing its condition number, so the network
 cannot reach the kernel regime at any practical width.
+
+Every name in ``__all__`` (and every submodule, e.g. ``kernelattn.guards``)
+is an attribute of the package, loaded on first use (PEP 562): importing
+``kernelattn`` itself loads neither JAX nor the rest of the package, so the
+``kernelattn`` command answers ``--help`` and ``--version`` at once.
 """
 
-from kernelattn import data
-from kernelattn._precision import enable_x64, x64_enabled
-from kernelattn.attacks import AttackConfig, AttackResult, fgsm, mim, pgd, run_attack
-from kernelattn.data import Dataset
-from kernelattn.distributed import (
-    device_mesh,
-    initialize_distributed,
-    local_device_count,
-    sharded_streaming_head_ntk,
-    sharded_structured_head_ntk,
-)
-from kernelattn.guards import KernelError, KernelWarning, check_kernel
-from kernelattn.kernels.analytic import Kernel, head_kernels, qkv_attention_nngp
-from kernelattn.kernels.empirical import (
-    empirical_ntk,
-    empirical_ntk_fn,
-    head_variables,
-    model_apply_fn,
-    streaming_head_ntk,
-    structured_head_ntk,
-)
-from kernelattn.kernels.gram import ConditionReport, condition_report, gram, gram_spectrum, numerical_rank
-from kernelattn.models import (
-    AttentionMLP,
-    HeadConfig,
-    MLPHead,
-    QKVAttention,
-    QKVAttentionMLP,
-    TwoLayerReLU,
-    make_model,
-)
-from kernelattn.memory import MemoryPlanError, plan_width_chunk
-from kernelattn.specs import Spec, SpecError, load_spec
-from kernelattn.store import ResultStore, StoreCorruptError, StoreError
-from kernelattn.sweeps import SweepResults, format_summary, load_results, run_sweep
-from kernelattn.training import TrainConfig, linearize, ntk_predictor, train
-from kernelattn.transforms import AttentionConfig, linear_attention
+from __future__ import annotations
 
-# The two functions below share their names with their modules, as the API
-# promises ``kernelattn.influence(...)`` and ``kernelattn.malleability(...)``;
-# use ``from kernelattn.influence import ...`` to reach the modules' contents.
-from kernelattn.influence import InfluenceResult, influence_scores  # isort: skip
-from kernelattn.influence import influence  # isort: skip  # noqa: E402
-from kernelattn.malleability import MalleabilityReport, malleability_sweep, run_malleability_spec  # isort: skip
-from kernelattn.malleability import malleability  # isort: skip  # noqa: E402
+import importlib
+import importlib.util
+import sys
+import types
+from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`` loads each name
+    from kernelattn import data
+    from kernelattn._precision import enable_x64, x64_enabled
+    from kernelattn.attacks import AttackConfig, AttackResult, fgsm, mim, pgd, run_attack
+    from kernelattn.data import Dataset
+    from kernelattn.distributed import (
+        device_mesh,
+        initialize_distributed,
+        local_device_count,
+        sharded_streaming_head_ntk,
+        sharded_structured_head_ntk,
+    )
+    from kernelattn.guards import KernelError, KernelWarning, check_kernel
+    from kernelattn.influence import InfluenceResult, influence, influence_scores
+    from kernelattn.kernels.analytic import Kernel, head_kernels, qkv_attention_nngp
+    from kernelattn.kernels.empirical import (
+        empirical_ntk,
+        empirical_ntk_fn,
+        head_variables,
+        model_apply_fn,
+        streaming_head_ntk,
+        structured_head_ntk,
+    )
+    from kernelattn.kernels.gram import ConditionReport, condition_report, gram, gram_spectrum, numerical_rank
+    from kernelattn.malleability import MalleabilityReport, malleability, malleability_sweep, run_malleability_spec
+    from kernelattn.memory import MemoryPlanError, plan_width_chunk
+    from kernelattn.models import (
+        AttentionMLP,
+        HeadConfig,
+        MLPHead,
+        QKVAttention,
+        QKVAttentionMLP,
+        TwoLayerReLU,
+        make_model,
+    )
+    from kernelattn.specs import Spec, SpecError, load_spec
+    from kernelattn.store import ResultStore, StoreCorruptError, StoreError
+    from kernelattn.sweeps import SweepResults, format_summary, load_results, run_sweep
+    from kernelattn.training import TrainConfig, linearize, ntk_predictor, train
+    from kernelattn.transforms import AttentionConfig, linear_attention
 
-__all__ = [
-    "AttackConfig",
-    "AttackResult",
-    "Dataset",
-    "InfluenceResult",
-    "KernelError",
-    "KernelWarning",
-    "MalleabilityReport",
-    "MemoryPlanError",
-    "ResultStore",
-    "Spec",
-    "SpecError",
-    "StoreCorruptError",
-    "StoreError",
-    "SweepResults",
-    "TrainConfig",
-    "check_kernel",
-    "data",
-    "device_mesh",
-    "initialize_distributed",
-    "local_device_count",
-    "sharded_streaming_head_ntk",
-    "sharded_structured_head_ntk",
-    "fgsm",
-    "format_summary",
-    "influence",
-    "influence_scores",
-    "linearize",
-    "load_results",
-    "load_spec",
-    "malleability",
-    "malleability_sweep",
-    "mim",
-    "ntk_predictor",
-    "pgd",
-    "plan_width_chunk",
-    "run_attack",
-    "run_malleability_spec",
-    "run_sweep",
-    "train",
-    "AttentionConfig",
-    "AttentionMLP",
-    "ConditionReport",
-    "HeadConfig",
-    "Kernel",
-    "MLPHead",
-    "QKVAttention",
-    "QKVAttentionMLP",
-    "TwoLayerReLU",
-    "condition_report",
-    "empirical_ntk",
-    "empirical_ntk_fn",
-    "enable_x64",
-    "gram",
-    "gram_spectrum",
-    "head_kernels",
-    "head_variables",
-    "linear_attention",
-    "make_model",
-    "model_apply_fn",
-    "numerical_rank",
-    "qkv_attention_nngp",
-    "streaming_head_ntk",
-    "structured_head_ntk",
-    "x64_enabled",
-]
+#: Where each public name is defined, grouped by module.
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "kernelattn._precision": ("enable_x64", "x64_enabled"),
+    "kernelattn.attacks": ("AttackConfig", "AttackResult", "fgsm", "mim", "pgd", "run_attack"),
+    "kernelattn.data": ("Dataset",),
+    "kernelattn.distributed": (
+        "device_mesh",
+        "initialize_distributed",
+        "local_device_count",
+        "sharded_streaming_head_ntk",
+        "sharded_structured_head_ntk",
+    ),
+    "kernelattn.guards": ("KernelError", "KernelWarning", "check_kernel"),
+    "kernelattn.influence": ("InfluenceResult", "influence", "influence_scores"),
+    "kernelattn.kernels.analytic": ("Kernel", "head_kernels", "qkv_attention_nngp"),
+    "kernelattn.kernels.empirical": (
+        "empirical_ntk",
+        "empirical_ntk_fn",
+        "head_variables",
+        "model_apply_fn",
+        "streaming_head_ntk",
+        "structured_head_ntk",
+    ),
+    "kernelattn.kernels.gram": ("ConditionReport", "condition_report", "gram", "gram_spectrum", "numerical_rank"),
+    "kernelattn.malleability": ("MalleabilityReport", "malleability", "malleability_sweep", "run_malleability_spec"),
+    "kernelattn.memory": ("MemoryPlanError", "plan_width_chunk"),
+    "kernelattn.models": (
+        "AttentionMLP",
+        "HeadConfig",
+        "MLPHead",
+        "QKVAttention",
+        "QKVAttentionMLP",
+        "TwoLayerReLU",
+        "make_model",
+    ),
+    "kernelattn.specs": ("Spec", "SpecError", "load_spec"),
+    "kernelattn.store": ("ResultStore", "StoreCorruptError", "StoreError"),
+    "kernelattn.sweeps": ("SweepResults", "format_summary", "load_results", "run_sweep"),
+    "kernelattn.training": ("TrainConfig", "linearize", "ntk_predictor", "train"),
+    "kernelattn.transforms": ("AttentionConfig", "linear_attention"),
+}
+_ORIGIN: dict[str, str] = {name: module for module, names in _EXPORTS.items() for name in names}
+#: Functions named like the submodule defining them: the API promises
+#: ``kernelattn.influence(...)`` and ``kernelattn.malleability(...)``; use
+#: ``from kernelattn.influence import ...`` to reach the modules' contents.
+_SHADOWED = ("influence", "malleability")
+
+__all__ = ["data", *sorted(_ORIGIN)]
+
+
+def _read_version() -> str:
+    """The package version, whose one source is ``pyproject.toml``.
+
+    Read from the installed distribution's metadata; in a source tree that
+    is not installed, from the ``pyproject.toml`` beside the package; else
+    ``"0+unknown"``.
+    """
+    from importlib import metadata
+
+    try:
+        return metadata.version("kernelattn")
+    except metadata.PackageNotFoundError:
+        pass
+    import tomllib
+    from pathlib import Path
+
+    try:
+        pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+        return str(pyproject["project"]["version"])
+    except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError):
+        return "0+unknown"
+
+
+__version__ = _read_version()
+
+
+def __getattr__(name: str):
+    """Load a public name or a submodule on first access, then keep it as a plain attribute."""
+    module = _ORIGIN.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+    elif not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """The package's module type: importing the submodule ``kernelattn.influence``
+    (or ``.malleability``) binds the function of that name, not the submodule."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

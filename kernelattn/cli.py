@@ -3,6 +3,10 @@
 Subcommands are registered below, one small ``_cmd_*`` function each; every
 one validates at the edge (the library raises ``ValueError`` naming the bad
 argument) and maps errors to a one-line message and exit code 2.
+
+Imports of JAX and of the package's numerical modules are deferred into the
+``_cmd_*`` handlers (and ``main`` after parsing): importing them takes seconds,
+and ``kernelattn --help``, ``--version`` or a usage error must answer at once.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import math
 import sys
 import warnings
 
-from kernelattn._precision import enable_x64
+from kernelattn import __version__
 
 EXIT_USAGE = 2
 
@@ -218,6 +222,7 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``kernelattn``."""
     parser = argparse.ArgumentParser(prog="kernelattn", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = commands.add_parser("data", help="dataset information").add_subparsers(dest="data_command",
@@ -279,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``kernelattn`` script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from kernelattn._precision import enable_x64
+
     enable_x64()
     try:
         return args.handler(args)

@@ -22,6 +22,8 @@ float64 and with one ``eigvalsh``:
 (``kernelattn.linalg.factorize``: "cholesky" or "eigh-clipped") and,
 optionally, the backward error of a solution. :func:`check_condition` checks a
 *predicted* κ before anything is computed (κ_d(G)^(2k+1) for depth-k attention).
+:func:`check_symmetry` checks only the symmetry error, in O(n²), for a solver
+about to replace K by (K + Kᵀ)/2 (``kernelattn.linalg.factorize``).
 
 Reporting policy
 ----------------
@@ -79,6 +81,7 @@ __all__ = [
     "check_condition",
     "check_kernel",
     "check_solve",
+    "check_symmetry",
     "collect",
     "current_policy",
     "policy",
@@ -475,14 +478,7 @@ def _analyse(
     symmetry_error = None
     if symmetric:
         symmetry_error = float(np.linalg.norm(kd - kd.T)) / norm
-        tol = pol.symmetry_rtol if pol.symmetry_rtol is not None else 1e3 * eps
-        if symmetry_error > tol:
-            problems.append(Problem("asymmetric", (
-                f"{where} is not symmetric: ‖K − Kᵀ‖_F/‖K‖_F = {_g(symmetry_error)} > {_g(tol)} "
-                f"(round-off in {dtype}). A train × train NTK or Gram matrix is symmetric by construction and "
-                "solvers use (K + Kᵀ)/2, which changes this K materially. Remedy: make sure both arguments are "
-                "the same training set in the same order (x2 = x1), or pass symmetric=False, psd=False for a "
-                "cross (test × train) kernel."), symmetry_error))
+        problems += _asymmetry(symmetry_error, where, dtype, pol, cross_remedy=True)
 
     if not (square and (psd or requested != "entries")):
         return KernelDiagnostics(**base, symmetry_error=symmetry_error, problems=tuple(problems))
@@ -574,6 +570,20 @@ def _analyse(
     return KernelDiagnostics(**base, symmetry_error=symmetry_error, **out, problems=tuple(problems))
 
 
+def _asymmetry(symmetry_error: float, where: str, dtype: str, pol: GuardPolicy, *, cross_remedy: bool) -> list[Problem]:
+    """The "asymmetric" problem when ‖K − Kᵀ‖_F/‖K‖_F exceeds the policy's tolerance
+    (``symmetry_rtol``, default 1000·eps(dtype): round-off); else none."""
+    tol = pol.symmetry_rtol if pol.symmetry_rtol is not None else 1e3 * _eps(dtype)
+    if not symmetry_error > tol:
+        return []
+    cross = ", or pass symmetric=False, psd=False for a cross (test × train) kernel" if cross_remedy else ""
+    return [Problem("asymmetric", (
+        f"{where} is not symmetric: ‖K − Kᵀ‖_F/‖K‖_F = {_g(symmetry_error)} > {_g(tol)} "
+        f"(round-off in {dtype}). A train × train NTK or Gram matrix is symmetric by construction and "
+        "solvers use (K + Kᵀ)/2, which changes this K materially. Remedy: make sure both arguments are "
+        f"the same training set in the same order (x2 = x1){cross}."), symmetry_error)]
+
+
 def _report(diag: KernelDiagnostics, pol: GuardPolicy, stacklevel: int) -> KernelDiagnostics:
     """Apply the policy to ``diag``'s problems; ``stacklevel`` is relative to ``_report``'s caller's caller."""
     problems = tuple(p for p in diag.problems if p.kind not in pol.ignore)
@@ -659,6 +669,43 @@ def check_kernel(
     pol = _resolve_policy(policy)
     diag = _analyse(matrix, name=name, dtype=dtype, requested=requested, symmetric=symmetric, psd=psd, ridge=ridge,
                     eig=eig, eigenvalues=eigenvalues, pol=pol)
+    return _report(diag, pol, stacklevel)
+
+
+def check_symmetry(
+    k: Any,
+    *,
+    name: str,
+    dtype=None,
+    policy: GuardPolicy | str | None = None,
+    stacklevel: int = 2,
+) -> KernelDiagnostics:
+    """Check only that a square kernel is symmetric up to round-off: O(n²), no eigenvalues.
+
+    For solvers about to replace K by (K + Kᵀ)/2: an "asymmetric" problem,
+    naming ‖K − Kᵀ‖_F/‖K‖_F, when that exceeds the policy's ``symmetry_rtol``
+    (default 1000·eps(dtype)), reported like every other problem (a
+    :class:`KernelWarning`, or :class:`KernelError` under ``strict()``).
+
+    Args:
+      k: ``(n, n)`` kernel (or ``(n, n, C, C)``, checked as ``(n·C, n·C)``).
+      name, dtype, policy, stacklevel: as in :func:`check_kernel`.
+
+    Returns:
+      :class:`KernelDiagnostics` with ``symmetry_error`` (problems already reported per the policy).
+    """
+    matrix = _as_matrix(k, name)
+    dtype = _dtype_name(dtype, matrix)
+    if matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"{name}: expected a square (n, n) kernel, got shape {matrix.shape}")
+    pol = _resolve_policy(policy)
+    kd = np.asarray(matrix, dtype=np.float64)
+    norm = float(np.linalg.norm(kd))
+    symmetry_error = float(np.linalg.norm(kd - kd.T)) / norm if norm > 0 else 0.0
+    where = f"kernel '{name}' ({matrix.shape[0]}×{matrix.shape[1]}, computed in {dtype})"
+    diag = KernelDiagnostics(name=name, shape=tuple(matrix.shape), dtype=dtype, requested="entries", eps=_eps(dtype),
+                             symmetry_error=symmetry_error,
+                             problems=tuple(_asymmetry(symmetry_error, where, dtype, pol, cross_remedy=False)))
     return _report(diag, pol, stacklevel)
 
 

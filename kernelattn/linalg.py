@@ -55,23 +55,44 @@ class Factorization:
         return np.sum(vectors**2 / values, axis=1)
 
 
-def factorize(k: np.ndarray, ridge: float, *, name: str = "kernel", clip_floor: float = 1e-12) -> Factorization:
+def _computed_dtype(k: np.ndarray) -> str:
+    """The dtype a kernel was (most likely) computed in: "float32" for float32 entries,
+    also once cast to float64 (every entry a float32 number), else "float64"."""
+    if k.dtype == np.float32:
+        return "float32"
+    k64 = np.asarray(k, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        return "float32" if np.array_equal(k64.astype(np.float32), k64) else "float64"
+
+
+def factorize(
+    k: np.ndarray, ridge: float, *, name: str = "kernel", clip_floor: float = 1e-12, dtype=None
+) -> Factorization:
     """Factor K + ridge·I (float64): Cholesky, else clipped eigen-decomposition.
+
+    K is symmetrized, (K + Kᵀ)/2. Beyond round-off that changes K, so an
+    asymmetric K is reported first (``guards.check_symmetry``: ‖K − Kᵀ‖_F/‖K‖_F
+    against the policy's symmetry tolerance, 1000·eps(dtype) by default).
 
     Args:
       k: ``(n, n)`` symmetric kernel matrix.
       ridge: λ ≥ 0 added to the diagonal.
       name: argument name for error messages.
       clip_floor: relative eigenvalue floor for the fallback.
+      dtype: "float32" or "float64", the dtype K was computed in, which sets
+        its round-off; None → :func:`computed_dtype`.
 
     Returns:
-      A ``Factorization``; when the fallback ran, ``guards.check_solve`` reports
-      it (a ``KernelWarning``, or a ``KernelError`` under ``guards.strict()``).
+      A ``Factorization``. An asymmetric K, and the fallback when it ran, are
+      reported by ``kernelattn.guards`` (a ``KernelWarning``, or a
+      ``KernelError`` under ``guards.strict()``).
     """
-    k = check_matrix(k, name).astype(np.float64)
+    k = check_matrix(k, name)
     if k.shape[0] != k.shape[1]:
         raise ValueError(f"{name}: expected a square (n, n) kernel matrix, got shape {k.shape}")
     ridge = check_real(ridge, "ridge", minimum=0.0)
+    guards.check_symmetry(k, name=name, dtype=_computed_dtype(k) if dtype is None else dtype, stacklevel=3)
+    k = k.astype(np.float64)
     a = (k + k.T) / 2 + ridge * np.eye(k.shape[0])
     try:
         factor = scipy.linalg.cho_factor(a, lower=True, check_finite=False)
@@ -85,9 +106,11 @@ def factorize(k: np.ndarray, ridge: float, *, name: str = "kernel", clip_floor: 
     factorization = Factorization(
         "eigh-clipped", k.shape[0], ridge, clipped, _eigh=(np.maximum(values, floor), vectors)
     )
-    # Warns (or raises under guards.strict()) with the numbers and the remedy.
+    # Warns (or raises under guards.strict()) with the numbers and the remedy; asymmetry was reported above.
+    policy = guards.current_policy()
     guards.check_solve(k, ridge, name=name, factorization=factorization, eigenvalues=values - ridge,
-                       dtype="float64", stacklevel=3)
+                       dtype="float64", policy=dataclasses.replace(policy, ignore=(*policy.ignore, "asymmetric")),
+                       stacklevel=3)
     return factorization
 
 

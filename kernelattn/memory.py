@@ -74,6 +74,7 @@ __all__ = [
     "default_budget",
     "device_free_memory",
     "ensure_fits",
+    "fits",
     "format_bytes",
     "head_ntk_memory",
     "head_param_count",
@@ -279,14 +280,32 @@ def _fits(estimate: MemoryEstimate, budget: int | None, fraction: float) -> tupl
         plan["device"]
 
 
-def _refusal(estimate: MemoryEstimate, where: str, extra: Sequence[str] = ()) -> str:
+def _refusal(estimate: MemoryEstimate, where: str, extra: Sequence[str] = (), budget_of: str | None = None) -> str:
+    """The refusal message: the estimate, the budget and the options (``extra`` first).
+
+    ``budget_of`` names the function whose ``budget=`` argument can raise the
+    budget; without it no such option is offered (the caller has none).
+    """
     options = list(extra) + [o for o in estimate.options if o not in extra]
-    options.append("pass a larger budget= (bytes) if more memory is really free")
+    if budget_of is not None:
+        options.append(f"pass a larger budget= (bytes) to {budget_of} if more memory is really free")
     return (f"{estimate.what} needs {estimate.describe()}, more than {where}; refusing before allocating. "
             "Options: " + "; ".join(options) + ".")
 
 
-def ensure_fits(estimate: MemoryEstimate, budget: int | None = None, *, fraction: float = DEFAULT_FRACTION) -> None:
+def fits(estimate: MemoryEstimate, budget: int | None = None, *, fraction: float = DEFAULT_FRACTION) -> bool:
+    """Whether ``estimate`` fits ``budget`` (bytes; None → ``fraction`` of the free memory)."""
+    return _fits(estimate, budget, fraction)[0]
+
+
+def ensure_fits(
+    estimate: MemoryEstimate,
+    budget: int | None = None,
+    *,
+    fraction: float = DEFAULT_FRACTION,
+    options: Sequence[str] = (),
+    budget_of: str | None = None,
+) -> None:
     """Raise :class:`MemoryPlanError` unless ``estimate`` fits ``budget``.
 
     Args:
@@ -294,10 +313,15 @@ def ensure_fits(estimate: MemoryEstimate, budget: int | None = None, *, fraction
       budget: bytes; None → ``fraction`` of the free memory (device and host
         separately on accelerators).
       fraction: share of the free memory used when ``budget`` is None.
+      options: ways out to list before the estimate's own (e.g. another
+        implementation that would fit).
+      budget_of: the public function whose ``budget=`` the caller passed on,
+        named in the message as a way to raise the budget; None → the
+        message offers no budget (the caller takes none).
     """
     ok, where, limit = _fits(estimate, budget, fraction)
     if not ok:
-        raise MemoryPlanError(_refusal(estimate, where), estimate, limit)
+        raise MemoryPlanError(_refusal(estimate, where, options, budget_of), estimate, limit)
 
 
 # ------------------------------------------------------------------------ estimators
@@ -730,7 +754,8 @@ def plan_width_chunk(
         where = (f"the budget of {format_bytes(plan['host'])}" if plan["source"] == "explicit" else
                  f"{format_bytes(plan['device'] if plan['device'] is not None else plan['host'])} "
                  f"({plan['source']})")
-        raise MemoryPlanError(_refusal(smallest, where + f" even with width_chunk={candidates[0]}"),
+        raise MemoryPlanError(_refusal(smallest, where + f" even with width_chunk={candidates[0]}",
+                                       budget_of="plan_width_chunk"),
                               smallest, plan["device"] if plan["device"] is not None else plan["host"])
     if best > width and width % multiple_of == 0:
         return width  # one chunk holds the whole layer
@@ -772,7 +797,7 @@ def plan_seed_batch(
     single = sweep_cell_memory(n, n_test, d, seeds=1, **kwargs)
     ok, where, limit = _fits(single, budget, fraction)
     if not ok:
-        raise MemoryPlanError(_refusal(single, where), single, limit)
+        raise MemoryPlanError(_refusal(single, where, budget_of="plan_seed_batch"), single, limit)
     lo, hi = 1, seeds  # largest S with a fitting estimate (monotone in S)
     while lo < hi:
         mid = (lo + hi + 1) // 2

@@ -413,10 +413,13 @@ def _same_value(a: Any, b: Any) -> bool:
 def frame_row(record: Mapping[str, Any], *, prefix: bool = False) -> dict[str, Any]:
     """One ``to_frame`` row: key, kind, seed, seconds, then cell and metric columns.
 
-    With ``prefix=False`` columns are the bare (dot-flattened) names; a name
-    given two *different* values by the cell, the metrics or the fixed
-    columns is a ``ValueError`` (use ``prefix=True`` for ``cell.``/``metrics.``
-    prefixed names). Equal values merge, e.g. a cell parameter ``seed``.
+    With ``prefix=False`` columns are the bare (dot-flattened) names; equal
+    values merge, e.g. a cell parameter ``seed``. The cell may name a fixed
+    column in its own terms (a kernel sweep's cell has ``kind`` "kernel", its
+    record ``kind`` "kernel_sweep"): such a cell value goes to ``cell.<name>``.
+    Any other name given two *different* values (by the cell and the metrics,
+    or by the metrics and a fixed column) is a ``ValueError`` (use
+    ``prefix=True`` for ``cell.``/``metrics.`` prefixed names).
     """
     row: dict[str, Any] = {
         "key": record["key"],
@@ -430,6 +433,8 @@ def frame_row(record: Mapping[str, Any], *, prefix: bool = False) -> dict[str, A
     )
     for source, flat in sources:
         for column, value in flat.items():
+            if source == "cell" and column in FRAME_COLUMNS and not _same_value(row[column], value):
+                column = f"cell.{column}"
             if column in row and not _same_value(row[column], value):
                 raise ValueError(
                     f"record {record['key']}: column {column!r} from {source} ({value!r}) clashes with "

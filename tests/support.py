@@ -1,6 +1,17 @@
 """Small data helpers shared by the test modules (import as ``from support import ...``)."""
 
+import os
+from pathlib import Path
+
 import numpy as np
+import pytest
+
+#: Set to 1 (as ``.ci/run`` does) to make missing real data fail the tests instead of skipping them.
+REQUIRE_REAL_DATA_ENV = "KERNELATTN_REQUIRE_REAL_DATA"
+#: Where the real-data tests look for Fashion-MNIST; overridable so both outcomes can be tested.
+FASHION_MNIST_DIR_ENV = "KERNELATTN_FASHION_MNIST_DIR"
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_INSTALL = "apt-get install dataset-fashion-mnist"
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -15,3 +26,27 @@ def well_conditioned(rng: np.random.Generator, n: int, d: int, kappa_sqrt: float
     v, _ = np.linalg.qr(rng.normal(size=(d, r)))
     s = np.geomspace(kappa_sqrt, 1.0, r)
     return (u * s) @ v.T
+
+
+def fashion_mnist_dir() -> Path:
+    """The directory holding Debian's Fashion-MNIST files (``$KERNELATTN_FASHION_MNIST_DIR`` if set)."""
+    return Path(os.environ.get(FASHION_MNIST_DIR_ENV) or FASHION_MNIST_DIR)
+
+
+def require_fashion_mnist() -> Path:
+    """The real Fashion-MNIST's directory; skip the calling test when its files are absent.
+
+    With ``KERNELATTN_REQUIRE_REAL_DATA=1`` the test fails instead, with the
+    same message: CI installs the data, so absent data there is an error.
+    """
+    from kernelattn.data.mnist import FASHION_MNIST
+
+    directory = fashion_mnist_dir()
+    missing = [spec.name for spec in FASHION_MNIST.files if not (directory / spec.name).is_file()]
+    if missing:
+        message = (f"real Fashion-MNIST not found in {directory} (missing {', '.join(missing)}); "
+                   f"install it with: {FASHION_MNIST_INSTALL}")
+        if os.environ.get(REQUIRE_REAL_DATA_ENV) == "1":
+            pytest.fail(f"{message} ({REQUIRE_REAL_DATA_ENV}=1)", pytrace=False)
+        pytest.skip(message)
+    return directory

@@ -313,6 +313,58 @@ def test_check_solve_flags_the_clipped_fallback():
         check_solve(k, name="k", method="lu")
 
 
+def test_check_symmetry_measures_only_the_asymmetry():
+    k = spd(20, 1e9)  # ill-conditioned, but symmetric: not this check's business
+    diag, caught = run_quietly(guards.check_symmetry, k, name="k")
+    assert caught == [] and diag.ok and diag.symmetry_error == 0.0 and diag.lambda_min is None
+    k[0, 1] += 0.5
+    diag, caught = run_quietly(guards.check_symmetry, k, name="k")
+    assert diag.kinds == ("asymmetric",)
+    assert diag.symmetry_error == pytest.approx(np.linalg.norm(k - k.T) / np.linalg.norm(k))
+    (w,) = caught
+    assert f"‖K − Kᵀ‖_F/‖K‖_F = {diag.symmetry_error:.2g}" in str(w.message)
+    assert "symmetric=False" not in str(w.message)  # no such argument for a solver
+    with guards.policy(symmetry_rtol=1.0):
+        assert run_quietly(guards.check_symmetry, k, name="k")[1] == []
+    with pytest.raises(ValueError, match=r"k: expected a square \(n, n\) kernel, got shape \(2, 3\)"):
+        guards.check_symmetry(np.ones((2, 3)), name="k")
+
+
+def test_factorize_reports_the_asymmetry_it_would_symmetrize_away():
+    k = spd(20, 10.0)
+    k[0, 1] += 0.5
+    relative = np.linalg.norm(k - k.T) / np.linalg.norm(k)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        f = factorize(k, 1e-3, name="k_train")
+    (w,) = kernel_warnings(caught)
+    assert w.filename == __file__  # blames the caller of factorize
+    assert "kernel 'k_train'" in str(w.message) and f"= {relative:.2g} >" in str(w.message)
+    b = np.ones(20)
+    np.testing.assert_allclose(f.solve(b), np.linalg.solve((k + k.T) / 2 + 1e-3 * np.eye(20), b), rtol=1e-10)
+    with guards.strict(), pytest.raises(KernelError, match=r"\[asymmetric\] kernel 'k_train'"):
+        factorize(k, 1e-3, name="k_train")
+    # The clipped fallback does not report the asymmetry a second time.
+    bad = np.diag(np.linspace(1.0, -0.5, 20))
+    bad[0, 1] = 0.5
+    _, caught = run_quietly(factorize, bad, 0.0, name="k_train")
+    assert len([w for w in caught if "not symmetric" in str(w.message)]) == 1
+
+
+def test_factorize_tolerates_round_off_of_the_dtype_the_kernel_was_computed_in():
+    k = spd(20, 10.0)
+    near = k + 1e-15 * np.triu(np.ones_like(k), 1)  # float64 round-off
+    k32 = k.astype(np.float32)
+    k32[0, 1] = np.nextafter(k32[0, 1], np.float32(np.inf))  # one float32 ulp
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KernelWarning)
+        factorize(near, 1e-3)
+        factorize(k32, 1e-3)
+        factorize(k32.astype(np.float64), 1e-3)  # a float32 kernel cast to float64 is judged as float32
+    with pytest.warns(KernelWarning, match="round-off in float64"):
+        factorize(k32.astype(np.float64), 1e-3, dtype="float64")
+
+
 def test_check_condition_predicts_attention_cubing():
     diag, caught = run_quietly(check_condition, 200.0, name="G³ (attention Gram)", dtype="float32", power=3)
     assert diag.kinds == ("ill_conditioned",) and diag.kappa == pytest.approx(8e6)

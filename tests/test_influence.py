@@ -1,11 +1,15 @@
 """Influence scores of kernel ridge regression (MATH.md §9) and the model → kernel pipeline."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
+from kernelattn import guards
+from kernelattn.guards import KernelError, KernelWarning
 from kernelattn.influence import (
     HeadModel,
     empirical_ntk_jnp,
@@ -149,6 +153,23 @@ def test_influence_end_to_end(digits):
     assert result.model == "relu" and result.width == 32 and result.train_losses.shape == (0,)
     assert np.all(np.isfinite(result.scores))
     assert result.to_dict()["n_train"] == 40
+
+
+def test_asymmetric_train_kernel_is_reported_not_silently_symmetrized(rng):
+    n, n_test, ridge = 20, 4, 0.1
+    k, k_star = _psd(rng, n, n_test)
+    y = rng.normal(size=n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KernelWarning)
+        clean = influence_scores(k, k_star, y, ridge)  # symmetric: nothing to report
+    bad = k.copy()
+    bad[0, 1] += 0.3 * np.abs(k).max()
+    relative = np.linalg.norm(bad - bad.T) / np.linalg.norm(bad)
+    with pytest.warns(KernelWarning, match=f"kernel 'k_train'.*‖K − Kᵀ‖_F/‖K‖_F = {relative:.2g} >"):
+        result = influence_scores(bad, k_star, y, ridge)
+    assert result.scores.shape == clean.scores.shape
+    with guards.strict(), pytest.raises(KernelError, match="not symmetric"):
+        influence_scores(bad, k_star, y, ridge)
 
 
 @pytest.mark.parametrize(

@@ -147,9 +147,70 @@ def test_plan_seed_batch():
 def test_ensure_fits():
     est = M.head_ntk_memory(100, None, 8, 64, width_chunk=64)
     M.ensure_fits(est, budget=est.total)
-    with pytest.raises(MemoryPlanError, match="refusing before allocating"):
+    assert M.fits(est, est.total) and not M.fits(est, est.total - 1)
+    with pytest.raises(MemoryPlanError, match="refusing before allocating") as info:
         M.ensure_fits(est, budget=est.total - 1)
+    assert "budget=" not in str(info.value)  # offered only where a caller takes one
+    with pytest.raises(MemoryPlanError, match=r"Options: first way out; .*budget= \(bytes\) to some_function"):
+        M.ensure_fits(est, budget=est.total - 1, options=["first way out"], budget_of="some_function")
     M.ensure_fits(est)  # default budget: a fraction of what is free (a few MB surely are)
+
+
+# ------------------------------------------------------------- public kernels take the budget they name
+
+
+def _refusal(call) -> MemoryPlanError:
+    with pytest.raises(MemoryPlanError) as info:
+        call()
+    return info.value
+
+
+def test_kernel_functions_take_the_budget_their_refusal_names():
+    """A refusal offers "a larger budget= to f" only for functions f that accept budget=."""
+    import jax.numpy as jnp
+
+    from kernelattn.kernels.empirical import empirical_ntk, streaming_head_ntk, structured_head_ntk
+    from kernelattn.models import HeadConfig
+
+    x = jnp.ones((6, 3))
+    head = HeadConfig(8)
+    variables = {"W": jnp.ones((3, 8)), "a": jnp.ones((8, 1))}
+    params = {"W": jnp.ones((3, 2))}
+    calls = {
+        "empirical_ntk": lambda budget: empirical_ntk(lambda p, z: z @ p["W"], params, x, budget=budget),
+        "structured_head_ntk": lambda budget: structured_head_ntk(variables, head, x, budget=budget),
+        "streaming_head_ntk": lambda budget: streaming_head_ntk(jax.random.PRNGKey(0), head, x, budget=budget),
+    }
+    for name, call in calls.items():
+        error = _refusal(lambda: call(1000))
+        assert f"pass a larger budget= (bytes) to {name}" in str(error) and error.budget == 1000, name
+        assert call(2**40).shape == (6, 6), name
+    with pytest.raises(ValueError, match="budget: expected"):
+        calls["empirical_ntk"](-1)
+
+
+def test_a_refused_jacobian_ntk_names_the_factored_implementation_that_fits():
+    import jax.numpy as jnp
+
+    from kernelattn.kernels.empirical import empirical_ntk
+
+    d, m, n = 32, 8192, 64
+    params = {"W1": jnp.ones((d, m)) / d, "W2": jnp.ones((m, 1)) / m}
+
+    def mlp(p, z):
+        return jnp.tanh(z @ p["W1"]) @ p["W2"]
+
+    x = jnp.ones((n, d))
+    factored = _refusal(lambda: empirical_ntk(mlp, params, x, implementation="factored", budget=1)).estimate.total
+    jacobian = _refusal(lambda: empirical_ntk(mlp, params, x, budget=1)).estimate.total
+    assert factored < jacobian
+    message = str(_refusal(lambda: empirical_ntk(mlp, params, x, budget=factored)))
+    assert f"implementation='factored' (needs ≈{M.format_bytes(factored)} here, which fits;" in message
+    assert message.index("implementation='factored'") < message.index("row_block=b")  # the first option
+    assert "pass a larger budget= (bytes) to empirical_ntk" in message
+    assert empirical_ntk(mlp, params, x, implementation="factored", budget=factored).shape == (n, n)
+    tight = str(_refusal(lambda: empirical_ntk(mlp, params, x, budget=factored - 1)))
+    assert f"implementation='factored' (needs ≈{M.format_bytes(factored)} here; for models" in tight
 
 
 # --------------------------------------------------------------------------- budgets

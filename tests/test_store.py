@@ -284,6 +284,24 @@ def test_to_frame_columns(tmp_path: Path) -> None:
     assert {"cell.width", "metrics.seed", "metrics.train_loss", "seed"} <= set(prefixed.columns)
 
 
+def test_to_frame_of_sweep_stores_whose_cell_names_its_own_kind(tmp_path: Path) -> None:
+    """A sweep's cell says ``kind`` "kernel" / "training", its record "kernel_sweep" / "training_sweep"."""
+    store = ResultStore.open(tmp_path)
+    for i, (record_kind, cell_kind) in enumerate([("kernel_sweep", "kernel"), ("training_sweep", "training")]):
+        cell = {**cell_of(i, cell_kind), "seed": i}
+        store.put(cell_key(cell), make_record(record_kind, cell, {"rel_fro": 0.5 + i}, spec=SPEC, seed=i,
+                                              seconds=1.0, environment=ENV))
+    df = store.to_frame()
+    assert list(df.columns[:4]) == ["key", "kind", "seed", "seconds"]
+    assert sorted(zip(df["kind"], df["cell.kind"])) == [("kernel_sweep", "kernel"), ("training_sweep", "training")]
+    assert "cell.seed" not in df.columns  # equal values still merge
+    kernel = store.to_frame("kernel_sweep")
+    assert list(kernel["cell.kind"]) == ["kernel"] and list(kernel["rel_fro"]) == [0.5]
+    prefixed = store.to_frame(prefix=True)
+    assert set(prefixed["cell.kind"]) == {"kernel", "training"} and set(prefixed["kind"]) == {"kernel_sweep",
+                                                                                             "training_sweep"}
+
+
 def test_append_only(tmp_path: Path) -> None:
     store = ResultStore.open(tmp_path)
     key, record = record_of(3)

@@ -170,6 +170,8 @@ def test_small_kernel_sweep_end_to_end(tmp_path):
     assert record["spec"]["name"] == "small" and record["seed"] == 0 and record["kind"] == "kernel_sweep"
     assert record["environment"]["packages"]["jax"] and record["environment"]["jax_backend"]
     assert record["timing"]["seconds"] > 0
+    frame = store.to_frame()  # the record's kind and the cell's kind side by side
+    assert set(frame["kind"]) == {"kernel_sweep"} and set(frame["cell.kind"]) == {"kernel"} and len(frame) == 12
     # A rerun computes nothing and returns the same tables; load_results reads them back.
     again = run_sweep(SMALL, tmp_path, progress=False)
     assert again.n_computed == 0 and again.n_skipped == 12

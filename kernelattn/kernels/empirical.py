@@ -107,6 +107,7 @@ def empirical_ntk(
     implementation: str = "jacobian",
     row_block: int | None = None,
     dtype="float32",
+    budget: int | None = None,
 ) -> jax.Array:
     """Empirical NTK of any model by autodiff.
 
@@ -129,6 +130,9 @@ def empirical_ntk(
         Needs ``apply_fn`` to act row by row, as every kernelattn model does
         for a fixed context. ``None``: the whole batch at once (any model).
       dtype: "float32" (default) or "float64"; inputs and params are cast.
+      budget: bytes the computation may take, checked against the memory
+        plan before anything is allocated (``kernelattn.memory``); None → half
+        of the free memory. Too small: ``MemoryPlanError`` with the options.
 
     Returns:
       The kernel matrix in ``dtype``.
@@ -138,8 +142,7 @@ def empirical_ntk(
     params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, dtype), params)
     if row_block is not None:
         row_block = check_int(row_block, "row_block", minimum=1)
-    estimate = _factored_memory if implementation == "factored" else _autodiff_memory
-    memory.ensure_fits(estimate(apply_fn, params, x1, x2, bool(trace_output), implementation, row_block, dtype))
+    _ensure_autodiff_fits(apply_fn, params, x1, x2, bool(trace_output), implementation, row_block, dtype, budget)
     return empirical_ntk_fn(apply_fn, trace_output=trace_output, implementation=implementation,
                             row_block=row_block)(params, x1, x2)
 
@@ -175,6 +178,26 @@ def empirical_ntk_fn(
         def ntk_fn(params, x1, x2=None):
             return core(apply_fn, params, x1, x2, trace_output, row_block)
     return ntk_fn
+
+
+def _ensure_autodiff_fits(apply_fn, params, x1, x2, trace_output, implementation, row_block, dtype, budget) -> None:
+    """Refuse (``MemoryPlanError``) before allocating when the kernel would not fit in ``budget``.
+
+    A refused "jacobian" or "ntvp" kernel names what ``implementation="factored"``
+    would need instead (it stores no Jacobian and no n²·C·A cotangents).
+    """
+    args = (apply_fn, params, x1, x2, trace_output, implementation, row_block, dtype)
+    if implementation == "factored":
+        memory.ensure_fits(_factored_memory(*args), budget, budget_of="empirical_ntk")
+        return
+    estimate = _autodiff_memory(*args)
+    options = ()
+    if not memory.fits(estimate, budget):
+        factored_estimate = _factored_memory(*args)
+        verdict = ", which fits" if memory.fits(factored_estimate, budget) else ""
+        options = (f"implementation='factored' (needs ≈{memory.format_bytes(factored_estimate.total)} here{verdict}; "
+                   "for models that act on each row alone, as every kernelattn model does for a fixed context)",)
+    memory.ensure_fits(estimate, budget, options=options, budget_of="empirical_ntk")
 
 
 def _autodiff_memory(apply_fn, params, x1, x2, trace_output, implementation, row_block, dtype):
@@ -245,13 +268,14 @@ def _head_chunk(x1, x2, lin, w, b, a, sigma_w, sigma_b, trace_output, train_read
     return theta
 
 
-def _ensure_head_fits(x1, x2, head: HeadConfig, chunk: int, trace_output: bool, params_given: bool, dtype) -> None:
-    """Refuse (``MemoryPlanError``) before allocating when the kernel would not fit in memory."""
+def _ensure_head_fits(x1, x2, head: HeadConfig, chunk: int, trace_output: bool, params_given: bool, dtype,
+                      budget, caller: str) -> None:
+    """Refuse (``MemoryPlanError``) before allocating when the kernel would not fit in ``budget``."""
     memory.ensure_fits(memory.head_ntk_memory(
         x1.shape[0], None if x2 is None else x2.shape[0], x1.shape[1], head.width,
         width_chunk=chunk, out_dim=head.out_dim, trace_output=trace_output,
         train_readout=head.train_readout, use_bias=head.use_bias, params_given=params_given, dtype=dtype.name,
-    ))
+    ), budget, budget_of=caller)
 
 
 def _linear_part(x1, x2, head: HeadConfig):
@@ -311,6 +335,7 @@ def structured_head_ntk(
     trace_output: bool = True,
     width_chunk: int = DEFAULT_WIDTH_CHUNK,
     dtype="float32",
+    budget: int | None = None,
 ) -> jax.Array:
     """Exact empirical NTK of ``MLPHead`` at given parameters, by its closed form.
 
@@ -323,6 +348,9 @@ def structured_head_ntk(
       trace_output: average over outputs → ``(n1, n2)``; else ``(n1, n2, C, C)``.
       width_chunk: hidden units per accumulation step (memory O(n² + n·chunk)).
       dtype: "float32" (default) or "float64".
+      budget: bytes the computation may take, checked against the memory
+        plan before anything is allocated (``kernelattn.memory``); None → half
+        of the free memory. Too small: ``MemoryPlanError`` with the options.
 
     Returns:
       The kernel matrix in ``dtype``.
@@ -334,7 +362,7 @@ def structured_head_ntk(
         raise ValueError(f"head_variables['W']: expected shape {(x1.shape[1], head.width)}, got {w.shape}")
     b = jnp.asarray(head_variables["b"], dtype) if head.use_bias else None
     a = jnp.asarray(head_variables["a"], dtype)
-    _ensure_head_fits(x1, x2, head, chunk, trace_output, True, dtype)
+    _ensure_head_fits(x1, x2, head, chunk, trace_output, True, dtype, budget, "structured_head_ntk")
     return _structured(x1, x2, w, b, a, head=head, trace_output=bool(trace_output), chunk=chunk)
 
 
@@ -375,6 +403,7 @@ def streaming_head_ntk(
     trace_output: bool = True,
     width_chunk: int = DEFAULT_WIDTH_CHUNK,
     dtype="float32",
+    budget: int | None = None,
 ) -> jax.Array:
     """Empirical NTK of a freshly drawn ``MLPHead`` of any width, parameters drawn per chunk.
 
@@ -386,11 +415,11 @@ def streaming_head_ntk(
     Args:
       key: PRNG key of this network.
       head: ``HeadConfig`` (its ``width`` is m).
-      x1, x2, trace_output, width_chunk, dtype: as in ``structured_head_ntk``.
+      x1, x2, trace_output, width_chunk, dtype, budget: as in ``structured_head_ntk``.
     """
     dtype, x1, x2 = kernel_inputs(x1, x2, dtype)
     chunk = min(check_int(width_chunk, "width_chunk", minimum=1), head.width)
-    _ensure_head_fits(x1, x2, head, chunk, trace_output, False, dtype)
+    _ensure_head_fits(x1, x2, head, chunk, trace_output, False, dtype, budget, "streaming_head_ntk")
     return _streaming(key, x1, x2, head=head, trace_output=bool(trace_output), chunk=chunk)
 
 

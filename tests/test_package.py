@@ -1,0 +1,115 @@
+"""The package's front door: lazy ``import kernelattn``, the version, ``python -m kernelattn``,
+and a ``--help`` that answers without loading JAX."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import kernelattn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter that imports this checkout of kernelattn."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+
+
+def _modules_after(code: str) -> dict:
+    """Which heavy modules ``code`` left imported, and what it printed."""
+    probe = (
+        "import contextlib, io, json, sys\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n"
+        + "".join(f"    {line}\n" for line in code.splitlines())
+        + "heavy = sorted(m for m in ('jax', 'flax', 'optax', 'scipy', 'pandas', 'matplotlib', 'kernelattn.kernels')"
+        " if m in sys.modules)\n"
+        "print(json.dumps({'heavy': heavy, 'out': out.getvalue()}))\n"
+    )
+    result = _python(probe)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_version_is_the_one_in_pyproject():
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert kernelattn.__version__ == version
+    init = (ROOT / "kernelattn" / "__init__.py").read_text()
+    assert f'"{version}"' not in init  # read from the metadata, not repeated here
+
+
+def test_citation_and_changelog_name_the_same_version():
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    citation = (ROOT / "CITATION.cff").read_text(encoding="utf-8")
+    assert re.search(r"^cff-version: 1\.2\.0$", citation, flags=re.M)
+    assert re.findall(r"^version: (\S+)$", citation, flags=re.M) == [version]
+    assert "arXiv:2603.13085" in citation
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert "## [Unreleased]" in changelog and f"## [{version}]" in changelog
+    assert (ROOT / "kernelattn" / "py.typed").is_file()
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"] == {
+        "kernelattn": ["py.typed"]}
+
+
+def test_import_and_help_load_no_jax():
+    assert _modules_after("import kernelattn")["heavy"] == []
+    probe = _modules_after(
+        "from kernelattn import cli\n"
+        "try:\n"
+        "    cli.main(['--help'])\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code == 0, exit.code"
+    )
+    assert probe["heavy"] == []
+    assert "usage: kernelattn" in probe["out"] and "reproduce" in probe["out"]
+
+
+def test_python_dash_m_runs_the_cli():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    version = subprocess.run([sys.executable, "-m", "kernelattn", "--version"], capture_output=True, text=True,
+                             env=env, timeout=300)
+    assert version.returncode == 0 and version.stdout.strip() == f"kernelattn {kernelattn.__version__}"
+    usage = subprocess.run([sys.executable, "-m", "kernelattn"], capture_output=True, text=True, env=env, timeout=300)
+    assert usage.returncode == 2 and "usage: kernelattn" in usage.stderr
+
+
+def test_every_public_name_resolves_and_the_shadowed_functions_stay_functions():
+    probe = _python(
+        "import kernelattn as ka\n"
+        "import kernelattn.malleability, kernelattn.influence\n"  # binds the submodules on the package
+        "assert callable(ka.influence) and ka.influence.__module__ == 'kernelattn.influence'\n"
+        "assert callable(ka.malleability) and ka.malleability.__module__ == 'kernelattn.malleability'\n"
+        "from kernelattn.influence import influence_scores\n"
+        "assert ka.influence_scores is influence_scores\n"
+        "missing = [name for name in ka.__all__ if getattr(ka, name, None) is None]\n"
+        "assert not missing, missing\n"
+        "assert ka.guards.__name__ == 'kernelattn.guards' and set(ka.__all__) <= set(dir(ka))\n"
+        "try:\n"
+        "    ka.no_such_name\n"
+        "except AttributeError as err:\n"
+        "    assert 'no_such_name' in str(err)\n"
+        "else:\n"
+        "    raise AssertionError('no AttributeError')\n"
+    )
+    assert probe.returncode == 0, probe.stderr
+
+
+def test_type_checking_imports_match_the_lazy_table():
+    """The names type checkers see are exactly the names loaded at run time, from the same modules."""
+    tree = ast.parse((ROOT / "kernelattn" / "__init__.py").read_text())
+    (block,) = [node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"]
+    seen = {}
+    for node in block.body:
+        assert isinstance(node, ast.ImportFrom), ast.unparse(node)
+        for alias in node.names:
+            seen[alias.name] = node.module
+    assert seen.pop("data") == "kernelattn"
+    assert seen == kernelattn._ORIGIN
