@@ -140,11 +140,15 @@ def test_spec_runner_writes_and_resumes(tmp_path):
         "models": ["relu"], "attacks": ["fgsm", "pgd"], "epsilons": [0.1, 0.3], "interventions": ["curated"],
         "width": 8, "training": {"epochs": 1}, "attack_config": {"steps": 1},
     }
-    written = run_malleability_spec(spec, store)
-    assert len(written) == 1 and run_malleability_spec(spec, store) == []  # curated: attack-independent
+    written = run_malleability_spec({**spec, "null_baselines": []}, store)
+    assert len(written) == 1 and run_malleability_spec({**spec, "null_baselines": []}, store) == []  # curated: attack-independent
     frame = store.to_frame(kind="malleability")
     assert list(frame["intervention"]) == ["curated"] and frame["flip_rate"].between(0, 1).all()
     assert frame.loc[0, "n_train"] == 30 and frame.loc[0, "top_k"] == 3
+    # The default null baselines add one record per null kind, computed once.
+    assert len(run_malleability_spec(spec, store)) == 2 and run_malleability_spec(spec, store) == []
+    frame = store.to_frame(kind="malleability")
+    assert sorted(frame["intervention"]) == ["curated", "null-order", "null-seed"]
     with pytest.raises(ValueError, match="unknown key"):
         run_malleability_spec({**spec, "epsilonz": [0.1]}, store)
 
