@@ -1,4 +1,4 @@
-"""ℓ∞ attacks on the whole training set: FGSM, PGD and MIM (MATH.md §10).
+"""ℓ∞ attacks on the whole training set: FGSM, PGD and MIM (docs/math.md §10).
 
 Every attack maximizes a scalar loss L(X) of the *whole* ``(n, d)`` training
 set at once. For a transductive model the loss couples all rows: with

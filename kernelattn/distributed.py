@@ -1,4 +1,4 @@
-"""Empirical NTK of the two-layer head sharded across devices (MATH.md §7).
+"""Empirical NTK of the two-layer head sharded across devices (docs/math.md §7).
 
 The structured kernel is a sum over hidden units,
 

@@ -4,7 +4,7 @@ A kernel Θ computed in float32 can be perfectly good for ‖Θ_m − Θ_∞‖_
 meaningless for (Θ + λI)⁻¹y: once κ(Θ) approaches 1/eps of the dtype it was
 *computed* in (float32: eps ≈ 1.2e-7, so κ ≳ 1e6), its small eigenvalues are
 round-off and every solve, λ_min, κ or certificate built on them is noise —
-and linearized attention cubes κ (MATH.md §3: κ(G³) = κ(G)³), so MLP-Attn
+and linearized attention cubes κ (docs/math.md §3: κ(G³) = κ(G)³), so MLP-Attn
 kernels cross that line at κ(G) ≈ 100. :func:`check_kernel` measures, in
 float64 and with one ``eigvalsh``:
 
@@ -798,7 +798,7 @@ def check_condition(
     """Check a *predicted* condition number κ^power before computing a kernel in ``dtype``.
 
     Linearized attention of depth k maps the Gram matrix G to G^(2k+1)
-    (MATH.md §3), so MLP-Attn kernels inherit κ_d(G)^3: ``check_condition(
+    (docs/math.md §3), so MLP-Attn kernels inherit κ_d(G)^3: ``check_condition(
     report.kappa_d, power=3, name=..., dtype="float32")`` warns before a
     float32 computation that cannot resolve them.
 

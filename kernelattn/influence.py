@@ -1,4 +1,4 @@
-"""Influence of training points on test predictions of kernel ridge regression (MATH.md §9).
+"""Influence of training points on test predictions of kernel ridge regression (docs/math.md §9).
 
 For a kernel K (empirical Θ_m of a trained network, or the infinite-width
 Θ_∞) and ridge λ > 0, with H = (K + λI)⁻¹, α = H y and f(x*) = k*ᵀ α:
@@ -552,12 +552,12 @@ def _flat_head(variables: dict) -> dict:
 
 
 def infinite_ntk_jnp(f1: jax.Array, f2: jax.Array | None, head: HeadConfig) -> jax.Array:
-    """Differentiable closed-form NTK of the head (MATH.md §6), ``(n1, n2)``; f2 = None means f1."""
+    """Differentiable closed-form NTK of the head (docs/math.md §6), ``(n1, n2)``; f2 = None means f1."""
     return head_kernels_fn(f1, f2, head).ntk
 
 
 def empirical_ntk_jnp(f1: jax.Array, f2: jax.Array | None, head: HeadConfig, variables: dict) -> jax.Array:
-    """Differentiable structured empirical NTK of the head (MATH.md §7), output-traced, ``(n1, n2)``."""
+    """Differentiable structured empirical NTK of the head (docs/math.md §7), output-traced, ``(n1, n2)``."""
     return head_ntk_fn(_flat_head(variables), head, f1, f2)
 
 

@@ -4,7 +4,7 @@
 definite in floating point: a tiny ridge on a near-singular kernel, or a
 float32 kernel that lost its PSD-ness) it falls back to an eigen-decomposition
 with eigenvalues clipped at ``clip_floor · λ_max``, and says which ran. Never
-an explicit inverse (MATH.md §9).
+an explicit inverse (docs/math.md §9).
 """
 
 from __future__ import annotations

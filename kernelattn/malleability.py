@@ -1,4 +1,4 @@
-"""Influence malleability: how far perturbing the training data moves a model's influence scores (MATH.md §10).
+"""Influence malleability: how far perturbing the training data moves a model's influence scores (docs/math.md §10).
 
 Procedure (:func:`malleability`):
 

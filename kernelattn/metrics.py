@@ -1,4 +1,4 @@
-"""Convergence metrics of a finite-width kernel to its infinite-width limit (MATH.md §8).
+"""Convergence metrics of a finite-width kernel to its infinite-width limit (docs/math.md §8).
 
 Pure functions of numpy arrays, computed in float64 whatever the input dtype:
 

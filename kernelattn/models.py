@@ -6,10 +6,10 @@ Every model is called as ``model.apply(variables, x, context)`` where
 parameters live in the ``"params"`` collection; the paper's fixed ±1 readout
 lives in ``"constants"`` and therefore never enters gradients or the NTK.
 
-- ``MLPHead``   f(x̃) = (σ_a/√m) Σ_r a_r relu(σ_w w_rᵀ x̃/√d + σ_b b_r)     (MATH.md §5)
+- ``MLPHead``   f(x̃) = (σ_a/√m) Σ_r a_r relu(σ_w w_rᵀ x̃/√d + σ_b b_r)     (docs/math.md §5)
 - ``TwoLayerReLU``  the head on the (normalized) raw inputs ("2L-ReLU")
 - ``AttentionMLP``  the head on parameter-free linearized attention ("MLP-Attn")
-- ``QKVAttentionMLP``  the head on trainable QKV linear attention (MATH.md §4)
+- ``QKVAttentionMLP``  the head on trainable QKV linear attention (docs/math.md §4)
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ _ALIASES = {"2l-relu": "relu", "mlp_attn": "mlp-attn", "attn": "mlp-attn", "qkv"
 
 @dataclasses.dataclass(frozen=True)
 class HeadConfig:
-    """Hyper-parameters of the two-layer ReLU head (MATH.md §5).
+    """Hyper-parameters of the two-layer ReLU head (docs/math.md §5).
 
     Attributes:
       width: hidden width m ≥ 1.
@@ -134,7 +134,7 @@ class AttentionMLP(nn.Module):
 
 
 class QKVAttention(nn.Module):
-    """Trainable single-head linear attention (MATH.md §4), standard N(0, 1) init.
+    """Trainable single-head linear attention (docs/math.md §4), standard N(0, 1) init.
 
     Q = X W_Q σ_q/√d, K = C W_K σ_q/√d, V = C W_V σ_v/√d (C = context),
     Z = (Q Kᵀ / s) V, output Z W_O σ_o/√h with s = h ("linear", W_K = W_Q tied,

@@ -1152,7 +1152,7 @@ def render_report(frames: Frames, figures: Mapping[str, str] | None = None,
     section = 1
     if not frames.conditions.empty:
         lines += [f"## {section}. Condition numbers of the Gram matrix", "",
-                  "κ(G) = λ₁/λ_n (inf when n > rank), κ_d(G) = λ₁/λ_r at the numerical rank r (MATH.md §2); the "
+                  "κ(G) = λ₁/λ_n (inf when n > rank), κ_d(G) = λ₁/λ_r at the numerical rank r (docs/math.md §2); the "
                   "exact algebra gives κ_d(G³) = κ_d(G)³ for parameter-free attention, and the column *measured* "
                   "is κ_d(Z Zᵀ) from the singular values of Z = G X in float64 (round-off floors it near 1e26). "
                   "m_theory = κ_d(G)^6 n ln n with constant 1 (paper v2: m = Ω(κ_d(G)^6 n log n)).", ""]
@@ -1192,7 +1192,7 @@ def render_report(frames: Frames, figures: Mapping[str, str] | None = None,
         lines += [f"## {section}. Influence malleability", "",
                   "Flip rate: among each test point's top-τ training points by |influence|, the fraction whose "
                   "sign flips after the intervention; Spearman ρ and top-k overlap between the clean and perturbed "
-                  "influence rows (MATH.md §10). Means over test points (then over seeds).", ""]
+                  "influence rows (docs/math.md §10). Means over test points (then over seeds).", ""]
         summary = malleability_summary(frames.malleability)
         protocols = []
         for store in store_order(frames.malleability):

@@ -261,7 +261,7 @@ def run_conditions(spec: Mapping[str, Any] | str | os.PathLike[str], out: str | 
 
     One record (kind ``"conditions"``) per dataset, keyed by
     ``provenance.cell_key`` of (spec name, dataset identity, depth, fractions,
-    spectra). Metrics, all float64 (MATH.md §2-3): ``kappa_G`` = κ(G),
+    spectra). Metrics, all float64 (docs/math.md §2-3): ``kappa_G`` = κ(G),
     ``kappa_d_G`` = κ_d(G) at the numerical rank ``rank_G``,
     ``kappa_d_G_power`` = κ_d(G)^{2k+1} (the algebra), ``kappa_attention`` /
     ``kappa_d_attention`` = κ / κ_d of G^{2k+1} = Z Zᵀ measured from the

@@ -658,7 +658,7 @@ class KernelOptions:
     Attributes:
       readout: "fixed" (the paper's ±1 readout, only W trained, first-layer
         NTK) or "trained" (a ~ N(0, 1) trained too).
-      sigma_w, sigma_b, sigma_a: head scales (MATH.md §5).
+      sigma_w, sigma_b, sigma_a: head scales (docs/math.md §5).
       width_chunk: hidden units per PRNG block and accumulation step (memory
         O(n² + n·width_chunk) at any width). Block j is drawn from
         fold_in(PRNGKey(seed), j), exactly as ``streaming_head_ntk`` with the

@@ -1,4 +1,4 @@
-"""Width × seed × dataset × model sweeps into a resumable result store (MATH.md §8).
+"""Width × seed × dataset × model sweeps into a resumable result store (docs/math.md §8).
 
 ``run_sweep(spec, out)`` computes every cell (dataset, model, width, seed) of
 an experiment spec (``kernelattn.specs``) that the store ``<out>/<spec name>``
@@ -16,7 +16,7 @@ inputs (``kernelattn.kernels.gram.condition_report``).
 - "relu", "mlp-attn": Θ_∞ is the closed-form head NTK
   (``kernelattn.kernels.analytic.head_kernels``) on the model's features —
   the unit-norm inputs, or the parameter-free attention output. Θ_m is the
-  exact structured empirical NTK of the MLP head (MATH.md §7), streamed over
+  exact structured empirical NTK of the MLP head (docs/math.md §7), streamed over
   the hidden units: unit block j (``kernel.width_chunk`` units) is drawn from
   ``fold_in(PRNGKey(seed), j)`` exactly as ``streaming_head_ntk`` with the
   same ``width_chunk`` draws it, and a width-m network is the first m units.
@@ -289,7 +289,7 @@ def _accumulate(key, x, lin, total, first_block, n_blocks, n_units, *, n2, block
                 sigma_w, sigma_b):
     """total + Σ over the alive units of blocks [first_block, first_block + n_blocks), block by block.
 
-    Unnormalized structured head NTK (MATH.md §7), output-traced; ``x`` is
+    Unnormalized structured head NTK (docs/math.md §7), output-traced; ``x`` is
     ``(n1, d)`` and the kernel is taken against its first ``n2`` rows.
     """
     static = dict(n2=n2, block=block, out_dim=out_dim, use_bias=use_bias, train_readout=train_readout,
@@ -398,7 +398,7 @@ def head_kernel_stream(keys: jax.Array, head, x: np.ndarray, n2: int, widths: Se
                        width_chunk: int = 1024, dtype="float32", mesh=None) -> Iterator[tuple[int, np.ndarray]]:
     """Empirical head NTKs of the width-m prefixes of one network per key, for increasing m.
 
-    The exact structured NTK of ``MLPHead`` (MATH.md §7), traced over outputs:
+    The exact structured NTK of ``MLPHead`` (docs/math.md §7), traced over outputs:
     Θ_m = (σ_a²/m) Σ_{r<m} [mean_c a_rc² s_r s_rᵀ ⊙ (σ_w² X X₂ᵀ/d + σ_b² [b]) + r_r r_rᵀ [a trained]].
     Hidden units are drawn ``width_chunk`` at a time (block j from
     ``fold_in(key, j)``, as ``streaming_head_ntk(..., width_chunk)`` does), and

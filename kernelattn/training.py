@@ -1,4 +1,4 @@
-"""Training with optax, the linearized model, and infinite-width kernel predictors (MATH.md §8).
+"""Training with optax, the linearized model, and infinite-width kernel predictors (docs/math.md §8).
 
 Defaults follow the paper where it is explicit — Adam, learning rate 1e-3,
 batch 128, 500 epochs, L2 coefficient 1e-3, MSE on one ±1 output for binary

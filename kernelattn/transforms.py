@@ -1,4 +1,4 @@
-"""Parameter-free linearized attention over the training set (MATH.md §3).
+"""Parameter-free linearized attention over the training set (docs/math.md §3).
 
 The "sequence" is the whole training set X: every query attends to all
 training samples, with keys = values = X and W_Q = W_K = W_V = I. With the

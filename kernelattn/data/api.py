@@ -147,7 +147,7 @@ def load(
       flatten: ``(n, d)`` inputs; else ``(n, H, W)`` / ``(n, H, W, 3)``.
       scale: divide pixels by their maximum (255; 16 for digits) into [0, 1].
         No effect on ``"synthetic"``.
-      normalize: unit ℓ2 rows (MATH.md §1); a row of norm 0 is a
+      normalize: unit ℓ2 rows (docs/math.md §1); a row of norm 0 is a
         ``ValueError`` naming it. For ``"synthetic"`` the rows are made unit
         norm *without* changing κ (see ``kernelattn.data.synthetic``).
       target: ``"onehot"`` (float64 ``(n, C)``, the default), ``"labels"``

@@ -1,6 +1,6 @@
 """The ``Dataset`` value and the preprocessing that turns raw arrays into it.
 
-Preprocessing (MATH.md §1), in this order, each step optional:
+Preprocessing (docs/math.md §1), in this order, each step optional:
 
 1. class selection — keep the requested classes and relabel them 0..C-1 in
    the order given;

@@ -8,7 +8,7 @@ count)`` samples go to the test set. Defaults: ``test_fraction = 0.2``,
 only drives subsampling).
 
 Note: 3 of the 64 pixels are 0 in every image, so the data have numerical
-rank 61 (MATH.md §2).
+rank 61 (docs/math.md §2).
 """
 
 from __future__ import annotations

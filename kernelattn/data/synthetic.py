@@ -5,7 +5,7 @@ Haar-random with orthonormal columns, r = min(n, d), in float64. The Gram
 matrix G = X Xᵀ then has eigenvalues s_k² (and n - r zeros), so
 
 * ``kappa`` prescribes κ(G) = (s_1 / s_r)² when n ≤ d, and the effective
-  κ_d(G) over the top min(n, d) eigenvalues when n > d (MATH.md §2); the
+  κ_d(G) over the top min(n, d) eigenvalues when n > d (docs/math.md §2); the
   singular values are geometrically spaced, s_k = κ^{-(k-1) / (2(r-1))};
 * or ``singular_values`` gives s (length r) explicitly.
 

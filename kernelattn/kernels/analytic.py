@@ -1,4 +1,4 @@
-"""Infinite-width NNGP and NTK of the two-layer ReLU head in closed form (MATH.md §6).
+"""Infinite-width NNGP and NTK of the two-layer ReLU head in closed form (docs/math.md §6).
 
 With pre-activation covariance Σ(x, x') = σ_w² xᵀx'/d + σ_b²,
 c = Σ(x, x') / √(Σ(x, x) Σ(x', x')) and θ = arccos c (arc-cosine kernel of
@@ -167,7 +167,7 @@ def qkv_attention_nngp(
     sigma_o: float = 1.0,
     dtype="float64",
 ) -> jax.Array:
-    """Infinite-head-width NNGP of tied, linearly scaled QKV attention (MATH.md §4).
+    """Infinite-head-width NNGP of tied, linearly scaled QKV attention (docs/math.md §4).
 
     (X₁ Cᵀ)(C Cᵀ)(C X₂ᵀ) σ_q⁴ σ_v² σ_o² / d³ with C the context (training set);
     on the training set this is σ_q⁴σ_v²σ_o² G³/d³.

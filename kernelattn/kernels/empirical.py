@@ -1,4 +1,4 @@
-"""Finite-width (empirical) NTK: Θ_m(x, x') = Σ_p ∂f(x)/∂p · ∂f(x')/∂p (MATH.md §7).
+"""Finite-width (empirical) NTK: Θ_m(x, x') = Σ_p ∂f(x)/∂p · ∂f(x')/∂p (docs/math.md §7).
 
 Two routes to the same matrix:
 

@@ -2,7 +2,7 @@
 
 All quantities are computed from the singular values of X (λ_i = s_i²), never
 from the eigenvalues of G = X Xᵀ, which lose half the significant digits
-(MATH.md §2).
+(docs/math.md §2).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def log10_width_threshold(kappa_d: float, n: int, power: float = 6.0) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class ConditionReport:
-    """Spectral summary of the Gram matrix of one training set (MATH.md §2).
+    """Spectral summary of the Gram matrix of one training set (docs/math.md §2).
 
     Attributes:
       n, d: shape of X.

@@ -1,4 +1,4 @@
-"""The same kernels through neural-tangents (the oracle backend; MATH.md §4-7).
+"""The same kernels through neural-tangents (the oracle backend; docs/math.md §4-7).
 
 Importing this module never imports neural-tangents: every function calls
 :func:`_nt` first, which imports it lazily and raises a clear ``ImportError``
@@ -11,7 +11,7 @@ numerically (tests/oracle):
 - **Head.** ``MLPHead`` is ``stax.serial(Dense(m, W_std=σ_w, b_std=σ_b,
   parameterization='ntk'), Relu(), Dense(C, W_std=σ_a, parameterization='ntk'))``
   (:func:`head_stax`); NT's input covariance is x·x'/d, so its first-layer
-  pre-activation covariance is σ_w² x·x'/d + σ_b², as in MATH.md §6.
+  pre-activation covariance is σ_w² x·x'/d + σ_b², as in docs/math.md §6.
 - **Fixed readout.** ``kernel_fn`` trains every layer. The readout is the last
   ``Dense`` (NTK parameterization, no bias): f = (σ_a/√m) Σ_r a_r φ_r, so
   ∂f/∂a_r = σ_a φ_r/√m and its NTK term is σ_a² (1/m) Σ_r φ_r(x) φ_r(x'),
