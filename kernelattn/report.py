@@ -805,25 +805,27 @@ def malleability_table(summary: pd.DataFrame, refs: RefBook, frame: pd.DataFrame
     rows = []
     for _, r in summary.iterrows():
         cells = [_cell_text(r, c) for c, _ in varying]
-        keys = list(r["keys"]) + (null_keys_of(frame, r) if frame is not None else [])
-        cells += [f"{fmt(r['flip_rate'], 3)} [{fmt(r.get('flip_rate_lo'), 2)}, {fmt(r.get('flip_rate_hi'), 2)}]",
-                  fmt(r.get("null_seed"), 3), fmt(r.get("null_order"), 3),
-                  f"{fmt(r.get('excess'), 3)} [{fmt(r.get('excess_lo'), 2)}, {fmt(r.get('excess_hi'), 2)}]",
-                  fmt(r["spearman"], 3), fmt(r["topk_overlap"], 3), fmt(r.get("loss_gain"), 3),
+        label = ", ".join(f"{t} {_cell_text(r, c)}" for c, t in varying)
+        null_keys = null_keys_of(frame, r) if frame is not None else []
+        cells += [fmt(r["flip_rate"]), f"[{fmt(r.get('flip_rate_lo'), 2)}, {fmt(r.get('flip_rate_hi'), 2)}]",
+                  fmt(r.get("null_seed"), 3), fmt(r.get("null_order"), 3), fmt(r.get("excess"), 3),
+                  f"[{fmt(r.get('excess_lo'), 2)}, {fmt(r.get('excess_hi'), 2)}]",
+                  fmt(r["spearman"]), fmt(r["topk_overlap"]), fmt(r.get("loss_gain"), 3),
                   fmt(r.get("health_loss_ratio"), 3), fmt(r.get("health_test_accuracy"), 3),
                   fmt(r["n_seeds"]), flags(r),
-                  refs.ref(r["store"], ", ".join(f"{t} {_cell_text(r, c)}" for c, t in varying), keys)]
+                  refs.ref(r["store"], f"null baselines of {label}", null_keys) if null_keys else "-",
+                  refs.ref(r["store"], label, r["keys"])]
         rows.append(cells)
-    header = [t for _, t in varying] + ["flip rate [95 % CI]", "null (seed)", "null (order)",
-                                        "flip − null (seed) [95 % CI]", "Spearman ρ", "top-k overlap",
-                                        "attack gain", "loss/chance", "test acc", "seeds", "flags", "records"]
+    header = [t for _, t in varying] + ["flip rate", "flip 95 % CI", "null (seed)", "null (order)", "flip − null (seed)",
+                                        "excess 95 % CI", "Spearman ρ", "top-k overlap", "attack gain", "loss/chance",
+                                        "test acc", "seeds", "flags", "null records", "records"]
     text = ("Fixed: " + ", ".join(fixed) + ". " if fixed else "") + (
         "Flip rate among the top-τ |I| points, mean over test points and seeds; the null baselines are the flip "
         "rates between two fits without any perturbation (another initialization and data order: *seed*; another "
         "data order only: *order*), so only flip − null measures the attack. Intervals: two-stage (seeds, then "
         "test points) paired bootstrap, 2,000 resamples. *attack gain*: relative rise of the attacked loss; "
         "*loss/chance*: the clean fit's final training loss over the loss of predicting 0. " + FLAG_NOTE)
-    align = ["l" if c in _TEXT_COLUMNS else "r" for c, _ in varying] + ["r"] * 11 + ["l", "r"]
+    align = ["l" if c in _TEXT_COLUMNS else "r" for c, _ in varying] + ["r"] * 12 + ["l", "r", "r"]
     return text, markdown_table(header, rows, align)
 
 

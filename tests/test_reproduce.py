@@ -47,7 +47,7 @@ def _snapshot(root: Path) -> dict[str, str]:
 def test_pipeline_writes_every_expected_file(pipeline):
     out, result = pipeline
     assert [r.name for r in result.runs] == ["t_conditions", "t_width", "t_mall"]  # conditions, kernel, malleability
-    assert [r.written for r in result.runs] == [2, 12, 8]
+    assert [r.written for r in result.runs] == [2, 12, 12]  # malleability: 8 cells + 4 null baselines
     assert all(r.stored == r.written for r in result.runs)
     expected = {f"{stem}.{ext}" for stem in FIGURES for ext in ("png", "pdf")}
     assert {p.name for p in result.figures} == expected
