@@ -493,7 +493,7 @@ def _flags(frame: pd.DataFrame) -> str:
     return ("†" if untrained else "") + ("‡" if no_op else "")
 
 
-FLAG_CAPTION = "black ticks: null baseline (no perturbation, another seed); † fit did not train; ‡ attack no-op"
+FLAG_CAPTION = "black tick: null baseline (seed); † fit did not train; ‡ attack no-op"
 
 
 def _closest(values: Sequence[float], target: float) -> float:
