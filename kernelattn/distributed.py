@@ -33,7 +33,7 @@ processes (every process must then make the same call with the same inputs).
 
 Only public JAX API present in both jax 0.4.25 and current releases is used;
 ``shard_map`` moved from ``jax.experimental.shard_map`` to ``jax.shard_map``
-and renamed its ``check_rep`` flag ``check_vma`` — see ``_shard_map``.
+and renamed its ``check_rep`` flag ``check_vma`` — see :func:`shard_map`.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from kernelattn._precision import kernel_inputs
 from kernelattn._validation import check_int
-from kernelattn.kernels.empirical import DEFAULT_WIDTH_CHUNK, _draw_chunk, _head_chunk, _linear_part, _structured
+from kernelattn.kernels.empirical import DEFAULT_WIDTH_CHUNK, head_linear_part, head_ntk_blocks, head_ntk_fn
 from kernelattn.models import HeadConfig
 
 WIDTH_AXIS = "width"
@@ -63,6 +63,8 @@ __all__ = [
     "initialize_distributed",
     "local_device_count",
     "materialized_parameter_bytes",
+    "shard_map",
+    "sharded_head_ntk_blocks",
     "sharded_streaming_head_ntk",
     "sharded_structured_head_ntk",
     "streaming_memory_model",
@@ -72,7 +74,7 @@ __all__ = [
 # ------------------------------------------------------------------- compatibility
 
 
-def _shard_map(fn, mesh: Mesh, in_specs, out_specs):
+def shard_map(fn, mesh: Mesh, in_specs, out_specs):
     """``shard_map`` across jax versions, replication checking off.
 
     jax ≥ 0.6 exposes ``jax.shard_map(f, *, mesh, in_specs, out_specs,
@@ -88,7 +90,8 @@ def _shard_map(fn, mesh: Mesh, in_specs, out_specs):
     if new is not None:
         flag = "check_vma" if "check_vma" in inspect.signature(new).parameters else "check_rep"
         return new(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, **{flag: False})
-    from jax.experimental.shard_map import shard_map as legacy  # jax < 0.6
+    # jax < 0.6 only: the module is deprecated (later removed), so it is imported only where it is the one route.
+    from jax.experimental.shard_map import shard_map as legacy
 
     return legacy(fn, mesh, in_specs, out_specs, check_rep=False)
 
@@ -330,39 +333,53 @@ def _out_spec(sample_axis, trace_output):
     return rows if trace_output or sample_axis is None else PartitionSpec(sample_axis, None, None, None)
 
 
+def sharded_head_ntk_blocks(key: jax.Array, x1: jax.Array, x2: jax.Array | None, lin: jax.Array, head: HeadConfig,
+                            *, chunk: int, first, n_blocks, axis_name: str, shards: int, n_units=None,
+                            n2: int | None = None, trace_output: bool = True) -> jax.Array:
+    """This device's share of chunks [first, first + n_blocks) of a streamed head NTK, inside ``shard_map``.
+
+    Device j of the width axis (of size D) sums chunks first + j, first + j + D,
+    … < first + n_blocks: ⌈(n_blocks − j)/D⌉ of them, none when j ≥ n_blocks (a
+    device-dependent trip count, so a while loop: no device spends time on
+    chunks beyond the range). The chunks are drawn as on one device
+    (``kernels.empirical.draw_head_units``), so a ``psum`` of the partials is the
+    one-device sum up to the order of the additions.
+
+    Args:
+      key, x1, x2, lin, head, chunk, n_units, n2, trace_output: as in
+        ``kernels.empirical.head_ntk_blocks``.
+      first, n_blocks: the range of chunks shared out (may be traced).
+      axis_name: the mesh axis the width is sharded over.
+      shards: its size D.
+
+    Returns:
+      The device's unnormalized partial sum (``psum`` it over ``axis_name``).
+    """
+    device = jax.lax.axis_index(axis_name)
+    steps = jnp.maximum(n_blocks - device + shards - 1, 0) // shards
+    return head_ntk_blocks(key, x1, x2, lin, head, chunk=chunk, first=first + device, steps=steps, stride=shards,
+                           n_units=n_units, n2=n2, trace_output=trace_output)
+
+
 @functools.partial(jax.jit, static_argnames=("mesh", "head", "trace_output", "chunk", "width_axis",
                                              "sample_axis", "n_rows"))
 def _sharded_streaming(key, x1, x2, *, mesh, head, trace_output, chunk, width_axis, sample_axis, n_rows):
     shards = mesh.shape[width_axis]
     n_chunks = -(-head.width // chunk)
-    d = x1.shape[1]
-    c = head.out_dim
 
     def local(key, x1, x2):
-        lin = _linear_part(x1, x2, head)
-        n2 = x1.shape[0] if x2 is None else x2.shape[0]
-        shape = (x1.shape[0], n2) + (() if trace_output else (c, c))
-        device = jax.lax.axis_index(width_axis)
-
-        def body(step, total):
-            w, b, a = _draw_chunk(key, device + shards * step, d, chunk, head.width, head, x1.dtype)
-            return total + _head_chunk(x1, x2, lin, w, b, a, head.sigma_w, head.sigma_b, trace_output,
-                                       head.train_readout)
-
-        # Device j takes chunks j, j + D, j + 2D, … < n_chunks: ⌈(n_chunks − j)/D⌉ of
-        # them (none when j ≥ n_chunks); a device-dependent trip count, so a
-        # while loop, and no device spends time on chunks beyond the width.
-        steps = jnp.maximum(n_chunks - device + shards - 1, 0) // shards
-        total = jax.lax.fori_loop(0, steps, body, jnp.zeros(shape, x1.dtype))
+        total = sharded_head_ntk_blocks(key, x1, x2, head_linear_part(x1, x2, head), head, chunk=chunk, first=0,
+                                        n_blocks=n_chunks, axis_name=width_axis, shards=shards,
+                                        trace_output=trace_output)
         return head.sigma_a**2 * jax.lax.psum(total, width_axis) / head.width
 
     rows = PartitionSpec() if sample_axis is None else PartitionSpec(sample_axis, None)
     if x2 is None:
-        fn = _shard_map(lambda k, x: local(k, x, None), mesh, (PartitionSpec(), rows),
-                        _out_spec(sample_axis, trace_output))
+        fn = shard_map(lambda k, x: local(k, x, None), mesh, (PartitionSpec(), rows),
+                       _out_spec(sample_axis, trace_output))
         out = fn(key, x1)
     else:
-        fn = _shard_map(local, mesh, (PartitionSpec(), rows, PartitionSpec()), _out_spec(sample_axis, trace_output))
+        fn = shard_map(local, mesh, (PartitionSpec(), rows, PartitionSpec()), _out_spec(sample_axis, trace_output))
         out = fn(key, x1, x2)
     return _unpad_rows(out, n_rows, mesh)
 
@@ -427,19 +444,18 @@ def sharded_streaming_head_ntk(
                                              "sample_axis", "n_rows"))
 def _sharded_structured(x1, x2, params, *, mesh, head, trace_output, chunk, width_axis, sample_axis, n_rows):
     def local(x1, x2, params):
-        # _structured scales by σ_a²/m with m = head.width (the global width), so
+        # head_ntk_fn scales by σ_a²/m with m = head.width (the global width), so
         # the partials over local columns add up to the kernel.
-        part = _structured(x1, x2, params["W"], params.get("b"), params["a"], head=head,
-                           trace_output=trace_output, chunk=min(chunk, params["W"].shape[1]))
+        part = head_ntk_fn(params, head, x1, x2, trace_output=trace_output, width_chunk=chunk)
         return jax.lax.psum(part, width_axis)
 
     rows = PartitionSpec() if sample_axis is None else PartitionSpec(sample_axis, None)
     specs = _parameter_specs(params, width_axis)
     out_spec = _out_spec(sample_axis, trace_output)
     if x2 is None:
-        out = _shard_map(lambda x, p: local(x, None, p), mesh, (rows, specs), out_spec)(x1, params)
+        out = shard_map(lambda x, p: local(x, None, p), mesh, (rows, specs), out_spec)(x1, params)
     else:
-        out = _shard_map(local, mesh, (rows, PartitionSpec(), specs), out_spec)(x1, x2, params)
+        out = shard_map(local, mesh, (rows, PartitionSpec(), specs), out_spec)(x1, x2, params)
     return _unpad_rows(out, n_rows, mesh)
 
 

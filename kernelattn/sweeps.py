@@ -92,12 +92,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +106,8 @@ import numpy as np
 
 from kernelattn import guards, memory
 from kernelattn import metrics as M
+from kernelattn.kernels.qkv import qkv_empirical_ntk
+from kernelattn.kernels.stream import head_kernel_stream
 from kernelattn.specs import DatasetSpec, ModelSpec, Spec, load_spec
 
 __all__ = [
@@ -114,10 +115,8 @@ __all__ = [
     "SweepResults",
     "cell_definition",
     "format_summary",
-    "head_kernel_stream",
     "load_results",
     "plan_cells",
-    "qkv_empirical_ntk",
     "run_sweep",
     "sweep_mesh",
 ]
@@ -264,102 +263,7 @@ def _np_dtype(spec: Spec):
     return resolve_dtype(spec.dtype, "dtype")
 
 
-# --------------------------------------------------------------------------- streamed head NTK
-
-
-def _draw_block(key, j, n_units, d, block, out_dim, use_bias, train_readout, dtype):
-    """Hidden units [j·block, (j+1)·block) of the network of ``key``; units ≥ n_units zeroed.
-
-    ``k_w, k_b, k_a = split(fold_in(key, j), 3)``; W ~ N(0, 1)^(d×block),
-    b ~ N(0, 1)^block, a ~ N(0, 1)^(block×C) if trained else random ±1: the
-    draw of ``kernels.empirical.streaming_head_ntk`` with ``width_chunk=block``.
-    """
-    from kernelattn.models import random_signs
-
-    k_w, k_b, k_a = jax.random.split(jax.random.fold_in(key, j), 3)
-    alive = ((j * block + jnp.arange(block)) < n_units).astype(dtype)
-    w = jax.random.normal(k_w, (d, block), dtype) * alive
-    b = jax.random.normal(k_b, (block,), dtype) * alive if use_bias else None
-    shape = (block, out_dim)
-    a = jax.random.normal(k_a, shape, dtype) if train_readout else random_signs(k_a, shape, dtype)
-    return w, b, a * alive[:, None]
-
-
-def _accumulate(key, x, lin, total, first_block, n_blocks, n_units, *, n2, block, out_dim, use_bias, train_readout,
-                sigma_w, sigma_b):
-    """total + Σ over the alive units of blocks [first_block, first_block + n_blocks), block by block.
-
-    Unnormalized structured head NTK (docs/math.md §7), output-traced; ``x`` is
-    ``(n1, d)`` and the kernel is taken against its first ``n2`` rows.
-    """
-    static = dict(n2=n2, block=block, out_dim=out_dim, use_bias=use_bias, train_readout=train_readout,
-                  sigma_w=sigma_w, sigma_b=sigma_b)
-
-    def body(j, acc):
-        return acc + _block_theta(key, j, x, lin, n_units, **static)
-
-    return jax.lax.fori_loop(first_block, first_block + n_blocks, body, total)
-
-
-def _block_theta(key, j, x, lin, n_units, *, n2, block, out_dim, use_bias, train_readout, sigma_w, sigma_b):
-    """Unnormalized structured head NTK of the alive units of block ``j`` (``(n1, n2)``)."""
-    d = x.shape[1]
-    w, b, a = _draw_block(key, j, n_units, d, block, out_dim, use_bias, train_readout, x.dtype)
-    h = sigma_w * (x @ w) / math.sqrt(d)
-    if use_bias:
-        h = h + sigma_b * b
-    s = (h > 0).astype(x.dtype)
-    theta = ((s * jnp.mean(a * a, axis=1)) @ s[:n2].T) * lin
-    if train_readout:
-        r = jax.nn.relu(h)
-        theta = theta + r @ r[:n2].T
-    return theta
-
-
-_STATIC = ("n2", "block", "out_dim", "use_bias", "train_readout", "sigma_w", "sigma_b")
-_accumulate_single = jax.jit(_accumulate, static_argnames=_STATIC)
-
-
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def _accumulate_batched(keys, x, lin, totals, first_block, n_blocks, n_units, **static):
-    return jax.vmap(lambda k, t: _accumulate(k, x, lin, t, first_block, n_blocks, n_units, **static))(keys, totals)
-
-
-@functools.partial(jax.jit, static_argnames=_STATIC + ("mesh", "batched"))
-def _accumulate_sharded(keys, x, lin, total, first_block, n_blocks, n_units, *, mesh, batched, **static):
-    """``_accumulate`` (or its vmap over keys) with the blocks dealt out over a 1-D device mesh.
-
-    The pattern of ``distributed.sharded_streaming_head_ntk``: inputs are
-    replicated, device k sums blocks first + k, first + k + D, … of the range
-    into a partial kernel, and one ``psum`` adds the D partials to ``total``.
-    The block draws are those of the 1-device loop, so Θ_m agrees with it up
-    to floating-point summation order.
-    """
-    from jax.sharding import PartitionSpec
-
-    from kernelattn.distributed import _shard_map
-
-    axis = mesh.axis_names[0]
-    shards = mesh.shape[axis]
-    shape = (x.shape[0], static["n2"])
-
-    def local(keys, x, lin, first_block, n_blocks, n_units):
-        device = jax.lax.axis_index(axis)
-        # ⌈(n_blocks − k)/D⌉ blocks for device k (none when k ≥ n_blocks).
-        steps = jnp.maximum(n_blocks - device + shards - 1, 0) // shards
-
-        def one(key):
-            def body(step, acc):
-                return acc + _block_theta(key, first_block + device + shards * step, x, lin, n_units, **static)
-
-            return jax.lax.fori_loop(0, steps, body, jnp.zeros(shape, x.dtype))
-
-        part = jax.vmap(one)(keys) if batched else one(keys)
-        return jax.lax.psum(part, axis)
-
-    rep = PartitionSpec()
-    partial_sum = _shard_map(local, mesh, (rep,) * 6, rep)
-    return total + partial_sum(keys, x, lin, first_block, n_blocks, n_units)
+# --------------------------------------------------------------------------- devices
 
 
 def sweep_mesh(devices: Any = 1):
@@ -394,188 +298,7 @@ def sweep_mesh(devices: Any = 1):
     return device_mesh(local[:count])
 
 
-def head_kernel_stream(keys: jax.Array, head, x: np.ndarray, n2: int, widths: Sequence[int], *,
-                       width_chunk: int = 1024, dtype="float32", mesh=None) -> Iterator[tuple[int, np.ndarray]]:
-    """Empirical head NTKs of the width-m prefixes of one network per key, for increasing m.
-
-    The exact structured NTK of ``MLPHead`` (docs/math.md §7), traced over outputs:
-    Θ_m = (σ_a²/m) Σ_{r<m} [mean_c a_rc² s_r s_rᵀ ⊙ (σ_w² X X₂ᵀ/d + σ_b² [b]) + r_r r_rᵀ [a trained]].
-    Hidden units are drawn ``width_chunk`` at a time (block j from
-    ``fold_in(key, j)``, as ``streaming_head_ntk(..., width_chunk)`` does), and
-    the width-m network is the first m units, so one pass yields every width.
-    Blocks are accumulated one after another in one compiled loop whatever
-    the widths requested: Θ_m depends on (key, m, width_chunk) only, bit for
-    bit, and one compilation serves every width.
-
-    Args:
-      keys: ``(2,)`` PRNG key of one network, or ``(S, 2)`` for S networks
-        computed together with ``jax.vmap``.
-      head: ``HeadConfig`` (σ's, readout mode, bias, out_dim; its width is ignored).
-      x: ``(n1, d)`` inputs; the kernel is taken against its first ``n2`` rows.
-      n2: number of leading rows of ``x`` forming the second argument.
-      widths: the widths m to produce (any order; yielded increasing).
-      width_chunk: hidden units per PRNG block and contraction step; memory
-        O(n1·n2 + n1·width_chunk) at any width. A width below it costs one block.
-      dtype: "float32" or "float64" for the computation.
-      mesh: None (one device), or a 1-D ``jax.sharding.Mesh`` (``sweep_mesh``,
-        ``distributed.device_mesh``) over which each accumulation step's blocks
-        are dealt out width-wise and combined with one ``psum``; the draws are
-        unchanged, so Θ_m equals the 1-device value up to summation order
-        (bit for bit reproducible for a fixed mesh size).
-
-    Yields:
-      ``(m, Θ_m)`` with Θ_m float64 ``(n1, n2)`` (or ``(S, n1, n2)``).
-    """
-    from kernelattn._precision import resolve_dtype
-
-    from kernelattn._validation import check_int, check_matrix
-
-    dtype = resolve_dtype(dtype)
-    block = check_int(width_chunk, "width_chunk", minimum=1)
-    x = check_matrix(x, "x")
-    n2 = check_int(n2, "n2", minimum=1, maximum=x.shape[0])
-    widths = [check_int(w, "widths", minimum=1) for w in widths]
-    batched = jnp.ndim(keys) == 2
-    x = jnp.asarray(x, dtype)
-    d = x.shape[1]
-    lin = head.sigma_w**2 * (x @ x[:n2].T) / d + (head.sigma_b**2 if head.use_bias else 0.0)
-    static = dict(n2=int(n2), block=block, out_dim=int(head.out_dim), use_bias=bool(head.use_bias),
-                  train_readout=bool(head.train_readout), sigma_w=float(head.sigma_w), sigma_b=float(head.sigma_b))
-    mesh = sweep_mesh(mesh)
-    if mesh is not None and len(mesh.axis_names) != 1:
-        raise ValueError(f"mesh: expected a 1-D mesh (width,), got axes {tuple(mesh.axis_names)}")
-    if mesh is not None:
-        step = functools.partial(_accumulate_sharded, mesh=mesh, batched=batched)
-    else:
-        step = _accumulate_batched if batched else _accumulate_single
-    shape = ((keys.shape[0],) if batched else ()) + (x.shape[0], n2)
-    total = jnp.zeros(shape, dtype)
-    done = 0  # blocks accumulated into total
-    previous = None
-    for m in sorted(set(int(w) for w in widths)):
-        full = m // block
-        if full > done:
-            total = step(keys, x, lin, total, jnp.int32(done), jnp.int32(full - done), jnp.int32(full * block),
-                         **static)
-            done = full
-        snapshot = total
-        if m % block:
-            snapshot = step(keys, x, lin, total, jnp.int32(full), jnp.int32(1), jnp.int32(m), **static)
-        # One-step lookahead: width m is dispatched (asynchronously) before the previous
-        # width is handed out, so the caller's float64 metrics overlap with it.
-        if previous is not None:
-            yield previous[0], np.asarray(previous[1], np.float64) * (head.sigma_a**2 / previous[0])
-        previous = (m, snapshot)
-    if previous is not None:
-        yield previous[0], np.asarray(previous[1], np.float64) * (head.sigma_a**2 / previous[0])
-
-
-# --------------------------------------------------------------------------- QKV empirical NTK
-
-
-def _qkv_terms(params, consts, x, n2, *, sigma_w, sigma_b, sigma_a, sigma_q, sigma_v, sigma_o, scaling, tied,
-               normalize, use_bias, train_readout):
-    """Θ (n1, n2) of the QKV-attention + head network, output-traced (see ``qkv_empirical_ntk``)."""
-    att, hp = params["attention"], params["head"]
-    ctx = x[:n2]
-    d = x.shape[1]
-    w_q, w_v, w_o = att["W_Q"], att["W_V"], att["W_O"]
-    w_k = w_q if tied else att["W_K"]
-    h = w_q.shape[1]
-    s = float(h) if scaling == "linear" else math.sqrt(h)
-    c_q, c_v, c_o = sigma_q / math.sqrt(d), sigma_v / math.sqrt(d), sigma_o / math.sqrt(h)
-    q = c_q * (x @ w_q)  # (n1, h)
-    k = c_q * (ctx @ w_k)  # (n2, h)
-    v = c_v * (ctx @ w_v)  # (n2, h)
-    a_mat = (q @ k.T) / s  # (n1, n2)
-    z = a_mat @ v  # (n1, h)
-    out = c_o * (z @ w_o)  # (n1, d_o)
-    if normalize:
-        norm = jnp.linalg.norm(out, axis=1, keepdims=True)
-        feat = out / norm
-    else:
-        feat = out
-    # Head: structured NTK on the features, and its input gradients g_ic = ∂f_c(i)/∂out_i.
-    w = hp["W"]
-    readout = hp["a"] if train_readout else consts["head"]["a"]
-    d_o, m = w.shape
-    pre = sigma_w * (feat @ w) / math.sqrt(d_o)
-    if use_bias:
-        pre = pre + sigma_b * hp["b"]
-    act = (pre > 0).astype(x.dtype)
-    lin = sigma_w**2 * (feat @ feat[:n2].T) / d_o + (sigma_b**2 if use_bias else 0.0)
-    theta = ((act * jnp.mean(readout * readout, axis=1)) @ act[:n2].T) * lin
-    if train_readout:
-        r = jax.nn.relu(pre)
-        theta = theta + r @ r[:n2].T
-    theta = sigma_a**2 * theta / m
-    c_out = readout.shape[1]
-    aw = (readout[:, :, None] * w.T[:, None, :]).reshape(m, c_out * d_o)  # (m, C·d_o)
-    g = (act @ aw).reshape(-1, c_out, d_o) * (sigma_a * sigma_w / math.sqrt(m * d_o))  # ∂f/∂feat
-    if normalize:
-        g = (g - feat[:, None, :] * jnp.sum(g * feat[:, None, :], axis=2, keepdims=True)) / norm[:, :, None]
-    g2 = g[:n2]
-    # Attention weights, with F_ic = g_ic · out_i and u_ic = c_o W_O g_ic, w_ic = V u_ic.
-    gg = jnp.einsum("icd,jcd->ij", g, g2)
-    t_o = c_o**2 * (z @ z[:n2].T) * gg
-    uu = c_o**2 * jnp.einsum("icd,de,jce->ij", g, w_o.T @ w_o, g2)
-    ac = a_mat @ ctx  # (n1, d)
-    t_v = c_v**2 * (ac @ ac[:n2].T) * uu
-    p = c_o * (v @ w_o)  # (n2, d_o)
-    wv = jnp.einsum("icd,nd->icn", g, p)  # (n1, C, n2)
-    wv2 = wv[:n2]
-    scale = (c_q / s) ** 2
-    t_q = scale * (x @ ctx.T) * jnp.einsum("icn,nm,jcm->ij", wv, k @ k.T, wv2)  # (x·x')(α·α')
-    qq = q @ q[:n2].T
-    t_k = scale * qq * jnp.einsum("icn,nm,jcm->ij", wv, ctx @ ctx.T, wv2)  # (β·β')(Q·Q')
-    theta_attn = t_o + t_v + t_q + t_k
-    if tied:
-        x_beta = jnp.einsum("in,jcn->ijc", x @ ctx.T, wv2)  # x_i · β_jc
-        alpha_q = jnp.einsum("icn,nj->ijc", wv, k @ q[:n2].T)  # α_ic · Q_j
-        beta_x = jnp.einsum("icn,nj->ijc", wv, ctx @ x[:n2].T)  # β_ic · x_j
-        q_alpha = jnp.einsum("in,jcn->ijc", q @ k.T, wv2)  # Q_i · α_jc
-        theta_attn = theta_attn + scale * jnp.sum(x_beta * alpha_q + beta_x * q_alpha, axis=2)
-    return theta + theta_attn / c_out, out
-
-
-_qkv_jit = jax.jit(_qkv_terms, static_argnames=("n2", "sigma_w", "sigma_b", "sigma_a", "sigma_q", "sigma_v", "sigma_o",
-                                                "scaling", "tied", "normalize", "use_bias", "train_readout"))
-
-
-def qkv_empirical_ntk(model, variables: Mapping[str, Any], x: np.ndarray, n2: int) -> np.ndarray:
-    """Exact empirical NTK of a ``QKVAttentionMLP`` (all trainable parameters), output-traced.
-
-    With g_ic = ∂f_c(x_i)/∂o_i the gradient of output c with respect to the
-    attention output o_i (through the row normalization, if any), every
-    parameter gradient is a contraction of g with the attention's factors:
-    W_O: c_o² (z_i·z_j)(g_ic·g_jc); W_V: c_v² ((AC)_i·(AC)_j)(u_ic·u_jc) with
-    u = c_o W_O g; W_Q, W_K: (c_q/s)² [(x_i·x_j)(α_ic·α_jc) + (β_ic·β_jc)(q_i·q_j)
-    (+ cross terms when W_K = W_Q)] with α = Kᵀ V u, β = Cᵀ V u — plus the
-    head's structured NTK on the attention output. Cost O(n₁ n₂ (n₂ C + h + m)),
-    memory O(n₁ (h + m)); no Jacobian is formed.
-
-    Args:
-      model: a ``kernelattn.models.QKVAttentionMLP``.
-      variables: its Flax variables.
-      x: ``(n1, d)`` queries whose first ``n2`` rows are the training set (the context).
-      n2: number of training rows.
-
-    Returns:
-      ``(n1, n2)`` float64 kernel (computed in the parameters' dtype).
-    """
-    from kernelattn.models import head_config
-
-    att = model.attention
-    head = head_config(model)
-    tied = (att.scaling == "linear") if att.tied_qk is None else bool(att.tied_qk)
-    params = variables["params"]
-    dtype = jax.tree_util.tree_leaves(params)[0].dtype
-    theta, _ = _qkv_jit(params, dict(variables.get("constants", {})), jnp.asarray(x, dtype), n2=int(n2),
-                        sigma_w=float(head.sigma_w), sigma_b=float(head.sigma_b), sigma_a=float(head.sigma_a),
-                        sigma_q=float(att.sigma_q), sigma_v=float(att.sigma_v), sigma_o=float(att.sigma_o),
-                        scaling=att.scaling, tied=tied, normalize=bool(model.normalize),
-                        use_bias=bool(head.use_bias), train_readout=bool(head.train_readout))
-    return np.asarray(theta, np.float64)
+# --------------------------------------------------------------------------- QKV network kernel
 
 
 def _qkv_model(spec: Spec, model: ModelSpec, width: int, out_dim: int):

@@ -88,7 +88,7 @@ CASES = _cases()
 def _child(part: int, parts: int) -> None:
     """Runs with 4 forced host devices: relative errors of cases part, part + parts, …, as JSON."""
     jax.config.update("jax_enable_x64", True)
-    from kernelattn.kernels.empirical import _draw_chunk
+    from kernelattn.kernels.empirical import draw_head_units
 
     rng = np.random.default_rng(0)
     x1 = rng.normal(size=(7, 6))  # 7 rows: not divisible by the 2 sample shards
@@ -104,7 +104,7 @@ def _child(part: int, parts: int) -> None:
             out = sharded_streaming_head_ntk(key, head, x1, other, width_chunk=c["chunk"],
                                              shard_samples=c["samples"], **kw)
         else:
-            w, b, a = _draw_chunk(key, 0, x1.shape[1], head.width, head.width, head, jnp.float64)
+            w, b, a = draw_head_units(key, 0, x1.shape[1], head.width, head.width, head, jnp.float64)
             variables = {"W": np.asarray(w), "a": np.asarray(a)} | ({"b": np.asarray(b)} if head.use_bias else {})
             ref = structured_head_ntk(variables, head, x1, other, width_chunk=c["chunk"], **kw)
             out = sharded_structured_head_ntk(variables, head, x1, other, width_chunk=2,

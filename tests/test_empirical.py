@@ -5,7 +5,7 @@ import pytest
 
 from support import unit_rows
 from kernelattn.kernels.empirical import (
-    _draw_chunk,
+    draw_head_units,
     empirical_ntk,
     empirical_ntk_fn,
     head_variables,
@@ -71,7 +71,7 @@ def test_streaming_equals_structured_on_the_same_draw(rng):
     x = unit_rows(rng.normal(size=(5, 4)))
     head = HeadConfig(width=50, out_dim=2, sigma_b=0.3, train_readout=True)
     key, chunk = jax.random.PRNGKey(3), 16
-    pieces = [_draw_chunk(key, i, 4, chunk, head.width, head, jnp.float64) for i in range(4)]
+    pieces = [draw_head_units(key, i, 4, chunk, head.width, head, jnp.float64) for i in range(4)]
     variables = {
         "W": jnp.concatenate([p[0] for p in pieces], axis=1)[:, :50],
         "b": jnp.concatenate([p[1] for p in pieces])[:50],

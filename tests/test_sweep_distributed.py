@@ -106,7 +106,7 @@ def test_sharded_stream_matches_the_sequential_one():
 
     from kernelattn.distributed import device_mesh
     from kernelattn.models import HeadConfig
-    from kernelattn.sweeps import head_kernel_stream
+    from kernelattn.kernels.stream import head_kernel_stream
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(9, 5))

@@ -29,18 +29,16 @@ gives the full ``(n1, n2, C, C)``.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from kernelattn import memory
 from kernelattn.kernels import factored
 from kernelattn._precision import kernel_inputs
 from kernelattn._validation import check_choice, check_int
-from kernelattn.models import HeadConfig, random_signs
+from kernelattn.models import HeadConfig, head_preactivations, random_signs
 
 ApplyFn = Callable[[dict, jax.Array], jax.Array]
 IMPLEMENTATIONS = ("jacobian", "ntvp", "factored")
@@ -240,32 +238,53 @@ def model_apply_fn(model, variables: dict, context: jax.Array | None = None) -> 
 # ------------------------------------------------------------------------ structured
 
 
-def _head_chunk(x1, x2, lin, w, b, a, sigma_w, sigma_b, trace_output, train_readout):
-    """Unnormalized Θ contribution of one chunk of hidden units (sum over the chunk).
+def head_unit_ntk(h1: jax.Array, h2: jax.Array, lin: jax.Array, a: jax.Array, head: HeadConfig, *,
+                  trace_output: bool = True) -> jax.Array:
+    """Unnormalized structured NTK of a set of hidden units, summed over the units (docs/math.md §7).
 
-    ``x2 is None`` means x2 = x1 (the pre-activations are then computed once).
+    With S = 1[H > 0] and R = relu(H) per unit r,
+
+        Σ_r (s_r a_r)(s'_r a_r)ᵀ ⊙ lin  +  [readout trained] Σ_r r_r r'_rᵀ ⊗ I_C,
+
+    the kernel before the factor σ_a²/m; traced over the C outputs (the mean of
+    a_r²), ``(n1, n2)``, or ``(n1, n2, C, C)`` with ``trace_output=False``.
+
+    Args:
+      h1: ``(n1, k)`` pre-activations of the k units on the first inputs
+        (``kernelattn.models.head_preactivations``).
+      h2: ``(n2, k)`` pre-activations on the second inputs (``h1`` itself, or
+        its first rows, when the second inputs are the first or a prefix of them).
+      lin: ``(n1, n2)`` the first layer's kernel, :func:`head_linear_part`.
+      a: ``(k, C)`` readout weights of the units.
+      head: the head's ``HeadConfig`` (whether the readout is trained).
+      trace_output: average over the outputs.
+
+    Returns:
+      The sum over the units, in the inputs' dtype.
     """
-    d = x1.shape[-1]
-
-    def preactivation(x):
-        h = sigma_w * (x @ w) / math.sqrt(d)
-        return h if b is None else h + sigma_b * b
-
-    h1 = preactivation(x1)
-    h2 = h1 if x2 is None else preactivation(x2)
-    s1, s2 = (h1 > 0).astype(x1.dtype), (h2 > 0).astype(x1.dtype)
+    dtype = h1.dtype
+    s1, s2 = (h1 > 0).astype(dtype), (h2 > 0).astype(dtype)
     if trace_output:
         theta = ((s1 * jnp.mean(a * a, axis=1)) @ s2.T) * lin
-        if train_readout:
+        if head.train_readout:
             theta = theta + jax.nn.relu(h1) @ jax.nn.relu(h2).T
         return theta
-    sa1 = s1[:, :, None] * a  # (n1, chunk, C)
+    sa1 = s1[:, :, None] * a  # (n1, k, C)
     sa2 = s2[:, :, None] * a
     theta = jnp.einsum("irc,jrd->ijcd", sa1, sa2) * lin[:, :, None, None]
-    if train_readout:
+    if head.train_readout:
         rr = jax.nn.relu(h1) @ jax.nn.relu(h2).T
-        theta = theta + rr[:, :, None, None] * jnp.eye(a.shape[1], dtype=x1.dtype)
+        theta = theta + rr[:, :, None, None] * jnp.eye(a.shape[1], dtype=dtype)
     return theta
+
+
+def _unit_preactivations(x1, x2, n2, w, b, head: HeadConfig):
+    """(H on x1, H on the second inputs): x2, else the first n2 rows of x1 (all when n2 is None)."""
+    params = {"W": w, "b": b}
+    h1 = head_preactivations(head, params, x1)
+    if x2 is not None:
+        return h1, head_preactivations(head, params, x2)
+    return h1, (h1 if n2 is None else h1[:n2])
 
 
 def _ensure_head_fits(x1, x2, head: HeadConfig, chunk: int, trace_output: bool, params_given: bool, dtype,
@@ -278,7 +297,8 @@ def _ensure_head_fits(x1, x2, head: HeadConfig, chunk: int, trace_output: bool, 
     ), budget, budget_of=caller)
 
 
-def _linear_part(x1, x2, head: HeadConfig):
+def head_linear_part(x1: jax.Array, x2: jax.Array | None, head: HeadConfig) -> jax.Array:
+    """The first layer's kernel σ_w² x1 x2ᵀ/d + σ_b² [bias] of the head, ``(n1, n2)`` (x2 = None: x1)."""
     d = x1.shape[-1]
     x2 = x1 if x2 is None else x2
     return head.sigma_w**2 * (x1 @ x2.T) / d + (head.sigma_b**2 if head.use_bias else 0.0)
@@ -297,7 +317,7 @@ def _chunked(array: jax.Array, axis: int, chunk: int) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("head", "trace_output", "chunk"))
 def _structured(x1, x2, w, b, a, *, head: HeadConfig, trace_output: bool, chunk: int):
-    lin = _linear_part(x1, x2, head)
+    lin = head_linear_part(x1, x2, head)
     # Padded units have w = 0 and a = 0: H = σ_b b·0-pad = 0 → S = 0, relu = 0.
     ws = _chunked(w, 1, chunk)
     bs = None if b is None else _chunked(b, 0, chunk)
@@ -307,23 +327,34 @@ def _structured(x1, x2, w, b, a, *, head: HeadConfig, trace_output: bool, chunk:
 
     def body(total, xs):
         w_c, b_c, a_c = xs
-        return total + _head_chunk(
-            x1, x2, lin, w_c, b_c, a_c, head.sigma_w, head.sigma_b, trace_output, head.train_readout
-        ), None
+        h1, h2 = _unit_preactivations(x1, x2, None, w_c, b_c, head)
+        return total + head_unit_ntk(h1, h2, lin, a_c, head, trace_output=trace_output), None
 
     total, _ = jax.lax.scan(body, jnp.zeros(out_shape, x1.dtype), (ws, bs, as_))
     return head.sigma_a**2 * total / head.width
 
 
-def head_ntk_fn(head_variables: dict, head: HeadConfig, x1: jax.Array, x2: jax.Array | None = None) -> jax.Array:
-    """Pure, jit-able core of :func:`structured_head_ntk`, output-traced ``(n1, n2)``.
+def head_ntk_fn(head_variables: dict, head: HeadConfig, x1: jax.Array, x2: jax.Array | None = None, *,
+                trace_output: bool = True, width_chunk: int = DEFAULT_WIDTH_CHUNK) -> jax.Array:
+    """Pure, jit-able core of :func:`structured_head_ntk`.
 
     No checks and no memory planning; differentiable in the inputs (the ReLU
     pattern S = 1[H > 0] has zero derivative), as attacks on the kernel need.
+    The units given may be a slice of the head's (``W`` with fewer than
+    ``head.width`` columns, as on one device of a width-sharded kernel): the
+    factor is still σ_a²/``head.width``, so the slices' kernels add up.
+
+    Args:
+      head_variables: ``{"W": (d, k), "b": (k,) if use_bias, "a": (k, C)}``.
+      head: the head's ``HeadConfig``.
+      x1, x2: as in :func:`structured_head_ntk`.
+      trace_output: average over outputs → ``(n1, n2)``; else ``(n1, n2, C, C)``.
+      width_chunk: hidden units per accumulation step.
     """
+    w = head_variables["W"]
     b = head_variables["b"] if head.use_bias else None
-    return _structured(x1, x2, head_variables["W"], b, head_variables["a"], head=head, trace_output=True,
-                       chunk=min(DEFAULT_WIDTH_CHUNK, head.width))
+    return _structured(x1, x2, w, b, head_variables["a"], head=head, trace_output=bool(trace_output),
+                       chunk=min(int(width_chunk), w.shape[1]))
 
 
 def structured_head_ntk(
@@ -366,10 +397,31 @@ def structured_head_ntk(
     return _structured(x1, x2, w, b, a, head=head, trace_output=bool(trace_output), chunk=chunk)
 
 
-def _draw_chunk(key, index, d, chunk, width, head: HeadConfig, dtype):
-    """Parameters of hidden units [index·chunk, (index+1)·chunk), units ≥ width zeroed."""
+def draw_head_units(key: jax.Array, index, d: int, chunk: int, n_units, head: HeadConfig, dtype
+                    ) -> tuple[jax.Array, jax.Array | None, jax.Array]:
+    """Parameters of hidden units [index·chunk, (index+1)·chunk) of the network of ``key``.
+
+    ``k_w, k_b, k_a = split(fold_in(key, index), 3)``; W ~ N(0, 1)^(d×chunk),
+    b ~ N(0, 1)^chunk (if ``head.use_bias``), a ~ N(0, 1)^(chunk×C) if the
+    readout is trained, else random ±1. Units ≥ ``n_units`` are zeroed (they
+    then add exactly nothing), so the first m units of the draw are a width-m
+    network whatever the chunk they fall in. The draw of every streamed
+    kernel (``streaming_head_ntk``, ``head_kernel_stream``, the sharded ones).
+
+    Args:
+      key: PRNG key of the network.
+      index: chunk number (may be traced).
+      d: input dimension.
+      chunk: units per chunk.
+      n_units: the network's width m (may be traced).
+      head: ``HeadConfig`` (bias, readout mode, out_dim).
+      dtype: parameter dtype.
+
+    Returns:
+      ``(W (d, chunk), b (chunk,) or None, a (chunk, C))``.
+    """
     k_w, k_b, k_a = jax.random.split(jax.random.fold_in(key, index), 3)
-    alive = (index * chunk + jnp.arange(chunk)) < width
+    alive = (index * chunk + jnp.arange(chunk)) < n_units
     w = jax.random.normal(k_w, (d, chunk), dtype) * alive
     b = jax.random.normal(k_b, (chunk,), dtype) * alive if head.use_bias else None
     shape = (chunk, head.out_dim)
@@ -377,20 +429,53 @@ def _draw_chunk(key, index, d, chunk, width, head: HeadConfig, dtype):
     return w, b, a * alive[:, None]
 
 
+def head_ntk_blocks(key: jax.Array, x1: jax.Array, x2: jax.Array | None, lin: jax.Array, head: HeadConfig, *,
+                    chunk: int, first, steps, stride: int = 1, n_units=None, n2: int | None = None,
+                    trace_output: bool = True, total: jax.Array | None = None) -> jax.Array:
+    """Unnormalized streamed head NTK: Σ over the chunks first, first + stride, … (``steps`` of them).
+
+    Each chunk's units are drawn (:func:`draw_head_units`) and contracted
+    (:func:`head_unit_ntk`) one after another in a ``fori_loop``, so memory is
+    O(n1·n2 + (n1 + n2 + d)·chunk) whatever the width. A jit-able building
+    block: ``streaming_head_ntk`` sums every chunk (``first=0, steps=⌈m/chunk⌉``);
+    a device of a width mesh sums every D-th (``stride=D``); a width sweep adds
+    the chunks of each next width to the previous sum (``total``).
+
+    Args:
+      key: PRNG key of the network.
+      x1: ``(n1, d)`` inputs.
+      x2: ``(n2, d)`` second inputs, or None: x1 itself, or its first ``n2`` rows.
+      lin: :func:`head_linear_part` of the two inputs.
+      head: ``HeadConfig`` (its width is m unless ``n_units`` is given).
+      chunk: units per chunk.
+      first, steps: the first chunk and the number of chunks (may be traced).
+      stride: distance between the chunks summed.
+      n_units: the network's width m (units ≥ m are zeroed; may be traced);
+        default ``head.width``.
+      n2: with ``x2=None``: the second inputs are x1's first ``n2`` rows.
+      trace_output: average over outputs → ``(n1, n2)``; else ``(n1, n2, C, C)``.
+      total: the running sum to add to (default zeros).
+
+    Returns:
+      ``total`` plus the chunks' sum, before the factor σ_a²/m.
+    """
+    n_units = head.width if n_units is None else n_units
+    if total is None:
+        rows2 = x2.shape[0] if x2 is not None else (x1.shape[0] if n2 is None else n2)
+        total = jnp.zeros((x1.shape[0], rows2) + (() if trace_output else (head.out_dim, head.out_dim)), x1.dtype)
+
+    def body(step, acc):
+        w, b, a = draw_head_units(key, first + stride * step, x1.shape[1], chunk, n_units, head, x1.dtype)
+        h1, h2 = _unit_preactivations(x1, x2, n2, w, b, head)
+        return acc + head_unit_ntk(h1, h2, lin, a, head, trace_output=trace_output)
+
+    return jax.lax.fori_loop(0, steps, body, total)
+
+
 @functools.partial(jax.jit, static_argnames=("head", "trace_output", "chunk"))
 def _streaming(key, x1, x2, *, head: HeadConfig, trace_output: bool, chunk: int):
-    lin = _linear_part(x1, x2, head)
-    n_chunks = -(-head.width // chunk)
-    n2 = x1.shape[0] if x2 is None else x2.shape[0]
-    out_shape = (x1.shape[0], n2) + (() if trace_output else (head.out_dim, head.out_dim))
-
-    def body(index, total):
-        w, b, a = _draw_chunk(key, index, x1.shape[1], chunk, head.width, head, x1.dtype)
-        return total + _head_chunk(
-            x1, x2, lin, w, b, a, head.sigma_w, head.sigma_b, trace_output, head.train_readout
-        )
-
-    total = jax.lax.fori_loop(0, n_chunks, body, jnp.zeros(out_shape, x1.dtype))
+    total = head_ntk_blocks(key, x1, x2, head_linear_part(x1, x2, head), head, chunk=chunk, first=0,
+                            steps=-(-head.width // chunk), trace_output=trace_output)
     return head.sigma_a**2 * total / head.width
 
 
@@ -428,8 +513,3 @@ def head_variables(variables: dict) -> dict:
     merged = dict(variables["params"]["head"])
     merged.update(variables.get("constants", {}).get("head", {}))
     return merged
-
-
-def as_numpy(kernel: jax.Array) -> np.ndarray:
-    """Host copy of a kernel matrix."""
-    return np.asarray(kernel)
