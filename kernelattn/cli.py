@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import warnings
+from pathlib import Path
 
 from kernelattn import __version__
 
@@ -24,9 +24,9 @@ EXIT_USAGE = 2
 
 def _kappa_rows(report, label: str) -> list[dict]:
     """Table rows (rank, κ(G), κ(G^{2k+1}), log10 m_theory) for a ConditionReport."""
-    power = 2 * report.depth + 1
-    from kernelattn.kernels.gram import log10_width_threshold
+    from kernelattn.kernels.gram import log10_width_threshold  # deferred with the numerics (see above)
 
+    power = 2 * report.depth + 1
     rows = [{
         "spectrum": f"{label}numerical rank",
         "rank": report.rank,
@@ -46,23 +46,14 @@ def _kappa_rows(report, label: str) -> list[dict]:
 
 
 def _format_table(rows: list[dict]) -> str:
-    """Fixed-width text table of dict rows (floats in 3-digit scientific notation)."""
+    """The spectra rows as a plain-text table (``kernelattn.analysis.formatting``)."""
+    from kernelattn.analysis.formatting import fmt, fmt_log, text_table  # deferred with the numerics (see above)
+
     if not rows:
         return "(no rows)"
     columns = list(rows[0])
-
-    def cell(value):
-        if isinstance(value, float):
-            return "inf" if math.isinf(value) else f"{value:.3e}" if abs(value) >= 1e4 or 0 < abs(value) < 1e-2 else f"{value:.3f}"
-        return str(value)
-
-    body = [[cell(row[c]) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in body)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    numeric = [not isinstance(rows[0][c], str) for c in columns]
-    lines += ["  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(r, widths, numeric)) for r in body]
-    return "\n".join(lines)
+    cells = [[fmt_log(row[c]) if c.startswith("log10") else fmt(row[c]) for c in columns] for row in rows]
+    return text_table(columns, cells)
 
 
 def _load_options(args) -> dict:
@@ -157,8 +148,6 @@ def _cmd_sweep(args) -> int:
 
 def _read_spec(path: str) -> dict:
     """A JSON spec file as a dict, with its file stem as the default name."""
-    from pathlib import Path
-
     try:
         spec = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -172,8 +161,6 @@ def _read_spec(path: str) -> dict:
 
 
 def _cmd_malleability(args) -> int:
-    from pathlib import Path
-
     from tqdm.auto import tqdm
 
     from kernelattn.malleability import run_malleability_spec, summary_frame, validate_spec
@@ -228,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="dataset information").add_subparsers(dest="data_command",
                                                                                    required=True, metavar="ACTION")
     info = data.add_parser("info", help="shape, classes, condition numbers and the width threshold")
-    info.add_argument("name", help="mnist, fashion_mnist, cifar10, digits or synthetic")
+    info.add_argument("name", help="mnist, fashion_mnist, cifar10, digits, synthetic, or the path of an .npz file "
+                                   "with arrays X and y")
     _add_data_options(info)
     info.add_argument("--energy", nargs="*", type=float, default=[0.99, 0.999],
                       help="also report kappa at ranks keeping these spectral-energy fractions")

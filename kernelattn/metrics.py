@@ -8,8 +8,6 @@ Pure functions of numpy arrays, computed in float64 whatever the input dtype:
 - ``krr_predict``         kernel-ridge predictor K*ᵀ (K + λI)⁻¹ y
 - ``relative_error``      ‖f − f_ref‖_F / ‖f_ref‖_F
 - ``accuracy``            argmax (several outputs) or sign (one output) accuracy
-- ``loglog_fit``          least-squares slope of log10 y against log10 m
-- ``crossing_width``      the width where a fitted power law reaches a target
 
 and ``kernel_convergence``, which evaluates them for one cell against a
 precomputed ``LimitReference`` (the Θ_∞ side is factored once per dataset ×
@@ -18,8 +16,8 @@ model, not once per cell).
 Conventions. Symmetric matrices are symmetrized, (K + Kᵀ)/2, before any
 eigen-decomposition. A non-positive λ_min(Θ_∞) (singular to working
 precision) gives κ = inf and cert = inf rather than a negative or NaN value.
-A zero reference norm gives inf (NaN when both are zero). Non-finite and
-non-positive values are left out of log-log fits.
+A zero reference norm gives inf (NaN when both are zero). The log-log fits of
+these metrics against width are ``kernelattn.analysis.fits``.
 """
 
 from __future__ import annotations
@@ -27,22 +25,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 __all__ = [
     "LimitReference",
-    "LogLogFit",
     "Spectrum",
     "accuracy",
     "certificate",
-    "crossing_width",
     "kernel_convergence",
     "krr_predict",
     "limit_reference",
-    "loglog_fit",
     "relative_error",
     "relative_frobenius",
     "spectral_norm",
@@ -204,64 +199,6 @@ def accuracy(outputs: Any, labels: Any) -> float:
     else:
         predicted = np.argmax(outputs, axis=1)
     return float(np.mean(predicted == labels))
-
-
-@dataclasses.dataclass(frozen=True)
-class LogLogFit:
-    """Least-squares fit log10 y = intercept + slope · log10 m.
-
-    Attributes:
-      slope, intercept: the fitted line (NaN with fewer than 2 usable points).
-      r2: coefficient of determination (NaN when undefined).
-      n_points: points used (finite and positive x and y).
-    """
-
-    slope: float
-    intercept: float
-    r2: float
-    n_points: int
-
-    def predict(self, m: float) -> float:
-        """The fitted y at width m."""
-        return 10.0 ** (self.intercept + self.slope * math.log10(m))
-
-
-def loglog_fit(widths: Iterable[float], values: Iterable[float]) -> LogLogFit:
-    """Fit log10(values) = a + b·log10(widths) by least squares.
-
-    Non-finite and non-positive points are skipped (they have no logarithm).
-    Pass means over seeds (the fits table uses log10 of the seed mean).
-    """
-    x = np.asarray(list(widths), dtype=np.float64)
-    y = np.asarray(list(values), dtype=np.float64)
-    if x.shape != y.shape:
-        raise ValueError(f"values: expected {x.shape[0]} entries like widths, got {y.shape[0]}")
-    keep = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
-    x, y = np.log10(x[keep]), np.log10(y[keep])
-    n = int(x.size)
-    if n < 2 or np.ptp(x) == 0:
-        return LogLogFit(math.nan, math.nan, math.nan, n)
-    slope, intercept = np.polyfit(x, y, 1)
-    residual = y - (intercept + slope * x)
-    total = float(np.sum((y - y.mean()) ** 2))
-    r2 = 1.0 - float(np.sum(residual**2)) / total if total > 0 else math.nan
-    return LogLogFit(float(slope), float(intercept), r2, n)
-
-
-def crossing_width(fit: LogLogFit, target: float) -> float:
-    """Width m* where the fitted power law equals ``target``: 10^((log10 target − a)/b).
-
-    Returns inf when the fit does not decrease (slope ≥ 0) and NaN when there
-    is no fit. The value is an extrapolation of the fitted line, not a bound.
-    """
-    if not (target > 0):
-        raise ValueError(f"target: expected a positive number, got {target}")
-    if not (math.isfinite(fit.slope) and math.isfinite(fit.intercept)):
-        return math.nan
-    if fit.slope >= 0:
-        return math.inf
-    exponent = (math.log10(target) - fit.intercept) / fit.slope
-    return 10.0**exponent if exponent < 308 else math.inf
 
 
 # --------------------------------------------------------------------------- per cell

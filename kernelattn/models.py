@@ -23,10 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from kernelattn._validation import check_choice, check_int, check_real
+from kernelattn.registry import MODELS, canonical_model_name
 from kernelattn.transforms import AttentionConfig, attend
-
-MODEL_NAMES = ("relu", "mlp-attn", "qkv-attn")
-_ALIASES = {"2l-relu": "relu", "mlp_attn": "mlp-attn", "attn": "mlp-attn", "qkv": "qkv-attn"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,8 +218,7 @@ def make_model(
     ``head_width``: every hidden width must grow for the empirical NTK to
     approach the infinite-width one (with a fixed d-channel output it does not).
     """
-    name = _ALIASES.get(str(name).lower(), str(name).lower())
-    check_choice(name, "model", MODEL_NAMES)
+    name = check_choice(canonical_model_name(name), "model", tuple(MODELS))
     head = HeadConfig(width, out_dim, sigma_w, sigma_b, sigma_a, sigma_b > 0, train_readout)
     if name == "relu":
         return TwoLayerReLU(head, param_dtype)
@@ -235,19 +232,7 @@ def make_model(
     return QKVAttentionMLP(head, qkv, normalize, param_dtype)
 
 
-def canonical_model_name(name: str) -> str:
-    """Map aliases ("2l-relu", "attn", …) to "relu" / "mlp-attn" / "qkv-attn"."""
-    name = _ALIASES.get(str(name).lower(), str(name).lower())
-    return check_choice(name, "model", MODEL_NAMES)
-
-
 def head_config(model: nn.Module) -> HeadConfig:
     """The ``HeadConfig`` of a kernelattn model."""
     return model.head if isinstance(model.head, HeadConfig) else model.head.config
 
-
-def split_variables(variables: dict) -> tuple[dict, dict]:
-    """Split Flax variables into (trainable params, everything else)."""
-    variables = dict(variables)
-    params = variables.pop("params")
-    return params, variables

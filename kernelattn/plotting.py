@@ -42,6 +42,9 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
+
+from kernelattn.analysis.fits import convergence_fits
 
 __all__ = [
     "DATASET_PALETTE",
@@ -117,8 +120,6 @@ def _log_axis(ax, which: str = "y", base: int = 10) -> None:
     limits, every one up to 7 of them, else every 2nd, 3rd, ... (set the
     limits first).
     """
-    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
-
     axis = ax.yaxis if which == "y" else ax.xaxis
     (ax.set_yscale if which == "y" else ax.set_xscale)("log", base=base)
 
@@ -207,12 +208,6 @@ def _grid(fig: Figure, rows: int, cols: int, **kwargs: Any) -> np.ndarray:
     return axes
 
 
-def _pow10(x: float) -> str:
-    if not math.isfinite(x):
-        return r"\infty"
-    return f"10^{{{x:.1f}}}"
-
-
 def _panel_label(ax, text: str) -> None:
     ax.set_title(text, loc="left", fontsize=8)
 
@@ -257,14 +252,13 @@ def plot_convergence(kernel: pd.DataFrame, fits: pd.DataFrame | None = None, *,
 
     Args:
       kernel: kernel-sweep rows (``report.load_frames(out).kernel``), one store.
-      fits: ``report.convergence_fits(kernel)`` (computed when omitted): gives
+      fits: ``analysis.fits.convergence_fits(kernel)`` (computed when omitted): gives
         the extrapolated width where cert = 1/2, marked per model (a dotted
         vertical line when on the axis, an arrow at the right edge when not),
         and m_theory (likewise; usually far off the axis).
       colors: model label → colour (default :func:`model_colors`).
       band: "minmax" (seed min–max, default) or "std" (mean ± std over seeds).
     """
-    from kernelattn.report import convergence_fits
 
     datasets = list(dict.fromkeys(kernel["dataset"])) if not kernel.empty else []
     ncols = max(1, min(MAX_COLS, len(datasets)))
@@ -898,7 +892,6 @@ def figures_for(frames) -> Iterator[tuple[str, str, Figure]]:
     adversarial training (several training modes), remedies (variants),
     κ sweep (synthetic κ).
     """
-    from kernelattn.report import convergence_fits
 
     labels = []
     for frame in (frames.kernel, frames.training, frames.malleability):

@@ -34,106 +34,48 @@ else NaN), ``model`` (label: "2L-ReLU", "MLP-Attn", "MLP-Attn (r=10)",
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from kernelattn.analysis import Interval, paired_bootstrap
+from kernelattn.analysis.bootstrap import Interval, paired_bootstrap
+from kernelattn.analysis.fits import convergence_fits
+from kernelattn.analysis.formatting import fmt, fmt_log, fmt_pm, fmt_range, markdown_table
+from kernelattn.analysis.labels import classes_text, dataset_label, display_order, model_info
+from kernelattn.analysis.statistics import seed_stats, width_summary
+from kernelattn.provenance import canonical_json
+from kernelattn.store import ResultStore
 
 __all__ = [
-    "MODEL_LABELS",
     "Frames",
     "RefBook",
     "claims_table",
     "condition_table",
-    "convergence_fits",
     "convergence_table",
-    "fmt",
     "load_frames",
     "malleability_summary",
     "malleability_table",
-    "model_label",
     "render_report",
     "setting_of",
     "store_order",
-    "width_summary",
 ]
 
 MANIFEST = "kernelattn-store.json"
 #: Figure file stems are ``<store>_<suffix>`` (see ``kernelattn.plotting.figures_for``).
 FIGURE_SUFFIXES = ("spectra", "kappa_power", "convergence", "remedies", "kappa", "ntk_distance", "flip_rates",
                    "epsilon", "adversarial_training")
-MODEL_LABELS = {"relu": "2L-ReLU", "mlp-attn": "MLP-Attn", "qkv-attn": "QKV-Attn"}
-_ALIASES = {"2l-relu": "relu", "mlp_attn": "mlp-attn", "attn": "mlp-attn", "qkv": "qkv-attn", "qkv_attn": "qkv-attn"}
 SHORT_KEY = 12
 _DATASET_TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "digits": "digits",
                    "synthetic": "synthetic"}
 _COSMETIC = ("label", "data_dir", "download", "base_url", "system_dirs", "timeout", "max_bytes")
 
 
-# =========================================================================== formatting
-
-
-def fmt(value: Any, digits: int = 4) -> str:
-    """One number as text: ints as is, floats with ``digits`` significant digits ("nan", "inf" spelled out).
-
-    The same format everywhere in the report, parseable by ``float()``.
-    """
-    if value is None:
-        return "nan"
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value)).lower()
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    if x == 0:
-        return "0"
-    return f"{x:.{digits}g}"
-
-
-def fmt_log(value: Any) -> str:
-    """A log10 value with two decimals ("inf", "nan" spelled out)."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return "nan"
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return f"{x:.2f}"
-
-
-def fmt_pm(mean: Any, spread: Any) -> str:
-    """``mean ± spread`` (just the mean when the spread is NaN)."""
-    text = fmt(mean)
-    try:
-        s = float(spread)
-    except (TypeError, ValueError):
-        return text
-    return text if math.isnan(s) else f"{text} ± {fmt(s, 2)}"
-
-
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]], align: Sequence[str] | None = None) -> str:
-    """A GitHub-flavoured markdown table; ``align`` per column: "l" or "r" (default: first left, rest right)."""
-    header = list(header)
-    align = list(align) if align is not None else ["l"] + ["r"] * (len(header) - 1)
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
-    return "\n".join(lines)
+# =========================================================================== record references
 
 
 class RefBook:
@@ -186,10 +128,6 @@ class Frames:
     conditions: pd.DataFrame
     info: dict[str, dict[str, Any]]
 
-    def store_kind(self, store: str) -> str | None:
-        """The main record kind of a store ("kernel_sweep", "malleability", ...)."""
-        kinds = self.info.get(store, {}).get("kinds", {})
-        return max(kinds, key=kinds.get) if kinds else None
 
 
 def find_stores(out: str | Path) -> list[Path]:
@@ -198,66 +136,6 @@ def find_stores(out: str | Path) -> list[Path]:
     if not out.is_dir():
         return []
     return sorted(p for p in out.iterdir() if p.is_dir() and (p / MANIFEST).is_file())
-
-
-def model_info(model: Any) -> dict[str, Any]:
-    """Label and options of a model as stored in a cell (a name, or a dict of options)."""
-    if isinstance(model, Mapping):
-        options = dict(model)
-        name = str(options.pop("name", "?"))
-    else:
-        options, name = {}, str(model)
-    name = _ALIASES.get(name.lower(), name.lower())
-    depth = int(options.get("depth") or 1)
-    rank = options.get("rank")
-    extras = []
-    if name == "mlp-attn":
-        if rank is not None:
-            extras.append(f"r={rank}")
-        if depth != 1:
-            extras.append(f"k={depth}")
-        if options.get("constant_term"):
-            extras.append("+1")
-        if options.get("normalize") is False:
-            extras.append("no norm")
-    elif name == "qkv-attn":
-        if options.get("scaling", "linear") != "linear":
-            extras.append(f"s={options['scaling']}")
-        if options.get("head_width", "width") != "width":
-            extras.append(f"h={options['head_width']}")
-    for key in ("sigma_w", "sigma_b", "sigma_a", "train_readout", "readout"):
-        if key in options:
-            extras.append(f"{key}={options[key]}")
-    base = MODEL_LABELS.get(name, name)
-    return {"model": base + (f" ({', '.join(extras)})" if extras else ""), "model_name": name, "depth": depth,
-            "rank": np.nan if rank is None else float(rank), "variant": bool(extras)}
-
-
-def model_label(model: Any) -> str:
-    """The display label of a stored model ("2L-ReLU", "MLP-Attn (r=10)", ...)."""
-    return model_info(model)["model"]
-
-
-def _classes_text(classes: Any) -> str | None:
-    if classes is None:
-        return None
-    if isinstance(classes, str):
-        return classes
-    return "-vs-".join(str(c) for c in classes)
-
-
-def _auto_label(ds: Mapping[str, Any]) -> str:
-    name = str(ds.get("name", "?"))
-    label = _DATASET_TITLES.get(name, name)
-    classes = _classes_text(ds.get("classes"))
-    if classes:
-        label += f" {classes}"
-    if name == "synthetic":
-        if "kappa" in ds:
-            label += f" κ={fmt(ds['kappa'], 3)}"
-        if "d" in ds:
-            label += f" d={ds['d']}"
-    return label
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -278,8 +156,8 @@ def _dataset_label(ds: Mapping[str, Any], spec: Mapping[str, Any]) -> tuple[str,
             continue
         keys = (set(entry) | set(ds)) - set(_COSMETIC) - {"target", "normalize"}
         if all(_same(entry.get(k), ds.get(k)) for k in keys):
-            return (str(entry["label"]) if entry.get("label") else _auto_label(ds)), i
-    return _auto_label(ds), 10**6
+            return (str(entry["label"]) if entry.get("label") else dataset_label(ds)), i
+    return dataset_label(ds), 10**6
 
 
 def _model_index(model: Any, spec: Mapping[str, Any]) -> int:
@@ -314,7 +192,7 @@ def _dataset_columns(ds: Mapping[str, Any], spec: Mapping[str, Any]) -> dict[str
         "dataset": label,
         "dataset_index": index,
         "dataset_name": ds.get("name"),
-        "classes": _classes_text(ds.get("classes")),
+        "classes": classes_text(ds.get("classes")),
         "n_classes": n_classes,
         "task": "regression" if n_classes == 0 else ("binary" if n_classes == 2 else f"{n_classes}-class"),
         "n_train_data": ds.get("n_train"),
@@ -394,10 +272,6 @@ _SHOWN = {
 
 def setting_of(kind: str, cell: Mapping[str, Any]) -> str:
     """Short hash (8 hex) of a cell without its displayed entries (see ``_SHOWN``)."""
-    import hashlib
-
-    from kernelattn.provenance import canonical_json
-
     rest = {k: v for k, v in cell.items() if k not in _SHOWN.get(kind, ())}
     return hashlib.sha256(canonical_json(rest).encode("ascii")).hexdigest()[:8]
 
@@ -415,8 +289,6 @@ def _environment(record: Mapping[str, Any]) -> dict[str, Any]:
 
 def load_frames(out: str | Path) -> Frames:
     """Read every store under ``out`` (read-only) into :class:`Frames`. Computes nothing."""
-    from kernelattn.store import ResultStore
-
     out = Path(out)
     rows: dict[str, list[dict]] = {"kernel": [], "training": [], "malleability": [], "conditions": []}
     info: dict[str, dict[str, Any]] = {}
@@ -462,104 +334,6 @@ def load_frames(out: str | Path) -> Frames:
 
 
 # =========================================================================== derived tables
-
-
-def _order(frame: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
-    """Stable order: first appearance for strings, numeric order for numbers, baselines before variants."""
-    if frame.empty:
-        return frame
-    keys = []
-    for column in by:
-        values = frame[column]
-        if column == "model":
-            index = frame["model_index"] if "model_index" in frame else pd.Series(0, index=frame.index)
-            ranks = {m: (0 if m == "2L-ReLU" else 1 if m == "MLP-Attn" else 2, int(index[values == m].min()), m)
-                     for m in values.unique()}
-            order = {m: i for i, m in enumerate(sorted(ranks, key=ranks.get))}
-            keys.append(values.map(order))
-        elif column == "attack":
-            order = {a: i for i, a in enumerate(("none", "fgsm", "pgd", "mim"))}
-            keys.append(values.map(lambda a: order.get(a, len(order))))
-        elif column == "dataset" and "dataset_index" in frame:
-            keys.append(frame["dataset_index"])
-        elif values.dtype == object:
-            order = {v: i for i, v in enumerate(dict.fromkeys(values))}
-            keys.append(values.map(order))
-        else:
-            keys.append(values)
-    index = np.lexsort([k.to_numpy() for k in reversed(keys)])
-    return frame.iloc[index]
-
-
-def width_summary(kernel: pd.DataFrame, metrics: Sequence[str] = ("rel_fro", "cert", "krr_err")) -> pd.DataFrame:
-    """Per (store, dataset, model, width): mean, sample std, min and max over seeds, and the record keys."""
-    if kernel.empty:
-        return pd.DataFrame()
-    rows = []
-    for (store, dataset, model, width), g in kernel.groupby(["store", "dataset", "model", "width"], sort=False):
-        row = {"store": store, "dataset": dataset, "model": model, "width": int(width), "n_seeds": len(g),
-               "keys": list(g["key"])}
-        for m in metrics:
-            if m not in g:
-                continue
-            v = pd.to_numeric(g[m], errors="coerce").to_numpy(np.float64)
-            finite = v[~np.isnan(v)]
-            row[f"{m}_mean"] = float(np.mean(finite)) if finite.size else math.nan
-            row[f"{m}_std"] = float(np.std(finite, ddof=1)) if finite.size > 1 and np.all(np.isfinite(finite)) \
-                else math.nan
-            row[f"{m}_min"] = float(np.min(finite)) if finite.size else math.nan
-            row[f"{m}_max"] = float(np.max(finite)) if finite.size else math.nan
-        rows.append(row)
-    return _order(pd.DataFrame(rows), ["store", "dataset", "model", "width"]).reset_index(drop=True)
-
-
-def convergence_fits(kernel: pd.DataFrame) -> pd.DataFrame:
-    """Per (store, dataset, model): log-log fits against width of the seed means (``kernelattn.metrics.loglog_fit``).
-
-    Columns: ``slope_rel_fro``, ``r2_rel_fro``, ``slope_cert``, ``r2_cert``,
-    ``m_cert_half`` / ``log10_m_cert_half`` (the fitted power law's width
-    where cert = 1/2: an extrapolation), ``cert_at_max`` (mean, ``_min``,
-    ``_max`` over seeds at the largest width), ``rel_fro_at_max``,
-    ``width_max``, ``n_widths``, ``n_seeds``, the per-(dataset, model)
-    columns of the records (``log10_m_theory``, ``kappa_G``, ``kappa_d_G``,
-    ``rank_G``, ``kappa_d_features``, ``lambda_min_inf``, ``kappa_inf``),
-    ``kappa_data`` and ``keys``.
-    """
-    from kernelattn.metrics import crossing_width, loglog_fit
-
-    if kernel.empty:
-        return pd.DataFrame()
-    summary = width_summary(kernel, ("rel_fro", "cert"))
-    rows = []
-    for (store, dataset, model), g in summary.groupby(["store", "dataset", "model"], sort=False):
-        cells = kernel[(kernel["store"] == store) & (kernel["dataset"] == dataset) & (kernel["model"] == model)]
-        first = cells.iloc[0]
-        widths = g["width"].to_numpy(np.float64)
-        row: dict[str, Any] = {"store": store, "dataset": dataset, "model": model,
-                               "model_name": first["model_name"], "variant": bool(first["variant"]),
-                               "depth": first["depth"], "rank": first["rank"], "kappa_data": first["kappa_data"],
-                               "n_widths": len(g), "n_seeds": int(g["n_seeds"].max()),
-                               "width_max": int(widths.max()), "keys": list(cells["key"])}
-        for metric in ("rel_fro", "cert"):
-            column = f"{metric}_mean"
-            if column not in g:
-                continue
-            fit = loglog_fit(widths, g[column].to_numpy(np.float64))
-            row[f"slope_{metric}"], row[f"r2_{metric}"] = fit.slope, fit.r2
-            last = g.iloc[int(np.argmax(widths))]
-            row[f"{metric}_at_max"] = last[column]
-            row[f"{metric}_at_max_min"] = last[f"{metric}_min"]
-            row[f"{metric}_at_max_max"] = last[f"{metric}_max"]
-            if metric == "cert":
-                m_half = crossing_width(fit, 0.5)
-                row["m_cert_half"] = m_half
-                row["log10_m_cert_half"] = (math.log10(m_half) if 0 < m_half < math.inf
-                                            else math.inf if m_half == math.inf else math.nan)
-        for column in ("log10_m_theory", "kappa_G", "kappa_d_G", "rank_G", "kappa_d_features", "lambda_min_inf",
-                       "kappa_inf", "limit"):
-            row[column] = first[column] if column in first.index else math.nan
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 #: A malleability setting (one row of the summary); null baselines are matched on ``_NULL_BY``.
@@ -746,13 +520,11 @@ def training_table(training: pd.DataFrame, refs: RefBook) -> str:
     width, mean ± sample std over seeds."""
     rows = []
     for (store, dataset, model, width), g in training.groupby(["store", "dataset", "model", "width"], sort=False):
-        def col(name, digits=4):
+        def col(name):
             if name not in g:
                 return "nan"
-            v = pd.to_numeric(g[name], errors="coerce").to_numpy(np.float64)
-            if np.all(np.isnan(v)):
-                return "nan"
-            return fmt_pm(np.nanmean(v), np.nanstd(v, ddof=1) if np.sum(~np.isnan(v)) > 1 else math.nan)
+            stats = seed_stats(g[name])
+            return fmt_pm(stats.mean, stats.std) if stats.n else "nan"
 
         untrained = int((~g["trained"].astype(bool)).sum()) if "trained" in g else 0
         rows.append([dataset, model, fmt(width), fmt(len(g)), col("ntk_distance"), col("lin_distance"), col("acc_m"),
@@ -800,7 +572,7 @@ def malleability_table(summary: pd.DataFrame, refs: RefBook, frame: pd.DataFrame
     Returns:
       (the "fixed settings" sentence, the markdown table).
     """
-    summary = _order(summary, ["dataset", "training_mode", "intervention", "attack", "epsilon", "model"])
+    summary = display_order(summary, ["dataset", "training_mode", "intervention", "attack", "epsilon", "model"])
     varying, fixed = _split_columns(summary, _MALL_COLUMNS)
     rows = []
     for _, r in summary.iterrows():
@@ -843,7 +615,7 @@ def malleability_gap_table(summary: pd.DataFrame, refs: RefBook) -> str | None:
     """flip(model)/flip(2L-ReLU) with its paired 95 % interval, for each setting where both were measured."""
     by = [c for c in _MALL_BY if c != "model"]
     rows = []
-    summary = _order(summary, ["dataset", "training_mode", "intervention", "attack", "epsilon", "model"])
+    summary = display_order(summary, ["dataset", "training_mode", "intervention", "attack", "epsilon", "model"])
     for setting, base, r in _pairs(summary, by):
         ratio = ratio_interval(r["flips"], base["flips"])
         kappa = fmt(r["kappa_data"]) if not pd.isna(r["kappa_data"]) else "-"
@@ -889,7 +661,7 @@ def protocol_table(summary: pd.DataFrame, refs: RefBook) -> tuple[str, str] | No
     if len(labels) < 2:
         return None
     labels = ["default"] + [v for v in labels if v != "default"]
-    datasets = list(dict.fromkeys(_order(base, ["dataset"])["dataset"]))
+    datasets = list(dict.fromkeys(display_order(base, ["dataset"])["dataset"]))
     by = [c for c in _MALL_BY if c not in ("model", "store")]
     factor_columns = [c for c, _ in PROTOCOL_FACTORS]
     defaults: dict[str, Any] = {}
@@ -935,14 +707,6 @@ def protocol_table(summary: pd.DataFrame, refs: RefBook) -> tuple[str, str] | No
 # =========================================================================== the paper's claims
 
 
-def _range(values: Sequence[float]) -> str:
-    values = [float(v) for v in values if v is not None and not math.isnan(float(v))]
-    if not values:
-        return "nan"
-    lo, hi = min(values), max(values)
-    return fmt(lo, 3) if lo == hi else f"{fmt(lo, 3)} – {fmt(hi, 3)}"
-
-
 REPRODUCED, NOT_REPRODUCED, NOT_TESTABLE = "reproduced", "not reproduced", "not testable here"
 
 
@@ -976,13 +740,13 @@ def claims_table(frames: Frames, refs: RefBook) -> str | None:
         if pairs:
             rows.append(["MLP-Attn is farther from the kernel regime than 2L-ReLU",
                          REPRODUCED if all(p > 1 for p in pairs) else NOT_REPRODUCED,
-                         f"cert(MLP-Attn)/cert(2L-ReLU) at the largest width: {_range(pairs)} ({len(pairs)} "
+                         f"cert(MLP-Attn)/cert(2L-ReLU) at the largest width: {fmt_range(pairs)} ({len(pairs)} "
                          "store × dataset pair(s), non-synthetic data)",
                          refs.ref(", ".join(dict.fromkeys(stores)), "cert at the largest width", keys)])
             rows.append(["m = Ω(κ_d(G)^6 n log n): no practical width reaches the kernel regime",
                          REPRODUCED if all(v > 1 for v in attn_cert) else NOT_REPRODUCED,
-                         f"MLP-Attn cert at the largest width {_range(attn_cert)} (the kernel regime needs < 1); "
-                         f"log10 m(cert=½) extrapolated {_range(half)}; log10 m_theory {_range(theory)} (the bound "
+                         f"MLP-Attn cert at the largest width {fmt_range(attn_cert)} (the kernel regime needs < 1); "
+                         f"log10 m(cert=½) extrapolated {fmt_range(half)}; log10 m_theory {fmt_range(theory)} (the bound "
                          "itself is asymptotic: its consequence at the widths run is what is tested)",
                          refs.ref(", ".join(dict.fromkeys(stores)), "convergence fits", keys)])
         kappa = fits[fits["kappa_data"].notna()]
@@ -994,8 +758,8 @@ def claims_table(frames: Frames, refs: RefBook) -> str | None:
                 rho = pd.Series(ratio.index.to_numpy(float)).corr(pd.Series(ratio.to_numpy(float)), method="spearman")
                 rows.append([f"the certificate gap grows with κ(G) (`{store}`)",
                              REPRODUCED if rho > 0.5 else NOT_REPRODUCED,
-                             f"cert ratio {_range([ratio.iloc[0]])} at κ = {fmt(ratio.index[0])} → "
-                             f"{_range([ratio.iloc[-1]])} at κ = {fmt(ratio.index[-1])}; Spearman ρ(κ, ratio) = "
+                             f"cert ratio {fmt_range([ratio.iloc[0]])} at κ = {fmt(ratio.index[0])} → "
+                             f"{fmt_range([ratio.iloc[-1]])} at κ = {fmt(ratio.index[-1])}; Spearman ρ(κ, ratio) = "
                              f"{fmt(rho, 3)}", refs.ref(store, "κ sweep fits", [k for ks in g["keys"] for k in ks])])
     if not frames.training.empty and "ntk_distance" in frames.training:
         t = frames.training
@@ -1005,7 +769,7 @@ def claims_table(frames: Frames, refs: RefBook) -> str | None:
             untrained = int((~t["trained"].astype(bool)).sum()) if "trained" in t else 0
             rows.append(["after training, MLP-Attn is farther from its NTK predictor than 2L-ReLU (Table 1)",
                          REPRODUCED if len(ratio) and (ratio > 1).all() else NOT_REPRODUCED,
-                         f"‖f_m − f_NTK‖ ratio MLP-Attn/2L-ReLU {_range(list(ratio))} over {len(ratio)} widths; "
+                         f"‖f_m − f_NTK‖ ratio MLP-Attn/2L-ReLU {fmt_range(list(ratio))} over {len(ratio)} widths; "
                          f"{untrained} of {len(t)} fits did not train",
                          refs.ref(", ".join(dict.fromkeys(t["store"])), "NTK distance", list(t["key"]))])
     if not frames.malleability.empty:
@@ -1037,7 +801,7 @@ def _malleability_claims(frames: Frames, refs: RefBook) -> list[list[str]]:
         rows.append(["MLP-Attn is several times more malleable than 2L-ReLU",
                      REPRODUCED if several else NOT_REPRODUCED,
                      f"flip(MLP-Attn)/flip(2L-ReLU): median {fmt(float(np.median(ratios)), 3)}, range "
-                     f"{_range(ratios)} over {len(ratios)} settings (non-synthetic data, standard training, every "
+                     f"{fmt_range(ratios)} over {len(ratios)} settings (non-synthetic data, standard training, every "
                      f"training point attacked, the network's loss, Θ_m at θ_T); 95 % interval above 1 in "
                      f"{counts['more']}, below 1 in {counts['less']}, containing 1 in {counts['inconclusive']}; "
                      f"{untrained} seed-fits behind them did not train (see the protocol matrix for the variants)",

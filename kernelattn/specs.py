@@ -19,8 +19,8 @@ Format (every key except ``name``, ``kind``, ``datasets``, ``models`` and
          "classes": null,                   # null | [3, 8] | ["cat", "dog"] | "3-vs-8"
          "normalize": true, "scale": true,
          "target": "auto",                  # "auto" | "onehot" | "pm1"
-         "label": "digits",                 # table label (default: the name, plus the options that
-                                            #   tell same-named entries apart, e.g. "mlp-attn[depth=2]")
+         "label": "digits",                 # table label (default: the display label, e.g. "MNIST 3-vs-8",
+                                            #   "MLP-Attn (k=2)", plus options telling equal ones apart)
          "data_dir": null, "download": true,
          ...source options: digits: test_fraction, split_seed;
             synthetic: d, kappa, singular_values, n_classes, task, teacher_width;
@@ -50,7 +50,12 @@ raw values for a regression task. The ``kernel`` section's head options
 (readout, σ's) define the network in both kinds; ``training`` is only
 allowed (and then optional) when ``kind`` is ``"training"``.
 
-The model name also accepts kernelattn's aliases ("2l-relu", "attn", "qkv").
+The model name also accepts kernelattn's aliases ("2l-relu", "attn", "qkv"), and
+"module:attr" names a user's own model (``kernelattn.registry``: a ``ModelEntry``
+or a constructor ``build(width, out_dim, **options)``, whose keyword parameters
+are the entry's allowed keys). A dataset name ending in ".npz" is the path of
+a user's own data (arrays ``X``, ``y``; ``kernelattn.data.npz``), relative to
+the working directory; its SHA-256 is recorded as the option ``sha256``.
 For "qkv-attn", ``head_width`` is the QKV width h: an integer, or "width"
 (default) for h = m so that both widths grow together, which the infinite-
 width limit requires. Its Θ_∞ has no closed form here and is estimated by
@@ -71,6 +76,18 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from kernelattn.analysis.labels import dataset_label, model_label
+from kernelattn.data.npz import file_sha256, is_npz_name
+from kernelattn.registry import (
+    MODEL_ALIASES,
+    REQUIRED,
+    dataset_entry,
+    dataset_names,
+    is_user_model,
+    model_entry,
+    model_names,
+)
+
 __all__ = [
     "DATASET_NAMES",
     "KINDS",
@@ -88,10 +105,10 @@ __all__ = [
 ]
 
 KINDS = ("kernel", "training")
-DATASET_NAMES = ("cifar10", "digits", "fashion_mnist", "mnist", "synthetic")
-MODEL_NAMES = ("relu", "mlp-attn", "qkv-attn")
-_MODEL_ALIASES = {"2l-relu": "relu", "mlp_attn": "mlp-attn", "attn": "mlp-attn", "qkv": "qkv-attn",
-                  "qkv_attn": "qkv-attn"}
+#: Built-in dataset and model names (``kernelattn.registry``); a path ending in ".npz" and a
+#: "module:attr" reference name a user's dataset and model.
+DATASET_NAMES = dataset_names()
+MODEL_NAMES = model_names()
 #: Metric groups computed per cell, by spec kind. ``null`` in a spec selects all.
 METRICS: dict[str, tuple[str, ...]] = {
     # rel_fro: ‖Θ_m − Θ_∞‖_F/‖Θ_∞‖_F; cert: ‖Θ_m − Θ_∞‖₂/λ_min(Θ_∞);
@@ -108,16 +125,6 @@ READOUTS = ("fixed", "trained")
 DTYPES = ("float32", "float64")
 LOSSES = ("auto", "mse", "xent")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-# Loader options per dataset besides the common ones (kernelattn.data.load's **source_kwargs).
-_FILE_OPTIONS = ("base_url", "checksums", "max_bytes", "system_dirs", "timeout")
-_SOURCE_OPTIONS: dict[str, tuple[str, ...]] = {
-    "mnist": _FILE_OPTIONS,
-    "fashion_mnist": _FILE_OPTIONS,
-    "cifar10": _FILE_OPTIONS,
-    "digits": ("split_seed", "test_fraction"),
-    "synthetic": ("d", "kappa", "n_classes", "singular_values", "task", "teacher_width"),
-}
 
 
 class SpecError(ValueError):
@@ -349,14 +356,8 @@ _SOURCE_CHECKS: dict[str, Callable[[Any, str], Any]] = {
 }
 
 def _source_options(name: str) -> tuple[str, ...]:
-    """Loader options of dataset ``name``: kernelattn.data's list (``dataset_info``), else the table above."""
-    try:
-        from kernelattn.data import dataset_info
-
-        listed = tuple(dataset_info(name)["options"])
-    except Exception:  # noqa: BLE001 - the data layer unavailable: fall back to the known options
-        listed = ()
-    return tuple(dict.fromkeys(_SOURCE_OPTIONS.get(name, ()) + listed))
+    """Loader options of dataset ``name`` (``kernelattn.registry.dataset_entry``)."""
+    return dataset_entry(name).options
 
 
 # Dataset keys with no effect on the numbers (excluded from cell identity).
@@ -456,16 +457,19 @@ def _label_value(value: Any) -> str:
 
 
 def _assign_labels(entries: tuple, key: str) -> tuple:
-    """Default label: the name, plus the options that tell same-named entries apart."""
+    """Default label: the display label (``kernelattn.analysis.labels``: "MLP-Attn (k=2)", "MNIST 3-vs-8"),
+    plus the options that tell apart entries whose display labels coincide."""
+    display = dataset_label if key == "datasets" else model_label
+    auto = [None if e.label else display(e.identity()) for e in entries]
     out = []
     for i, entry in enumerate(entries):
         if entry.label:
             out.append(entry)
             continue
-        same = [e.identity() for e in entries if e.name == entry.name]
+        same = [e.identity() for e, a in zip(entries, auto) if a == auto[i]]
         mine = entry.identity()
         differing = [k for k in mine if k != "name" and any(other.get(k) != mine[k] for other in same)]
-        label = entry.name + (f"[{','.join(f'{k}={_label_value(mine[k])}' for k in differing)}]" if differing else "")
+        label = auto[i] + (f" ({', '.join(f'{k}={_label_value(mine[k])}' for k in differing)})" if differing else "")
         out.append(dataclasses.replace(entry, label=label))
     labels = [e.label for e in out]
     for i, label in enumerate(labels):
@@ -480,7 +484,13 @@ def _parse_dataset(value: Any, path: str) -> DatasetSpec:
     entry = _mapping(value, path, "a dataset entry")
     if "name" not in entry:
         raise SpecError(_join(path, "name"), "required key is missing")
-    name = _choice(entry["name"], _join(path, "name"), DATASET_NAMES)
+    if is_npz_name(entry["name"]):
+        name = _str(entry["name"], _join(path, "name"))
+        if not Path(name).is_file():
+            raise SpecError(_join(path, "name"), f"no such .npz file {name!r} (a path relative to the working "
+                                                 "directory, or absolute)")
+    else:
+        name = _choice(entry["name"], _join(path, "name"), DATASET_NAMES)
     source_options = _source_options(name)
     allowed = _DATASET_COMMON + source_options
     _check_keys(entry, path, allowed, context=f"for dataset {name!r}")
@@ -507,6 +517,13 @@ def _parse_dataset(value: Any, path: str) -> DatasetSpec:
         if key in entry:
             check = _SOURCE_CHECKS.get(key, _freeze)  # options unknown here: any JSON value, checked by the loader
             options.append((key, check(entry[key], p(key))))
+    if is_npz_name(name):  # the file's content is part of the dataset's identity
+        digest = file_sha256(name)
+        given = dict(options)
+        if given.get("sha256", digest) != digest:
+            raise SpecError(p("sha256"), f"expected the SHA-256 of {name} ({digest}), got {_show(given['sha256'])}: "
+                                         "the file changed")
+        options = [(k, v) for k, v in options if k != "sha256"] + [("sha256", digest)]
     if name == "synthetic":
         given = dict(options)
         if "kappa" in given and "singular_values" in given:
@@ -521,9 +538,7 @@ def _parse_dataset(value: Any, path: str) -> DatasetSpec:
 # --------------------------------------------------------------------------- models
 
 _MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
-    "relu": ("name", "label"),
-    "mlp-attn": ("name", "label", "depth", "rank", "constant_term", "normalize"),
-    "qkv-attn": ("name", "label", "head_width", "scaling", "normalize"),
+    name: ("name", "label") + tuple(k for k, _ in model_entry(name).options) for name in MODEL_NAMES
 }
 
 
@@ -540,6 +555,7 @@ class ModelSpec:
         "qkv-attn": default false, the variant neural-tangents computes).
       head_width: QKV width h ("qkv-attn"): an integer or "width" (h = m).
       scaling: "linear" (s = h, W_K = W_Q tied) or "sqrt" ("qkv-attn").
+      options: a user's model ("module:attr" name): its options as sorted (key, value) pairs.
     """
 
     name: str
@@ -550,9 +566,12 @@ class ModelSpec:
     normalize: bool = True
     head_width: int | str = "width"
     scaling: str = "linear"
+    options: tuple = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The normalized JSON form: only the options that apply to this model."""
+        if is_user_model(self.name):
+            return {"name": self.name, "label": self.label, **{k: _thaw(v) for k, v in self.options}}
         full = {
             "name": self.name,
             "label": self.label,
@@ -573,12 +592,18 @@ class ModelSpec:
         """h for network width m (qkv-attn)."""
         return width if self.head_width == "width" else int(self.head_width)
 
+    def model_options(self) -> dict[str, Any]:
+        """The model's options for its registry entry (``kernelattn.registry.ModelEntry``): features, network."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("name", "label")}
+
 
 def _parse_model(value: Any, path: str) -> ModelSpec:
     entry = _mapping(value, path, "a model entry")
     if "name" not in entry:
         raise SpecError(_join(path, "name"), "required key is missing")
-    name = _choice(entry["name"], _join(path, "name"), MODEL_NAMES, _MODEL_ALIASES)
+    if is_user_model(entry["name"]):
+        return _parse_user_model(entry, path)
+    name = _choice(entry["name"], _join(path, "name"), MODEL_NAMES, MODEL_ALIASES)
     allowed = _MODEL_OPTIONS[name]
     for key in entry:
         if key not in allowed and any(key in opts for opts in _MODEL_OPTIONS.values()):
@@ -607,6 +632,20 @@ def _parse_model(value: Any, path: str) -> ModelSpec:
         fields["scaling"] = _choice(entry["scaling"], p("scaling"), ("linear", "sqrt"))
     fields["label"] = _label(entry, path)
     return ModelSpec(**fields)
+
+
+def _parse_user_model(entry: Mapping[str, Any], path: str) -> ModelSpec:
+    """A user's model, ``"name": "module:attr"``: its options are those of its registry entry."""
+    name = _str(entry["name"], _join(path, "name"))
+    try:
+        model = model_entry(name)
+    except ValueError as err:
+        raise SpecError(_join(path, "name"), str(err)) from None
+    defaults = model.defaults()
+    _check_keys(entry, path, ("name", "label") + tuple(defaults), context=f"for model {name!r}",
+                required=[k for k, v in defaults.items() if v is REQUIRED])
+    options = tuple(sorted((k, _freeze(entry[k], _join(path, k))) for k in entry if k not in ("name", "label")))
+    return ModelSpec(name=name, label=_label(entry, path), options=options)
 
 
 # --------------------------------------------------------------------------- widths and seeds

@@ -13,33 +13,35 @@ test × train in float64, its spectrum, its kernel-ridge predictions, and the
 condition numbers κ(G), κ_d(G) and m_theory = κ_d^6 n ln n of the training
 inputs (``kernelattn.kernels.gram.condition_report``).
 
-- "relu", "mlp-attn": Θ_∞ is the closed-form head NTK
+Models come from ``kernelattn.registry`` (the built-in ones, or a user's
+"module:attr"); the sweep orchestrates, the kernels are computed in
+``kernelattn.kernels``.
+
+- Feature models ("relu", "mlp-attn"): Θ_∞ is the closed-form head NTK
   (``kernelattn.kernels.analytic.head_kernels``) on the model's features —
   the unit-norm inputs, or the parameter-free attention output. Θ_m is the
-  exact structured empirical NTK of the MLP head (docs/math.md §7), streamed over
-  the hidden units: unit block j (``kernel.width_chunk`` units) is drawn from
+  exact structured empirical NTK of the MLP head (docs/math.md §7), streamed
+  over the hidden units (``kernelattn.kernels.stream.head_kernel_stream``):
+  unit block j (``kernel.width_chunk`` units) is drawn from
   ``fold_in(PRNGKey(seed), j)`` exactly as ``streaming_head_ntk`` with the
   same ``width_chunk`` draws it, and a width-m network is the first m units.
   One pass per seed therefore yields every width of the sweep at the cost of
   the largest; memory is O(n² + n·width_chunk) whatever the width (2^20 at
-  n = 500 runs in a few hundred MB), and one compiled loop serves all widths
-  (block range and width are traced arguments). Blocks are always summed one
-  after another, so a cell's value depends on (seed, width, width_chunk)
-  only, never on which other cells were computed in the same run: resuming
-  reproduces it bit for bit. Widths share their first units (common random
-  numbers), so the error curves of one seed are smooth in m; seeds are
-  independent.
-- "qkv-attn": Θ_m is the empirical NTK of the whole network (QKV weights and
-  head), from its structure: the head's structured NTK on the attention
-  output plus the attention weights' terms, contracted in closed form through
-  the head's input gradients (O(n²(C + h + m)) time, O(n(h + m)) memory; it
-  equals autodiff's ``empirical_ntk``, see tests). There is no closed-form
-  Θ_∞ in kernelattn for this model: Θ_∞ is a Monte-Carlo estimate, the mean
-  Θ_m of ``kernel.limit_seeds`` networks of width ``kernel.limit_width``
-  (records say ``"limit": "monte-carlo"``); its own sampling error floors
-  the measured convergence. neural-tangents' backend
-  (``kernelattn.kernels.nt_backend``) is the exact alternative for the tied,
-  linearly scaled variant.
+  n = 500 runs in a few hundred MB). A cell's value depends on (seed, width,
+  width_chunk) only, never on which other cells were computed in the same
+  run: resuming reproduces it bit for bit. Widths share their first units
+  (common random numbers), so the error curves of one seed are smooth in m;
+  seeds are independent.
+- Network models ("qkv-attn", a user's): Θ_m is the empirical NTK of the
+  whole network — for "qkv-attn" from its structure
+  (``kernelattn.kernels.qkv.qkv_empirical_ntk``: the head's structured NTK on
+  the attention output plus the attention weights' terms, O(n²(C + h + m))
+  time), for a user's model by autodiff unless its registry entry gives a
+  kernel. Θ_∞ is a Monte-Carlo estimate, the mean Θ_m of
+  ``kernel.limit_seeds`` networks of width ``kernel.limit_width`` (records
+  say ``"limit": "monte-carlo"``); its own sampling error floors the measured
+  convergence. neural-tangents' backend (``kernelattn.kernels.nt_backend``)
+  is the exact alternative for the tied, linearly scaled QKV variant.
 
 Per cell: ``kernelattn.metrics.kernel_convergence`` (rel_fro, cert,
 spectrum of Θ_m, kernel-ridge predictor error with ridge λ on the test
@@ -80,7 +82,7 @@ accumulation step deals its blocks out over a 1-D mesh and adds the partial
 kernels with one ``psum`` (the ``kernelattn.distributed`` pattern). The draws
 are unchanged, so the numbers equal the 1-device ones up to float summation
 order; the count is not in the cell key and is recorded as the metric
-``n_devices`` ("qkv-attn" cells are computed on one device). Across
+``n_devices`` (network models' cells are computed on one device). Across
 processes (``initialize_distributed``; the CLI calls it), each process claims
 cells in the shared store, process p starting p positions into each work list.
 
@@ -103,12 +105,28 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
 
-from kernelattn import guards, memory
+from kernelattn import guards, memory, provenance
 from kernelattn import metrics as M
-from kernelattn.kernels.qkv import qkv_empirical_ntk
+from kernelattn._precision import enable_x64, resolve_dtype, x64_enabled
+from kernelattn.analysis.fits import width_fits
+from kernelattn.analysis.formatting import fmt, fmt_log, fmt_pm, text_table
+from kernelattn.analysis.statistics import seed_summary
+from kernelattn.data import load
+from kernelattn.data.dataset import encode_targets
+from kernelattn.distributed import device_mesh
+from kernelattn.kernels.analytic import head_kernels
+from kernelattn.kernels.empirical import model_apply_fn
+from kernelattn.kernels.gram import condition_report
 from kernelattn.kernels.stream import head_kernel_stream
-from kernelattn.specs import DatasetSpec, ModelSpec, Spec, load_spec
+from kernelattn.models import HeadConfig, MLPHead, head_preactivations
+from kernelattn.registry import model_entry
+from kernelattn.specs import DatasetSpec, ModelSpec, Spec, load_spec, parse_devices
+from kernelattn.store import ResultStore, make_record, utc_now
+from kernelattn.training import linearize, loss_value, ntk_predictor, predicted_labels, train, training_health
 
 __all__ = [
     "Cell",
@@ -164,11 +182,14 @@ def cell_definition(spec: Spec, dataset: DatasetSpec, model: ModelSpec, width: i
 
     Cosmetic and performance settings (labels, data paths, ``batch_seeds``,
     ``memory_gb``) are left out: changing them reuses the stored cells.
-    ``width_chunk`` is in for the streamed kernels of "relu"/"mlp-attn" (it is
-    their PRNG block size, so it changes the draws) and out elsewhere.
+    ``width_chunk`` is in for the streamed kernels of feature models ("relu",
+    "mlp-attn": it is their PRNG block size, so it changes the draws) and out
+    elsewhere; network models ("qkv-attn", a user's) add their Monte-Carlo
+    limit's settings.
     """
+    feature_model = model_entry(model.name).is_feature_model
     head = spec.kernel.head_identity()
-    if spec.kind != "kernel" or model.name == "qkv-attn":
+    if spec.kind != "kernel" or not feature_model:
         head.pop("width_chunk")
     definition: dict[str, Any] = {
         "sweep": spec.name,
@@ -182,7 +203,7 @@ def cell_definition(spec: Spec, dataset: DatasetSpec, model: ModelSpec, width: i
         "head": head,
         "metrics": list(spec.metrics),
     }
-    if model.name == "qkv-attn":
+    if not feature_model:
         definition["limit"] = {"width": spec.kernel.limit_width, "seeds": spec.kernel.limit_seeds}
     if spec.training is not None:
         definition["training"] = spec.training.to_dict()
@@ -191,8 +212,6 @@ def cell_definition(spec: Spec, dataset: DatasetSpec, model: ModelSpec, width: i
 
 def plan_cells(spec: Spec) -> list[Cell]:
     """Every cell of ``spec`` in run order (dataset, model, seed, width)."""
-    from kernelattn import provenance
-
     cells = []
     for i, dataset in enumerate(spec.datasets):
         for j, model in enumerate(spec.models):
@@ -218,9 +237,6 @@ class _Data:
 
 
 def _load_data(dataset: DatasetSpec, index: int = 0) -> _Data:
-    from kernelattn.data import load
-    from kernelattn.data.dataset import encode_targets
-
     try:
         ds = load(dataset.name, **dataset.load_kwargs())
     except ValueError as err:  # a bad option value only the loader can judge (sizes, class names)
@@ -238,29 +254,17 @@ def _load_data(dataset: DatasetSpec, index: int = 0) -> _Data:
 
 
 def _features(model: ModelSpec, data: _Data) -> np.ndarray | None:
-    """``(n + n*, d)`` float64 head inputs (train rows first); None for qkv-attn (they are trained)."""
+    """``(n + n*, d)`` float64 head inputs (train rows first) of a feature model; None for a network model
+    (its features are trained)."""
+    entry = model_entry(model.name)
+    if not entry.is_feature_model:
+        return None
     x_all = np.concatenate([data.x_train, data.x_test])
-    if model.name == "relu":
-        return x_all
-    if model.name == "mlp-attn":
-        from kernelattn.transforms import linear_attention
-
-        z = linear_attention(data.x_train, x_all, depth=model.depth, rank=model.rank,
-                             constant_term=model.constant_term, normalize=model.normalize)
-        return np.asarray(z, np.float64)
-    return None
+    return np.asarray(entry.feature_map()(data.x_train, x_all, **model.model_options()), np.float64)
 
 
-def _head_config(spec: Spec, width: int, out_dim: int):
-    from kernelattn.models import HeadConfig
-
+def _head_config(spec: Spec, width: int, out_dim: int) -> HeadConfig:
     return HeadConfig(int(width), int(out_dim), **spec.head_kwargs())
-
-
-def _np_dtype(spec: Spec):
-    from kernelattn._precision import resolve_dtype
-
-    return resolve_dtype(spec.dtype, "dtype")
 
 
 # --------------------------------------------------------------------------- devices
@@ -276,10 +280,6 @@ def sweep_mesh(devices: Any = 1):
     Raises:
       ValueError: more devices than this process has (naming ``kernel.devices``).
     """
-    from jax.sharding import Mesh
-
-    from kernelattn.distributed import device_mesh
-
     if devices is None or isinstance(devices, Mesh):
         return devices
     local = jax.local_devices()
@@ -298,24 +298,24 @@ def sweep_mesh(devices: Any = 1):
     return device_mesh(local[:count])
 
 
-# --------------------------------------------------------------------------- QKV network kernel
+# --------------------------------------------------------------------------- network models
 
 
-def _qkv_model(spec: Spec, model: ModelSpec, width: int, out_dim: int):
-    from kernelattn.models import make_model
+def _network(spec: Spec, model: ModelSpec, width: int, out_dim: int):
+    """The Flax module of a network model ("qkv-attn", a user's) of width ``width`` (registry constructor)."""
+    k = spec.kernel
+    return model_entry(model.name).network(width, out_dim, sigma_w=k.sigma_w, sigma_b=k.sigma_b, sigma_a=k.sigma_a,
+                                           train_readout=k.train_readout, param_dtype=jnp.dtype(spec.dtype),
+                                           **model.model_options())
 
-    return make_model("qkv-attn", width, out_dim, sigma_w=spec.kernel.sigma_w, sigma_b=spec.kernel.sigma_b,
-                      sigma_a=spec.kernel.sigma_a, train_readout=spec.kernel.train_readout, normalize=model.normalize,
-                      head_width=model.qkv_head_width(width), scaling=model.scaling,
-                      param_dtype=jnp.dtype(spec.dtype))
 
-
-def _qkv_kernel(spec: Spec, model: ModelSpec, data: _Data, width: int, key) -> np.ndarray:
-    module = _qkv_model(spec, model, width, data.out_dim)
+def _network_kernel(spec: Spec, model: ModelSpec, data: _Data, width: int, key) -> np.ndarray:
+    """Θ_m ``(n + n*, n)`` float64 of a freshly drawn network model (the registry's kernel of it)."""
+    module = _network(spec, model, width, data.out_dim)
     x_all = np.concatenate([data.x_train, data.x_test])
     ctx = jnp.asarray(data.x_train, spec.dtype)
     variables = module.init(key, ctx, ctx)
-    return qkv_empirical_ntk(module, variables, x_all, data.x_train.shape[0])
+    return model_entry(model.name).kernel(module, variables, x_all, data.x_train.shape[0])
 
 
 # --------------------------------------------------------------------------- per (dataset, model)
@@ -333,8 +333,6 @@ class _Group:
 
 
 def _condition_info(data: _Data, features: np.ndarray | None) -> dict[str, Any]:
-    from kernelattn.kernels.gram import condition_report
-
     n = data.x_train.shape[0]
     report = condition_report(data.x_train, warn_rank_deficient=False)
     info = {"kappa_G": report.kappa, "kappa_d_G": report.kappa_d, "rank_G": report.rank,
@@ -352,8 +350,6 @@ def _limit_kernel(spec: Spec, model: ModelSpec, data: _Data, features: np.ndarra
     """Θ_∞ ``(n + n*, n)`` float64 and how it was obtained."""
     n = data.x_train.shape[0]
     if features is not None:
-        from kernelattn.kernels.analytic import head_kernels
-
         head = _head_config(spec, 1, data.out_dim)
         theta = head_kernels(features, features[:n], head, dtype="float64").ntk
         return np.asarray(theta, np.float64), {"limit": "closed-form", "limit_width": 0, "limit_seeds": 0}
@@ -361,7 +357,7 @@ def _limit_kernel(spec: Spec, model: ModelSpec, data: _Data, features: np.ndarra
     total = None
     for i in range(k.limit_seeds):
         key = jax.random.fold_in(jax.random.PRNGKey(i), _LIMIT_FOLD)
-        theta = _qkv_kernel(spec, model, data, k.limit_width, key)
+        theta = _network_kernel(spec, model, data, k.limit_width, key)
         total = theta if total is None else total + theta
     return total / k.limit_seeds, {"limit": "monte-carlo", "limit_width": k.limit_width, "limit_seeds": k.limit_seeds}
 
@@ -371,7 +367,7 @@ def _check_memory(spec: Spec, dataset: DatasetSpec, data: _Data) -> None:
     n, n_all = data.x_train.shape[0], data.x_train.shape[0] + data.x_test.shape[0]
     need = 6 * 8 * n_all * n  # a few float64 (n + n*) × n matrices: Θ_∞, Θ_m, differences, factors
     try:
-        import psutil
+        import psutil  # optional: deferred, and without it there is no guard
 
         available = psutil.virtual_memory().available
     except Exception:  # noqa: BLE001 - psutil missing or unusable: no guard
@@ -415,7 +411,7 @@ def _blas_single_thread(n: int):
         yield
         return
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # optional: deferred, and without it no effect
     except ImportError:  # pragma: no cover
         yield
         return
@@ -463,9 +459,7 @@ class SweepResults:
                 f"{self.n_cells}, computed={self.n_computed}, store_path={str(self.store_path)!r})")
 
 
-def _frames(spec: Spec, store, plan: list[Cell]):
-    import pandas as pd
-
+def _frames(spec: Spec, store: ResultStore, plan: list[Cell]):
     rows = []
     for cell in plan:
         if not store.has(cell.key):
@@ -489,60 +483,23 @@ def _frames(spec: Spec, store, plan: list[Cell]):
     cells = cells.sort_values(["dataset", "model", "width", "seed"],
                               key=lambda col: col.map(ds_order) if col.name == "dataset" else
                               col.map(model_order) if col.name == "model" else col).reset_index(drop=True)
-    present = [c for c in cell_metrics if c in cells.columns]
-    summary_rows = []
-    for (ds, model, width), group in cells.groupby(["dataset", "model", "width"], sort=False):
-        row = {"dataset": ds, "model": model, "width": int(width), "n_seeds": int(len(group))}
-        for name in present:
-            values = pd.to_numeric(group[name], errors="coerce").to_numpy(np.float64)
-            row[f"{name}_mean"], row[f"{name}_std"] = _mean_std(values)
-        summary_rows.append(row)
-    summary = pd.DataFrame(summary_rows)
+    summary = seed_summary(cells, ["dataset", "model", "width"], cell_metrics)
     fits = pd.DataFrame([_fit_row(spec, ds, model, group, cells) for (ds, model), group in
                          summary.groupby(["dataset", "model"], sort=False)])
     return cells, summary, fits
 
 
-def _mean_std(values: np.ndarray) -> tuple[float, float]:
-    """Mean and sample std (ddof 1; NaN for one value) ignoring NaN; an inf makes the std NaN."""
-    values = values[~np.isnan(values)]
-    if values.size == 0:
-        return math.nan, math.nan
-    with np.errstate(invalid="ignore", over="ignore"):
-        mean = float(np.mean(values))
-        if not np.all(np.isfinite(values)) or values.size < 2:
-            return mean, math.nan
-        return mean, float(np.std(values, ddof=1))
+#: Metrics fitted against width, by spec kind; cert's fit is extrapolated to cert = 1/2.
+FIT_METRICS = {"kernel": ("rel_fro", "cert", "krr_err"), "training": ("ntk_distance", "lin_distance")}
 
 
-def _fit_row(spec: Spec, ds: str, model: str, summary, cells) -> dict[str, Any]:
+def _fit_row(spec: Spec, ds: str, model: str, summary: pd.DataFrame, cells: pd.DataFrame) -> dict[str, Any]:
     widths = summary["width"].to_numpy(np.float64)
     row: dict[str, Any] = {"dataset": ds, "model": model, "n_widths": int(len(widths)),
                            "n_cells": int(summary["n_seeds"].sum())}
-
-    def fit(metric: str) -> M.LogLogFit | None:
-        column = f"{metric}_mean"
-        if column not in summary.columns:
-            return None
-        return M.loglog_fit(widths, summary[column].to_numpy(np.float64))
-
-    if spec.kind == "kernel":
-        for metric in ("rel_fro", "cert", "krr_err"):
-            f = fit(metric)
-            if f is not None:
-                row[f"slope_{metric}"] = f.slope
-                row[f"r2_{metric}"] = f.r2
-                if metric == "cert":
-                    m_half = M.crossing_width(f, 0.5)
-                    row["m_cert_half"] = m_half
-                    row["log10_m_cert_half"] = math.log10(m_half) if 0 < m_half < math.inf else (
-                        math.inf if m_half == math.inf else math.nan)
-    else:
-        for metric in ("ntk_distance", "lin_distance"):
-            f = fit(metric)
-            if f is not None:
-                row[f"slope_{metric}"] = f.slope
-                row[f"r2_{metric}"] = f.r2
+    means = {m: summary[f"{m}_mean"].to_numpy(np.float64) for m in FIT_METRICS[spec.kind]
+             if f"{m}_mean" in summary.columns}
+    row.update(width_fits(widths, means, crossings={"cert": 0.5}))
     first = cells[(cells["dataset"] == ds) & (cells["model"] == model)].iloc[0]
     for column in GROUP_COLUMNS:
         if column in first.index:
@@ -558,8 +515,6 @@ def load_results(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, out: s
       spec: the sweep's spec (path, dict or ``Spec``).
       out: the results directory given to ``run_sweep``.
     """
-    from kernelattn.store import ResultStore
-
     spec = load_spec(spec)
     path = Path(out) / spec.name
     store = ResultStore.open(path, create=False, readonly=True)
@@ -597,8 +552,6 @@ class _Runner:
         return self._data[index]
 
     def put(self, cell: Cell, metrics: dict[str, Any], seconds: float, started: str) -> None:
-        from kernelattn.store import make_record, utc_now
-
         record = make_record(KIND_RECORD[self.spec.kind], cell.definition, metrics, spec=self._spec_dict,
                              seed=cell.seed, seconds=seconds, started=started, finished=utc_now())
         self.store.put(cell.key, record, exist_ok=True)
@@ -620,13 +573,13 @@ class _Runner:
         by_seed: dict[int, list[Cell]] = {}
         for cell in cells:
             by_seed.setdefault(cell.seed, []).append(cell)
-        if group.model.name == "qkv-attn":
+        if group.features is None:  # a network model: one kernel per cell
             for seed, seed_cells in _rotate(list(by_seed.items()), self.offset):
                 claimed = self.claim(seed_cells)
                 try:
                     for cell in claimed:
-                        started, t0 = _now(), time.perf_counter()
-                        theta = _qkv_kernel(spec, group.model, group.data, cell.width, jax.random.PRNGKey(cell.seed))
+                        started, t0 = utc_now(), time.perf_counter()
+                        theta = _network_kernel(spec, group.model, group.data, cell.width, jax.random.PRNGKey(cell.seed))
                         self._kernel_record(group, cell, theta, time.perf_counter() - t0, started, devices=1)
                 finally:
                     self.release(claimed)
@@ -653,7 +606,7 @@ class _Runner:
                 index = {(c.seed, c.width): c for c in claimed}
                 keys = jnp.stack([jax.random.PRNGKey(s) for s in batch]) if batched else jax.random.PRNGKey(batch[0])
                 widths = sorted({c.width for c in claimed})
-                started, t0 = _now(), time.perf_counter()
+                started, t0 = utc_now(), time.perf_counter()
                 for m, theta in head_kernel_stream(keys, head, group.features, n, widths, width_chunk=k.width_chunk,
                                                    dtype=spec.dtype, mesh=self.mesh):
                     thetas = theta if theta.ndim == 3 else theta[None]
@@ -661,7 +614,7 @@ class _Runner:
                     done = [(i, index[(s, m)]) for i, s in enumerate(batch) if (s, m) in index]
                     for i, cell in done:
                         self._kernel_record(group, cell, thetas[i], elapsed / len(done), started, devices=n_devices)
-                    started, t0 = _now(), time.perf_counter()
+                    started, t0 = utc_now(), time.perf_counter()
             finally:
                 self.release(claimed)
 
@@ -698,8 +651,6 @@ class _Runner:
             if spec.training.ntk_time is None:
                 f_ntk = ref.predictions
             else:
-                from kernelattn.training import ntk_predictor
-
                 f_ntk = ntk_predictor(ref.theta_train, ref.theta_test, ref.y, time=spec.training.ntk_time,
                                       ridge=spec.ridge)
         f_ntk = np.asarray(f_ntk, np.float64).reshape(group.data.x_test.shape[0], -1)
@@ -707,7 +658,7 @@ class _Runner:
             if not self.store.claim(cell.key):
                 continue
             try:
-                started, t0 = _now(), time.perf_counter()
+                started, t0 = utc_now(), time.perf_counter()
                 metrics = _train_cell(spec, group, cell, f_ntk)
                 metrics.update(group.info)
                 self.put(cell, metrics, time.perf_counter() - t0, started)
@@ -715,25 +666,14 @@ class _Runner:
                 self.release([cell])
 
 
-def _now() -> str:
-    from kernelattn.store import utc_now
-
-    return utc_now()
-
-
 def _train_cell(spec: Spec, group: _Group, cell: Cell, f_ntk: np.ndarray) -> dict[str, Any]:
-    from kernelattn.models import MLPHead
-    from kernelattn.training import linearize, loss_value, train
-
     data = group.data
     n = data.x_train.shape[0]
     config = spec.training.train_config()
     dtype = jnp.dtype(spec.dtype)
     init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(cell.seed))
-    if group.features is None:  # qkv-attn: the whole network is trained
-        from kernelattn.kernels.empirical import model_apply_fn
-
-        module = _qkv_model(spec, group.model, cell.width, data.out_dim)
+    if group.features is None:  # a network model ("qkv-attn", a user's): the whole network is trained
+        module = _network(spec, group.model, cell.width, data.out_dim)
         ctx = jnp.asarray(data.x_train, dtype)
         variables = module.init(init_key, ctx, ctx)
         apply_fn, params = model_apply_fn(module, variables, ctx)
@@ -785,9 +725,6 @@ def _train_cell(spec: Spec, group: _Group, cell: Cell, f_ntk: np.ndarray) -> dic
 def _fit_health(apply_fn, params0, params, rest, module, x_train, y, f_test, labels_test, loss, dtype) -> dict:
     """Training health (``kernelattn.training.training_health``) of a sweep fit, as ``health_*`` metrics;
     the ReLU-pattern diagnostics need the head's variables (``rest`` not None)."""
-    from kernelattn.models import head_preactivations
-    from kernelattn.training import predicted_labels, training_health
-
     x = jnp.asarray(x_train, dtype)
     hidden = hidden0 = None
     if rest is not None:
@@ -875,21 +812,14 @@ def run_sweep(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, out: str 
       kernelattn.specs.SpecError: an invalid spec (naming the key path).
       kernelattn.store.StoreError: the store cannot be opened or written.
     """
-    from tqdm.auto import tqdm
-
-    from kernelattn._precision import enable_x64, x64_enabled
-    from kernelattn.store import ResultStore
-
     t_start = time.perf_counter()
     spec = load_spec(spec)
     if devices is not None:
-        from kernelattn.specs import parse_devices
-
         spec = dataclasses.replace(spec, kernel=dataclasses.replace(spec.kernel, devices=parse_devices(devices,
                                                                                                        "devices")))
     if not x64_enabled():
         enable_x64()
-    _np_dtype(spec)
+    resolve_dtype(spec.dtype, "dtype")  # refuses float64 without 64-bit mode, naming "dtype"
     mesh = sweep_mesh(spec.kernel.devices)
     offset = jax.process_index()
     path = Path(out) / spec.name
@@ -919,39 +849,6 @@ def run_sweep(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, out: str 
 # --------------------------------------------------------------------------- text report
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        if value == 0:
-            return "0"
-        if 1e-3 <= abs(value) < 1e4:
-            return f"{value:.4g}"
-        return f"{value:.3e}"
-    return str(value)
-
-
-def _pm(mean: Any, std: Any) -> str:
-    text = _fmt(mean)
-    if std is None or (isinstance(std, float) and math.isnan(std)):
-        return text
-    return f"{text} ± {_fmt(std)}"
-
-
-def _table(rows: list[dict[str, str]], columns: list[str]) -> str:
-    widths = {c: max(len(c), *(len(r.get(c, "")) for r in rows)) for c in columns}
-    lines = ["  ".join(c.rjust(widths[c]) if i > 1 else c.ljust(widths[c]) for i, c in enumerate(columns))]
-    for r in rows:
-        lines.append("  ".join(r.get(c, "").rjust(widths[c]) if i > 1 else r.get(c, "").ljust(widths[c])
-                               for i, c in enumerate(columns)))
-    return "\n".join(lines)
-
-
 def format_summary(results: SweepResults) -> str:
     """Plain-text report of a sweep: counts, per-width means ± std, and the fits table."""
     spec = results.spec
@@ -974,14 +871,9 @@ def format_summary(results: SweepResults) -> str:
                  ("acc_lin", "acc_lin"), ("acc_ntk", "acc_ntk")]
     shown = [(k, label) for k, label in shown if f"{k}_mean" in summary.columns]
     columns = ["dataset", "model", "width", "seeds"] + [label for _, label in shown]
-    rows = []
-    for _, r in summary.iterrows():
-        row = {"dataset": str(r["dataset"]), "model": str(r["model"]), "width": str(int(r["width"])),
-               "seeds": str(int(r["n_seeds"]))}
-        for k, label in shown:
-            row[label] = _pm(r[f"{k}_mean"], r[f"{k}_std"])
-        rows.append(row)
-    lines += ["", "mean ± std over seeds:", _table(rows, columns)]
+    rows = [[str(r["dataset"]), str(r["model"]), fmt(int(r["width"])), fmt(int(r["n_seeds"]))]
+            + [fmt_pm(r[f"{k}_mean"], r[f"{k}_std"]) for k, _ in shown] for _, r in summary.iterrows()]
+    lines += ["", "mean ± std over seeds:", text_table(columns, rows, ["l", "l"] + ["r"] * (len(columns) - 2))]
     fits = results.fits
     if fits is not None and len(fits):
         if spec.kind == "kernel":
@@ -994,19 +886,11 @@ def format_summary(results: SweepResults) -> str:
                         ("kappa_d_G", "κ_d(G)"), ("log10_m_theory", "log10 m_theory"), ("kappa_inf", "κ(Θ∞)"),
                         ("limit", "Θ∞")]
         fit_cols = [(k, label) for k, label in fit_cols if k in fits.columns]
-        rows = []
-        for _, r in fits.iterrows():
-            row = {"dataset": str(r["dataset"]), "model": str(r["model"])}
-            for k, label in fit_cols:
-                value = r[k]
-                row[label] = str(int(value)) if k == "rank_G" and not _isnan(value) else _fmt(value)
-            rows.append(row)
+        rows = [[str(r["dataset"]), str(r["model"])] + [fmt_log(r[k]) if k.startswith("log10") else fmt(r[k])
+                                                        for k, _ in fit_cols] for _, r in fits.iterrows()]
+        header = ["dataset", "model"] + [label for _, label in fit_cols]
         lines += ["", "fits vs width (log-log least squares on seed means; m(cert=1/2) extrapolated, "
                       "m_theory = κ_d(G)^6 n ln n with constant 1):" if spec.kind == "kernel" else
                   "fits vs width (log-log least squares on seed means):",
-                  _table(rows, ["dataset", "model"] + [label for _, label in fit_cols])]
+                  text_table(header, rows, ["l", "l"] + ["r"] * (len(header) - 2))]
     return "\n".join(lines)
-
-
-def _isnan(value: Any) -> bool:
-    return isinstance(value, float) and math.isnan(value)

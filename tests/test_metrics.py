@@ -73,24 +73,6 @@ def test_relative_error_and_accuracy_by_hand():
     assert M.accuracy([[0.5], [-0.1]], [1, 1]) == 0.5
 
 
-def test_loglog_fit_and_crossing_width():
-    widths = np.array([4.0, 16.0, 64.0, 256.0])
-    fit = M.loglog_fit(widths, 3.0 * widths**-0.5)
-    assert fit.slope == pytest.approx(-0.5, abs=1e-12)
-    assert fit.intercept == pytest.approx(math.log10(3.0), abs=1e-12)
-    assert fit.r2 == pytest.approx(1.0, abs=1e-12)
-    assert fit.n_points == 4
-    # 3 m^{-1/2} = 1/2  ⇔  m = 36
-    assert M.crossing_width(fit, 0.5) == pytest.approx(36.0, rel=1e-10)
-    assert fit.predict(36.0) == pytest.approx(0.5, rel=1e-10)
-    # non-finite and non-positive points are skipped; too few points: no fit
-    skipped = M.loglog_fit([1.0, 2.0, 4.0, 8.0], [math.inf, 0.0, 1.0, 0.5])
-    assert skipped.n_points == 2 and skipped.slope == pytest.approx(-1.0)
-    assert math.isnan(M.loglog_fit([1.0], [1.0]).slope)
-    assert math.isnan(M.crossing_width(M.loglog_fit([1.0], [1.0]), 0.5))
-    assert M.crossing_width(M.loglog_fit([1.0, 10.0], [1.0, 10.0]), 0.5) == math.inf  # not decreasing
-
-
 def test_kernel_convergence_matches_the_pieces():
     ref_train = np.array([[2.0, -1.0, 0.0], [-1.0, 2.0, -1.0], [0.0, -1.0, 2.0]])
     ref_test = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.0]])
@@ -118,5 +100,3 @@ def test_inputs_are_validated():
         M.spectrum(np.ones((2, 3)))
     with pytest.raises(ValueError, match="finite"):
         M.relative_frobenius([[math.nan]], [[1.0]])
-    with pytest.raises(ValueError, match="target"):
-        M.crossing_width(M.loglog_fit([1.0, 2.0], [1.0, 0.5]), 0.0)

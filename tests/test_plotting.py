@@ -228,14 +228,6 @@ def _header_of(text: str, row: str) -> list[str]:
     return [c.strip() for c in lines[i - 2].strip("|").split("|")]
 
 
-def test_fmt_is_parseable():
-    for value in (0.123456, 1.5e-7, 3.2e21, 12345.0, 7, math.inf, float("nan"), 0.0):
-        text = report.fmt(value)
-        assert text in ("inf", "nan", "0") or float(text) == pytest.approx(value, rel=5e-4)
-    assert report.fmt_log(42.7961) == "42.80"
-    assert report.fmt_pm(0.5, float("nan")) == "0.5"
-
-
 def test_several_datasets_get_rows_and_wrapped_columns(stores):
     import pandas as pd
 

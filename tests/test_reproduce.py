@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kernelattn import report
+from kernelattn.analysis.fits import convergence_fits
 from kernelattn.reproduce import TIERS, experiments_dir, list_specs, redraw, reproduce
 from kernelattn.store import ResultStore
 
@@ -123,7 +124,7 @@ def test_aggregated_rows_list_their_record_keys(pipeline):
     out, _ = pipeline
     text = (out / "report.md").read_text()
     frames = report.load_frames(out)
-    fits = report.convergence_fits(frames.kernel)
+    fits = convergence_fits(frames.kernel)
     row = next(line for line in text.splitlines() if line.startswith("| digits | 2L-ReLU | 3 × 2"))
     ref = re.search(r"(R\d+) \((\d+)\) \|$", row)
     assert ref and int(ref.group(2)) == 6

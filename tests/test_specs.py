@@ -64,7 +64,7 @@ def spec_with(**changes):
         ({"name": "a b"}, "name", "directory name"),
         ({"name": KeyError}, "name", "required key is missing"),
         ({"trainig": {}}, "trainig", "did you mean 'training'?"),
-        ({"models": [{"name": "relu"}, {"name": "relu"}]}, "models[1].label", "duplicate label 'relu'"),
+        ({"models": [{"name": "relu"}, {"name": "relu"}]}, "models[1].label", "duplicate label '2L-ReLU'"),
         ({"models": [{"name": "qkv-attn", "head_width": "wide"}]}, "models[0].head_width", "\"width\""),
         ({"models": [{"name": "mlp-attn", "rank": 60}]}, "models[0].rank", "<= n_train of datasets[0] (50)"),
         ({"datasets": [{"name": "synthetic", "kappa": 0.5}]}, "datasets[0].kappa", ">= 1"),
@@ -98,7 +98,7 @@ def test_defaults_and_normalization():
     assert spec.metrics == METRICS["kernel"]
     assert spec.kernel.readout == "fixed" and spec.kernel.width_chunk == 1024
     assert spec.training is None
-    assert [m.label for m in spec.models] == ["relu", "mlp-attn"]
+    assert [m.label for m in spec.models] == ["2L-ReLU", "MLP-Attn (k=2)"]
     assert spec.models[1].depth == 2 and spec.models[1].normalize is True
     assert spec.n_cells == 1 * 2 * 3 * 3
     training = parse_spec(spec_with(kind="training"))
@@ -113,7 +113,10 @@ def test_defaults_and_normalization():
 def test_default_labels_tell_same_named_entries_apart():
     spec = parse_spec(spec_with(models=[{"name": "mlp-attn"}, {"name": "mlp-attn", "depth": 2},
                                         {"name": "relu", "label": "2L-ReLU"}]))
-    assert [m.label for m in spec.models] == ["mlp-attn[depth=1]", "mlp-attn[depth=2]", "2L-ReLU"]
+    assert [m.label for m in spec.models] == ["MLP-Attn", "MLP-Attn (k=2)", "2L-ReLU"]
+    # display labels that coincide are told apart by the options that differ
+    spec = parse_spec(spec_with(datasets=[{"name": "digits", "n_train": 50}, {"name": "digits", "n_train": 60}]))
+    assert [d.label for d in spec.datasets] == ["digits (n_train=50)", "digits (n_train=60)"]
 
 
 def test_round_trip_and_json(tmp_path):

@@ -95,7 +95,7 @@ def test_small_kernel_sweep_end_to_end(tmp_path):
     cells = results.cells
     assert len(cells) == 12
     assert list(cells[["model", "width", "seed"]].iloc[:3].itertuples(index=False, name=None)) == [
-        ("relu", 4, 0), ("relu", 4, 1), ("relu", 16, 0)]
+        ("2L-ReLU", 4, 0), ("2L-ReLU", 4, 1), ("2L-ReLU", 16, 0)]
     for column in ("rel_fro", "cert", "spec_err", "lambda_min", "kappa", "krr_err", "krr_acc_m", "krr_acc_inf",
                    "lambda_min_inf", "kappa_G", "kappa_d_G", "log10_m_theory", "seconds", "key"):
         assert column in cells.columns, column
@@ -106,15 +106,15 @@ def test_small_kernel_sweep_end_to_end(tmp_path):
     summary = results.summary
     assert len(summary) == 6 and set(summary["n_seeds"]) == {2}
     row = summary.iloc[0]
-    values = cells[(cells.model == "relu") & (cells.width == 4)]["rel_fro"]
+    values = cells[(cells.model == "2L-ReLU") & (cells.width == 4)]["rel_fro"]
     assert row["rel_fro_mean"] == pytest.approx(values.mean()) and row["rel_fro_std"] == pytest.approx(values.std())
     fits = results.fits
-    assert list(fits["model"]) == ["relu", "mlp-attn"]
+    assert list(fits["model"]) == ["2L-ReLU", "MLP-Attn"]
     for column in ("slope_rel_fro", "slope_cert", "m_cert_half", "log10_m_theory", "kappa_G", "kappa_d_G"):
         assert column in fits.columns
     assert np.all(fits["slope_rel_fro"] < 0)
     text = format_summary(results)
-    assert "mean ± std over seeds" in text and "slope rel_fro" in text and "mlp-attn" in text
+    assert "mean ± std over seeds" in text and "slope rel_fro" in text and "MLP-Attn" in text
     # The record holds the spec, seed, versions, device and timing.
     store = ResultStore.open(results.store_path, create=False)
     record = store.get(cells["key"].iloc[0])

@@ -1,4 +1,12 @@
-"""Statistics over stored results: intervals over seeds and test points."""
+"""Analysis of stored results: seed statistics, log-log fits and extrapolations, bootstrap intervals, labels, formatting.
+
+- ``statistics``: mean, sample std and extremes over seeds (``seed_stats``, ``seed_summary``, ``width_summary``);
+- ``fits``: log-log fits against width and the widths they extrapolate to (``loglog_fit``,
+  ``crossing_width``, ``width_fits``, ``convergence_fits``);
+- ``bootstrap``: two-stage paired bootstrap intervals over seeds and test points;
+- ``labels``: display labels of models and datasets, table order;
+- ``formatting``: numbers and tables as text (report, sweep summaries, command line).
+"""
 
 from kernelattn.analysis.bootstrap import Interval, paired_bootstrap
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from kernelattn._validation import check_choice, check_int, check_real
-from kernelattn.data import cifar10, digits, mnist, synthetic
+from kernelattn.data import cifar10, digits, mnist, npz, synthetic
 from kernelattn.data.dataset import (
     TARGETS,
     Dataset,
@@ -20,41 +22,73 @@ from kernelattn.data.dataset import (
     resolve_classes,
     scale_pixels,
 )
-from kernelattn.data.files import FileSource, FileSpec, primary_dir, search_dirs
+from kernelattn.data.errors import DatasetError
+from kernelattn.data.files import MAX_DECOMPRESSED_BYTES, FileSource, FileSpec, primary_dir, read_verified, search_dirs
 
-__all__ = ["available_datasets", "dataset_info", "load"]
+__all__ = ["SOURCES", "DatasetSource", "available_datasets", "dataset_info", "dataset_source", "load"]
 
 _FILE_OPTIONS = ("base_url", "checksums", "max_bytes", "system_dirs", "timeout")
-_SOURCES: dict[str, FileSource] = {
-    "mnist": mnist.MNIST,
-    "fashion_mnist": mnist.FASHION_MNIST,
-    "cifar10": cifar10.CIFAR10,
-}
-_DESCRIPTIONS = {
-    "mnist": "MNIST handwritten digits, 28x28 grey, 60,000 train / 10,000 test, 10 classes (IDX .gz files)",
-    "fashion_mnist": "Fashion-MNIST, 28x28 grey, 60,000 train / 10,000 test, 10 classes (IDX .gz files)",
-    "cifar10": "CIFAR-10, 32x32 RGB, 50,000 train / 10,000 test, 10 classes (cifar-10-python.tar.gz)",
-    "digits": "scikit-learn's bundled 8x8 digits, 1,797 images, 10 classes, seeded stratified split (no download)",
-    "synthetic": "Gaussian-like inputs with a prescribed Gram spectrum (kappa) and a random teacher",
-}
-_CLASS_NAMES = {
-    "mnist": mnist.MNIST_CLASSES,
-    "fashion_mnist": mnist.FASHION_MNIST_CLASSES,
-    "cifar10": cifar10.CIFAR10_CLASSES,
-    "digits": digits.DIGITS_CLASSES,
-}
-_SOURCE_OPTIONS: dict[str, tuple[str, ...]] = {
-    "mnist": _FILE_OPTIONS,
-    "fashion_mnist": _FILE_OPTIONS,
-    "cifar10": _FILE_OPTIONS,
-    "digits": ("split_seed", "test_fraction"),
-    "synthetic": ("d", "kappa", "n_classes", "singular_values", "task", "teacher_width"),
-}
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSource:
+    """One dataset :func:`load` knows: the one table of dataset names (``kernelattn.registry`` reads it).
+
+    Attributes:
+      name: the name given to :func:`load` (for a user's ``.npz`` file, its path).
+      title: the name shown in tables and figures ("MNIST", "Fashion-MNIST").
+      description: one line on what it is.
+      options: the source options :func:`load` accepts for it (``**source_kwargs``).
+      class_names: its classes in index order (``None`` for ``"synthetic"``,
+        whose classes are an option).
+      files: where its files come from (``None``: no files to fetch).
+    """
+
+    name: str
+    title: str
+    description: str
+    options: tuple[str, ...] = ()
+    class_names: tuple[str, ...] | None = None
+    files: FileSource | None = None
+
+
+#: The built-in datasets, by name.
+SOURCES: dict[str, DatasetSource] = {s.name: s for s in (
+    DatasetSource("cifar10", "CIFAR-10",
+                  "CIFAR-10, 32x32 RGB, 50,000 train / 10,000 test, 10 classes (cifar-10-python.tar.gz)",
+                  _FILE_OPTIONS, cifar10.CIFAR10_CLASSES, cifar10.CIFAR10),
+    DatasetSource("digits", "digits",
+                  "scikit-learn's bundled 8x8 digits, 1,797 images, 10 classes, seeded stratified split "
+                  "(no download)", ("split_seed", "test_fraction"), digits.DIGITS_CLASSES),
+    DatasetSource("fashion_mnist", "Fashion-MNIST",
+                  "Fashion-MNIST, 28x28 grey, 60,000 train / 10,000 test, 10 classes (IDX .gz files)",
+                  _FILE_OPTIONS, mnist.FASHION_MNIST_CLASSES, mnist.FASHION_MNIST),
+    DatasetSource("mnist", "MNIST",
+                  "MNIST handwritten digits, 28x28 grey, 60,000 train / 10,000 test, 10 classes (IDX .gz files)",
+                  _FILE_OPTIONS, mnist.MNIST_CLASSES, mnist.MNIST),
+    DatasetSource("synthetic", "synthetic",
+                  "Gaussian-like inputs with a prescribed Gram spectrum (kappa) and a random teacher",
+                  ("d", "kappa", "n_classes", "singular_values", "task", "teacher_width")),
+)}
+_NPZ_OPTIONS = ("sha256", "split_seed", "test_fraction")
 
 
 def available_datasets() -> tuple[str, ...]:
-    """Names accepted by :func:`load`, sorted."""
-    return tuple(sorted(_DESCRIPTIONS))
+    """Built-in names accepted by :func:`load`, sorted (a path ending in ``.npz`` is accepted too)."""
+    return tuple(sorted(SOURCES))
+
+
+def dataset_source(name: str | os.PathLike[str]) -> DatasetSource:
+    """The :class:`DatasetSource` of a built-in dataset, or of a user's ``.npz`` file (``name`` its path).
+
+    Raises:
+      ValueError: an unknown name (naming the choices).
+    """
+    if npz.is_npz_name(name):
+        path = os.fspath(name)
+        return DatasetSource(path, Path(path).stem, f"user dataset {path} (arrays X, y; kernelattn.data.npz)",
+                             _NPZ_OPTIONS)
+    return SOURCES[check_choice(name, "name", available_datasets())]
 
 
 def _check_bool(value: Any, name: str) -> bool:
@@ -64,7 +98,7 @@ def _check_bool(value: Any, name: str) -> bool:
 
 
 def _check_source_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    allowed = _SOURCE_OPTIONS[name]
+    allowed = dataset_source(name).options
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(
@@ -99,9 +133,12 @@ def _raw(
     name: str, *, data_dir: Any, download: bool, normalize: bool, n_train: int | None, n_test: int | None,
     seed: int, options: dict[str, Any],
 ) -> RawData:
+    if npz.is_npz_name(name):
+        return npz.load_npz(name, **options)
     if name in ("mnist", "fashion_mnist"):
-        names = mnist.MNIST_CLASSES if name == "mnist" else mnist.FASHION_MNIST_CLASSES
-        return mnist.load_idx_source(_SOURCES[name], names, data_dir=data_dir, download=download, **options)
+        source = SOURCES[name]
+        return mnist.load_idx_source(source.files, source.class_names, data_dir=data_dir, download=download,
+                                     **options)
     if name == "cifar10":
         return cifar10.load_cifar10(data_dir=data_dir, download=download, **options)
     if name == "digits":
@@ -134,7 +171,10 @@ def load(
 
     Args:
       name: one of :func:`available_datasets`: ``"mnist"``,
-        ``"fashion_mnist"``, ``"cifar10"``, ``"digits"``, ``"synthetic"``.
+        ``"fashion_mnist"``, ``"cifar10"``, ``"digits"``, ``"synthetic"``;
+        or the path of a user's ``.npz`` file with arrays ``X`` and ``y``
+        (``kernelattn.data.npz``; options ``test_fraction``, ``split_seed``,
+        ``sha256``: the file's expected hash).
       classes: ``None`` (all, natural order), a sequence of class indices or
         names (``(3, 8)``, ``("automobile", "airplane")``) or ``"a-vs-b"``.
         The selected classes are relabelled ``0..C-1`` in the order given.
@@ -183,7 +223,8 @@ def load(
       UnsafeFileError: a hostile file (bad pickle global, unsafe archive
         member, compression bomb).
     """
-    name = check_choice(name, "name", available_datasets())
+    source = dataset_source(name)
+    name = source.name
     seed = check_int(seed, "seed", minimum=0)
     n_train = None if n_train is None else check_int(n_train, "n_train", minimum=1)
     n_test = None if n_test is None else check_int(n_test, "n_test", minimum=1)
@@ -202,8 +243,10 @@ def load(
     target = ("values" if regression else "onehot") if target is None else target
     if name == "synthetic" and classes is not None:
         raise ValueError(f"classes: expected None for 'synthetic' (pass n_classes=...), got {classes!r}")
-    if name != "synthetic":
-        resolve_classes(classes, _CLASS_NAMES[name])  # fail before any file is read or downloaded
+    if source.class_names is not None:
+        resolve_classes(classes, source.class_names)  # fail before any file is read or downloaded
+    elif npz.is_npz_name(name):
+        resolve_classes(classes, npz.npz_class_names(name))
     if data_dir is not None:
         primary_dir(name, data_dir)  # validates the type
 
@@ -296,19 +339,16 @@ def dataset_info(
       payload_sha256, size, urls, and ``found``: the path of the first copy in
       the search path or ``None``).
     """
-    name = check_choice(name, "name", available_datasets())
+    known = dataset_source(name)
     verify = _check_bool(verify, "verify")
     info: dict[str, Any] = {
-        "name": name,
-        "description": _DESCRIPTIONS[name],
-        "options": list(_SOURCE_OPTIONS[name]),
+        "name": known.name,
+        "description": known.description,
+        "options": list(known.options),
     }
-    source = _SOURCES.get(name)
+    source = known.files
     if source is None:
         return info
-    from kernelattn.data.errors import DatasetError
-    from kernelattn.data.files import MAX_DECOMPRESSED_BYTES, read_verified
-
     dirs = search_dirs(source, data_dir, system_dirs=system_dirs)
     files = []
     for spec in source.files:

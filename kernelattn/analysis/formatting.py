@@ -1,0 +1,106 @@
+"""Numbers and tables as text: one format for the report, the sweep summaries and the command line.
+
+Numbers have 4 significant digits (``fmt``), log10 values two decimals
+(``fmt_log``), spreads 2 (``fmt_pm``); "nan", "inf" and "-inf" are spelled
+out, so every number printed is parseable by ``float()``. Tables are GitHub
+markdown (``markdown_table``) or fixed-width plain text (``text_table``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["fmt", "fmt_log", "fmt_pm", "fmt_range", "markdown_table", "text_table"]
+
+
+def _real(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """One number as text: ints as is, floats with ``digits`` significant digits ("nan", "inf" spelled out).
+
+    None is "nan", a bool "true"/"false", any other non-number its ``str``.
+    """
+    if value is None:
+        return "nan"
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value)).lower()
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    x = _real(value)
+    if x is None:
+        return str(value)
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    if x == 0:
+        return "0"
+    return f"{x:.{digits}g}"
+
+
+def fmt_log(value: Any) -> str:
+    """A log10 value with two decimals ("inf", "nan" spelled out)."""
+    x = _real(value)
+    if x is None or math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return f"{x:.2f}"
+
+
+def fmt_pm(mean: Any, spread: Any) -> str:
+    """``mean ± spread`` (just the mean when the spread is NaN or missing)."""
+    text = fmt(mean)
+    s = _real(spread)
+    return text if s is None or math.isnan(s) else f"{text} ± {fmt(s, 2)}"
+
+
+def fmt_range(values: Iterable[Any], digits: int = 3) -> str:
+    """"lo – hi" of the numbers given (NaN and None left out; one value if lo = hi; "nan" if none)."""
+    numbers = [x for x in (_real(v) for v in values if v is not None) if x is not None and not math.isnan(x)]
+    if not numbers:
+        return "nan"
+    lo, hi = min(numbers), max(numbers)
+    return fmt(lo, digits) if lo == hi else f"{fmt(lo, digits)} – {fmt(hi, digits)}"
+
+
+def _alignment(header: Sequence[str], align: Sequence[str] | None) -> list[str]:
+    return list(align) if align is not None else ["l"] + ["r"] * (len(header) - 1)
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: Sequence[str] | None = None) -> str:
+    """A GitHub-flavoured markdown table; ``align`` per column: "l" or "r" (default: first left, rest right)."""
+    header = list(header)
+    align = _alignment(header, align)
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
+    return "\n".join(lines)
+
+
+def text_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: Sequence[str] | None = None) -> str:
+    """A fixed-width plain-text table: header, a rule, the rows; ``align`` as in :func:`markdown_table`.
+
+    Cells are shown as given (format numbers with :func:`fmt` first).
+    """
+    header = [str(h) for h in header]
+    body = [[str(c) for c in row] for row in rows]
+    if not body:
+        return "(no rows)"
+    align = _alignment(header, align)
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(cells, widths, align)).rstrip()
+
+    return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in body])
