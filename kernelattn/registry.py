@@ -260,8 +260,9 @@ def model_entry(name: str) -> ModelEntry:
 
     A user's attribute is a ``ModelEntry`` (used as is, under the reference as
     its name) or a constructor ``(width, out_dim, **options)``: a network
-    model labelled by the attribute's name, whose options are the
-    constructor's keyword parameters (besides :data:`HEAD_OPTIONS`).
+    model whose options are the constructor's keyword parameters (besides
+    :data:`HEAD_OPTIONS`). Either is labelled by the attribute's name, as
+    tables read from stores show it without importing the user's code.
 
     Raises:
       ValueError: an unknown name, or a reference that does not resolve to either.
@@ -270,13 +271,13 @@ def model_entry(name: str) -> ModelEntry:
     if not is_user_model(name):
         return MODELS[name]
     obj = resolve(name)
+    label = name.rpartition(":")[2].rpartition(".")[2]
     if isinstance(obj, ModelEntry):
-        return dataclasses.replace(obj, name=name)
+        return dataclasses.replace(obj, name=name, label=label, aliases=())
     if not callable(obj):
         raise ValueError(f"model {name!r}: expected a ModelEntry or a constructor (width, out_dim, **options), "
                          f"got {type(obj).__name__}")
-    return ModelEntry(name, name.rpartition(":")[2].rpartition(".")[2], options=_constructor_options(obj),
-                      build=obj)
+    return ModelEntry(name, label, options=_constructor_options(obj), build=obj)
 
 
 def _constructor_options(fn: Callable) -> tuple[tuple[str, Any], ...]:
