@@ -48,11 +48,6 @@ def resolve_dtype(dtype, name: str = "dtype") -> np.dtype:
     return resolved
 
 
-def float_eps(dtype) -> float:
-    """Machine epsilon of a floating dtype."""
-    return float(np.finfo(np.dtype(dtype)).eps)
-
-
 def kernel_inputs(x1, x2, dtype) -> tuple[np.dtype, jax.Array, jax.Array | None]:
     """Validate a kernel's ``(n1, d)`` and optional ``(n2, d)`` inputs and cast them to ``dtype``.
 

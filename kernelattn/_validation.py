@@ -7,7 +7,9 @@ spirit of scikit-learn's ``check_array``. Internals trust their inputs.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
 from numbers import Integral, Real
 from typing import Any
 
@@ -129,9 +131,6 @@ def as_config(value: Any, cls: type, name: str) -> Any:
 
     Unknown mapping keys are a ValueError naming them and the allowed fields.
     """
-    import dataclasses
-    from collections.abc import Mapping
-
     if value is None:
         return cls()
     if isinstance(value, cls):

@@ -70,6 +70,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
+import scipy.linalg
 
 __all__ = [
     "GuardLog",
@@ -489,8 +490,6 @@ def _analyse(
         if values.size != n:
             raise ValueError(f"eigenvalues: expected {n} eigenvalues of {name}, got {values.size}")
     elif eig if eig is not None else n <= pol.eig_max_n:
-        import scipy.linalg
-
         values = scipy.linalg.eigvalsh((kd + kd.T) / 2, overwrite_a=True, check_finite=False)
     else:
         values = None

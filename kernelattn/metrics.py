@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from kernelattn.linalg import factorize
+
 __all__ = [
     "LimitReference",
     "Spectrum",
@@ -155,8 +157,6 @@ def krr_predict(k_train: Any, k_test_train: Any, y: Any, ridge: float) -> tuple[
     Returns:
       ``(predictions (n*,) or (n*, C), method)``, method "cholesky" or "eigh-clipped".
     """
-    from kernelattn.linalg import factorize
-
     k_train = symmetrize(k_train)
     k_test_train = _f64(k_test_train, "k_test_train")
     y = _f64(y, "y")

@@ -44,6 +44,20 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
+import numpy as np
+import platformdirs
+
+from kernelattn import plotting, provenance, report
+from kernelattn._precision import enable_x64, x64_enabled
+from kernelattn.data import DatasetNotFoundError, dataset_info, load
+from kernelattn.kernels.gram import condition_report
+from kernelattn.malleability import run_malleability_spec
+from kernelattn.specs import SpecError, load_spec, parse_spec
+from kernelattn.store import ResultStore, make_record, utc_now
+from kernelattn.sweeps import run_sweep
+from kernelattn.transforms import linear_attention
+
 __all__ = [
     "CONDITIONS_KEYS",
     "KIND_ORDER",
@@ -174,8 +188,6 @@ def list_specs(tier: str = "quick", experiments: str | os.PathLike[str] | None =
 
 def _parse_conditions(data: Mapping[str, Any], source: str | None):
     """Validate a "conditions" spec; datasets are checked by ``kernelattn.specs`` (same format, same errors)."""
-    from kernelattn.specs import SpecError, parse_spec
-
     for key in data:
         if key not in CONDITIONS_KEYS:
             raise SpecError(key, f"unknown key for kind 'conditions' (allowed: {', '.join(CONDITIONS_KEYS)})", source)
@@ -211,12 +223,6 @@ def conditions_cell(name: str, dataset, depth: int, fractions: Sequence[float], 
 
 def _condition_metrics(dataset, depth: int, fractions: Sequence[float], spectra: bool) -> dict[str, Any]:
     """κ(G), κ_d(G), κ_d(G)^{2k+1}, the measured κ of G^{2k+1} = Z Zᵀ, m_theory and the spectra (float64)."""
-    import numpy as np
-
-    from kernelattn.data import load
-    from kernelattn.kernels.gram import condition_report
-    from kernelattn.transforms import linear_attention
-
     ds = load(dataset.name, **dataset.load_kwargs())
     x = np.asarray(ds.X_train, np.float64)
     power = 2 * depth + 1
@@ -275,10 +281,6 @@ def run_conditions(spec: Mapping[str, Any] | str | os.PathLike[str], out: str | 
     Returns:
       The keys of the records written by this call.
     """
-    from kernelattn import provenance
-    from kernelattn._precision import enable_x64, x64_enabled
-    from kernelattn.store import ResultStore, make_record, utc_now
-
     source = None
     if isinstance(spec, (str, os.PathLike)):
         source = str(spec)
@@ -324,8 +326,6 @@ class _Finished:
 
 def _validate(entries: list[_SpecEntry]) -> None:
     """Validate every spec before any work, so a typo in the last one does not waste the first ones."""
-    from kernelattn.specs import SpecError, load_spec
-
     for entry in entries:
         try:
             if entry.kind == "conditions":
@@ -333,8 +333,6 @@ def _validate(entries: list[_SpecEntry]) -> None:
             elif entry.kind in ("kernel", "training"):
                 load_spec(entry.source if entry.source is not None else entry.data)
             else:
-                from kernelattn.malleability import run_malleability_spec
-
                 run_malleability_spec(entry.data, _Finished())
         except SpecError:
             raise
@@ -363,8 +361,6 @@ def _check_data(entries: list[_SpecEntry]) -> None:
       DatasetNotFoundError: listing, per missing dataset, the specs that need it
         and the data layer's message (file names, checksums, URLs, directory).
     """
-    from kernelattn.data import DatasetNotFoundError, dataset_info, load
-
     needs: dict[tuple[str, Any, bool, Any], list[str]] = {}
     for entry in entries:
         for item in _file_datasets(entry):
@@ -461,13 +457,9 @@ def _setup_compile_cache(compile_cache: Any) -> None:
     """
     if compile_cache is False or compile_cache is None:
         return
-    import jax
-
     if getattr(jax.config, "jax_compilation_cache_dir", None):
         return
     if compile_cache is True:
-        import platformdirs
-
         directory = Path(platformdirs.user_cache_dir("kernelattn")) / "jax-compile"
     else:
         directory = Path(compile_cache)
@@ -489,18 +481,12 @@ def _run_one(entry: _SpecEntry, out: Path, progress: bool) -> int:
         return len(run_conditions(entry.data if entry.source is None else entry.source, out,
                                   progress=(lambda msg: _say(True, f"    {msg}")) if progress else None))
     if entry.kind in ("kernel", "training"):
-        from kernelattn.specs import load_spec
-        from kernelattn.sweeps import run_sweep
-
         spec = load_spec(entry.source if entry.source is not None else entry.data)
         result = run_sweep(spec, out, progress=progress)
         if result.n_missing:
             warnings.warn(f"{entry.name}: {result.n_missing} cell(s) missing (claimed by another process?); "
                           "rerun to complete", stacklevel=3)
         return int(result.n_computed)
-    from kernelattn.malleability import run_malleability_spec
-    from kernelattn.store import ResultStore
-
     store = ResultStore.open(out / entry.name)
     t0 = time.perf_counter()
 
@@ -563,8 +549,6 @@ def reproduce(
     else:
         entries = _sorted(_tier_entries(tier, None if experiments is None else Path(experiments)))
     entries = _select(entries, only, tier)
-    from kernelattn._precision import enable_x64, x64_enabled
-
     if not x64_enabled():  # float64 for Θ_∞, κ and every metric (as the CLI does)
         enable_x64()
     _validate(entries)
@@ -576,8 +560,6 @@ def reproduce(
         _say(progress, f"[{i}/{len(entries)}] {entry.name} ({entry.kind})"
                        + (f": {entry.description}" if entry.description else ""))
         t0 = time.perf_counter()
-        from kernelattn.data import DatasetNotFoundError
-
         try:
             written = _run_one(entry, out, progress)
         except DatasetNotFoundError as err:
@@ -626,8 +608,6 @@ def redraw(out: str | os.PathLike[str] = "results", figures_dir: str | os.PathLi
     Raises:
       FileNotFoundError: ``out`` holds no result store.
     """
-    from kernelattn import plotting, report
-
     out = Path(out)
     figures_dir = out / "figures" if figures_dir is None else Path(figures_dir)
     frames = report.load_frames(out)

@@ -806,6 +806,7 @@ class TrainingOptions:
 
     def train_config(self):
         """The ``kernelattn.training.TrainConfig``."""
+        # Deferred: specs are read and validated without loading JAX and optax.
         from kernelattn.training import TrainConfig
 
         return TrainConfig(self.learning_rate, self.batch_size, self.epochs, self.weight_decay, self.loss,

@@ -105,12 +105,11 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import pandas as pd
 
 from kernelattn import provenance
-
-if TYPE_CHECKING:  # pragma: no cover
-    import pandas
 
 __all__ = [
     "DEFAULT_CLAIM_TIMEOUT",
@@ -843,15 +842,13 @@ class ResultStore:
             if kind is None or record["kind"] == kind:
                 yield record
 
-    def to_frame(self, kind: str | None = None, *, prefix: bool = False) -> pandas.DataFrame:
+    def to_frame(self, kind: str | None = None, *, prefix: bool = False) -> pd.DataFrame:
         """All records (of ``kind``) as a DataFrame, one row per record, sorted by key.
 
         Columns: ``key, kind, seed, seconds``, then the cell parameters, then
         the metrics; nested mappings are flattened to ``"outer.inner"``; list
         values stay lists. See :func:`frame_row` for name clashes and ``prefix``.
         """
-        import pandas as pd
-
         rows = [frame_row(r, prefix=prefix) for r in self.records(kind)]
         columns: dict[str, None] = dict.fromkeys(FRAME_COLUMNS)
         for row in rows:

@@ -33,6 +33,7 @@ import optax
 
 from kernelattn import guards
 from kernelattn._validation import check_choice, check_int, check_matrix, check_real
+from kernelattn.linalg import kernel_regression
 
 ApplyFn = Callable[[dict, jax.Array], jax.Array]
 LOSSES = ("auto", "mse", "xent")
@@ -255,8 +256,6 @@ def ntk_predictor(
     k_test_train = np.asarray(k_test_train, np.float64)
     y = np.asarray(y, np.float64)
     if time is None:
-        from kernelattn.linalg import kernel_regression
-
         return kernel_regression(k_train, k_test_train, y, ridge)[0]
     check_real(time, "time", minimum=0.0)
     values, vectors = np.linalg.eigh((k_train + k_train.T) / 2)

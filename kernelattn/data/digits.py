@@ -76,6 +76,7 @@ def read_digits() -> tuple[np.ndarray, np.ndarray, str]:
             table = np.loadtxt(handle, delimiter=",", dtype=np.float64)
         if table.shape == (1797, 65):
             return table[:, :64].reshape(-1, 8, 8), table[:, 64].astype(np.int64), f"sklearn bundled file {path}"
+    # Deferred: importing sklearn.datasets costs seconds, and only this fallback needs it.
     from sklearn.datasets import load_digits as sklearn_load_digits
 
     bunch = sklearn_load_digits()

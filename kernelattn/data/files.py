@@ -42,6 +42,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import platformdirs
+
 from kernelattn.data.errors import (
     ChecksumError,
     DatasetFormatError,
@@ -260,8 +262,6 @@ def primary_dir(name: str, data_dir: str | os.PathLike[str] | None, environ: Map
     environ = os.environ if environ is None else environ
     if environ.get(ENV_VAR):
         return Path(environ[ENV_VAR]).expanduser() / name
-    import platformdirs
-
     return Path(platformdirs.user_cache_dir("kernelattn")) / name
 
 

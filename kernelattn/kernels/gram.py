@@ -189,9 +189,3 @@ def psd_spectrum(k: np.ndarray, name: str = "k") -> np.ndarray:
     if k.shape[0] != k.shape[1]:
         raise ValueError(f"{name}: expected a square matrix, got shape {k.shape}")
     return np.linalg.eigvalsh((k + k.T) / 2)
-
-
-def kappa_of_kernel(k: np.ndarray, name: str = "k") -> float:
-    """κ = λ_max / λ_min of a PSD kernel matrix (inf when λ_min ≤ 0), float64."""
-    lam = psd_spectrum(k, name)
-    return float(lam[-1] / lam[0]) if lam[0] > 0 else math.inf
