@@ -1,1 +1,2 @@
-"""Kernels: Gram spectra, infinite-width closed forms, empirical NTKs, neural-tangents backend."""
+"""Kernels: Gram spectra, infinite-width closed forms, empirical NTKs (generic; the one structured/streamed head
+NTK and its width stream; the QKV network's), neural-tangents backend."""
