@@ -309,11 +309,15 @@ def prepare(
     train_config=None,
     attack_config=None,
     dtype="float64",
+    fitted: FittedModel | None = None,
 ) -> Experiment:
     """Validate the inputs, train on clean data and compute the clean influence matrix I.
 
     Arguments as in :func:`malleability`; ``at_epsilon`` is the radius of
-    PGD adversarial training (``training="pgd-at"``).
+    PGD adversarial training (``training="pgd-at"``). ``fitted``: the clean
+    fit of an earlier ``prepare`` with the same data, model, width, seed,
+    training and configs (say, for another influence kernel), reused instead
+    of training again.
     """
     dtype = resolve_dtype(dtype)
     ridge = check_real(ridge, "ridge", minimum=0.0, strict_min=True)
@@ -330,11 +334,12 @@ def prepare(
         raise ValueError(f"attack_config.target: 'kernel' attacks a kernel ridge predictor, but kernel={kernel!r} "
                          f"has none; expected kernel in {list(RIDGE_KERNELS)} or target 'model'")
     spec = resolve_model(model, width, config.out_dim(split.n_classes), dtype)
-    fitted = _fit(
-        spec, split.X, split.labels, split.n_classes, keys=keys, config=config, training=training,
-        at_epsilon=at_epsilon, attack_config=attack_config,
-    )
-    fitted = assess_fit(fitted, split, config, what=fit_label(spec, seed, training))
+    if fitted is None:
+        fitted = _fit(
+            spec, split.X, split.labels, split.n_classes, keys=keys, config=config, training=training,
+            at_epsilon=at_epsilon, attack_config=attack_config,
+        )
+        fitted = assess_fit(fitted, split, config, what=fit_label(spec, seed, training))
     clean = fitted_influence(
         fitted, split.X, split.labels, split.X_test, split.labels_test, n_classes=split.n_classes,
         ridge=ridge, kernel=kernel, method=influence, targets=targets, train_config=config,
@@ -1036,6 +1041,8 @@ def run_malleability_spec(spec: Mapping, store, *, progress=None) -> list[str]:
     loaded: dict[str, Any] = {}
     for _, parsed in plans:
         for dataset, dataset_label in zip(parsed["datasets"], parsed["dataset_labels"]):
+            fits: dict[tuple, FittedModel] = {}  # one clean fit serves every influence kernel
+            jax.clear_caches()  # drop the last dataset's executables: each holds memory mappings of its own
             for group in _spec_groups(parsed):
                 cells = [(provenance.cell_key(cell), cell) for cell in _group_cells(parsed, dataset, group)]
                 cells = [(key, cell) for key, cell in cells if key not in written and not store.has(key)]
@@ -1047,12 +1054,14 @@ def run_malleability_spec(spec: Mapping, store, *, progress=None) -> list[str]:
                 data = loaded[data_key]
                 seed, model, width, mode, kernel = group
                 config = as_train_config(parsed["training"] or None)
+                fit_key = (seed, provenance.canonical_json(model), width, mode)
                 experiment = prepare(
                     data, model=_spec_model(model, width, config.out_dim(data.n_classes), parsed["head"]),
                     width=width, ridge=parsed["ridge"], seed=seed, kernel=kernel, influence=parsed["influence"],
                     targets=parsed["targets"], training=mode, at_epsilon=parsed["at_epsilon"], train_config=config,
-                    attack_config=parsed["attack_config"] or None, dtype=parsed["dtype"],
+                    attack_config=parsed["attack_config"] or None, dtype=parsed["dtype"], fitted=fits.get(fit_key),
                 )
+                fits[fit_key] = experiment.fitted
                 context = {"spec": spec, "parsed": parsed, "dataset_label": dataset_label}
                 for key, cell in cells:
                     report = _run_cell(store, key, cell, experiment, context, membership.get(key, []))

@@ -42,6 +42,8 @@ BINARY_OUTPUTS = ("pm1", "onehot")
 UNTRAINED_LOSS_FRACTION = 0.9
 #: … or its training accuracy is within this many points (fraction) of chance.
 UNTRAINED_ACCURACY_MARGIN = 0.02
+#: Mean pairwise cosine of the head's inputs above which they count as collapsed (docs/math.md §10.1).
+COLLAPSED_FEATURE_COSINE = 0.99
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,6 +305,8 @@ class TrainingHealth:
       trained: False when loss_ratio > ``UNTRAINED_LOSS_FRACTION`` or
         train_accuracy − chance_accuracy < ``UNTRAINED_ACCURACY_MARGIN``.
       reasons: why not trained (empty when trained).
+      collapsed: feature_cosine > ``COLLAPSED_FEATURE_COSINE``: the head's
+        inputs barely differ across samples (MLP-Attn's attention collapse).
     """
 
     final_loss: float
@@ -317,6 +321,7 @@ class TrainingHealth:
     feature_cosine: float
     trained: bool
     reasons: tuple[str, ...] = ()
+    collapsed: bool = False
 
     def to_dict(self) -> dict:
         """Plain scalars (``reasons`` joined by "; ") for the result store."""
@@ -397,6 +402,7 @@ def training_health(
     if train_acc - chance_acc < UNTRAINED_ACCURACY_MARGIN:
         reasons.append(f"train accuracy {train_acc:.3f} within {UNTRAINED_ACCURACY_MARGIN:.0%} of chance "
                        f"{chance_acc:.3f}")
+    cosine = mean_pairwise_cosine(features)
     return TrainingHealth(
         final_loss=final,
         chance_loss=chance,
@@ -407,9 +413,10 @@ def training_health(
         weight_change=_tree_norm(delta) / max(_tree_norm(initial_params), np.finfo(np.float64).tiny),
         varying_units=float(np.mean(patterns.any(axis=0) & ~patterns.all(axis=0))) if patterns.size else math.nan,
         pattern_change=float(np.mean(patterns != patterns0)) if patterns.size else math.nan,
-        feature_cosine=mean_pairwise_cosine(features),
+        feature_cosine=cosine,
         trained=not reasons,
         reasons=tuple(reasons),
+        collapsed=bool(cosine > COLLAPSED_FEATURE_COSINE),
     )
 
 
@@ -424,9 +431,12 @@ def check_health(health: TrainingHealth, what: str) -> TrainingHealth:
     if health.trained:
         return health
     action = guards.current_policy().action
-    message = (f"{what}: the network did not train — " + "; ".join(health.reasons) +
+    cause = (f"; its head inputs are nearly identical across samples (mean pairwise cosine "
+             f"{health.feature_cosine:.4f}), the attention collapse of docs/math.md §10.1"
+             if health.collapsed else "")
+    message = (f"{what}: the network did not train — " + "; ".join(health.reasons) + cause +
                ". Its influence and malleability numbers describe an untrained network (raise the learning rate "
-               "or epochs, or use weight_decay_mode='decoupled')")
+               "or the epochs; with weight_decay_mode='coupled', lower weight_decay)")
     if action == "raise":
         raise UntrainedError(message)
     if action == "warn":
