@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernelattn._validation import check_matrix
+from kernelattn.errors import InputValueError
 
 DTYPES = ("float32", "float64")
 
@@ -36,11 +37,11 @@ def resolve_dtype(dtype, name: str = "dtype") -> np.dtype:
     try:
         resolved = np.dtype(dtype)
     except TypeError as err:
-        raise ValueError(f"{name}: expected one of {list(DTYPES)}, got {dtype!r}") from err
+        raise InputValueError(f"{name}: expected one of {list(DTYPES)}, got {dtype!r}") from err
     if resolved.name not in DTYPES:
-        raise ValueError(f"{name}: expected one of {list(DTYPES)}, got {resolved.name!r}")
+        raise InputValueError(f"{name}: expected one of {list(DTYPES)}, got {resolved.name!r}")
     if resolved == np.float64 and not x64_enabled():
-        raise ValueError(
+        raise InputValueError(
             f"{name}: float64 was requested but JAX's 64-bit mode is off, so JAX would "
             "silently compute in float32. Call kernelattn.enable_x64() (or "
             "jax.config.update('jax_enable_x64', True)) at program start."

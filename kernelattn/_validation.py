@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from kernelattn.errors import InputTypeError, InputValueError
+
 
 def _describe(value: Any) -> str:
     if hasattr(value, "shape") and hasattr(value, "dtype"):
@@ -46,32 +48,32 @@ def check_matrix(
     try:
         array = np.asarray(value)
     except Exception as err:  # ragged lists and the like
-        raise TypeError(f"{name}: expected a numeric array, got {type(value).__name__} ({err})") from err
+        raise InputTypeError(f"{name}: expected a numeric array, got {type(value).__name__} ({err})") from err
     if array.dtype == object or not (
         np.issubdtype(array.dtype, np.floating)
         or np.issubdtype(array.dtype, np.integer)
         or np.issubdtype(array.dtype, np.bool_)
     ):
-        raise TypeError(f"{name}: expected a real numeric array, got {_describe(array)}")
+        raise InputTypeError(f"{name}: expected a real numeric array, got {_describe(array)}")
     if array.ndim != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-d array, got {_describe(array)}")
+        raise InputValueError(f"{name}: expected a {ndim}-d array, got {_describe(array)}")
     if not np.issubdtype(array.dtype, np.floating):
         array = array.astype(np.float64)
     if array.shape[0] < min_rows:
-        raise ValueError(f"{name}: expected at least {min_rows} row(s), got {_describe(array)}")
+        raise InputValueError(f"{name}: expected at least {min_rows} row(s), got {_describe(array)}")
     if array.size == 0:
-        raise ValueError(f"{name}: expected a non-empty array, got {_describe(array)}")
+        raise InputValueError(f"{name}: expected a non-empty array, got {_describe(array)}")
     if n_cols is not None and array.shape[-1] != n_cols:
-        raise ValueError(
+        raise InputValueError(
             f"{name}: expected {n_cols} columns to match the other inputs, got {_describe(array)}"
         )
     if not np.all(np.isfinite(array)):
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-        raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf entries in {_describe(array)}")
+        raise InputValueError(f"{name}: expected finite values, got {bad} NaN/inf entries in {_describe(array)}")
     if not allow_zero_rows and array.ndim == 2:
         zero = np.flatnonzero(~np.any(array != 0, axis=1))
         if zero.size:
-            raise ValueError(
+            raise InputValueError(
                 f"{name}: expected rows of non-zero norm, got {zero.size} zero row(s) "
                 f"(first at index {int(zero[0])}); drop them or pass normalize=False"
             )
@@ -84,12 +86,12 @@ def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         else:
-            raise ValueError(f"{name}: expected an integer, got {_describe(value)}")
+            raise InputValueError(f"{name}: expected an integer, got {_describe(value)}")
     value = int(value)
     if minimum is not None and value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+        raise InputValueError(f"{name}: expected an integer >= {minimum}, got {value}")
     if maximum is not None and value > maximum:
-        raise ValueError(f"{name}: expected an integer <= {maximum}, got {value}")
+        raise InputValueError(f"{name}: expected an integer <= {maximum}, got {value}")
     return value
 
 
@@ -104,23 +106,23 @@ def check_real(
 ) -> float:
     """Validate a finite real number within the given bounds."""
     if isinstance(value, bool) or not isinstance(value, Real | np.floating | np.integer):
-        raise ValueError(f"{name}: expected a real number, got {_describe(value)}")
+        raise InputValueError(f"{name}: expected a real number, got {_describe(value)}")
     value = float(value)
     if not math.isfinite(value):
-        raise ValueError(f"{name}: expected a finite number, got {value}")
+        raise InputValueError(f"{name}: expected a finite number, got {value}")
     if minimum is not None and (value < minimum or (strict_min and value == minimum)):
         op = ">" if strict_min else ">="
-        raise ValueError(f"{name}: expected a number {op} {minimum}, got {value}")
+        raise InputValueError(f"{name}: expected a number {op} {minimum}, got {value}")
     if maximum is not None and (value > maximum or (strict_max and value == maximum)):
         op = "<" if strict_max else "<="
-        raise ValueError(f"{name}: expected a number {op} {maximum}, got {value}")
+        raise InputValueError(f"{name}: expected a number {op} {maximum}, got {value}")
     return value
 
 
 def check_choice(value: Any, name: str, choices: tuple[str, ...] | list[str]) -> str:
     """Validate that ``value`` is one of the named ``choices``."""
     if value not in choices:
-        raise ValueError(f"{name}: expected one of {sorted(choices)}, got {value!r}")
+        raise InputValueError(f"{name}: expected one of {sorted(choices)}, got {value!r}")
     return value
 
 
@@ -140,6 +142,6 @@ def as_config(value: Any, cls: type, name: str) -> Any:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(value) - fields)
         if unknown:
-            raise ValueError(f"{name}: unknown key(s) {unknown}; expected some of {sorted(fields)}")
+            raise InputValueError(f"{name}: unknown key(s) {unknown}; expected some of {sorted(fields)}")
         return cls(**dict(value))
-    raise ValueError(f"{name}: expected None, a dict or a {cls.__name__}, got {type(value).__name__}")
+    raise InputValueError(f"{name}: expected None, a dict or a {cls.__name__}, got {type(value).__name__}")

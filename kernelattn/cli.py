@@ -18,6 +18,7 @@ import sys
 import warnings
 
 from kernelattn import __version__
+from kernelattn.errors import InputValueError
 
 EXIT_USAGE = 2
 
@@ -162,11 +163,11 @@ def _read_spec(path: str) -> dict:
     try:
         spec = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise ValueError(f"spec: no such file {path!r}") from None
+        raise InputValueError(f"spec: no such file {path!r}") from None
     except json.JSONDecodeError as err:
-        raise ValueError(f"spec: {path} is not valid JSON ({err})") from None
+        raise InputValueError(f"spec: {path} is not valid JSON ({err})") from None
     if not isinstance(spec, dict):
-        raise ValueError(f"spec: expected a JSON object in {path}, got {type(spec).__name__}")
+        raise InputValueError(f"spec: expected a JSON object in {path}, got {type(spec).__name__}")
     spec.setdefault("name", Path(path).stem)
     return spec
 

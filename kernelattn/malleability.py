@@ -66,6 +66,7 @@ from kernelattn.attacks import (
     pgd,
     run_attack,
 )
+from kernelattn.errors import InputValueError
 from kernelattn.influence import (
     INFLUENCE_METHODS,
     KERNELS,
@@ -151,7 +152,7 @@ def compare_influence(I, I_prime, tau: float = 0.1) -> dict[str, np.ndarray]:  #
     tau = check_real(tau, "tau", minimum=0.0, maximum=1.0, strict_min=True)
     I, I_prime = np.asarray(I, np.float64), np.asarray(I_prime, np.float64)  # noqa: N806
     if I.ndim != 2 or I.shape != I_prime.shape:
-        raise ValueError(f"I_prime: expected the shape of I {I.shape}, got {I_prime.shape}")
+        raise InputValueError(f"I_prime: expected the shape of I {I.shape}, got {I_prime.shape}")
     return {
         "flip_rate": flip_rates(I, I_prime, tau),
         "spearman": spearman_rows(I, I_prime),
@@ -327,7 +328,7 @@ def prepare(
     keys = split_keys(seed)
     split = resolve_data(data, X=X, y=y, X_test=X_test, y_test=y_test)
     if kernel not in RIDGE_KERNELS and attack_config.target == "kernel":
-        raise ValueError(f"attack_config.target: 'kernel' attacks a kernel ridge predictor, but kernel={kernel!r} "
+        raise InputValueError(f"attack_config.target: 'kernel' attacks a kernel ridge predictor, but kernel={kernel!r} "
                          f"has none; expected kernel in {list(RIDGE_KERNELS)} or target 'model'")
     spec = resolve_model(model, width, config.out_dim(split.n_classes), dtype)
     fitted = _fit(
@@ -535,9 +536,9 @@ def measure(
     intervention = check_choice(intervention, "intervention", INTERVENTIONS)
     config = experiment.attack_config if attack_config is None else as_attack_config(attack_config)
     if not isinstance(retrain, bool):
-        raise ValueError(f"retrain: expected a bool, got {retrain!r}")
+        raise InputValueError(f"retrain: expected a bool, got {retrain!r}")
     if experiment.kernel not in RIDGE_KERNELS and config.target == "kernel":
-        raise ValueError(f"attack_config.target: 'kernel' needs a kernel ridge influence (kernel in "
+        raise InputValueError(f"attack_config.target: 'kernel' needs a kernel ridge influence (kernel in "
                          f"{list(RIDGE_KERNELS)}), got kernel={experiment.kernel!r}")
     start = time.perf_counter()
     split, clean = experiment.split, experiment.clean.scores
@@ -548,7 +549,7 @@ def measure(
     if intervention == "curated":
         columns = np.setdiff1d(np.arange(n), influential)
         if columns.size == 0:
-            raise ValueError(f"tau: removing the top-τ points must leave some training points, got tau={tau} with n={n}")
+            raise InputValueError(f"tau: removing the top-τ points must leave some training points, got tau={tau} with n={n}")
         x_new, labels_new = split.X[columns], split.labels[columns]
         perturbation = {"linf": 0.0, "mean_linf": 0.0, "mean_l2": 0.0, "n_perturbed": 0, "n_removed": int(influential.size)}
         intervened = influential
@@ -843,7 +844,7 @@ def malleability_sweep(
     if null is not None:
         check_choice(null, "null", NULL_KINDS)
     if not attacks or not epsilons or not interventions or not models or not trainings:
-        raise ValueError("models, attacks, epsilons, interventions, trainings: expected non-empty sequences")
+        raise InputValueError("models, attacks, epsilons, interventions, trainings: expected non-empty sequences")
     reports = []
     for model in models:
         for training in trainings:
@@ -906,7 +907,7 @@ def _canonical_spec_model(entry):
     """Model aliases resolved ("2l-relu" → "relu"), in a name or a ``{"name": ...}`` mapping."""
     if isinstance(entry, Mapping):
         if "name" not in entry:
-            raise ValueError(f"models[]: expected a name or a mapping with 'name', got {dict(entry)!r}")
+            raise InputValueError(f"models[]: expected a name or a mapping with 'name', got {dict(entry)!r}")
         return {**dict(entry), "name": canonical_model_name(entry["name"])}
     return canonical_model_name(entry)
 
@@ -922,7 +923,7 @@ def _spec_model(entry, width: int, out_dim: int, head_options: Mapping):
         entry = dict(entry)
         name = entry.pop("name", None)
         if name is None:
-            raise ValueError(f"models[]: expected a name or a mapping with 'name', got {entry!r}")
+            raise InputValueError(f"models[]: expected a name or a mapping with 'name', got {entry!r}")
         options.update(entry)
     else:
         name = entry
@@ -933,7 +934,7 @@ def _spec_model(entry, width: int, out_dim: int, head_options: Mapping):
     try:
         return make_model(name, width, out_dim, **options)
     except TypeError as err:
-        raise ValueError(f"models[]: unknown model option in {options!r} ({err})") from err
+        raise InputValueError(f"models[]: unknown model option in {options!r} ({err})") from err
 
 
 def spec_variants(spec: Mapping) -> list[tuple[str, dict]]:
@@ -946,22 +947,22 @@ def spec_variants(spec: Mapping) -> list[tuple[str, dict]]:
     Cells are keyed by content, so a cell shared by several variants is computed once.
     """
     if not isinstance(spec, Mapping):
-        raise ValueError(f"spec: expected a mapping, got {type(spec).__name__}")
+        raise InputValueError(f"spec: expected a mapping, got {type(spec).__name__}")
     base = {k: v for k, v in spec.items() if k != "variants"}
     out = [("default", base)]
     variants = spec.get("variants") or []
     if not isinstance(variants, (list, tuple)):
-        raise ValueError(f"spec['variants']: expected a list of mappings, got {type(variants).__name__}")
+        raise InputValueError(f"spec['variants']: expected a list of mappings, got {type(variants).__name__}")
     for i, variant in enumerate(variants):
         if not isinstance(variant, Mapping) or not isinstance(variant.get("label"), str) or not variant["label"]:
-            raise ValueError(f"variants[{i}]: expected a mapping with a non-empty 'label', got {variant!r}")
+            raise InputValueError(f"variants[{i}]: expected a mapping with a non-empty 'label', got {variant!r}")
         label = variant["label"]
         if label in dict(out):
-            raise ValueError(f"variants[{i}].label: expected a unique label, got {label!r} twice")
+            raise InputValueError(f"variants[{i}].label: expected a unique label, got {label!r} twice")
         overrides = {k: v for k, v in variant.items() if k != "label"}
         fixed = sorted(set(overrides) & set(_VARIANT_FIXED))
         if fixed:
-            raise ValueError(f"variants[{i}]: a variant cannot override {fixed}")
+            raise InputValueError(f"variants[{i}]: a variant cannot override {fixed}")
         n_train = overrides.pop("n_train", None)
         merged = {**base, **overrides}
         if n_train is not None:
@@ -1079,13 +1080,13 @@ def _dataset_label(entry: Mapping) -> str:
 def _parse_spec(spec: Mapping) -> dict:
     """Validate a malleability spec (see :func:`run_malleability_spec`) into plain lists and values."""
     if not isinstance(spec, Mapping):
-        raise ValueError(f"spec: expected a mapping, got {type(spec).__name__}")
+        raise InputValueError(f"spec: expected a mapping, got {type(spec).__name__}")
     unknown = sorted(set(spec) - set(SPEC_KEYS))
     if unknown:
-        raise ValueError(f"spec: unknown key(s) {unknown}; allowed: {sorted(SPEC_KEYS)}")
+        raise InputValueError(f"spec: unknown key(s) {unknown}; allowed: {sorted(SPEC_KEYS)}")
     datasets = _spec_list(spec, "datasets", "dataset", None)
     if not datasets or not all(isinstance(d, Mapping) and "name" in d for d in datasets):
-        raise ValueError("spec['datasets']: expected mappings with at least 'name', e.g. [{'name': 'digits'}]")
+        raise InputValueError("spec['datasets']: expected mappings with at least 'name', e.g. [{'name': 'digits'}]")
     attack_config = dict(spec.get("attack_config") or {})
     parsed = {
         "datasets": [
@@ -1117,7 +1118,7 @@ def _parse_spec(spec: Mapping) -> dict:
                   (spec["null_baselines"] if "null_baselines" in spec else DEFAULT_NULLS)],
     }
     if "kernel" in parsed["attack_targets"] and not set(parsed["kernels"]) <= set(RIDGE_KERNELS):
-        raise ValueError("attack_targets: 'kernel' needs every influence kernel in "
+        raise InputValueError("attack_targets: 'kernel' needs every influence kernel in "
                          f"{list(RIDGE_KERNELS)}, got influence_kernels {parsed['kernels']}")
     as_train_config(parsed["training"] or None)  # validate before any work
     as_attack_config(parsed["attack_config"] or None)

@@ -61,6 +61,7 @@ from pathlib import Path
 import numpy as np
 
 from kernelattn._validation import check_choice, check_int, check_real
+from kernelattn.errors import InputValueError, KernelattnError
 
 __all__ = [
     "MEASURE_SCRIPT",
@@ -92,7 +93,7 @@ DEFAULT_FRACTION = 0.5
 DEFAULT_MAX_CHUNK = 2**16
 
 
-class MemoryPlanError(MemoryError):
+class MemoryPlanError(KernelattnError, MemoryError):
     """The planned computation does not fit the memory budget; raised before allocating.
 
     A ``MemoryError`` (not a ``ValueError``): the arguments are valid — the same
@@ -331,7 +332,7 @@ def _itemsize(dtype) -> int:
     try:
         name = np.dtype(dtype).name
     except TypeError as err:
-        raise ValueError(f"dtype: expected one of ['float32', 'float64'], got {dtype!r}") from err
+        raise InputValueError(f"dtype: expected one of ['float32', 'float64'], got {dtype!r}") from err
     check_choice(name, "dtype", ("float32", "float64"))
     return np.dtype(name).itemsize
 

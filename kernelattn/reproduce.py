@@ -44,6 +44,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from kernelattn.errors import InputValueError
+
 __all__ = [
     "CONDITIONS_KEYS",
     "KIND_ORDER",
@@ -93,9 +95,9 @@ def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+        raise InputValueError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object (an experiment spec), got {type(data).__name__}")
+        raise InputValueError(f"{path}: expected a JSON object (an experiment spec), got {type(data).__name__}")
     return data
 
 
@@ -108,28 +110,28 @@ def _entry(spec: Any, index: int) -> _SpecEntry:
         source = getattr(spec, "source", None)
         spec = spec.to_dict()
     if not isinstance(spec, Mapping):
-        raise ValueError(f"specs[{index}]: expected a path, a dict or a kernelattn.specs.Spec, got {type(spec).__name__}")
+        raise InputValueError(f"specs[{index}]: expected a path, a dict or a kernelattn.specs.Spec, got {type(spec).__name__}")
     where = source or f"specs[{index}]"
     name, kind = spec.get("name"), spec.get("kind")
     if not isinstance(name, str) or not name:
-        raise ValueError(f"{where}: every spec needs a \"name\" (its store is <out>/<name>)")
+        raise InputValueError(f"{where}: every spec needs a \"name\" (its store is <out>/<name>)")
     if kind not in KIND_ORDER:
-        raise ValueError(f"{where}: \"kind\" must be one of {list(KIND_ORDER)}, got {kind!r}")
+        raise InputValueError(f"{where}: \"kind\" must be one of {list(KIND_ORDER)}, got {kind!r}")
     return _SpecEntry(name, kind, dict(spec), source)
 
 
 def _tier_entries(tier: str, directory: Path | None) -> list[_SpecEntry]:
     if not isinstance(tier, str) or not tier:
-        raise ValueError(f"tier: expected one of {list(TIERS)}, got {tier!r}")
+        raise InputValueError(f"tier: expected one of {list(TIERS)}, got {tier!r}")
     root = Path(directory) if directory is not None else experiments_dir()
     folder = root / tier
     if not folder.is_dir():
         known = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        raise ValueError(f"tier: no experiment folder {folder} (tiers here: {known or 'none'}; expected one of "
+        raise InputValueError(f"tier: no experiment folder {folder} (tiers here: {known or 'none'}; expected one of "
                          f"{list(TIERS)})")
     files = sorted(folder.glob("*.json"))
     if not files:
-        raise ValueError(f"tier: {folder} holds no *.json spec")
+        raise InputValueError(f"tier: {folder} holds no *.json spec")
     return [_entry(path, i) for i, path in enumerate(files)]
 
 
@@ -137,7 +139,7 @@ def _sorted(entries: list[_SpecEntry]) -> list[_SpecEntry]:
     names = [e.name for e in entries]
     for name in names:
         if names.count(name) > 1:
-            raise ValueError(f"specs: two specs are named {name!r}; names must be unique (they name the stores)")
+            raise InputValueError(f"specs: two specs are named {name!r}; names must be unique (they name the stores)")
     return sorted(entries, key=lambda e: (KIND_ORDER.index(e.kind), e.name))
 
 
@@ -151,14 +153,14 @@ def _select(entries: list[_SpecEntry], only: Any, tier: str | None) -> list[_Spe
     patterns = [p.strip() for p in only.split(",")] if isinstance(only, str) else [str(p) for p in only]
     patterns = [p for p in patterns if p]
     if not patterns:
-        raise ValueError("only: expected a spec name, an artifact name or a glob, got nothing")
+        raise InputValueError("only: expected a spec name, an artifact name or a glob, got nothing")
     chosen = []
     for pattern in patterns:
         hits = [e for e in entries if fnmatch.fnmatchcase(e.name, pattern)
                 or fnmatch.fnmatchcase(_artifact(e.name, tier), pattern)]
         if not hits:
             available = ", ".join(e.name for e in entries)
-            raise ValueError(f"only: {pattern!r} matches no spec of this tier (available: {available})")
+            raise InputValueError(f"only: {pattern!r} matches no spec of this tier (available: {available})")
         chosen += [e for e in hits if e not in chosen]
     return [e for e in entries if e in chosen]
 
@@ -224,7 +226,7 @@ def _condition_metrics(dataset, depth: int, fractions: Sequence[float], spectra:
     # Z = G^k X (no re-normalization): Z Zᵀ = G^{2k+1} exactly; its spectrum from the singular values of Z.
     z = np.asarray(linear_attention(x, depth=depth, normalize=False))
     if z.dtype != np.float64:
-        raise RuntimeError("linear_attention returned float32: enable JAX's 64-bit mode (kernelattn.enable_x64())")
+        raise InputValueError("linear_attention returned float32: enable JAX's 64-bit mode (kernelattn.enable_x64())")
     attention = condition_report(z, warn_rank_deficient=False)
     features = condition_report(np.asarray(linear_attention(x, depth=depth), np.float64), warn_rank_deficient=False)
     metrics: dict[str, Any] = {
@@ -339,7 +341,7 @@ def _validate(entries: list[_SpecEntry]) -> None:
         except SpecError:
             raise
         except ValueError as err:
-            raise ValueError(f"{entry.source or entry.name}: {err}") from err
+            raise InputValueError(f"{entry.source or entry.name}: {err}") from err
 
 
 
@@ -624,15 +626,16 @@ def redraw(out: str | os.PathLike[str] = "results", figures_dir: str | os.PathLi
       the report ``<out>/report.md``.
 
     Raises:
-      FileNotFoundError: ``out`` holds no result store.
+      kernelattn.store.StoreNotFoundError (a FileNotFoundError): ``out`` holds no result store.
     """
     from kernelattn import plotting, report
+    from kernelattn.store import StoreNotFoundError
 
     out = Path(out)
     figures_dir = out / "figures" if figures_dir is None else Path(figures_dir)
     frames = report.load_frames(out)
     if not frames.stores:
-        raise FileNotFoundError(f"{out}: no result store found (run kernelattn reproduce first)")
+        raise StoreNotFoundError(f"{out}: no result store found (run kernelattn reproduce first)")
     figures_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     captions: dict[str, str] = {}

@@ -71,6 +71,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from kernelattn.errors import InputTypeError, InputValueError, KernelattnError
+
 __all__ = [
     "DATASET_NAMES",
     "KINDS",
@@ -120,7 +122,7 @@ _SOURCE_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-class SpecError(ValueError):
+class SpecError(KernelattnError, ValueError):
     """An invalid experiment spec.
 
     Attributes:
@@ -948,7 +950,7 @@ def load_spec(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec) -> Spec:
     if isinstance(spec, Mapping):
         return parse_spec(spec)
     if not isinstance(spec, (str, os.PathLike)):
-        raise TypeError(f"spec: expected a path, a dict or a Spec, got {type(spec).__name__}")
+        raise InputTypeError(f"spec: expected a path, a dict or a Spec, got {type(spec).__name__}")
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(f"spec: no such file {str(path)!r}")
@@ -963,4 +965,4 @@ def load_spec(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec) -> Spec:
 
 
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
+    raise InputValueError(f"{name} is not a JSON number")

@@ -108,6 +108,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kernelattn import provenance
+from kernelattn.errors import InputTypeError, InputValueError, KernelattnError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
@@ -117,9 +118,11 @@ __all__ = [
     "FORMAT_VERSION",
     "Problem",
     "RecordExistsError",
+    "RecordNotFoundError",
     "ResultStore",
     "StoreCorruptError",
     "StoreError",
+    "StoreNotFoundError",
     "StoreVersionError",
     "check_key",
     "decode_record",
@@ -161,7 +164,7 @@ _NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
 # --------------------------------------------------------------------------- errors
 
 
-class StoreError(Exception):
+class StoreError(KernelattnError):
     """Any failure of the results store (I/O, permissions, misuse)."""
 
 
@@ -192,6 +195,20 @@ class StoreCorruptError(StoreError):
 
 class RecordExistsError(StoreError):
     """``put`` of a key that already has a record (records are append-only)."""
+
+
+class RecordNotFoundError(StoreError, KeyError):
+    """``get`` of a key that has no record (a ``KeyError``, as for a mapping)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """No result store where one was expected."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)
@@ -278,7 +295,7 @@ def make_record(
 def check_key(key: Any, name: str = "key") -> str:
     """Validate a cell key: 64 lowercase hex characters (see ``provenance.cell_key``)."""
     if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
-        raise ValueError(
+        raise InputValueError(
             f"{name}: expected a cell key (64 lowercase hex characters from "
             f"kernelattn.provenance.cell_key), got {type(key).__name__} {key!r}"
         )
@@ -298,31 +315,31 @@ def finalize_record(key: str, record: Mapping[str, Any], environment: Mapping[st
     """
     check_key(key)
     if not isinstance(record, Mapping):
-        raise TypeError(f"record: expected a mapping, got {type(record).__name__}")
+        raise InputTypeError(f"record: expected a mapping, got {type(record).__name__}")
     missing = [f for f in REQUIRED_FIELDS if f not in record]
     if missing:
-        raise ValueError(f"record: missing field(s) {missing}; required are {list(REQUIRED_FIELDS)}")
+        raise InputValueError(f"record: missing field(s) {missing}; required are {list(REQUIRED_FIELDS)}")
     kind = record["kind"]
     if not isinstance(kind, str) or not kind:
-        raise ValueError(f"record['kind']: expected a non-empty str, got {kind!r}")
+        raise InputValueError(f"record['kind']: expected a non-empty str, got {kind!r}")
     for field in ("cell", "spec", "metrics", "timing"):
         if not isinstance(record[field], Mapping):
-            raise ValueError(f"record[{field!r}]: expected a mapping, got {type(record[field]).__name__}")
+            raise InputValueError(f"record[{field!r}]: expected a mapping, got {type(record[field]).__name__}")
     seconds = record["timing"].get("seconds")
     try:
         if isinstance(seconds, (bool, str)):
             raise TypeError
         seconds = float(seconds)
     except (TypeError, ValueError):
-        raise ValueError(f"record['timing']['seconds']: expected a number, got {seconds!r}") from None
+        raise InputValueError(f"record['timing']['seconds']: expected a number, got {seconds!r}") from None
     expected = provenance.cell_key(record["cell"])
     if key != expected:
-        raise ValueError(
+        raise InputValueError(
             f"key: {key} is not cell_key(record['cell']) = {expected}; "
             "compute keys with kernelattn.provenance.cell_key(cell)"
         )
     if "key" in record and record["key"] != key:
-        raise ValueError(f"record['key']: {record['key']!r} differs from key {key}")
+        raise InputValueError(f"record['key']: {record['key']!r} differs from key {key}")
     out = {k: v for k, v in record.items() if k not in STORE_FIELDS}
     timing = {"started": None, "finished": None, **dict(record["timing"])}
     timing["seconds"] = seconds
@@ -436,7 +453,7 @@ def frame_row(record: Mapping[str, Any], *, prefix: bool = False) -> dict[str, A
             if source == "cell" and column in FRAME_COLUMNS and not _same_value(row[column], value):
                 column = f"cell.{column}"
             if column in row and not _same_value(row[column], value):
-                raise ValueError(
+                raise InputValueError(
                     f"record {record['key']}: column {column!r} from {source} ({value!r}) clashes with "
                     f"an earlier value ({row[column]!r}); use to_frame(prefix=True)"
                 )
@@ -617,7 +634,7 @@ class ResultStore:
         if claim_timeout is not None and (
             isinstance(claim_timeout, bool) or not isinstance(claim_timeout, (int, float)) or claim_timeout < 0
         ):
-            raise ValueError(f"claim_timeout: expected a number of seconds >= 0 or None, got {claim_timeout!r}")
+            raise InputValueError(f"claim_timeout: expected a number of seconds >= 0 or None, got {claim_timeout!r}")
         self._root = os.path.abspath(os.fspath(path))
         self._readonly = bool(readonly)
         self._claim_timeout = None if claim_timeout is None else float(claim_timeout)
@@ -689,7 +706,7 @@ class ResultStore:
         if manifest is None:
             if not create or self._readonly:
                 why = "opened read-only" if self._readonly else "create=False"
-                raise StoreError(f"no result store at {self._root} (no {MANIFEST_NAME}; {why})")
+                raise StoreNotFoundError(f"no result store at {self._root} (no {MANIFEST_NAME}; {why})")
             if os.path.exists(self._root) and not os.path.isdir(self._root):
                 raise StoreError(f"{self._root} exists and is not a directory")
             made_root = not os.path.exists(self._root)
@@ -811,14 +828,14 @@ class ResultStore:
         """The verified record stored under ``key``.
 
         Raises:
-          KeyError: no record for ``key``.
+          RecordNotFoundError (a KeyError): no record for ``key``.
           StoreCorruptError: the record file is corrupt.
         """
         check_key(key)
         try:
             return self._load(key)
         except FileNotFoundError:
-            raise KeyError(f"no record for key {key} in {self._root}") from None
+            raise RecordNotFoundError(f"no record for key {key} in {self._root}") from None
 
     def records(self, kind: str | None = None) -> Iterator[dict[str, Any]]:
         """Iterate over every verified record (of ``kind``, if given), sorted by key.
@@ -828,7 +845,7 @@ class ResultStore:
             in ``records/`` — nothing is skipped silently.
         """
         if kind is not None and not isinstance(kind, str):
-            raise ValueError(f"kind: expected a str or None, got {kind!r}")
+            raise InputValueError(f"kind: expected a str or None, got {kind!r}")
         for name in self._record_names():
             path = os.path.join(self._dir(RECORDS_DIR), name)
             if not _is_record_name(name):
@@ -880,7 +897,7 @@ class ResultStore:
         """
         self._require_writable()
         if not isinstance(record, Mapping):
-            raise TypeError(f"record: expected a mapping, got {type(record).__name__}")
+            raise InputTypeError(f"record: expected a mapping, got {type(record).__name__}")
         environment = self._environment() if record.get("environment") is None else {}
         final = finalize_record(key, record, environment)
         path = self._record_path(key)

@@ -107,6 +107,7 @@ import numpy as np
 
 from kernelattn import guards, memory
 from kernelattn import metrics as M
+from kernelattn.errors import InputValueError
 from kernelattn.specs import DatasetSpec, ModelSpec, Spec, load_spec
 
 __all__ = [
@@ -225,7 +226,7 @@ def _load_data(dataset: DatasetSpec, index: int = 0) -> _Data:
     try:
         ds = load(dataset.name, **dataset.load_kwargs())
     except ValueError as err:  # a bad option value only the loader can judge (sizes, class names)
-        raise ValueError(f"datasets[{index}] ({dataset.label!r}): {err}") from err
+        raise InputValueError(f"datasets[{index}] ({dataset.label!r}): {err}") from err
     regression = ds.n_classes == 0
     if regression:
         y, target, labels_test = np.asarray(ds.y_train, np.float64), "values", None
@@ -384,9 +385,9 @@ def sweep_mesh(devices: Any = 1):
     elif isinstance(devices, (int, np.integer)) and not isinstance(devices, bool) and devices >= 1:
         count = int(devices)
     else:
-        raise ValueError(f"kernel.devices: expected an integer >= 1 or \"all\", got {devices!r}")
+        raise InputValueError(f"kernel.devices: expected an integer >= 1 or \"all\", got {devices!r}")
     if count > len(local):
-        raise ValueError(f"kernel.devices: {count} requested but this process has {len(local)} "
+        raise InputValueError(f"kernel.devices: {count} requested but this process has {len(local)} "
                          f"{jax.default_backend()} device(s) (on CPU, XLA_FLAGS="
                          f"--xla_force_host_platform_device_count={count} simulates more)")
     if count == 1:
@@ -443,7 +444,7 @@ def head_kernel_stream(keys: jax.Array, head, x: np.ndarray, n2: int, widths: Se
                   train_readout=bool(head.train_readout), sigma_w=float(head.sigma_w), sigma_b=float(head.sigma_b))
     mesh = sweep_mesh(mesh)
     if mesh is not None and len(mesh.axis_names) != 1:
-        raise ValueError(f"mesh: expected a 1-D mesh (width,), got axes {tuple(mesh.axis_names)}")
+        raise InputValueError(f"mesh: expected a 1-D mesh (width,), got axes {tuple(mesh.axis_names)}")
     if mesh is not None:
         step = functools.partial(_accumulate_sharded, mesh=mesh, batched=batched)
     else:
@@ -654,7 +655,7 @@ def _check_memory(spec: Spec, dataset: DatasetSpec, data: _Data) -> None:
     except Exception:  # noqa: BLE001 - psutil missing or unusable: no guard
         return
     if need > available:
-        raise MemoryError(
+        raise memory.MemoryPlanError(
             f"dataset {dataset.label!r}: n_train = {n}, n_test = {n_all - n} needs about {need / 2**30:.1f} GiB for "
             f"its (n + n*) × n kernel matrices, more than the {available / 2**30:.1f} GiB available; set n_train / "
             "n_test in the spec's dataset entry"

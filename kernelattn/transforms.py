@@ -22,6 +22,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from kernelattn._validation import check_int, check_matrix
+from kernelattn.errors import InputValueError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +121,7 @@ def linear_attention(
     queries_j = train_j if queries is None else jnp.asarray(queries)
     z = attend(queries_j, train_j, config)
     if normalize and not bool(jnp.all(jnp.isfinite(z))):
-        raise ValueError(
+        raise InputValueError(
             "queries: a query row is orthogonal to the (truncated) span of the training set, so its "
             "attention output has norm 0 and cannot be re-normalized; pass normalize=False"
         )

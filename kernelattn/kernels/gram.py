@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 
 from kernelattn._validation import check_int, check_matrix, check_real
+from kernelattn.errors import InputValueError
 
 
 def gram(x: np.ndarray, x2: np.ndarray | None = None) -> np.ndarray:
@@ -150,7 +151,7 @@ def condition_report(
     rank_bound = min(n, d)
     rank = numerical_rank(s, x.shape)
     if rank == 0:
-        raise ValueError("x: expected a non-zero matrix, got numerical rank 0")
+        raise InputValueError("x: expected a non-zero matrix, got numerical rank 0")
     if warn_rank_deficient and rank < rank_bound:
         warnings.warn(
             f"X has numerical rank {rank} < min(n, d) = {rank_bound}; κ_d is taken over the "
@@ -187,7 +188,7 @@ def psd_spectrum(k: np.ndarray, name: str = "k") -> np.ndarray:
     """Eigenvalues of a symmetric ``(n, n)`` kernel matrix, ascending, float64."""
     k = check_matrix(k, name).astype(np.float64)
     if k.shape[0] != k.shape[1]:
-        raise ValueError(f"{name}: expected a square matrix, got shape {k.shape}")
+        raise InputValueError(f"{name}: expected a square matrix, got shape {k.shape}")
     return np.linalg.eigvalsh((k + k.T) / 2)
 
 
