@@ -26,13 +26,13 @@ EXIT_USAGE = 2
 def _kappa_rows(report, label: str) -> list[dict]:
     """Table rows (rank, κ(G), κ(G^{2k+1}), log10 m_theory) for a ConditionReport."""
     power = 2 * report.depth + 1
-    from kernelattn.kernels.gram import log10_width_threshold
+    from kernelattn.kernels.gram import log10_width_threshold, safe_power
 
     rows = [{
         "spectrum": f"{label}numerical rank",
         "rank": report.rank,
         "kappa_G": report.kappa_d,
-        "kappa_attention": report.kappa_d**power,
+        "kappa_attention": safe_power(report.kappa_d, power),
         "log10_m_theory": report.log10_m_theory,
     }]
     for fraction, (rank, kappa) in report.energy.items():
@@ -40,7 +40,7 @@ def _kappa_rows(report, label: str) -> list[dict]:
             "spectrum": f"{label}energy {fraction:g}",
             "rank": rank,
             "kappa_G": kappa,
-            "kappa_attention": kappa**power,
+            "kappa_attention": safe_power(kappa, power),
             "log10_m_theory": log10_width_threshold(kappa, report.n),
         })
     return rows

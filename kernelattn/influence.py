@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernelattn._precision import resolve_dtype
-from kernelattn._validation import as_config, check_choice, check_int, check_matrix, check_real
+from kernelattn._validation import as_config, check_choice, check_int, check_matrix, check_real, check_row_range
 from kernelattn.errors import InputValueError
 from kernelattn.kernels.analytic import head_kernels, head_kernels_fn
 from kernelattn.kernels.empirical import head_ntk_fn, structured_head_ntk
@@ -320,8 +320,14 @@ def resolve_data(data=None, *, X=None, y=None, X_test=None, y_test=None) -> Trai
     if X is None or X_test is None:
         raise InputValueError(f"{'X' if X is None else 'X_test'}: expected an (n, d) array (or pass data=...), got None")
     # Leave-one-out needs at least two training points to leave one out of.
-    X = check_matrix(X, "X", min_rows=2).astype(np.float64)
-    X_test = check_matrix(X_test, "X_test", n_cols=X.shape[1]).astype(np.float64)
+    # Every model scales its input rows to unit norm first: a zero row has no direction, and a row
+    # whose squared norm overflows (float32: beyond ~1e16) would become 0 or NaN without a word.
+    hint = "every model scales its input rows to unit norm, which a zero row does not have; drop them"
+    X = check_matrix(X, "X", min_rows=2, allow_zero_rows=False, zero_row_hint=hint).astype(np.float64)
+    X_test = check_matrix(X_test, "X_test", n_cols=X.shape[1], allow_zero_rows=False,
+                          zero_row_hint=hint).astype(np.float64)
+    check_row_range(X, "X", dtype="float32", what="model input normalization")
+    check_row_range(X_test, "X_test", dtype="float32", what="model input normalization")
     labels, c_train = _labels_of(y, "y", X.shape[0])
     labels_test, c_test = _labels_of(y_test, "y_test", X_test.shape[0])
     if c_train is not None and c_test is not None and c_train != c_test:
