@@ -92,13 +92,10 @@ class _SpecEntry:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise InputValueError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
-    if not isinstance(data, dict):
-        raise InputValueError(f"{path}: expected a JSON object (an experiment spec), got {type(data).__name__}")
-    return data
+    """A spec file's JSON object, read strictly (``kernelattn.specs.read_spec_file``)."""
+    from kernelattn.specs import read_spec_file
+
+    return read_spec_file(path)
 
 
 def _entry(spec: Any, index: int) -> _SpecEntry:
@@ -115,6 +112,12 @@ def _entry(spec: Any, index: int) -> _SpecEntry:
     name, kind = spec.get("name"), spec.get("kind")
     if not isinstance(name, str) or not name:
         raise InputValueError(f"{where}: every spec needs a \"name\" (its store is <out>/<name>)")
+    from kernelattn.specs import SpecError, check_store_name
+
+    try:
+        check_store_name(name)
+    except SpecError as err:
+        raise SpecError(err.path, err.problem, source) from None
     if kind not in KIND_ORDER:
         raise InputValueError(f"{where}: \"kind\" must be one of {list(KIND_ORDER)}, got {kind!r}")
     return _SpecEntry(name, kind, dict(spec), source)
@@ -279,7 +282,7 @@ def run_conditions(spec: Mapping[str, Any] | str | os.PathLike[str], out: str | 
     """
     from kernelattn import provenance
     from kernelattn._precision import enable_x64, x64_enabled
-    from kernelattn.store import ResultStore, make_record, utc_now
+    from kernelattn.store import ResultStore, make_record, store_exists, utc_now
 
     source = None
     if isinstance(spec, (str, os.PathLike)):
@@ -288,7 +291,13 @@ def run_conditions(spec: Mapping[str, Any] | str | os.PathLike[str], out: str | 
     datasets, normalized = _parse_conditions(spec, source)
     if not x64_enabled():
         enable_x64()
-    store = ResultStore.open(Path(out) / normalized["name"])
+    path = Path(out) / normalized["name"]
+    if not store_exists(path):  # a new store only once every dataset loads: a refused spec leaves nothing
+        from kernelattn.data import load
+
+        for dataset in datasets:
+            load(dataset.name, **dataset.load_kwargs())
+    store = ResultStore.open(path)
     written = []
     for dataset in datasets:
         cell = conditions_cell(normalized["name"], dataset, normalized["depth"], normalized["energy_fractions"],
@@ -335,9 +344,9 @@ def _validate(entries: list[_SpecEntry]) -> None:
             elif entry.kind in ("kernel", "training"):
                 load_spec(entry.source if entry.source is not None else entry.data)
             else:
-                from kernelattn.malleability import run_malleability_spec
+                from kernelattn.specs import parse_malleability_spec
 
-                run_malleability_spec(entry.data, _Finished())
+                parse_malleability_spec(entry.data, source=entry.source)
         except SpecError:
             raise
         except ValueError as err:
@@ -500,9 +509,10 @@ def _run_one(entry: _SpecEntry, out: Path, progress: bool) -> int:
             warnings.warn(f"{entry.name}: {result.n_missing} cell(s) missing (claimed by another process?); "
                           "rerun to complete", stacklevel=3)
         return int(result.n_computed)
-    from kernelattn.malleability import run_malleability_spec
+    from kernelattn.malleability import check_malleability_spec, run_malleability_spec
     from kernelattn.store import ResultStore
 
+    loaded = check_malleability_spec(entry.data)  # data and memory, before the store is created
     store = ResultStore.open(out / entry.name)
     t0 = time.perf_counter()
 
@@ -512,7 +522,7 @@ def _run_one(entry: _SpecEntry, out: Path, progress: bool) -> int:
                    f"{cell['training_mode']} {cell['intervention']} {cell['attack']} ε={cell['epsilon']:g} "
                    f"seed {cell['seed']}: flip rate {rep.flip_rate:.3f}")
 
-    return len(run_malleability_spec(entry.data, store, progress=report if progress else None))
+    return len(run_malleability_spec(entry.data, store, progress=report if progress else None, loaded=loaded))
 
 
 def reproduce(

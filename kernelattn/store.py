@@ -162,6 +162,7 @@ __all__ = [
     "make_record",
     "record_checksum",
     "record_hmac",
+    "store_exists",
     "record_fingerprint",
     "utc_now",
 ]
@@ -395,6 +396,12 @@ def make_record(
     if environment is not None:
         record["environment"] = dict(environment)
     return record
+
+
+def store_exists(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` holds a result store (its manifest): callers validate everything, data
+    included, before they create a new one, so that a refused spec leaves nothing behind."""
+    return os.path.lexists(os.path.join(os.fspath(path), MANIFEST_NAME))
 
 
 def check_key(key: Any, name: str = "key") -> str:

@@ -1113,7 +1113,9 @@ def _wait_for_others(store, plan: list[Cell], bar, poll_s: float = WAIT_POLL_S) 
     while True:
         missing = [c for c in plan if not store.has(c.key)]
         bar.n = len(plan) - len(missing)
-        waiting = sum(store.claimed_elsewhere(c.key) for c in missing)
+        # Another host's claim cannot be checked for liveness: wait for it only within one multi-process
+        # run (its processes share the work); otherwise report those cells missing instead of hanging.
+        waiting = sum(store.claimed_elsewhere(c.key, include_foreign=jax.process_count() > 1) for c in missing)
         if not waiting:
             bar.refresh()
             return missing
@@ -1138,6 +1140,10 @@ def run_sweep(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, out: str 
         (live claims on the same store), wait for them, and compute those a
         failed process gave up, so that every process returns the whole
         table; ``False`` returns at once with them counted as ``n_missing``.
+        Claims of another host are waited for only in a multi-process run
+        (``jax.process_count() > 1``): their liveness cannot be checked, so a
+        single process counts those cells missing instead of waiting up to
+        the claim timeout (``kernelattn store PATH`` lists such claims).
 
     In a multi-process JAX run (``kernelattn.distributed.initialize_distributed``
     called first, as the CLI does), every process runs the same call on the
@@ -1171,6 +1177,10 @@ def run_sweep(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, out: str 
     mesh = sweep_mesh(spec.kernel.devices)
     offset = jax.process_index()
     path = Path(out) / spec.name
+    from kernelattn.store import store_exists
+
+    # A new store is created only once every dataset has loaded: a spec refused at data-load time leaves nothing.
+    preloaded = {} if store_exists(path) else {i: _load_data(d, i) for i, d in enumerate(spec.datasets)}
     store = ResultStore.open(path)
     plan = plan_cells(spec)
     pending = [c for c in plan if not store.has(c.key)]
@@ -1178,6 +1188,7 @@ def run_sweep(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, out: str 
     bar = tqdm(total=len(plan), initial=skipped, desc=spec.name, unit="cell", dynamic_ncols=True,
                disable=not _progress_enabled(progress), smoothing=0.1)
     runner = _Runner(spec, store, bar, mesh=mesh, offset=offset)
+    runner._data.update(preloaded)
     try:
         while pending:
             computed_before = runner.computed
