@@ -662,3 +662,63 @@ def test_catalogue(tmp_path, capsys, monkeypatch):
 def test_catalogue_names_are_unique():
     names = [case.name for case in CATALOGUE]
     assert len(set(names)) == len(names)
+
+
+#: ``raise`` of a built-in exception class the contract allows, by (module, class): the module protocol's
+#: ``AttributeError`` (``kernelattn.__getattr__``) and an ``OSError`` the store raises and catches itself.
+_BUILTIN_RAISES_ALLOWED = {("__init__.py", "AttributeError"), ("store.py", "OSError")}
+
+
+def test_every_deliberate_error_is_a_kernelattn_error():
+    """No ``raise ValueError(...)`` and the like in the package: every error it raises on purpose is of the
+    KernelattnError family (InputValueError is still a ValueError for callers that catch those)."""
+    import ast
+    import builtins
+
+    root = Path(ka.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and isinstance(node.exc.func, ast.Name):
+                name = node.exc.func.id
+                builtin = getattr(builtins, name, None)
+                if isinstance(builtin, type) and issubclass(builtin, BaseException) \
+                        and (path.name, name) not in _BUILTIN_RAISES_ALLOWED:
+                    found.append(f"{path.relative_to(root)}:{node.lineno}: raise {name}(...)")
+    assert not found, "raise a kernelattn.errors class instead:\n" + "\n".join(found)
+
+
+def test_public_error_classes_form_one_family():
+    from kernelattn.data import DatasetError
+    from kernelattn.errors import DependencyError, InputTypeError, InputValueError
+    from kernelattn.guards import KernelError
+    from kernelattn.memory import MemoryPlanError
+    from kernelattn.specs import SpecError, SpecFileNotFoundError
+    from kernelattn.store import RecordNotFoundError, StoreNotFoundError
+    from kernelattn.training import UntrainedError
+
+    for cls, builtin in ((InputValueError, ValueError), (InputTypeError, TypeError), (SpecError, ValueError),
+                         (SpecFileNotFoundError, FileNotFoundError), (KernelError, ValueError),
+                         (MemoryPlanError, MemoryError), (UntrainedError, ValueError), (DependencyError, ImportError),
+                         (RecordNotFoundError, KeyError), (StoreNotFoundError, FileNotFoundError),
+                         (StoreError, Exception), (DatasetError, Exception)):
+        assert issubclass(cls, KernelattnError) and issubclass(cls, builtin), cls
+    assert ka.KernelattnError is KernelattnError
+
+
+def test_release_claims_clears_a_foreign_claim(tmp_path, capsys):
+    path, store = _foreign_claim(tmp_path)
+    claims = Path(store.path) / "claims"
+    assert cli.main(["store", store.path, "--repair", "--release-claims"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^released: .*foreign claim by host another-host/0000 pid 4242", out, re.M), out
+    assert list(claims.iterdir()) == []
+    assert cli.main(["store", store.path]) == 0 and "0 claim(s) held" in capsys.readouterr().out
+
+
+def test_a_live_local_claim_is_kept_by_release_claims(tmp_path):
+    store = ResultStore.open(tmp_path / "s")
+    key = _key({"x": 5})
+    assert store.claim(key)
+    assert ResultStore.open(tmp_path / "s").release_claims() == []
+    assert [c.state for c in store.claims()] == ["live"]
