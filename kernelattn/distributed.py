@@ -163,7 +163,7 @@ def device_mesh(
     sample_shards = check_int(sample_shards, "sample_shards", minimum=1, maximum=len(devices))
     if len(devices) % sample_shards:
         raise InputValueError(f"sample_shards: expected a divisor of the device count {len(devices)}, "
-                         f"got {sample_shards}")
+                              f"got {sample_shards}")
     if sample_axis == axis_name:
         raise InputValueError(f"sample_axis: expected a name other than axis_name {axis_name!r}")
     grid = np.asarray(devices, dtype=object).reshape(sample_shards, len(devices) // sample_shards)
@@ -185,10 +185,10 @@ def _resolve_mesh(mesh, shard_samples: bool) -> tuple[Mesh, str, str | None]:
     names = tuple(mesh.axis_names)
     if shard_samples and len(names) != 2:
         raise InputValueError(f"mesh: shard_samples=True needs a 2-D mesh (samples, width), e.g. "
-                         f"device_mesh(sample_shards=2); got axes {names}")
+                              f"device_mesh(sample_shards=2); got axes {names}")
     if not shard_samples and len(names) != 1:
         raise InputValueError(f"mesh: expected a 1-D mesh (width,) when shard_samples=False, got axes {names}; "
-                         "pass shard_samples=True to shard rows over the first axis")
+                              "pass shard_samples=True to shard rows over the first axis")
     return mesh, names[-1], (names[0] if shard_samples else None)
 
 

@@ -394,7 +394,7 @@ def _dtype_name(dtype, k: np.ndarray) -> str:
         raise InputValueError(f"dtype: expected one of {list(_DTYPES)}, got {dtype!r}") from err
     if name not in _DTYPES:
         raise InputValueError(f"dtype: expected one of {list(_DTYPES)} (the dtype the kernel was computed in), "
-                         f"got {name!r}")
+                              f"got {name!r}")
     return name
 
 
@@ -706,8 +706,8 @@ def check_symmetry(
     symmetry_error = float(np.linalg.norm(kd - kd.T)) / norm if norm > 0 else 0.0
     where = f"kernel '{name}' ({matrix.shape[0]}×{matrix.shape[1]}, computed in {dtype})"
     diag = KernelDiagnostics(name=name, shape=tuple(matrix.shape), dtype=dtype, requested="entries", eps=_eps(dtype),
-                             symmetry_error=symmetry_error,
-                             problems=tuple(_asymmetry(symmetry_error, where, dtype, pol, cross_remedy=False)))
+                                  symmetry_error=symmetry_error,
+                                  problems=tuple(_asymmetry(symmetry_error, where, dtype, pol, cross_remedy=False)))
     return _report(diag, pol, stacklevel)
 
 
@@ -834,8 +834,8 @@ def check_condition(
             + ("solves" if requested == "solve" else "λ_min, κ and certificates")
             + ". Remedy: " + "; or ".join(remedies) + "."), predicted))
     diag = KernelDiagnostics(name=name, shape=(), dtype=dtype, requested=requested, kappa=predicted,
-                             kappa_effective=predicted, kappa_limit=limit, representable=predicted <= limit,
-                             eps=_eps(dtype), problems=tuple(problems))
+                                  kappa_effective=predicted, kappa_limit=limit, representable=predicted <= limit,
+                                  eps=_eps(dtype), problems=tuple(problems))
     return _report(diag, pol, stacklevel)
 
 

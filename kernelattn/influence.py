@@ -437,7 +437,7 @@ def resolve_model(model, width: int, out_dim: int, dtype) -> HeadModel:
     head = model.head
     if head.out_dim != out_dim:
         raise InputValueError(f"model: expected a head with out_dim = {out_dim} (the network outputs: 1 for a binary task "
-                         f"trained on ±1 targets, else the number of classes), got {head.out_dim}")
+                              f"trained on ±1 targets, else the number of classes), got {head.out_dim}")
     return HeadModel(name, head, attention, jnp.dtype(dtype))
 
 

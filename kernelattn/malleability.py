@@ -333,7 +333,7 @@ def prepare(
     split = resolve_data(data, X=X, y=y, X_test=X_test, y_test=y_test)
     if kernel not in RIDGE_KERNELS and attack_config.target == "kernel":
         raise InputValueError(f"attack_config.target: 'kernel' attacks a kernel ridge predictor, but kernel={kernel!r} "
-                         f"has none; expected kernel in {list(RIDGE_KERNELS)} or target 'model'")
+                              f"has none; expected kernel in {list(RIDGE_KERNELS)} or target 'model'")
     spec = resolve_model(model, width, config.out_dim(split.n_classes), dtype)
     for target in attack_targets:
         check_choice(target, "attack_targets[]", ATTACK_TARGETS)
@@ -547,7 +547,7 @@ def measure(
         raise InputValueError(f"retrain: expected a bool, got {retrain!r}")
     if experiment.kernel not in RIDGE_KERNELS and config.target == "kernel":
         raise InputValueError(f"attack_config.target: 'kernel' needs a kernel ridge influence (kernel in "
-                         f"{list(RIDGE_KERNELS)}), got kernel={experiment.kernel!r}")
+                              f"{list(RIDGE_KERNELS)}), got kernel={experiment.kernel!r}")
     start = time.perf_counter()
     split, clean = experiment.split, experiment.clean.scores
     n = split.X.shape[0]
@@ -971,7 +971,7 @@ def check_malleability_spec(spec: Mapping, *, max_cells: int | None = None, budg
                 loaded[data_key] = _load_dataset(dataset, label, index)
             data = loaded[data_key]
             config = as_train_config(parsed["training"] or None)
-            out_dim = config.out_dim(len(data.class_names))
+            out_dim = config.out_dim(data.n_classes)
             attacked = any(i != "curated" for i in parsed["interventions"])
             for _, model, width, mode, kernel in _spec_groups(parsed):
                 head = resolve_model(_spec_model(model, width, out_dim, parsed["head"]), width, out_dim,

@@ -131,7 +131,7 @@ def _tier_entries(tier: str, directory: Path | None) -> list[_SpecEntry]:
     if not folder.is_dir():
         known = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
         raise InputValueError(f"tier: no experiment folder {folder} (tiers here: {known or 'none'}; expected one of "
-                         f"{list(TIERS)})")
+                              f"{list(TIERS)})")
     files = sorted(folder.glob("*.json"))
     if not files:
         raise InputValueError(f"tier: {folder} holds no *.json spec")

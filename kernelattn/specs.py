@@ -7,6 +7,21 @@ completely when loaded, and every error names the offending key path::
     models[1].depth: expected an integer >= 1, got 0
     kernel.sigma_ww: unknown key; did you mean 'sigma_w'? (allowed: ...)
 
+This module is the one schema and validator of every spec kind: the sweep
+specs below (``"kernel"``, ``"training"``), the malleability specs
+(:func:`parse_malleability_spec`; format in
+``kernelattn.malleability.run_malleability_spec``) and the datasets of the
+``"conditions"`` specs of ``kernelattn.reproduce``. For all of them:
+
+- files are read strictly (:func:`read_spec_file`): UTF-8, no duplicate keys,
+  no NaN/Infinity, a regular file (a directory or a FIFO is refused unopened);
+- ``name`` is one directory name (:func:`check_store_name`): the store is
+  ``<out>/<name>``, so separators, ``..`` and absolute paths are refused;
+- values are type-checked (``"retrain": "false"`` is an error, not true);
+  unknown keys and values are refused with a did-you-mean, nested ones too;
+- a grid of more than ``DEFAULT_MAX_CELLS`` (100,000) cells is refused with
+  its count (``max_cells=``, ``$KERNELATTN_MAX_CELLS``).
+
 Format (every key except ``name``, ``kind``, ``datasets``, ``models`` and
 ``widths`` is optional; defaults shown)::
 

@@ -414,12 +414,12 @@ def _read_only_out(mp: pytest.MonkeyPatch, world: Path) -> None:
 
 
 def _out_of_device_memory(mp: pytest.MonkeyPatch, world: Path) -> None:
-    class JaxRuntimeError(RuntimeError):  # what jax raises; matched by name, as the CLI does
+    class JaxRuntimeError(RuntimeError):  # jax.errors.JaxRuntimeError; matched by name, as the CLI does
         pass
 
-    def run_sweep(*args, **kwargs):
-        raise JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 2.50GiB.\n"
-                              "BufferAssignment OOM Debugging.")
+    def run_sweep(*args, **kwargs):  # the text jax 0.11 gives on an H100 (first line), then more lines
+        raise JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 2.50GiB with allocator "
+                              "GPU_0_bfc on device 0.\nBufferAssignment OOM Debugging.")
 
     mp.setattr("kernelattn.sweeps.run_sweep", run_sweep)
 
@@ -471,7 +471,8 @@ CATALOGUE = [
          patch=_read_only_out),
     Case("data info: corrupt files", _mnist_files, r"(?i)sha-?256"),
     Case("sweep: out of device memory", lambda w: _sweep(w), r"out of device memory \(RESOURCE_EXHAUSTED: Out of "
-         r"memory while trying to allocate 2\.50GiB\.\)", patch=_out_of_device_memory),
+         r"memory while trying to allocate 2\.50GiB with allocator GPU_0_bfc on device 0\.\)",
+         patch=_out_of_device_memory),
     Case("store: problems found is exit 1", lambda w: _corrupt_record(w) and ["store", str(w / "out" / "tiny_sweep")],
          r"^corrupt: .*not valid JSON", code=1, stream="out"),
     Case("store --release-claims alone", lambda w: _store(w) and ["store", str(w / "out" / "tiny"),
