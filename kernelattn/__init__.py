@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`
         sharded_streaming_head_ntk,
         sharded_structured_head_ntk,
     )
+    from kernelattn.errors import DependencyError, InputTypeError, InputValueError, KernelattnError
     from kernelattn.guards import KernelError, KernelWarning, check_kernel
     from kernelattn.influence import InfluenceResult, influence, influence_scores
     from kernelattn.kernels.analytic import Kernel, head_kernels, qkv_attention_nngp
@@ -71,6 +72,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "sharded_streaming_head_ntk",
         "sharded_structured_head_ntk",
     ),
+    "kernelattn.errors": ("DependencyError", "InputTypeError", "InputValueError", "KernelattnError"),
     "kernelattn.guards": ("KernelError", "KernelWarning", "check_kernel"),
     "kernelattn.influence": ("InfluenceResult", "influence", "influence_scores"),
     "kernelattn.kernels.analytic": ("Kernel", "head_kernels", "qkv_attention_nngp"),

@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernelattn._validation import check_matrix
+from kernelattn._validation import check_matrix, check_row_range
+from kernelattn.errors import InputValueError
 
 DTYPES = ("float32", "float64")
 
@@ -36,11 +37,11 @@ def resolve_dtype(dtype, name: str = "dtype") -> np.dtype:
     try:
         resolved = np.dtype(dtype)
     except TypeError as err:
-        raise ValueError(f"{name}: expected one of {list(DTYPES)}, got {dtype!r}") from err
+        raise InputValueError(f"{name}: expected one of {list(DTYPES)}, got {dtype!r}") from err
     if resolved.name not in DTYPES:
-        raise ValueError(f"{name}: expected one of {list(DTYPES)}, got {resolved.name!r}")
+        raise InputValueError(f"{name}: expected one of {list(DTYPES)}, got {resolved.name!r}")
     if resolved == np.float64 and not x64_enabled():
-        raise ValueError(
+        raise InputValueError(
             f"{name}: float64 was requested but JAX's 64-bit mode is off, so JAX would "
             "silently compute in float32. Call kernelattn.enable_x64() (or "
             "jax.config.update('jax_enable_x64', True)) at program start."
@@ -56,11 +57,19 @@ def float_eps(dtype) -> float:
 def kernel_inputs(x1, x2, dtype) -> tuple[np.dtype, jax.Array, jax.Array | None]:
     """Validate a kernel's ``(n1, d)`` and optional ``(n2, d)`` inputs and cast them to ``dtype``.
 
+    Besides shape and finiteness, every row norm must keep ‖x‖² within
+    ``dtype``'s range (``_validation.check_row_range``): a kernel of a row of
+    norm 1e200 would overflow to inf and NaN.
+
     Returns:
       ``(dtype, x1, x2)`` with ``dtype`` resolved (see :func:`resolve_dtype`)
       and ``x2`` kept ``None`` when not given.
     """
     dtype = resolve_dtype(dtype)
-    x1 = jnp.asarray(check_matrix(x1, "x1"), dtype)
-    x2 = None if x2 is None else jnp.asarray(check_matrix(x2, "x2", n_cols=x1.shape[1]), dtype)
-    return dtype, x1, x2
+    x1 = check_matrix(x1, "x1")
+    check_row_range(x1, "x1", dtype=dtype)
+    if x2 is not None:
+        x2 = check_matrix(x2, "x2", n_cols=x1.shape[1])
+        check_row_range(x2, "x2", dtype=dtype)
+        x2 = jnp.asarray(x2, dtype)
+    return dtype, jnp.asarray(x1, dtype), x2

@@ -51,6 +51,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from kernelattn._precision import kernel_inputs
 from kernelattn._validation import check_int
+from kernelattn.errors import InputTypeError, InputValueError
 from kernelattn.kernels.empirical import DEFAULT_WIDTH_CHUNK, _draw_chunk, _head_chunk, _linear_part, _structured
 from kernelattn.models import HeadConfig
 
@@ -156,15 +157,15 @@ def device_mesh(
     """
     devices = jax.local_devices() if devices is None else list(devices)
     if not devices:
-        raise ValueError("devices: expected at least one device, got an empty sequence")
+        raise InputValueError("devices: expected at least one device, got an empty sequence")
     if sample_shards is None:
         return Mesh(np.asarray(devices, dtype=object), (axis_name,))
     sample_shards = check_int(sample_shards, "sample_shards", minimum=1, maximum=len(devices))
     if len(devices) % sample_shards:
-        raise ValueError(f"sample_shards: expected a divisor of the device count {len(devices)}, "
-                         f"got {sample_shards}")
+        raise InputValueError(f"sample_shards: expected a divisor of the device count {len(devices)}, "
+                              f"got {sample_shards}")
     if sample_axis == axis_name:
-        raise ValueError(f"sample_axis: expected a name other than axis_name {axis_name!r}")
+        raise InputValueError(f"sample_axis: expected a name other than axis_name {axis_name!r}")
     grid = np.asarray(devices, dtype=object).reshape(sample_shards, len(devices) // sample_shards)
     return Mesh(grid, (sample_axis, axis_name))
 
@@ -180,14 +181,14 @@ def _resolve_mesh(mesh, shard_samples: bool) -> tuple[Mesh, str, str | None]:
         count = jax.local_device_count()
         mesh = device_mesh(sample_shards=_smallest_factor(count) if shard_samples else None)
     if not isinstance(mesh, Mesh):
-        raise TypeError(f"mesh: expected a jax.sharding.Mesh (see device_mesh), got {type(mesh).__name__}")
+        raise InputTypeError(f"mesh: expected a jax.sharding.Mesh (see device_mesh), got {type(mesh).__name__}")
     names = tuple(mesh.axis_names)
     if shard_samples and len(names) != 2:
-        raise ValueError(f"mesh: shard_samples=True needs a 2-D mesh (samples, width), e.g. "
-                         f"device_mesh(sample_shards=2); got axes {names}")
+        raise InputValueError(f"mesh: shard_samples=True needs a 2-D mesh (samples, width), e.g. "
+                              f"device_mesh(sample_shards=2); got axes {names}")
     if not shard_samples and len(names) != 1:
-        raise ValueError(f"mesh: expected a 1-D mesh (width,) when shard_samples=False, got axes {names}; "
-                         "pass shard_samples=True to shard rows over the first axis")
+        raise InputValueError(f"mesh: expected a 1-D mesh (width,) when shard_samples=False, got axes {names}; "
+                              "pass shard_samples=True to shard rows over the first axis")
     return mesh, names[-1], (names[0] if shard_samples else None)
 
 
@@ -255,7 +256,7 @@ def _itemsize(dtype) -> int:
     """Bytes per element of float32 / float64 (an estimate needs no 64-bit mode)."""
     resolved = np.dtype(dtype)
     if resolved.name not in ("float32", "float64"):
-        raise ValueError(f"dtype: expected one of ['float32', 'float64'], got {resolved.name!r}")
+        raise InputValueError(f"dtype: expected one of ['float32', 'float64'], got {resolved.name!r}")
     return resolved.itemsize
 
 
@@ -410,7 +411,7 @@ def sharded_streaming_head_ntk(
       ``(n1, n2)`` is gathered, replicated).
     """
     if not isinstance(head, HeadConfig):
-        raise TypeError(f"head: expected a HeadConfig, got {type(head).__name__}")
+        raise InputTypeError(f"head: expected a HeadConfig, got {type(head).__name__}")
     _, x1, x2 = kernel_inputs(x1, x2, dtype)
     chunk = min(check_int(width_chunk, "width_chunk", minimum=1), head.width)
     shard_samples = bool(shard_samples)
@@ -465,10 +466,10 @@ def _shard_parameters(head_variables: dict, head: HeadConfig, d: int, dtype, mes
     placed = {}
     for name, shape in expected.items():
         if name not in head_variables:
-            raise ValueError(f"head_variables: expected key {name!r} (keys: {sorted(head_variables)})")
+            raise InputValueError(f"head_variables: expected key {name!r} (keys: {sorted(head_variables)})")
         value = head_variables[name]
         if tuple(np.shape(value)) != shape:
-            raise ValueError(f"head_variables[{name!r}]: expected shape {shape}, got {tuple(np.shape(value))}")
+            raise InputValueError(f"head_variables[{name!r}]: expected shape {shape}, got {tuple(np.shape(value))}")
         widths = [(0, 0)] * len(shape)
         widths[1 if name == "W" else 0] = (0, pad)
         sharding = NamedSharding(mesh, specs[name])
@@ -515,7 +516,7 @@ def sharded_structured_head_ntk(
       The kernel in ``dtype``, placed as in ``sharded_streaming_head_ntk``.
     """
     if not isinstance(head, HeadConfig):
-        raise TypeError(f"head: expected a HeadConfig, got {type(head).__name__}")
+        raise InputTypeError(f"head: expected a HeadConfig, got {type(head).__name__}")
     dtype, x1, x2 = kernel_inputs(x1, x2, dtype)
     chunk = check_int(width_chunk, "width_chunk", minimum=1)
     shard_samples = bool(shard_samples)

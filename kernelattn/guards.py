@@ -71,6 +71,8 @@ from typing import Any
 
 import numpy as np
 
+from kernelattn.errors import InputTypeError, InputValueError, KernelattnError
+
 __all__ = [
     "GuardLog",
     "GuardPolicy",
@@ -100,7 +102,7 @@ class KernelWarning(RuntimeWarning):
     """A kernel matrix is numerically unfit for what is asked of it (see ``kernelattn.guards``)."""
 
 
-class KernelError(ValueError):
+class KernelError(KernelattnError, ValueError):
     """Raised instead of :class:`KernelWarning` under a ``"raise"`` policy.
 
     Attributes:
@@ -146,20 +148,20 @@ class GuardPolicy:
 
     def __post_init__(self):
         if self.action not in ACTIONS:
-            raise ValueError(f"action: expected one of {list(ACTIONS)}, got {self.action!r}")
+            raise InputValueError(f"action: expected one of {list(ACTIONS)}, got {self.action!r}")
         if not 0 < self.solve_margin <= 1:
-            raise ValueError(f"solve_margin: expected a number in (0, 1], got {self.solve_margin!r}")
+            raise InputValueError(f"solve_margin: expected a number in (0, 1], got {self.solve_margin!r}")
         for field in ("symmetry_rtol", "psd_rtol"):
             value = getattr(self, field)
             if value is not None and not value >= 0:
-                raise ValueError(f"{field}: expected None or a number >= 0, got {value!r}")
+                raise InputValueError(f"{field}: expected None or a number >= 0, got {value!r}")
         if not self.backward_rtol >= 0:
-            raise ValueError(f"backward_rtol: expected a number >= 0, got {self.backward_rtol!r}")
+            raise InputValueError(f"backward_rtol: expected a number >= 0, got {self.backward_rtol!r}")
         if isinstance(self.ignore, str):
             object.__setattr__(self, "ignore", (self.ignore,))
         unknown = sorted(set(self.ignore) - set(PROBLEM_KINDS))
         if unknown:
-            raise ValueError(f"ignore: expected problem kinds among {list(PROBLEM_KINDS)}, got {unknown}")
+            raise InputValueError(f"ignore: expected problem kinds among {list(PROBLEM_KINDS)}, got {unknown}")
         object.__setattr__(self, "ignore", tuple(self.ignore))
 
     def kappa_limit(self, dtype) -> float:
@@ -184,7 +186,7 @@ def _resolve_policy(value: GuardPolicy | str | None) -> GuardPolicy:
         return value
     if isinstance(value, str):
         return dataclasses.replace(_POLICY.get(), action=value)
-    raise ValueError(f"policy: expected None, one of {list(ACTIONS)} or a GuardPolicy, got {value!r}")
+    raise InputValueError(f"policy: expected None, one of {list(ACTIONS)} or a GuardPolicy, got {value!r}")
 
 
 @contextlib.contextmanager
@@ -389,28 +391,28 @@ def _dtype_name(dtype, k: np.ndarray) -> str:
     try:
         name = np.dtype(dtype).name
     except TypeError as err:
-        raise ValueError(f"dtype: expected one of {list(_DTYPES)}, got {dtype!r}") from err
+        raise InputValueError(f"dtype: expected one of {list(_DTYPES)}, got {dtype!r}") from err
     if name not in _DTYPES:
-        raise ValueError(f"dtype: expected one of {list(_DTYPES)} (the dtype the kernel was computed in), "
-                         f"got {name!r}")
+        raise InputValueError(f"dtype: expected one of {list(_DTYPES)} (the dtype the kernel was computed in), "
+                              f"got {name!r}")
     return name
 
 
 def _as_matrix(k: Any, name: str) -> np.ndarray:
     """The kernel as a 2-d array; ``(n1, n2, C, C)`` becomes ``(n1·C, n2·C)``."""
     if not isinstance(name, str) or not name:
-        raise ValueError(f"name: expected a non-empty string naming the kernel, got {name!r}")
+        raise InputValueError(f"name: expected a non-empty string naming the kernel, got {name!r}")
     try:
         array = np.asarray(k)
     except Exception as err:
-        raise TypeError(f"{name}: expected a numeric array, got {type(k).__name__} ({err})") from err
+        raise InputTypeError(f"{name}: expected a numeric array, got {type(k).__name__} ({err})") from err
     if array.dtype == object or not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-        raise TypeError(f"{name}: expected a real numeric array, got dtype {array.dtype}")
+        raise InputTypeError(f"{name}: expected a real numeric array, got dtype {array.dtype}")
     if array.ndim == 4:
         n1, n2, c1, c2 = array.shape
         array = np.transpose(array, (0, 2, 1, 3)).reshape(n1 * c1, n2 * c2)
     if array.ndim != 2 or array.size == 0:
-        raise ValueError(f"{name}: expected a non-empty (n1, n2) or (n1, n2, C, C) kernel, got shape {array.shape}")
+        raise InputValueError(f"{name}: expected a non-empty (n1, n2) or (n1, n2, C, C) kernel, got shape {array.shape}")
     return array
 
 
@@ -449,7 +451,7 @@ def _analyse(
     n = k.shape[0]
     square = k.shape[0] == k.shape[1]
     if (symmetric or psd) and not square:
-        raise ValueError(
+        raise InputValueError(
             f"{name}: symmetric/psd checks need a square kernel, got shape {k.shape}; "
             "pass symmetric=False, psd=False for a cross (e.g. test × train) kernel"
         )
@@ -487,7 +489,7 @@ def _analyse(
     if eigenvalues is not None:
         values = np.sort(np.asarray(eigenvalues, dtype=np.float64).ravel())
         if values.size != n:
-            raise ValueError(f"eigenvalues: expected {n} eigenvalues of {name}, got {values.size}")
+            raise InputValueError(f"eigenvalues: expected {n} eigenvalues of {name}, got {values.size}")
     elif eig if eig is not None else n <= pol.eig_max_n:
         import scipy.linalg
 
@@ -608,13 +610,13 @@ def _report(diag: KernelDiagnostics, pol: GuardPolicy, stacklevel: int) -> Kerne
 
 def _check_args(requested, ridge) -> tuple[str, float]:
     if requested not in REQUESTS:
-        raise ValueError(f"requested: expected one of {list(REQUESTS)} or None, got {requested!r}")
+        raise InputValueError(f"requested: expected one of {list(REQUESTS)} or None, got {requested!r}")
     try:
         ridge = float(ridge)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"ridge: expected a number >= 0, got {ridge!r}") from err
+        raise InputValueError(f"ridge: expected a number >= 0, got {ridge!r}") from err
     if not (ridge >= 0 and math.isfinite(ridge)):
-        raise ValueError(f"ridge: expected a finite number >= 0, got {ridge!r}")
+        raise InputValueError(f"ridge: expected a finite number >= 0, got {ridge!r}")
     return requested, ridge
 
 
@@ -697,15 +699,15 @@ def check_symmetry(
     matrix = _as_matrix(k, name)
     dtype = _dtype_name(dtype, matrix)
     if matrix.shape[0] != matrix.shape[1]:
-        raise ValueError(f"{name}: expected a square (n, n) kernel, got shape {matrix.shape}")
+        raise InputValueError(f"{name}: expected a square (n, n) kernel, got shape {matrix.shape}")
     pol = _resolve_policy(policy)
     kd = np.asarray(matrix, dtype=np.float64)
     norm = float(np.linalg.norm(kd))
     symmetry_error = float(np.linalg.norm(kd - kd.T)) / norm if norm > 0 else 0.0
     where = f"kernel '{name}' ({matrix.shape[0]}×{matrix.shape[1]}, computed in {dtype})"
     diag = KernelDiagnostics(name=name, shape=tuple(matrix.shape), dtype=dtype, requested="entries", eps=_eps(dtype),
-                             symmetry_error=symmetry_error,
-                             problems=tuple(_asymmetry(symmetry_error, where, dtype, pol, cross_remedy=False)))
+                                  symmetry_error=symmetry_error,
+                                  problems=tuple(_asymmetry(symmetry_error, where, dtype, pol, cross_remedy=False)))
     return _report(diag, pol, stacklevel)
 
 
@@ -752,7 +754,7 @@ def check_solve(
         if ridge_f is not None and ridge == 0.0:
             ridge = float(ridge_f)
     if method is not None and method not in ("cholesky", "eigh-clipped"):
-        raise ValueError(f"method: expected 'cholesky' or 'eigh-clipped', got {method!r}")
+        raise InputValueError(f"method: expected 'cholesky' or 'eigh-clipped', got {method!r}")
     pol = _resolve_policy(policy)
     diag = _analyse(matrix, name=name, dtype=dtype, requested="solve", symmetric=True, psd=True, ridge=ridge,
                     eig=eig, eigenvalues=eigenvalues, pol=pol)
@@ -812,10 +814,10 @@ def check_condition(
     """
     dtype = _dtype_name(dtype, np.zeros(0))
     if requested not in ("spectrum", "solve"):
-        raise ValueError(f"requested: expected 'spectrum' or 'solve', got {requested!r}")
+        raise InputValueError(f"requested: expected 'spectrum' or 'solve', got {requested!r}")
     kappa, power = float(kappa), float(power)
     if not kappa >= 1:
-        raise ValueError(f"kappa: expected a condition number >= 1, got {kappa!r}")
+        raise InputValueError(f"kappa: expected a condition number >= 1, got {kappa!r}")
     pol = _resolve_policy(policy)
     limit = pol.kappa_limit(dtype)
     predicted = math.inf if math.isinf(kappa) else math.exp(min(power * math.log(kappa), 709.0))
@@ -832,8 +834,8 @@ def check_condition(
             + ("solves" if requested == "solve" else "λ_min, κ and certificates")
             + ". Remedy: " + "; or ".join(remedies) + "."), predicted))
     diag = KernelDiagnostics(name=name, shape=(), dtype=dtype, requested=requested, kappa=predicted,
-                             kappa_effective=predicted, kappa_limit=limit, representable=predicted <= limit,
-                             eps=_eps(dtype), problems=tuple(problems))
+                                  kappa_effective=predicted, kappa_limit=limit, representable=predicted <= limit,
+                                  eps=_eps(dtype), problems=tuple(problems))
     return _report(diag, pol, stacklevel)
 
 

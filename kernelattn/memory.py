@@ -61,6 +61,7 @@ from pathlib import Path
 import numpy as np
 
 from kernelattn._validation import check_choice, check_int, check_real
+from kernelattn.errors import InputValueError, KernelattnError
 
 __all__ = [
     "MEASURE_SCRIPT",
@@ -81,6 +82,7 @@ __all__ = [
     "plan_seed_batch",
     "plan_width_chunk",
     "sweep_cell_memory",
+    "training_memory",
 ]
 
 #: Fixed allowance for XLA compilation and allocator slack, bytes.
@@ -92,7 +94,7 @@ DEFAULT_FRACTION = 0.5
 DEFAULT_MAX_CHUNK = 2**16
 
 
-class MemoryPlanError(MemoryError):
+class MemoryPlanError(KernelattnError, MemoryError):
     """The planned computation does not fit the memory budget; raised before allocating.
 
     A ``MemoryError`` (not a ``ValueError``): the arguments are valid — the same
@@ -331,7 +333,7 @@ def _itemsize(dtype) -> int:
     try:
         name = np.dtype(dtype).name
     except TypeError as err:
-        raise ValueError(f"dtype: expected one of ['float32', 'float64'], got {dtype!r}") from err
+        raise InputValueError(f"dtype: expected one of ['float32', 'float64'], got {dtype!r}") from err
     check_choice(name, "dtype", ("float32", "float64"))
     return np.dtype(name).itemsize
 
@@ -666,6 +668,50 @@ def attack_memory(
         options.append("target='model' (no n × n kernel to differentiate)")
     options += _common_options(dtype)
     what = f"the {target}-target attack (n={n}, d={d}, width={m}, C={c}, {np.dtype(dtype).name})"
+    return MemoryEstimate(what, terms, options=tuple(options))
+
+
+def training_memory(
+    n: int,
+    d: int,
+    *,
+    width: int,
+    out_dim: int = 1,
+    batch_size: int = 128,
+    n_params: int | None = None,
+    dtype="float32",
+) -> MemoryEstimate:
+    """Peak bytes of training the two-layer head with Adam (``kernelattn.training.train``).
+
+    The parameters, their gradients, Adam's two moments and the update
+    (5·P), the features of the training set with their device copy (2·n·d)
+    and one minibatch's pre-activations, activations and their cotangents
+    (4·b·m). Not calibrated like the estimators above: a lower bound, meant
+    to refuse widths that cannot fit (P grows as d·m) before training starts.
+
+    Args:
+      n, d: training set shape.
+      width: hidden width m.
+      out_dim: C.
+      batch_size: b (at most n).
+      n_params: P (default: d·m + m·C).
+      dtype: compute dtype.
+    """
+    item = _itemsize(dtype)
+    n = check_int(n, "n", minimum=1)
+    d = check_int(d, "d", minimum=1)
+    m = check_int(width, "width", minimum=1)
+    c = check_int(out_dim, "out_dim", minimum=1)
+    b = min(check_int(batch_size, "batch_size", minimum=1), n)
+    p = d * m + m * c if n_params is None else check_int(n_params, "n_params", minimum=1)
+    terms = {
+        "parameters, gradients and Adam state": 5 * p * item,
+        "features": 2 * n * d * item,
+        "minibatch activations and cotangents": 4 * b * m * item,
+    }
+    options = [f"a smaller width (the parameters alone are {format_bytes(p * item)} at width {m})"]
+    options += _common_options(dtype)
+    what = f"training the head (n={n}, d={d}, width={m}, C={c}, {np.dtype(dtype).name})"
     return MemoryEstimate(what, terms, options=tuple(options))
 
 

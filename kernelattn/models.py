@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from numbers import Integral
 from typing import Any
 
 import flax.linen as nn
@@ -23,9 +24,13 @@ import jax
 import jax.numpy as jnp
 
 from kernelattn._validation import check_choice, check_int, check_real
+from kernelattn.errors import InputValueError
 from kernelattn.transforms import AttentionConfig, attend
 
 MODEL_NAMES = ("relu", "mlp-attn", "qkv-attn")
+#: Largest hidden width a model may have: 2^31 (beyond it the unit indices of a streamed draw overflow
+#: int32, and no kernel or training of that width completes in a lifetime anyway).
+MAX_WIDTH = 2**31
 _ALIASES = {"2l-relu": "relu", "mlp_attn": "mlp-attn", "attn": "mlp-attn", "qkv": "qkv-attn"}
 
 
@@ -34,7 +39,7 @@ class HeadConfig:
     """Hyper-parameters of the two-layer ReLU head (docs/math.md §5).
 
     Attributes:
-      width: hidden width m ≥ 1.
+      width: hidden width 1 ≤ m ≤ ``MAX_WIDTH`` (2^31), an integer (8.0 is refused).
       out_dim: number of outputs C ≥ 1.
       sigma_w, sigma_b, sigma_a: weight, bias and readout scales (≥ 0).
       use_bias: include the bias b (trained); forced on when σ_b > 0.
@@ -51,8 +56,11 @@ class HeadConfig:
     train_readout: bool = False
 
     def __post_init__(self):
-        check_int(self.width, "width", minimum=1)
-        check_int(self.out_dim, "out_dim", minimum=1)
+        for name, maximum in (("width", MAX_WIDTH), ("out_dim", None)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Integral):
+                raise InputValueError(f"{name}: expected an integer, got {type(value).__name__} {value!r}")
+            object.__setattr__(self, name, check_int(value, name, minimum=1, maximum=maximum))
         for name in ("sigma_w", "sigma_b", "sigma_a"):
             check_real(getattr(self, name), name, minimum=0.0)
         if self.sigma_b > 0 and not self.use_bias:

@@ -46,6 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from kernelattn.errors import InputTypeError
+
 __all__ = [
     "CELL_KEY_VERSION",
     "PACKAGES",
@@ -94,12 +96,12 @@ def to_jsonable(value: Any, name: str = "value") -> Any:
             return float(value)
         if isinstance(value, np.str_):
             return str(value)
-        raise TypeError(f"{name}: cannot store numpy scalar of dtype {value.dtype} as JSON")
+        raise InputTypeError(f"{name}: cannot store numpy scalar of dtype {value.dtype} as JSON")
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for k, v in value.items():
             if not isinstance(k, str):
-                raise TypeError(
+                raise InputTypeError(
                     f"{name}: mapping keys must be str, got {type(k).__name__} {k!r}; "
                     "convert it explicitly (e.g. str(k))"
                 )
@@ -114,9 +116,9 @@ def to_jsonable(value: Any, name: str = "value") -> Any:
     if hasattr(value, "__array__") and hasattr(value, "shape"):
         array = np.asarray(value)
         if array.dtype.kind not in "biuf":
-            raise TypeError(f"{name}: cannot store an array of dtype {array.dtype} as JSON")
+            raise InputTypeError(f"{name}: cannot store an array of dtype {array.dtype} as JSON")
         return to_jsonable(array.tolist(), name=name)
-    raise TypeError(f"{name}: cannot store {type(value).__name__} {value!r} as JSON")
+    raise InputTypeError(f"{name}: cannot store {type(value).__name__} {value!r} as JSON")
 
 
 def canonical_json(value: Any, name: str = "value") -> str:
@@ -145,7 +147,7 @@ def cell_key(cell: Mapping[str, Any]) -> str:
       TypeError: ``cell`` is not a mapping or holds an unstorable value.
     """
     if not isinstance(cell, Mapping):
-        raise TypeError(f"cell: expected a mapping of parameters, got {type(cell).__name__} {cell!r}")
+        raise InputTypeError(f"cell: expected a mapping of parameters, got {type(cell).__name__} {cell!r}")
     text = f"kernelattn.cell.v{CELL_KEY_VERSION}\n" + canonical_json(cell, "cell")
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 

@@ -44,6 +44,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from kernelattn.errors import InputValueError
+
 __all__ = [
     "CONDITIONS_KEYS",
     "KIND_ORDER",
@@ -90,13 +92,10 @@ class _SpecEntry:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object (an experiment spec), got {type(data).__name__}")
-    return data
+    """A spec file's JSON object, read strictly (``kernelattn.specs.read_spec_file``)."""
+    from kernelattn.specs import read_spec_file
+
+    return read_spec_file(path)
 
 
 def _entry(spec: Any, index: int) -> _SpecEntry:
@@ -108,28 +107,34 @@ def _entry(spec: Any, index: int) -> _SpecEntry:
         source = getattr(spec, "source", None)
         spec = spec.to_dict()
     if not isinstance(spec, Mapping):
-        raise ValueError(f"specs[{index}]: expected a path, a dict or a kernelattn.specs.Spec, got {type(spec).__name__}")
+        raise InputValueError(f"specs[{index}]: expected a path, a dict or a kernelattn.specs.Spec, got {type(spec).__name__}")
     where = source or f"specs[{index}]"
     name, kind = spec.get("name"), spec.get("kind")
     if not isinstance(name, str) or not name:
-        raise ValueError(f"{where}: every spec needs a \"name\" (its store is <out>/<name>)")
+        raise InputValueError(f"{where}: every spec needs a \"name\" (its store is <out>/<name>)")
+    from kernelattn.specs import SpecError, check_store_name
+
+    try:
+        check_store_name(name)
+    except SpecError as err:
+        raise SpecError(err.path, err.problem, source) from None
     if kind not in KIND_ORDER:
-        raise ValueError(f"{where}: \"kind\" must be one of {list(KIND_ORDER)}, got {kind!r}")
+        raise InputValueError(f"{where}: \"kind\" must be one of {list(KIND_ORDER)}, got {kind!r}")
     return _SpecEntry(name, kind, dict(spec), source)
 
 
 def _tier_entries(tier: str, directory: Path | None) -> list[_SpecEntry]:
     if not isinstance(tier, str) or not tier:
-        raise ValueError(f"tier: expected one of {list(TIERS)}, got {tier!r}")
+        raise InputValueError(f"tier: expected one of {list(TIERS)}, got {tier!r}")
     root = Path(directory) if directory is not None else experiments_dir()
     folder = root / tier
     if not folder.is_dir():
         known = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        raise ValueError(f"tier: no experiment folder {folder} (tiers here: {known or 'none'}; expected one of "
-                         f"{list(TIERS)})")
+        raise InputValueError(f"tier: no experiment folder {folder} (tiers here: {known or 'none'}; expected one of "
+                              f"{list(TIERS)})")
     files = sorted(folder.glob("*.json"))
     if not files:
-        raise ValueError(f"tier: {folder} holds no *.json spec")
+        raise InputValueError(f"tier: {folder} holds no *.json spec")
     return [_entry(path, i) for i, path in enumerate(files)]
 
 
@@ -137,7 +142,7 @@ def _sorted(entries: list[_SpecEntry]) -> list[_SpecEntry]:
     names = [e.name for e in entries]
     for name in names:
         if names.count(name) > 1:
-            raise ValueError(f"specs: two specs are named {name!r}; names must be unique (they name the stores)")
+            raise InputValueError(f"specs: two specs are named {name!r}; names must be unique (they name the stores)")
     return sorted(entries, key=lambda e: (KIND_ORDER.index(e.kind), e.name))
 
 
@@ -151,14 +156,14 @@ def _select(entries: list[_SpecEntry], only: Any, tier: str | None) -> list[_Spe
     patterns = [p.strip() for p in only.split(",")] if isinstance(only, str) else [str(p) for p in only]
     patterns = [p for p in patterns if p]
     if not patterns:
-        raise ValueError("only: expected a spec name, an artifact name or a glob, got nothing")
+        raise InputValueError("only: expected a spec name, an artifact name or a glob, got nothing")
     chosen = []
     for pattern in patterns:
         hits = [e for e in entries if fnmatch.fnmatchcase(e.name, pattern)
                 or fnmatch.fnmatchcase(_artifact(e.name, tier), pattern)]
         if not hits:
             available = ", ".join(e.name for e in entries)
-            raise ValueError(f"only: {pattern!r} matches no spec of this tier (available: {available})")
+            raise InputValueError(f"only: {pattern!r} matches no spec of this tier (available: {available})")
         chosen += [e for e in hits if e not in chosen]
     return [e for e in entries if e in chosen]
 
@@ -224,7 +229,7 @@ def _condition_metrics(dataset, depth: int, fractions: Sequence[float], spectra:
     # Z = G^k X (no re-normalization): Z Zᵀ = G^{2k+1} exactly; its spectrum from the singular values of Z.
     z = np.asarray(linear_attention(x, depth=depth, normalize=False))
     if z.dtype != np.float64:
-        raise RuntimeError("linear_attention returned float32: enable JAX's 64-bit mode (kernelattn.enable_x64())")
+        raise InputValueError("linear_attention returned float32: enable JAX's 64-bit mode (kernelattn.enable_x64())")
     attention = condition_report(z, warn_rank_deficient=False)
     features = condition_report(np.asarray(linear_attention(x, depth=depth), np.float64), warn_rank_deficient=False)
     metrics: dict[str, Any] = {
@@ -277,7 +282,7 @@ def run_conditions(spec: Mapping[str, Any] | str | os.PathLike[str], out: str | 
     """
     from kernelattn import provenance
     from kernelattn._precision import enable_x64, x64_enabled
-    from kernelattn.store import ResultStore, make_record, utc_now
+    from kernelattn.store import ResultStore, make_record, store_exists, utc_now
 
     source = None
     if isinstance(spec, (str, os.PathLike)):
@@ -286,7 +291,13 @@ def run_conditions(spec: Mapping[str, Any] | str | os.PathLike[str], out: str | 
     datasets, normalized = _parse_conditions(spec, source)
     if not x64_enabled():
         enable_x64()
-    store = ResultStore.open(Path(out) / normalized["name"])
+    path = Path(out) / normalized["name"]
+    if not store_exists(path):  # a new store only once every dataset loads: a refused spec leaves nothing
+        from kernelattn.data import load
+
+        for dataset in datasets:
+            load(dataset.name, **dataset.load_kwargs())
+    store = ResultStore.open(path)
     written = []
     for dataset in datasets:
         cell = conditions_cell(normalized["name"], dataset, normalized["depth"], normalized["energy_fractions"],
@@ -333,13 +344,13 @@ def _validate(entries: list[_SpecEntry]) -> None:
             elif entry.kind in ("kernel", "training"):
                 load_spec(entry.source if entry.source is not None else entry.data)
             else:
-                from kernelattn.malleability import run_malleability_spec
+                from kernelattn.specs import parse_malleability_spec
 
-                run_malleability_spec(entry.data, _Finished())
+                parse_malleability_spec(entry.data, source=entry.source)
         except SpecError:
             raise
         except ValueError as err:
-            raise ValueError(f"{entry.source or entry.name}: {err}") from err
+            raise InputValueError(f"{entry.source or entry.name}: {err}") from err
 
 
 
@@ -498,9 +509,10 @@ def _run_one(entry: _SpecEntry, out: Path, progress: bool) -> int:
             warnings.warn(f"{entry.name}: {result.n_missing} cell(s) missing (claimed by another process?); "
                           "rerun to complete", stacklevel=3)
         return int(result.n_computed)
-    from kernelattn.malleability import run_malleability_spec
+    from kernelattn.malleability import check_malleability_spec, run_malleability_spec
     from kernelattn.store import ResultStore
 
+    loaded = check_malleability_spec(entry.data)  # data and memory, before the store is created
     store = ResultStore.open(out / entry.name)
     t0 = time.perf_counter()
 
@@ -510,7 +522,7 @@ def _run_one(entry: _SpecEntry, out: Path, progress: bool) -> int:
                    f"{cell['training_mode']} {cell['intervention']} {cell['attack']} ε={cell['epsilon']:g} "
                    f"seed {cell['seed']}: flip rate {rep.flip_rate:.3f}")
 
-    return len(run_malleability_spec(entry.data, store, progress=report if progress else None))
+    return len(run_malleability_spec(entry.data, store, progress=report if progress else None, loaded=loaded))
 
 
 def reproduce(
@@ -624,15 +636,16 @@ def redraw(out: str | os.PathLike[str] = "results", figures_dir: str | os.PathLi
       the report ``<out>/report.md``.
 
     Raises:
-      FileNotFoundError: ``out`` holds no result store.
+      kernelattn.store.StoreNotFoundError (a FileNotFoundError): ``out`` holds no result store.
     """
     from kernelattn import plotting, report
+    from kernelattn.store import StoreNotFoundError
 
     out = Path(out)
     figures_dir = out / "figures" if figures_dir is None else Path(figures_dir)
     frames = report.load_frames(out)
     if not frames.stores:
-        raise FileNotFoundError(f"{out}: no result store found (run kernelattn reproduce first)")
+        raise StoreNotFoundError(f"{out}: no result store found (run kernelattn reproduce first)")
     figures_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     captions: dict[str, str] = {}

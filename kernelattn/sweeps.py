@@ -107,6 +107,7 @@ import numpy as np
 
 from kernelattn import guards, memory
 from kernelattn import metrics as M
+from kernelattn.errors import InputValueError
 from kernelattn.specs import DatasetSpec, ModelSpec, Spec, load_spec
 
 __all__ = [
@@ -225,7 +226,7 @@ def _load_data(dataset: DatasetSpec, index: int = 0) -> _Data:
     try:
         ds = load(dataset.name, **dataset.load_kwargs())
     except ValueError as err:  # a bad option value only the loader can judge (sizes, class names)
-        raise ValueError(f"datasets[{index}] ({dataset.label!r}): {err}") from err
+        raise InputValueError(f"datasets[{index}] ({dataset.label!r}): {err}") from err
     regression = ds.n_classes == 0
     if regression:
         y, target, labels_test = np.asarray(ds.y_train, np.float64), "values", None
@@ -384,11 +385,11 @@ def sweep_mesh(devices: Any = 1):
     elif isinstance(devices, (int, np.integer)) and not isinstance(devices, bool) and devices >= 1:
         count = int(devices)
     else:
-        raise ValueError(f"kernel.devices: expected an integer >= 1 or \"all\", got {devices!r}")
+        raise InputValueError(f"kernel.devices: expected an integer >= 1 or \"all\", got {devices!r}")
     if count > len(local):
-        raise ValueError(f"kernel.devices: {count} requested but this process has {len(local)} "
-                         f"{jax.default_backend()} device(s) (on CPU, XLA_FLAGS="
-                         f"--xla_force_host_platform_device_count={count} simulates more)")
+        raise InputValueError(f"kernel.devices: {count} requested but this process has {len(local)} "
+                              f"{jax.default_backend()} device(s) (on CPU, XLA_FLAGS="
+                              f"--xla_force_host_platform_device_count={count} simulates more)")
     if count == 1:
         return None
     return device_mesh(local[:count])
@@ -443,7 +444,7 @@ def head_kernel_stream(keys: jax.Array, head, x: np.ndarray, n2: int, widths: Se
                   train_readout=bool(head.train_readout), sigma_w=float(head.sigma_w), sigma_b=float(head.sigma_b))
     mesh = sweep_mesh(mesh)
     if mesh is not None and len(mesh.axis_names) != 1:
-        raise ValueError(f"mesh: expected a 1-D mesh (width,), got axes {tuple(mesh.axis_names)}")
+        raise InputValueError(f"mesh: expected a 1-D mesh (width,), got axes {tuple(mesh.axis_names)}")
     if mesh is not None:
         step = functools.partial(_accumulate_sharded, mesh=mesh, batched=batched)
     else:
@@ -654,7 +655,7 @@ def _check_memory(spec: Spec, dataset: DatasetSpec, data: _Data) -> None:
     except Exception:  # noqa: BLE001 - psutil missing or unusable: no guard
         return
     if need > available:
-        raise MemoryError(
+        raise memory.MemoryPlanError(
             f"dataset {dataset.label!r}: n_train = {n}, n_test = {n_all - n} needs about {need / 2**30:.1f} GiB for "
             f"its (n + n*) × n kernel matrices, more than the {available / 2**30:.1f} GiB available; set n_train / "
             "n_test in the spec's dataset entry"
@@ -1112,7 +1113,9 @@ def _wait_for_others(store, plan: list[Cell], bar, poll_s: float = WAIT_POLL_S) 
     while True:
         missing = [c for c in plan if not store.has(c.key)]
         bar.n = len(plan) - len(missing)
-        waiting = sum(store.claimed_elsewhere(c.key) for c in missing)
+        # Another host's claim cannot be checked for liveness: wait for it only within one multi-process
+        # run (its processes share the work); otherwise report those cells missing instead of hanging.
+        waiting = sum(store.claimed_elsewhere(c.key, include_foreign=jax.process_count() > 1) for c in missing)
         if not waiting:
             bar.refresh()
             return missing
@@ -1137,6 +1140,10 @@ def run_sweep(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, out: str 
         (live claims on the same store), wait for them, and compute those a
         failed process gave up, so that every process returns the whole
         table; ``False`` returns at once with them counted as ``n_missing``.
+        Claims of another host are waited for only in a multi-process run
+        (``jax.process_count() > 1``): their liveness cannot be checked, so a
+        single process counts those cells missing instead of waiting up to
+        the claim timeout (``kernelattn store PATH`` lists such claims).
 
     In a multi-process JAX run (``kernelattn.distributed.initialize_distributed``
     called first, as the CLI does), every process runs the same call on the
@@ -1170,6 +1177,10 @@ def run_sweep(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, out: str 
     mesh = sweep_mesh(spec.kernel.devices)
     offset = jax.process_index()
     path = Path(out) / spec.name
+    from kernelattn.store import store_exists
+
+    # A new store is created only once every dataset has loaded: a spec refused at data-load time leaves nothing.
+    preloaded = {} if store_exists(path) else {i: _load_data(d, i) for i, d in enumerate(spec.datasets)}
     store = ResultStore.open(path)
     plan = plan_cells(spec)
     pending = [c for c in plan if not store.has(c.key)]
@@ -1177,6 +1188,7 @@ def run_sweep(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, out: str 
     bar = tqdm(total=len(plan), initial=skipped, desc=spec.name, unit="cell", dynamic_ncols=True,
                disable=not _progress_enabled(progress), smoothing=0.1)
     runner = _Runner(spec, store, bar, mesh=mesh, offset=offset)
+    runner._data.update(preloaded)
     try:
         while pending:
             computed_before = runner.computed

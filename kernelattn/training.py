@@ -33,6 +33,7 @@ import optax
 
 from kernelattn import guards
 from kernelattn._validation import check_choice, check_int, check_matrix, check_real
+from kernelattn.errors import InputValueError, KernelattnError
 
 ApplyFn = Callable[[dict, jax.Array], jax.Array]
 LOSSES = ("auto", "mse", "xent")
@@ -201,7 +202,7 @@ def train(
     y = np.asarray(y)
     y = y[:, None] if y.ndim == 1 else y
     if y.shape[0] != x.shape[0]:
-        raise ValueError(f"y: expected {x.shape[0]} rows to match x, got shape {y.shape}")
+        raise InputValueError(f"y: expected {x.shape[0]} rows to match x, got shape {y.shape}")
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
     x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
     optimizer = make_optimizer(config)
@@ -277,7 +278,7 @@ class TrainingWarning(UserWarning):
     """A network fit did not train (see :func:`training_health`)."""
 
 
-class UntrainedError(ValueError):
+class UntrainedError(KernelattnError, ValueError):
     """Raised instead of :class:`TrainingWarning` under ``kernelattn.guards.strict()``."""
 
 

@@ -20,8 +20,10 @@ from __future__ import annotations
 import dataclasses
 
 import jax.numpy as jnp
+import numpy as np
 
-from kernelattn._validation import check_int, check_matrix
+from kernelattn._validation import check_int, check_matrix, check_row_range, row_norms
+from kernelattn.errors import InputValueError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +113,12 @@ def linear_attention(
     Returns:
       ``(n_q, d)`` array in the inputs' dtype (use float64 for the exact Gram
       identities; float32 cannot hold κ³ beyond ~1e7).
+
+    Raises:
+      InputValueError: naming the row: a NaN/inf entry; a row norm whose
+        power 2k + 1 would overflow the dtype (the output scales as
+        ‖x‖^(2k+1)); with ``normalize``, a zero query row or a query row
+        orthogonal to the (truncated) span of the training set (output norm 0).
     """
     n, d = check_matrix(train, "train").shape
     if queries is not None:
@@ -118,10 +126,28 @@ def linear_attention(
     config = AttentionConfig(depth, rank, constant_term, normalize).validated(n_features=d, n_samples=n)
     train_j = jnp.asarray(train)
     queries_j = train_j if queries is None else jnp.asarray(queries)
+    power, what = 2 * config.depth + 1, f"depth-{config.depth} attention"
+    check_row_range(train, "train", dtype=train_j.dtype, power=power, what=what)
+    query_name = "train" if queries is None else "queries"
+    if queries is not None:
+        check_row_range(queries, "queries", dtype=queries_j.dtype, power=power, what=what)
+    if normalize:
+        zero = jnp.flatnonzero(~jnp.any(queries_j != 0, axis=1)) if not constant_term else jnp.zeros(0, int)
+        if zero.size:
+            raise InputValueError(
+                f"{query_name}: expected rows of non-zero norm, got a zero row at index {int(zero[0])}, whose "
+                "attention output has norm 0 and cannot be re-normalized; drop it or pass normalize=False"
+            )
     z = attend(queries_j, train_j, config)
     if normalize and not bool(jnp.all(jnp.isfinite(z))):
-        raise ValueError(
-            "queries: a query row is orthogonal to the (truncated) span of the training set, so its "
+        raw = attend(queries_j, train_j, AttentionConfig(config.depth, config.rank, config.constant_term, False))
+        norms = row_norms(np.asarray(raw)) if bool(jnp.all(jnp.isfinite(raw))) else None
+        bad = int(np.flatnonzero(norms == 0)[0]) if norms is not None and np.any(norms == 0) else None
+        if bad is None:
+            raise InputValueError(f"{query_name}: the attention output overflows {train_j.dtype.name}; rescale "
+                                  "the inputs, e.g. to unit-norm rows")
+        raise InputValueError(
+            f"{query_name}: row {bad} is orthogonal to the (truncated) span of the training set, so its "
             "attention output has norm 0 and cannot be re-normalized; pass normalize=False"
         )
     return z

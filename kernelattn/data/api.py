@@ -21,6 +21,7 @@ from kernelattn.data.dataset import (
     scale_pixels,
 )
 from kernelattn.data.files import FileSource, FileSpec, primary_dir, search_dirs
+from kernelattn.errors import InputValueError
 
 __all__ = ["available_datasets", "dataset_info", "load"]
 
@@ -59,7 +60,7 @@ def available_datasets() -> tuple[str, ...]:
 
 def _check_bool(value: Any, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
+        raise InputValueError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
     return bool(value)
 
 
@@ -67,7 +68,7 @@ def _check_source_options(name: str, options: Mapping[str, Any]) -> dict[str, An
     allowed = _SOURCE_OPTIONS[name]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise ValueError(
+        raise InputValueError(
             f"{unknown[0]}: not an option of dataset {name!r}; expected one of {sorted(allowed)}, got {unknown}"
         )
     checked = dict(options)
@@ -196,12 +197,12 @@ def load(
     options = _check_source_options(name, source_kwargs)
     regression = name == "synthetic" and options.get("task") == "regression"
     if regression and target not in (None, "values"):
-        raise ValueError(f"target: expected None or 'values' for a regression task, got {target!r}")
+        raise InputValueError(f"target: expected None or 'values' for a regression task, got {target!r}")
     if not regression and target == "values":
-        raise ValueError(f"target: expected one of {sorted(TARGETS)} for a classification task, got 'values'")
+        raise InputValueError(f"target: expected one of {sorted(TARGETS)} for a classification task, got 'values'")
     target = ("values" if regression else "onehot") if target is None else target
     if name == "synthetic" and classes is not None:
-        raise ValueError(f"classes: expected None for 'synthetic' (pass n_classes=...), got {classes!r}")
+        raise InputValueError(f"classes: expected None for 'synthetic' (pass n_classes=...), got {classes!r}")
     if name != "synthetic":
         resolve_classes(classes, _CLASS_NAMES[name])  # fail before any file is read or downloaded
     if data_dir is not None:

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from kernelattn._precision import resolve_dtype
-from kernelattn._validation import check_matrix
+from kernelattn._validation import check_matrix, check_row_range
 from kernelattn.models import HeadConfig
 
 
@@ -116,6 +116,11 @@ def _head_kernels_core(x1, x2, sigma_w, sigma_b, sigma_a, train_readout):
 _head_kernels = jax.jit(_head_kernels_core, static_argnums=(5,))
 
 
+#: Why a zero row has no ReLU-head kernel without a bias: c = Σ(x, x')/√(Σ(x, x)Σ(x', x')) is 0/0.
+_ZERO_ROW_HINT = ("its arc-cosine kernel divides by the norm (0/0); drop those rows or use a head with "
+                  "sigma_b > 0")
+
+
 def head_kernels(
     x1: jax.Array,
     x2: jax.Array | None = None,
@@ -137,13 +142,21 @@ def head_kernels(
 
     Returns:
       ``Kernel(nngp, ntk)``; ntk is first-layer-only when the readout is fixed.
+
+    Raises:
+      InputValueError: a NaN/inf entry, a zero row (without a bias, its kernel
+        is 0/0), or a row whose norm would overflow ‖x‖² in ``dtype`` — each
+        named by its row index.
     """
     head = head or HeadConfig(width=1)
     dtype = resolve_dtype(dtype)
     zero_rows_ok = head.sigma_b > 0
-    x1 = check_matrix(x1, "x1", allow_zero_rows=zero_rows_ok)
+    x1 = check_matrix(x1, "x1", allow_zero_rows=zero_rows_ok, zero_row_hint=_ZERO_ROW_HINT)
+    check_row_range(x1, "x1", dtype=dtype)
     if x2 is not None:
-        x2 = jnp.asarray(check_matrix(x2, "x2", n_cols=x1.shape[1], allow_zero_rows=zero_rows_ok), dtype)
+        x2 = check_matrix(x2, "x2", n_cols=x1.shape[1], allow_zero_rows=zero_rows_ok, zero_row_hint=_ZERO_ROW_HINT)
+        check_row_range(x2, "x2", dtype=dtype)
+        x2 = jnp.asarray(x2, dtype)
     kernel = _head_kernels(
         jnp.asarray(x1, dtype),
         x2,
@@ -176,9 +189,14 @@ def qkv_attention_nngp(
       ``(n1, n2)`` array.
     """
     dtype = resolve_dtype(dtype)
-    x1 = jnp.asarray(check_matrix(x1, "x1"), dtype)
-    x2 = x1 if x2 is None else jnp.asarray(check_matrix(x2, "x2", n_cols=x1.shape[1]), dtype)
-    c = x1 if context is None else jnp.asarray(check_matrix(context, "context", n_cols=x1.shape[1]), dtype)
+    checked = {}
+    for name, value in (("x1", x1), ("x2", x2), ("context", context)):
+        if value is not None:
+            checked[name] = check_matrix(value, name, n_cols=None if name == "x1" else checked["x1"].shape[1])
+            check_row_range(checked[name], name, dtype=dtype, power=6, what="QKV-attention NNGP")
+    x1 = jnp.asarray(checked["x1"], dtype)
+    x2 = x1 if x2 is None else jnp.asarray(checked["x2"], dtype)
+    c = x1 if context is None else jnp.asarray(checked["context"], dtype)
     d = x1.shape[1]
     scale = sigma_q**4 * sigma_v**2 * sigma_o**2 / math.pow(d, 3)
     return scale * ((x1 @ c.T) @ (c @ c.T) @ (c @ x2.T))

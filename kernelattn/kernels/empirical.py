@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernelattn import memory
+from kernelattn.errors import InputValueError
 from kernelattn.kernels import factored
 from kernelattn._precision import kernel_inputs
 from kernelattn._validation import check_choice, check_int
@@ -359,7 +360,7 @@ def structured_head_ntk(
     chunk = min(check_int(width_chunk, "width_chunk", minimum=1), head.width)
     w = jnp.asarray(head_variables["W"], dtype)
     if w.shape != (x1.shape[1], head.width):
-        raise ValueError(f"head_variables['W']: expected shape {(x1.shape[1], head.width)}, got {w.shape}")
+        raise InputValueError(f"head_variables['W']: expected shape {(x1.shape[1], head.width)}, got {w.shape}")
     b = jnp.asarray(head_variables["b"], dtype) if head.use_bias else None
     a = jnp.asarray(head_variables["a"], dtype)
     _ensure_head_fits(x1, x2, head, chunk, trace_output, True, dtype, budget, "structured_head_ntk")

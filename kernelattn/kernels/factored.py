@@ -41,6 +41,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from kernelattn.errors import InputValueError
+
 try:  # the jaxpr types' public home in current JAX
     from jax.extend.core import Literal
 except ImportError:  # jax 0.4.25 (the legacy neural-tangents environment) still exports it from jax.core
@@ -147,7 +149,7 @@ def _make_plan(apply_fn: ApplyFn, treedef, specs: tuple, d: int, dtype: str) -> 
     closed = jax.make_jaxpr(lambda ls, x: apply_fn(jax.tree_util.tree_unflatten(treedef, ls), x))(leaf_specs, row_spec)
     jaxpr = closed.jaxpr
     if len(jaxpr.outvars) != 1 or jaxpr.outvars[0].aval.ndim != 2 or jaxpr.outvars[0].aval.shape[0] != 1:
-        raise ValueError(f"apply_fn: expected one (n, C) output array, got {[v.aval for v in jaxpr.outvars]} for n = 1")
+        raise InputValueError(f"apply_fn: expected one (n, C) output array, got {[v.aval for v in jaxpr.outvars]} for n = 1")
     out_dim = jaxpr.outvars[0].aval.shape[1]
     n_leaves = len(specs)
     leaf_of = {var: i for i, var in enumerate(jaxpr.invars[:n_leaves])}
