@@ -672,12 +672,28 @@ def null_keys(keys: Mapping[str, jax.Array], kind: str) -> dict[str, jax.Array]:
     return keys
 
 
-def measure_null(experiment: Experiment, *, kind: str = "seed", tau: float = 0.1) -> MalleabilityReport:
+def null_refit(experiment: Experiment, kind: str = "seed") -> FittedModel:
+    """The experiment's clean fit repeated with the PRNG keys of a null baseline (:func:`null_keys`)."""
+    kind = check_choice(kind, "null", NULL_KINDS)
+    split, fitted = experiment.split, experiment.fitted
+    refit = _fit(
+        fitted.spec, split.X, split.labels, split.n_classes, keys=null_keys(experiment.keys, kind),
+        config=experiment.train_config, training=experiment.training, at_epsilon=experiment.at_epsilon,
+        attack_config=experiment.attack_config,
+    )
+    return assess_fit(refit, split, experiment.train_config,
+                      what=fit_label(fitted.spec, experiment.seed, experiment.training) + f", null-{kind} refit")
+
+
+def measure_null(experiment: Experiment, *, kind: str = "seed", tau: float = 0.1,
+                 refit: FittedModel | None = None) -> MalleabilityReport:
     """The null baseline of a malleability number: no perturbation, the same pipeline refitted
     with other PRNG keys (:func:`null_keys`), and its influence compared with the experiment's.
 
     A flip rate at or below this null cannot be told apart from retraining noise. ``kind="rerun"``
-    refits with the same keys and must give exactly 0 (determinism).
+    refits with the same keys and must give exactly 0 (determinism). ``refit``: the
+    :func:`null_refit` of an experiment with the same fit (say, for another influence kernel),
+    reused instead of training again.
 
     Returns:
       A :class:`MalleabilityReport` with ``intervention = "null-<kind>"``, ``attack = "none"`` and the
@@ -686,14 +702,8 @@ def measure_null(experiment: Experiment, *, kind: str = "seed", tau: float = 0.1
     kind = check_choice(kind, "null", NULL_KINDS)
     tau = check_real(tau, "tau", minimum=0.0, maximum=1.0, strict_min=True)
     start = time.perf_counter()
-    split, fitted = experiment.split, experiment.fitted
-    keys = null_keys(experiment.keys, kind)
-    refit = _fit(
-        fitted.spec, split.X, split.labels, split.n_classes, keys=keys, config=experiment.train_config,
-        training=experiment.training, at_epsilon=experiment.at_epsilon, attack_config=experiment.attack_config,
-    )
-    refit = assess_fit(refit, split, experiment.train_config,
-                       what=fit_label(fitted.spec, experiment.seed, experiment.training) + f", null-{kind} refit")
+    split = experiment.split
+    refit = null_refit(experiment, kind) if refit is None else refit
     perturbed = _influence_of(experiment, refit, split.X, split.labels, split.X_test)
     n = split.X.shape[0]
     return _report(
@@ -1139,7 +1149,8 @@ def run_malleability_spec(spec: Mapping, store, *, progress=None, loaded: Mappin
                     else (),
                 )
                 fits[fit_key] = experiment.fitted
-                context = {"spec": spec, "parsed": parsed, "dataset_label": dataset_label}
+                context = {"spec": spec, "parsed": parsed, "dataset_label": dataset_label, "fits": fits,
+                           "fit_key": fit_key}
                 for key, cell in cells:
                     report = _run_cell(store, key, cell, experiment, context, membership.get(key, []))
                     if report is not None:
@@ -1191,7 +1202,11 @@ def _run_cell(store, key: str, cell: dict, experiment: Experiment, context: dict
     parsed = context["parsed"]
     try:
         if cell["intervention"].startswith("null-"):
-            report = measure_null(experiment, kind=cell["intervention"][len("null-"):], tau=parsed["tau"])
+            kind = cell["intervention"][len("null-"):]
+            refit_key = (context["fit_key"], kind)
+            if refit_key not in context["fits"]:
+                context["fits"][refit_key] = null_refit(experiment, kind)
+            report = measure_null(experiment, kind=kind, tau=parsed["tau"], refit=context["fits"][refit_key])
         else:
             config = dataclasses.replace(
                 experiment.attack_config, target="model" if cell["attack_target"] == "none" else cell["attack_target"]

@@ -170,6 +170,10 @@ def test_a_reused_fit_gives_the_same_experiment_as_training_again(binary):
     fresh = prepare(binary, model="relu", width=32, kernel="infinite", train_config={"epochs": 5})
     assert reused.fitted is first.fitted
     np.testing.assert_array_equal(reused.clean.scores, fresh.clean.scores)
+    from kernelattn.malleability import null_refit
+
+    shared = measure_null(reused, kind="seed", refit=null_refit(first, "seed"))
+    np.testing.assert_array_equal(shared.flip_rates, measure_null(fresh, kind="seed").flip_rates)
 
 
 def test_collapsed_features_are_named_as_the_cause(binary):
