@@ -24,5 +24,7 @@ else
   trap 'rm -rf "$site"' EXIT
 fi
 # The CLI page runs `kernelattn ... --help`: a fixed terminal width keeps it reproducible.
-COLUMNS=100 .venv-docs/bin/mkdocs build --strict --clean -d "$site" "$@"
+# (The two *MKDOCS_2_WARNING variables silence banners that plugins print about MkDocs 2.)
+COLUMNS=100 NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true \
+  .venv-docs/bin/mkdocs build --strict --clean -d "$site" "$@"
 echo "docs: built into $site${SITE_DIR:+ (kept)}"
