@@ -12,7 +12,7 @@ tiny because their condition number is cubed (docs/math.md §2, §3, §8).
 
 Run it::
 
-    python docs/tutorials/own_model_ntk.py            # full size, ~1 minute on a 2-core CPU
+    python docs/tutorials/own_model_ntk.py            # full size, under a minute on a 2-core CPU
     python docs/tutorials/own_model_ntk.py --small    # tiny sizes, a few seconds
     python docs/tutorials/own_model_ntk.py --out DIR  # also save DIR/own_model_ntk.png
 """
