@@ -47,7 +47,7 @@ def test_tutorial_runs_small(script, tmp_path):
            "MPLBACKEND": "Agg"}
     env.pop("KERNELATTN_TUTORIAL_SMALL", None)
     done = subprocess.run([sys.executable, str(TUTORIALS / script), "--small", "--out", str(out)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, f"{script} failed:\n{done.stdout}\n{done.stderr}"
     lines, files = EXPECTED[script]
     for line in lines:

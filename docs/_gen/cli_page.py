@@ -44,7 +44,7 @@ def help_text(path: tuple[str, ...]) -> str:
     env = {**os.environ, "COLUMNS": COLUMNS, "PYTHONPATH": os.pathsep.join(
         p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
     command = [sys.executable, "-m", "kernelattn", *path, "--help"]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=120, check=False)
     if done.returncode != 0 or not done.stdout.strip():
         raise DocsGenError(f"`kernelattn {' '.join(path)} --help` exited {done.returncode}: {done.stderr.strip()}")
     return done.stdout.rstrip()
@@ -53,7 +53,7 @@ def help_text(path: tuple[str, ...]) -> str:
 def render() -> str:
     paths = command_tree()
     version = subprocess.run([sys.executable, "-m", "kernelattn", "--version"], capture_output=True, text=True,
-                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120, check=False)
     out = [
         "# Command line",
         "",

@@ -242,7 +242,7 @@ class _SweepSchema:
 
 def sweep_section(ka) -> list[str]:
     schema = _SweepSchema(ka)
-    prose, example = literal_block(inspect.getdoc(schema.specs) or "", f"{schema.specs.__name__} (module docstring)",
+    _, example = literal_block(inspect.getdoc(schema.specs) or "", f"{schema.specs.__name__} (module docstring)",
                                    starts="{")
     header = "| key | default | accepts (the validator's words) | meaning |\n|---|---|---|---|"
     common, source = schema.dataset_rows()
@@ -522,7 +522,7 @@ def malleability_section(ka) -> list[str]:
     schema = _MalleabilitySchema(ka)
     head_keys = require(schema.module, "_HEAD_KEYS", "the head options a malleability spec's kernel section reads")
     doc = inspect.getdoc(ka.run_malleability_spec) or ""
-    prose, example = literal_block(doc, "kernelattn.run_malleability_spec")
+    _, example = literal_block(doc, "kernelattn.run_malleability_spec")
     after = doc.split(example.splitlines()[-1].strip(), 1)[-1]
     notes = after.split("Args:", 1)[0].strip()
     rows = []

@@ -9,7 +9,6 @@ code that runs.
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 from gen_common import REPO, DocsGenError
 
@@ -57,7 +56,7 @@ def render_all() -> list[tuple[str, str]]:
             _docstring_to_markdown(rest),
             "",
             "From the repository root (with the package installed, e.g. `pip install -e .`); "
-            f"`--small` runs it at tiny sizes, as the test suite does (`tests/test_tutorials.py`).",
+            "`--small` runs it at tiny sizes, as the test suite does (`tests/test_tutorials.py`).",
             "",
             f"## The script: [`docs/tutorials/{script.name}`]({script.name})",
             "",
