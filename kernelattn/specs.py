@@ -34,6 +34,8 @@ Format (every key except ``name``, ``kind``, ``datasets``, ``models`` and
       "widths": {"log2": [2, 16], "step": 1}, # or an explicit list [4, 16, 64]; 1 <= m <= 2^20
       "seeds": 5,                           # a count (0..4) or an explicit list [0, 7]
       "dtype": "float32",                   # dtype of the finite-width kernels / networks
+      "precision": null,                    # matmul precision: "highest" | "fast" | null (the policy in
+                                            #   force: kernelattn --precision, else "highest")
       "metrics": null,                      # subset of METRICS[kind]; null = all
       "ridge": 1e-3,                        # λ of every kernel-ridge predictor (absolute)
       "kernel": {"readout": "fixed", "sigma_w": 1.0, "sigma_b": 0.0, "sigma_a": 1.0,
@@ -106,6 +108,7 @@ MAX_WIDTH = 2**20
 TARGETS = ("auto", "onehot", "pm1")
 READOUTS = ("fixed", "trained")
 DTYPES = ("float32", "float64")
+PRECISIONS = ("highest", "fast")
 LOSSES = ("auto", "mse", "xent")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -795,8 +798,8 @@ def _parse_training(value: Any, path: str) -> TrainingOptions:
 
 # --------------------------------------------------------------------------- the spec
 
-_TOP_KEYS = ("name", "kind", "description", "datasets", "models", "widths", "seeds", "dtype", "metrics", "ridge",
-             "kernel", "training")
+_TOP_KEYS = ("name", "kind", "description", "datasets", "models", "widths", "seeds", "dtype", "precision", "metrics",
+             "ridge", "kernel", "training")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -812,6 +815,10 @@ class Spec:
       seeds: network seeds (PRNGKey(seed) draws the network).
       dtype: "float32" or "float64" for the finite-width kernels/networks
         (Θ_∞ and every metric are float64 regardless).
+      precision: matmul precision, "highest" (``Precision.HIGHEST``: true
+        float32 products), "fast" (the device's default: TF32 on recent GPUs)
+        or None (the policy in force when the sweep runs: the CLI's
+        ``--precision``, else "highest"). "fast" is part of a cell's identity.
       metrics: the metric groups computed (``METRICS[kind]`` subset).
       ridge: λ ≥ 0 of the kernel-ridge predictors.
       kernel: ``KernelOptions``.
@@ -826,6 +833,7 @@ class Spec:
     widths: tuple[int, ...]
     seeds: tuple[int, ...] = (0,)
     dtype: str = "float32"
+    precision: str | None = None
     metrics: tuple[str, ...] = ()
     ridge: float = 1e-3
     kernel: KernelOptions = KernelOptions()
@@ -849,6 +857,7 @@ class Spec:
             "widths": list(self.widths),
             "seeds": list(self.seeds),
             "dtype": self.dtype,
+            "precision": self.precision,
             "metrics": list(self.metrics),
             "ridge": self.ridge,
             "kernel": self.kernel.to_dict(),
@@ -905,6 +914,7 @@ def _parse(data: Any, source: str | None) -> Spec:
     widths = _widths(top["widths"], "widths")
     seeds = _seeds(top.get("seeds", [0]), "seeds")
     dtype = _choice(top.get("dtype", "float32"), "dtype", DTYPES)
+    precision = _optional(lambda v, p: _choice(v, p, PRECISIONS))(top.get("precision"), "precision")
     metrics_value = top.get("metrics")
     if metrics_value is None:
         metrics = METRICS[kind]
@@ -925,7 +935,7 @@ def _parse(data: Any, source: str | None) -> Spec:
                 raise SpecError(f"models[{i}].rank", f"expected <= n_train of datasets[{j}] ({dataset.n_train}), "
                                                      f"got {model.rank}")
     return Spec(name=name, kind=kind, datasets=datasets, models=models, widths=widths, seeds=seeds, dtype=dtype,
-                metrics=metrics, ridge=ridge, kernel=kernel, training=training, description=description,
+                precision=precision, metrics=metrics, ridge=ridge, kernel=kernel, training=training, description=description,
                 source=source)
 
 
