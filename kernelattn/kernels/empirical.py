@@ -420,8 +420,11 @@ def head_ntk_fn(head_variables: dict, head: HeadConfig, x1: jax.Array, x2: jax.A
 
 
 def _check_signs(a, method: str) -> None:
-    """An exact method needs the readout's entries to be ±1 (concrete arrays only)."""
-    values = np.asarray(a)
+    """An exact method needs the readout's entries to be ±1 (checked on concrete arrays; skipped while traced)."""
+    try:
+        values = np.asarray(a)
+    except jax.errors.TracerArrayConversionError:
+        return
     if not np.all(np.abs(values) == 1):
         raise ValueError(f"head_variables['a']: expected entries ±1 (the fixed readout) for method={method!r}, "
                          f"got values in [{values.min():.3g}, {values.max():.3g}]; use method='float'")
