@@ -268,7 +268,7 @@ def model_apply_fn(model, variables: dict, context: jax.Array | None = None) -> 
 # ------------------------------------------------------------------------ structured
 
 
-def resolve_method(method: str, head: HeadConfig, trace_output: bool = True, platform: str | None = None) -> str:
+def resolve_method(method: str, head: HeadConfig, platform: str | None = None) -> str:
     """The head-NTK method that runs: "float", "int8" or "popcount".
 
     "auto" picks an exact integer form (``kernels.exact``) where it is exact
@@ -279,7 +279,6 @@ def resolve_method(method: str, head: HeadConfig, trace_output: bool = True, pla
     Args:
       method: "auto", "float", "int8" or "popcount".
       head: the head (its ``train_readout`` decides).
-      trace_output: unused by the choice today; kept for the signature of a plan.
       platform: "cpu", "gpu", "tpu", …; None → ``jax.default_backend()``.
 
     Raises:
@@ -476,7 +475,7 @@ def structured_head_ntk(
     """
     dtype, x1, x2 = kernel_inputs(x1, x2, dtype)
     chunk = min(check_int(width_chunk, "width_chunk", minimum=1), head.width)
-    method = resolve_method(method, head, trace_output)
+    method = resolve_method(method, head)
     precision = resolve_precision(precision)
     w = jnp.asarray(head_variables["W"], dtype)
     if w.shape != (x1.shape[1], head.width):
@@ -543,7 +542,7 @@ def streaming_head_ntk(
     """
     dtype, x1, x2 = kernel_inputs(x1, x2, dtype)
     chunk = min(check_int(width_chunk, "width_chunk", minimum=1), head.width)
-    method = resolve_method(method, head, trace_output)
+    method = resolve_method(method, head)
     precision = resolve_precision(precision)
     _ensure_head_fits(x1, x2, head, chunk, trace_output, False, dtype, budget, "streaming_head_ntk")
     return _streaming(key, x1, x2, head=head, trace_output=bool(trace_output), chunk=chunk, method=method,
