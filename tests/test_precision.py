@@ -191,7 +191,8 @@ def test_a_jitted_model_is_retraced_when_the_policy_changes():
     with P.precision_policy("fast"):
         fast = float_dot_precisions(lambda: f(x))
     assert all(map(is_highest, highest)) and not any(map(is_highest, fast))
-    np.testing.assert_allclose(np.asarray(f(x)), np.asarray(a), rtol=1e-5)  # CPU: the same products
+    if jax.default_backend() == "cpu":  # the same products on a CPU (TF32 on a GPU differs by ~1e-3)
+        np.testing.assert_allclose(np.asarray(f(x)), np.asarray(a), rtol=1e-5)
 
 
 def test_precision_arguments_are_validated():
