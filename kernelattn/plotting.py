@@ -229,7 +229,7 @@ def save_figure(figure: Figure, stem: str | Path, formats: Sequence[str] = ("png
     """Write ``<stem>.png`` and ``<stem>.pdf`` (deterministic metadata); the paths written.
 
     ``precision``: the matmul precision policy of the records drawn ("highest",
-    "fast", "mixed", …), named in the files' metadata (PNG ``Description``,
+    "fast", or "unrecorded" for records older than the policy), named in the files' metadata (PNG ``Description``,
     PDF ``Subject``) as ``kernelattn matmul precision: <precision>``.
     """
     stem = Path(stem)
