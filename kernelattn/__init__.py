@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`` loads each name
     from kernelattn import data
-    from kernelattn._precision import enable_x64, x64_enabled
+    from kernelattn._precision import enable_x64, precision_policy, x64_enabled
     from kernelattn.attacks import AttackConfig, AttackResult, fgsm, mim, pgd, run_attack
     from kernelattn.data import Dataset
     from kernelattn.distributed import (
@@ -62,7 +62,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`
 
 #: Where each public name is defined, grouped by module.
 _EXPORTS: dict[str, tuple[str, ...]] = {
-    "kernelattn._precision": ("enable_x64", "x64_enabled"),
+    "kernelattn._precision": ("enable_x64", "precision_policy", "x64_enabled"),
     "kernelattn.attacks": ("AttackConfig", "AttackResult", "fgsm", "mim", "pgd", "run_attack"),
     "kernelattn.data": ("Dataset",),
     "kernelattn.distributed": (

@@ -266,6 +266,13 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kappa", type=float, help="synthetic data: prescribed kappa(G)")
 
 
+def _add_precision_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", choices=("highest", "fast"), default=None,
+                        help="matmul precision of every kernel, attention and training step: highest (default: "
+                             "true float32 products) or fast (the device's default: TF32 on recent GPUs, about "
+                             "1e-3 relative); a spec's own \"precision\" key wins")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``kernelattn``."""
     parser = argparse.ArgumentParser(prog="kernelattn", description=__doc__.splitlines()[0])
@@ -297,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="local devices to shard each finite-width kernel over (overrides the spec's "
                             "kernel.devices; default: the spec's, 1)")
     _add_max_cells(sweep)
+    _add_precision_option(sweep)
     sweep.set_defaults(handler=_cmd_sweep)
 
     mall = commands.add_parser("malleability", help="run (or resume) an influence-malleability spec")
@@ -304,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     mall.add_argument("--out", default="results", help="results directory (store: OUT/<spec name>)")
     mall.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_max_cells(mall)
+    _add_precision_option(mall)
     mall.set_defaults(handler=_cmd_malleability)
 
     repro = commands.add_parser("reproduce", help="run a tier of the paper's experiments, then figures and report")
@@ -315,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--out", default="results", help="results directory (default: results)")
     repro.add_argument("--figures-dir", help="where figures go (default: OUT/figures)")
     repro.add_argument("--no-progress", action="store_true", help="no progress output")
+    _add_precision_option(repro)
     repro.set_defaults(handler=_cmd_reproduce)
 
     figures = commands.add_parser("figures", help="redraw every figure and the report from a results directory")
@@ -336,11 +346,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``kernelattn`` script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from kernelattn._precision import enable_x64
+    from kernelattn._precision import enable_x64, precision_policy
 
     enable_x64()
     try:
-        return args.handler(args)
+        with precision_policy(getattr(args, "precision", None)):  # None: "highest", or what a spec names
+            return args.handler(args)
     except KeyboardInterrupt:
         print("kernelattn: interrupted; finished cells are kept in the store, rerun to resume", file=sys.stderr)
         return 130

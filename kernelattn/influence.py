@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernelattn._precision import resolve_dtype
+from kernelattn._precision import lax_precision, resolve_dtype
 from kernelattn._validation import as_config, check_choice, check_int, check_matrix, check_real, check_row_range
 from kernelattn.errors import InputValueError
 from kernelattn.kernels.analytic import head_kernels, head_kernels_fn
@@ -630,7 +630,7 @@ def tracin_scores(fitted: FittedModel, split_x, targets, x_test, targets_test, *
     for start in range(0, features.shape[0], block):
         g = _loss_gradients(spec, fitted.loss, fitted.variables, features[start:start + block],
                             targets[start:start + block])
-        columns.append(np.asarray(jnp.matmul(g_test, g.T, precision=jax.lax.Precision.HIGHEST), np.float64))
+        columns.append(np.asarray(jnp.matmul(g_test, g.T, precision=lax_precision()), np.float64))  # the policy
     return np.concatenate(columns, axis=1)
 
 

@@ -52,7 +52,7 @@ import optax
 import scipy.stats
 
 from kernelattn import memory, specs
-from kernelattn._precision import resolve_dtype
+from kernelattn._precision import precision_policy, resolve_dtype, resolve_precision
 from kernelattn._validation import check_choice, check_int, check_real
 from kernelattn.attacks import (
     ATTACK_TARGETS,
@@ -738,6 +738,7 @@ def malleability(
     targets: str = "pm1",
     retrain: bool = False,
     null: str | None = "seed",
+    precision=None,
 ) -> MalleabilityReport:
     """Measure how far an attack on the training data moves a model's influence scores.
 
@@ -786,6 +787,10 @@ def malleability(
       retrain: also retrain the network on the intervened data (default False).
       null: the null baseline measured beside it (:func:`measure_null`):
         "seed" (default), "order", "rerun", or None for none.
+      precision: matmul precision of everything computed (training, attacks,
+        kernels): "highest" (``Precision.HIGHEST``) or "fast" (the device's
+        default: TF32 on recent GPUs); None → the policy in force
+        (``kernelattn.precision_policy``, default "highest").
 
     Returns:
       A :class:`MalleabilityReport` (``report.null`` holds the null
@@ -795,6 +800,17 @@ def malleability(
     """
     if null is not None:
         check_choice(null, "null", NULL_KINDS)
+    with precision_policy(precision):
+        return _malleability(data, X=X, y=y, X_test=X_test, y_test=y_test, model=model, width=width, attack=attack,
+                             epsilon=epsilon, tau=tau, ridge=ridge, seed=seed, intervention=intervention,
+                             kernel=kernel, train_config=train_config, attack_config=attack_config,
+                             influence=influence, dtype=dtype, training=training, at_epsilon=at_epsilon,
+                             targets=targets, retrain=retrain, null=null)
+
+
+def _malleability(data, *, X, y, X_test, y_test, model, width, attack, epsilon, tau, ridge, seed, intervention,
+                  kernel, train_config, attack_config, influence, dtype, training, at_epsilon, targets, retrain,
+                  null) -> MalleabilityReport:
     experiment = _prepare_checked(
         data, X=X, y=y, X_test=X_test, y_test=y_test, model=model, width=width, ridge=ridge, seed=seed,
         kernel=kernel, influence=influence, targets=targets, training=training,
@@ -853,6 +869,7 @@ def malleability_sweep(
     retrain: bool = False,
     null: str | None = "seed",
     progress=None,
+    precision=None,
 ) -> list[MalleabilityReport]:
     """Grid of :func:`malleability` measurements sharing one clean fit per (model, training).
 
@@ -863,11 +880,24 @@ def malleability_sweep(
     curated intervention does not depend on the attack or ε and is measured
     once per clean fit; one null baseline (``null``) per clean fit is attached
     to each of its reports. ``progress``: optional callable receiving each report.
+    ``precision``: as in :func:`malleability`.
     """
     if null is not None:
         check_choice(null, "null", NULL_KINDS)
     if not attacks or not epsilons or not interventions or not models or not trainings:
         raise InputValueError("models, attacks, epsilons, interventions, trainings: expected non-empty sequences")
+    with precision_policy(precision):
+        return _malleability_grid(data, X=X, y=y, X_test=X_test, y_test=y_test, models=models, attacks=attacks,
+                                  epsilons=epsilons, interventions=interventions, trainings=trainings, width=width,
+                                  tau=tau, ridge=ridge, seed=seed, kernel=kernel, train_config=train_config,
+                                  attack_config=attack_config, influence=influence, dtype=dtype,
+                                  at_epsilon=at_epsilon, targets=targets, retrain=retrain, null=null,
+                                  progress=progress)
+
+
+def _malleability_grid(data, *, X, y, X_test, y_test, models, attacks, epsilons, interventions, trainings, width,
+                       tau, ridge, seed, kernel, train_config, attack_config, influence, dtype, at_epsilon, targets,
+                       retrain, null, progress) -> list[MalleabilityReport]:
     reports = []
     for model in models:
         for training in trainings:
@@ -1080,7 +1110,8 @@ def run_malleability_spec(spec: Mapping, store, *, progress=None, loaded: Mappin
          "attack_config": {"steps": 10, ...},  # AttackConfig fields
          "null_baselines": ["seed", "order"],  # no perturbation, refit with other keys
          "variants": [{"label": "n=100", "n_train": 100}, ...],  # see spec_variants
-         "dtype": "float64"}
+         "dtype": "float64",
+         "precision": null}                 # "highest" | "fast" | null: the policy in force (CLI --precision)
 
     Singular keys ("model", "attack", "epsilon", "seed", …) are accepted for
     one value. Datasets are loaded with ``normalize=False`` (raw [0, 1]
@@ -1096,7 +1127,10 @@ def run_malleability_spec(spec: Mapping, store, *, progress=None, loaded: Mappin
     ``MalleabilityReport.to_dict()`` plus the per-test-point arrays
     (``flip_rates``, ``spearmans``, ``topk_overlaps``), the fit's training
     health (``health``), the dataset's label and the labels of the variants
-    the cell belongs to (``variants``).
+    the cell belongs to (``variants``). Each variant runs inside
+    ``precision_policy(its precision)``; a cell computed at "fast" carries
+    ``"precision": "fast"`` (the default "highest" keeps the keys cells had
+    before the precision policy existed).
 
     The spec is validated by ``kernelattn.specs.parse_malleability_spec``
     (types checked, unknown keys and values refused with a did-you-mean,
@@ -1115,7 +1149,9 @@ def run_malleability_spec(spec: Mapping, store, *, progress=None, loaded: Mappin
     """
     from kernelattn import provenance
 
-    plans = list(validate_spec(spec, max_cells=max_cells).plans)
+    # None: the policy in force (CLI --precision); resolved now, since "fast" is part of a cell's key.
+    plans = [(label, {**parsed, "precision": resolve_precision(parsed.get("precision"))})
+             for label, parsed in validate_spec(spec, max_cells=max_cells).plans]
     membership: dict[str, list[str]] = {}
     for label, parsed in plans:
         for dataset in parsed["datasets"]:
@@ -1125,38 +1161,39 @@ def run_malleability_spec(spec: Mapping, store, *, progress=None, loaded: Mappin
     written: list[str] = []
     loaded = dict(loaded or {})
     for _, parsed in plans:
-        for index, (dataset, dataset_label) in enumerate(zip(parsed["datasets"], parsed["dataset_labels"])):
-            fits: dict[tuple, FittedModel] = {}  # one clean fit serves every influence kernel
-            jax.clear_caches()  # drop the last dataset's executables: each holds memory mappings of its own
-            for group in _spec_groups(parsed):
-                cells = [(provenance.cell_key(cell), cell) for cell in _group_cells(parsed, dataset, group)]
-                cells = [(key, cell) for key, cell in cells if key not in written and not store.has(key)]
-                if not cells:
-                    continue
-                data_key = provenance.canonical_json(dataset)
-                if data_key not in loaded:
-                    loaded[data_key] = _load_dataset(dataset, dataset_label, index)
-                data = loaded[data_key]
-                seed, model, width, mode, kernel = group
-                config = as_train_config(parsed["training"] or None)
-                fit_key = (seed, provenance.canonical_json(model), width, mode)
-                experiment = prepare(
-                    data, model=_spec_model(model, width, config.out_dim(data.n_classes), parsed["head"]),
-                    width=width, ridge=parsed["ridge"], seed=seed, kernel=kernel, influence=parsed["influence"],
-                    targets=parsed["targets"], training=mode, at_epsilon=parsed["at_epsilon"], train_config=config,
-                    attack_config=parsed["attack_config"] or None, dtype=parsed["dtype"], fitted=fits.get(fit_key),
-                    attack_targets=parsed["attack_targets"] if any(i != "curated" for i in parsed["interventions"])
-                    else (),
-                )
-                fits[fit_key] = experiment.fitted
-                context = {"spec": spec, "parsed": parsed, "dataset_label": dataset_label, "fits": fits,
-                           "fit_key": fit_key}
-                for key, cell in cells:
-                    report = _run_cell(store, key, cell, experiment, context, membership.get(key, []))
-                    if report is not None:
-                        written.append(key)
-                        if progress is not None:
-                            progress(cell, report)
+        with precision_policy(parsed["precision"]):
+            for index, (dataset, dataset_label) in enumerate(zip(parsed["datasets"], parsed["dataset_labels"])):
+                fits: dict[tuple, FittedModel] = {}  # one clean fit serves every influence kernel
+                jax.clear_caches()  # drop the last dataset's executables: each holds memory mappings of its own
+                for group in _spec_groups(parsed):
+                    cells = [(provenance.cell_key(cell), cell) for cell in _group_cells(parsed, dataset, group)]
+                    cells = [(key, cell) for key, cell in cells if key not in written and not store.has(key)]
+                    if not cells:
+                        continue
+                    data_key = provenance.canonical_json(dataset)
+                    if data_key not in loaded:
+                        loaded[data_key] = _load_dataset(dataset, dataset_label, index)
+                    data = loaded[data_key]
+                    seed, model, width, mode, kernel = group
+                    config = as_train_config(parsed["training"] or None)
+                    fit_key = (seed, provenance.canonical_json(model), width, mode)
+                    experiment = prepare(
+                        data, model=_spec_model(model, width, config.out_dim(data.n_classes), parsed["head"]),
+                        width=width, ridge=parsed["ridge"], seed=seed, kernel=kernel, influence=parsed["influence"],
+                        targets=parsed["targets"], training=mode, at_epsilon=parsed["at_epsilon"], train_config=config,
+                        attack_config=parsed["attack_config"] or None, dtype=parsed["dtype"], fitted=fits.get(fit_key),
+                        attack_targets=parsed["attack_targets"] if any(i != "curated" for i in parsed["interventions"])
+                        else (),
+                    )
+                    fits[fit_key] = experiment.fitted
+                    context = {"spec": spec, "parsed": parsed, "dataset_label": dataset_label, "fits": fits,
+                               "fit_key": fit_key}
+                    for key, cell in cells:
+                        report = _run_cell(store, key, cell, experiment, context, membership.get(key, []))
+                        if report is not None:
+                            written.append(key)
+                            if progress is not None:
+                                progress(cell, report)
     return written
 
 
@@ -1182,13 +1219,14 @@ def _group_cells(parsed: dict, dataset: dict, group: tuple) -> list[dict]:
         grid += [(intervention, target, attack, epsilon) for target in parsed["attack_targets"]
                  for attack in parsed["attacks"] for epsilon in parsed["epsilons"]]
     grid += [(f"null-{kind}", "none", "none", 0.0) for kind in parsed["nulls"]]
+    precision = {"precision": "fast"} if parsed["precision"] == "fast" else {}  # "highest" keeps earlier keys
     return [{
         "dataset": dataset, "model": model, "width": width, "seed": seed, "training_mode": mode,
         "kernel": kernel, "head": parsed["head"], "training": parsed["training"],
         "attack_config": parsed["attack_config"],
         "at_epsilon": parsed["at_epsilon"] if mode == "pgd-at" else None,
         "intervention": intervention, "attack_target": target, "attack": attack, "epsilon": epsilon,
-        **{k: parsed[k] for k in ("tau", "ridge", "influence", "targets", "retrain", "dtype")},
+        **{k: parsed[k] for k in ("tau", "ridge", "influence", "targets", "retrain", "dtype")}, **precision,
     } for intervention, target, attack, epsilon in grid]
 
 

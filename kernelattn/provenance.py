@@ -3,7 +3,8 @@
 Two things every stored result needs besides its numbers:
 
 * :func:`environment` — which Python, package versions, host and JAX devices
-  produced it (recorded, never used to identify the result);
+  produced it, and the matmul precision policy in force
+  (:func:`precision_info`; recorded, never used to identify the result);
 * :func:`cell_key` — a stable identifier of *what* was computed: the SHA-256
   hex digest of a canonical JSON form of the cell's defining parameters.
 
@@ -56,6 +57,7 @@ __all__ = [
     "environment",
     "host_id",
     "package_versions",
+    "precision_info",
     "to_jsonable",
 ]
 
@@ -214,6 +216,27 @@ def _jax_environment() -> dict[str, Any]:
     return info
 
 
+def precision_info() -> dict[str, Any]:
+    """The matmul precision policy in force (``kernelattn.precision_policy``) and what it means here.
+
+    Returns:
+      ``{"policy": "highest" | "fast", "float32_eps": effective eps of float32
+      matmuls under it on the default backend (TF32's 2^-10 for "fast" on a
+      recent GPU), "jax_default_matmul_precision": JAX's setting or None}``;
+      ``{"policy": None, "error": ...}`` when JAX is unusable.
+    """
+    try:
+        import jax
+
+        from kernelattn._precision import current_precision, effective_eps
+
+        policy = current_precision()
+        return {"policy": policy, "float32_eps": effective_eps("float32", policy),
+                "jax_default_matmul_precision": jax.config.jax_default_matmul_precision}
+    except Exception as err:  # noqa: BLE001 - provenance must never fail a run
+        return {"policy": None, "error": f"{type(err).__name__}: {err}"}
+
+
 def environment() -> dict[str, Any]:
     """Describe the software and hardware that produced a result.
 
@@ -225,7 +248,9 @@ def environment() -> dict[str, Any]:
                       "optax": ..., "numpy": ..., "scipy": ...},   # None if missing
          "platform": "Linux-...", "machine": "x86_64", "hostname": "...", "pid": 123,
          "jax_backend": "gpu", "device_kinds": ["NVIDIA H100 80GB HBM3"],
-         "device_count": 1, "process_index": 0, "process_count": 1, "x64": True}
+         "device_count": 1, "process_index": 0, "process_count": 1, "x64": True,
+         "precision": {"policy": "highest", "float32_eps": 1.19e-07,
+                       "jax_default_matmul_precision": "float32"}}
 
       JAX entries are ``None`` (and ``"jax_error"`` says why) when JAX cannot be
       imported or initialised. Calling this imports JAX and initialises its
@@ -241,5 +266,6 @@ def environment() -> dict[str, Any]:
         "pid": os.getpid(),
     }
     env.update(_jax_environment())
+    env["precision"] = precision_info()
     return to_jsonable(env)
 

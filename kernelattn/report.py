@@ -411,7 +411,8 @@ def _environment(record: Mapping[str, Any]) -> dict[str, Any]:
     env = record.get("environment") or {}
     packages = env.get("packages") or {}
     return {"packages": {k: v for k, v in packages.items() if v}, "backend": env.get("jax_backend"),
-            "devices": env.get("device_kinds"), "python": env.get("python"), "x64": env.get("x64")}
+            "devices": env.get("device_kinds"), "python": env.get("python"), "x64": env.get("x64"),
+            "precision": (env.get("precision") or {}).get("policy")}
 
 
 def load_frames(out: str | Path) -> Frames:

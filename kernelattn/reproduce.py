@@ -535,6 +535,7 @@ def reproduce(
     specs: Sequence[Any] | None = None,
     experiments: str | os.PathLike[str] | None = None,
     compile_cache: bool | str | os.PathLike[str] = True,
+    precision: str | None = None,
 ) -> ReproduceResult:
     """Run a tier's experiments (resumably), then write the figures and the markdown report.
 
@@ -558,6 +559,11 @@ def reproduce(
       compile_cache: JAX persistent compilation cache: True (default) uses
         ``<user cache>/kernelattn/jax-compile`` unless JAX already has one, a
         path uses that directory, False leaves JAX's settings alone.
+      precision: matmul precision of every experiment whose spec names none,
+        "highest" (``Precision.HIGHEST``) or "fast" (the device's default:
+        TF32 on recent GPUs); None → the policy in force
+        (``kernelattn.precision_policy``, the CLI's ``--precision``, else
+        "highest"). Records and figures' metadata name the one used.
 
     Returns:
       A :class:`ReproduceResult`.
@@ -568,6 +574,14 @@ def reproduce(
         and what to download where).
       kernelattn.specs.SpecError, ValueError: an invalid spec or argument.
     """
+    from kernelattn._precision import precision_policy
+
+    with precision_policy(precision):
+        return _reproduce(tier, only, out, figures_dir, progress, specs=specs, experiments=experiments,
+                          compile_cache=compile_cache)
+
+
+def _reproduce(tier, only, out, figures_dir, progress, *, specs, experiments, compile_cache) -> ReproduceResult:
     start = time.perf_counter()
     out = Path(out)
     if specs is not None:
@@ -650,7 +664,7 @@ def redraw(out: str | os.PathLike[str] = "results", figures_dir: str | os.PathLi
     written: list[Path] = []
     captions: dict[str, str] = {}
     for stem, caption, figure in plotting.figures_for(frames):
-        written += plotting.save_figure(figure, figures_dir / stem)
+        written += plotting.save_figure(figure, figures_dir / stem, precision=_figure_precision(frames, stem))
         captions[stem] = caption
     report_path = out / "report.md"
     text = report.render_report(frames, figures={stem: _relative(figures_dir / f"{stem}.png", out)
@@ -659,6 +673,19 @@ def redraw(out: str | os.PathLike[str] = "results", figures_dir: str | os.PathLi
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, report_path)
     return written + [report_path]
+
+
+def _figure_precision(frames, stem: str) -> str:
+    """The matmul precision policy recorded by the latest record of the store a figure is drawn from.
+
+    "unrecorded" for stores written before records carried it (their CPU
+    numbers are "highest"; GPU ones were the device's default).
+    """
+    stores = [name for name in frames.info if stem.startswith(f"{name}_")]
+    if not stores:
+        return "unrecorded"
+    environment = frames.info[max(stores, key=len)].get("environment") or {}
+    return environment.get("precision") or "unrecorded"
 
 
 def _relative(path: Path, base: Path) -> str:

@@ -49,6 +49,8 @@ Format (every key except ``name``, ``kind``, ``datasets``, ``models`` and
       "widths": {"log2": [2, 16], "step": 1}, # or an explicit list [4, 16, 64]; 1 <= m <= 2^20
       "seeds": 5,                           # a count (0..4) or an explicit list [0, 7]
       "dtype": "float32",                   # dtype of the finite-width kernels / networks
+      "precision": null,                    # matmul precision: "highest" | "fast" | null (the policy in
+                                            #   force: kernelattn --precision, else "highest")
       "metrics": null,                      # subset of METRICS[kind]; null = all
       "ridge": 1e-3,                        # λ of every kernel-ridge predictor (absolute)
       "kernel": {"readout": "fixed", "sigma_w": 1.0, "sigma_b": 0.0, "sigma_a": 1.0,
@@ -130,6 +132,7 @@ MAX_WIDTH = 2**20
 TARGETS = ("auto", "onehot", "pm1")
 READOUTS = ("fixed", "trained")
 DTYPES = ("float32", "float64")
+PRECISIONS = ("highest", "fast")
 LOSSES = ("auto", "mse", "xent")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -870,8 +873,8 @@ def _parse_training(value: Any, path: str) -> TrainingOptions:
 
 # --------------------------------------------------------------------------- the spec
 
-_TOP_KEYS = ("name", "kind", "description", "datasets", "models", "widths", "seeds", "dtype", "metrics", "ridge",
-             "kernel", "training")
+_TOP_KEYS = ("name", "kind", "description", "datasets", "models", "widths", "seeds", "dtype", "precision", "metrics",
+             "ridge", "kernel", "training")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -887,6 +890,10 @@ class Spec:
       seeds: network seeds (PRNGKey(seed) draws the network).
       dtype: "float32" or "float64" for the finite-width kernels/networks
         (Θ_∞ and every metric are float64 regardless).
+      precision: matmul precision, "highest" (``Precision.HIGHEST``: true
+        float32 products), "fast" (the device's default: TF32 on recent GPUs)
+        or None (the policy in force when the sweep runs: the CLI's
+        ``--precision``, else "highest"). "fast" is part of a cell's identity.
       metrics: the metric groups computed (``METRICS[kind]`` subset).
       ridge: λ ≥ 0 of the kernel-ridge predictors.
       kernel: ``KernelOptions``.
@@ -901,6 +908,7 @@ class Spec:
     widths: tuple[int, ...]
     seeds: tuple[int, ...] = (0,)
     dtype: str = "float32"
+    precision: str | None = None
     metrics: tuple[str, ...] = ()
     ridge: float = 1e-3
     kernel: KernelOptions = KernelOptions()
@@ -924,6 +932,7 @@ class Spec:
             "widths": list(self.widths),
             "seeds": list(self.seeds),
             "dtype": self.dtype,
+            "precision": self.precision,
             "metrics": list(self.metrics),
             "ridge": self.ridge,
             "kernel": self.kernel.to_dict(),
@@ -987,6 +996,7 @@ def _parse(data: Any, source: str | None, max_cells: int) -> Spec:
                      f"{len(datasets)} dataset(s) × {len(models)} model(s) × {len(widths)} width(s) × "
                      f"{len(seeds)} seed(s)")
     dtype = _choice(top.get("dtype", "float32"), "dtype", DTYPES)
+    precision = _optional(lambda v, p: _choice(v, p, PRECISIONS))(top.get("precision"), "precision")
     metrics_value = top.get("metrics")
     if metrics_value is None:
         metrics = METRICS[kind]
@@ -1007,7 +1017,7 @@ def _parse(data: Any, source: str | None, max_cells: int) -> Spec:
                 raise SpecError(f"models[{i}].rank", f"expected <= n_train of datasets[{j}] ({dataset.n_train}), "
                                                      f"got {model.rank}")
     return Spec(name=name, kind=kind, datasets=datasets, models=models, widths=widths, seeds=seeds, dtype=dtype,
-                metrics=metrics, ridge=ridge, kernel=kernel, training=training, description=description,
+                precision=precision, metrics=metrics, ridge=ridge, kernel=kernel, training=training, description=description,
                 source=source)
 
 
@@ -1112,7 +1122,7 @@ MALLEABILITY_KEYS = (
     "name", "kind", "description", "dataset", "datasets", "models", "model", "width", "widths", "seeds", "seed",
     "kernel", "influence_kernels", "influence_kernel", "training", "training_modes", "training_mode", "attacks",
     "attack", "epsilons", "epsilon", "interventions", "intervention", "tau", "ridge", "influence", "targets",
-    "retrain", "at_epsilon", "attack_config", "attack_targets", "null_baselines", "dtype", "variants",
+    "retrain", "at_epsilon", "attack_config", "attack_targets", "null_baselines", "dtype", "precision", "variants",
 )
 #: Keys a variant may not override (they name the spec); a variant adds its "label" and may set "n_train".
 VARIANT_FIXED_KEYS = ("name", "kind", "description", "variants")
@@ -1318,6 +1328,7 @@ def _parse_malleability_body(top: Mapping[str, Any], where: Callable[[str], str]
         "targets": one("targets", "pm1", lambda v, p: _choice(v, p, choices["targets"])),
         "retrain": one("retrain", False, _bool),
         "dtype": one("dtype", "float64", lambda v, p: _choice(v, p, DTYPES)),
+        "precision": one("precision", None, _optional(lambda v, p: _choice(v, p, PRECISIONS))),
         "head": head,
         "training": training,
         "attack_config": {k: v for k, v in attack_config.items() if k != "target"},

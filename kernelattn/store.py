@@ -872,7 +872,8 @@ class ResultStore:
     def _environment(self) -> dict[str, Any]:
         if self._env is None:
             self._env = provenance.environment()
-        return self._env
+        # The precision policy is per computation, not per store: read it at each put.
+        return {**self._env, "precision": provenance.precision_info()}
 
     # -- opening -----------------------------------------------------------------------
 

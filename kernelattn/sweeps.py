@@ -168,7 +168,13 @@ def cell_definition(spec: Spec, dataset: DatasetSpec, model: ModelSpec, width: i
     ``memory_gb``) are left out: changing them reuses the stored cells.
     ``width_chunk`` is in for the streamed kernels of "relu"/"mlp-attn" (it is
     their PRNG block size, so it changes the draws) and out elsewhere.
+    ``"precision": "fast"`` is in when the spec's precision (None: the policy
+    in force) is "fast"; "highest", the default, is left out, so cells keep
+    the keys they had before the precision policy existed (on CPUs the two
+    are the same numbers).
     """
+    from kernelattn._precision import resolve_precision
+
     head = spec.kernel.head_identity()
     if spec.kind != "kernel" or model.name == "qkv-attn":
         head.pop("width_chunk")
@@ -186,6 +192,8 @@ def cell_definition(spec: Spec, dataset: DatasetSpec, model: ModelSpec, width: i
     }
     if model.name == "qkv-attn":
         definition["limit"] = {"width": spec.kernel.limit_width, "seeds": spec.kernel.limit_seeds}
+    if resolve_precision(spec.precision, "precision") == "fast":
+        definition["precision"] = "fast"
     if spec.training is not None:
         definition["training"] = spec.training.to_dict()
     return definition
@@ -396,7 +404,8 @@ def sweep_mesh(devices: Any = 1):
 
 
 def head_kernel_stream(keys: jax.Array, head, x: np.ndarray, n2: int, widths: Sequence[int], *,
-                       width_chunk: int = 1024, dtype="float32", mesh=None) -> Iterator[tuple[int, np.ndarray]]:
+                       width_chunk: int = 1024, dtype="float32", mesh=None,
+                       precision=None) -> Iterator[tuple[int, np.ndarray]]:
     """Empirical head NTKs of the width-m prefixes of one network per key, for increasing m.
 
     The exact structured NTK of ``MLPHead`` (docs/math.md §7), traced over outputs:
@@ -423,15 +432,18 @@ def head_kernel_stream(keys: jax.Array, head, x: np.ndarray, n2: int, widths: Se
         are dealt out width-wise and combined with one ``psum``; the draws are
         unchanged, so Θ_m equals the 1-device value up to summation order
         (bit for bit reproducible for a fixed mesh size).
+      precision: matmul precision, "highest" or "fast"; None → the policy in
+        force (``kernelattn.precision_policy``, default "highest").
 
     Yields:
       ``(m, Θ_m)`` with Θ_m float64 ``(n1, n2)`` (or ``(S, n1, n2)``).
     """
-    from kernelattn._precision import resolve_dtype
+    from kernelattn._precision import precision_policy, resolve_dtype, resolve_precision
 
     from kernelattn._validation import check_int, check_matrix
 
     dtype = resolve_dtype(dtype)
+    policy = functools.partial(precision_policy, resolve_precision(precision))  # per call: never held across a yield
     block = check_int(width_chunk, "width_chunk", minimum=1)
     x = check_matrix(x, "x")
     n2 = check_int(n2, "n2", minimum=1, maximum=x.shape[0])
@@ -439,7 +451,8 @@ def head_kernel_stream(keys: jax.Array, head, x: np.ndarray, n2: int, widths: Se
     batched = jnp.ndim(keys) == 2
     x = jnp.asarray(x, dtype)
     d = x.shape[1]
-    lin = head.sigma_w**2 * (x @ x[:n2].T) / d + (head.sigma_b**2 if head.use_bias else 0.0)
+    with policy():
+        lin = head.sigma_w**2 * (x @ x[:n2].T) / d + (head.sigma_b**2 if head.use_bias else 0.0)
     static = dict(n2=int(n2), block=block, out_dim=int(head.out_dim), use_bias=bool(head.use_bias),
                   train_readout=bool(head.train_readout), sigma_w=float(head.sigma_w), sigma_b=float(head.sigma_b))
     mesh = sweep_mesh(mesh)
@@ -456,12 +469,14 @@ def head_kernel_stream(keys: jax.Array, head, x: np.ndarray, n2: int, widths: Se
     for m in sorted(set(int(w) for w in widths)):
         full = m // block
         if full > done:
-            total = step(keys, x, lin, total, jnp.int32(done), jnp.int32(full - done), jnp.int32(full * block),
-                         **static)
+            with policy():
+                total = step(keys, x, lin, total, jnp.int32(done), jnp.int32(full - done), jnp.int32(full * block),
+                             **static)
             done = full
         snapshot = total
         if m % block:
-            snapshot = step(keys, x, lin, total, jnp.int32(full), jnp.int32(1), jnp.int32(m), **static)
+            with policy():
+                snapshot = step(keys, x, lin, total, jnp.int32(full), jnp.int32(1), jnp.int32(m), **static)
         # One-step lookahead: width m is dispatched (asynchronously) before the previous
         # width is handed out, so the caller's float64 metrics overlap with it.
         if previous is not None:
@@ -543,7 +558,7 @@ _qkv_jit = jax.jit(_qkv_terms, static_argnames=("n2", "sigma_w", "sigma_b", "sig
                                                 "scaling", "tied", "normalize", "use_bias", "train_readout"))
 
 
-def qkv_empirical_ntk(model, variables: Mapping[str, Any], x: np.ndarray, n2: int) -> np.ndarray:
+def qkv_empirical_ntk(model, variables: Mapping[str, Any], x: np.ndarray, n2: int, *, precision=None) -> np.ndarray:
     """Exact empirical NTK of a ``QKVAttentionMLP`` (all trainable parameters), output-traced.
 
     With g_ic = ∂f_c(x_i)/∂o_i the gradient of output c with respect to the
@@ -560,10 +575,12 @@ def qkv_empirical_ntk(model, variables: Mapping[str, Any], x: np.ndarray, n2: in
       variables: its Flax variables.
       x: ``(n1, d)`` queries whose first ``n2`` rows are the training set (the context).
       n2: number of training rows.
+      precision: matmul precision, "highest" or "fast"; None → the policy in force.
 
     Returns:
       ``(n1, n2)`` float64 kernel (computed in the parameters' dtype).
     """
+    from kernelattn._precision import precision_policy
     from kernelattn.models import head_config
 
     att = model.attention
@@ -571,11 +588,12 @@ def qkv_empirical_ntk(model, variables: Mapping[str, Any], x: np.ndarray, n2: in
     tied = (att.scaling == "linear") if att.tied_qk is None else bool(att.tied_qk)
     params = variables["params"]
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
-    theta, _ = _qkv_jit(params, dict(variables.get("constants", {})), jnp.asarray(x, dtype), n2=int(n2),
-                        sigma_w=float(head.sigma_w), sigma_b=float(head.sigma_b), sigma_a=float(head.sigma_a),
-                        sigma_q=float(att.sigma_q), sigma_v=float(att.sigma_v), sigma_o=float(att.sigma_o),
-                        scaling=att.scaling, tied=tied, normalize=bool(model.normalize),
-                        use_bias=bool(head.use_bias), train_readout=bool(head.train_readout))
+    with precision_policy(precision):
+        theta, _ = _qkv_jit(params, dict(variables.get("constants", {})), jnp.asarray(x, dtype), n2=int(n2),
+                            sigma_w=float(head.sigma_w), sigma_b=float(head.sigma_b), sigma_a=float(head.sigma_a),
+                            sigma_q=float(att.sigma_q), sigma_v=float(att.sigma_v), sigma_o=float(att.sigma_o),
+                            scaling=att.scaling, tied=tied, normalize=bool(model.normalize),
+                            use_bias=bool(head.use_bias), train_readout=bool(head.train_readout))
     return np.asarray(theta, np.float64)
 
 
@@ -1158,14 +1176,27 @@ def run_sweep(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, out: str 
     Raises:
       kernelattn.specs.SpecError: an invalid spec (naming the key path).
       kernelattn.store.StoreError: the store cannot be opened or written.
+
+    The whole run is inside ``kernelattn.precision_policy(spec.precision)``
+    (None: the policy in force, else "highest"): every matmul of it,
+    the sweep's own included, runs at that precision.
     """
+    from kernelattn._precision import precision_policy, resolve_precision
+
+    t_start = time.perf_counter()
+    spec = load_spec(spec)
+    # A spec without "precision" runs at the policy in force (the CLI's --precision); records name the one used.
+    spec = dataclasses.replace(spec, precision=resolve_precision(spec.precision, "precision"))
+    with precision_policy(spec.precision):
+        return _run_sweep(spec, out, progress=progress, devices=devices, wait=wait, t_start=t_start)
+
+
+def _run_sweep(spec: Spec, out, *, progress: bool, devices: Any, wait: bool, t_start: float) -> SweepResults:
     from tqdm.auto import tqdm
 
     from kernelattn._precision import enable_x64, x64_enabled
     from kernelattn.store import ResultStore
 
-    t_start = time.perf_counter()
-    spec = load_spec(spec)
     if devices is not None:
         from kernelattn.specs import parse_devices
 

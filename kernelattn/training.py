@@ -32,6 +32,7 @@ import numpy as np
 import optax
 
 from kernelattn import guards
+from kernelattn._precision import precision_policy, resolve_precision
 from kernelattn._validation import check_choice, check_int, check_matrix, check_real
 from kernelattn.errors import InputValueError, KernelattnError
 
@@ -156,8 +157,15 @@ class TrainResult:
     losses: np.ndarray
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 8))
-def _run_epochs(apply_fn, optimizer, loss, params, opt_state, x, y, keys, batch_size):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 8, 9))
+def _run_epochs(apply_fn, optimizer, loss, params, opt_state, x, y, keys, batch_size, precision="highest"):
+    """The epochs of :func:`train`, traced inside ``precision_policy(precision)``: the model's
+    matmuls that name no precision (and their gradients) run at the policy's."""
+    with precision_policy(precision):
+        return _epochs(apply_fn, optimizer, loss, params, opt_state, x, y, keys, batch_size)
+
+
+def _epochs(apply_fn, optimizer, loss, params, opt_state, x, y, keys, batch_size):
     def step(carry, batch):
         params, opt_state = carry
         idx, w = batch
@@ -182,6 +190,7 @@ def train(
     *,
     key: jax.Array,
     config: TrainConfig = TrainConfig(),
+    precision=None,
 ) -> TrainResult:
     """Train ``apply_fn``'s parameters on (x, y) with minibatch Adam.
 
@@ -194,10 +203,17 @@ def train(
       y: ``(n, C)`` targets (one-hot for cross-entropy; ``(n,)`` is read as C = 1).
       key: PRNG key for the epoch shuffles.
       config: ``TrainConfig``.
+      precision: matmul precision of the forward and backward passes,
+        "highest" (``Precision.HIGHEST``) or "fast" (the device's default:
+        TF32 on recent GPUs); None → the policy in force
+        (``kernelattn.precision_policy``, default "highest"). Applies to the
+        model's matmuls that name no precision of their own (kernelattn's
+        models default to the policy in force).
 
     Returns:
       ``TrainResult(params, losses)``.
     """
+    precision = resolve_precision(precision)
     x = check_matrix(x, "x")
     y = np.asarray(y)
     y = y[:, None] if y.ndim == 1 else y
@@ -211,7 +227,8 @@ def train(
     if config.epochs == 0:
         return TrainResult(params, np.zeros(0))
     keys = jax.random.split(key, config.epochs)
-    params, _, losses = _run_epochs(apply_fn, optimizer, loss, params, optimizer.init(params), x, y, keys, batch_size)
+    params, _, losses = _run_epochs(apply_fn, optimizer, loss, params, optimizer.init(params), x, y, keys, batch_size,
+                                    precision)
     return TrainResult(params, np.asarray(losses, dtype=np.float64))
 
 

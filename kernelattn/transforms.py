@@ -12,7 +12,9 @@ and the Gram identities Z Zᵀ = G^{2k+1}, Z* Zᵀ = (X* Xᵀ) G^{2k} hold exact
 
 Everything here is written in ``jax.numpy``: the transform is differentiable
 with respect to both the queries and the training set, which the attacks need
-(perturbing one training point moves every attention output).
+(perturbing one training point moves every attention output). Its matmuls run
+at the precision policy (``Precision.HIGHEST`` unless ``precision="fast"``;
+``kernelattn._precision``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
+from kernelattn._precision import lax_precision, resolve_precision
 from kernelattn._validation import check_int, check_matrix, check_row_range, row_norms
 from kernelattn.errors import InputValueError
 
@@ -54,32 +57,37 @@ class AttentionConfig:
         return self
 
 
-def key_matrix(keys: jnp.ndarray, rank: int | None = None) -> jnp.ndarray:
-    """M = XᵀX ``(d, d)``, or its top-``rank`` eigen-truncation M_r."""
-    m = keys.T @ keys
+def key_matrix(keys: jnp.ndarray, rank: int | None = None, *, precision=None) -> jnp.ndarray:
+    """M = XᵀX ``(d, d)``, or its top-``rank`` eigen-truncation M_r (``precision``: as in :func:`attend`)."""
+    hi = lax_precision(precision)
+    m = jnp.matmul(keys.T, keys, precision=hi)
     if rank is None:
         return m
     eigenvalues, eigenvectors = jnp.linalg.eigh(m)  # ascending
     top_values, top_vectors = eigenvalues[-rank:], eigenvectors[:, -rank:]
-    return (top_vectors * top_values) @ top_vectors.T
+    return jnp.matmul(top_vectors * top_values, top_vectors.T, precision=hi)
 
 
-def attend(queries: jnp.ndarray, keys: jnp.ndarray, config: AttentionConfig = AttentionConfig()) -> jnp.ndarray:
+def attend(queries: jnp.ndarray, keys: jnp.ndarray, config: AttentionConfig = AttentionConfig(), *,
+           precision=None) -> jnp.ndarray:
     """Pure, jit-able core of :func:`linear_attention` (no input checks).
 
     Args:
       queries: ``(n_q, d)`` query rows.
       keys: ``(n, d)`` training set (keys = values).
       config: attention options.
+      precision: matmul precision, "highest" or "fast"; None → the policy in
+        force when traced (``kernelattn.precision_policy``, default "highest").
 
     Returns:
       ``(n_q, d)`` attention output, dtype of the inputs.
     """
-    m = key_matrix(keys, config.rank)
+    precision = resolve_precision(precision)
+    m = key_matrix(keys, config.rank, precision=precision)
     values_sum = jnp.sum(keys, axis=0)
     z = queries
     for _ in range(config.depth):
-        z = z @ m
+        z = jnp.matmul(z, m, precision=lax_precision(precision))
         if config.constant_term:
             z = z + values_sum
     if config.normalize:
@@ -95,6 +103,7 @@ def linear_attention(
     rank: int | None = None,
     constant_term: bool = False,
     normalize: bool = True,
+    precision=None,
 ) -> jnp.ndarray:
     """Parameter-free linearized attention with the training set as keys and values.
 
@@ -109,6 +118,9 @@ def linear_attention(
       rank: optional rank-r truncation, 1 ≤ r ≤ min(n, d).
       constant_term: add 1 1ᵀ X at each layer.
       normalize: unit-norm output rows.
+      precision: matmul precision, "highest" (``Precision.HIGHEST``, default
+        policy) or "fast" (the device's default: TF32 on recent GPUs); None →
+        the policy in force.
 
     Returns:
       ``(n_q, d)`` array in the inputs' dtype (use float64 for the exact Gram
@@ -138,7 +150,7 @@ def linear_attention(
                 f"{query_name}: expected rows of non-zero norm, got a zero row at index {int(zero[0])}, whose "
                 "attention output has norm 0 and cannot be re-normalized; drop it or pass normalize=False"
             )
-    z = attend(queries_j, train_j, config)
+    z = attend(queries_j, train_j, config, precision=resolve_precision(precision))
     if normalize and not bool(jnp.all(jnp.isfinite(z))):
         raw = attend(queries_j, train_j, AttentionConfig(config.depth, config.rank, config.constant_term, False))
         norms = row_norms(np.asarray(raw)) if bool(jnp.all(jnp.isfinite(raw))) else None

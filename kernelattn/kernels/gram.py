@@ -2,7 +2,9 @@
 
 All quantities are computed from the singular values of X (λ_i = s_i²), never
 from the eigenvalues of G = X Xᵀ, which lose half the significant digits
-(docs/math.md §2).
+(docs/math.md §2). Everything here is numpy float64 on the host, so the matmul
+precision policy (``kernelattn._precision``) has nothing to reduce: these
+products are always full float64 ones, whatever ``precision`` is in force.
 """
 
 from __future__ import annotations
