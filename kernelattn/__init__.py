@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`` loads each name
     from kernelattn import data
-    from kernelattn._precision import enable_x64, x64_enabled
+    from kernelattn._precision import enable_x64, precision_policy, x64_enabled
     from kernelattn.attacks import AttackConfig, AttackResult, fgsm, mim, pgd, run_attack
     from kernelattn.data import Dataset
     from kernelattn.distributed import (
@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`
         sharded_streaming_head_ntk,
         sharded_structured_head_ntk,
     )
+    from kernelattn.errors import DependencyError, InputTypeError, InputValueError, KernelattnError
     from kernelattn.guards import KernelError, KernelWarning, check_kernel
     from kernelattn.influence import InfluenceResult, influence, influence_scores
     from kernelattn.kernels.analytic import Kernel, head_kernels, qkv_attention_nngp
@@ -61,7 +62,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`
 
 #: Where each public name is defined, grouped by module.
 _EXPORTS: dict[str, tuple[str, ...]] = {
-    "kernelattn._precision": ("enable_x64", "x64_enabled"),
+    "kernelattn._precision": ("enable_x64", "precision_policy", "x64_enabled"),
     "kernelattn.attacks": ("AttackConfig", "AttackResult", "fgsm", "mim", "pgd", "run_attack"),
     "kernelattn.data": ("Dataset",),
     "kernelattn.distributed": (
@@ -71,6 +72,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "sharded_streaming_head_ntk",
         "sharded_structured_head_ntk",
     ),
+    "kernelattn.errors": ("DependencyError", "InputTypeError", "InputValueError", "KernelattnError"),
     "kernelattn.guards": ("KernelError", "KernelWarning", "check_kernel"),
     "kernelattn.influence": ("InfluenceResult", "influence", "influence_scores"),
     "kernelattn.kernels.analytic": ("Kernel", "head_kernels", "qkv_attention_nngp"),

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernelattn._validation import as_config, check_choice, check_int, check_matrix, check_real
+from kernelattn.errors import InputValueError
 from kernelattn.training import loss_value
 
 LossFn = Callable[[jax.Array], jax.Array]
@@ -77,16 +78,16 @@ class AttackConfig:
         if self.step_size is not None:
             check_real(self.step_size, "attack_config.step_size", minimum=0.0, strict_min=True)
         if not isinstance(self.random_start, bool):
-            raise ValueError(f"attack_config.random_start: expected a bool, got {self.random_start!r}")
+            raise InputValueError(f"attack_config.random_start: expected a bool, got {self.random_start!r}")
         check_real(self.momentum, "attack_config.momentum", minimum=0.0)
         check_choice(self.target, "attack_config.target", ATTACK_TARGETS)
         bounds = tuple(self.bounds) if isinstance(self.bounds, (list, tuple)) else None
         if bounds is None or len(bounds) != 2:
-            raise ValueError(f"attack_config.bounds: expected a pair (lo, hi), got {self.bounds!r}")
+            raise InputValueError(f"attack_config.bounds: expected a pair (lo, hi), got {self.bounds!r}")
         lo = check_real(bounds[0], "attack_config.bounds[0]")
         hi = check_real(bounds[1], "attack_config.bounds[1]")
         if not lo < hi:
-            raise ValueError(f"attack_config.bounds: expected lo < hi, got {self.bounds!r}")
+            raise InputValueError(f"attack_config.bounds: expected lo < hi, got {self.bounds!r}")
         object.__setattr__(self, "bounds", (lo, hi))
 
     def resolved_step_size(self, method: str, epsilon: float) -> float:
@@ -304,7 +305,7 @@ def check_in_bounds(x: np.ndarray, bounds: tuple[float, float], name: str = "X")
     lo, hi = bounds
     below, above = float(np.min(x)), float(np.max(x))
     if below < lo or above > hi:
-        raise ValueError(
+        raise InputValueError(
             f"{name}: expected inputs inside the attack's valid range [{lo:g}, {hi:g}] (raw pixels; "
             f"load data with normalize=False, or set attack_config bounds), got values in [{below:g}, {above:g}]"
         )
@@ -367,7 +368,7 @@ def run_attack(
     else:
         mask_np = np.asarray(mask)
         if mask_np.shape != (n,):
-            raise ValueError(f"mask: expected shape ({n},) to match X, got {mask_np.shape}")
+            raise InputValueError(f"mask: expected shape ({n},) to match X, got {mask_np.shape}")
         mask_np = mask_np.astype(bool)
     key = jax.random.PRNGKey(0) if key is None else key
     xj = jnp.asarray(x)

@@ -1,8 +1,13 @@
 """The ``kernelattn`` command line: thin wrappers over the Python API.
 
 Subcommands are registered below, one small ``_cmd_*`` function each; every
-one validates at the edge (the library raises ``ValueError`` naming the bad
-argument) and maps errors to a one-line message and exit code 2.
+one validates at the edge (the library raises a ``KernelattnError`` naming
+the bad argument) and ``main`` maps errors to a one-line message and exit
+code 2: the whole ``kernelattn.errors.KernelattnError`` family, ``ValueError``
+and ``TypeError``, ``OSError``, ``MemoryError`` and JAX's
+``RESOURCE_EXHAUSTED`` (out of device memory). Exit code 1 means "ran, and
+found problems": ``kernelattn store`` found corrupt files, ``kernelattn
+sweep`` left cells missing. Anything else is a bug and keeps its traceback.
 
 Imports of JAX and of the package's numerical modules are deferred into the
 ``_cmd_*`` handlers (and ``main`` after parsing): importing them takes seconds,
@@ -18,20 +23,23 @@ import warnings
 from pathlib import Path
 
 from kernelattn import __version__
+from kernelattn.errors import InputValueError
 
 EXIT_USAGE = 2
+#: Exit code of a run that completed but found problems (``store``) or left cells missing (``sweep``).
+EXIT_PROBLEMS = 1
 
 
 def _kappa_rows(report, label: str) -> list[dict]:
     """Table rows (rank, κ(G), κ(G^{2k+1}), log10 m_theory) for a ConditionReport."""
-    from kernelattn.kernels.gram import log10_width_threshold  # deferred with the numerics (see above)
+    from kernelattn.kernels.gram import log10_width_threshold, safe_power  # deferred with the numerics (see above)
 
     power = 2 * report.depth + 1
     rows = [{
         "spectrum": f"{label}numerical rank",
         "rank": report.rank,
         "kappa_G": report.kappa_d,
-        "kappa_attention": report.kappa_d**power,
+        "kappa_attention": safe_power(report.kappa_d, power),
         "log10_m_theory": report.log10_m_theory,
     }]
     for fraction, (rank, kappa) in report.energy.items():
@@ -39,7 +47,7 @@ def _kappa_rows(report, label: str) -> list[dict]:
             "spectrum": f"{label}energy {fraction:g}",
             "rank": rank,
             "kappa_G": kappa,
-            "kappa_attention": kappa**power,
+            "kappa_attention": safe_power(kappa, power),
             "log10_m_theory": log10_width_threshold(kappa, report.n),
         })
     return rows
@@ -122,12 +130,27 @@ def _cmd_data_files(args) -> int:
 def _cmd_store_verify(args) -> int:
     from kernelattn.store import ResultStore
 
+    if args.release_claims and not args.repair:
+        raise InputValueError("--release-claims: expected together with --repair (it removes claim files)")
     store = ResultStore.open(args.path, create=False, readonly=not args.repair)
     problems = store.repair(quarantine=True) if args.repair else store.verify()
     for problem in problems:
         print(f"{problem.kind}: {problem.path}: {problem.problem}")
-    print(f"{len(store.keys())} record(s); {len(problems)} problem(s){' repaired' if args.repair else ''}")
-    return 1 if problems and not args.repair else 0
+    released = store.release_claims() if args.release_claims else []
+    for claim in released:
+        print(f"released: {claim.path}: {claim.describe()}")
+    # Claims that are not problems (live, or of another host: cannot be checked) are listed too: a
+    # forgotten claim of a host that is gone would otherwise hold its cell for the whole claim timeout.
+    held = [c for c in store.claims() if c.state in ("live", "foreign", "unreadable")]
+    for claim in held:
+        print(f"claim: {claim.path}: {claim.describe()}")
+    if any(c.state != "live" for c in held):
+        print(f"note: if the owners of these claims are gone, `kernelattn store {args.path} --repair "
+              "--release-claims` removes them")
+    summary = f"{len(store.keys())} record(s); {len(problems)} problem(s){' repaired' if args.repair else ''}"
+    summary += f"; {len(held)} claim(s) held" + (f", {len(released)} released" if args.release_claims else "")
+    print(summary)
+    return EXIT_PROBLEMS if problems and not args.repair else 0
 
 
 def _cmd_sweep(args) -> int:
@@ -138,24 +161,39 @@ def _cmd_sweep(args) -> int:
     # or SLURM / Open MPI): join before any JAX computation; a no-op for one process.
     from kernelattn.specs import parse_devices
 
+    from kernelattn.specs import load_spec
+
+    spec = load_spec(args.spec, max_cells=args.max_cells)
     devices = None if args.devices is None else parse_devices(args.devices, "--devices")
     initialize_distributed()
-    results = run_sweep(args.spec, args.out, progress=not args.no_progress, devices=devices)
+    results = run_sweep(spec, args.out, progress=not args.no_progress, devices=devices)
     print(format_summary(results))
     print(f"store: {results.store_path}")
-    return 0 if results.n_missing == 0 else 1
+    if results.n_missing:
+        print(f"kernelattn sweep: {_missing_note(results.n_missing, results.store_path)}", file=sys.stderr)
+    return 0 if results.n_missing == 0 else EXIT_PROBLEMS
+
+
+def _missing_note(n_missing: int, path) -> str:
+    """One line on cells left missing: who holds their claims, and how to clear those of processes gone."""
+    from kernelattn.store import ResultStore
+
+    held = [c for c in ResultStore.open(path, create=False, readonly=True).claims()
+            if c.state in ("live", "foreign", "unreadable")]
+    if not held:
+        return f"{n_missing} cell(s) not computed (failed or given up); rerun to compute them"
+    first = held[0]
+    return (f"{n_missing} cell(s) not computed; {len(held)} claimed by other processes (e.g. {first.describe()}); "
+            f"rerun later to collect them, or if those processes are gone: kernelattn store {path} --repair "
+            "--release-claims")
 
 
 def _read_spec(path: str) -> dict:
-    """A JSON spec file as a dict, with its file stem as the default name."""
-    try:
-        spec = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ValueError(f"spec: no such file {path!r}") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"spec: {path} is not valid JSON ({err})") from None
-    if not isinstance(spec, dict):
-        raise ValueError(f"spec: expected a JSON object in {path}, got {type(spec).__name__}")
+    """A JSON spec file as a dict (read strictly: ``kernelattn.specs.read_spec_file``), its file stem as the
+    default name."""
+    from kernelattn.specs import read_spec_file  # deferred with the numerics (see above)
+
+    spec = read_spec_file(path)
     spec.setdefault("name", Path(path).stem)
     return spec
 
@@ -163,17 +201,21 @@ def _read_spec(path: str) -> dict:
 def _cmd_malleability(args) -> int:
     from tqdm.auto import tqdm
 
-    from kernelattn.malleability import run_malleability_spec, summary_frame, validate_spec
+    from kernelattn.malleability import check_malleability_spec, run_malleability_spec, summary_frame
+    from kernelattn.specs import parse_malleability_spec
     from kernelattn.store import ResultStore
 
     spec = _read_spec(args.spec)
-    name = spec.pop("name")
+    name = parse_malleability_spec(spec, source=args.spec, max_cells=args.max_cells).name  # the name too
+    spec.pop("name")
     spec.pop("kind", None)
     spec.pop("description", None)
-    validate_spec(spec)  # before the store is created
+    # Spec, data and memory of every fit, all before the store is created: a refusal leaves nothing behind.
+    loaded = check_malleability_spec(spec, max_cells=args.max_cells)
     store = ResultStore.open(Path(args.out) / name)
     with tqdm(desc=name, unit="cell", disable=args.no_progress or not sys.stderr.isatty()) as bar:
-        keys = run_malleability_spec(spec, store, progress=lambda *_: bar.update())
+        keys = run_malleability_spec(spec, store, progress=lambda *_: bar.update(), loaded=loaded,
+                                     max_cells=args.max_cells)
     print(summary_frame(store).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"{len(keys)} new cell(s); store: {store.path}")
     return 0
@@ -198,12 +240,24 @@ def _cmd_figures(args) -> int:
     return 0
 
 
+def _add_max_cells(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-cells", type=int, default=None, metavar="N",
+                        help="refuse grids of more than N cells (default: $KERNELATTN_MAX_CELLS or 100000)")
+
+
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", nargs="+", help="class subset by index or name, e.g. 3 8")
     parser.add_argument("--n-train", type=int, help="balanced number of training points")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--data-dir", help="directory holding the dataset files")
     parser.add_argument("--kappa", type=float, help="synthetic data: prescribed kappa(G)")
+
+
+def _add_precision_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", choices=("highest", "fast"), default=None,
+                        help="matmul precision of every kernel, attention and training step: highest (default: "
+                             "true float32 products) or fast (the device's default: TF32 on recent GPUs, about "
+                             "1e-3 relative); a spec's own \"precision\" key wins")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,12 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--devices", default=None, metavar="N|all",
                        help="local devices to shard each finite-width kernel over (overrides the spec's "
                             "kernel.devices; default: the spec's, 1)")
+    _add_max_cells(sweep)
+    _add_precision_option(sweep)
     sweep.set_defaults(handler=_cmd_sweep)
 
     mall = commands.add_parser("malleability", help="run (or resume) an influence-malleability spec")
     mall.add_argument("spec", help="spec file, e.g. experiments/quick/quick_malleability.json")
     mall.add_argument("--out", default="results", help="results directory (store: OUT/<spec name>)")
     mall.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_max_cells(mall)
+    _add_precision_option(mall)
     mall.set_defaults(handler=_cmd_malleability)
 
     repro = commands.add_parser("reproduce", help="run a tier of the paper's experiments, then figures and report")
@@ -254,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--out", default="results", help="results directory (default: results)")
     repro.add_argument("--figures-dir", help="where figures go (default: OUT/figures)")
     repro.add_argument("--no-progress", action="store_true", help="no progress output")
+    _add_precision_option(repro)
     repro.set_defaults(handler=_cmd_reproduce)
 
     figures = commands.add_parser("figures", help="redraw every figure and the report from a results directory")
@@ -261,9 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     figures.add_argument("--figures-dir", help="where figures go (default: OUT/figures)")
     figures.set_defaults(handler=_cmd_figures)
 
-    store = commands.add_parser("store", help="check a results store")
+    store = commands.add_parser("store", help="check a results store (exit 1: problems found)")
     store.add_argument("path")
     store.add_argument("--repair", action="store_true", help="move corrupt records to quarantine/")
+    store.add_argument("--release-claims", action="store_true",
+                       help="with --repair: also remove every claim not held by a live process on this host "
+                            "(e.g. of another host that is gone)")
     store.set_defaults(handler=_cmd_store_verify)
     return parser
 
@@ -272,17 +334,53 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``kernelattn`` script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from kernelattn._precision import enable_x64
+    from kernelattn._precision import enable_x64, precision_policy
 
     enable_x64()
     try:
-        return args.handler(args)
-    except (ValueError, TypeError, OSError, MemoryError) as err:
-        print(f"kernelattn {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        with precision_policy(getattr(args, "precision", None)):  # None: "highest", or what a spec names
+            return args.handler(args)
     except KeyboardInterrupt:
         print("kernelattn: interrupted; finished cells are kept in the store, rerun to resume", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - mapped below, or re-raised (a bug keeps its traceback)
+        message = error_message(err)
+        if message is None:
+            raise
+        print(f"kernelattn {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _resource_exhausted(err: BaseException) -> bool:
+    """Whether ``err`` is JAX/XLA running out of (device) memory.
+
+    Matched by class name (``JaxRuntimeError``; ``XlaRuntimeError`` in older
+    jax) and status, not imported: the class has no public home in every
+    supported jax version.
+    """
+    names = {cls.__name__ for cls in type(err).__mro__}
+    return bool(names & {"JaxRuntimeError", "XlaRuntimeError"}) and "RESOURCE_EXHAUSTED" in str(err)
+
+
+def error_message(err: BaseException) -> str | None:
+    """The one-line message the CLI prints for ``err``, or None when it is a bug (re-raised, with traceback).
+
+    Mapped: the ``KernelattnError`` family, ``ValueError``, ``TypeError``,
+    ``OSError``, ``MemoryError`` and XLA's ``RESOURCE_EXHAUSTED``.
+    """
+    from kernelattn.errors import KernelattnError
+
+    if _resource_exhausted(err):
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+        text = (f"out of device memory ({first}); the memory plan underestimated this computation: use a "
+                "smaller width, n or width_chunk, or float32")
+    elif isinstance(err, (KernelattnError, ValueError, TypeError, OSError)):
+        text = str(err) or type(err).__name__
+    elif isinstance(err, MemoryError):
+        text = str(err) or "out of memory"
+    else:
+        return None
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 if __name__ == "__main__":

@@ -49,8 +49,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from kernelattn._precision import kernel_inputs
+from kernelattn._precision import kernel_inputs, resolve_precision
 from kernelattn._validation import check_int
+from kernelattn.errors import InputTypeError, InputValueError
 from kernelattn.kernels.empirical import DEFAULT_WIDTH_CHUNK, head_linear_part, head_ntk_blocks, head_ntk_fn
 from kernelattn.models import HeadConfig
 
@@ -159,15 +160,15 @@ def device_mesh(
     """
     devices = jax.local_devices() if devices is None else list(devices)
     if not devices:
-        raise ValueError("devices: expected at least one device, got an empty sequence")
+        raise InputValueError("devices: expected at least one device, got an empty sequence")
     if sample_shards is None:
         return Mesh(np.asarray(devices, dtype=object), (axis_name,))
     sample_shards = check_int(sample_shards, "sample_shards", minimum=1, maximum=len(devices))
     if len(devices) % sample_shards:
-        raise ValueError(f"sample_shards: expected a divisor of the device count {len(devices)}, "
-                         f"got {sample_shards}")
+        raise InputValueError(f"sample_shards: expected a divisor of the device count {len(devices)}, "
+                              f"got {sample_shards}")
     if sample_axis == axis_name:
-        raise ValueError(f"sample_axis: expected a name other than axis_name {axis_name!r}")
+        raise InputValueError(f"sample_axis: expected a name other than axis_name {axis_name!r}")
     grid = np.asarray(devices, dtype=object).reshape(sample_shards, len(devices) // sample_shards)
     return Mesh(grid, (sample_axis, axis_name))
 
@@ -183,14 +184,14 @@ def _resolve_mesh(mesh, shard_samples: bool) -> tuple[Mesh, str, str | None]:
         count = jax.local_device_count()
         mesh = device_mesh(sample_shards=_smallest_factor(count) if shard_samples else None)
     if not isinstance(mesh, Mesh):
-        raise TypeError(f"mesh: expected a jax.sharding.Mesh (see device_mesh), got {type(mesh).__name__}")
+        raise InputTypeError(f"mesh: expected a jax.sharding.Mesh (see device_mesh), got {type(mesh).__name__}")
     names = tuple(mesh.axis_names)
     if shard_samples and len(names) != 2:
-        raise ValueError(f"mesh: shard_samples=True needs a 2-D mesh (samples, width), e.g. "
-                         f"device_mesh(sample_shards=2); got axes {names}")
+        raise InputValueError(f"mesh: shard_samples=True needs a 2-D mesh (samples, width), e.g. "
+                              f"device_mesh(sample_shards=2); got axes {names}")
     if not shard_samples and len(names) != 1:
-        raise ValueError(f"mesh: expected a 1-D mesh (width,) when shard_samples=False, got axes {names}; "
-                         "pass shard_samples=True to shard rows over the first axis")
+        raise InputValueError(f"mesh: expected a 1-D mesh (width,) when shard_samples=False, got axes {names}; "
+                              "pass shard_samples=True to shard rows over the first axis")
     return mesh, names[-1], (names[0] if shard_samples else None)
 
 
@@ -258,7 +259,7 @@ def _itemsize(dtype) -> int:
     """Bytes per element of float32 / float64 (an estimate needs no 64-bit mode)."""
     resolved = np.dtype(dtype)
     if resolved.name not in ("float32", "float64"):
-        raise ValueError(f"dtype: expected one of ['float32', 'float64'], got {resolved.name!r}")
+        raise InputValueError(f"dtype: expected one of ['float32', 'float64'], got {resolved.name!r}")
     return resolved.itemsize
 
 
@@ -335,7 +336,7 @@ def _out_spec(sample_axis, trace_output):
 
 def sharded_head_ntk_blocks(key: jax.Array, x1: jax.Array, x2: jax.Array | None, lin: jax.Array, head: HeadConfig,
                             *, chunk: int, first, n_blocks, axis_name: str, shards: int, n_units=None,
-                            n2: int | None = None, trace_output: bool = True) -> jax.Array:
+                            n2: int | None = None, trace_output: bool = True, precision=None) -> jax.Array:
     """This device's share of chunks [first, first + n_blocks) of a streamed head NTK, inside ``shard_map``.
 
     Device j of the width axis (of size D) sums chunks first + j, first + j + D,
@@ -346,8 +347,8 @@ def sharded_head_ntk_blocks(key: jax.Array, x1: jax.Array, x2: jax.Array | None,
     one-device sum up to the order of the additions.
 
     Args:
-      key, x1, x2, lin, head, chunk, n_units, n2, trace_output: as in
-        ``kernels.empirical.head_ntk_blocks``.
+      key, x1, x2, lin, head, chunk, n_units, n2, trace_output, precision: as
+        in ``kernels.empirical.head_ntk_blocks`` (the float method).
       first, n_blocks: the range of chunks shared out (may be traced).
       axis_name: the mesh axis the width is sharded over.
       shards: its size D.
@@ -358,19 +359,21 @@ def sharded_head_ntk_blocks(key: jax.Array, x1: jax.Array, x2: jax.Array | None,
     device = jax.lax.axis_index(axis_name)
     steps = jnp.maximum(n_blocks - device + shards - 1, 0) // shards
     return head_ntk_blocks(key, x1, x2, lin, head, chunk=chunk, first=first + device, steps=steps, stride=shards,
-                           n_units=n_units, n2=n2, trace_output=trace_output)
+                           n_units=n_units, n2=n2, trace_output=trace_output, precision=precision)
 
 
 @functools.partial(jax.jit, static_argnames=("mesh", "head", "trace_output", "chunk", "width_axis",
-                                             "sample_axis", "n_rows"))
-def _sharded_streaming(key, x1, x2, *, mesh, head, trace_output, chunk, width_axis, sample_axis, n_rows):
+                                             "sample_axis", "n_rows", "precision"))
+def _sharded_streaming(key, x1, x2, *, mesh, head, trace_output, chunk, width_axis, sample_axis, n_rows,
+                       precision):
     shards = mesh.shape[width_axis]
     n_chunks = -(-head.width // chunk)
 
     def local(key, x1, x2):
-        total = sharded_head_ntk_blocks(key, x1, x2, head_linear_part(x1, x2, head), head, chunk=chunk, first=0,
-                                        n_blocks=n_chunks, axis_name=width_axis, shards=shards,
-                                        trace_output=trace_output)
+        lin = head_linear_part(x1, x2, head, precision=precision)
+        total = sharded_head_ntk_blocks(key, x1, x2, lin, head, chunk=chunk, first=0, n_blocks=n_chunks,
+                                        axis_name=width_axis, shards=shards, trace_output=trace_output,
+                                        precision=precision)
         return head.sigma_a**2 * jax.lax.psum(total, width_axis) / head.width
 
     rows = PartitionSpec() if sample_axis is None else PartitionSpec(sample_axis, None)
@@ -395,6 +398,7 @@ def sharded_streaming_head_ntk(
     trace_output: bool = True,
     dtype="float32",
     shard_samples: bool = False,
+    precision=None,
 ) -> jax.Array:
     """Empirical NTK of a freshly drawn ``MLPHead``, width sharded across devices.
 
@@ -419,6 +423,8 @@ def sharded_streaming_head_ntk(
       dtype: "float32" (default) or "float64".
       shard_samples: also split the rows of x1 over the mesh's first axis: the
         per-device accumulator shrinks to ``(⌈n1/S⌉, n2)``.
+      precision: matmul precision, "highest" or "fast"; None → the policy in
+        force (``kernelattn.precision_policy``, default "highest").
 
     Returns:
       The kernel in ``dtype``: replicated on every mesh device; with
@@ -427,7 +433,7 @@ def sharded_streaming_head_ntk(
       ``(n1, n2)`` is gathered, replicated).
     """
     if not isinstance(head, HeadConfig):
-        raise TypeError(f"head: expected a HeadConfig, got {type(head).__name__}")
+        raise InputTypeError(f"head: expected a HeadConfig, got {type(head).__name__}")
     _, x1, x2 = kernel_inputs(x1, x2, dtype)
     chunk = min(check_int(width_chunk, "width_chunk", minimum=1), head.width)
     shard_samples = bool(shard_samples)
@@ -437,16 +443,18 @@ def sharded_streaming_head_ntk(
         x2 = x1  # every row block needs all of x2
     return _sharded_streaming(key, _row_padded(x1, sample_axis, mesh), x2, mesh=mesh, head=head,
                               trace_output=bool(trace_output), chunk=chunk, width_axis=width_axis,
-                              sample_axis=sample_axis, n_rows=n_rows)
+                              sample_axis=sample_axis, n_rows=n_rows, precision=resolve_precision(precision))
 
 
 @functools.partial(jax.jit, static_argnames=("mesh", "head", "trace_output", "chunk", "width_axis",
-                                             "sample_axis", "n_rows"))
-def _sharded_structured(x1, x2, params, *, mesh, head, trace_output, chunk, width_axis, sample_axis, n_rows):
+                                             "sample_axis", "n_rows", "precision"))
+def _sharded_structured(x1, x2, params, *, mesh, head, trace_output, chunk, width_axis, sample_axis, n_rows,
+                        precision):
     def local(x1, x2, params):
         # head_ntk_fn scales by σ_a²/m with m = head.width (the global width), so
         # the partials over local columns add up to the kernel.
-        part = head_ntk_fn(params, head, x1, x2, trace_output=trace_output, width_chunk=chunk)
+        part = head_ntk_fn(params, head, x1, x2, trace_output=trace_output, width_chunk=chunk, method="float",
+                           precision=precision)
         return jax.lax.psum(part, width_axis)
 
     rows = PartitionSpec() if sample_axis is None else PartitionSpec(sample_axis, None)
@@ -481,10 +489,10 @@ def _shard_parameters(head_variables: dict, head: HeadConfig, d: int, dtype, mes
     placed = {}
     for name, shape in expected.items():
         if name not in head_variables:
-            raise ValueError(f"head_variables: expected key {name!r} (keys: {sorted(head_variables)})")
+            raise InputValueError(f"head_variables: expected key {name!r} (keys: {sorted(head_variables)})")
         value = head_variables[name]
         if tuple(np.shape(value)) != shape:
-            raise ValueError(f"head_variables[{name!r}]: expected shape {shape}, got {tuple(np.shape(value))}")
+            raise InputValueError(f"head_variables[{name!r}]: expected shape {shape}, got {tuple(np.shape(value))}")
         widths = [(0, 0)] * len(shape)
         widths[1 if name == "W" else 0] = (0, pad)
         sharding = NamedSharding(mesh, specs[name])
@@ -510,6 +518,7 @@ def sharded_structured_head_ntk(
     trace_output: bool = True,
     dtype="float32",
     shard_samples: bool = False,
+    precision=None,
 ) -> jax.Array:
     """Exact empirical NTK of ``MLPHead`` at given parameters, W's columns sharded.
 
@@ -524,14 +533,14 @@ def sharded_structured_head_ntk(
     Args:
       head_variables: ``{"W": (d, m), "b": (m,) if use_bias, "a": (m, C)}``.
       head, x1, x2, trace_output, dtype: as in ``structured_head_ntk``.
-      mesh, shard_samples: as in ``sharded_streaming_head_ntk``.
+      mesh, shard_samples, precision: as in ``sharded_streaming_head_ntk``.
       width_chunk: hidden units per accumulation step on each device.
 
     Returns:
       The kernel in ``dtype``, placed as in ``sharded_streaming_head_ntk``.
     """
     if not isinstance(head, HeadConfig):
-        raise TypeError(f"head: expected a HeadConfig, got {type(head).__name__}")
+        raise InputTypeError(f"head: expected a HeadConfig, got {type(head).__name__}")
     dtype, x1, x2 = kernel_inputs(x1, x2, dtype)
     chunk = check_int(width_chunk, "width_chunk", minimum=1)
     shard_samples = bool(shard_samples)
@@ -542,4 +551,4 @@ def sharded_structured_head_ntk(
         x2 = x1
     return _sharded_structured(_row_padded(x1, sample_axis, mesh), x2, params, mesh=mesh, head=head,
                                trace_output=bool(trace_output), chunk=chunk, width_axis=width_axis,
-                               sample_axis=sample_axis, n_rows=n_rows)
+                               sample_axis=sample_axis, n_rows=n_rows, precision=resolve_precision(precision))

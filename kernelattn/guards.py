@@ -18,6 +18,12 @@ float64 and with one ``eigvalsh``:
   ridge λ with κ(K + λI) ≤ limit, the rank of a truncation to eigenvalues above
   λ_max/limit.
 
+eps is the *effective* epsilon of the precision the kernel was computed at
+(``kernelattn._precision.effective_eps``): the dtype's at "highest" (the
+default policy), TF32's 2^-10 ≈ 9.8e-4 for float32 at "fast" on a recent GPU
+(bf16's 2^-7 on a TPU), so a TF32 kernel is held to κ ≤ 1e2, not 8.4e5. Every
+check takes ``precision=`` (None: the policy in force, ``kernelattn.precision_policy``).
+
 :func:`check_solve` adds what a factorization reports
 (``kernelattn.linalg.factorize``: "cholesky" or "eigh-clipped") and,
 optionally, the backward error of a solution. :func:`check_condition` checks a
@@ -72,6 +78,8 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
+from kernelattn.errors import InputTypeError, InputValueError, KernelattnError
+
 __all__ = [
     "GuardLog",
     "GuardPolicy",
@@ -101,7 +109,7 @@ class KernelWarning(RuntimeWarning):
     """A kernel matrix is numerically unfit for what is asked of it (see ``kernelattn.guards``)."""
 
 
-class KernelError(ValueError):
+class KernelError(KernelattnError, ValueError):
     """Raised instead of :class:`KernelWarning` under a ``"raise"`` policy.
 
     Attributes:
@@ -147,25 +155,25 @@ class GuardPolicy:
 
     def __post_init__(self):
         if self.action not in ACTIONS:
-            raise ValueError(f"action: expected one of {list(ACTIONS)}, got {self.action!r}")
+            raise InputValueError(f"action: expected one of {list(ACTIONS)}, got {self.action!r}")
         if not 0 < self.solve_margin <= 1:
-            raise ValueError(f"solve_margin: expected a number in (0, 1], got {self.solve_margin!r}")
+            raise InputValueError(f"solve_margin: expected a number in (0, 1], got {self.solve_margin!r}")
         for field in ("symmetry_rtol", "psd_rtol"):
             value = getattr(self, field)
             if value is not None and not value >= 0:
-                raise ValueError(f"{field}: expected None or a number >= 0, got {value!r}")
+                raise InputValueError(f"{field}: expected None or a number >= 0, got {value!r}")
         if not self.backward_rtol >= 0:
-            raise ValueError(f"backward_rtol: expected a number >= 0, got {self.backward_rtol!r}")
+            raise InputValueError(f"backward_rtol: expected a number >= 0, got {self.backward_rtol!r}")
         if isinstance(self.ignore, str):
             object.__setattr__(self, "ignore", (self.ignore,))
         unknown = sorted(set(self.ignore) - set(PROBLEM_KINDS))
         if unknown:
-            raise ValueError(f"ignore: expected problem kinds among {list(PROBLEM_KINDS)}, got {unknown}")
+            raise InputValueError(f"ignore: expected problem kinds among {list(PROBLEM_KINDS)}, got {unknown}")
         object.__setattr__(self, "ignore", tuple(self.ignore))
 
-    def kappa_limit(self, dtype) -> float:
-        """Largest κ a kernel computed in ``dtype`` may have for solves and spectra."""
-        return self.solve_margin / _eps(dtype)
+    def kappa_limit(self, dtype, precision: str = "highest") -> float:
+        """Largest κ a kernel computed in ``dtype`` at ``precision`` may have for solves and spectra."""
+        return self.solve_margin / _eps(dtype, precision)
 
 
 _POLICY: contextvars.ContextVar[GuardPolicy] = contextvars.ContextVar("kernelattn_guard_policy",
@@ -185,7 +193,7 @@ def _resolve_policy(value: GuardPolicy | str | None) -> GuardPolicy:
         return value
     if isinstance(value, str):
         return dataclasses.replace(_POLICY.get(), action=value)
-    raise ValueError(f"policy: expected None, one of {list(ACTIONS)} or a GuardPolicy, got {value!r}")
+    raise InputValueError(f"policy: expected None, one of {list(ACTIONS)} or a GuardPolicy, got {value!r}")
 
 
 @contextlib.contextmanager
@@ -327,17 +335,18 @@ class KernelDiagnostics:
       kappa: λ_max/λ_min of K (inf when λ_min ≤ 0).
       kappa_effective: κ that matters for ``requested``: of K + λI for
         "solve", of K for "spectrum".
-      kappa_limit: ``solve_margin / eps(dtype)``.
+      kappa_limit: ``solve_margin / eps``.
       representable: κ_effective ≤ κ_limit (None when not applicable/known).
       ridge_needed: smallest λ with κ(K + λI) ≤ κ_limit (None if not needed).
       rank_needed: eigenvalues above λ_max/κ_limit: the rank of a truncation
         that the dtype resolves (None if not needed).
-      eps: machine epsilon of ``dtype``.
+      eps: effective machine epsilon of ``dtype`` at ``precision``.
       problems: the :class:`Problem` s found (empty: healthy).
       method: "cholesky" / "eigh-clipped" (``check_solve`` only).
       clipped: eigenvalues clipped by the fallback (``check_solve`` only).
       backward_error: ‖b − (K + λI)x‖ / (‖K + λI‖‖x‖ + ‖b‖) (``check_solve``
         with ``rhs`` and ``solution``).
+      precision: the matmul precision it was computed at ("highest" / "fast").
     """
 
     name: str
@@ -361,6 +370,7 @@ class KernelDiagnostics:
     method: str | None = None
     clipped: int | None = None
     backward_error: float | None = None
+    precision: str = "highest"
 
     @property
     def ok(self) -> bool:
@@ -380,8 +390,34 @@ class KernelDiagnostics:
         return out
 
 
-def _eps(dtype) -> float:
-    return float(np.finfo(np.dtype(dtype)).eps)
+def _eps(dtype, precision: str = "highest") -> float:
+    """Effective machine epsilon of a kernel computed in ``dtype`` at ``precision`` (see the module doc)."""
+    if precision == "highest":
+        return float(np.finfo(np.dtype(dtype)).eps)
+    from kernelattn._precision import effective_eps
+
+    return effective_eps(dtype, precision)
+
+
+def _precision_name(precision) -> str:
+    """"highest" / "fast"; None → the policy in force (``kernelattn.precision_policy``)."""
+    if precision == "highest":
+        return precision
+    from kernelattn._precision import resolve_precision
+
+    return resolve_precision(precision)
+
+
+def _computed(dtype: str, precision: str) -> str:
+    """How a kernel was computed, for messages: "float32", or "float32 at precision 'fast'"."""
+    return dtype if precision == "highest" else f"{dtype} at precision '{precision}'"
+
+
+def _precision_remedy(dtype: str, precision: str) -> list[str]:
+    if precision == "highest" or _eps(dtype, precision) <= _eps(dtype):
+        return []
+    return [f"recompute it at precision='highest' (true {dtype} products: eps {_g(_eps(dtype))} instead of "
+            f"{_g(_eps(dtype, precision))}; kernelattn.precision_policy('highest'), the default)"]
 
 
 def _dtype_name(dtype, k: np.ndarray) -> str:
@@ -390,28 +426,28 @@ def _dtype_name(dtype, k: np.ndarray) -> str:
     try:
         name = np.dtype(dtype).name
     except TypeError as err:
-        raise ValueError(f"dtype: expected one of {list(_DTYPES)}, got {dtype!r}") from err
+        raise InputValueError(f"dtype: expected one of {list(_DTYPES)}, got {dtype!r}") from err
     if name not in _DTYPES:
-        raise ValueError(f"dtype: expected one of {list(_DTYPES)} (the dtype the kernel was computed in), "
-                         f"got {name!r}")
+        raise InputValueError(f"dtype: expected one of {list(_DTYPES)} (the dtype the kernel was computed in), "
+                              f"got {name!r}")
     return name
 
 
 def _as_matrix(k: Any, name: str) -> np.ndarray:
     """The kernel as a 2-d array; ``(n1, n2, C, C)`` becomes ``(n1·C, n2·C)``."""
     if not isinstance(name, str) or not name:
-        raise ValueError(f"name: expected a non-empty string naming the kernel, got {name!r}")
+        raise InputValueError(f"name: expected a non-empty string naming the kernel, got {name!r}")
     try:
         array = np.asarray(k)
     except Exception as err:
-        raise TypeError(f"{name}: expected a numeric array, got {type(k).__name__} ({err})") from err
+        raise InputTypeError(f"{name}: expected a numeric array, got {type(k).__name__} ({err})") from err
     if array.dtype == object or not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-        raise TypeError(f"{name}: expected a real numeric array, got dtype {array.dtype}")
+        raise InputTypeError(f"{name}: expected a real numeric array, got dtype {array.dtype}")
     if array.ndim == 4:
         n1, n2, c1, c2 = array.shape
         array = np.transpose(array, (0, 2, 1, 3)).reshape(n1 * c1, n2 * c2)
     if array.ndim != 2 or array.size == 0:
-        raise ValueError(f"{name}: expected a non-empty (n1, n2) or (n1, n2, C, C) kernel, got shape {array.shape}")
+        raise InputValueError(f"{name}: expected a non-empty (n1, n2) or (n1, n2, C, C) kernel, got shape {array.shape}")
     return array
 
 
@@ -445,19 +481,21 @@ def _analyse(
     eig: bool | None,
     eigenvalues: Any,
     pol: GuardPolicy,
+    precision: str = "highest",
 ) -> KernelDiagnostics:
-    eps = _eps(dtype)
+    eps = _eps(dtype, precision)
     n = k.shape[0]
     square = k.shape[0] == k.shape[1]
     if (symmetric or psd) and not square:
-        raise ValueError(
+        raise InputValueError(
             f"{name}: symmetric/psd checks need a square kernel, got shape {k.shape}; "
             "pass symmetric=False, psd=False for a cross (e.g. test × train) kernel"
         )
-    base = dict(name=name, shape=tuple(k.shape), dtype=dtype, requested=requested, ridge=float(ridge), eps=eps)
+    base = dict(name=name, shape=tuple(k.shape), dtype=dtype, requested=requested, ridge=float(ridge), eps=eps,
+                precision=precision)
     problems: list[Problem] = []
     size = f"{k.shape[0]}×{k.shape[1]}"
-    where = f"kernel '{name}' ({size}, computed in {dtype})"
+    where = f"kernel '{name}' ({size}, computed in {_computed(dtype, precision)})"
 
     finite = np.isfinite(k)
     n_bad = int(k.size - np.count_nonzero(finite))
@@ -479,7 +517,7 @@ def _analyse(
     symmetry_error = None
     if symmetric:
         symmetry_error = float(np.linalg.norm(kd - kd.T)) / norm
-        problems += _asymmetry(symmetry_error, where, dtype, pol, cross_remedy=True)
+        problems += _asymmetry(symmetry_error, where, dtype, pol, cross_remedy=True, precision=precision)
 
     if not (square and (psd or requested != "entries")):
         return KernelDiagnostics(**base, symmetry_error=symmetry_error, problems=tuple(problems))
@@ -488,7 +526,7 @@ def _analyse(
     if eigenvalues is not None:
         values = np.sort(np.asarray(eigenvalues, dtype=np.float64).ravel())
         if values.size != n:
-            raise ValueError(f"eigenvalues: expected {n} eigenvalues of {name}, got {values.size}")
+            raise InputValueError(f"eigenvalues: expected {n} eigenvalues of {name}, got {values.size}")
     elif eig if eig is not None else n <= pol.eig_max_n:
         values = scipy.linalg.eigvalsh((kd + kd.T) / 2, overwrite_a=True, check_finite=False)
     else:
@@ -512,7 +550,7 @@ def _analyse(
         return KernelDiagnostics(**base, symmetry_error=symmetry_error, problems=tuple(problems))
 
     lam_min, lam_max = float(values[0]), float(values[-1])
-    limit = pol.kappa_limit(dtype)
+    limit = pol.kappa_limit(dtype, precision)
     out = dict(lambda_min=lam_min, lambda_max=lam_max, kappa_limit=limit)
     if lam_max <= 0:
         problems.append(Problem("not_psd", (
@@ -528,7 +566,7 @@ def _analyse(
         problems.append(Problem("not_psd", (
             f"{where} is not positive semi-definite: its most negative eigenvalue is "
             f"{_g(-negative_ratio)}·λ_max (λ_min = {_g(lam_min)}, λ_max = {_g(lam_max)}), beyond the "
-            f"{dtype} round-off floor {_g(psd_tol)}·λ_max. An NTK or Gram matrix is PSD by construction, so this "
+            f"{_computed(dtype, precision)} round-off floor {_g(psd_tol)}·λ_max. An NTK or Gram matrix is PSD by construction, so this "
             "signals a bug (x1 ≠ x2, a test × train block checked as train × train, a sign); solvers would clip "
             "these eigenvalues. Remedy: check how it was built; psd=False if it is not meant to be PSD."),
             -negative_ratio))
@@ -552,33 +590,35 @@ def _analyse(
             spectrum = f"κ = {_g(kappa)} (λ_max = {_g(lam_max)}, λ_min = {_g(lam_min)})"
         else:
             spectrum = (f"κ = inf (λ_min = {_g(lam_min)} ≤ 0 at λ_max = {_g(lam_max)}: numerically singular "
-                        f"in {dtype})")
+                        f"in {_computed(dtype, precision)})")
         if use_ridge > 0:
             spectrum += f"; with the ridge λ = {_g(use_ridge)}, κ(K + λI) = {_g(kappa_eff)}"
         use = ("solves with it ((K + λI)⁻¹y, influence, kernel regression)" if requested == "solve"
                else "its smallest eigenvalues, λ_min, κ and the certificate ‖Θ_m − Θ_∞‖₂/λ_min")
-        remedies = _float64_remedy(dtype)
+        remedies = _precision_remedy(dtype, precision) + _float64_remedy(dtype)
         if requested == "solve":
             remedies.append(f"solve with a ridge λ ≥ {_g(ridge_needed)} (κ(K + λI) ≤ {_g(limit)})")
         remedies.append(f"truncate K to its top r = {rank_needed} of {n} eigenpairs (those above λ_max/{_g(limit)}), "
                         "or use rank-truncated attention (AttentionConfig(rank=r)) for MLP-Attn")
         problems.append(Problem("ill_conditioned", (
-            f"{where} is too ill-conditioned for {use} in {dtype}: {spectrum} exceeds "
-            f"{_g(limit)} = {_g(pol.solve_margin)}/eps({dtype}), so its smallest eigenvalues are round-off. "
+            f"{where} is too ill-conditioned for {use} in {_computed(dtype, precision)}: {spectrum} exceeds "
+            f"{_g(limit)} = {_g(pol.solve_margin)}/eps({_computed(dtype, precision)}), so its smallest eigenvalues "
+            "are round-off. "
             "Remedy: " + "; or ".join(remedies) + "."), kappa_eff))
     return KernelDiagnostics(**base, symmetry_error=symmetry_error, **out, problems=tuple(problems))
 
 
-def _asymmetry(symmetry_error: float, where: str, dtype: str, pol: GuardPolicy, *, cross_remedy: bool) -> list[Problem]:
+def _asymmetry(symmetry_error: float, where: str, dtype: str, pol: GuardPolicy, *, cross_remedy: bool,
+               precision: str = "highest") -> list[Problem]:
     """The "asymmetric" problem when ‖K − Kᵀ‖_F/‖K‖_F exceeds the policy's tolerance
-    (``symmetry_rtol``, default 1000·eps(dtype): round-off); else none."""
-    tol = pol.symmetry_rtol if pol.symmetry_rtol is not None else 1e3 * _eps(dtype)
+    (``symmetry_rtol``, default 1000·eps: round-off); else none."""
+    tol = pol.symmetry_rtol if pol.symmetry_rtol is not None else 1e3 * _eps(dtype, precision)
     if not symmetry_error > tol:
         return []
     cross = ", or pass symmetric=False, psd=False for a cross (test × train) kernel" if cross_remedy else ""
     return [Problem("asymmetric", (
         f"{where} is not symmetric: ‖K − Kᵀ‖_F/‖K‖_F = {_g(symmetry_error)} > {_g(tol)} "
-        f"(round-off in {dtype}). A train × train NTK or Gram matrix is symmetric by construction and "
+        f"(round-off in {_computed(dtype, precision)}). A train × train NTK or Gram matrix is symmetric by construction and "
         "solvers use (K + Kᵀ)/2, which changes this K materially. Remedy: make sure both arguments are "
         f"the same training set in the same order (x2 = x1){cross}."), symmetry_error)]
 
@@ -607,13 +647,13 @@ def _report(diag: KernelDiagnostics, pol: GuardPolicy, stacklevel: int) -> Kerne
 
 def _check_args(requested, ridge) -> tuple[str, float]:
     if requested not in REQUESTS:
-        raise ValueError(f"requested: expected one of {list(REQUESTS)} or None, got {requested!r}")
+        raise InputValueError(f"requested: expected one of {list(REQUESTS)} or None, got {requested!r}")
     try:
         ridge = float(ridge)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"ridge: expected a number >= 0, got {ridge!r}") from err
+        raise InputValueError(f"ridge: expected a number >= 0, got {ridge!r}") from err
     if not (ridge >= 0 and math.isfinite(ridge)):
-        raise ValueError(f"ridge: expected a finite number >= 0, got {ridge!r}")
+        raise InputValueError(f"ridge: expected a finite number >= 0, got {ridge!r}")
     return requested, ridge
 
 
@@ -630,6 +670,7 @@ def check_kernel(
     eigenvalues: Any | None = None,
     policy: GuardPolicy | str | None = None,
     stacklevel: int = 2,
+    precision: str | None = None,
 ) -> KernelDiagnostics:
     """Check that a kernel matrix is finite, symmetric, PSD and resolvable in its dtype.
 
@@ -654,6 +695,9 @@ def check_kernel(
       stacklevel: as in ``warnings.warn``, counted from ``check_kernel``: 2
         (default) attributes the warning to the line calling ``check_kernel``;
         a library function wrapping it passes 3 to blame its own caller.
+      precision: the matmul precision it was computed at, "highest" or
+        "fast"; None → the policy in force. Sets the effective eps (TF32's
+        2^-10 for float32 at "fast" on a recent GPU).
 
     Returns:
       :class:`KernelDiagnostics` (problems already reported per the policy).
@@ -664,10 +708,11 @@ def check_kernel(
     """
     matrix = _as_matrix(k, name)
     dtype = _dtype_name(dtype, matrix)
+    precision = _precision_name(precision)
     requested, ridge = _check_args(requested if requested is not None else ("solve" if psd else "entries"), ridge)
     pol = _resolve_policy(policy)
     diag = _analyse(matrix, name=name, dtype=dtype, requested=requested, symmetric=symmetric, psd=psd, ridge=ridge,
-                    eig=eig, eigenvalues=eigenvalues, pol=pol)
+                    eig=eig, eigenvalues=eigenvalues, pol=pol, precision=precision)
     return _report(diag, pol, stacklevel)
 
 
@@ -678,6 +723,7 @@ def check_symmetry(
     dtype=None,
     policy: GuardPolicy | str | None = None,
     stacklevel: int = 2,
+    precision: str | None = None,
 ) -> KernelDiagnostics:
     """Check only that a square kernel is symmetric up to round-off: O(n²), no eigenvalues.
 
@@ -688,23 +734,25 @@ def check_symmetry(
 
     Args:
       k: ``(n, n)`` kernel (or ``(n, n, C, C)``, checked as ``(n·C, n·C)``).
-      name, dtype, policy, stacklevel: as in :func:`check_kernel`.
+      name, dtype, policy, stacklevel, precision: as in :func:`check_kernel`.
 
     Returns:
       :class:`KernelDiagnostics` with ``symmetry_error`` (problems already reported per the policy).
     """
     matrix = _as_matrix(k, name)
     dtype = _dtype_name(dtype, matrix)
+    precision = _precision_name(precision)
     if matrix.shape[0] != matrix.shape[1]:
-        raise ValueError(f"{name}: expected a square (n, n) kernel, got shape {matrix.shape}")
+        raise InputValueError(f"{name}: expected a square (n, n) kernel, got shape {matrix.shape}")
     pol = _resolve_policy(policy)
     kd = np.asarray(matrix, dtype=np.float64)
     norm = float(np.linalg.norm(kd))
     symmetry_error = float(np.linalg.norm(kd - kd.T)) / norm if norm > 0 else 0.0
-    where = f"kernel '{name}' ({matrix.shape[0]}×{matrix.shape[1]}, computed in {dtype})"
-    diag = KernelDiagnostics(name=name, shape=tuple(matrix.shape), dtype=dtype, requested="entries", eps=_eps(dtype),
-                             symmetry_error=symmetry_error,
-                             problems=tuple(_asymmetry(symmetry_error, where, dtype, pol, cross_remedy=False)))
+    where = f"kernel '{name}' ({matrix.shape[0]}×{matrix.shape[1]}, computed in {_computed(dtype, precision)})"
+    diag = KernelDiagnostics(name=name, shape=tuple(matrix.shape), dtype=dtype, requested="entries",
+                             eps=_eps(dtype, precision), symmetry_error=symmetry_error, precision=precision,
+                             problems=tuple(_asymmetry(symmetry_error, where, dtype, pol, cross_remedy=False,
+                                                       precision=precision)))
     return _report(diag, pol, stacklevel)
 
 
@@ -723,6 +771,7 @@ def check_solve(
     eigenvalues: Any | None = None,
     policy: GuardPolicy | str | None = None,
     stacklevel: int = 2,
+    precision: str | None = None,
 ) -> KernelDiagnostics:
     """Check a solve with K + λI: the kernel's fitness, the method that ran, the backward error.
 
@@ -736,13 +785,14 @@ def check_solve(
       clipped: eigenvalues the fallback clipped (with ``method``).
       rhs, solution: b and x of (K + λI) x = b, to measure the normwise
         backward error ‖b − (K + λI)x‖_F / (‖K + λI‖_F‖x‖_F + ‖b‖_F).
-      dtype, eig, eigenvalues, policy, stacklevel: as in :func:`check_kernel`.
+      dtype, eig, eigenvalues, policy, stacklevel, precision: as in :func:`check_kernel`.
 
     Returns:
       :class:`KernelDiagnostics` with ``method``, ``clipped`` and ``backward_error``.
     """
     matrix = _as_matrix(k, name)
     dtype = _dtype_name(dtype, matrix)
+    precision = _precision_name(precision)
     _, ridge = _check_args("solve", ridge)
     if factorization is not None:
         method = getattr(factorization, "method", method)
@@ -751,19 +801,21 @@ def check_solve(
         if ridge_f is not None and ridge == 0.0:
             ridge = float(ridge_f)
     if method is not None and method not in ("cholesky", "eigh-clipped"):
-        raise ValueError(f"method: expected 'cholesky' or 'eigh-clipped', got {method!r}")
+        raise InputValueError(f"method: expected 'cholesky' or 'eigh-clipped', got {method!r}")
     pol = _resolve_policy(policy)
     diag = _analyse(matrix, name=name, dtype=dtype, requested="solve", symmetric=True, psd=True, ridge=ridge,
-                    eig=eig, eigenvalues=eigenvalues, pol=pol)
+                    eig=eig, eigenvalues=eigenvalues, pol=pol, precision=precision)
     problems = list(diag.problems)
-    where = f"solve with kernel '{name}' + {_g(ridge)}·I ({matrix.shape[0]}×{matrix.shape[1]}, computed in {dtype})"
+    where = (f"solve with kernel '{name}' + {_g(ridge)}·I ({matrix.shape[0]}×{matrix.shape[1]}, computed in "
+             f"{_computed(dtype, precision)})")
     if method == "eigh-clipped":
         need = f"a ridge λ ≥ {_g(diag.ridge_needed)}" if diag.ridge_needed else "a larger ridge"
         problems.append(Problem("clipped", (
             f"{where} fell back from Cholesky to a clipped eigen-decomposition: "
             f"{clipped if clipped is not None else 'some'} eigenvalue(s) raised to the floor because K + λI is not "
             "positive definite in float64, so the result solves a modified system. Remedy: "
-            + "; or ".join([need] + _float64_remedy(dtype) + ["a rank truncation of K"]) + "."),
+            + "; or ".join([need] + _precision_remedy(dtype, precision) + _float64_remedy(dtype)
+                           + ["a rank truncation of K"]) + "."),
             float(clipped) if clipped is not None else None))
     backward = None
     if rhs is not None and solution is not None:
@@ -793,6 +845,7 @@ def check_condition(
     requested: str = "solve",
     policy: GuardPolicy | str | None = None,
     stacklevel: int = 2,
+    precision: str | None = None,
 ) -> KernelDiagnostics:
     """Check a *predicted* condition number κ^power before computing a kernel in ``dtype``.
 
@@ -807,32 +860,35 @@ def check_condition(
       dtype: the dtype it will be computed in.
       power: κ is raised to this power (2k + 1 for depth-k attention).
       requested: "spectrum" or "solve" (for messages).
-      policy, stacklevel: as in :func:`check_kernel`.
+      policy, stacklevel, precision: as in :func:`check_kernel` (``precision``:
+        the one it will be computed at).
     """
     dtype = _dtype_name(dtype, np.zeros(0))
+    precision = _precision_name(precision)
     if requested not in ("spectrum", "solve"):
-        raise ValueError(f"requested: expected 'spectrum' or 'solve', got {requested!r}")
+        raise InputValueError(f"requested: expected 'spectrum' or 'solve', got {requested!r}")
     kappa, power = float(kappa), float(power)
     if not kappa >= 1:
-        raise ValueError(f"kappa: expected a condition number >= 1, got {kappa!r}")
+        raise InputValueError(f"kappa: expected a condition number >= 1, got {kappa!r}")
     pol = _resolve_policy(policy)
-    limit = pol.kappa_limit(dtype)
+    limit = pol.kappa_limit(dtype, precision)
     predicted = math.inf if math.isinf(kappa) else math.exp(min(power * math.log(kappa), 709.0))
     problems = []
     if predicted > limit:
         powered = f"κ^{power:g} = ({_g(kappa)})^{power:g}" if power != 1 else "κ"
-        remedies = _float64_remedy(dtype) + [f"a ridge λ ≥ {_g(1 / (limit - 1))}·λ_max",
-                                             "rank-truncated attention (AttentionConfig(rank=r))"]
+        remedies = _precision_remedy(dtype, precision) + _float64_remedy(dtype) + [
+            f"a ridge λ ≥ {_g(1 / (limit - 1))}·λ_max", "rank-truncated attention (AttentionConfig(rank=r))"]
+        computed = _computed(dtype, precision)
         problems.append(Problem("ill_conditioned", (
-            f"kernel '{name}' (to be computed in {dtype}) has predicted condition number {powered} = "
-            f"{_g(predicted)} > {_g(limit)} = {_g(pol.solve_margin)}/eps({dtype})"
+            f"kernel '{name}' (to be computed in {computed}) has predicted condition number {powered} = "
+            f"{_g(predicted)} > {_g(limit)} = {_g(pol.solve_margin)}/eps({computed})"
             + (" (linearized attention raises κ(G) to the power 2k + 1)" if power != 1 else "")
-            + f", beyond what {dtype} resolves for "
+            + f", beyond what {computed} resolves for "
             + ("solves" if requested == "solve" else "λ_min, κ and certificates")
             + ". Remedy: " + "; or ".join(remedies) + "."), predicted))
     diag = KernelDiagnostics(name=name, shape=(), dtype=dtype, requested=requested, kappa=predicted,
                              kappa_effective=predicted, kappa_limit=limit, representable=predicted <= limit,
-                             eps=_eps(dtype), problems=tuple(problems))
+                             eps=_eps(dtype, precision), precision=precision, problems=tuple(problems))
     return _report(diag, pol, stacklevel)
 
 

@@ -44,8 +44,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernelattn._precision import resolve_dtype
-from kernelattn._validation import as_config, check_choice, check_int, check_matrix, check_real
+from kernelattn._precision import lax_precision, resolve_dtype
+from kernelattn._validation import as_config, check_choice, check_int, check_matrix, check_real, check_row_range
+from kernelattn.errors import InputValueError
 from kernelattn.kernels.analytic import head_kernels, head_kernels_fn
 from kernelattn.kernels.empirical import head_ntk_fn, structured_head_ntk
 from kernelattn.linalg import factorize
@@ -149,10 +150,10 @@ class InfluenceResult:
 def _check_kernels(k_train, k_test_train) -> tuple[np.ndarray, np.ndarray]:
     k_train = check_matrix(k_train, "k_train").astype(np.float64)
     if k_train.shape[0] != k_train.shape[1]:
-        raise ValueError(f"k_train: expected a square (n, n) kernel matrix, got shape {k_train.shape}")
+        raise InputValueError(f"k_train: expected a square (n, n) kernel matrix, got shape {k_train.shape}")
     k_test_train = check_matrix(k_test_train, "k_test_train").astype(np.float64)
     if k_test_train.shape[1] != k_train.shape[0]:
-        raise ValueError(
+        raise InputValueError(
             f"k_test_train: expected shape (n*, {k_train.shape[0]}) to match k_train, got {k_test_train.shape}"
         )
     return k_train, k_test_train
@@ -161,7 +162,7 @@ def _check_kernels(k_train, k_test_train) -> tuple[np.ndarray, np.ndarray]:
 def _check_targets(y, n: int) -> np.ndarray:
     y = np.asarray(y)
     if y.ndim not in (1, 2) or y.shape[0] != n:
-        raise ValueError(f"y: expected shape ({n},) or ({n}, C) to match k_train, got {y.shape}")
+        raise InputValueError(f"y: expected shape ({n},) or ({n}, C) to match k_train, got {y.shape}")
     y = check_matrix(y, "y", ndim=y.ndim).astype(np.float64)
     return y[:, None] if y.ndim == 1 else y
 
@@ -169,16 +170,16 @@ def _check_targets(y, n: int) -> np.ndarray:
 def _check_test_labels(test_labels, n_test: int, n_outputs: int) -> np.ndarray | None:
     if test_labels is None:
         if n_outputs > 1:
-            raise ValueError(
+            raise InputValueError(
                 f"test_labels: expected ({n_test},) class indices in [0, {n_outputs - 1}] for {n_outputs}-output "
                 "targets (the influence is taken on each test point's true-class output), got None"
             )
         return None
     labels = np.asarray(test_labels)
     if labels.shape != (n_test,) or not (np.issubdtype(labels.dtype, np.integer) or labels.size == 0):
-        raise ValueError(f"test_labels: expected ({n_test},) integer class indices, got {labels.shape} {labels.dtype}")
+        raise InputValueError(f"test_labels: expected ({n_test},) integer class indices, got {labels.shape} {labels.dtype}")
     if labels.size and (labels.min() < 0 or labels.max() >= n_outputs):
-        raise ValueError(
+        raise InputValueError(
             f"test_labels: expected class indices in [0, {n_outputs - 1}], got {labels.min()}..{labels.max()}"
         )
     return labels.astype(np.int64)
@@ -273,16 +274,16 @@ class TrainTest:
 def _labels_of(y, name: str, n: int) -> tuple[np.ndarray, int | None]:
     """Int labels from ``(n,)`` class indices or ``(n, C)`` one-hot / ±1 rows; and C if known."""
     if y is None:
-        raise ValueError(f"{name}: expected ({n},) class labels or ({n}, C) one-hot targets, got None")
+        raise InputValueError(f"{name}: expected ({n},) class labels or ({n}, C) one-hot targets, got None")
     y = np.asarray(y)
     if y.ndim not in (1, 2) or y.shape[0] != n:
-        raise ValueError(f"{name}: expected ({n},) class labels or ({n}, C) one-hot targets to match the inputs, got shape {y.shape}")
+        raise InputValueError(f"{name}: expected ({n},) class labels or ({n}, C) one-hot targets to match the inputs, got shape {y.shape}")
     if y.ndim == 2:
         return np.argmax(y, axis=1).astype(np.int64), int(y.shape[1])
     if not (np.issubdtype(y.dtype, np.integer) or np.all(np.equal(np.mod(y, 1), 0))):
-        raise ValueError(f"{name}: expected integer class labels (classification only), got dtype {y.dtype}")
+        raise InputValueError(f"{name}: expected integer class labels (classification only), got dtype {y.dtype}")
     if y.size and y.min() < 0:
-        raise ValueError(f"{name}: expected class labels >= 0, got minimum {y.min()}")
+        raise InputValueError(f"{name}: expected class labels >= 0, got minimum {y.min()}")
     return y.astype(np.int64), None
 
 
@@ -303,10 +304,10 @@ def resolve_data(data=None, *, X=None, y=None, X_test=None, y_test=None) -> Trai
     n_classes = None
     if data is not None:
         if any(v is not None for v in (X, y, X_test, y_test)):
-            raise ValueError("data: pass either data or the arrays X, y, X_test, y_test, not both")
+            raise InputValueError("data: pass either data or the arrays X, y, X_test, y_test, not both")
         missing = [a for a in ("X_train", "X_test") if not hasattr(data, a)]
         if missing:
-            raise ValueError(f"data: expected an object with X_train, labels_train, X_test, labels_test, got {type(data).__name__} lacking {missing}")
+            raise InputValueError(f"data: expected an object with X_train, labels_train, X_test, labels_test, got {type(data).__name__} lacking {missing}")
         X, X_test = data.X_train, data.X_test
         y = getattr(data, "labels_train", None)
         y = getattr(data, "y_train", None) if y is None else y
@@ -317,20 +318,26 @@ def resolve_data(data=None, *, X=None, y=None, X_test=None, y_test=None) -> Trai
         meta = getattr(data, "metadata", None) or {}
         normalized = (meta.get("preprocessing") or {}).get("normalize") if isinstance(meta, Mapping) else None
     if X is None or X_test is None:
-        raise ValueError(f"{'X' if X is None else 'X_test'}: expected an (n, d) array (or pass data=...), got None")
+        raise InputValueError(f"{'X' if X is None else 'X_test'}: expected an (n, d) array (or pass data=...), got None")
     # Leave-one-out needs at least two training points to leave one out of.
-    X = check_matrix(X, "X", min_rows=2).astype(np.float64)
-    X_test = check_matrix(X_test, "X_test", n_cols=X.shape[1]).astype(np.float64)
+    # Every model scales its input rows to unit norm first: a zero row has no direction, and a row
+    # whose squared norm overflows (float32: beyond ~1e16) would become 0 or NaN without a word.
+    hint = "every model scales its input rows to unit norm, which a zero row does not have; drop them"
+    X = check_matrix(X, "X", min_rows=2, allow_zero_rows=False, zero_row_hint=hint).astype(np.float64)
+    X_test = check_matrix(X_test, "X_test", n_cols=X.shape[1], allow_zero_rows=False,
+                          zero_row_hint=hint).astype(np.float64)
+    check_row_range(X, "X", dtype="float32", what="model input normalization")
+    check_row_range(X_test, "X_test", dtype="float32", what="model input normalization")
     labels, c_train = _labels_of(y, "y", X.shape[0])
     labels_test, c_test = _labels_of(y_test, "y_test", X_test.shape[0])
     if c_train is not None and c_test is not None and c_train != c_test:
-        raise ValueError(f"y_test: expected {c_train} columns like y, got {c_test}")
+        raise InputValueError(f"y_test: expected {c_train} columns like y, got {c_test}")
     inferred = max(int(labels.max()), int(labels_test.max())) + 1
     n_classes = n_classes or c_train or c_test or inferred
     if inferred > n_classes:
-        raise ValueError(f"y_test: expected class labels below {n_classes}, got {inferred - 1}")
+        raise InputValueError(f"y_test: expected class labels below {n_classes}, got {inferred - 1}")
     if n_classes < 2:
-        raise ValueError(f"y: expected at least 2 classes, got {n_classes}")
+        raise InputValueError(f"y: expected at least 2 classes, got {n_classes}")
     return TrainTest(X, labels, X_test, labels_test, int(n_classes), normalized)
 
 
@@ -415,7 +422,7 @@ def resolve_model(model, width: int, out_dim: int, dtype) -> HeadModel:
         except ValueError:
             name = None
         if name not in SUPPORTED_MODELS:
-            raise ValueError(f"model: expected one of {list(SUPPORTED_MODELS)} or a TwoLayerReLU/AttentionMLP instance, got {model!r}")
+            raise InputValueError(f"model: expected one of {list(SUPPORTED_MODELS)} or a TwoLayerReLU/AttentionMLP instance, got {model!r}")
         width = check_int(width, "width", minimum=1)
         model = make_model(name, width, out_dim)
     if isinstance(model, TwoLayerReLU):
@@ -423,14 +430,14 @@ def resolve_model(model, width: int, out_dim: int, dtype) -> HeadModel:
     elif isinstance(model, AttentionMLP):
         name, attention = "mlp-attn", model.attention.validated()
     else:
-        raise ValueError(
+        raise InputValueError(
             f"model: expected one of {list(SUPPORTED_MODELS)} or a TwoLayerReLU/AttentionMLP instance, "
             f"got {type(model).__name__}"
         )
     head = model.head
     if head.out_dim != out_dim:
-        raise ValueError(f"model: expected a head with out_dim = {out_dim} (the network outputs: 1 for a binary task "
-                         f"trained on ±1 targets, else the number of classes), got {head.out_dim}")
+        raise InputValueError(f"model: expected a head with out_dim = {out_dim} (the network outputs: 1 for a binary task "
+                              f"trained on ±1 targets, else the number of classes), got {head.out_dim}")
     return HeadModel(name, head, attention, jnp.dtype(dtype))
 
 
@@ -623,7 +630,7 @@ def tracin_scores(fitted: FittedModel, split_x, targets, x_test, targets_test, *
     for start in range(0, features.shape[0], block):
         g = _loss_gradients(spec, fitted.loss, fitted.variables, features[start:start + block],
                             targets[start:start + block])
-        columns.append(np.asarray(jnp.matmul(g_test, g.T, precision=jax.lax.Precision.HIGHEST), np.float64))
+        columns.append(np.asarray(jnp.matmul(g_test, g.T, precision=lax_precision()), np.float64))  # the policy
     return np.concatenate(columns, axis=1)
 
 

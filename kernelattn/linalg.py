@@ -16,6 +16,7 @@ import scipy.linalg
 
 from kernelattn import guards
 from kernelattn._validation import check_matrix, check_real
+from kernelattn.errors import InputValueError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +90,7 @@ def factorize(
     """
     k = check_matrix(k, name)
     if k.shape[0] != k.shape[1]:
-        raise ValueError(f"{name}: expected a square (n, n) kernel matrix, got shape {k.shape}")
+        raise InputValueError(f"{name}: expected a square (n, n) kernel matrix, got shape {k.shape}")
     ridge = check_real(ridge, "ridge", minimum=0.0)
     guards.check_symmetry(k, name=name, dtype=_computed_dtype(k) if dtype is None else dtype, stacklevel=3)
     k = k.astype(np.float64)

@@ -51,9 +51,9 @@ import numpy as np
 import optax
 import scipy.stats
 
-from kernelattn import memory
-from kernelattn._precision import resolve_dtype
-from kernelattn._validation import check_choice, check_int, check_real
+from kernelattn import memory, specs
+from kernelattn._precision import precision_policy, resolve_dtype, resolve_precision
+from kernelattn._validation import check_choice, check_real
 from kernelattn.attacks import (
     ATTACK_TARGETS,
     ATTACKS,
@@ -66,6 +66,7 @@ from kernelattn.attacks import (
     pgd,
     run_attack,
 )
+from kernelattn.errors import InputValueError
 from kernelattn.influence import (
     INFLUENCE_METHODS,
     KERNELS,
@@ -87,7 +88,7 @@ from kernelattn.influence import (
     split_keys,
     warn_if_normalized,
 )
-from kernelattn.models import canonical_model_name
+from kernelattn.kernels.empirical import DEFAULT_WIDTH_CHUNK
 from kernelattn.training import TrainConfig, class_targets, loss_value, make_optimizer
 
 INTERVENTIONS = ("adversarial", "transformed", "test", "curated")
@@ -151,7 +152,7 @@ def compare_influence(I, I_prime, tau: float = 0.1) -> dict[str, np.ndarray]:  #
     tau = check_real(tau, "tau", minimum=0.0, maximum=1.0, strict_min=True)
     I, I_prime = np.asarray(I, np.float64), np.asarray(I_prime, np.float64)  # noqa: N806
     if I.ndim != 2 or I.shape != I_prime.shape:
-        raise ValueError(f"I_prime: expected the shape of I {I.shape}, got {I_prime.shape}")
+        raise InputValueError(f"I_prime: expected the shape of I {I.shape}, got {I_prime.shape}")
     return {
         "flip_rate": flip_rates(I, I_prime, tau),
         "spearman": spearman_rows(I, I_prime),
@@ -309,11 +310,19 @@ def prepare(
     train_config=None,
     attack_config=None,
     dtype="float64",
+    attack_targets: Sequence[str] = (),
+    fitted: FittedModel | None = None,
 ) -> Experiment:
-    """Validate the inputs, train on clean data and compute the clean influence matrix I.
+    """Validate the inputs, plan the memory, train on clean data and compute the clean influence matrix I.
 
     Arguments as in :func:`malleability`; ``at_epsilon`` is the radius of
-    PGD adversarial training (``training="pgd-at"``).
+    PGD adversarial training (``training="pgd-at"``); ``attack_targets``:
+    the attack targets ("model", "kernel") to include in the memory plan.
+    Before anything is trained, :func:`plan_memory` refuses a model whose
+    training, influence kernel or attacks would not fit (``MemoryPlanError``).
+    ``fitted``: the clean fit of an earlier ``prepare`` with the same data,
+    model, width, seed, training and configs (say, for another influence
+    kernel), reused instead of training again.
     """
     dtype = resolve_dtype(dtype)
     ridge = check_real(ridge, "ridge", minimum=0.0, strict_min=True)
@@ -327,14 +336,19 @@ def prepare(
     keys = split_keys(seed)
     split = resolve_data(data, X=X, y=y, X_test=X_test, y_test=y_test)
     if kernel not in RIDGE_KERNELS and attack_config.target == "kernel":
-        raise ValueError(f"attack_config.target: 'kernel' attacks a kernel ridge predictor, but kernel={kernel!r} "
-                         f"has none; expected kernel in {list(RIDGE_KERNELS)} or target 'model'")
+        raise InputValueError(f"attack_config.target: 'kernel' attacks a kernel ridge predictor, but kernel={kernel!r} "
+                              f"has none; expected kernel in {list(RIDGE_KERNELS)} or target 'model'")
     spec = resolve_model(model, width, config.out_dim(split.n_classes), dtype)
-    fitted = _fit(
-        spec, split.X, split.labels, split.n_classes, keys=keys, config=config, training=training,
-        at_epsilon=at_epsilon, attack_config=attack_config,
-    )
-    fitted = assess_fit(fitted, split, config, what=fit_label(spec, seed, training))
+    for target in attack_targets:
+        check_choice(target, "attack_targets[]", ATTACK_TARGETS)
+    plan_memory(split.X.shape[0], split.X_test.shape[0], split.X.shape[1], spec.head, config=config, kernel=kernel,
+                training=training, dtype=dtype, attack_targets=tuple(attack_targets))
+    if fitted is None:
+        fitted = _fit(
+            spec, split.X, split.labels, split.n_classes, keys=keys, config=config, training=training,
+            at_epsilon=at_epsilon, attack_config=attack_config,
+        )
+        fitted = assess_fit(fitted, split, config, what=fit_label(spec, seed, training))
     clean = fitted_influence(
         fitted, split.X, split.labels, split.X_test, split.labels_test, n_classes=split.n_classes,
         ridge=ridge, kernel=kernel, method=influence, targets=targets, train_config=config,
@@ -535,10 +549,10 @@ def measure(
     intervention = check_choice(intervention, "intervention", INTERVENTIONS)
     config = experiment.attack_config if attack_config is None else as_attack_config(attack_config)
     if not isinstance(retrain, bool):
-        raise ValueError(f"retrain: expected a bool, got {retrain!r}")
+        raise InputValueError(f"retrain: expected a bool, got {retrain!r}")
     if experiment.kernel not in RIDGE_KERNELS and config.target == "kernel":
-        raise ValueError(f"attack_config.target: 'kernel' needs a kernel ridge influence (kernel in "
-                         f"{list(RIDGE_KERNELS)}), got kernel={experiment.kernel!r}")
+        raise InputValueError(f"attack_config.target: 'kernel' needs a kernel ridge influence (kernel in "
+                              f"{list(RIDGE_KERNELS)}), got kernel={experiment.kernel!r}")
     start = time.perf_counter()
     split, clean = experiment.split, experiment.clean.scores
     n = split.X.shape[0]
@@ -548,7 +562,7 @@ def measure(
     if intervention == "curated":
         columns = np.setdiff1d(np.arange(n), influential)
         if columns.size == 0:
-            raise ValueError(f"tau: removing the top-τ points must leave some training points, got tau={tau} with n={n}")
+            raise InputValueError(f"tau: removing the top-τ points must leave some training points, got tau={tau} with n={n}")
         x_new, labels_new = split.X[columns], split.labels[columns]
         perturbation = {"linf": 0.0, "mean_linf": 0.0, "mean_l2": 0.0, "n_perturbed": 0, "n_removed": int(influential.size)}
         intervened = influential
@@ -658,12 +672,28 @@ def null_keys(keys: Mapping[str, jax.Array], kind: str) -> dict[str, jax.Array]:
     return keys
 
 
-def measure_null(experiment: Experiment, *, kind: str = "seed", tau: float = 0.1) -> MalleabilityReport:
+def null_refit(experiment: Experiment, kind: str = "seed") -> FittedModel:
+    """The experiment's clean fit repeated with the PRNG keys of a null baseline (:func:`null_keys`)."""
+    kind = check_choice(kind, "null", NULL_KINDS)
+    split, fitted = experiment.split, experiment.fitted
+    refit = _fit(
+        fitted.spec, split.X, split.labels, split.n_classes, keys=null_keys(experiment.keys, kind),
+        config=experiment.train_config, training=experiment.training, at_epsilon=experiment.at_epsilon,
+        attack_config=experiment.attack_config,
+    )
+    return assess_fit(refit, split, experiment.train_config,
+                      what=fit_label(fitted.spec, experiment.seed, experiment.training) + f", null-{kind} refit")
+
+
+def measure_null(experiment: Experiment, *, kind: str = "seed", tau: float = 0.1,
+                 refit: FittedModel | None = None) -> MalleabilityReport:
     """The null baseline of a malleability number: no perturbation, the same pipeline refitted
     with other PRNG keys (:func:`null_keys`), and its influence compared with the experiment's.
 
     A flip rate at or below this null cannot be told apart from retraining noise. ``kind="rerun"``
-    refits with the same keys and must give exactly 0 (determinism).
+    refits with the same keys and must give exactly 0 (determinism). ``refit``: the
+    :func:`null_refit` of an experiment with the same fit (say, for another influence kernel),
+    reused instead of training again.
 
     Returns:
       A :class:`MalleabilityReport` with ``intervention = "null-<kind>"``, ``attack = "none"`` and the
@@ -672,14 +702,8 @@ def measure_null(experiment: Experiment, *, kind: str = "seed", tau: float = 0.1
     kind = check_choice(kind, "null", NULL_KINDS)
     tau = check_real(tau, "tau", minimum=0.0, maximum=1.0, strict_min=True)
     start = time.perf_counter()
-    split, fitted = experiment.split, experiment.fitted
-    keys = null_keys(experiment.keys, kind)
-    refit = _fit(
-        fitted.spec, split.X, split.labels, split.n_classes, keys=keys, config=experiment.train_config,
-        training=experiment.training, at_epsilon=experiment.at_epsilon, attack_config=experiment.attack_config,
-    )
-    refit = assess_fit(refit, split, experiment.train_config,
-                       what=fit_label(fitted.spec, experiment.seed, experiment.training) + f", null-{kind} refit")
+    split = experiment.split
+    refit = null_refit(experiment, kind) if refit is None else refit
     perturbed = _influence_of(experiment, refit, split.X, split.labels, split.X_test)
     n = split.X.shape[0]
     return _report(
@@ -714,6 +738,7 @@ def malleability(
     targets: str = "pm1",
     retrain: bool = False,
     null: str | None = "seed",
+    precision=None,
 ) -> MalleabilityReport:
     """Measure how far an attack on the training data moves a model's influence scores.
 
@@ -762,6 +787,10 @@ def malleability(
       retrain: also retrain the network on the intervened data (default False).
       null: the null baseline measured beside it (:func:`measure_null`):
         "seed" (default), "order", "rerun", or None for none.
+      precision: matmul precision of everything computed (training, attacks,
+        kernels): "highest" (``Precision.HIGHEST``) or "fast" (the device's
+        default: TF32 on recent GPUs); None → the policy in force
+        (``kernelattn.precision_policy``, default "highest").
 
     Returns:
       A :class:`MalleabilityReport` (``report.null`` holds the null
@@ -771,6 +800,17 @@ def malleability(
     """
     if null is not None:
         check_choice(null, "null", NULL_KINDS)
+    with precision_policy(precision):
+        return _malleability(data, X=X, y=y, X_test=X_test, y_test=y_test, model=model, width=width, attack=attack,
+                             epsilon=epsilon, tau=tau, ridge=ridge, seed=seed, intervention=intervention,
+                             kernel=kernel, train_config=train_config, attack_config=attack_config,
+                             influence=influence, dtype=dtype, training=training, at_epsilon=at_epsilon,
+                             targets=targets, retrain=retrain, null=null)
+
+
+def _malleability(data, *, X, y, X_test, y_test, model, width, attack, epsilon, tau, ridge, seed, intervention,
+                  kernel, train_config, attack_config, influence, dtype, training, at_epsilon, targets, retrain,
+                  null) -> MalleabilityReport:
     experiment = _prepare_checked(
         data, X=X, y=y, X_test=X_test, y_test=y_test, model=model, width=width, ridge=ridge, seed=seed,
         kernel=kernel, influence=influence, targets=targets, training=training,
@@ -800,7 +840,7 @@ def _prepare_checked(data=None, *, attack, epsilon, tau, intervention, **kwargs)
         check_in_bounds(split.X, config.bounds)
     if intervention != "curated" or kwargs["training"] == "pgd-at":
         warn_if_normalized(split)
-    return prepare(data, **kwargs)
+    return prepare(data, attack_targets=(config.target,) if intervention != "curated" else (), **kwargs)
 
 
 def malleability_sweep(
@@ -829,6 +869,7 @@ def malleability_sweep(
     retrain: bool = False,
     null: str | None = "seed",
     progress=None,
+    precision=None,
 ) -> list[MalleabilityReport]:
     """Grid of :func:`malleability` measurements sharing one clean fit per (model, training).
 
@@ -839,11 +880,24 @@ def malleability_sweep(
     curated intervention does not depend on the attack or ε and is measured
     once per clean fit; one null baseline (``null``) per clean fit is attached
     to each of its reports. ``progress``: optional callable receiving each report.
+    ``precision``: as in :func:`malleability`.
     """
     if null is not None:
         check_choice(null, "null", NULL_KINDS)
     if not attacks or not epsilons or not interventions or not models or not trainings:
-        raise ValueError("models, attacks, epsilons, interventions, trainings: expected non-empty sequences")
+        raise InputValueError("models, attacks, epsilons, interventions, trainings: expected non-empty sequences")
+    with precision_policy(precision):
+        return _malleability_grid(data, X=X, y=y, X_test=X_test, y_test=y_test, models=models, attacks=attacks,
+                                  epsilons=epsilons, interventions=interventions, trainings=trainings, width=width,
+                                  tau=tau, ridge=ridge, seed=seed, kernel=kernel, train_config=train_config,
+                                  attack_config=attack_config, influence=influence, dtype=dtype,
+                                  at_epsilon=at_epsilon, targets=targets, retrain=retrain, null=null,
+                                  progress=progress)
+
+
+def _malleability_grid(data, *, X, y, X_test, y_test, models, attacks, epsilons, interventions, trainings, width,
+                       tau, ridge, seed, kernel, train_config, attack_config, influence, dtype, at_epsilon, targets,
+                       retrain, null, progress) -> list[MalleabilityReport]:
     reports = []
     for model in models:
         for training in trainings:
@@ -877,38 +931,10 @@ def reports_frame(reports: Sequence[MalleabilityReport]):
 
 # =========================================================================== spec runner (CLI)
 
-SPEC_KEYS = (
-    "name", "kind", "description", "dataset", "datasets", "models", "model", "width", "widths", "seeds", "seed",
-    "kernel", "influence_kernels", "influence_kernel", "training", "training_modes", "training_mode", "attacks",
-    "attack", "epsilons", "epsilon", "interventions", "intervention", "tau", "ridge", "influence", "targets",
-    "retrain", "at_epsilon", "attack_config", "attack_targets", "null_baselines", "dtype", "variants",
-)
-#: Keys a variant may not override (they name the spec), plus what a variant adds: its "label" and an
-#: "n_train" applied to every dataset.
-_VARIANT_FIXED = ("name", "kind", "description", "variants")
+#: The keys of a malleability spec; the schema and its validator live in ``kernelattn.specs``.
+SPEC_KEYS = specs.MALLEABILITY_KEYS
 DEFAULT_NULLS = ("seed", "order")
 _HEAD_KEYS = {"readout": "train_readout", "sigma_w": "sigma_w", "sigma_b": "sigma_b", "sigma_a": "sigma_a"}
-
-
-def _spec_list(spec: Mapping, plural: str, singular: str, default) -> list:
-    value = spec.get(plural, spec.get(singular, default))
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _spec_seeds(spec: Mapping) -> list[int]:
-    value = spec.get("seeds", spec.get("seed", [0]))
-    if isinstance(value, (list, tuple)):
-        return [check_int(v, "seeds[]", minimum=0) for v in value]
-    return list(range(check_int(value, "seeds", minimum=1))) if "seeds" in spec else [check_int(value, "seed", minimum=0)]
-
-
-def _canonical_spec_model(entry):
-    """Model aliases resolved ("2l-relu" → "relu"), in a name or a ``{"name": ...}`` mapping."""
-    if isinstance(entry, Mapping):
-        if "name" not in entry:
-            raise ValueError(f"models[]: expected a name or a mapping with 'name', got {dict(entry)!r}")
-        return {**dict(entry), "name": canonical_model_name(entry["name"])}
-    return canonical_model_name(entry)
 
 
 def _spec_model(entry, width: int, out_dim: int, head_options: Mapping):
@@ -920,9 +946,7 @@ def _spec_model(entry, width: int, out_dim: int, head_options: Mapping):
         options[_HEAD_KEYS[key]] = (value == "trained") if key == "readout" else value
     if isinstance(entry, Mapping):
         entry = dict(entry)
-        name = entry.pop("name", None)
-        if name is None:
-            raise ValueError(f"models[]: expected a name or a mapping with 'name', got {entry!r}")
+        name = entry.pop("name")
         options.update(entry)
     else:
         name = entry
@@ -930,10 +954,7 @@ def _spec_model(entry, width: int, out_dim: int, head_options: Mapping):
         return name
     from kernelattn.models import make_model
 
-    try:
-        return make_model(name, width, out_dim, **options)
-    except TypeError as err:
-        raise ValueError(f"models[]: unknown model option in {options!r} ({err})") from err
+    return make_model(name, width, out_dim, **options)
 
 
 def spec_variants(spec: Mapping) -> list[tuple[str, dict]]:
@@ -944,36 +965,129 @@ def spec_variants(spec: Mapping) -> list[tuple[str, dict]]:
     size. One-factor-at-a-time designs list one override per variant; a factorial block lists the
     factors' plural keys (``"influence_kernels": [...]``, ``"interventions": [...]`` …) in one variant.
     Cells are keyed by content, so a cell shared by several variants is computed once.
+
+    Raises:
+      kernelattn.specs.SpecError: a malformed variant (see ``kernelattn.specs.malleability_variants``).
     """
-    if not isinstance(spec, Mapping):
-        raise ValueError(f"spec: expected a mapping, got {type(spec).__name__}")
-    base = {k: v for k, v in spec.items() if k != "variants"}
-    out = [("default", base)]
-    variants = spec.get("variants") or []
-    if not isinstance(variants, (list, tuple)):
-        raise ValueError(f"spec['variants']: expected a list of mappings, got {type(variants).__name__}")
-    for i, variant in enumerate(variants):
-        if not isinstance(variant, Mapping) or not isinstance(variant.get("label"), str) or not variant["label"]:
-            raise ValueError(f"variants[{i}]: expected a mapping with a non-empty 'label', got {variant!r}")
-        label = variant["label"]
-        if label in dict(out):
-            raise ValueError(f"variants[{i}].label: expected a unique label, got {label!r} twice")
-        overrides = {k: v for k, v in variant.items() if k != "label"}
-        fixed = sorted(set(overrides) & set(_VARIANT_FIXED))
-        if fixed:
-            raise ValueError(f"variants[{i}]: a variant cannot override {fixed}")
-        n_train = overrides.pop("n_train", None)
-        merged = {**base, **overrides}
-        if n_train is not None:
-            n_train = check_int(n_train, f"variants[{i}].n_train", minimum=2)
-            merged["datasets"] = [{**d, "n_train": n_train} if isinstance(d, Mapping) else d
-                                  for d in _spec_list(merged, "datasets", "dataset", None)]
-            merged.pop("dataset", None)
-        out.append((label, merged))
-    return out
+    return [(label, merged) for label, merged, _ in specs.malleability_variants(spec)]
 
 
-def run_malleability_spec(spec: Mapping, store, *, progress=None) -> list[str]:
+def validate_spec(spec: Mapping, *, max_cells: int | None = None) -> specs.MalleabilitySpec:
+    """Check a malleability spec and its variants without running it (``kernelattn.specs.SpecError``
+    naming the key path); see ``kernelattn.specs.parse_malleability_spec``."""
+    return specs.parse_malleability_spec(spec, max_cells=max_cells)
+
+
+def _load_dataset(dataset: Mapping, label: str, index: int):
+    """``kernelattn.data.load`` of one parsed dataset entry, errors prefixed with the entry."""
+    from kernelattn.data import load
+
+    try:
+        return load(**dataset, target="labels")
+    except ValueError as err:  # a bad option only the loader can judge (sizes, class names)
+        raise InputValueError(f"datasets[{index}] ({label!r}): {err}") from err
+
+
+def check_malleability_spec(spec: Mapping, *, max_cells: int | None = None, budget: int | None = None) -> dict:
+    """Everything that can be checked before any work: the spec, its data and the memory of every fit.
+
+    Validates the spec (:func:`validate_spec`), loads every dataset, and
+    plans the memory of the training, the influence kernel and the attacks
+    of every (dataset, model, width, training mode, kernel) group
+    (:func:`plan_memory`). The CLI runs it before it creates the store, so
+    a spec refused here leaves nothing behind.
+
+    Returns:
+      The loaded datasets, for ``run_malleability_spec(..., loaded=...)``.
+
+    Raises:
+      kernelattn.specs.SpecError, InputValueError: an invalid spec or data option.
+      kernelattn.data.DatasetError: missing or bad data files.
+      kernelattn.memory.MemoryPlanError: a group that would not fit in memory (naming it).
+    """
+    from kernelattn import provenance
+
+    parsed_spec = validate_spec(spec, max_cells=max_cells)
+    loaded: dict[str, Any] = {}
+    for _, parsed in parsed_spec.plans:
+        for index, (dataset, label) in enumerate(zip(parsed["datasets"], parsed["dataset_labels"])):
+            data_key = provenance.canonical_json(dataset)
+            if data_key not in loaded:
+                loaded[data_key] = _load_dataset(dataset, label, index)
+            data = loaded[data_key]
+            config = as_train_config(parsed["training"] or None)
+            out_dim = config.out_dim(data.n_classes)
+            attacked = any(i != "curated" for i in parsed["interventions"])
+            for _, model, width, mode, kernel in _spec_groups(parsed):
+                head = resolve_model(_spec_model(model, width, out_dim, parsed["head"]), width, out_dim,
+                                     "float32").head
+                try:
+                    plan_memory(data.X_train.shape[0], data.X_test.shape[0], data.X_train.shape[1], head,
+                                config=config, kernel=kernel, training=mode, dtype=parsed["dtype"],
+                                attack_targets=parsed["attack_targets"] if attacked else (), budget=budget)
+                except memory.MemoryPlanError as err:
+                    model_name = model if isinstance(model, str) else model["name"]
+                    raise memory.MemoryPlanError(f"datasets[{index}] ({label!r}), model {model_name}, width {width}: "
+                                                 f"{err}", err.estimate, err.budget) from None
+    return loaded
+
+
+def memory_estimates(n: int, n_test: int, d: int, head, *, config: TrainConfig, kernel: str, training: str,
+                     dtype, attack_targets: Sequence[str] = ()) -> list[memory.MemoryEstimate]:
+    """What one clean fit and its measurements need, phase by phase (they run one after another).
+
+    Training (Adam on the head; with "pgd-at" also the attack on the whole
+    training set each epoch), the influence kernel on the n + n* points
+    ("empirical", "empirical-init": the structured head NTK at given
+    parameters, float64; "infinite": its closed form; "tracin": per-example
+    gradients), and the attack on each target in ``attack_targets``.
+
+    Args:
+      n, n_test, d: the split's shape.
+      head: the model's ``HeadConfig``.
+      config, kernel, training, dtype: as in :func:`prepare`.
+      attack_targets: "model" and/or "kernel" (none: no attack planned).
+    """
+    dtype = np.dtype(dtype).name
+    p = memory.head_param_count(d, head.width, out_dim=head.out_dim, use_bias=head.use_bias,
+                                train_readout=head.train_readout)
+    estimates = [memory.training_memory(n, d, width=head.width, out_dim=head.out_dim,
+                                        batch_size=config.batch_size, n_params=p, dtype=dtype)]
+    if training == "pgd-at":
+        estimates.append(memory.attack_memory(n, d, width=head.width, out_dim=head.out_dim, target="model",
+                                              n_params=p, dtype=dtype))
+    if kernel in ("empirical", "empirical-init"):
+        estimates.append(memory.head_ntk_memory(
+            n + n_test, n, d, head.width, width_chunk=min(DEFAULT_WIDTH_CHUNK, head.width), out_dim=head.out_dim,
+            train_readout=head.train_readout, use_bias=head.use_bias, params_given=True, dtype="float64"))
+    elif kernel == "infinite":
+        estimates.append(memory.MemoryEstimate(f"the infinite-width NTK ({n + n_test}×{n}, float64)",
+                                               {"kernel and its covariances": 6 * (n + n_test) * n * 8}))
+    else:
+        item = np.dtype(dtype).itemsize
+        estimates.append(memory.MemoryEstimate(
+            f"TracIn gradients (n*={n_test}, P={p}, {dtype})",
+            {"per-example gradients": (n_test + min(128, n)) * p * item},
+            options=("a smaller width (P grows as d·m)",)))
+    for target in attack_targets:
+        estimates.append(memory.attack_memory(max(n, n_test), d, width=head.width, out_dim=head.out_dim,
+                                              target=target, n_params=p, dtype=dtype))
+    return estimates
+
+
+def plan_memory(n: int, n_test: int, d: int, head, *, budget: int | None = None, **kwargs) -> None:
+    """Refuse (``MemoryPlanError``, before allocating) a fit whose phases would not fit the budget.
+
+    Args:
+      n, n_test, d, head, **kwargs: as in :func:`memory_estimates`.
+      budget: bytes; None → half of the free memory (``kernelattn.memory``).
+    """
+    for estimate in memory_estimates(n, n_test, d, head, **kwargs):
+        memory.ensure_fits(estimate, budget)
+
+
+def run_malleability_spec(spec: Mapping, store, *, progress=None, loaded: Mapping | None = None,
+                          max_cells: int | None = None) -> list[str]:
     """Run a malleability experiment spec into a ``ResultStore``, resumably.
 
     The spec is a plain dict (e.g. parsed from ``experiments/*.json``); key
@@ -996,7 +1110,8 @@ def run_malleability_spec(spec: Mapping, store, *, progress=None) -> list[str]:
          "attack_config": {"steps": 10, ...},  # AttackConfig fields
          "null_baselines": ["seed", "order"],  # no perturbation, refit with other keys
          "variants": [{"label": "n=100", "n_train": 100}, ...],  # see spec_variants
-         "dtype": "float64"}
+         "dtype": "float64",
+         "precision": null}                 # "highest" | "fast" | null: the policy in force (CLI --precision)
 
     Singular keys ("model", "attack", "epsilon", "seed", …) are accepted for
     one value. Datasets are loaded with ``normalize=False`` (raw [0, 1]
@@ -1012,20 +1127,31 @@ def run_malleability_spec(spec: Mapping, store, *, progress=None) -> list[str]:
     ``MalleabilityReport.to_dict()`` plus the per-test-point arrays
     (``flip_rates``, ``spearmans``, ``topk_overlaps``), the fit's training
     health (``health``), the dataset's label and the labels of the variants
-    the cell belongs to (``variants``).
+    the cell belongs to (``variants``). Each variant runs inside
+    ``precision_policy(its precision)``; a cell computed at "fast" carries
+    ``"precision": "fast"`` (the default "highest" keeps the keys cells had
+    before the precision policy existed).
+
+    The spec is validated by ``kernelattn.specs.parse_malleability_spec``
+    (types checked, unknown keys and values refused with a did-you-mean,
+    nested ones too; at most ``max_cells`` cells), and every fit's memory is
+    planned before it trains (:func:`plan_memory`).
 
     Args:
-      spec: the experiment spec (unknown keys are a ValueError naming them).
+      spec: the experiment spec (a ``kernelattn.specs.SpecError`` names any bad key).
       store: a ``kernelattn.store.ResultStore`` (``has``, ``claim``, ``put``, ``release``).
       progress: optional callable ``progress(cell, report)`` after each stored cell.
+      loaded: datasets already loaded by :func:`check_malleability_spec`.
+      max_cells: the cell limit (see ``kernelattn.specs.parse_malleability_spec``).
 
     Returns:
       The keys of the records written by this call.
     """
     from kernelattn import provenance
-    from kernelattn.data import load
 
-    plans = [(label, _parse_spec(variant)) for label, variant in spec_variants(spec)]
+    # None: the policy in force (CLI --precision); resolved now, since "fast" is part of a cell's key.
+    plans = [(label, {**parsed, "precision": resolve_precision(parsed.get("precision"))})
+             for label, parsed in validate_spec(spec, max_cells=max_cells).plans]
     membership: dict[str, list[str]] = {}
     for label, parsed in plans:
         for dataset in parsed["datasets"]:
@@ -1033,95 +1159,42 @@ def run_malleability_spec(spec: Mapping, store, *, progress=None) -> list[str]:
                 for cell in _group_cells(parsed, dataset, group):
                     membership.setdefault(provenance.cell_key(cell), []).append(label)
     written: list[str] = []
-    loaded: dict[str, Any] = {}
+    loaded = dict(loaded or {})
     for _, parsed in plans:
-        for dataset, dataset_label in zip(parsed["datasets"], parsed["dataset_labels"]):
-            for group in _spec_groups(parsed):
-                cells = [(provenance.cell_key(cell), cell) for cell in _group_cells(parsed, dataset, group)]
-                cells = [(key, cell) for key, cell in cells if key not in written and not store.has(key)]
-                if not cells:
-                    continue
-                data_key = provenance.canonical_json(dataset)
-                if data_key not in loaded:
-                    loaded[data_key] = load(**dataset, target="labels")
-                data = loaded[data_key]
-                seed, model, width, mode, kernel = group
-                config = as_train_config(parsed["training"] or None)
-                experiment = prepare(
-                    data, model=_spec_model(model, width, config.out_dim(data.n_classes), parsed["head"]),
-                    width=width, ridge=parsed["ridge"], seed=seed, kernel=kernel, influence=parsed["influence"],
-                    targets=parsed["targets"], training=mode, at_epsilon=parsed["at_epsilon"], train_config=config,
-                    attack_config=parsed["attack_config"] or None, dtype=parsed["dtype"],
-                )
-                context = {"spec": spec, "parsed": parsed, "dataset_label": dataset_label}
-                for key, cell in cells:
-                    report = _run_cell(store, key, cell, experiment, context, membership.get(key, []))
-                    if report is not None:
-                        written.append(key)
-                        if progress is not None:
-                            progress(cell, report)
+        with precision_policy(parsed["precision"]):
+            for index, (dataset, dataset_label) in enumerate(zip(parsed["datasets"], parsed["dataset_labels"])):
+                fits: dict[tuple, FittedModel] = {}  # one clean fit serves every influence kernel
+                jax.clear_caches()  # drop the last dataset's executables: each holds memory mappings of its own
+                for group in _spec_groups(parsed):
+                    cells = [(provenance.cell_key(cell), cell) for cell in _group_cells(parsed, dataset, group)]
+                    cells = [(key, cell) for key, cell in cells if key not in written and not store.has(key)]
+                    if not cells:
+                        continue
+                    data_key = provenance.canonical_json(dataset)
+                    if data_key not in loaded:
+                        loaded[data_key] = _load_dataset(dataset, dataset_label, index)
+                    data = loaded[data_key]
+                    seed, model, width, mode, kernel = group
+                    config = as_train_config(parsed["training"] or None)
+                    fit_key = (seed, provenance.canonical_json(model), width, mode)
+                    experiment = prepare(
+                        data, model=_spec_model(model, width, config.out_dim(data.n_classes), parsed["head"]),
+                        width=width, ridge=parsed["ridge"], seed=seed, kernel=kernel, influence=parsed["influence"],
+                        targets=parsed["targets"], training=mode, at_epsilon=parsed["at_epsilon"], train_config=config,
+                        attack_config=parsed["attack_config"] or None, dtype=parsed["dtype"], fitted=fits.get(fit_key),
+                        attack_targets=parsed["attack_targets"] if any(i != "curated" for i in parsed["interventions"])
+                        else (),
+                    )
+                    fits[fit_key] = experiment.fitted
+                    context = {"spec": spec, "parsed": parsed, "dataset_label": dataset_label, "fits": fits,
+                               "fit_key": fit_key}
+                    for key, cell in cells:
+                        report = _run_cell(store, key, cell, experiment, context, membership.get(key, []))
+                        if report is not None:
+                            written.append(key)
+                            if progress is not None:
+                                progress(cell, report)
     return written
-
-
-def validate_spec(spec: Mapping) -> None:
-    """Check a malleability spec and its variants without running it (ValueError naming the bad key)."""
-    for _, variant in spec_variants(spec):
-        _parse_spec(variant)
-
-
-def _dataset_label(entry: Mapping) -> str:
-    if entry.get("label"):
-        return str(entry["label"])
-    classes = entry.get("classes")
-    return str(entry["name"]) + ("" if classes is None else " " + "-vs-".join(str(c) for c in classes))
-
-
-def _parse_spec(spec: Mapping) -> dict:
-    """Validate a malleability spec (see :func:`run_malleability_spec`) into plain lists and values."""
-    if not isinstance(spec, Mapping):
-        raise ValueError(f"spec: expected a mapping, got {type(spec).__name__}")
-    unknown = sorted(set(spec) - set(SPEC_KEYS))
-    if unknown:
-        raise ValueError(f"spec: unknown key(s) {unknown}; allowed: {sorted(SPEC_KEYS)}")
-    datasets = _spec_list(spec, "datasets", "dataset", None)
-    if not datasets or not all(isinstance(d, Mapping) and "name" in d for d in datasets):
-        raise ValueError("spec['datasets']: expected mappings with at least 'name', e.g. [{'name': 'digits'}]")
-    attack_config = dict(spec.get("attack_config") or {})
-    parsed = {
-        "datasets": [
-            {"normalize": False, **{k: v for k, v in dict(d).items() if k not in ("label", "target")}}
-            for d in datasets
-        ],
-        "dataset_labels": [_dataset_label(d) for d in datasets],
-        "tau": check_real(spec.get("tau", 0.1), "tau", minimum=0.0, maximum=1.0, strict_min=True),
-        "ridge": check_real(spec.get("ridge", 1e-3), "ridge", minimum=0.0, strict_min=True),
-        "influence": check_choice(spec.get("influence", "loo"), "influence", INFLUENCE_METHODS),
-        "targets": check_choice(spec.get("targets", "pm1"), "targets", TARGET_ENCODINGS),
-        "retrain": bool(spec.get("retrain", False)),
-        "dtype": resolve_dtype(spec.get("dtype", "float64")).name,
-        "head": dict(spec.get("kernel") or {}),
-        "training": dict(spec.get("training") or {}),
-        "attack_config": {k: v for k, v in attack_config.items() if k != "target"},
-        "at_epsilon": check_real(spec.get("at_epsilon", 0.3), "at_epsilon", minimum=0.0),
-        "seeds": _spec_seeds(spec),
-        "models": [_canonical_spec_model(m) for m in _spec_list(spec, "models", "model", "mlp-attn")],
-        "widths": [check_int(w, "widths[]", minimum=1) for w in _spec_list(spec, "widths", "width", 1024)],
-        "modes": [check_choice(t, "training_modes[]", TRAININGS) for t in _spec_list(spec, "training_modes", "training_mode", "standard")],
-        "kernels": [check_choice(k, "influence_kernels[]", KERNELS) for k in _spec_list(spec, "influence_kernels", "influence_kernel", "empirical")],
-        "attacks": [check_choice(str(a).lower(), "attacks[]", ATTACKS) for a in _spec_list(spec, "attacks", "attack", "pgd")],
-        "epsilons": [check_real(e, "epsilons[]", minimum=0.0) for e in _spec_list(spec, "epsilons", "epsilon", 0.3)],
-        "interventions": [check_choice(i, "interventions[]", INTERVENTIONS) for i in _spec_list(spec, "interventions", "intervention", "adversarial")],
-        "attack_targets": [check_choice(t, "attack_targets[]", ATTACK_TARGETS) for t in
-                           _spec_list(spec, "attack_targets", "attack_target", attack_config.get("target", "model"))],
-        "nulls": [check_choice(k, "null_baselines[]", NULL_KINDS) for k in
-                  (spec["null_baselines"] if "null_baselines" in spec else DEFAULT_NULLS)],
-    }
-    if "kernel" in parsed["attack_targets"] and not set(parsed["kernels"]) <= set(RIDGE_KERNELS):
-        raise ValueError("attack_targets: 'kernel' needs every influence kernel in "
-                         f"{list(RIDGE_KERNELS)}, got influence_kernels {parsed['kernels']}")
-    as_train_config(parsed["training"] or None)  # validate before any work
-    as_attack_config(parsed["attack_config"] or None)
-    return parsed
 
 
 def _spec_groups(parsed: dict):
@@ -1146,13 +1219,14 @@ def _group_cells(parsed: dict, dataset: dict, group: tuple) -> list[dict]:
         grid += [(intervention, target, attack, epsilon) for target in parsed["attack_targets"]
                  for attack in parsed["attacks"] for epsilon in parsed["epsilons"]]
     grid += [(f"null-{kind}", "none", "none", 0.0) for kind in parsed["nulls"]]
+    precision = {"precision": "fast"} if parsed["precision"] == "fast" else {}  # "highest" keeps earlier keys
     return [{
         "dataset": dataset, "model": model, "width": width, "seed": seed, "training_mode": mode,
         "kernel": kernel, "head": parsed["head"], "training": parsed["training"],
         "attack_config": parsed["attack_config"],
         "at_epsilon": parsed["at_epsilon"] if mode == "pgd-at" else None,
         "intervention": intervention, "attack_target": target, "attack": attack, "epsilon": epsilon,
-        **{k: parsed[k] for k in ("tau", "ridge", "influence", "targets", "retrain", "dtype")},
+        **{k: parsed[k] for k in ("tau", "ridge", "influence", "targets", "retrain", "dtype")}, **precision,
     } for intervention, target, attack, epsilon in grid]
 
 
@@ -1166,7 +1240,11 @@ def _run_cell(store, key: str, cell: dict, experiment: Experiment, context: dict
     parsed = context["parsed"]
     try:
         if cell["intervention"].startswith("null-"):
-            report = measure_null(experiment, kind=cell["intervention"][len("null-"):], tau=parsed["tau"])
+            kind = cell["intervention"][len("null-"):]
+            refit_key = (context["fit_key"], kind)
+            if refit_key not in context["fits"]:
+                context["fits"][refit_key] = null_refit(experiment, kind)
+            report = measure_null(experiment, kind=kind, tau=parsed["tau"], refit=context["fits"][refit_key])
         else:
             config = dataclasses.replace(
                 experiment.attack_config, target="model" if cell["attack_target"] == "none" else cell["attack_target"]

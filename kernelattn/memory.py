@@ -16,8 +16,13 @@ arrays live: on the CPU backend the host's available memory
 minus usage, v2 ``/sys/fs/cgroup/memory.max`` or v1
 ``memory.limit_in_bytes``); on an accelerator the device's
 ``bytes_limit − bytes_in_use`` (``Device.memory_stats()``) for the device
-terms and the host's for the host terms. An explicit ``budget`` (bytes) is
-compared with the whole estimate.
+terms and the host's for the host terms. The device is
+:func:`default_device` (``jax.local_devices()[0]``) unless one is passed
+(``device=``, any object with ``platform`` and ``memory_stats()``); an
+accelerator that reports no ``memory_stats`` falls back to host memory, and
+:class:`MemoryPlanError` says which memory it compared with (its ``source``:
+"device", "host" or "budget"). An explicit ``budget`` (bytes) is compared
+with the whole estimate.
 
 The model and its calibration
 -----------------------------
@@ -33,7 +38,7 @@ call; the script is ``MEASURE_SCRIPT`` below, re-run by
   (2C² + 1)·n1·n2 untraced) + (n1 + n2)·chunk·(1 + C [untraced] + [a]) +
   4·d·chunk (the drawn W with its random bits) — estimate/peak 1.11 to 1.58
   over 13 sizes (n up to 4000, chunk up to 16384, C up to 10);
-- the sweep's stream (``sweeps.head_kernel_stream``, S seeds vmapped):
+- the sweep's stream (``kernels.stream.head_kernel_stream``, S seeds vmapped):
   3·n_all·n + (n_all + 2n)·chunk + 4·d·chunk per seed, plus two float64
   host copies of each Θ_m — 1.03 to 1.14;
 - sweep metrics on the host (float64): 2·n_all·n + 10·n² (symmetrized
@@ -61,6 +66,7 @@ from pathlib import Path
 import numpy as np
 
 from kernelattn._validation import check_choice, check_int, check_real
+from kernelattn.errors import InputValueError, KernelattnError
 
 __all__ = [
     "MEASURE_SCRIPT",
@@ -72,6 +78,7 @@ __all__ = [
     "available_memory",
     "cgroup_memory",
     "default_budget",
+    "default_device",
     "device_free_memory",
     "ensure_fits",
     "fits",
@@ -81,6 +88,7 @@ __all__ = [
     "plan_seed_batch",
     "plan_width_chunk",
     "sweep_cell_memory",
+    "training_memory",
 ]
 
 #: Fixed allowance for XLA compilation and allocator slack, bytes.
@@ -92,7 +100,7 @@ DEFAULT_FRACTION = 0.5
 DEFAULT_MAX_CHUNK = 2**16
 
 
-class MemoryPlanError(MemoryError):
+class MemoryPlanError(KernelattnError, MemoryError):
     """The planned computation does not fit the memory budget; raised before allocating.
 
     A ``MemoryError`` (not a ``ValueError``): the arguments are valid — the same
@@ -103,12 +111,16 @@ class MemoryPlanError(MemoryError):
     Attributes:
       estimate: the :class:`MemoryEstimate` that did not fit.
       budget: the budget in bytes.
+      source: what the budget was taken from: "device" (an accelerator's
+        ``memory_stats()``), "host" (host RAM) or "budget" (given explicitly).
     """
 
-    def __init__(self, message: str, estimate: MemoryEstimate | None = None, budget: int | None = None):
+    def __init__(self, message: str, estimate: MemoryEstimate | None = None, budget: int | None = None,
+                 source: str | None = None):
         super().__init__(message)
         self.estimate = estimate
         self.budget = budget
+        self.source = source
 
 
 def format_bytes(n: float) -> str:
@@ -234,50 +246,80 @@ def available_memory(*, cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup") 
     return min(free, group["available"]) if group else free
 
 
-def device_free_memory(device=None) -> int | None:
-    """``bytes_limit − bytes_in_use`` of an accelerator (``jax.local_devices()[0]``); None on CPU."""
+def default_device():
+    """The device the kernels' arrays live on by default: ``jax.local_devices()[0]``."""
     import jax
 
-    device = jax.local_devices()[0] if device is None else device
-    if device.platform == "cpu":
+    return jax.local_devices()[0]
+
+
+def _describe_device(device) -> str:
+    kind = getattr(device, "device_kind", None) or type(device).__name__
+    return f"{getattr(device, 'platform', '?')} device {kind}"
+
+
+def device_free_memory(device=None) -> int | None:
+    """``bytes_limit − bytes_in_use`` of an accelerator's ``memory_stats()``; None on CPU or without stats.
+
+    Args:
+      device: any object with ``platform`` and ``memory_stats()`` (a JAX
+        device, or a stub in tests); None → :func:`default_device`.
+    """
+    device = default_device() if device is None else device
+    if getattr(device, "platform", "cpu") == "cpu":
         return None
     try:
         stats = device.memory_stats() or {}
-    except Exception:  # some backends raise instead of returning None
+    except Exception:  # noqa: BLE001 - some backends raise instead of returning None
         return None
     if "bytes_limit" not in stats:
         return None
-    return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    return max(int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)), 0)
 
 
-def default_budget(fraction: float = DEFAULT_FRACTION) -> dict:
+def default_budget(fraction: float = DEFAULT_FRACTION, *, device=None) -> dict:
     """The budget used when none is given: ``fraction`` of the free memory.
 
+    Args:
+      fraction: share of the free memory, in (0, 1].
+      device: the device the arrays live on (see :func:`device_free_memory`);
+        None → :func:`default_device`.
+
     Returns:
-      ``{"host": bytes, "device": bytes or None, "source": text}``; ``device``
-      is None on the CPU backend (device arrays live in host memory).
+      ``{"host": bytes, "device": bytes or None, "source": text, "memory": "device" | "host"}``;
+      ``device`` is None on the CPU backend (device arrays live in host memory)
+      and on an accelerator that reports no ``memory_stats()`` ("memory" is
+      then "host" and ``source`` says so).
     """
     fraction = check_real(fraction, "fraction", minimum=0.0, maximum=1.0, strict_min=True)
+    device = default_device() if device is None else device
     host = available_memory()
-    device = device_free_memory()
+    free = device_free_memory(device)
     source = f"{fraction:.0%} of {format_bytes(host)} host memory available"
-    if device is not None:
-        source = f"{fraction:.0%} of {format_bytes(device)} free device memory and " + source
-        device = int(fraction * device)
-    return {"host": int(fraction * host), "device": device, "source": source}
+    if free is not None:
+        source = (f"{fraction:.0%} of {format_bytes(free)} free device memory (memory_stats of "
+                  f"{_describe_device(device)}: bytes_limit − bytes_in_use) and " + source)
+        return {"host": int(fraction * host), "device": int(fraction * free), "source": source, "memory": "device"}
+    if getattr(device, "platform", "cpu") != "cpu":
+        source += f" ({_describe_device(device)} reports no memory_stats, so host memory is used)"
+    return {"host": int(fraction * host), "device": None, "source": source, "memory": "host"}
 
 
-def _fits(estimate: MemoryEstimate, budget: int | None, fraction: float) -> tuple[bool, str, int]:
-    """(fits, budget description, budget bytes compared with)."""
+def _fits(estimate: MemoryEstimate, budget: int | None, fraction: float,
+          device=None) -> tuple[bool, str, int, str]:
+    """(fits, budget description, budget bytes compared with, source: "budget" | "host" | "device")."""
     if budget is not None:
         budget = int(check_real(budget, "budget", minimum=0.0))
-        return estimate.total <= budget, f"the budget of {format_bytes(budget)}", budget
-    plan = default_budget(fraction)
+        return estimate.total <= budget, f"the budget of {format_bytes(budget)}", budget, "budget"
+    plan = default_budget(fraction, device=device)
     if plan["device"] is None:
-        return estimate.total <= plan["host"], f"{format_bytes(plan['host'])} ({plan['source']})", plan["host"]
-    ok = estimate.device <= plan["device"] and estimate.host <= plan["host"]
-    return ok, f"{format_bytes(plan['device'])} device / {format_bytes(plan['host'])} host ({plan['source']})", \
-        plan["device"]
+        return (estimate.total <= plan["host"], f"{format_bytes(plan['host'])} of host memory ({plan['source']})",
+                plan["host"], "host")
+    if estimate.device > plan["device"]:
+        return (False, f"{format_bytes(plan['device'])} of device memory for its device buffers "
+                       f"({plan['source']})", plan["device"], "device")
+    return (estimate.host <= plan["host"], f"{format_bytes(plan['host'])} of host memory for its host buffers "
+                                           f"({plan['source']})", plan["host"], "host" if estimate.host else "device")
 
 
 def _refusal(estimate: MemoryEstimate, where: str, extra: Sequence[str] = (), budget_of: str | None = None) -> str:
@@ -293,9 +335,10 @@ def _refusal(estimate: MemoryEstimate, where: str, extra: Sequence[str] = (), bu
             "Options: " + "; ".join(options) + ".")
 
 
-def fits(estimate: MemoryEstimate, budget: int | None = None, *, fraction: float = DEFAULT_FRACTION) -> bool:
-    """Whether ``estimate`` fits ``budget`` (bytes; None → ``fraction`` of the free memory)."""
-    return _fits(estimate, budget, fraction)[0]
+def fits(estimate: MemoryEstimate, budget: int | None = None, *, fraction: float = DEFAULT_FRACTION,
+         device=None) -> bool:
+    """Whether ``estimate`` fits ``budget`` (bytes; None → ``fraction`` of the free memory of ``device``)."""
+    return _fits(estimate, budget, fraction, device)[0]
 
 
 def ensure_fits(
@@ -305,6 +348,7 @@ def ensure_fits(
     fraction: float = DEFAULT_FRACTION,
     options: Sequence[str] = (),
     budget_of: str | None = None,
+    device=None,
 ) -> None:
     """Raise :class:`MemoryPlanError` unless ``estimate`` fits ``budget``.
 
@@ -318,10 +362,12 @@ def ensure_fits(
       budget_of: the public function whose ``budget=`` the caller passed on,
         named in the message as a way to raise the budget; None → the
         message offers no budget (the caller takes none).
+      device: the device whose free memory makes the default budget
+        (:func:`default_budget`); None → :func:`default_device`.
     """
-    ok, where, limit = _fits(estimate, budget, fraction)
+    ok, where, limit, source = _fits(estimate, budget, fraction, device)
     if not ok:
-        raise MemoryPlanError(_refusal(estimate, where, options, budget_of), estimate, limit)
+        raise MemoryPlanError(_refusal(estimate, where, options, budget_of), estimate, limit, source)
 
 
 # ------------------------------------------------------------------------ estimators
@@ -331,7 +377,7 @@ def _itemsize(dtype) -> int:
     try:
         name = np.dtype(dtype).name
     except TypeError as err:
-        raise ValueError(f"dtype: expected one of ['float32', 'float64'], got {dtype!r}") from err
+        raise InputValueError(f"dtype: expected one of ['float32', 'float64'], got {dtype!r}") from err
     check_choice(name, "dtype", ("float32", "float64"))
     return np.dtype(name).itemsize
 
@@ -669,6 +715,50 @@ def attack_memory(
     return MemoryEstimate(what, terms, options=tuple(options))
 
 
+def training_memory(
+    n: int,
+    d: int,
+    *,
+    width: int,
+    out_dim: int = 1,
+    batch_size: int = 128,
+    n_params: int | None = None,
+    dtype="float32",
+) -> MemoryEstimate:
+    """Peak bytes of training the two-layer head with Adam (``kernelattn.training.train``).
+
+    The parameters, their gradients, Adam's two moments and the update
+    (5·P), the features of the training set with their device copy (2·n·d)
+    and one minibatch's pre-activations, activations and their cotangents
+    (4·b·m). Not calibrated like the estimators above: a lower bound, meant
+    to refuse widths that cannot fit (P grows as d·m) before training starts.
+
+    Args:
+      n, d: training set shape.
+      width: hidden width m.
+      out_dim: C.
+      batch_size: b (at most n).
+      n_params: P (default: d·m + m·C).
+      dtype: compute dtype.
+    """
+    item = _itemsize(dtype)
+    n = check_int(n, "n", minimum=1)
+    d = check_int(d, "d", minimum=1)
+    m = check_int(width, "width", minimum=1)
+    c = check_int(out_dim, "out_dim", minimum=1)
+    b = min(check_int(batch_size, "batch_size", minimum=1), n)
+    p = d * m + m * c if n_params is None else check_int(n_params, "n_params", minimum=1)
+    terms = {
+        "parameters, gradients and Adam state": 5 * p * item,
+        "features": 2 * n * d * item,
+        "minibatch activations and cotangents": 4 * b * m * item,
+    }
+    options = [f"a smaller width (the parameters alone are {format_bytes(p * item)} at width {m})"]
+    options += _common_options(dtype)
+    what = f"training the head (n={n}, d={d}, width={m}, C={c}, {np.dtype(dtype).name})"
+    return MemoryEstimate(what, terms, options=tuple(options))
+
+
 # --------------------------------------------------------------------------- planners
 
 
@@ -756,7 +846,8 @@ def plan_width_chunk(
                  f"({plan['source']})")
         raise MemoryPlanError(_refusal(smallest, where + f" even with width_chunk={candidates[0]}",
                                        budget_of="plan_width_chunk"),
-                              smallest, plan["device"] if plan["device"] is not None else plan["host"])
+                              smallest, plan["device"] if plan["device"] is not None else plan["host"],
+                              "budget" if plan["source"] == "explicit" else plan.get("memory", "host"))
     if best > width and width % multiple_of == 0:
         return width  # one chunk holds the whole layer
     return best
@@ -795,9 +886,9 @@ def plan_seed_batch(
     kwargs = dict(width_chunk=width_chunk, out_dim=out_dim, train_readout=train_readout, use_bias=use_bias,
                   dtype=dtype)
     single = sweep_cell_memory(n, n_test, d, seeds=1, **kwargs)
-    ok, where, limit = _fits(single, budget, fraction)
+    ok, where, limit, source = _fits(single, budget, fraction)
     if not ok:
-        raise MemoryPlanError(_refusal(single, where, budget_of="plan_seed_batch"), single, limit)
+        raise MemoryPlanError(_refusal(single, where, budget_of="plan_seed_batch"), single, limit, source)
     lo, hi = 1, seeds  # largest S with a fitting estimate (monotone in S)
     while lo < hi:
         mid = (lo + hi + 1) // 2

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from kernelattn.errors import InputValueError
 from kernelattn.linalg import factorize
 
 __all__ = [
@@ -52,14 +53,14 @@ def _f64(a: Any, name: str) -> np.ndarray:
     array = np.asarray(a, dtype=np.float64)
     if not np.all(np.isfinite(array)):
         bad = int(np.size(array) - np.isfinite(array).sum())
-        raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf")
+        raise InputValueError(f"{name}: expected finite values, got {bad} NaN/inf")
     return array
 
 
 def _square(a: Any, name: str) -> np.ndarray:
     array = _f64(a, name)
     if array.ndim != 2 or array.shape[0] != array.shape[1]:
-        raise ValueError(f"{name}: expected a square (n, n) matrix, got shape {array.shape}")
+        raise InputValueError(f"{name}: expected a square (n, n) matrix, got shape {array.shape}")
     return array
 
 
@@ -84,7 +85,7 @@ def relative_frobenius(theta: Any, reference: Any) -> float:
     """
     theta, reference = _f64(theta, "theta"), _f64(reference, "reference")
     if theta.shape != reference.shape:
-        raise ValueError(f"theta: expected shape {reference.shape} like reference, got {theta.shape}")
+        raise InputValueError(f"theta: expected shape {reference.shape} like reference, got {theta.shape}")
     return _ratio(float(np.linalg.norm(theta - reference)), float(np.linalg.norm(reference)))
 
 
@@ -134,7 +135,7 @@ def certificate(theta: Any, reference: Any, lambda_min_reference: float | None =
     """
     theta, reference = _square(theta, "theta"), _square(reference, "reference")
     if theta.shape != reference.shape:
-        raise ValueError(f"theta: expected shape {reference.shape} like reference, got {theta.shape}")
+        raise InputValueError(f"theta: expected shape {reference.shape} like reference, got {theta.shape}")
     lam = spectrum(reference).lambda_min if lambda_min_reference is None else float(lambda_min_reference)
     if lam <= 0:
         return math.inf
@@ -161,9 +162,9 @@ def krr_predict(k_train: Any, k_test_train: Any, y: Any, ridge: float) -> tuple[
     k_test_train = _f64(k_test_train, "k_test_train")
     y = _f64(y, "y")
     if k_test_train.ndim != 2 or k_test_train.shape[1] != k_train.shape[0]:
-        raise ValueError(f"k_test_train: expected shape (n*, {k_train.shape[0]}), got {k_test_train.shape}")
+        raise InputValueError(f"k_test_train: expected shape (n*, {k_train.shape[0]}), got {k_test_train.shape}")
     if y.shape[0] != k_train.shape[0]:
-        raise ValueError(f"y: expected {k_train.shape[0]} rows, got shape {y.shape}")
+        raise InputValueError(f"y: expected {k_train.shape[0]} rows, got shape {y.shape}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         factorization = factorize(k_train, ridge, name="k_train")
@@ -174,7 +175,7 @@ def relative_error(f: Any, reference: Any) -> float:
     """‖f − f_ref‖_F / ‖f_ref‖_F (float64); shapes (n,) and (n, 1) are interchangeable."""
     f, reference = _f64(f, "f"), _f64(reference, "reference")
     if f.size != reference.size or f.shape[0] != reference.shape[0]:
-        raise ValueError(f"f: expected shape {reference.shape} like reference, got {f.shape}")
+        raise InputValueError(f"f: expected shape {reference.shape} like reference, got {f.shape}")
     f = f.reshape(reference.shape)
     return _ratio(float(np.linalg.norm(f - reference)), float(np.linalg.norm(reference)))
 
@@ -193,7 +194,7 @@ def accuracy(outputs: Any, labels: Any) -> float:
     outputs = _f64(outputs, "outputs")
     labels = np.asarray(labels)
     if outputs.shape[0] != labels.shape[0]:
-        raise ValueError(f"labels: expected {outputs.shape[0]} entries, got {labels.shape[0]}")
+        raise InputValueError(f"labels: expected {outputs.shape[0]} entries, got {labels.shape[0]}")
     if outputs.ndim == 1 or outputs.shape[1] == 1:
         predicted = (outputs.reshape(-1) > 0).astype(np.int64)
     else:
@@ -285,7 +286,7 @@ def kernel_convergence(theta_train: Any, theta_test: Any, reference: LimitRefere
     theta_train = symmetrize(theta_train)
     theta_test = _f64(theta_test, "theta_test")
     if theta_train.shape != reference.theta_train.shape or theta_test.shape != reference.theta_test.shape:
-        raise ValueError(
+        raise InputValueError(
             f"theta_train/theta_test: expected shapes {reference.theta_train.shape}/{reference.theta_test.shape}, "
             f"got {theta_train.shape}/{theta_test.shape}"
         )
@@ -303,7 +304,7 @@ def kernel_convergence(theta_train: Any, theta_test: Any, reference: LimitRefere
         out.update(lambda_min=s.lambda_min, lambda_max=s.lambda_max, kappa=s.kappa)
     if "krr" in metrics:
         if reference.predictions is None:
-            raise ValueError("reference: built with predict=False, cannot compute 'krr'")
+            raise InputValueError("reference: built with predict=False, cannot compute 'krr'")
         f_m, method = krr_predict(theta_train, theta_test, reference.y, reference.ridge)
         out["krr_err"] = relative_error(f_m, reference.predictions)
         out["krr_solver"] = method

@@ -10,21 +10,33 @@ lives in ``"constants"`` and therefore never enters gradients or the NTK.
 - ``TwoLayerReLU``  the head on the (normalized) raw inputs ("2L-ReLU")
 - ``AttentionMLP``  the head on parameter-free linearized attention ("MLP-Attn")
 - ``QKVAttentionMLP``  the head on trainable QKV linear attention (docs/math.md §4)
+
+Every module takes ``precision``: "highest" (matmuls at ``Precision.HIGHEST``),
+"fast" (the device's default, TF32 on recent GPUs) or None (default: the
+policy in force when the module is traced, ``kernelattn.precision_policy``,
+else "highest"). Gradients inherit it: JAX transposes a matmul at its precision.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from numbers import Integral
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kernelattn._precision import lax_precision, resolve_precision
 from kernelattn._validation import check_choice, check_int, check_real
+from kernelattn.errors import InputValueError
 from kernelattn.registry import MODELS, canonical_model_name
 from kernelattn.transforms import AttentionConfig, attend
+
+#: Largest hidden width a model may have: 2^31 (beyond it the unit indices of a streamed draw overflow
+#: int32, and no kernel or training of that width completes in a lifetime anyway).
+MAX_WIDTH = 2**31
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +44,7 @@ class HeadConfig:
     """Hyper-parameters of the two-layer ReLU head (docs/math.md §5).
 
     Attributes:
-      width: hidden width m ≥ 1.
+      width: hidden width 1 ≤ m ≤ ``MAX_WIDTH`` (2^31), an integer (8.0 is refused).
       out_dim: number of outputs C ≥ 1.
       sigma_w, sigma_b, sigma_a: weight, bias and readout scales (≥ 0).
       use_bias: include the bias b (trained); forced on when σ_b > 0.
@@ -49,8 +61,11 @@ class HeadConfig:
     train_readout: bool = False
 
     def __post_init__(self):
-        check_int(self.width, "width", minimum=1)
-        check_int(self.out_dim, "out_dim", minimum=1)
+        for name, maximum in (("width", MAX_WIDTH), ("out_dim", None)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Integral):
+                raise InputValueError(f"{name}: expected an integer, got {type(value).__name__} {value!r}")
+            object.__setattr__(self, name, check_int(value, name, minimum=1, maximum=maximum))
         for name in ("sigma_w", "sigma_b", "sigma_a"):
             check_real(getattr(self, name), name, minimum=0.0)
         if self.sigma_b > 0 and not self.use_bias:
@@ -62,15 +77,16 @@ def random_signs(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> j
     return jnp.where(jax.random.bernoulli(key, 0.5, shape), 1.0, -1.0).astype(dtype)
 
 
-def head_preactivations(config: HeadConfig, params: dict, x: jax.Array) -> jax.Array:
+def head_preactivations(config: HeadConfig, params: dict, x: jax.Array, *, precision=None) -> jax.Array:
     """Hidden pre-activations H = σ_w x W/√d (+ σ_b b) of the head, ``(n, m)``.
 
     Args:
       config: the head's ``HeadConfig``.
       params: the head's flat variables ``{"W": (d, m), ["b": (m,)], ...}``.
       x: ``(n, d)`` head inputs.
+      precision: "highest", "fast" or None (the policy in force).
     """
-    h = config.sigma_w * (x @ params["W"]) / math.sqrt(x.shape[-1])
+    h = config.sigma_w * jnp.matmul(x, params["W"], precision=lax_precision(precision)) / math.sqrt(x.shape[-1])
     return h + config.sigma_b * params["b"] if config.use_bias else h
 
 
@@ -86,15 +102,17 @@ class MLPHead(nn.Module):
 
     config: HeadConfig
     param_dtype: Any = jnp.float32
+    precision: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(n, d)`` → ``(n, C)``."""
         cfg = self.config
+        hi = lax_precision(self.precision)
         d = x.shape[-1]
         normal = nn.initializers.normal(stddev=1.0)
         w = self.param("W", normal, (d, cfg.width), self.param_dtype)
-        h = cfg.sigma_w * (x @ w) / math.sqrt(d)
+        h = cfg.sigma_w * jnp.matmul(x, w, precision=hi) / math.sqrt(d)
         if cfg.use_bias:
             h = h + cfg.sigma_b * self.param("b", normal, (cfg.width,), self.param_dtype)
         shape = (cfg.width, cfg.out_dim)
@@ -104,7 +122,7 @@ class MLPHead(nn.Module):
             a = self.variable(
                 "constants", "a", lambda: random_signs(self.make_rng("params"), shape, self.param_dtype)
             ).value
-        return cfg.sigma_a * (nn.relu(h) @ a) / math.sqrt(cfg.width)
+        return cfg.sigma_a * jnp.matmul(nn.relu(h), a, precision=hi) / math.sqrt(cfg.width)
 
 
 class TwoLayerReLU(nn.Module):
@@ -112,10 +130,11 @@ class TwoLayerReLU(nn.Module):
 
     head: HeadConfig
     param_dtype: Any = jnp.float32
+    precision: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
-        return MLPHead(self.head, self.param_dtype, name="head")(x)
+        return MLPHead(self.head, self.param_dtype, self.precision, name="head")(x)
 
 
 class AttentionMLP(nn.Module):
@@ -124,11 +143,13 @@ class AttentionMLP(nn.Module):
     head: HeadConfig
     attention: AttentionConfig = AttentionConfig()
     param_dtype: Any = jnp.float32
+    precision: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
         context = x if context is None else context
-        return MLPHead(self.head, self.param_dtype, name="head")(attend(x, context, self.attention))
+        z = attend(x, context, self.attention, precision=self.precision)
+        return MLPHead(self.head, self.param_dtype, self.precision, name="head")(z)
 
 
 class QKVAttention(nn.Module):
@@ -155,11 +176,17 @@ class QKVAttention(nn.Module):
     sigma_v: float = 1.0
     sigma_o: float = 1.0
     param_dtype: Any = jnp.float32
+    precision: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
         """``(n_x, d)`` queries, ``(n, d)`` context → ``(n_x, out_dim)``."""
         context = x if context is None else context
+        hi = lax_precision(self.precision)
+
+        def mm(a, b):
+            return jnp.matmul(a, b, precision=hi)
+
         d, h = x.shape[-1], self.head_width
         tied = (self.scaling == "linear") if self.tied_qk is None else self.tied_qk
         normal = nn.initializers.normal(stddev=1.0)
@@ -167,12 +194,12 @@ class QKVAttention(nn.Module):
         w_k = w_q if tied else self.param("W_K", normal, (d, h), self.param_dtype)
         w_v = self.param("W_V", normal, (d, h), self.param_dtype)
         w_o = self.param("W_O", normal, (h, self.out_dim or d), self.param_dtype)
-        q = self.sigma_q * (x @ w_q) / math.sqrt(d)
-        k = self.sigma_q * (context @ w_k) / math.sqrt(d)
-        v = self.sigma_v * (context @ w_v) / math.sqrt(d)
+        q = self.sigma_q * mm(x, w_q) / math.sqrt(d)
+        k = self.sigma_q * mm(context, w_k) / math.sqrt(d)
+        v = self.sigma_v * mm(context, w_v) / math.sqrt(d)
         scale = h if self.scaling == "linear" else math.sqrt(h)
-        z = ((q @ k.T) / scale) @ v
-        return self.sigma_o * (z @ w_o) / math.sqrt(h)
+        z = mm(mm(q, k.T) / scale, v)
+        return self.sigma_o * mm(z, w_o) / math.sqrt(h)
 
 
 class QKVAttentionMLP(nn.Module):
@@ -182,13 +209,14 @@ class QKVAttentionMLP(nn.Module):
     attention: QKVAttention
     normalize: bool = False
     param_dtype: Any = jnp.float32
+    precision: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
         z = self.attention(x, context)
         if self.normalize:
             z = z / jnp.linalg.norm(z, axis=-1, keepdims=True)
-        return MLPHead(self.head, self.param_dtype, name="head")(z)
+        return MLPHead(self.head, self.param_dtype, self.precision, name="head")(z)
 
 
 def make_model(
@@ -208,6 +236,7 @@ def make_model(
     attention_out_dim: int | None = None,
     scaling: str = "linear",
     param_dtype: Any = jnp.float32,
+    precision: str | None = None,
 ) -> nn.Module:
     """Build a model by name: "relu" (2L-ReLU), "mlp-attn" or "qkv-attn".
 
@@ -217,19 +246,23 @@ def make_model(
     output projection has ``attention_out_dim`` channels, by default
     ``head_width``: every hidden width must grow for the empirical NTK to
     approach the infinite-width one (with a fixed d-channel output it does not).
+    ``precision`` ("highest", "fast" or None for the policy in force when
+    the model is traced) applies to every matmul of the model.
     """
     name = check_choice(canonical_model_name(name), "model", tuple(MODELS))
+    if precision is not None:
+        precision = resolve_precision(precision)
     head = HeadConfig(width, out_dim, sigma_w, sigma_b, sigma_a, sigma_b > 0, train_readout)
     if name == "relu":
-        return TwoLayerReLU(head, param_dtype)
+        return TwoLayerReLU(head, param_dtype, precision)
     if name == "mlp-attn":
         attention = AttentionConfig(depth, rank, constant_term, normalize).validated()
-        return AttentionMLP(head, attention, param_dtype)
+        return AttentionMLP(head, attention, param_dtype, precision)
     check_int(head_width, "head_width", minimum=1)
     check_choice(scaling, "scaling", ("linear", "sqrt"))
     out = head_width if attention_out_dim is None else check_int(attention_out_dim, "attention_out_dim", minimum=1)
-    qkv = QKVAttention(head_width, out, scaling=scaling, param_dtype=param_dtype)
-    return QKVAttentionMLP(head, qkv, normalize, param_dtype)
+    qkv = QKVAttention(head_width, out, scaling=scaling, param_dtype=param_dtype, precision=precision)
+    return QKVAttentionMLP(head, qkv, normalize, param_dtype, precision)
 
 
 def head_config(model: nn.Module) -> HeadConfig:

@@ -219,16 +219,25 @@ def _no_data(fig: Figure, message: str = "no stored data for this figure") -> Fi
     return fig
 
 
-def save_figure(figure: Figure, stem: str | Path, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-    """Write ``<stem>.png`` and ``<stem>.pdf`` (deterministic metadata); the paths written."""
+def save_figure(figure: Figure, stem: str | Path, formats: Sequence[str] = ("png", "pdf"), *,
+                precision: str | None = None) -> list[Path]:
+    """Write ``<stem>.png`` and ``<stem>.pdf`` (deterministic metadata); the paths written.
+
+    ``precision``: the matmul precision policy of the records drawn ("highest",
+    "fast", or "unrecorded" for records older than the policy), named in the files' metadata (PNG ``Description``,
+    PDF ``Subject``) as ``kernelattn matmul precision: <precision>``.
+    """
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
+    note = None if precision is None else f"kernelattn matmul precision: {precision}"
     with matplotlib.rc_context(PAPER_RC):
         for ext in formats:
             path = stem.with_suffix(f".{ext}")
             metadata = {"CreationDate": None, "Producer": None} if ext == "pdf" else (
                 {"Software": None} if ext == "png" else None)
+            if note is not None and metadata is not None:
+                metadata["Subject" if ext == "pdf" else "Description"] = note
             figure.savefig(path, format=ext, metadata=metadata)
             paths.append(path)
             if figure.get_layout_engine() is not None:

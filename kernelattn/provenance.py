@@ -3,7 +3,8 @@
 Two things every stored result needs besides its numbers:
 
 * :func:`environment` — which Python, package versions, host and JAX devices
-  produced it (recorded, never used to identify the result);
+  produced it, and the matmul precision policy in force
+  (:func:`precision_info`; recorded, never used to identify the result);
 * :func:`cell_key` — a stable identifier of *what* was computed: the SHA-256
   hex digest of a canonical JSON form of the cell's defining parameters.
 
@@ -46,6 +47,8 @@ from typing import Any
 
 import numpy as np
 
+from kernelattn.errors import InputTypeError
+
 __all__ = [
     "CELL_KEY_VERSION",
     "PACKAGES",
@@ -54,6 +57,7 @@ __all__ = [
     "environment",
     "host_id",
     "package_versions",
+    "precision_info",
     "to_jsonable",
 ]
 
@@ -94,12 +98,12 @@ def to_jsonable(value: Any, name: str = "value") -> Any:
             return float(value)
         if isinstance(value, np.str_):
             return str(value)
-        raise TypeError(f"{name}: cannot store numpy scalar of dtype {value.dtype} as JSON")
+        raise InputTypeError(f"{name}: cannot store numpy scalar of dtype {value.dtype} as JSON")
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for k, v in value.items():
             if not isinstance(k, str):
-                raise TypeError(
+                raise InputTypeError(
                     f"{name}: mapping keys must be str, got {type(k).__name__} {k!r}; "
                     "convert it explicitly (e.g. str(k))"
                 )
@@ -114,9 +118,9 @@ def to_jsonable(value: Any, name: str = "value") -> Any:
     if hasattr(value, "__array__") and hasattr(value, "shape"):
         array = np.asarray(value)
         if array.dtype.kind not in "biuf":
-            raise TypeError(f"{name}: cannot store an array of dtype {array.dtype} as JSON")
+            raise InputTypeError(f"{name}: cannot store an array of dtype {array.dtype} as JSON")
         return to_jsonable(array.tolist(), name=name)
-    raise TypeError(f"{name}: cannot store {type(value).__name__} {value!r} as JSON")
+    raise InputTypeError(f"{name}: cannot store {type(value).__name__} {value!r} as JSON")
 
 
 def canonical_json(value: Any, name: str = "value") -> str:
@@ -145,7 +149,7 @@ def cell_key(cell: Mapping[str, Any]) -> str:
       TypeError: ``cell`` is not a mapping or holds an unstorable value.
     """
     if not isinstance(cell, Mapping):
-        raise TypeError(f"cell: expected a mapping of parameters, got {type(cell).__name__} {cell!r}")
+        raise InputTypeError(f"cell: expected a mapping of parameters, got {type(cell).__name__} {cell!r}")
     text = f"kernelattn.cell.v{CELL_KEY_VERSION}\n" + canonical_json(cell, "cell")
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
@@ -212,6 +216,27 @@ def _jax_environment() -> dict[str, Any]:
     return info
 
 
+def precision_info() -> dict[str, Any]:
+    """The matmul precision policy in force (``kernelattn.precision_policy``) and what it means here.
+
+    Returns:
+      ``{"policy": "highest" | "fast", "float32_eps": effective eps of float32
+      matmuls under it on the default backend (TF32's 2^-10 for "fast" on a
+      recent GPU), "jax_default_matmul_precision": JAX's setting or None}``;
+      ``{"policy": None, "error": ...}`` when JAX is unusable.
+    """
+    try:
+        import jax
+
+        from kernelattn._precision import current_precision, effective_eps
+
+        policy = current_precision()
+        return {"policy": policy, "float32_eps": effective_eps("float32", policy),
+                "jax_default_matmul_precision": jax.config.jax_default_matmul_precision}
+    except Exception as err:  # noqa: BLE001 - provenance must never fail a run
+        return {"policy": None, "error": f"{type(err).__name__}: {err}"}
+
+
 def environment() -> dict[str, Any]:
     """Describe the software and hardware that produced a result.
 
@@ -223,7 +248,9 @@ def environment() -> dict[str, Any]:
                       "optax": ..., "numpy": ..., "scipy": ...},   # None if missing
          "platform": "Linux-...", "machine": "x86_64", "hostname": "...", "pid": 123,
          "jax_backend": "gpu", "device_kinds": ["NVIDIA H100 80GB HBM3"],
-         "device_count": 1, "process_index": 0, "process_count": 1, "x64": True}
+         "device_count": 1, "process_index": 0, "process_count": 1, "x64": True,
+         "precision": {"policy": "highest", "float32_eps": 1.19e-07,
+                       "jax_default_matmul_precision": "float32"}}
 
       JAX entries are ``None`` (and ``"jax_error"`` says why) when JAX cannot be
       imported or initialised. Calling this imports JAX and initialises its
@@ -239,5 +266,6 @@ def environment() -> dict[str, Any]:
         "pid": os.getpid(),
     }
     env.update(_jax_environment())
+    env["precision"] = precision_info()
     return to_jsonable(env)
 

@@ -42,6 +42,7 @@ import numpy as np
 
 from kernelattn.data.api import SOURCES, DatasetSource, available_datasets, dataset_source
 from kernelattn.data.npz import is_npz_name
+from kernelattn.errors import InputValueError
 
 __all__ = [
     "HEAD_OPTIONS",
@@ -75,15 +76,15 @@ def resolve(ref: str | Callable | None) -> Any:
         return ref
     module_name, sep, attr = ref.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"expected \"module:attr\", got {ref!r}")
+        raise InputValueError(f"expected \"module:attr\", got {ref!r}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise ValueError(f"{ref!r}: cannot import module {module_name!r} ({err})") from None
+        raise InputValueError(f"{ref!r}: cannot import module {module_name!r} ({err})") from None
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ValueError(f"{ref!r}: module {module_name!r} has no attribute {attr!r}")
+            raise InputValueError(f"{ref!r}: module {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     return obj
 
@@ -126,7 +127,7 @@ class ModelEntry:
     def feature_map(self) -> Callable:
         """The resolved feature map (a ``ValueError`` for a network model)."""
         if self.features is None:
-            raise ValueError(f"model {self.name!r} has no parameter-free feature map")
+            raise InputValueError(f"model {self.name!r} has no parameter-free feature map")
         return resolve(self.features)
 
     def network(self, width: int, out_dim: int, **kwargs: Any) -> Any:
@@ -138,7 +139,7 @@ class ModelEntry:
         """
         build = resolve(self.build)
         if build is None:
-            raise ValueError(f"model {self.name!r} has no network constructor")
+            raise InputValueError(f"model {self.name!r} has no network constructor")
         accepted = _keywords(build)
         if accepted is not None:
             kwargs = {k: v for k, v in kwargs.items() if k in accepted or k not in HEAD_OPTIONS}
@@ -250,8 +251,8 @@ def canonical_model_name(name: str) -> str:
     if text not in MODELS:
         hint = difflib.get_close_matches(str(name).lower(), list(MODELS) + list(MODEL_ALIASES), n=1, cutoff=0.6)
         suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
-        raise ValueError(f"model: expected one of {list(MODELS)} (or \"module:attr\" of your own), "
-                         f"got {name!r}{suggestion}")
+        raise InputValueError(f"model: expected one of {list(MODELS)} (or \"module:attr\" of your own), "
+                              f"got {name!r}{suggestion}")
     return text
 
 
@@ -275,8 +276,8 @@ def model_entry(name: str) -> ModelEntry:
     if isinstance(obj, ModelEntry):
         return dataclasses.replace(obj, name=name, label=label, aliases=())
     if not callable(obj):
-        raise ValueError(f"model {name!r}: expected a ModelEntry or a constructor (width, out_dim, **options), "
-                         f"got {type(obj).__name__}")
+        raise InputValueError(f"model {name!r}: expected a ModelEntry or a constructor (width, out_dim, **options), "
+                              f"got {type(obj).__name__}")
     return ModelEntry(name, label, options=_constructor_options(obj), build=obj)
 
 

@@ -241,6 +241,7 @@ def _malleability_row(store: str, record: Mapping[str, Any]) -> dict[str, Any]:
     row["trained"] = health.get("trained", True)
     for key in ("loss_ratio", "train_accuracy", "test_accuracy", "feature_cosine", "weight_change", "varying_units"):
         row[f"health_{key}"] = health.get(key, math.nan)
+    row["health_collapsed"] = health.get("collapsed", False)
     row["flip_rates"] = metrics.get("flip_rates")
     row["variants"] = tuple(metrics.get("variants") or ("default",))
     return row
@@ -284,7 +285,8 @@ def _environment(record: Mapping[str, Any]) -> dict[str, Any]:
     env = record.get("environment") or {}
     packages = env.get("packages") or {}
     return {"packages": {k: v for k, v in packages.items() if v}, "backend": env.get("jax_backend"),
-            "devices": env.get("device_kinds"), "python": env.get("python"), "x64": env.get("x64")}
+            "devices": env.get("device_kinds"), "python": env.get("python"), "x64": env.get("x64"),
+            "precision": (env.get("precision") or {}).get("policy")}
 
 
 def load_frames(out: str | Path) -> Frames:
@@ -545,6 +547,41 @@ FLAG_NOTE = ("† a fit of this row did not train (final loss above 0.9 of chanc
              "chance: `TrainingHealth`); ‡ an attack of this row raised its objective by less than 1 % (no-op).")
 
 
+_FIT_BY = ["dataset", "n_train", "training_mode", "model", "width", "seed"]
+
+
+def untrained_note(records: pd.DataFrame) -> str | None:
+    """Why fits are flagged †: per model, how many distinct clean fits did not train, and their feature cosine.
+
+    ``records`` are one store's malleability records (null-baseline refits excluded here: they are counted
+    where their numbers appear). None when every fit trained.
+    """
+    if records.empty or "trained" not in records:
+        return None
+    clean = records[~records["intervention"].astype(str).str.startswith("null-")]
+    fits = clean.drop_duplicates([c for c in _FIT_BY if c in clean])
+    parts, collapsed = [], []
+    for model, g in fits.groupby("model", sort=False):
+        bad = g[~g["trained"].astype(bool)]
+        if bad.empty:
+            continue
+        parts.append(f"{len(bad)} of {len(g)} {model} fits")
+        cosine = pd.to_numeric(bad.get("health_feature_cosine"), errors="coerce").dropna()
+        if "health_collapsed" in bad and bad["health_collapsed"].fillna(False).astype(bool).all() and len(cosine):
+            collapsed.append(f"{model} (mean pairwise cosine of the head's inputs {fmt_range(cosine)})")
+    if not parts:
+        return None
+    why = ""
+    if collapsed:
+        why = (" Their head inputs are nearly identical across samples — " + "; ".join(collapsed) + " — the "
+               "attention collapse the paper describes (docs/math.md §10.1): the network's pre-activations vary "
+               "by a few per cent across inputs, so at the paper's optimizer settings it stays near the chance "
+               "loss.")
+    return ("**Fits that did not train (†):** " + ", ".join(parts) + " (distinct clean fits over datasets, "
+            "settings and seeds)." + why + " Their numbers are shown, flagged, not dropped: they measure an "
+            "untrained network, and the null baselines beside them say how much of them is refitting noise.")
+
+
 def _cell_text(row: Mapping[str, Any], column: str) -> str:
     value = row[column]
     return value if isinstance(value, str) else fmt(value)
@@ -690,7 +727,9 @@ def protocol_table(summary: pd.DataFrame, refs: RefBook) -> tuple[str, str] | No
                 ratio = ratio_interval(attn["flips"], relu["flips"])
                 verdict = direction(ratio)
                 verdicts[verdict].append(f"{name} / {dataset}")
-                cells.append(f"{ratio.text(lambda v: fmt(v, 2))} {_DIRECTION_MARK[verdict]}{flags(relu)}{flags(attn)}")
+                text = ("0 / 0 (no sign flips)" if relu.get("flip_rate") == 0 and attn.get("flip_rate") == 0
+                        else ratio.text(lambda v: fmt(v, 2)))
+                cells.append(f"{text} {_DIRECTION_MARK[verdict]}{flags(relu)}{flags(attn)}")
                 keys += list(relu["keys"]) + list(attn["keys"])
             cells.append(refs.ref(", ".join(dict.fromkeys(base["store"])), f"protocol {name}", keys))
             rows.append(cells)
@@ -971,6 +1010,9 @@ def render_report(frames: Frames, figures: Mapping[str, str] | None = None,
                 lines += ["**Protocol matrix.** " + protocol[0], "", protocol[1], ""]
             note, table = malleability_table(sub, refs, records)
             lines += [note, "", table, ""]
+            untrained = untrained_note(records)
+            if untrained:
+                lines += [untrained, ""]
             gap = malleability_gap_table(sub, refs)
             if gap:
                 lines += ["Malleability gap (flip rate relative to 2L-ReLU; ▲ interval above 1, ▼ below, ≈ "

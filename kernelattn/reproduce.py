@@ -49,12 +49,13 @@ import numpy as np
 import platformdirs
 
 from kernelattn import plotting, provenance, report
-from kernelattn._precision import enable_x64, x64_enabled
+from kernelattn._precision import enable_x64, precision_policy, x64_enabled
 from kernelattn.data import DatasetNotFoundError, dataset_info, load
+from kernelattn.errors import InputValueError
 from kernelattn.kernels.gram import condition_report
-from kernelattn.malleability import run_malleability_spec
-from kernelattn.specs import SpecError, load_spec, parse_spec
-from kernelattn.store import ResultStore, make_record, utc_now
+from kernelattn.malleability import check_malleability_spec, run_malleability_spec
+from kernelattn.specs import SpecError, check_store_name, load_spec, parse_malleability_spec, parse_spec, read_spec_file
+from kernelattn.store import ResultStore, StoreNotFoundError, make_record, store_exists, utc_now
 from kernelattn.sweeps import run_sweep
 from kernelattn.transforms import linear_attention
 
@@ -104,13 +105,8 @@ class _SpecEntry:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object (an experiment spec), got {type(data).__name__}")
-    return data
+    """A spec file's JSON object, read strictly (``kernelattn.specs.read_spec_file``)."""
+    return read_spec_file(path)
 
 
 def _entry(spec: Any, index: int) -> _SpecEntry:
@@ -122,28 +118,32 @@ def _entry(spec: Any, index: int) -> _SpecEntry:
         source = getattr(spec, "source", None)
         spec = spec.to_dict()
     if not isinstance(spec, Mapping):
-        raise ValueError(f"specs[{index}]: expected a path, a dict or a kernelattn.specs.Spec, got {type(spec).__name__}")
+        raise InputValueError(f"specs[{index}]: expected a path, a dict or a kernelattn.specs.Spec, got {type(spec).__name__}")
     where = source or f"specs[{index}]"
     name, kind = spec.get("name"), spec.get("kind")
     if not isinstance(name, str) or not name:
-        raise ValueError(f"{where}: every spec needs a \"name\" (its store is <out>/<name>)")
+        raise InputValueError(f"{where}: every spec needs a \"name\" (its store is <out>/<name>)")
+    try:
+        check_store_name(name)
+    except SpecError as err:
+        raise SpecError(err.path, err.problem, source) from None
     if kind not in KIND_ORDER:
-        raise ValueError(f"{where}: \"kind\" must be one of {list(KIND_ORDER)}, got {kind!r}")
+        raise InputValueError(f"{where}: \"kind\" must be one of {list(KIND_ORDER)}, got {kind!r}")
     return _SpecEntry(name, kind, dict(spec), source)
 
 
 def _tier_entries(tier: str, directory: Path | None) -> list[_SpecEntry]:
     if not isinstance(tier, str) or not tier:
-        raise ValueError(f"tier: expected one of {list(TIERS)}, got {tier!r}")
+        raise InputValueError(f"tier: expected one of {list(TIERS)}, got {tier!r}")
     root = Path(directory) if directory is not None else experiments_dir()
     folder = root / tier
     if not folder.is_dir():
         known = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        raise ValueError(f"tier: no experiment folder {folder} (tiers here: {known or 'none'}; expected one of "
-                         f"{list(TIERS)})")
+        raise InputValueError(f"tier: no experiment folder {folder} (tiers here: {known or 'none'}; expected one of "
+                              f"{list(TIERS)})")
     files = sorted(folder.glob("*.json"))
     if not files:
-        raise ValueError(f"tier: {folder} holds no *.json spec")
+        raise InputValueError(f"tier: {folder} holds no *.json spec")
     return [_entry(path, i) for i, path in enumerate(files)]
 
 
@@ -151,7 +151,7 @@ def _sorted(entries: list[_SpecEntry]) -> list[_SpecEntry]:
     names = [e.name for e in entries]
     for name in names:
         if names.count(name) > 1:
-            raise ValueError(f"specs: two specs are named {name!r}; names must be unique (they name the stores)")
+            raise InputValueError(f"specs: two specs are named {name!r}; names must be unique (they name the stores)")
     return sorted(entries, key=lambda e: (KIND_ORDER.index(e.kind), e.name))
 
 
@@ -165,14 +165,14 @@ def _select(entries: list[_SpecEntry], only: Any, tier: str | None) -> list[_Spe
     patterns = [p.strip() for p in only.split(",")] if isinstance(only, str) else [str(p) for p in only]
     patterns = [p for p in patterns if p]
     if not patterns:
-        raise ValueError("only: expected a spec name, an artifact name or a glob, got nothing")
+        raise InputValueError("only: expected a spec name, an artifact name or a glob, got nothing")
     chosen = []
     for pattern in patterns:
         hits = [e for e in entries if fnmatch.fnmatchcase(e.name, pattern)
                 or fnmatch.fnmatchcase(_artifact(e.name, tier), pattern)]
         if not hits:
             available = ", ".join(e.name for e in entries)
-            raise ValueError(f"only: {pattern!r} matches no spec of this tier (available: {available})")
+            raise InputValueError(f"only: {pattern!r} matches no spec of this tier (available: {available})")
         chosen += [e for e in hits if e not in chosen]
     return [e for e in entries if e in chosen]
 
@@ -230,7 +230,7 @@ def _condition_metrics(dataset, depth: int, fractions: Sequence[float], spectra:
     # Z = G^k X (no re-normalization): Z Zᵀ = G^{2k+1} exactly; its spectrum from the singular values of Z.
     z = np.asarray(linear_attention(x, depth=depth, normalize=False))
     if z.dtype != np.float64:
-        raise RuntimeError("linear_attention returned float32: enable JAX's 64-bit mode (kernelattn.enable_x64())")
+        raise InputValueError("linear_attention returned float32: enable JAX's 64-bit mode (kernelattn.enable_x64())")
     attention = condition_report(z, warn_rank_deficient=False)
     features = condition_report(np.asarray(linear_attention(x, depth=depth), np.float64), warn_rank_deficient=False)
     metrics: dict[str, Any] = {
@@ -288,7 +288,11 @@ def run_conditions(spec: Mapping[str, Any] | str | os.PathLike[str], out: str | 
     datasets, normalized = _parse_conditions(spec, source)
     if not x64_enabled():
         enable_x64()
-    store = ResultStore.open(Path(out) / normalized["name"])
+    path = Path(out) / normalized["name"]
+    if not store_exists(path):  # a new store only once every dataset loads: a refused spec leaves nothing
+        for dataset in datasets:
+            load(dataset.name, **dataset.load_kwargs())
+    store = ResultStore.open(path)
     written = []
     for dataset in datasets:
         cell = conditions_cell(normalized["name"], dataset, normalized["depth"], normalized["energy_fractions"],
@@ -333,12 +337,11 @@ def _validate(entries: list[_SpecEntry]) -> None:
             elif entry.kind in ("kernel", "training"):
                 load_spec(entry.source if entry.source is not None else entry.data)
             else:
-                run_malleability_spec(entry.data, _Finished())
+                parse_malleability_spec(entry.data, source=entry.source)
         except SpecError:
             raise
         except ValueError as err:
-            raise ValueError(f"{entry.source or entry.name}: {err}") from err
-
+            raise InputValueError(f"{entry.source or entry.name}: {err}") from err
 
 
 def _file_datasets(entry: _SpecEntry) -> list[tuple[str, Any, bool, Any]]:
@@ -487,6 +490,7 @@ def _run_one(entry: _SpecEntry, out: Path, progress: bool) -> int:
             warnings.warn(f"{entry.name}: {result.n_missing} cell(s) missing (claimed by another process?); "
                           "rerun to complete", stacklevel=3)
         return int(result.n_computed)
+    loaded = check_malleability_spec(entry.data)  # data and memory, before the store is created
     store = ResultStore.open(out / entry.name)
     t0 = time.perf_counter()
 
@@ -496,7 +500,7 @@ def _run_one(entry: _SpecEntry, out: Path, progress: bool) -> int:
                    f"{cell['training_mode']} {cell['intervention']} {cell['attack']} ε={cell['epsilon']:g} "
                    f"seed {cell['seed']}: flip rate {rep.flip_rate:.3f}")
 
-    return len(run_malleability_spec(entry.data, store, progress=report if progress else None))
+    return len(run_malleability_spec(entry.data, store, progress=report if progress else None, loaded=loaded))
 
 
 def reproduce(
@@ -509,6 +513,7 @@ def reproduce(
     specs: Sequence[Any] | None = None,
     experiments: str | os.PathLike[str] | None = None,
     compile_cache: bool | str | os.PathLike[str] = True,
+    precision: str | None = None,
 ) -> ReproduceResult:
     """Run a tier's experiments (resumably), then write the figures and the markdown report.
 
@@ -532,6 +537,11 @@ def reproduce(
       compile_cache: JAX persistent compilation cache: True (default) uses
         ``<user cache>/kernelattn/jax-compile`` unless JAX already has one, a
         path uses that directory, False leaves JAX's settings alone.
+      precision: matmul precision of every experiment whose spec names none,
+        "highest" (``Precision.HIGHEST``) or "fast" (the device's default:
+        TF32 on recent GPUs); None → the policy in force
+        (``kernelattn.precision_policy``, the CLI's ``--precision``, else
+        "highest"). Records and figures' metadata name the one used.
 
     Returns:
       A :class:`ReproduceResult`.
@@ -542,6 +552,12 @@ def reproduce(
         and what to download where).
       kernelattn.specs.SpecError, ValueError: an invalid spec or argument.
     """
+    with precision_policy(precision):
+        return _reproduce(tier, only, out, figures_dir, progress, specs=specs, experiments=experiments,
+                          compile_cache=compile_cache)
+
+
+def _reproduce(tier, only, out, figures_dir, progress, *, specs, experiments, compile_cache) -> ReproduceResult:
     start = time.perf_counter()
     out = Path(out)
     if specs is not None:
@@ -606,18 +622,18 @@ def redraw(out: str | os.PathLike[str] = "results", figures_dir: str | os.PathLi
       the report ``<out>/report.md``.
 
     Raises:
-      FileNotFoundError: ``out`` holds no result store.
+      kernelattn.store.StoreNotFoundError (a FileNotFoundError): ``out`` holds no result store.
     """
     out = Path(out)
     figures_dir = out / "figures" if figures_dir is None else Path(figures_dir)
     frames = report.load_frames(out)
     if not frames.stores:
-        raise FileNotFoundError(f"{out}: no result store found (run kernelattn reproduce first)")
+        raise StoreNotFoundError(f"{out}: no result store found (run kernelattn reproduce first)")
     figures_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     captions: dict[str, str] = {}
     for stem, caption, figure in plotting.figures_for(frames):
-        written += plotting.save_figure(figure, figures_dir / stem)
+        written += plotting.save_figure(figure, figures_dir / stem, precision=_figure_precision(frames, stem))
         captions[stem] = caption
     report_path = out / "report.md"
     text = report.render_report(frames, figures={stem: _relative(figures_dir / f"{stem}.png", out)
@@ -626,6 +642,19 @@ def redraw(out: str | os.PathLike[str] = "results", figures_dir: str | os.PathLi
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, report_path)
     return written + [report_path]
+
+
+def _figure_precision(frames, stem: str) -> str:
+    """The matmul precision policy recorded by the latest record of the store a figure is drawn from.
+
+    "unrecorded" for stores written before records carried it (their CPU
+    numbers are "highest"; GPU ones were the device's default).
+    """
+    stores = [name for name in frames.info if stem.startswith(f"{name}_")]
+    if not stores:
+        return "unrecorded"
+    environment = frames.info[max(stores, key=len)].get("environment") or {}
+    return environment.get("precision") or "unrecorded"
 
 
 def _relative(path: Path, base: Path) -> str:

@@ -7,6 +7,21 @@ completely when loaded, and every error names the offending key path::
     models[1].depth: expected an integer >= 1, got 0
     kernel.sigma_ww: unknown key; did you mean 'sigma_w'? (allowed: ...)
 
+This module is the one schema and validator of every spec kind: the sweep
+specs below (``"kernel"``, ``"training"``), the malleability specs
+(:func:`parse_malleability_spec`; format in
+``kernelattn.malleability.run_malleability_spec``) and the datasets of the
+``"conditions"`` specs of ``kernelattn.reproduce``. For all of them:
+
+- files are read strictly (:func:`read_spec_file`): UTF-8, no duplicate keys,
+  no NaN/Infinity, a regular file (a directory or a FIFO is refused unopened);
+- ``name`` is one directory name (:func:`check_store_name`): the store is
+  ``<out>/<name>``, so separators, ``..`` and absolute paths are refused;
+- values are type-checked (``"retrain": "false"`` is an error, not true);
+  unknown keys and values are refused with a did-you-mean, nested ones too;
+- a grid of more than ``DEFAULT_MAX_CELLS`` (100,000) cells is refused with
+  its count (``max_cells=``, ``$KERNELATTN_MAX_CELLS``).
+
 Format (every key except ``name``, ``kind``, ``datasets``, ``models`` and
 ``widths`` is optional; defaults shown)::
 
@@ -34,6 +49,8 @@ Format (every key except ``name``, ``kind``, ``datasets``, ``models`` and
       "widths": {"log2": [2, 16], "step": 1}, # or an explicit list [4, 16, 64]; 1 <= m <= 2^20
       "seeds": 5,                           # a count (0..4) or an explicit list [0, 7]
       "dtype": "float32",                   # dtype of the finite-width kernels / networks
+      "precision": null,                    # matmul precision: "highest" | "fast" | null (the policy in
+                                            #   force: kernelattn --precision, else "highest")
       "metrics": null,                      # subset of METRICS[kind]; null = all
       "ridge": 1e-3,                        # λ of every kernel-ridge predictor (absolute)
       "kernel": {"readout": "fixed", "sigma_w": 1.0, "sigma_b": 0.0, "sigma_a": 1.0,
@@ -72,12 +89,14 @@ import json
 import math
 import os
 import re
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from kernelattn.analysis.labels import dataset_label, model_label
 from kernelattn.data.npz import file_sha256, is_npz_name
+from kernelattn.errors import InputTypeError, KernelattnError
 from kernelattn.registry import (
     MODEL_ALIASES,
     REQUIRED,
@@ -99,9 +118,15 @@ __all__ = [
     "ModelSpec",
     "Spec",
     "SpecError",
+    "SpecFileNotFoundError",
     "TrainingOptions",
+    "DEFAULT_MAX_CELLS",
+    "MalleabilitySpec",
+    "check_store_name",
     "load_spec",
+    "parse_malleability_spec",
     "parse_spec",
+    "read_spec_file",
 ]
 
 KINDS = ("kernel", "training")
@@ -123,11 +148,12 @@ MAX_WIDTH = 2**20
 TARGETS = ("auto", "onehot", "pm1")
 READOUTS = ("fixed", "trained")
 DTYPES = ("float32", "float64")
+PRECISIONS = ("highest", "fast")
 LOSSES = ("auto", "mse", "xent")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
-class SpecError(ValueError):
+class SpecError(KernelattnError, ValueError):
     """An invalid experiment spec.
 
     Attributes:
@@ -143,6 +169,57 @@ class SpecError(ValueError):
         self.source = source
         where = f"{source}: " if source else ""
         super().__init__(f"{where}{path}: {problem}" if path else f"{where}{problem}")
+
+
+class SpecFileNotFoundError(SpecError, FileNotFoundError):
+    """A spec file that does not exist (a ``SpecError`` and a ``FileNotFoundError``)."""
+
+
+#: Longest store name (one directory name; filesystems allow 255 bytes).
+MAX_NAME_LENGTH = 200
+#: Largest grid a spec may describe unless the limit is raised: at ~1 s a cell, 100,000 cells
+#: already take more than a day, and planning alone of a 4-million-cell grid takes an hour.
+DEFAULT_MAX_CELLS = 100_000
+#: Environment variable overriding ``DEFAULT_MAX_CELLS`` (the ``max_cells=`` argument wins over it).
+MAX_CELLS_ENV_VAR = "KERNELATTN_MAX_CELLS"
+#: Largest spec file read: a spec is a few KB.
+MAX_SPEC_BYTES = 16 * 2**20
+
+
+def check_store_name(value: Any, path: str = "name") -> str:
+    """A store name: one directory name of letters, digits, ``_ . -`` not starting with ``.``.
+
+    The store of a spec is ``<out>/<name>``, so a name with a separator, a
+    ``..`` or an absolute path would write outside ``out``: refused, for
+    every kind of spec.
+    """
+    name = _str(value, path)
+    if not _NAME_RE.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
+        raise SpecError(path, f"expected a store directory name (letters, digits, '_', '.', '-', not starting with "
+                              f"'.', at most {MAX_NAME_LENGTH} characters: no path separators, no '..', not "
+                              f"absolute), got {_show(name)}")
+    return name
+
+
+def resolve_max_cells(value: Any = None) -> int:
+    """The cell limit: ``value``, else ``$KERNELATTN_MAX_CELLS``, else ``DEFAULT_MAX_CELLS``."""
+    if value is None:
+        env = os.environ.get(MAX_CELLS_ENV_VAR)
+        if not env:
+            return DEFAULT_MAX_CELLS
+        try:
+            value = int(env)
+        except ValueError:
+            raise SpecError("", f"${MAX_CELLS_ENV_VAR}: expected an integer >= 1, got {env!r}") from None
+        return _int(value, f"${MAX_CELLS_ENV_VAR}", minimum=1)
+    return _int(value, "max_cells", minimum=1)
+
+
+def check_cell_count(n_cells: int, limit: int, breakdown: str) -> None:
+    """Refuse a grid of more than ``limit`` cells, with the count and how it arises."""
+    if n_cells > limit:
+        raise SpecError("", f"the grid has {n_cells:,} cells ({breakdown}), more than the limit of {limit:,}; "
+                            f"split the spec, or raise the limit (max_cells=, --max-cells or ${MAX_CELLS_ENV_VAR})")
 
 
 # --------------------------------------------------------------------------- value checks
@@ -835,8 +912,8 @@ def _parse_training(value: Any, path: str) -> TrainingOptions:
 
 # --------------------------------------------------------------------------- the spec
 
-_TOP_KEYS = ("name", "kind", "description", "datasets", "models", "widths", "seeds", "dtype", "metrics", "ridge",
-             "kernel", "training")
+_TOP_KEYS = ("name", "kind", "description", "datasets", "models", "widths", "seeds", "dtype", "precision", "metrics",
+             "ridge", "kernel", "training")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -852,6 +929,10 @@ class Spec:
       seeds: network seeds (PRNGKey(seed) draws the network).
       dtype: "float32" or "float64" for the finite-width kernels/networks
         (Θ_∞ and every metric are float64 regardless).
+      precision: matmul precision, "highest" (``Precision.HIGHEST``: true
+        float32 products), "fast" (the device's default: TF32 on recent GPUs)
+        or None (the policy in force when the sweep runs: the CLI's
+        ``--precision``, else "highest"). "fast" is part of a cell's identity.
       metrics: the metric groups computed (``METRICS[kind]`` subset).
       ridge: λ ≥ 0 of the kernel-ridge predictors.
       kernel: ``KernelOptions``.
@@ -866,6 +947,7 @@ class Spec:
     widths: tuple[int, ...]
     seeds: tuple[int, ...] = (0,)
     dtype: str = "float32"
+    precision: str | None = None
     metrics: tuple[str, ...] = ()
     ridge: float = 1e-3
     kernel: KernelOptions = KernelOptions()
@@ -889,6 +971,7 @@ class Spec:
             "widths": list(self.widths),
             "seeds": list(self.seeds),
             "dtype": self.dtype,
+            "precision": self.precision,
             "metrics": list(self.metrics),
             "ridge": self.ridge,
             "kernel": self.kernel.to_dict(),
@@ -908,26 +991,30 @@ class Spec:
                 "use_bias": k.sigma_b > 0, "train_readout": k.train_readout}
 
 
-def parse_spec(data: Mapping[str, Any], *, source: str | None = None) -> Spec:
+def parse_spec(data: Mapping[str, Any], *, source: str | None = None, max_cells: int | None = None) -> Spec:
     """Validate a spec given as a (JSON-like) dict.
+
+    Args:
+      data: the spec.
+      source: the file it came from, for messages.
+      max_cells: largest grid accepted (default ``$KERNELATTN_MAX_CELLS`` or
+        ``DEFAULT_MAX_CELLS`` = 100,000).
 
     Raises:
       SpecError: naming the key path of the first problem found.
     """
     try:
-        return _parse(data, source)
+        return _parse(data, source, resolve_max_cells(max_cells))
     except SpecError as err:
         if source and err.source is None:
             raise SpecError(err.path, err.problem, source) from None
         raise
 
 
-def _parse(data: Any, source: str | None) -> Spec:
+def _parse(data: Any, source: str | None, max_cells: int) -> Spec:
     top = _mapping(data, "", "a spec object")
     _check_keys(top, "", _TOP_KEYS, required=("name", "kind", "datasets", "models", "widths"))
-    name = _str(top["name"], "name")
-    if not _NAME_RE.fullmatch(name):
-        raise SpecError("name", f"expected letters, digits, '_', '.', '-' (a directory name), got {_show(name)}")
+    name = check_store_name(top["name"])
     kind = _choice(top["kind"], "kind", KINDS)
     description = _str(top.get("description", ""), "description")
 
@@ -944,7 +1031,11 @@ def _parse(data: Any, source: str | None) -> Spec:
     models = entries("models", _parse_model)
     widths = _widths(top["widths"], "widths")
     seeds = _seeds(top.get("seeds", [0]), "seeds")
+    check_cell_count(len(datasets) * len(models) * len(widths) * len(seeds), max_cells,
+                     f"{len(datasets)} dataset(s) × {len(models)} model(s) × {len(widths)} width(s) × "
+                     f"{len(seeds)} seed(s)")
     dtype = _choice(top.get("dtype", "float32"), "dtype", DTYPES)
+    precision = _optional(lambda v, p: _choice(v, p, PRECISIONS))(top.get("precision"), "precision")
     metrics_value = top.get("metrics")
     if metrics_value is None:
         metrics = METRICS[kind]
@@ -965,42 +1056,456 @@ def _parse(data: Any, source: str | None) -> Spec:
                 raise SpecError(f"models[{i}].rank", f"expected <= n_train of datasets[{j}] ({dataset.n_train}), "
                                                      f"got {model.rank}")
     return Spec(name=name, kind=kind, datasets=datasets, models=models, widths=widths, seeds=seeds, dtype=dtype,
-                metrics=metrics, ridge=ridge, kernel=kernel, training=training, description=description,
+                precision=precision, metrics=metrics, ridge=ridge, kernel=kernel, training=training, description=description,
                 source=source)
 
 
-def load_spec(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec) -> Spec:
+def load_spec(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, *, max_cells: int | None = None) -> Spec:
     """Load and validate a spec from a JSON file (or pass a dict / ``Spec`` through validation).
 
     Args:
       spec: path of a ``.json`` file, a dict in the same format, or a ``Spec``.
+      max_cells: largest grid accepted (see :func:`parse_spec`).
 
     Returns:
       The validated ``Spec``.
 
     Raises:
       SpecError: invalid content (the message names the key path and the file)
-        or invalid JSON (line and column).
-      FileNotFoundError: no such file.
+        or an unreadable file (see :func:`read_spec_file`).
+      SpecFileNotFoundError: no such file (also a ``FileNotFoundError``).
     """
     if isinstance(spec, Spec):
         return spec
     if isinstance(spec, Mapping):
-        return parse_spec(spec)
+        return parse_spec(spec, max_cells=max_cells)
     if not isinstance(spec, (str, os.PathLike)):
-        raise TypeError(f"spec: expected a path, a dict or a Spec, got {type(spec).__name__}")
-    path = Path(spec)
-    if not path.is_file():
-        raise FileNotFoundError(f"spec: no such file {str(path)!r}")
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text, parse_constant=_reject_constant)
-    except json.JSONDecodeError as err:
-        raise SpecError("", f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}", str(path)) from None
-    except ValueError as err:
-        raise SpecError("", f"invalid JSON: {err}", str(path)) from None
-    return parse_spec(data, source=str(path))
+        raise InputTypeError(f"spec: expected a path, a dict or a Spec, got {type(spec).__name__}")
+    return parse_spec(read_spec_file(spec), source=os.fspath(spec), max_cells=max_cells)
+
+
+class _BadJSON(ValueError):
+    """Raised from inside ``json.loads`` hooks; turned into a ``SpecError`` naming the file."""
 
 
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
+    raise _BadJSON(f"{name} is not a JSON number (use a finite number or null)")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _BadJSON(f"duplicate key {key!r} in one JSON object (the later value would silently win)")
+        seen[key] = value
+    return seen
+
+
+def read_spec_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON object of a spec file, read strictly.
+
+    A regular file (a directory or a FIFO is refused without being opened)
+    of at most ``MAX_SPEC_BYTES``, UTF-8, valid JSON without NaN/Infinity or
+    duplicate keys, holding an object.
+
+    Raises:
+      SpecFileNotFoundError: no such file.
+      SpecError: anything else, naming the file (and line/column for JSON errors).
+    """
+    source = os.fspath(path)
+    try:
+        st = os.stat(source)
+    except FileNotFoundError:
+        raise SpecFileNotFoundError("spec", f"no such file {source!r}") from None
+    except OSError as err:
+        raise SpecError("", f"cannot read the spec file ({err.strerror or err})", source) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise SpecError("", "is a directory; expected a JSON spec file (e.g. experiments/quick_width_sweep.json)",
+                        source)
+    if not stat.S_ISREG(st.st_mode):
+        raise SpecError("", "is not a regular file (a FIFO or a device); expected a JSON spec file", source)
+    if st.st_size > MAX_SPEC_BYTES:
+        raise SpecError("", f"is {st.st_size:,} bytes; a spec file has at most {MAX_SPEC_BYTES:,}", source)
+    try:
+        with open(source, "rb") as f:
+            raw = f.read(MAX_SPEC_BYTES + 1)
+    except OSError as err:
+        raise SpecError("", f"cannot read the spec file ({err.strerror or err})", source) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError("", f"is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); save the "
+                            "spec as UTF-8", source) from None
+    try:
+        data = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as err:
+        raise SpecError("", f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}", source) from None
+    except _BadJSON as err:
+        raise SpecError("", f"invalid JSON: {err}", source) from None
+    except RecursionError:
+        raise SpecError("", "invalid JSON: nested too deeply", source) from None
+    if not isinstance(data, dict):
+        raise SpecError("", f"expected a JSON object ({{...}}) at the top, got {type(data).__name__}", source)
+    return data
+
+
+# --------------------------------------------------------------------------- malleability specs
+#
+# The schema of ``"kind": "malleability"`` specs (kernelattn.malleability.run_malleability_spec), on the
+# same checks as the sweep specs above: types checked (``"retrain": "false"`` is refused, not read as
+# true), unknown keys and values refused with a did-you-mean, also nested (``kernel.sigma_ww``). The
+# parsed form keeps the values as written (only canonicalized: model aliases, attack names in lower case,
+# numbers as floats), because they make up the cells' keys in existing stores.
+
+MALLEABILITY_KEYS = (
+    "name", "kind", "description", "dataset", "datasets", "models", "model", "width", "widths", "seeds", "seed",
+    "kernel", "influence_kernels", "influence_kernel", "training", "training_modes", "training_mode", "attacks",
+    "attack", "epsilons", "epsilon", "interventions", "intervention", "tau", "ridge", "influence", "targets",
+    "retrain", "at_epsilon", "attack_config", "attack_targets", "null_baselines", "dtype", "precision", "variants",
+)
+#: Keys a variant may not override (they name the spec); a variant adds its "label" and may set "n_train".
+VARIANT_FIXED_KEYS = ("name", "kind", "description", "variants")
+#: Plural key → its singular spelling (one value); a spec gives one or the other.
+_PLURALS = {"datasets": "dataset", "models": "model", "widths": "width", "seeds": "seed",
+            "influence_kernels": "influence_kernel", "training_modes": "training_mode", "attacks": "attack",
+            "epsilons": "epsilon", "interventions": "intervention"}
+_SINGULARS = {v: k for k, v in _PLURALS.items()}
+#: The head options of a malleability spec's "kernel" section (the network, not how Θ is computed).
+_MALLEABILITY_HEAD_KEYS = ("readout", "sigma_w", "sigma_b", "sigma_a")
+_MALLEABILITY_MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
+    "relu": ("name", "sigma_w", "sigma_b", "sigma_a", "train_readout"),
+    "mlp-attn": ("name", "depth", "rank", "constant_term", "normalize", "sigma_w", "sigma_b", "sigma_a",
+                 "train_readout"),
+}
+_MODEL_OPTION_CHECKS: dict[str, Callable[[Any, str], Any]] = {
+    "depth": lambda v, p: _int(v, p, minimum=1),
+    "rank": _optional(lambda v, p: _int(v, p, minimum=1)),
+    "constant_term": _bool,
+    "normalize": _bool,
+    "sigma_w": lambda v, p: _real(v, p, minimum=0.0, strict=True),
+    "sigma_b": lambda v, p: _real(v, p, minimum=0.0),
+    "sigma_a": lambda v, p: _real(v, p, minimum=0.0, strict=True),
+    "train_readout": _bool,
+}
+#: Largest width of a malleability spec: the models' limit (kernelattn.models.MAX_WIDTH); whether it
+#: fits in memory is planned before any work (kernelattn.memory).
+MAX_MALLEABILITY_WIDTH = 2**31
+
+
+@dataclasses.dataclass(frozen=True)
+class MalleabilitySpec:
+    """A validated malleability spec.
+
+    Attributes:
+      name: the store name (``None`` when the spec has none: the caller names the store).
+      description: free text.
+      plans: ``(label, parsed)`` per variant, "default" first; ``parsed`` is
+        the plain dict ``kernelattn.malleability`` runs (lists of datasets,
+        models, widths, seeds, modes, kernels, attacks, epsilons,
+        interventions, attack targets, nulls and the shared settings).
+      n_cells: the number of cells over all variants (cells shared by
+        variants counted once per variant: an upper bound).
+      source: the file it was read from, if any.
+    """
+
+    name: str | None
+    description: str
+    plans: tuple[tuple[str, dict], ...]
+    n_cells: int
+    source: str | None = None
+
+
+def _malleability_choices() -> dict[str, tuple[str, ...]]:
+    """The allowed values, from the modules that define them (imported on first use: they load JAX)."""
+    import importlib
+
+    # (``kernelattn.influence`` and ``.malleability`` are functions on the package: import the modules.)
+    attacks, influence, malleability, training = (importlib.import_module(f"kernelattn.{name}") for name in
+                                                  ("attacks", "influence", "malleability", "training"))
+    return {
+        "attacks": attacks.ATTACKS, "attack_targets": attacks.ATTACK_TARGETS, "kernels": influence.KERNELS,
+        "ridge_kernels": influence.RIDGE_KERNELS, "influence": influence.INFLUENCE_METHODS,
+        "targets": influence.TARGET_ENCODINGS, "models": influence.SUPPORTED_MODELS,
+        "interventions": malleability.INTERVENTIONS, "nulls": malleability.NULL_KINDS,
+        "modes": malleability.TRAININGS, "default_nulls": malleability.DEFAULT_NULLS,
+        "losses": training.LOSSES, "decay_modes": training.WEIGHT_DECAY_MODES,
+        "binary_outputs": training.BINARY_OUTPUTS,
+    }
+
+
+def _config_section(value: Any, path: str, checks: Mapping[str, Callable[[Any, str], Any]], build: Callable,
+                    what: str) -> dict[str, Any]:
+    """A ``{field: value}`` section (``training``, ``attack_config``, ``kernel``): keys and values checked,
+    then ``build(**section)`` run as a final check; the section as written is returned."""
+    if value is None:
+        return {}
+    section = _mapping(value, path, what)
+    _check_keys(section, path, tuple(checks))
+    for key, item in section.items():
+        checks[key](item, _join(path, key))
+    try:
+        build(**section)
+    except ValueError as err:  # a combination only the class judges (e.g. bounds lo < hi)
+        raise SpecError(path, str(err)) from None
+    return dict(section)
+
+
+def _bounds(value: Any, path: str) -> tuple[float, float]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise SpecError(path, f"expected [lo, hi], got {_show(value)}")
+    lo, hi = (_real(v, _join(path, i)) for i, v in enumerate(value))
+    if not lo < hi:
+        raise SpecError(path, f"expected lo < hi, got {_show(list(value))}")
+    return lo, hi
+
+
+def _malleability_model(value: Any, path: str, choices: Sequence[str]) -> Any:
+    """A model name (aliases resolved) or ``{"name": ..., options}`` with the name resolved."""
+    aliases = {alias: name for alias, name in MODEL_ALIASES.items() if name in choices}
+    if isinstance(value, str):
+        return _choice(value, path, choices, aliases)
+    entry = _mapping(value, path, "a model name or entry")
+    if "name" not in entry:
+        raise SpecError(_join(path, "name"), "required key is missing")
+    name = _choice(entry["name"], _join(path, "name"), choices, aliases)
+    _check_keys(entry, path, _MALLEABILITY_MODEL_OPTIONS[name], context=f"for model {name!r}")
+    for key, item in entry.items():
+        if key != "name":
+            _MODEL_OPTION_CHECKS[key](item, _join(path, key))
+    return {**dict(entry), "name": name}
+
+
+def _malleability_dataset(value: Any, path: str) -> tuple[dict[str, Any], str]:
+    """(``kernelattn.data.load`` keyword arguments, table label) of one dataset entry."""
+    parsed = _parse_dataset(value, path)  # the sweep's checks: keys, types, source options
+    entry = dict(value)
+    label = str(entry["label"]) if entry.get("label") else (
+        parsed.name + ("" if entry.get("classes") is None else
+                       " " + "-vs-".join(str(c) for c in entry["classes"])))
+    kwargs = {"normalize": False, **{k: v for k, v in entry.items() if k not in ("label", "target")}}
+    return kwargs, label
+
+
+def _one_or_many(top: Mapping[str, Any], plural: str, default: Any, where: Callable[[str], str],
+                 allow_empty: bool = False) -> tuple[list, Callable[[int], str]]:
+    """The values of ``plural`` (or its singular spelling), and the path of the i-th."""
+    singular = _PLURALS.get(plural)
+    if singular is not None and plural in top and singular in top:
+        raise SpecError(where(plural), f"give either {plural!r} or {singular!r}, not both")
+    key = plural if plural in top else singular if singular is not None and singular in top else None
+    if key is None:
+        return list(default), (lambda i: where(plural))
+    value = top[key]
+    if isinstance(value, (list, tuple)):
+        if not value and not allow_empty:
+            raise SpecError(where(key), "expected a non-empty list, got []")
+        return list(value), (lambda i: _join(where(key), i))
+    if plural == "null_baselines":  # no one-value spelling: a string here is a mistake, not a list of letters
+        raise SpecError(where(key), f"expected a list (e.g. [\"seed\", \"order\"], or [] for none), got {_show(value)}")
+    return [value], (lambda i: where(key))
+
+
+def _parse_malleability_body(top: Mapping[str, Any], where: Callable[[str], str], choices: Mapping[str, Any]) -> dict:
+    """One variant's spec (base merged with its overrides) → the parsed dict; ``where(key)`` is the path
+    of a top-level key in the user's file (``variants[i].key`` for an override)."""
+    for key in top:
+        if key not in MALLEABILITY_KEYS:
+            hint = difflib.get_close_matches(key, list(MALLEABILITY_KEYS), n=1, cutoff=0.6)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise SpecError(where(key), f"unknown key of a malleability spec{suggestion} "
+                                        f"(allowed: {', '.join(MALLEABILITY_KEYS)})")
+
+    def many(plural, default, check, allow_empty=False):
+        values, path_of = _one_or_many(top, plural, default, where, allow_empty)
+        return [check(v, path_of(i)) for i, v in enumerate(values)]
+
+    def one(key, default, check):
+        return check(top[key], where(key)) if key in top else default
+
+    entries = many("datasets", [], _malleability_dataset)
+    if not entries:
+        raise SpecError(where("datasets"), "required key is missing (e.g. \"datasets\": [{\"name\": \"digits\"}])")
+    attack_config = _config_section(top.get("attack_config"), where("attack_config"), {
+        "steps": lambda v, p: _int(v, p, minimum=1),
+        "step_size": _optional(lambda v, p: _real(v, p, minimum=0.0, strict=True)),
+        "random_start": _bool,
+        "momentum": lambda v, p: _real(v, p, minimum=0.0),
+        "target": lambda v, p: _choice(v, p, choices["attack_targets"]),
+        "bounds": _bounds,
+    }, _attack_config_class(), "an attack_config object")
+    training = _config_section(top.get("training"), where("training"), {
+        "learning_rate": lambda v, p: _real(v, p, minimum=0.0, strict=True),
+        "batch_size": lambda v, p: _int(v, p, minimum=1),
+        "epochs": lambda v, p: _int(v, p, minimum=0),
+        "weight_decay": lambda v, p: _real(v, p, minimum=0.0),
+        "loss": lambda v, p: _choice(v, p, choices["losses"]),
+        "weight_decay_mode": lambda v, p: _choice(v, p, choices["decay_modes"]),
+        "binary_output": lambda v, p: _choice(v, p, choices["binary_outputs"]),
+    }, _train_config_class(), "a training object")
+    head = _config_section(top.get("kernel"), where("kernel"),
+                           {k: _KERNEL_CHECKS[k] for k in _MALLEABILITY_HEAD_KEYS}, lambda **_: None,
+                           "a kernel object (the head: readout, sigma_w, sigma_b, sigma_a)")
+    seeds_value = top.get("seeds", top.get("seed"))
+    if "seeds" in top and "seed" in top:
+        raise SpecError(where("seeds"), "give either 'seeds' or 'seed', not both")
+    if isinstance(seeds_value, (list, tuple)):
+        seeds = many("seeds", [0], lambda v, p: _int(v, p, minimum=0, maximum=2**31 - 1))
+        if len(set(seeds)) != len(seeds):
+            raise SpecError(where("seeds" if "seeds" in top else "seed"), f"expected distinct seeds, got {seeds}")
+    elif "seeds" in top:
+        seeds = list(range(_int(seeds_value, where("seeds"), minimum=1, maximum=100_000)))
+    elif "seed" in top:
+        seeds = [_int(seeds_value, where("seed"), minimum=0, maximum=2**31 - 1)]
+    else:
+        seeds = [0]
+    parsed = {
+        "datasets": [kwargs for kwargs, _ in entries],
+        "dataset_labels": [label for _, label in entries],
+        "tau": one("tau", 0.1, lambda v, p: _real(v, p, minimum=0.0, strict=True, maximum=1.0)),
+        "ridge": one("ridge", 1e-3, lambda v, p: _real(v, p, minimum=0.0, strict=True)),
+        "influence": one("influence", "loo", lambda v, p: _choice(v, p, choices["influence"])),
+        "targets": one("targets", "pm1", lambda v, p: _choice(v, p, choices["targets"])),
+        "retrain": one("retrain", False, _bool),
+        "dtype": one("dtype", "float64", lambda v, p: _choice(v, p, DTYPES)),
+        "precision": one("precision", None, _optional(lambda v, p: _choice(v, p, PRECISIONS))),
+        "head": head,
+        "training": training,
+        "attack_config": {k: v for k, v in attack_config.items() if k != "target"},
+        "at_epsilon": one("at_epsilon", 0.3, lambda v, p: _real(v, p, minimum=0.0)),
+        "seeds": seeds,
+        "models": many("models", ["mlp-attn"], lambda v, p: _malleability_model(v, p, choices["models"])),
+        "widths": many("widths", [1024], lambda v, p: _int(v, p, minimum=1, maximum=MAX_MALLEABILITY_WIDTH)),
+        "modes": many("training_modes", ["standard"], lambda v, p: _choice(v, p, choices["modes"])),
+        "kernels": many("influence_kernels", ["empirical"], lambda v, p: _choice(v, p, choices["kernels"])),
+        "attacks": many("attacks", ["pgd"], lambda v, p: _choice(_str(v, p).lower(), p, choices["attacks"])),
+        "epsilons": many("epsilons", [0.3], lambda v, p: _real(v, p, minimum=0.0)),
+        "interventions": many("interventions", ["adversarial"],
+                              lambda v, p: _choice(v, p, choices["interventions"])),
+        "attack_targets": many("attack_targets", [attack_config.get("target", "model")],
+                               lambda v, p: _choice(v, p, choices["attack_targets"])),
+        "nulls": many("null_baselines", list(choices["default_nulls"]),
+                      lambda v, p: _choice(v, p, choices["nulls"]), allow_empty=True),
+    }
+    if "kernel" in parsed["attack_targets"] and not set(parsed["kernels"]) <= set(choices["ridge_kernels"]):
+        raise SpecError(where("attack_targets"), f"'kernel' needs every influence kernel in "
+                                                 f"{list(choices['ridge_kernels'])}, got influence_kernels "
+                                                 f"{parsed['kernels']}")
+    for i, model in enumerate(parsed["models"]):
+        rank = model.get("rank") if isinstance(model, Mapping) else None
+        for j, dataset in enumerate(parsed["datasets"]):
+            n_train = dataset.get("n_train")
+            if rank is not None and n_train is not None and rank > n_train:
+                raise SpecError(f"{where('models')}[{i}].rank", f"expected <= n_train of datasets[{j}] ({n_train}), "
+                                                                f"got {rank}")
+    return parsed
+
+
+def _train_config_class():
+    from kernelattn.training import TrainConfig
+
+    return TrainConfig
+
+
+def _attack_config_class():
+    from kernelattn.attacks import AttackConfig
+
+    return AttackConfig
+
+
+def malleability_cells(parsed: Mapping[str, Any]) -> int:
+    """The number of cells of one parsed variant (see ``kernelattn.malleability``)."""
+    per_group = sum(1 if i == "curated" else len(parsed["attack_targets"]) * len(parsed["attacks"])
+                    * len(parsed["epsilons"]) for i in parsed["interventions"]) + len(parsed["nulls"])
+    groups = (len(parsed["datasets"]) * len(parsed["seeds"]) * len(parsed["models"]) * len(parsed["widths"])
+              * len(parsed["modes"]) * len(parsed["kernels"]))
+    return groups * per_group
+
+
+def malleability_variants(spec: Mapping[str, Any]) -> list[tuple[str, dict, dict]]:
+    """The spec itself ("default") and each of its ``"variants"``: (label, merged spec, overrides).
+
+    A variant is a mapping with a unique non-empty ``"label"`` and overrides
+    of any spec key but ``name``/``kind``/``description``/``variants``;
+    ``"n_train"`` sets every dataset's training-set size. An override of a
+    plural key replaces its singular spelling too, and vice versa.
+    """
+    top = _mapping(spec, "", "a malleability spec object")
+    base = {k: v for k, v in top.items() if k != "variants"}
+    out: list[tuple[str, dict, dict]] = [("default", base, {})]
+    variants = top.get("variants")
+    if variants is None:
+        return out
+    if not isinstance(variants, (list, tuple)):
+        raise SpecError("variants", f"expected a list of {{\"label\": ..., overrides}} objects, got {_show(variants)}")
+    allowed = tuple(k for k in MALLEABILITY_KEYS if k not in VARIANT_FIXED_KEYS) + ("label", "n_train")
+    for i, variant in enumerate(variants):
+        path = f"variants[{i}]"
+        entry = _mapping(variant, path, "a variant object")
+        label = entry.get("label")
+        if not isinstance(label, str) or not label.strip():
+            raise SpecError(_join(path, "label"), f"expected a non-empty string, got {_show(label)}")
+        if any(label == other for other, _, _ in out):
+            raise SpecError(_join(path, "label"), f"expected a unique label, got {label!r} twice")
+        fixed = sorted(set(entry) & set(VARIANT_FIXED_KEYS))
+        if fixed:
+            raise SpecError(path, f"a variant cannot override {fixed} (they name the spec)")
+        _check_keys(entry, path, allowed, context="of a variant")
+        overrides = {k: v for k, v in entry.items() if k != "label"}
+        n_train = overrides.pop("n_train", None)
+        merged = {k: v for k, v in base.items()
+                  if k not in overrides and _PLURALS.get(k) not in overrides and _SINGULARS.get(k) not in overrides}
+        merged.update(overrides)
+        if n_train is not None:
+            n_train = _int(n_train, _join(path, "n_train"), minimum=2)
+            datasets = merged.pop("datasets", merged.pop("dataset", None))
+            datasets = list(datasets) if isinstance(datasets, (list, tuple)) else [datasets]
+            merged["datasets"] = [{**d, "n_train": n_train} if isinstance(d, Mapping) else d for d in datasets]
+            overrides["datasets"] = merged["datasets"]
+        out.append((label, merged, overrides))
+    return out
+
+
+def parse_malleability_spec(spec: Mapping[str, Any] | str | os.PathLike[str], *, source: str | None = None,
+                            max_cells: int | None = None) -> MalleabilitySpec:
+    """Validate a malleability spec (a dict, or the path of its JSON file) and every variant.
+
+    Args:
+      spec: the spec (format: ``kernelattn.malleability.run_malleability_spec``).
+      source: the file it came from, for messages.
+      max_cells: largest number of cells accepted (default
+        ``$KERNELATTN_MAX_CELLS`` or ``DEFAULT_MAX_CELLS`` = 100,000).
+
+    Returns:
+      A :class:`MalleabilitySpec`.
+
+    Raises:
+      SpecError: the first problem, naming its key path (``variants[1].epsilons[0]``).
+    """
+    if isinstance(spec, (str, os.PathLike)):
+        source = os.fspath(spec)
+        spec = read_spec_file(spec)
+    try:
+        return _parse_malleability(spec, source, resolve_max_cells(max_cells))
+    except SpecError as err:
+        if source and err.source is None:
+            raise SpecError(err.path, err.problem, source) from None
+        raise
+
+
+def _parse_malleability(spec: Any, source: str | None, max_cells: int) -> MalleabilitySpec:
+    top = _mapping(spec, "", "a malleability spec object")
+    name = check_store_name(top["name"]) if "name" in top else None
+    if "kind" in top and top["kind"] != "malleability":
+        raise SpecError("kind", f"expected 'malleability' (or no kind), got {_show(top['kind'])}")
+    description = _str(top.get("description", ""), "description")
+    choices = _malleability_choices()
+    plans = []
+    for i, (label, merged, overrides) in enumerate(malleability_variants(top)):
+        where = (lambda key: key) if i == 0 else (
+            lambda key, i=i, overrides=overrides: f"variants[{i - 1}].{key}" if key in overrides else key)
+        plans.append((label, _parse_malleability_body(merged, where, choices)))
+    counts = [malleability_cells(parsed) for _, parsed in plans]
+    breakdown = " + ".join(f"{n:,} ({label})" for (label, _), n in zip(plans, counts)) if len(plans) > 1 else \
+        "datasets × seeds × models × widths × training modes × influence kernels × (attack cells + nulls)"
+    check_cell_count(sum(counts), max_cells, breakdown)
+    return MalleabilitySpec(name, description, tuple(plans), sum(counts), source)

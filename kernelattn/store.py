@@ -34,6 +34,23 @@ because the store is shared by many processes and, later, hosts:
   carries a SHA-256 ``checksum`` of its canonical body, loading reports any
   mismatch as :class:`StoreCorruptError`, and ``repair()`` moves the file to
   ``quarantine/`` without rewriting anything else.
+* **Only regular files are read.** Every file is ``lstat``-ed before it is
+  opened (and opened non-blocking): a FIFO, device, socket, directory or
+  symbolic link where a record, claim or manifest belongs is reported as
+  corrupt (:class:`NotARegularFileError`) — reading a FIFO would block
+  forever — and ``repair()`` moves it to ``quarantine/``.
+
+Integrity, not authenticity
+---------------------------
+The SHA-256 ``checksum`` detects *corruption* — bit rot, truncation, an
+accidental edit — but not *tampering*: it is a plain hash that anyone who
+edits a record can recompute. For tamper evidence, give the store a secret
+key: ``ResultStore.open(path, hmac_key=...)`` or the environment variable
+``KERNELATTN_STORE_KEY`` (:data:`HMAC_ENV_VAR`). Records written with a key
+carry an ``hmac`` field, HMAC-SHA256 under that key of the same canonical body;
+a handle opened with a key refuses (:class:`StoreCorruptError`) any record
+whose HMAC is missing or wrong, so an edit by someone without the key is
+detected. A handle without a key ignores the field (reads as before).
 * **O(1) resume.** ``has(key)`` is one ``stat``.
 
 The cost — one small file per cell — is fine at the scale of width × seed ×
@@ -80,6 +97,14 @@ timed-out-but-alive owner and a taker both compute a cell, ``link`` lets only
 one record in. ``put`` releases the writer's own claim; ``release`` does so
 explicitly (e.g. when a computation fails).
 
+A claim of another host cannot be checked for liveness: it is honoured until
+``claim_timeout``. :meth:`ResultStore.claims` lists every claim with its
+state (``"live"``, ``"foreign"``, ``"stale"``, ``"finished"``,
+``"unreadable"``) — ``kernelattn store PATH`` prints them — and
+:meth:`ResultStore.release_claims` removes every claim whose owner is not a
+provably live process on this host (``kernelattn store PATH --repair
+--release-claims``), for when that other host is known to be gone.
+
 Errors
 ------
 All errors derive from :class:`StoreError`. A directory that cannot be
@@ -97,10 +122,12 @@ from __future__ import annotations
 import datetime as _dt
 import errno
 import hashlib
+import hmac as _hmac
 import json
 import math
 import os
 import re
+import stat
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -110,15 +137,21 @@ from typing import Any
 import pandas as pd
 
 from kernelattn import provenance
+from kernelattn.errors import InputTypeError, InputValueError, KernelattnError
 
 __all__ = [
     "DEFAULT_CLAIM_TIMEOUT",
     "FORMAT_VERSION",
+    "HMAC_ENV_VAR",
+    "ClaimInfo",
+    "NotARegularFileError",
     "Problem",
     "RecordExistsError",
+    "RecordNotFoundError",
     "ResultStore",
     "StoreCorruptError",
     "StoreError",
+    "StoreNotFoundError",
     "StoreVersionError",
     "check_key",
     "decode_record",
@@ -127,6 +160,8 @@ __all__ = [
     "frame_row",
     "make_record",
     "record_checksum",
+    "record_hmac",
+    "store_exists",
     "record_fingerprint",
     "utc_now",
 ]
@@ -144,10 +179,16 @@ CLAIM_SUFFIX = ".claim"
 TEMP_PREFIX = ".tmp-"
 #: Seconds after which any claim (or orphaned temp file) is stale: 24 h.
 DEFAULT_CLAIM_TIMEOUT: float = 24 * 3600.0
+#: Environment variable holding the secret key of record HMACs (tamper evidence); unset: none.
+HMAC_ENV_VAR = "KERNELATTN_STORE_KEY"
+#: Claim states (see :meth:`ResultStore.claims`).
+CLAIM_STATES = ("live", "foreign", "stale", "finished", "unreadable")
 #: Fields a caller must supply to ``put``.
 REQUIRED_FIELDS: tuple[str, ...] = ("kind", "cell", "spec", "seed", "metrics", "timing")
 #: Fields ``put`` computes itself (caller values are replaced).
 STORE_FIELDS: tuple[str, ...] = ("format", "key", "checksum")
+#: Optional store-owned field: HMAC-SHA256 of the body under the store's key (only with a key).
+HMAC_FIELD = "hmac"
 #: ``to_frame`` columns that precede the cell and metric columns.
 FRAME_COLUMNS: tuple[str, ...] = ("key", "kind", "seed", "seconds")
 
@@ -160,7 +201,7 @@ _NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
 # --------------------------------------------------------------------------- errors
 
 
-class StoreError(Exception):
+class StoreError(KernelattnError):
     """Any failure of the results store (I/O, permissions, misuse)."""
 
 
@@ -189,8 +230,26 @@ class StoreCorruptError(StoreError):
         return (type(self), (self.path, self.problem))
 
 
+class NotARegularFileError(StoreCorruptError):
+    """A FIFO, device, socket, directory or symbolic link where a store file belongs; never opened."""
+
+
 class RecordExistsError(StoreError):
     """``put`` of a key that already has a record (records are append-only)."""
+
+
+class RecordNotFoundError(StoreError, KeyError):
+    """``get`` of a key that has no record (a ``KeyError``, as for a mapping)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """No result store where one was expected."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)
@@ -209,6 +268,50 @@ class Problem:
     problem: str
 
 
+@dataclass(frozen=True)
+class ClaimInfo:
+    """One claim file, as listed by :meth:`ResultStore.claims`.
+
+    Attributes:
+      key: the claimed cell key ("" for a file that is not ``<key>.claim``).
+      path: the claim file.
+      state: "live" (a running process on this host), "foreign" (another
+        host, younger than the timeout: cannot be checked), "stale" (owner
+        gone or timed out), "finished" (the cell has a record) or
+        "unreadable" (not a claim written by kernelattn, younger than the
+        timeout).
+      host, pid: the owner, when readable.
+      age: seconds since the claim was taken.
+    """
+
+    key: str
+    path: str
+    state: str
+    host: str | None
+    pid: int | None
+    age: float
+
+    def describe(self) -> str:
+        """One line: who holds it, for how long, and what that means."""
+        owner = f" by host {self.host} pid {self.pid}" if self.host is not None else ""
+        meaning = {
+            "live": "a running process on this host",
+            "foreign": "on another host: cannot tell whether it still runs; honoured until the claim timeout",
+            "stale": "its owner is gone or timed out; the next claim takes it over",
+            "finished": "the cell is finished; the claim is left over",
+            "unreadable": "not a kernelattn claim; honoured until the claim timeout",
+        }[self.state]
+        return f"{self.state} claim{owner}, {_age(self.age)} old ({meaning})"
+
+
+def _age(seconds: float) -> str:
+    seconds = max(float(seconds), 0.0)
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
 # --------------------------------------------------------------------------- pure helpers
 
 
@@ -225,6 +328,26 @@ def record_checksum(record: Mapping[str, Any]) -> str:
     """SHA-256 hex of the canonical JSON of ``record`` without its ``checksum`` field."""
     body = {k: v for k, v in record.items() if k != "checksum"}
     return _sha256(provenance.canonical_json(body))
+
+
+def record_hmac(record: Mapping[str, Any], key: bytes) -> str:
+    """HMAC-SHA256 hex, under ``key``, of the canonical JSON of ``record`` without ``checksum`` and ``hmac``."""
+    body = {k: v for k, v in record.items() if k not in ("checksum", HMAC_FIELD)}
+    return _hmac.new(key, provenance.canonical_json(body).encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def _hmac_key(value: Any) -> bytes | None:
+    """The HMAC key: ``value`` (bytes or text), else ``$KERNELATTN_STORE_KEY``, else None."""
+    if value is None:
+        value = os.environ.get(HMAC_ENV_VAR) or None
+        if value is None:
+            return None
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    if not isinstance(value, (bytes, bytearray)) or not value:
+        raise InputValueError(f"hmac_key: expected non-empty bytes or text (or ${HMAC_ENV_VAR}), got "
+                              f"{type(value).__name__}")
+    return bytes(value)
 
 
 def record_fingerprint(record: Mapping[str, Any]) -> str:
@@ -274,21 +397,29 @@ def make_record(
     return record
 
 
+def store_exists(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` holds a result store (its manifest): callers validate everything, data
+    included, before they create a new one, so that a refused spec leaves nothing behind."""
+    return os.path.lexists(os.path.join(os.fspath(path), MANIFEST_NAME))
+
+
 def check_key(key: Any, name: str = "key") -> str:
     """Validate a cell key: 64 lowercase hex characters (see ``provenance.cell_key``)."""
     if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
-        raise ValueError(
+        raise InputValueError(
             f"{name}: expected a cell key (64 lowercase hex characters from "
             f"kernelattn.provenance.cell_key), got {type(key).__name__} {key!r}"
         )
     return key
 
 
-def finalize_record(key: str, record: Mapping[str, Any], environment: Mapping[str, Any]) -> dict[str, Any]:
+def finalize_record(key: str, record: Mapping[str, Any], environment: Mapping[str, Any], *,
+                    hmac_key: bytes | None = None) -> dict[str, Any]:
     """Validate ``record`` and return the exact dict that will be stored.
 
-    Adds ``format``, ``key`` and ``checksum``; fills ``environment`` when
-    absent; converts numpy/JAX values to plain JSON types.
+    Adds ``format``, ``key`` and ``checksum`` (and ``hmac`` when ``hmac_key``
+    is given); fills ``environment`` when absent; converts numpy/JAX values
+    to plain JSON types.
 
     Raises:
       ValueError: a required field is missing or malformed, or ``key`` is not
@@ -297,32 +428,32 @@ def finalize_record(key: str, record: Mapping[str, Any], environment: Mapping[st
     """
     check_key(key)
     if not isinstance(record, Mapping):
-        raise TypeError(f"record: expected a mapping, got {type(record).__name__}")
+        raise InputTypeError(f"record: expected a mapping, got {type(record).__name__}")
     missing = [f for f in REQUIRED_FIELDS if f not in record]
     if missing:
-        raise ValueError(f"record: missing field(s) {missing}; required are {list(REQUIRED_FIELDS)}")
+        raise InputValueError(f"record: missing field(s) {missing}; required are {list(REQUIRED_FIELDS)}")
     kind = record["kind"]
     if not isinstance(kind, str) or not kind:
-        raise ValueError(f"record['kind']: expected a non-empty str, got {kind!r}")
+        raise InputValueError(f"record['kind']: expected a non-empty str, got {kind!r}")
     for field in ("cell", "spec", "metrics", "timing"):
         if not isinstance(record[field], Mapping):
-            raise ValueError(f"record[{field!r}]: expected a mapping, got {type(record[field]).__name__}")
+            raise InputValueError(f"record[{field!r}]: expected a mapping, got {type(record[field]).__name__}")
     seconds = record["timing"].get("seconds")
     try:
         if isinstance(seconds, (bool, str)):
             raise TypeError
         seconds = float(seconds)
     except (TypeError, ValueError):
-        raise ValueError(f"record['timing']['seconds']: expected a number, got {seconds!r}") from None
+        raise InputValueError(f"record['timing']['seconds']: expected a number, got {seconds!r}") from None
     expected = provenance.cell_key(record["cell"])
     if key != expected:
-        raise ValueError(
+        raise InputValueError(
             f"key: {key} is not cell_key(record['cell']) = {expected}; "
             "compute keys with kernelattn.provenance.cell_key(cell)"
         )
     if "key" in record and record["key"] != key:
-        raise ValueError(f"record['key']: {record['key']!r} differs from key {key}")
-    out = {k: v for k, v in record.items() if k not in STORE_FIELDS}
+        raise InputValueError(f"record['key']: {record['key']!r} differs from key {key}")
+    out = {k: v for k, v in record.items() if k not in STORE_FIELDS and k != HMAC_FIELD}
     timing = {"started": None, "finished": None, **dict(record["timing"])}
     timing["seconds"] = seconds
     out["timing"] = timing
@@ -331,6 +462,8 @@ def finalize_record(key: str, record: Mapping[str, Any], environment: Mapping[st
     out = provenance.to_jsonable(out, "record")
     out["format"] = FORMAT_VERSION
     out["key"] = key
+    if hmac_key is not None:
+        out[HMAC_FIELD] = record_hmac(out, hmac_key)
     out["checksum"] = record_checksum(out)
     return out
 
@@ -341,12 +474,18 @@ def encode_record(record: Mapping[str, Any]) -> bytes:
     return (text + "\n").encode("ascii")
 
 
-def decode_record(data: bytes, path: str | os.PathLike[str], expected_key: str) -> dict[str, Any]:
+def decode_record(data: bytes, path: str | os.PathLike[str], expected_key: str, *,
+                  hmac_key: bytes | None = None) -> dict[str, Any]:
     """Parse and verify one record file's bytes.
+
+    Args:
+      data, path, expected_key: the file's bytes, its path, the key its name gives.
+      hmac_key: when given, the record must carry a valid HMAC under it.
 
     Raises:
       StoreCorruptError: bad JSON/encoding, not an object, missing fields,
-        checksum mismatch or a key that differs from ``expected_key``.
+        checksum mismatch, a key that differs from ``expected_key``, or (with
+        ``hmac_key``) a missing or wrong HMAC.
       StoreVersionError: the record's format is newer than :data:`FORMAT_VERSION`.
     """
     try:
@@ -380,6 +519,14 @@ def decode_record(data: bytes, path: str | os.PathLike[str], expected_key: str) 
         )
     if record["key"] != expected_key:
         raise StoreCorruptError(path, f"key mismatch: file is named for {expected_key} but holds {record['key']!r}")
+    if hmac_key is not None:
+        stored = record.get(HMAC_FIELD)
+        if not isinstance(stored, str):
+            raise StoreCorruptError(path, f"no HMAC, but this store is read with a key (${HMAC_ENV_VAR} or "
+                                          "hmac_key=): written without the key, or the field was removed")
+        if not _hmac.compare_digest(stored, record_hmac(record, hmac_key)):
+            raise StoreCorruptError(path, "HMAC mismatch: the record was changed by someone without the key, "
+                                          "or written under another key")
     return record
 
 
@@ -435,7 +582,7 @@ def frame_row(record: Mapping[str, Any], *, prefix: bool = False) -> dict[str, A
             if source == "cell" and column in FRAME_COLUMNS and not _same_value(row[column], value):
                 column = f"cell.{column}"
             if column in row and not _same_value(row[column], value):
-                raise ValueError(
+                raise InputValueError(
                     f"record {record['key']}: column {column!r} from {source} ({value!r}) clashes with "
                     f"an earlier value ({row[column]!r}); use to_frame(prefix=True)"
                 )
@@ -444,6 +591,45 @@ def frame_row(record: Mapping[str, Any], *, prefix: bool = False) -> dict[str, A
 
 
 # --------------------------------------------------------------------------- low-level I/O
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"),
+               (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _file_kind(mode: int) -> str:
+    return next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+def _read_regular(path: str) -> tuple[bytes, os.stat_result]:
+    """The bytes and stat of the regular file ``path``, never opening anything else.
+
+    ``lstat`` first (a FIFO would block ``open`` forever), then open
+    non-blocking without following links and check again on the descriptor.
+
+    Raises:
+      FileNotFoundError: no such file.
+      NotARegularFileError: a FIFO, device, socket, directory or link.
+    """
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotARegularFileError(path, f"{_file_kind(st.st_mode)}, not a regular file; kernelattn never opens "
+                                         "it (kernelattn store --repair moves it to quarantine/)")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # replaced between lstat and open
+            raise NotARegularFileError(path, f"{_file_kind(st.st_mode)}, not a regular file; never read")
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks), st
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -585,6 +771,10 @@ class ResultStore:
       claim_timeout: seconds after which a claim (or orphaned temp file) is
         stale whoever owns it; ``None`` disables the age rule (claims of dead
         processes on this host are still taken over).
+      hmac_key: secret key (bytes or text) for tamper-evident records: ``put``
+        adds an HMAC-SHA256 under it, reads refuse records whose HMAC is
+        missing or wrong. ``None``: ``$KERNELATTN_STORE_KEY`` if set, else no
+        HMAC (the SHA-256 checksum still detects corruption, not tampering).
 
     Raises:
       StoreVersionError: the store was written by a newer format version.
@@ -612,11 +802,13 @@ class ResultStore:
         create: bool = True,
         readonly: bool = False,
         claim_timeout: float | None = DEFAULT_CLAIM_TIMEOUT,
+        hmac_key: bytes | str | None = None,
     ) -> None:
+        self._hmac_key = _hmac_key(hmac_key)
         if claim_timeout is not None and (
             isinstance(claim_timeout, bool) or not isinstance(claim_timeout, (int, float)) or claim_timeout < 0
         ):
-            raise ValueError(f"claim_timeout: expected a number of seconds >= 0 or None, got {claim_timeout!r}")
+            raise InputValueError(f"claim_timeout: expected a number of seconds >= 0 or None, got {claim_timeout!r}")
         self._root = os.path.abspath(os.fspath(path))
         self._readonly = bool(readonly)
         self._claim_timeout = None if claim_timeout is None else float(claim_timeout)
@@ -633,9 +825,10 @@ class ResultStore:
         *,
         readonly: bool = False,
         claim_timeout: float | None = DEFAULT_CLAIM_TIMEOUT,
+        hmac_key: bytes | str | None = None,
     ) -> ResultStore:
         """Open (and by default create) the store at ``path``; see the class docstring."""
-        return cls(path, create=create, readonly=readonly, claim_timeout=claim_timeout)
+        return cls(path, create=create, readonly=readonly, claim_timeout=claim_timeout, hmac_key=hmac_key)
 
     # -- paths and identity ------------------------------------------------------------
 
@@ -678,7 +871,8 @@ class ResultStore:
     def _environment(self) -> dict[str, Any]:
         if self._env is None:
             self._env = provenance.environment()
-        return self._env
+        # The precision policy is per computation, not per store: read it at each put.
+        return {**self._env, "precision": provenance.precision_info()}
 
     # -- opening -----------------------------------------------------------------------
 
@@ -688,7 +882,7 @@ class ResultStore:
         if manifest is None:
             if not create or self._readonly:
                 why = "opened read-only" if self._readonly else "create=False"
-                raise StoreError(f"no result store at {self._root} (no {MANIFEST_NAME}; {why})")
+                raise StoreNotFoundError(f"no result store at {self._root} (no {MANIFEST_NAME}; {why})")
             if os.path.exists(self._root) and not os.path.isdir(self._root):
                 raise StoreError(f"{self._root} exists and is not a directory")
             made_root = not os.path.exists(self._root)
@@ -719,8 +913,7 @@ class ResultStore:
     def _read_manifest(self, path: str) -> dict[str, Any] | None:
         """The checked manifest, or None if there is none."""
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data, _ = _read_regular(path)
         except FileNotFoundError:
             return None
         except NotADirectoryError:
@@ -802,22 +995,21 @@ class ResultStore:
 
     def _load(self, key: str) -> dict[str, Any]:
         path = self._record_path(key)
-        with open(path, "rb") as f:
-            data = f.read()
-        return decode_record(data, path, key)
+        data, _ = _read_regular(path)
+        return decode_record(data, path, key, hmac_key=self._hmac_key)
 
     def get(self, key: str) -> dict[str, Any]:
         """The verified record stored under ``key``.
 
         Raises:
-          KeyError: no record for ``key``.
+          RecordNotFoundError (a KeyError): no record for ``key``.
           StoreCorruptError: the record file is corrupt.
         """
         check_key(key)
         try:
             return self._load(key)
         except FileNotFoundError:
-            raise KeyError(f"no record for key {key} in {self._root}") from None
+            raise RecordNotFoundError(f"no record for key {key} in {self._root}") from None
 
     def records(self, kind: str | None = None) -> Iterator[dict[str, Any]]:
         """Iterate over every verified record (of ``kind``, if given), sorted by key.
@@ -827,7 +1019,7 @@ class ResultStore:
             in ``records/`` — nothing is skipped silently.
         """
         if kind is not None and not isinstance(kind, str):
-            raise ValueError(f"kind: expected a str or None, got {kind!r}")
+            raise InputValueError(f"kind: expected a str or None, got {kind!r}")
         for name in self._record_names():
             path = os.path.join(self._dir(RECORDS_DIR), name)
             if not _is_record_name(name):
@@ -837,8 +1029,6 @@ class ResultStore:
                 record = self._load(key)
             except FileNotFoundError:
                 raise StoreError(f"record {path} vanished while reading (concurrent repair?)") from None
-            except IsADirectoryError:
-                raise StoreCorruptError(path, "is a directory, not a record file") from None
             if kind is None or record["kind"] == kind:
                 yield record
 
@@ -877,9 +1067,9 @@ class ResultStore:
         """
         self._require_writable()
         if not isinstance(record, Mapping):
-            raise TypeError(f"record: expected a mapping, got {type(record).__name__}")
+            raise InputTypeError(f"record: expected a mapping, got {type(record).__name__}")
         environment = self._environment() if record.get("environment") is None else {}
-        final = finalize_record(key, record, environment)
+        final = finalize_record(key, record, environment, hmac_key=self._hmac_key)
         path = self._record_path(key)
         if not os.path.lexists(path):
             data = encode_record(final)
@@ -912,10 +1102,11 @@ class ResultStore:
         }
 
     def _read_claim(self, path: str) -> tuple[dict[str, Any] | None, os.stat_result]:
-        """``(content or None if unreadable, stat)``; FileNotFoundError if absent."""
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            data = f.read()
+        """``(content or None if unreadable or not a regular file, stat)``; FileNotFoundError if absent."""
+        try:
+            data, st = _read_regular(path)
+        except NotARegularFileError:
+            return None, os.lstat(path)
         try:
             info = json.loads(data.decode("ascii"))
         except (UnicodeDecodeError, ValueError):
@@ -1048,7 +1239,11 @@ class ResultStore:
         """Remove a claim file if it is (still) stale, of a finished cell, or not a claim."""
         name = os.path.basename(path)
         key = name[: -len(CLAIM_SUFFIX)] if name.endswith(CLAIM_SUFFIX) else ""
-        if not _KEY_RE.fullmatch(key):
+        try:
+            regular = stat.S_ISREG(os.lstat(path).st_mode)
+        except FileNotFoundError:
+            return
+        if not _KEY_RE.fullmatch(key) or not regular:
             _unlink_quiet(path)
             return
         try:
@@ -1058,8 +1253,13 @@ class ResultStore:
         if self.has(key) or self.claim_is_stale(current, st.st_mtime):
             self._break_claim(path, current, st)
 
-    def claimed_elsewhere(self, key: str) -> bool:
-        """Whether another live owner is computing ``key``: absent, claimed, not by us, not stale."""
+    def claimed_elsewhere(self, key: str, *, include_foreign: bool = True) -> bool:
+        """Whether another live owner is computing ``key``: absent, claimed, not by us, not stale.
+
+        With ``include_foreign=False`` only owners on this host count (their
+        liveness is checked); a claim of another host, which cannot be
+        checked, then does not.
+        """
         check_key(key)
         if key in self._held or self.has(key):
             return False
@@ -1067,7 +1267,72 @@ class ResultStore:
             current, st = self._read_claim(self._claim_path(key))
         except FileNotFoundError:
             return False
-        return not self.claim_is_stale(current, st.st_mtime)
+        if self.claim_is_stale(current, st.st_mtime):
+            return False
+        return include_foreign or (current is not None and current.get("host") == self._host_id())
+
+    def _claim_info(self, path: str, now: float) -> ClaimInfo | None:
+        """The :class:`ClaimInfo` of one claim file (None if it vanished)."""
+        name = os.path.basename(path)
+        key = name[: -len(CLAIM_SUFFIX)] if name.endswith(CLAIM_SUFFIX) else ""
+        key = key if _KEY_RE.fullmatch(key) else ""
+        try:
+            info, st = self._read_claim(path)
+        except FileNotFoundError:
+            return None
+        born = float(info["time"]) if info is not None and isinstance(info.get("time"), (int, float)) \
+            and not isinstance(info.get("time"), bool) else st.st_mtime
+        host = info.get("host") if info is not None and isinstance(info.get("host"), str) else None
+        pid = info.get("pid") if info is not None and isinstance(info.get("pid"), int) \
+            and not isinstance(info.get("pid"), bool) else None
+        if key and self.has(key):
+            state = "finished"
+        elif self.claim_is_stale(info, st.st_mtime, now):
+            state = "stale"
+        elif host is None or pid is None:
+            state = "unreadable"
+        elif host == self._host_id():
+            state = "live"
+        else:
+            state = "foreign"
+        return ClaimInfo(key, path, state, host, pid, now - born)
+
+    def claims(self) -> list[ClaimInfo]:
+        """Every file in ``claims/`` (temp files aside), sorted by name, with its state (see :class:`ClaimInfo`)."""
+        directory = self._dir(CLAIMS_DIR)
+        try:
+            names = sorted(n for n in os.listdir(directory) if not n.startswith(TEMP_PREFIX))
+        except FileNotFoundError:
+            return []
+        now = time.time()
+        found = (self._claim_info(os.path.join(directory, name), now) for name in names)
+        return [c for c in found if c is not None]
+
+    def release_claims(self) -> list[ClaimInfo]:
+        """Remove every claim not held by a live process on this host; return those removed.
+
+        For when the owners are known to be gone: a claim of another host is
+        otherwise honoured until ``claim_timeout`` (24 h by default). A cell
+        whose owner does still run may then be computed twice; the store
+        keeps the first record (``link`` lets only one in).
+        """
+        self._require_writable()
+        removed = []
+        for info in self.claims():
+            if info.state == "live":
+                continue
+            try:
+                st = os.lstat(info.path)
+                if stat.S_ISDIR(st.st_mode):
+                    continue  # reported by verify(); repair(quarantine=True) moves it
+                current, _ = self._read_claim(info.path)
+                if self._break_claim(info.path, current, st):
+                    removed.append(info)
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                raise _store_error(err, "releasing claim", info.path) from err
+        return removed
 
     def held_claims(self) -> list[str]:
         """Keys claimed through this handle and not yet released."""
@@ -1128,9 +1393,8 @@ class ResultStore:
         if not _is_record_name(name):
             return [Problem(path, "corrupt", "unexpected file in records/ (not '<64-hex key>.json')")]
         try:
-            with open(path, "rb") as f:
-                data = f.read()
-            decode_record(data, path, name[: -len(RECORD_SUFFIX)])
+            data, _ = _read_regular(path)
+            decode_record(data, path, name[: -len(RECORD_SUFFIX)], hmac_key=self._hmac_key)
         except StoreCorruptError as err:
             return [Problem(path, "corrupt", err.problem)]
         except StoreVersionError as err:
@@ -1143,6 +1407,13 @@ class ResultStore:
 
     def _verify_claim(self, path: str, name: str) -> list[Problem]:
         key = name[: -len(CLAIM_SUFFIX)] if name.endswith(CLAIM_SUFFIX) else None
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return []
+        if not stat.S_ISREG(st.st_mode):
+            kind = "corrupt" if stat.S_ISDIR(st.st_mode) else "claim"
+            return [Problem(path, kind, f"{_file_kind(st.st_mode)} in claims/, not a claim file")]
         if key is None or not _KEY_RE.fullmatch(key):
             return [Problem(path, "claim", "unexpected file in claims/")]
         try:

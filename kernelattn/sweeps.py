@@ -111,13 +111,14 @@ from tqdm.auto import tqdm
 
 from kernelattn import guards, memory, provenance
 from kernelattn import metrics as M
-from kernelattn._precision import enable_x64, resolve_dtype, x64_enabled
+from kernelattn._precision import enable_x64, precision_policy, resolve_dtype, resolve_precision, x64_enabled
 from kernelattn.analysis.fits import width_fits
 from kernelattn.analysis.formatting import fmt, fmt_log, fmt_pm, text_table
 from kernelattn.analysis.statistics import seed_summary
 from kernelattn.data import load
 from kernelattn.data.dataset import encode_targets
 from kernelattn.distributed import device_mesh
+from kernelattn.errors import InputValueError
 from kernelattn.kernels.analytic import head_kernels
 from kernelattn.kernels.empirical import model_apply_fn
 from kernelattn.kernels.gram import condition_report
@@ -125,7 +126,7 @@ from kernelattn.kernels.stream import head_kernel_stream
 from kernelattn.models import HeadConfig, MLPHead, head_preactivations
 from kernelattn.registry import model_entry
 from kernelattn.specs import DatasetSpec, ModelSpec, Spec, load_spec, parse_devices
-from kernelattn.store import ResultStore, make_record, utc_now
+from kernelattn.store import ResultStore, make_record, store_exists, utc_now
 from kernelattn.training import linearize, loss_value, ntk_predictor, predicted_labels, train, training_health
 
 __all__ = [
@@ -185,7 +186,10 @@ def cell_definition(spec: Spec, dataset: DatasetSpec, model: ModelSpec, width: i
     ``width_chunk`` is in for the streamed kernels of feature models ("relu",
     "mlp-attn": it is their PRNG block size, so it changes the draws) and out
     elsewhere; network models ("qkv-attn", a user's) add their Monte-Carlo
-    limit's settings.
+    limit's settings. ``"precision": "fast"`` is in when the spec's precision
+    (None: the policy in force) is "fast"; "highest", the default, is left
+    out, so cells keep the keys they had before the precision policy existed
+    (on CPUs the two are the same numbers).
     """
     feature_model = model_entry(model.name).is_feature_model
     head = spec.kernel.head_identity()
@@ -205,6 +209,8 @@ def cell_definition(spec: Spec, dataset: DatasetSpec, model: ModelSpec, width: i
     }
     if not feature_model:
         definition["limit"] = {"width": spec.kernel.limit_width, "seeds": spec.kernel.limit_seeds}
+    if resolve_precision(spec.precision, "precision") == "fast":
+        definition["precision"] = "fast"
     if spec.training is not None:
         definition["training"] = spec.training.to_dict()
     return definition
@@ -240,7 +246,7 @@ def _load_data(dataset: DatasetSpec, index: int = 0) -> _Data:
     try:
         ds = load(dataset.name, **dataset.load_kwargs())
     except ValueError as err:  # a bad option value only the loader can judge (sizes, class names)
-        raise ValueError(f"datasets[{index}] ({dataset.label!r}): {err}") from err
+        raise InputValueError(f"datasets[{index}] ({dataset.label!r}): {err}") from err
     regression = ds.n_classes == 0
     if regression:
         y, target, labels_test = np.asarray(ds.y_train, np.float64), "values", None
@@ -288,11 +294,11 @@ def sweep_mesh(devices: Any = 1):
     elif isinstance(devices, (int, np.integer)) and not isinstance(devices, bool) and devices >= 1:
         count = int(devices)
     else:
-        raise ValueError(f"kernel.devices: expected an integer >= 1 or \"all\", got {devices!r}")
+        raise InputValueError(f"kernel.devices: expected an integer >= 1 or \"all\", got {devices!r}")
     if count > len(local):
-        raise ValueError(f"kernel.devices: {count} requested but this process has {len(local)} "
-                         f"{jax.default_backend()} device(s) (on CPU, XLA_FLAGS="
-                         f"--xla_force_host_platform_device_count={count} simulates more)")
+        raise InputValueError(f"kernel.devices: {count} requested but this process has {len(local)} "
+                              f"{jax.default_backend()} device(s) (on CPU, XLA_FLAGS="
+                              f"--xla_force_host_platform_device_count={count} simulates more)")
     if count == 1:
         return None
     return device_mesh(local[:count])
@@ -373,7 +379,7 @@ def _check_memory(spec: Spec, dataset: DatasetSpec, data: _Data) -> None:
     except Exception:  # noqa: BLE001 - psutil missing or unusable: no guard
         return
     if need > available:
-        raise MemoryError(
+        raise memory.MemoryPlanError(
             f"dataset {dataset.label!r}: n_train = {n}, n_test = {n_all - n} needs about {need / 2**30:.1f} GiB for "
             f"its (n + n*) × n kernel matrices, more than the {available / 2**30:.1f} GiB available; set n_train / "
             "n_test in the spec's dataset entry"
@@ -608,7 +614,7 @@ class _Runner:
                 widths = sorted({c.width for c in claimed})
                 started, t0 = utc_now(), time.perf_counter()
                 for m, theta in head_kernel_stream(keys, head, group.features, n, widths, width_chunk=k.width_chunk,
-                                                   dtype=spec.dtype, mesh=self.mesh):
+                                                   dtype=spec.dtype, mesh=self.mesh, precision=spec.precision):
                     thetas = theta if theta.ndim == 3 else theta[None]
                     elapsed = time.perf_counter() - t0
                     done = [(i, index[(s, m)]) for i, s in enumerate(batch) if (s, m) in index]
@@ -772,7 +778,9 @@ def _wait_for_others(store, plan: list[Cell], bar, poll_s: float = WAIT_POLL_S) 
     while True:
         missing = [c for c in plan if not store.has(c.key)]
         bar.n = len(plan) - len(missing)
-        waiting = sum(store.claimed_elsewhere(c.key) for c in missing)
+        # Another host's claim cannot be checked for liveness: wait for it only within one multi-process
+        # run (its processes share the work); otherwise report those cells missing instead of hanging.
+        waiting = sum(store.claimed_elsewhere(c.key, include_foreign=jax.process_count() > 1) for c in missing)
         if not waiting:
             bar.refresh()
             return missing
@@ -797,6 +805,10 @@ def run_sweep(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, out: str 
         (live claims on the same store), wait for them, and compute those a
         failed process gave up, so that every process returns the whole
         table; ``False`` returns at once with them counted as ``n_missing``.
+        Claims of another host are waited for only in a multi-process run
+        (``jax.process_count() > 1``): their liveness cannot be checked, so a
+        single process counts those cells missing instead of waiting up to
+        the claim timeout (``kernelattn store PATH`` lists such claims).
 
     In a multi-process JAX run (``kernelattn.distributed.initialize_distributed``
     called first, as the CLI does), every process runs the same call on the
@@ -811,9 +823,20 @@ def run_sweep(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, out: str 
     Raises:
       kernelattn.specs.SpecError: an invalid spec (naming the key path).
       kernelattn.store.StoreError: the store cannot be opened or written.
+
+    The whole run is inside ``kernelattn.precision_policy(spec.precision)``
+    (None: the policy in force, else "highest"): every matmul of it,
+    the sweep's own included, runs at that precision.
     """
     t_start = time.perf_counter()
     spec = load_spec(spec)
+    # A spec without "precision" runs at the policy in force (the CLI's --precision); records name the one used.
+    spec = dataclasses.replace(spec, precision=resolve_precision(spec.precision, "precision"))
+    with precision_policy(spec.precision):
+        return _run_sweep(spec, out, progress=progress, devices=devices, wait=wait, t_start=t_start)
+
+
+def _run_sweep(spec: Spec, out, *, progress: bool, devices: Any, wait: bool, t_start: float) -> SweepResults:
     if devices is not None:
         spec = dataclasses.replace(spec, kernel=dataclasses.replace(spec.kernel, devices=parse_devices(devices,
                                                                                                        "devices")))
@@ -823,6 +846,8 @@ def run_sweep(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, out: str 
     mesh = sweep_mesh(spec.kernel.devices)
     offset = jax.process_index()
     path = Path(out) / spec.name
+    # A new store is created only once every dataset has loaded: a spec refused at data-load time leaves nothing.
+    preloaded = {} if store_exists(path) else {i: _load_data(d, i) for i, d in enumerate(spec.datasets)}
     store = ResultStore.open(path)
     plan = plan_cells(spec)
     pending = [c for c in plan if not store.has(c.key)]
@@ -830,6 +855,7 @@ def run_sweep(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, out: str 
     bar = tqdm(total=len(plan), initial=skipped, desc=spec.name, unit="cell", dynamic_ncols=True,
                disable=not _progress_enabled(progress), smoothing=0.1)
     runner = _Runner(spec, store, bar, mesh=mesh, offset=offset)
+    runner._data.update(preloaded)
     try:
         while pending:
             computed_before = runner.computed

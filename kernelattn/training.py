@@ -32,7 +32,9 @@ import numpy as np
 import optax
 
 from kernelattn import guards
+from kernelattn._precision import precision_policy, resolve_precision
 from kernelattn._validation import check_choice, check_int, check_matrix, check_real
+from kernelattn.errors import InputValueError, KernelattnError
 from kernelattn.linalg import kernel_regression
 
 ApplyFn = Callable[[dict, jax.Array], jax.Array]
@@ -43,6 +45,8 @@ BINARY_OUTPUTS = ("pm1", "onehot")
 UNTRAINED_LOSS_FRACTION = 0.9
 #: … or its training accuracy is within this many points (fraction) of chance.
 UNTRAINED_ACCURACY_MARGIN = 0.02
+#: Mean pairwise cosine of the head's inputs above which they count as collapsed (docs/math.md §10.1).
+COLLAPSED_FEATURE_COSINE = 0.99
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,8 +158,15 @@ class TrainResult:
     losses: np.ndarray
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 8))
-def _run_epochs(apply_fn, optimizer, loss, params, opt_state, x, y, keys, batch_size):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 8, 9))
+def _run_epochs(apply_fn, optimizer, loss, params, opt_state, x, y, keys, batch_size, precision="highest"):
+    """The epochs of :func:`train`, traced inside ``precision_policy(precision)``: the model's
+    matmuls that name no precision (and their gradients) run at the policy's."""
+    with precision_policy(precision):
+        return _epochs(apply_fn, optimizer, loss, params, opt_state, x, y, keys, batch_size)
+
+
+def _epochs(apply_fn, optimizer, loss, params, opt_state, x, y, keys, batch_size):
     def step(carry, batch):
         params, opt_state = carry
         idx, w = batch
@@ -180,6 +191,7 @@ def train(
     *,
     key: jax.Array,
     config: TrainConfig = TrainConfig(),
+    precision=None,
 ) -> TrainResult:
     """Train ``apply_fn``'s parameters on (x, y) with minibatch Adam.
 
@@ -192,15 +204,22 @@ def train(
       y: ``(n, C)`` targets (one-hot for cross-entropy; ``(n,)`` is read as C = 1).
       key: PRNG key for the epoch shuffles.
       config: ``TrainConfig``.
+      precision: matmul precision of the forward and backward passes,
+        "highest" (``Precision.HIGHEST``) or "fast" (the device's default:
+        TF32 on recent GPUs); None → the policy in force
+        (``kernelattn.precision_policy``, default "highest"). Applies to the
+        model's matmuls that name no precision of their own (kernelattn's
+        models default to the policy in force).
 
     Returns:
       ``TrainResult(params, losses)``.
     """
+    precision = resolve_precision(precision)
     x = check_matrix(x, "x")
     y = np.asarray(y)
     y = y[:, None] if y.ndim == 1 else y
     if y.shape[0] != x.shape[0]:
-        raise ValueError(f"y: expected {x.shape[0]} rows to match x, got shape {y.shape}")
+        raise InputValueError(f"y: expected {x.shape[0]} rows to match x, got shape {y.shape}")
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
     x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
     optimizer = make_optimizer(config)
@@ -209,7 +228,8 @@ def train(
     if config.epochs == 0:
         return TrainResult(params, np.zeros(0))
     keys = jax.random.split(key, config.epochs)
-    params, _, losses = _run_epochs(apply_fn, optimizer, loss, params, optimizer.init(params), x, y, keys, batch_size)
+    params, _, losses = _run_epochs(apply_fn, optimizer, loss, params, optimizer.init(params), x, y, keys, batch_size,
+                                    precision)
     return TrainResult(params, np.asarray(losses, dtype=np.float64))
 
 
@@ -274,7 +294,7 @@ class TrainingWarning(UserWarning):
     """A network fit did not train (see :func:`training_health`)."""
 
 
-class UntrainedError(ValueError):
+class UntrainedError(KernelattnError, ValueError):
     """Raised instead of :class:`TrainingWarning` under ``kernelattn.guards.strict()``."""
 
 
@@ -302,6 +322,8 @@ class TrainingHealth:
       trained: False when loss_ratio > ``UNTRAINED_LOSS_FRACTION`` or
         train_accuracy − chance_accuracy < ``UNTRAINED_ACCURACY_MARGIN``.
       reasons: why not trained (empty when trained).
+      collapsed: feature_cosine > ``COLLAPSED_FEATURE_COSINE``: the head's
+        inputs barely differ across samples (MLP-Attn's attention collapse).
     """
 
     final_loss: float
@@ -316,6 +338,7 @@ class TrainingHealth:
     feature_cosine: float
     trained: bool
     reasons: tuple[str, ...] = ()
+    collapsed: bool = False
 
     def to_dict(self) -> dict:
         """Plain scalars (``reasons`` joined by "; ") for the result store."""
@@ -396,6 +419,7 @@ def training_health(
     if train_acc - chance_acc < UNTRAINED_ACCURACY_MARGIN:
         reasons.append(f"train accuracy {train_acc:.3f} within {UNTRAINED_ACCURACY_MARGIN:.0%} of chance "
                        f"{chance_acc:.3f}")
+    cosine = mean_pairwise_cosine(features)
     return TrainingHealth(
         final_loss=final,
         chance_loss=chance,
@@ -406,9 +430,10 @@ def training_health(
         weight_change=_tree_norm(delta) / max(_tree_norm(initial_params), np.finfo(np.float64).tiny),
         varying_units=float(np.mean(patterns.any(axis=0) & ~patterns.all(axis=0))) if patterns.size else math.nan,
         pattern_change=float(np.mean(patterns != patterns0)) if patterns.size else math.nan,
-        feature_cosine=mean_pairwise_cosine(features),
+        feature_cosine=cosine,
         trained=not reasons,
         reasons=tuple(reasons),
+        collapsed=bool(cosine > COLLAPSED_FEATURE_COSINE),
     )
 
 
@@ -423,9 +448,12 @@ def check_health(health: TrainingHealth, what: str) -> TrainingHealth:
     if health.trained:
         return health
     action = guards.current_policy().action
-    message = (f"{what}: the network did not train — " + "; ".join(health.reasons) +
+    cause = (f"; its head inputs are nearly identical across samples (mean pairwise cosine "
+             f"{health.feature_cosine:.4f}), the attention collapse of docs/math.md §10.1"
+             if health.collapsed else "")
+    message = (f"{what}: the network did not train — " + "; ".join(health.reasons) + cause +
                ". Its influence and malleability numbers describe an untrained network (raise the learning rate "
-               "or epochs, or use weight_decay_mode='decoupled')")
+               "or the epochs; with weight_decay_mode='coupled', lower weight_decay)")
     if action == "raise":
         raise UntrainedError(message)
     if action == "warn":

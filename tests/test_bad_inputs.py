@@ -7,11 +7,22 @@ store and the data cache as they were.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
+import math
 import os
+import pickle
+import re
+import signal
+import stat
+import struct
+import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -20,6 +31,7 @@ import pytest
 import kernelattn as ka
 from kernelattn import cli
 from kernelattn.data import ChecksumError, DatasetNotFoundError
+from kernelattn.errors import KernelattnError
 from kernelattn.store import ResultStore, StoreError, StoreVersionError
 
 X = np.random.default_rng(0).random((6, 4))
@@ -171,9 +183,6 @@ def test_cli_rejects_bad_input(argv, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "out").exists()  # no store was created for a rejected spec
 
 
-import re  # noqa: E402  (used by the CLI test above)
-
-
 def test_store_from_a_newer_format_is_refused_untouched(store_dir):
     manifest = store_dir / "kernelattn-store.json"
     data = json.loads(manifest.read_text())
@@ -234,3 +243,483 @@ def test_missing_and_corrupt_data_files(tmp_path):
 
 def test_catalogue_is_large_enough():
     assert len(API_CASES) + len(CLI_CASES) + 4 >= 30
+
+
+# =========================================================================== the catalogue (issue 15)
+#
+# Every case runs in a directory of its own (``world``: specs, an ``out`` results directory with a store,
+# a data ``cache``), in-process (``cli.main`` or a library call) and within 10 s, and must give:
+# - one line naming the cause, matching ``message`` (CLI: on stderr after "kernelattn CMD: error:", exit
+#   ``code``; library: a ``KernelattnError`` of class ``error``) — or, for ``check`` cases, the correct result;
+# - no traceback (an exception outside the contract is a failure);
+# - the world byte-identical before and after (no store created, nothing written outside ``--out``).
+# ``test_catalogue`` runs them all, counts them and reports every failure at once.
+
+HANG_LIMIT_S = 10.0
+DIGITS = {"name": "digits", "n_train": 20, "n_test": 10, "seed": 0}
+SWEEP = {"name": "tiny_sweep", "kind": "kernel", "datasets": [DIGITS], "models": [{"name": "relu"}], "widths": [4],
+         "metrics": ["rel_fro"]}
+MALL = {"name": "tiny_mall", "kind": "malleability", "datasets": [DIGITS], "models": ["relu"], "width": 8,
+        "training": {"epochs": 1}, "attacks": ["fgsm"], "epsilons": [0.1], "attack_config": {"steps": 1},
+        "null_baselines": []}
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One bad input. ``setup(world)`` writes what the case needs and returns the CLI argv (a list) or the
+    library call (a callable)."""
+
+    name: str
+    setup: Callable[[Path], Any]
+    message: str
+    code: int = 2
+    error: type = KernelattnError
+    stream: str = "err"  # CLI: the stream holding the line ("out" for `store`'s own report)
+    check: Callable[[Any], bool] | None = None  # a library call that must return a correct result
+    patch: Callable[[pytest.MonkeyPatch, Path], None] | None = None
+
+
+def _tree(root: Path) -> dict[str, str]:
+    """Relative path → sha256 of a regular file, or its kind (directory, FIFO, link): never opens a FIFO."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            mode = os.lstat(path).st_mode
+            rel = str(path.relative_to(root))
+            if stat.S_ISREG(mode):
+                out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+            else:
+                out[rel] = "dir" if stat.S_ISDIR(mode) else "fifo" if stat.S_ISFIFO(mode) else f"mode {mode:o}"
+    return out
+
+
+def _spec(world: Path, data: Any, name: str = "spec.json") -> str:
+    path = world / name
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return str(path)
+
+
+def _store(world: Path, name: str = "tiny") -> ResultStore:
+    """A store ``world/out/<name>`` holding one record."""
+    store = ResultStore.open(world / "out" / name)
+    store.put(_key({"x": 1}), _record({"x": 1}))
+    return store
+
+
+def _sweep_store(world: Path) -> tuple[str, ResultStore, list]:
+    """The SWEEP spec file, its (empty) store and its planned cells."""
+    from kernelattn.specs import load_spec
+    from kernelattn.sweeps import plan_cells
+
+    path = _spec(world, SWEEP)
+    store = ResultStore.open(world / "out" / SWEEP["name"])
+    return path, store, plan_cells(load_spec(path))
+
+
+def _fifo_record(world: Path) -> list[str]:
+    path, store, cells = _sweep_store(world)
+    os.mkfifo(Path(store.path) / "records" / f"{cells[0].key}.json")
+    return ["sweep", path, "--out", str(world / "out"), "--no-progress"]
+
+
+def _corrupt_record(world: Path) -> list[str]:
+    path, store, cells = _sweep_store(world)
+    (Path(store.path) / "records" / f"{cells[0].key}.json").write_text('{"truncated": ')
+    return ["sweep", path, "--out", str(world / "out"), "--no-progress"]
+
+
+def _foreign_claim(world: Path) -> tuple[str, ResultStore]:
+    path, store, cells = _sweep_store(world)
+    claim = {"host": "another-host/0000", "pid": 4242, "pid_start": None, "time": time.time(), "token": "f" * 32}
+    (Path(store.path) / "claims" / f"{cells[0].key}.claim").write_text(json.dumps(claim))
+    return path, store
+
+
+def _mall(world: Path, **changes) -> list[str]:
+    spec = {**MALL, **changes}
+    return ["malleability", _spec(world, {k: v for k, v in spec.items() if v is not None}), "--out",
+            str(world / "out"), "--no-progress"]
+
+
+def _sweep(world: Path, **changes) -> list[str]:
+    return ["sweep", _spec(world, {**SWEEP, **changes}), "--out", str(world / "out"), "--no-progress"]
+
+
+def _pickle_bomb() -> bytes:
+    class Bomb:  # numpy.ndarray((2**31,), uint8) through __reduce__: 2 GiB from ~100 bytes
+        def __reduce__(self):
+            return (np.ndarray, ((2**31,), np.dtype("u1")))
+
+    return pickle.dumps(Bomb(), protocol=2)
+
+
+def _setstate_bomb() -> bytes:
+    class Bomb:  # the standard array pickle, with a state declaring a 2 GiB shape
+        def __reduce__(self):
+            return (np.ndarray, ((0,), np.dtype("u1")), (1, (2**31,), np.dtype("u1"), False, b"abc"))
+
+    return pickle.dumps(Bomb(), protocol=2)
+
+
+def _object_array() -> bytes:
+    return pickle.dumps({b"data": np.array([1, "a"], dtype=object)}, protocol=2)
+
+
+def _big_row() -> np.ndarray:
+    x = X.copy()
+    x[3] *= 1e200
+    return x
+
+
+def _strict_head_kernels():
+    with ka.guards.strict():
+        return ka.head_kernels(_big_row())
+
+
+def _hmac_edited(world: Path):
+    store = ResultStore.open(world / "out" / "signed", hmac_key="k3y")
+    key = _key({"x": 1})
+    store.put(key, _record({"x": 1}))
+    path = Path(store.path) / "records" / f"{key}.json"
+    record = json.loads(path.read_text())
+    record["metrics"]["rel_fro"] = 0.25  # an edit that recomputes the plain checksum
+    from kernelattn.store import record_checksum
+
+    record["checksum"] = record_checksum(record)
+    path.write_text(json.dumps(record))
+    return lambda: list(ResultStore.open(store.path, readonly=True, hmac_key="k3y").records())
+
+
+def _missing_record(world: Path):
+    store = ResultStore.open(world / "out" / "tiny", readonly=True)
+    return lambda: store.get(_key({"x": 2}))
+
+
+def _small_memory(mp: pytest.MonkeyPatch, world: Path) -> None:
+    """A machine with 16 GiB free and no accelerator, whatever runs the tests."""
+    mp.setattr("kernelattn.memory.available_memory", lambda **_: 16 * 2**30)
+    mp.setattr("kernelattn.memory.device_free_memory", lambda device=None: None)
+
+
+def _read_only_out(mp: pytest.MonkeyPatch, world: Path) -> None:
+    real = os.makedirs
+
+    def deny(path, *args, **kwargs):
+        if str(path).startswith(str(world / "ro")):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    mp.setattr(os, "makedirs", deny)
+
+
+def _out_of_device_memory(mp: pytest.MonkeyPatch, world: Path) -> None:
+    class JaxRuntimeError(RuntimeError):  # jax.errors.JaxRuntimeError; matched by name, as the CLI does
+        pass
+
+    def run_sweep(*args, **kwargs):  # the text jax 0.11 gives on an H100 (first line), then more lines
+        raise JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 2.50GiB with allocator "
+                              "GPU_0_bfc on device 0.\nBufferAssignment OOM Debugging.")
+
+    mp.setattr("kernelattn.sweeps.run_sweep", run_sweep)
+
+
+def _idx(dims: tuple[int, ...]) -> bytes:
+    return b"\x00\x00\x08" + bytes([len(dims)]) + struct.pack(f">{len(dims)}I", *dims)
+
+
+def _mnist_files(world: Path) -> list[str]:
+    bad = world / "mnist"
+    bad.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                 "t10k-labels-idx1-ubyte.gz"):
+        (bad / name).write_bytes(b"\x1f\x8b not really gzip")
+    return ["data", "info", "mnist", "--data-dir", str(bad)]
+
+
+def _fifo_spec(world: Path) -> list[str]:
+    os.mkfifo(world / "spec.json")
+    return ["sweep", str(world / "spec.json"), "--out", str(world / "out")]
+
+
+def _big_condition(report) -> bool:
+    return math.isfinite(report.kappa_d) and abs(report.kappa_d - ka.condition_report(X).kappa_d) < 1e-9 * \
+        report.kappa_d and math.isfinite(report.log10_m_theory)
+
+
+NAME_RULE = r"name: expected a store directory name .*no path separators, no '\.\.', not absolute"
+
+CATALOGUE = [
+    # --- path escapes: a store name is one directory name, for every kind of spec
+    Case("malleability name ../", lambda w: _mall(w, name="../escaped"), NAME_RULE),
+    Case("malleability name absolute", lambda w: _mall(w, name=str(w / "abs")), NAME_RULE),
+    Case("malleability name from a file stem", lambda w: ["malleability", _spec(
+        w, {k: v for k, v in MALL.items() if k != "name"}, "my spec.json"), "--out", str(w / "out")], NAME_RULE),
+    Case("sweep name ../", lambda w: _sweep(w, name="../escaped"), NAME_RULE),
+    Case("reproduce spec name ../", lambda w: lambda: ka.reproduce.reproduce(
+        specs=[{"name": "../escaped", "kind": "conditions", "datasets": [DIGITS]}], out=w / "out", progress=False,
+        compile_cache=False), NAME_RULE),
+    # --- the error contract: the whole family maps to one line and exit 2
+    Case("store: not a store", lambda w: ["store", str(w)], r"no result store at .*kernelattn-store\.json"),
+    Case("sweep: corrupt record", _corrupt_record, r"corrupt store file .*\.json: not valid JSON"),
+    Case("figures: corrupt record", lambda w: _corrupt_record(w) and ["figures", str(w / "out")],
+         r"corrupt store file .*\.json: not valid JSON"),
+    Case("figures: no store", lambda w: ["figures", str(w / "nothing")], r"no result store found"),
+    Case("sweep --out is a file", lambda w: (w / "file").write_text("x") and _sweep(w)[:3] + [str(w / "file")],
+         r"(not a directory|is not writable|Not a directory)"),
+    Case("sweep --out read-only", lambda w: _sweep(w)[:3] + [str(w / "ro")], r"is not writable",
+         patch=_read_only_out),
+    Case("data info: corrupt files", _mnist_files, r"(?i)sha-?256"),
+    Case("sweep: out of device memory", lambda w: _sweep(w), r"out of device memory \(RESOURCE_EXHAUSTED: Out of "
+         r"memory while trying to allocate 2\.50GiB with allocator GPU_0_bfc on device 0\.\)",
+         patch=_out_of_device_memory),
+    Case("store: problems found is exit 1", lambda w: _corrupt_record(w) and ["store", str(w / "out" / "tiny_sweep")],
+         r"^corrupt: .*not valid JSON", code=1, stream="out"),
+    Case("store --release-claims alone", lambda w: _store(w) and ["store", str(w / "out" / "tiny"),
+                                                                  "--release-claims"],
+         r"--release-claims: expected together with --repair"),
+    # --- one strict parser: the malleability spec on the same validator as sweeps
+    Case("retrain as a string", lambda w: _mall(w, retrain="false"), r"retrain: expected true or false, got 'false'"),
+    Case("unknown key under kernel", lambda w: _mall(w, kernel={"sigma_ww": 1.0}),
+         r"kernel\.sigma_ww: unknown key; did you mean 'sigma_w'\?"),
+    Case("unknown readout", lambda w: _mall(w, kernel={"readout": "trainedd"}),
+         r"kernel\.readout: expected one of \['fixed', 'trained'\], got 'trainedd'; did you mean 'trained'\?"),
+    Case("unknown top-level key", lambda w: _mall(w, epsilonz=[0.1]), r"epsilonz: unknown key .*did you mean"),
+    Case("duplicate JSON key", lambda w: ["malleability", _spec(w, json.dumps(MALL)[:-1] + ', "width": 16}'),
+                                          "--out", str(w / "out")],
+         r"spec\.json: invalid JSON: duplicate key 'width'"),
+    Case("duplicate JSON key in a sweep spec", lambda w: ["sweep", _spec(w, json.dumps(SWEEP)[:-1] +
+                                                                         ', "widths": [8]}'), "--out", str(w / "out")],
+         r"duplicate key 'widths'"),
+    Case("NaN in a spec", lambda w: ["malleability", _spec(w, json.dumps(MALL)[:-1] + ', "tau": NaN}'), "--out",
+                                     str(w / "out")], r"NaN is not a JSON number"),
+    Case("unknown key in a variant", lambda w: _mall(w, variants=[{"label": "a", "epsilonz": [0.1]}]),
+         r"variants\[0\]\.epsilonz: unknown key of a variant; did you mean"),
+    Case("bad value in a variant", lambda w: _mall(w, variants=[{"label": "a", "epsilons": ["big"]}]),
+         r"variants\[0\]\.epsilons\[0\]: expected a number >= 0, got 'big'"),
+    Case("unknown model option", lambda w: _mall(w, models=[{"name": "mlp-attn", "dept": 2}]),
+         r"models\[0\]\.dept: unknown key for model 'mlp-attn'; did you mean 'depth'\?"),
+    Case("unknown dataset option", lambda w: _mall(w, datasets=[{**DIGITS, "n_trian": 10}]),
+         r"datasets\[0\]\.n_trian: unknown key .*did you mean 'n_train'\?"),
+    Case("model without malleability support", lambda w: _mall(w, models=["qkv-attn"]),
+         r"models\[0\]: expected one of \['relu', 'mlp-attn'\], got 'qkv-attn'"),
+    Case("plural and singular", lambda w: _mall(w, attack="pgd"), r"attacks: give either 'attacks' or 'attack'"),
+    Case("training value type", lambda w: _mall(w, training={"epochs": "5"}),
+         r"training\.epochs: expected an integer >= 0, got '5'"),
+    Case("null baselines as a string", lambda w: _mall(w, null_baselines="seed"), r"null_baselines: expected a list"),
+    Case("wrong kind", lambda w: _mall(w, kind="kernel"), r"kind: expected 'malleability'"),
+    Case("attack bounds reversed", lambda w: _mall(w, attack_config={"bounds": [1, 0]}),
+         r"attack_config\.bounds: expected lo < hi"),
+    # --- limits: widths, grids, memory (refused quickly, before any store exists)
+    Case("width 2^24 plans memory", lambda w: _mall(w, width=2**24),
+         r"datasets\[0\] \('digits'\), model relu, width 16777216: training the head .* refusing before allocating",
+         patch=_small_memory),
+    Case("width above 2^31 in a spec", lambda w: _mall(w, width=2**31 + 1),
+         r"width: expected an integer >= 1 and <= 2147483648, got 2147483649"),
+    Case("width above 2^31", lambda w: lambda: ka.HeadConfig(2**31 + 1), r"width: expected an integer <= 2147483648"),
+    Case("streaming NTK of width 2^40", lambda w: lambda: ka.streaming_head_ntk(KEY, ka.HeadConfig(2**40), X),
+         r"width: expected an integer <= 2147483648, got 1099511627776"),
+    Case("4.2M-cell sweep grid", lambda w: _sweep(w, models=[{"name": "relu"}, {"name": "mlp-attn"}],
+                                                  widths={"log2": [0, 20]}, seeds=100_000),
+         r"the grid has 4,200,000 cells \(1 dataset\(s\) × 2 model\(s\) × 21 width\(s\) × 100000 seed\(s\)\), more "
+         r"than the limit of 100,000"),
+    Case("malleability grid above the limit", lambda w: _mall(w, seeds=100_000, epsilons=[0.1, 0.2]),
+         r"the grid has 200,000 cells .*more than the limit of 100,000"),
+    Case("cell limit lowered", lambda w: _mall(w) + ["--max-cells", "0"], r"max_cells: expected an integer >= 1"),
+    Case("cell limit overridden", lambda w: _mall(w, epsilons=[0.1, 0.2, 0.3]) + ["--max-cells", "2"],
+         r"the grid has 3 cells .*more than the limit of 2"),
+    # --- no store until the spec and its data are validated
+    Case("malleability rejected at data load", lambda w: _mall(w, datasets=[{**DIGITS, "classes": [3, 42]}]),
+         r"datasets\[0\] \('digits 3-vs-42'\): .*classes"),
+    Case("sweep rejected at data load", lambda w: _sweep(w, datasets=[{**DIGITS, "classes": [3, 42]}]),
+         r"datasets\[0\] \('digits 3-vs-42'\): .*classes"),  # the spec's default label, in the display style
+    Case("sweep rejected at data load, n_train too large", lambda w: _sweep(w, datasets=[{**DIGITS, "n_train": 10**6}]),
+         r"datasets\[0\] \('digits'\): .*n_train"),
+    # --- files that are not what they seem: never opened, never hang
+    Case("spec path is a directory", lambda w: ["sweep", str(w)], r"is a directory; expected a JSON spec file"),
+    Case("spec is not UTF-8", lambda w: ["sweep", _spec(w, "x") and (w / "spec.json").write_bytes(b'{"name": "\xff"}')
+                                         and str(w / "spec.json")],
+         r"spec\.json: is not UTF-8 text \(byte 0xff at offset 10\)"),
+    Case("spec is a FIFO", _fifo_spec, r"spec\.json: is not a regular file"),
+    Case("FIFO record: sweep", _fifo_record, r"a FIFO, not a regular file; kernelattn never opens it"),
+    Case("FIFO record: store", lambda w: _fifo_record(w) and ["store", str(w / "out" / "tiny_sweep")],
+         r"^corrupt: .*a FIFO, not a regular file", code=1, stream="out"),
+    Case("foreign claim: sweep does not hang", lambda w: ["sweep", _foreign_claim(w)[0], "--out", str(w / "out"),
+                                                          "--no-progress"],
+         r"1 cell\(s\) not computed; 1 claimed by other processes \(e\.g\. foreign claim by host another-host/0000 "
+         r"pid 4242.*--repair --release-claims", code=1),
+    Case("foreign claim: store lists it", lambda w: ["store", _foreign_claim(w)[1].path],
+         r"^claim: .*foreign claim by host another-host/0000 pid 4242", code=0, stream="out"),
+    Case("IDX with a 0 dimension", lambda w: lambda: ka.data.mnist.parse_idx(_idx((0, 28, 28)), name="x-idx3"),
+         r"x-idx3: IDX header dimensions \(0, 28, 28\) include a 0"),
+    # --- the unpickler refuses arrays above the cap before allocating
+    Case("pickle: ndarray constructor bomb", lambda w: lambda: ka.data.cifar10.safe_unpickle(_pickle_bomb(), name="b"),
+         r"b: pickle declares an array of 2147483648 bytes .*refused before allocating"),
+    Case("pickle: __setstate__ bomb", lambda w: lambda: ka.data.cifar10.safe_unpickle(_setstate_bomb(), name="b"),
+         r"pickle declares an array of 2147483648 bytes"),
+    Case("pickle: object array", lambda w: lambda: ka.data.cifar10.safe_unpickle(_object_array(), name="b"),
+         r"dtype object \(Python objects\)"),
+    # --- no silent NaN: finiteness and dynamic range, κ and m_theory never NaN
+    Case("head_kernels 1e200 row", lambda w: lambda: ka.head_kernels(_big_row()),
+         r"x1: expected row norms within .*got norm 1\.\d+e\+200 at row 3"),
+    Case("head_kernels 1e200 row, guards.strict()", lambda w: _strict_head_kernels,
+         r"x1: expected row norms within .*at row 3"),
+    Case("streaming NTK 1e200 row", lambda w: lambda: ka.streaming_head_ntk(KEY, HEAD, _big_row(), dtype="float64"),
+         r"x1: expected row norms within .*at row 3"),
+    Case("gram 1e200 row", lambda w: lambda: ka.gram(_big_row()), r"x: expected row norms within .*at row 3"),
+    Case("attention of a 1e200 row", lambda w: lambda: ka.linear_attention(_big_row()),
+         r"train: expected row norms within .*‖x‖\^3.*at row 3"),
+    Case("attention of a zero row", lambda w: lambda: ka.linear_attention(_zero_row()),
+         r"train: expected rows of non-zero norm, got a zero row at index 2"),
+    Case("malleability of a zero row", lambda w: lambda: ka.malleability(
+        X=_zero_row(), y=np.array([0, 1] * 3), X_test=X_TEST, y_test=np.array([0, 1, 0]), width=8,
+        train_config={"epochs": 1}), r"X: expected rows of non-zero norm, got 1 zero row\(s\) \(first at index 2\); "
+                                    r"every model scales its input rows to unit norm"),
+    Case("malleability of a 1e200 row", lambda w: lambda: ka.malleability(
+        X=_big_row(), y=np.array([0, 1] * 3), X_test=X_TEST, y_test=np.array([0, 1, 0]), width=8,
+        train_config={"epochs": 1}), r"X: expected row norms within .*at row 3"),
+    Case("condition_report of X·1e200", lambda w: lambda: ka.condition_report(X * 1e200), "", check=_big_condition),
+    Case("condition_report of one row", lambda w: lambda: ka.condition_report(X[:1]),
+         r"x: expected at least 2 rows \(the width threshold m_theory"),
+    Case("HeadConfig(8.0)", lambda w: lambda: ka.HeadConfig(8.0), r"width: expected an integer, got float 8\.0"),
+    # --- tamper evidence and lookups
+    Case("edited record under an HMAC key", _hmac_edited, r"HMAC mismatch: the record was changed"),
+    Case("record not found is a KeyError", lambda w: _store(w).get and _missing_record(w),
+         r"no record for key [0-9a-f]{64}", error=KeyError),
+    Case("load_spec of a directory", lambda w: lambda: ka.load_spec(w), r"is a directory; expected a JSON spec file"),
+]
+
+
+def _run(case: Case, world: Path, capsys, monkeypatch) -> str | None:
+    """Run one case; the description of what went wrong, or None."""
+    target = case.setup(world)
+    capsys.readouterr()
+    before = _tree(world)
+
+    def alarm(signum, frame):
+        raise TimeoutError(f"no answer within {HANG_LIMIT_S:g} s")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, HANG_LIMIT_S)
+    start = time.monotonic()
+    try:
+        with monkeypatch.context() as mp:
+            mp.chdir(world)
+            if case.patch is not None:
+                case.patch(mp, world)
+            if isinstance(target, list):
+                code = cli.main(target)
+                out, err = capsys.readouterr()
+                text = out if case.stream == "out" else err
+                if code != case.code:
+                    return f"exit {code}, expected {case.code}: {err.strip() or out.strip()}"
+                lines = [line for line in text.splitlines() if re.search(case.message, line)]
+                if not lines:
+                    return f"no line matches {case.message!r} in: {text!r}"
+                if case.stream == "err" and len(err.strip().splitlines()) != 1:
+                    return f"expected one line on stderr, got: {err!r}"
+            else:
+                try:
+                    result = target()
+                except case.error as error:
+                    if not isinstance(error, KernelattnError):
+                        return f"{type(error).__name__} is not a KernelattnError: {error}"
+                    message = str(error)
+                    if len(message.splitlines()) != 1 or not re.search(case.message, message):
+                        return f"{type(error).__name__}: {message!r} does not match {case.message!r}"
+                else:
+                    if case.check is None or not case.check(result):
+                        return f"no error, and the result is not the correct one: {result!r}"
+    except Exception:  # anything outside the contract: a traceback
+        return "traceback:\n" + traceback.format_exc(limit=-4)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    if time.monotonic() - start > HANG_LIMIT_S:
+        return f"took {time.monotonic() - start:.1f} s"
+    after = _tree(world)
+    if after != before:
+        changed = sorted(set(after.items()) ^ set(before.items()))
+        return f"changed the files: {changed[:4]}"
+    return None
+
+
+def test_catalogue(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("KERNELATTN_STORE_KEY", raising=False)
+    monkeypatch.delenv("KERNELATTN_MAX_CELLS", raising=False)
+    ran, failures = 0, []
+    for i, case in enumerate(CATALOGUE):
+        world = tmp_path / f"case{i:02d}"
+        (world / "cache").mkdir(parents=True)
+        monkeypatch.setenv("KERNELATTN_DATA", str(world / "cache"))
+        problem = _run(case, world, capsys, monkeypatch)
+        ran += 1
+        if problem is not None:
+            failures.append(f"[{case.name}] {problem}")
+    assert ran == len(CATALOGUE) >= 60
+    assert not failures, f"{len(failures)} of {ran} cases failed:\n" + "\n".join(failures)
+
+
+def test_catalogue_names_are_unique():
+    names = [case.name for case in CATALOGUE]
+    assert len(set(names)) == len(names)
+
+
+#: ``raise`` of a built-in exception class the contract allows, by (module, class): the module protocol's
+#: ``AttributeError`` (``kernelattn.__getattr__``) and an ``OSError`` the store raises and catches itself.
+_BUILTIN_RAISES_ALLOWED = {("__init__.py", "AttributeError"), ("store.py", "OSError")}
+
+
+def test_every_deliberate_error_is_a_kernelattn_error():
+    """No ``raise ValueError(...)`` and the like in the package: every error it raises on purpose is of the
+    KernelattnError family (InputValueError is still a ValueError for callers that catch those)."""
+    import ast
+    import builtins
+
+    root = Path(ka.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and isinstance(node.exc.func, ast.Name):
+                name = node.exc.func.id
+                builtin = getattr(builtins, name, None)
+                if isinstance(builtin, type) and issubclass(builtin, BaseException) \
+                        and (path.name, name) not in _BUILTIN_RAISES_ALLOWED:
+                    found.append(f"{path.relative_to(root)}:{node.lineno}: raise {name}(...)")
+    assert not found, "raise a kernelattn.errors class instead:\n" + "\n".join(found)
+
+
+def test_public_error_classes_form_one_family():
+    from kernelattn.data import DatasetError
+    from kernelattn.errors import DependencyError, InputTypeError, InputValueError
+    from kernelattn.guards import KernelError
+    from kernelattn.memory import MemoryPlanError
+    from kernelattn.specs import SpecError, SpecFileNotFoundError
+    from kernelattn.store import RecordNotFoundError, StoreNotFoundError
+    from kernelattn.training import UntrainedError
+
+    for cls, builtin in ((InputValueError, ValueError), (InputTypeError, TypeError), (SpecError, ValueError),
+                         (SpecFileNotFoundError, FileNotFoundError), (KernelError, ValueError),
+                         (MemoryPlanError, MemoryError), (UntrainedError, ValueError), (DependencyError, ImportError),
+                         (RecordNotFoundError, KeyError), (StoreNotFoundError, FileNotFoundError),
+                         (StoreError, Exception), (DatasetError, Exception)):
+        assert issubclass(cls, KernelattnError) and issubclass(cls, builtin), cls
+    assert ka.KernelattnError is KernelattnError
+
+
+def test_release_claims_clears_a_foreign_claim(tmp_path, capsys):
+    path, store = _foreign_claim(tmp_path)
+    claims = Path(store.path) / "claims"
+    assert cli.main(["store", store.path, "--repair", "--release-claims"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^released: .*foreign claim by host another-host/0000 pid 4242", out, re.M), out
+    assert list(claims.iterdir()) == []
+    assert cli.main(["store", store.path]) == 0 and "0 claim(s) held" in capsys.readouterr().out
+
+
+def test_a_live_local_claim_is_kept_by_release_claims(tmp_path):
+    store = ResultStore.open(tmp_path / "s")
+    key = _key({"x": 5})
+    assert store.claim(key)
+    assert ResultStore.open(tmp_path / "s").release_claims() == []
+    assert [c.state for c in store.claims()] == ["live"]

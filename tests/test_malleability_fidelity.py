@@ -161,3 +161,38 @@ def test_paired_bootstrap_pairs_and_covers():
 def test_class_targets():
     assert class_targets(np.array([0, 1, 1]), 2, 1).ravel().tolist() == [-1.0, 1.0, 1.0]
     assert class_targets(np.array([2, 0]), 3, 3).tolist() == [[0, 0, 1], [1, 0, 0]]
+
+
+def test_a_reused_fit_gives_the_same_experiment_as_training_again(binary):
+    first = prepare(binary, model="relu", width=32, kernel="empirical", train_config={"epochs": 5})
+    reused = prepare(binary, model="relu", width=32, kernel="infinite", train_config={"epochs": 5},
+                     fitted=first.fitted)
+    fresh = prepare(binary, model="relu", width=32, kernel="infinite", train_config={"epochs": 5})
+    assert reused.fitted is first.fitted
+    np.testing.assert_array_equal(reused.clean.scores, fresh.clean.scores)
+    from kernelattn.malleability import null_refit
+
+    shared = measure_null(reused, kind="seed", refit=null_refit(first, "seed"))
+    np.testing.assert_array_equal(shared.flip_rates, measure_null(fresh, kind="seed").flip_rates)
+
+
+def test_collapsed_features_are_named_as_the_cause(binary):
+    config = TrainConfig(epochs=3)
+    split, fitted = _fit(binary, "mlp-attn", config)
+    with pytest.warns(TrainingWarning, match="attention collapse"):
+        health = assess_fit(fitted, split, config, what="mlp-attn").health
+    assert health.collapsed and health.feature_cosine > 0.99
+    import pandas as pd
+
+    from kernelattn.report import untrained_note
+
+    row = {"intervention": "adversarial", "dataset": "d", "n_train": 120, "training_mode": "standard", "width": 128}
+    records = pd.DataFrame([
+        {**row, "model": "MLP-Attn", "seed": 0, "trained": False, "health_collapsed": True,
+         "health_feature_cosine": health.feature_cosine},
+        {**row, "model": "2L-ReLU", "seed": 0, "trained": True, "health_collapsed": False,
+         "health_feature_cosine": 0.5},
+    ])
+    note = untrained_note(records)
+    assert "1 of 1 MLP-Attn fits" in note and "attention collapse" in note and "2L-ReLU" not in note
+    assert untrained_note(records.assign(trained=True)) is None

@@ -248,3 +248,59 @@ def test_available_memory_and_default_budget():
     assert 0 < budget["host"] <= free and "50%" in budget["source"]
     with pytest.raises(ValueError, match="fraction"):
         M.default_budget(0.0)
+
+
+# --------------------------------------------------------------------------- device memory (stub devices)
+
+
+class StubDevice:
+    """What the memory plan reads of a JAX device: ``platform``, ``device_kind`` and ``memory_stats()``."""
+
+    def __init__(self, platform="gpu", stats=None):
+        self.platform = platform
+        self.device_kind = "Stub Accelerator"
+        self._stats = stats
+
+    def memory_stats(self):
+        return self._stats
+
+
+def test_an_accelerator_budget_comes_from_its_memory_stats():
+    gpu = StubDevice(stats={"bytes_limit": 8 * 2**30, "bytes_in_use": 2 * 2**30})
+    assert M.device_free_memory(gpu) == 6 * 2**30
+    budget = M.default_budget(0.5, device=gpu)
+    assert budget["memory"] == "device" and budget["device"] == 3 * 2**30
+    assert "6.00 GiB free device memory (memory_stats of gpu device Stub Accelerator" in budget["source"]
+    cpu = M.default_budget(0.5, device=StubDevice("cpu"))
+    assert cpu["memory"] == "host" and cpu["device"] is None
+    silent = M.default_budget(0.5, device=StubDevice(stats=None))  # an accelerator without memory_stats
+    assert silent["memory"] == "host" and "reports no memory_stats, so host memory is used" in silent["source"]
+
+
+def test_the_refusal_names_the_memory_it_compared_with(monkeypatch):
+    est = M.head_ntk_memory(2000, None, 64, 4096, width_chunk=1024)  # ≈ 60 MB of device buffers
+    small_gpu = StubDevice(stats={"bytes_limit": 2**24, "bytes_in_use": 0})
+    with pytest.raises(MemoryPlanError, match=r"of device memory for its device buffers .*memory_stats") as info:
+        M.ensure_fits(est, device=small_gpu)
+    assert info.value.source == "device" and info.value.budget == 2**23
+    big_gpu = StubDevice(stats={"bytes_limit": 2**40, "bytes_in_use": 0})
+    M.ensure_fits(est, device=big_gpu)  # host RAM is not what limits device buffers
+    monkeypatch.setattr(M, "available_memory", lambda **_: 2**20)
+    with pytest.raises(MemoryPlanError, match="of host memory") as info:
+        M.ensure_fits(est, device=StubDevice("cpu"))
+    assert info.value.source == "host"
+    with pytest.raises(MemoryPlanError) as info:
+        M.ensure_fits(est, budget=10)
+    assert info.value.source == "budget"
+
+
+def test_kernels_plan_against_the_default_device(monkeypatch):
+    import jax.numpy as jnp
+
+    from kernelattn.kernels.empirical import structured_head_ntk
+    from kernelattn.models import HeadConfig
+
+    monkeypatch.setattr(M, "default_device", lambda: StubDevice(stats={"bytes_limit": 2**20, "bytes_in_use": 0}))
+    with pytest.raises(MemoryPlanError, match="device memory") as info:
+        structured_head_ntk({"W": jnp.ones((3, 8)), "a": jnp.ones((8, 1))}, HeadConfig(8), jnp.ones((6, 3)))
+    assert info.value.source == "device"

@@ -807,3 +807,58 @@ def test_verify_reports_orphans_and_repair_cleans_them(tmp_path: Path) -> None:
     assert problems == {(orphan.name, "temp"), (leftover.name, "claim")}
     store.repair()
     assert not orphan.exists() and not leftover.exists() and live.exists()
+
+
+# --------------------------------------------------------------------------- tamper evidence (issue 15)
+
+
+def test_hmac_round_trip_and_tamper_detection(tmp_path, monkeypatch):
+    """The plain checksum detects corruption only: an edit that recomputes it passes. With a key, records
+    carry an HMAC; a reader with the key refuses an edit by someone without it, and a record without one."""
+    from kernelattn.store import HMAC_ENV_VAR, record_checksum
+
+    monkeypatch.delenv(HMAC_ENV_VAR, raising=False)
+    key, record = record_of(1)
+    signed = ResultStore.open(tmp_path / "signed", hmac_key=b"secret")
+    signed.put(key, record)
+    path = tmp_path / "signed" / "records" / f"{key}.json"
+    stored = json.loads(path.read_text())
+    assert isinstance(stored["hmac"], str) and len(stored["hmac"]) == 64
+    assert signed.get(key)["metrics"] == record["metrics"]
+    assert ResultStore.open(tmp_path / "signed", readonly=True).get(key)  # no key: read as before
+
+    stored["metrics"]["train_loss"] = 0.0
+    stored["checksum"] = record_checksum(stored)
+    path.write_text(json.dumps(stored))
+    assert ResultStore.open(tmp_path / "signed", readonly=True).verify() == []  # the checksum cannot tell
+    with pytest.raises(StoreCorruptError, match="HMAC mismatch"):
+        ResultStore.open(tmp_path / "signed", readonly=True, hmac_key="secret").get(key)
+    monkeypatch.setenv(HMAC_ENV_VAR, "secret")
+    problems = ResultStore.open(tmp_path / "signed", readonly=True).verify()
+    assert [p.kind for p in problems] == ["corrupt"] and "HMAC mismatch" in problems[0].problem
+
+    monkeypatch.delenv(HMAC_ENV_VAR)
+    plain = ResultStore.open(tmp_path / "plain")
+    plain.put(key, record)
+    with pytest.raises(StoreCorruptError, match="no HMAC"):
+        ResultStore.open(tmp_path / "plain", readonly=True, hmac_key="secret").get(key)
+
+
+def test_non_regular_files_are_never_opened(tmp_path):
+    key, record = record_of(2)
+    store = ResultStore.open(tmp_path / "s")
+    store.put(key, record)
+    fifo_key, _ = record_of(3)
+    os.mkfifo(tmp_path / "s" / "records" / f"{fifo_key}.json")
+    os.mkfifo(tmp_path / "s" / "claims" / f"{fifo_key}.claim")
+    signal.alarm(10)  # opening a FIFO for reading would block forever
+    try:
+        problems = store.verify()
+        assert sorted(p.kind for p in problems) == ["claim", "corrupt"]
+        assert all("FIFO" in p.problem for p in problems)
+        with pytest.raises(StoreCorruptError, match="a FIFO, not a regular file"):
+            store.get(fifo_key)
+        assert sorted(p.kind for p in store.repair()) == ["claim", "corrupt"]
+        assert store.verify() == [] and [r["key"] for r in store.records()] == [key]
+    finally:
+        signal.alarm(0)

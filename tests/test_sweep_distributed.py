@@ -2,7 +2,17 @@
 
 Each scenario runs in fresh subprocesses: the device count of the CPU backend
 (``--xla_force_host_platform_device_count``) and ``jax.distributed`` must be set
-before JAX starts, which the pytest process has already done.
+before JAX starts, which the pytest process has already done. Forced host
+devices exist on the CPU platform only, so those subprocesses run with
+``JAX_PLATFORMS=cpu`` (on a GPU machine the default backend would be the GPU).
+
+Cross-process comparisons: XLA:CPU runs the same program the same way in
+every process, so results are compared bit for bit there. XLA:GPU autotunes
+its GEMM algorithms per process, so two processes may sum Θ_m's float32
+products in different orders — a few float32 ulps in Θ_m, which the solves
+behind κ and the kernel-ridge error amplify (≤ 3e-6 relative for the
+analogous reordering of the 4-device test; 5e-9 was measured between
+processes on an H200 at TF32) — hence ``GPU_CROSS_PROCESS_RTOL`` there.
 """
 
 import json
@@ -21,6 +31,8 @@ from kernelattn.store import ResultStore
 from kernelattn.sweeps import CELL_METRICS, load_results, plan_cells, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Relative tolerance of a cross-process comparison of a sweep's metrics on a GPU (module docstring).
+GPU_CROSS_PROCESS_RTOL = 1e-5
 
 TINY = {
     "name": "tiny",
@@ -143,7 +155,7 @@ def test_sharded_sweep_on_four_devices_equals_the_one_device_table(tmp_path):
     # of λ_max, and κ = λ_max/λ_min only where λ_min is resolved (> 1e-4·λ_max).
     # The 4-device run also vmaps its seeds (batch_seeds, a performance setting outside
     # the cell key), so the sharded + batched path is the one compared.
-    env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     batched = {**TINY, "kernel": {**TINY["kernel"], "batch_seeds": True}}
     children = [_start(spec, tmp_path / name, devices, env=env)
                 for name, devices, spec in (("one", "1", TINY), ("four", "4", batched))]
@@ -153,10 +165,15 @@ def test_sharded_sweep_on_four_devices_equals_the_one_device_table(tmp_path):
     assert one.n_missing == four.n_missing == 0
     assert list(one.cells["key"]) == list(four.cells["key"])  # same cells, same keys
     assert set(one.cells["n_devices"]) == {1} and set(four.cells["n_devices"]) == {4}
-    lam_max = one.cells["lambda_max"].to_numpy(np.float64)
-    resolved = one.cells["lambda_min"].to_numpy(np.float64) > 1e-4 * lam_max
+    _assert_metrics_agree(one.cells, four.cells, rtol=1e-5)
+
+
+def _assert_metrics_agree(one, other, rtol: float) -> None:
+    """Every kernel metric to ``rtol``; λ_min in units of λ_max, κ only where λ_min is resolved (see above)."""
+    lam_max = one["lambda_max"].to_numpy(np.float64)
+    resolved = one["lambda_min"].to_numpy(np.float64) > 1e-4 * lam_max
     for column in CELL_METRICS["kernel"]:
-        a, b = (frame[column].to_numpy(np.float64) for frame in (one.cells, four.cells))
+        a, b = (frame[column].to_numpy(np.float64) for frame in (one, other))
         assert np.array_equal(np.isnan(a), np.isnan(b)), column
         if column == "lambda_min":
             assert np.all(np.abs(b - a) <= 1e-6 * lam_max), column
@@ -165,7 +182,7 @@ def test_sharded_sweep_on_four_devices_equals_the_one_device_table(tmp_path):
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = np.abs(b[keep] - a[keep]) / np.abs(a[keep])
         print(f"{column}: max relative difference {np.nanmax(rel, initial=0.0):.2e}")
-        np.testing.assert_allclose(b[keep], a[keep], rtol=1e-5, atol=0, err_msg=column)
+        np.testing.assert_allclose(b[keep], a[keep], rtol=rtol, atol=0, err_msg=column)
 
 
 def test_two_processes_on_one_store_compute_every_cell_once(tmp_path):
@@ -191,5 +208,9 @@ def test_two_processes_on_one_store_compute_every_cell_once(tmp_path):
     alone = run_sweep(TINY, tmp_path / "alone", progress=False)
     assert together.n_missing == alone.n_missing == 0
     assert list(together.cells["key"]) == list(alone.cells["key"])
-    a, b = _metric_table(alone.cells), _metric_table(together.cells)
-    np.testing.assert_allclose(b, a, rtol=1e-12, atol=0)
+    import jax
+
+    if jax.default_backend() == "cpu":  # the same program, the same bits (module docstring)
+        np.testing.assert_array_equal(_metric_table(together.cells), _metric_table(alone.cells))
+    else:
+        _assert_metrics_agree(alone.cells, together.cells, rtol=GPU_CROSS_PROCESS_RTOL)

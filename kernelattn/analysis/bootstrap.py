@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from kernelattn.errors import InputValueError
+
 #: Bootstrap resamples and the RNG seed: fixed, so a report is reproducible to the digit.
 N_BOOT = 2000
 BOOT_SEED = 0
@@ -79,11 +81,11 @@ def paired_bootstrap(
     """
     names = list(values)
     if not names:
-        raise ValueError("values: expected at least one quantity, got none")
+        raise InputValueError("values: expected at least one quantity, got none")
     arrays = {k: np.asarray([np.asarray(v, np.float64) for v in values[k]], np.float64) for k in names}
     shapes = {k: a.shape for k, a in arrays.items()}
     if len(set(shapes.values())) != 1 or arrays[names[0]].ndim != 2:
-        raise ValueError(f"values: expected (seeds, test points) arrays of one shape per quantity, got {shapes}")
+        raise InputValueError(f"values: expected (seeds, test points) arrays of one shape per quantity, got {shapes}")
     n_seeds, n_points = arrays[names[0]].shape
     estimate = float(statistic({k: np.asarray(np.nanmean(a)) for k, a in arrays.items()}))
     if n_seeds == 0 or n_points == 0:

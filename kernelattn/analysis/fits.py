@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from kernelattn.analysis.statistics import width_summary
+from kernelattn.errors import InputValueError
 
 __all__ = ["LogLogFit", "convergence_fits", "crossing_width", "log10_width", "loglog_fit", "width_fits"]
 
@@ -49,7 +50,7 @@ def loglog_fit(widths: Iterable[float], values: Iterable[float]) -> LogLogFit:
     x = np.asarray(list(widths), dtype=np.float64)
     y = np.asarray(list(values), dtype=np.float64)
     if x.shape != y.shape:
-        raise ValueError(f"values: expected {x.shape[0]} entries like widths, got {y.shape[0]}")
+        raise InputValueError(f"values: expected {x.shape[0]} entries like widths, got {y.shape[0]}")
     keep = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
     x, y = np.log10(x[keep]), np.log10(y[keep])
     n = int(x.size)
@@ -69,7 +70,7 @@ def crossing_width(fit: LogLogFit, target: float) -> float:
     is no fit. The value is an extrapolation of the fitted line, not a bound.
     """
     if not (target > 0):
-        raise ValueError(f"target: expected a positive number, got {target}")
+        raise InputValueError(f"target: expected a positive number, got {target}")
     if not (math.isfinite(fit.slope) and math.isfinite(fit.intercept)):
         return math.nan
     if fit.slope >= 0:

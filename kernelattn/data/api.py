@@ -24,6 +24,7 @@ from kernelattn.data.dataset import (
 )
 from kernelattn.data.errors import DatasetError
 from kernelattn.data.files import MAX_DECOMPRESSED_BYTES, FileSource, FileSpec, primary_dir, read_verified, search_dirs
+from kernelattn.errors import InputValueError
 
 __all__ = ["SOURCES", "DatasetSource", "available_datasets", "dataset_info", "dataset_source", "load"]
 
@@ -93,7 +94,7 @@ def dataset_source(name: str | os.PathLike[str]) -> DatasetSource:
 
 def _check_bool(value: Any, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
+        raise InputValueError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
     return bool(value)
 
 
@@ -101,7 +102,7 @@ def _check_source_options(name: str, options: Mapping[str, Any]) -> dict[str, An
     allowed = dataset_source(name).options
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise ValueError(
+        raise InputValueError(
             f"{unknown[0]}: not an option of dataset {name!r}; expected one of {sorted(allowed)}, got {unknown}"
         )
     checked = dict(options)
@@ -237,12 +238,12 @@ def load(
     options = _check_source_options(name, source_kwargs)
     regression = name == "synthetic" and options.get("task") == "regression"
     if regression and target not in (None, "values"):
-        raise ValueError(f"target: expected None or 'values' for a regression task, got {target!r}")
+        raise InputValueError(f"target: expected None or 'values' for a regression task, got {target!r}")
     if not regression and target == "values":
-        raise ValueError(f"target: expected one of {sorted(TARGETS)} for a classification task, got 'values'")
+        raise InputValueError(f"target: expected one of {sorted(TARGETS)} for a classification task, got 'values'")
     target = ("values" if regression else "onehot") if target is None else target
     if name == "synthetic" and classes is not None:
-        raise ValueError(f"classes: expected None for 'synthetic' (pass n_classes=...), got {classes!r}")
+        raise InputValueError(f"classes: expected None for 'synthetic' (pass n_classes=...), got {classes!r}")
     if source.class_names is not None:
         resolve_classes(classes, source.class_names)  # fail before any file is read or downloaded
     elif npz.is_npz_name(name):

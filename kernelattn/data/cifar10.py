@@ -80,8 +80,87 @@ def _numpy_reconstructors() -> dict[tuple[str, str], Any]:
     return allowed
 
 
+def _declared_bytes(shape: Any, dtype: Any) -> int:
+    """Bytes an array of ``shape`` and ``dtype`` would take, refusing shapes and dtypes no data file has."""
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        shape = (shape,)
+    if not isinstance(shape, tuple) or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool)
+                                               and n >= 0 for n in shape):
+        raise UnsafeFileError(f"pickle declares an array of shape {shape!r}; expected a tuple of sizes >= 0")
+    dtype = np.dtype(dtype)
+    if dtype.hasobject:
+        raise UnsafeFileError(f"pickle declares an array of dtype {dtype} (Python objects); only plain numeric "
+                              "arrays are allowed")
+    count = 1
+    for n in shape:
+        count *= int(n)
+    return count * dtype.itemsize
+
+
+class _CappedArrays:
+    """What the unpickler hands out for ``numpy.ndarray`` and ``_reconstruct``: each checks the array's
+    declared size against the cap *before* numpy allocates it (a 2 KB pickle can otherwise declare a
+    2 GiB array: ``ndarray((2**31,), "u1")``, or a ``__setstate__`` with a huge shape)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        cap = self
+
+        class GuardedArray(np.ndarray):
+            """An ndarray built only through checked paths; turned back into a plain ndarray after loading."""
+
+            def __new__(cls, shape, dtype=float, *args, **kwargs):
+                cap.check(shape, dtype)
+                return np.ndarray.__new__(cls, shape, dtype, *args, **kwargs)
+
+            def __setstate__(self, state):
+                if not isinstance(state, tuple) or len(state) not in (4, 5):
+                    raise UnsafeFileError(f"pickle gives an array state of type {type(state).__name__}; refused")
+                shape, dtype, raw = state[-4], state[-3], state[-1]
+                if not isinstance(dtype, np.dtype):
+                    raise UnsafeFileError("pickle gives an array state without a dtype; refused")
+                size = cap.check(shape, dtype)
+                if not isinstance(raw, (bytes, bytearray)) or len(raw) != size:
+                    raise UnsafeFileError(f"pickle gives {len(raw) if isinstance(raw, (bytes, bytearray)) else 'no'} "
+                                          f"data bytes for an array of {size} bytes; refused")
+                return np.ndarray.__setstate__(self, state)
+
+        self.array_type = GuardedArray
+
+    def check(self, shape: Any, dtype: Any) -> int:
+        size = _declared_bytes(shape, dtype)
+        if size > self.max_bytes:
+            raise UnsafeFileError(f"pickle declares an array of {size} bytes (shape {tuple(int(n) for n in np.atleast_1d(shape))}, "
+                                  f"{np.dtype(dtype)}), more than the cap of {self.max_bytes} bytes; refused before "
+                                  "allocating")
+        return size
+
+    def reconstruct(self, subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+        if subtype is not self.array_type:
+            raise UnsafeFileError(f"pickle asks _reconstruct for {subtype!r}, not numpy.ndarray; refused")
+        self.check(shape, dtype)
+        return np.ndarray.__new__(self.array_type, shape, dtype)
+
+    def frombuffer(self, buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+        _declared_bytes(shape, dtype)  # refuses object dtypes; the data itself is already in memory
+        return _numpy_reconstructors()[("numpy._core.numeric", "_frombuffer")](buffer, dtype, shape, order)
+
+
+def _plain(value: Any) -> Any:
+    """The unpickled value with every guarded array turned back into a plain ``np.ndarray`` (a view)."""
+    if isinstance(value, np.ndarray):
+        return value.view(np.ndarray) if type(value) is not np.ndarray else value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    return value
+
+
 class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only numpy's array reconstructors.
+    """An unpickler that resolves only numpy's array reconstructors, and caps what they allocate.
 
     Plain containers (dict, list, tuple, bytes, str, int, float) are pickle
     opcodes and need no global; numpy arrays need ``_reconstruct`` (or
@@ -90,27 +169,51 @@ class RestrictedUnpickler(pickle.Unpickler):
     only, the encoding pickle itself uses). Any other
     ``module.name`` — ``os.system``, ``builtins.eval``, ``subprocess.Popen`` —
     raises ``UnsafeFileError`` before anything is called.
+
+    Every array's declared size (shape × itemsize, from the constructor call
+    or the state) is checked against ``max_bytes`` before numpy allocates it,
+    and object dtypes are refused, so a small pickle cannot build a huge
+    array (a compression bomb in disguise). ``load()`` returns plain arrays.
     """
+
+    def __init__(self, file: Any, *, max_bytes: int = MAX_DECOMPRESSED_BYTES, **kwargs: Any) -> None:
+        super().__init__(file, **kwargs)
+        self._arrays = _CappedArrays(max_bytes)
 
     def find_class(self, module: str, name: str) -> Any:
         allowed = _numpy_reconstructors()
         if (module, name) in allowed:
+            if name == "ndarray":
+                return self._arrays.array_type
+            if name == "_reconstruct":
+                return self._arrays.reconstruct
+            if name == "_frombuffer":
+                return self._arrays.frombuffer
             return allowed[(module, name)]
         raise UnsafeFileError(f"pickle asks for the global {module}.{name}, which is not allowed; refused")
+
+    def load(self) -> Any:
+        return _plain(super().load())
 
     def persistent_load(self, pid: Any) -> Any:
         raise UnsafeFileError("pickle uses persistent ids, which are not allowed; refused")
 
 
-def safe_unpickle(data: bytes, *, name: str) -> Any:
+def safe_unpickle(data: bytes, *, name: str, max_bytes: int = MAX_DECOMPRESSED_BYTES) -> Any:
     """Unpickle ``data`` with :class:`RestrictedUnpickler` (``encoding="bytes"``).
 
+    Args:
+      data: the pickle.
+      name: file name for messages.
+      max_bytes: largest array (declared shape × itemsize) it may build.
+
     Raises:
-      UnsafeFileError: a disallowed global.
+      UnsafeFileError: a disallowed global, an object array, or an array
+        declared larger than ``max_bytes`` (refused before allocating).
       DatasetFormatError: a malformed pickle.
     """
     try:
-        return RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+        return RestrictedUnpickler(io.BytesIO(data), encoding="bytes", max_bytes=max_bytes).load()
     except UnsafeFileError as err:
         raise UnsafeFileError(f"{name}: {err}") from None
     except Exception as err:  # malformed stream: UnpicklingError, EOFError, ValueError, ...
@@ -173,9 +276,10 @@ def parse_cifar10_tar(data: bytes, *, name: str, max_bytes: int = MAX_DECOMPRESS
     missing = sorted(wanted - members.keys())
     if missing:
         raise DatasetFormatError(f"{name}: missing archive members {missing}")
-    train = [_batch(safe_unpickle(members[m], name=m), name=m) for m in _TRAIN_BATCHES]
-    x_test, labels_test = _batch(safe_unpickle(members[_TEST_BATCH], name=_TEST_BATCH), name=_TEST_BATCH)
-    class_names = _class_names(safe_unpickle(members[_META], name=_META), name=_META)
+    train = [_batch(safe_unpickle(members[m], name=m, max_bytes=max_bytes), name=m) for m in _TRAIN_BATCHES]
+    x_test, labels_test = _batch(safe_unpickle(members[_TEST_BATCH], name=_TEST_BATCH, max_bytes=max_bytes),
+                                 name=_TEST_BATCH)
+    class_names = _class_names(safe_unpickle(members[_META], name=_META, max_bytes=max_bytes), name=_META)
     return RawData(
         x_train=np.concatenate([x for x, _ in train]),
         labels_train=np.concatenate([y for _, y in train]),

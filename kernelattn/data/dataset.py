@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from kernelattn.errors import InputValueError
+
 __all__ = [
     "TARGETS",
     "Dataset",
@@ -87,29 +89,29 @@ class Dataset:
             labels = np.asarray(getattr(self, f"labels_{split}"))
             y = np.asarray(getattr(self, f"y_{split}"))
             if x.ndim < 2:
-                raise ValueError(f"X_{split}: expected an (n, d) array, got shape {x.shape}")
+                raise InputValueError(f"X_{split}: expected an (n, d) array, got shape {x.shape}")
             if labels.ndim != 1 or labels.shape[0] != x.shape[0] or not np.issubdtype(labels.dtype, np.integer):
-                raise ValueError(
+                raise InputValueError(
                     f"labels_{split}: expected ({x.shape[0]},) integer class indices, "
                     f"got shape {labels.shape} and dtype {labels.dtype}"
                 )
             if y.ndim not in (1, 2) or y.shape[0] != x.shape[0]:
-                raise ValueError(f"y_{split}: expected ({x.shape[0]},) or ({x.shape[0]}, C), got shape {y.shape}")
+                raise InputValueError(f"y_{split}: expected ({x.shape[0]},) or ({x.shape[0]}, C), got shape {y.shape}")
             object.__setattr__(self, f"X_{split}", _readonly(x.view()))
             object.__setattr__(self, f"labels_{split}", _readonly(labels.astype(np.int64, copy=False).view()))
             object.__setattr__(self, f"y_{split}", _readonly(y.view()))
         if self.X_train.shape[1:] != self.X_test.shape[1:]:
-            raise ValueError(
+            raise InputValueError(
                 f"X_test: expected samples of shape {self.X_train.shape[1:]} like X_train, "
                 f"got {self.X_test.shape[1:]}"
             )
         names = tuple(self.class_names)
         if not all(isinstance(name, str) for name in names):
-            raise ValueError(f"class_names: expected a tuple of str, got {names!r}")
+            raise InputValueError(f"class_names: expected a tuple of str, got {names!r}")
         object.__setattr__(self, "class_names", names)
         for labels in (self.labels_train, self.labels_test):
             if names and labels.size and (labels.min() < 0 or labels.max() >= len(names)):
-                raise ValueError(
+                raise InputValueError(
                     f"labels: expected class indices in [0, {len(names) - 1}], got {labels.min()}..{labels.max()}"
                 )
 
@@ -190,7 +192,7 @@ def resolve_classes(classes: Any, class_names: Sequence[str]) -> tuple[int, ...]
     elif isinstance(classes, Sequence) or isinstance(classes, np.ndarray):
         items = list(classes)
     else:
-        raise ValueError(
+        raise InputValueError(
             "classes: expected None, a sequence of class indices/names or 'a-vs-b', "
             f"got {type(classes).__name__} {classes!r}"
         )
@@ -203,20 +205,20 @@ def resolve_classes(classes: Any, class_names: Sequence[str]) -> tuple[int, ...]
             elif item.lower() in lowered:
                 index = lowered.index(item.lower())
             else:
-                raise ValueError(f"classes: expected class names from {list(class_names)}, got unknown name {item!r}")
+                raise InputValueError(f"classes: expected class names from {list(class_names)}, got unknown name {item!r}")
         elif isinstance(item, (int, np.integer)) and not isinstance(item, bool):
             index = int(item)
             if not 0 <= index < n:
-                raise ValueError(f"classes: expected class indices in [0, {n - 1}], got {index}")
+                raise InputValueError(f"classes: expected class indices in [0, {n - 1}], got {index}")
         else:
-            raise ValueError(
+            raise InputValueError(
                 f"classes: expected class indices (int) or names (str), got {type(item).__name__} {item!r}"
             )
         resolved.append(index)
     if len(set(resolved)) != len(resolved):
-        raise ValueError(f"classes: expected distinct classes, got {classes!r}")
+        raise InputValueError(f"classes: expected distinct classes, got {classes!r}")
     if len(resolved) < 2:
-        raise ValueError(f"classes: expected at least 2 classes, got {classes!r}")
+        raise InputValueError(f"classes: expected at least 2 classes, got {classes!r}")
     return tuple(resolved)
 
 
@@ -243,12 +245,12 @@ def balanced_indices(
         return np.arange(labels.shape[0], dtype=np.int64)
     per_class = n // n_classes
     if per_class < 1:
-        raise ValueError(f"{argument}: expected at least one sample per class (>= {n_classes}), got {n}")
+        raise InputValueError(f"{argument}: expected at least one sample per class (>= {n_classes}), got {n}")
     chosen = []
     for label in range(n_classes):
         pool = np.flatnonzero(labels == label)
         if pool.size < per_class:
-            raise ValueError(
+            raise InputValueError(
                 f"{argument}: expected at most {pool.size * n_classes} ({n_classes} classes x {pool.size}, "
                 f"the size of the smallest class), got {n} ({per_class} per class; class {label} has {pool.size})"
             )
@@ -278,7 +280,7 @@ def normalize_rows(x: np.ndarray, *, name: str, source_index: np.ndarray | None 
     if zero.size:
         row = int(zero[0])
         where = f" (index {int(source_index[row])} in the source split)" if source_index is not None else ""
-        raise ValueError(
+        raise InputValueError(
             f"{name}: row {row}{where} has zero l2 norm and cannot be scaled to unit norm "
             f"({zero.size} such row(s)); pass normalize=False or pick another subset/seed"
         )
@@ -301,4 +303,4 @@ def encode_targets(labels: np.ndarray, n_classes: int, target: str) -> np.ndarra
         return onehot
     if target == "pm1":
         return np.where(labels == 1, 1.0, -1.0) if n_classes == 2 else 2.0 * onehot - 1.0
-    raise ValueError(f"target: expected one of {sorted(TARGETS)}, got {target!r}")
+    raise InputValueError(f"target: expected one of {sorted(TARGETS)}, got {target!r}")

@@ -7,6 +7,8 @@ checksum, malformed, or hostile.
 
 from __future__ import annotations
 
+from kernelattn.errors import KernelattnError
+
 __all__ = [
     "ChecksumError",
     "DatasetError",
@@ -16,7 +18,7 @@ __all__ = [
 ]
 
 
-class DatasetError(Exception):
+class DatasetError(KernelattnError):
     """Base class of every file-related dataset error."""
 
 

@@ -50,6 +50,7 @@ from kernelattn.data.errors import (
     DatasetNotFoundError,
     UnsafeFileError,
 )
+from kernelattn.errors import InputValueError
 
 __all__ = [
     "DOWNLOAD_TIMEOUT_S",
@@ -229,23 +230,23 @@ def resolve_specs(files: tuple[FileSpec, ...], checksums: Mapping[str, Any] | No
     if checksums is None:
         return files
     if not isinstance(checksums, Mapping):
-        raise ValueError(f"checksums: expected a mapping file name -> sha256, got {type(checksums).__name__}")
+        raise InputValueError(f"checksums: expected a mapping file name -> sha256, got {type(checksums).__name__}")
     names = [spec.name for spec in files]
     unknown = sorted(set(checksums) - set(names))
     missing = [n for n in names if n not in checksums]
     if unknown or missing:
-        raise ValueError(f"checksums: expected exactly the files {names}, got unknown {unknown} and missing {missing}")
+        raise InputValueError(f"checksums: expected exactly the files {names}, got unknown {unknown} and missing {missing}")
     out = []
     for spec in files:
         value = checksums[spec.name]
         if isinstance(value, FileSpec):
             if value.sha256 is None and value.payload_sha256 is None:
-                raise ValueError(f"checksums: expected at least one hash for {spec.name}, got {value!r}")
+                raise InputValueError(f"checksums: expected at least one hash for {spec.name}, got {value!r}")
             out.append(dataclasses.replace(value, name=spec.name))
         elif isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value.lower()):
             out.append(FileSpec(spec.name, value.lower()))
         else:
-            raise ValueError(f"checksums: expected a 64-hex-digit sha256 or a FileSpec for {spec.name}, got {value!r}")
+            raise InputValueError(f"checksums: expected a 64-hex-digit sha256 or a FileSpec for {spec.name}, got {value!r}")
     return tuple(out)
 
 
@@ -257,7 +258,7 @@ def primary_dir(name: str, data_dir: str | os.PathLike[str] | None, environ: Map
     """
     if data_dir is not None:
         if not isinstance(data_dir, (str, os.PathLike)) or not os.fspath(data_dir):
-            raise ValueError(f"data_dir: expected a directory path (str or os.PathLike), got {data_dir!r}")
+            raise InputValueError(f"data_dir: expected a directory path (str or os.PathLike), got {data_dir!r}")
         return Path(data_dir).expanduser()
     environ = os.environ if environ is None else environ
     if environ.get(ENV_VAR):
@@ -280,7 +281,7 @@ def search_dirs(
     if system_dirs is None:
         system = tuple(SYSTEM_DATASETS_ROOT / n for n in source.system_names)
     elif isinstance(system_dirs, (str, os.PathLike)) or not isinstance(system_dirs, Sequence):
-        raise ValueError(f"system_dirs: expected a sequence of directory paths, got {system_dirs!r}")
+        raise InputValueError(f"system_dirs: expected a sequence of directory paths, got {system_dirs!r}")
     else:
         system = tuple(Path(p) for p in system_dirs)
     dirs: list[Path] = []
@@ -298,10 +299,10 @@ def _base_urls(base_url: str | Sequence[str] | None, default: tuple[str, ...]) -
     elif isinstance(base_url, Sequence) and base_url and all(isinstance(u, str) for u in base_url):
         urls = tuple(base_url)
     else:
-        raise ValueError(f"base_url: expected a URL or a non-empty sequence of URLs, got {base_url!r}")
+        raise InputValueError(f"base_url: expected a URL or a non-empty sequence of URLs, got {base_url!r}")
     for url in urls:
         if urllib.parse.urlsplit(url).scheme not in ("http", "https", "file"):
-            raise ValueError(f"base_url: expected an http(s):// or file:// URL, got {url!r}")
+            raise InputValueError(f"base_url: expected an http(s):// or file:// URL, got {url!r}")
     return tuple(u if u.endswith("/") else u + "/" for u in urls)
 
 

@@ -100,8 +100,8 @@ def parse_idx(payload: bytes, *, name: str, ndim: int | None = None) -> np.ndarr
       images, ``(N,)`` for labels).
 
     Raises:
-      DatasetFormatError: bad magic, unsupported type, or header dimensions
-        that disagree with the payload length.
+      DatasetFormatError: bad magic, unsupported type, a dimension of 0, or
+        header dimensions that disagree with the payload length.
     """
     if len(payload) < 4 or payload[:2] != b"\x00\x00":
         raise DatasetFormatError(f"{name}: not an IDX file (bad magic {payload[:4]!r})")
@@ -114,6 +114,9 @@ def parse_idx(payload: bytes, *, name: str, ndim: int | None = None) -> np.ndarr
     if len(payload) < header:
         raise DatasetFormatError(f"{name}: truncated IDX header ({len(payload)} bytes)")
     dims = struct.unpack(f">{rank}I", payload[4:header])
+    if 0 in dims:
+        raise DatasetFormatError(f"{name}: IDX header dimensions {dims} include a 0; expected at least one item "
+                                 "of non-zero size (an empty or damaged file)")
     expected = math.prod(dims)
     if len(payload) - header != expected:
         raise DatasetFormatError(

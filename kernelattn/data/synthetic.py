@@ -42,6 +42,7 @@ import numpy as np
 
 from kernelattn._validation import check_choice, check_int, check_real
 from kernelattn.data.dataset import RawData
+from kernelattn.errors import InputValueError
 
 __all__ = [
     "DEFAULT_D",
@@ -112,17 +113,17 @@ def unit_rows_by_rotation(f: np.ndarray, *, tol: float = 1e-10) -> np.ndarray:
 def _spectrum(kappa: Any, singular_values: Any, r: int) -> tuple[np.ndarray, float]:
     if singular_values is not None:
         if kappa is not None:
-            raise ValueError(f"kappa: expected None when singular_values is given, got {kappa!r}")
+            raise InputValueError(f"kappa: expected None when singular_values is given, got {kappa!r}")
         s = np.asarray(singular_values, dtype=np.float64)
         if s.ndim != 1 or s.shape[0] != r:
-            raise ValueError(f"singular_values: expected {r} = min(n_train, d) values, got shape {s.shape}")
+            raise InputValueError(f"singular_values: expected {r} = min(n_train, d) values, got shape {s.shape}")
         if not np.all(np.isfinite(s)) or np.any(s <= 0):
-            raise ValueError(f"singular_values: expected finite positive values, got {s}")
+            raise InputValueError(f"singular_values: expected finite positive values, got {s}")
         s = np.sort(s)[::-1]
         return s, float((s[0] / s[-1]) ** 2)
     kappa = DEFAULT_KAPPA if kappa is None else check_real(kappa, "kappa", minimum=1.0)
     if r == 1 and kappa != 1.0:
-        raise ValueError(f"kappa: expected 1 when min(n_train, d) = 1, got {kappa}")
+        raise InputValueError(f"kappa: expected 1 when min(n_train, d) = 1, got {kappa}")
     return geometric_spectrum(kappa, r), kappa
 
 

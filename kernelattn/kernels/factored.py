@@ -29,6 +29,10 @@ with ``Primitive.bind``, as in JAX's guide to custom jaxpr interpreters, using
 the types JAX exports for extensions (``jax.extend.core``); nothing in JAX is
 modified. The two places where jax 0.4.25 and current jax differ are bridged
 below (the ``Literal`` import and ``_bind``), and the tests run on both.
+
+Precision: the plan is traced inside ``precision_policy(precision)``, so the
+model's matmuls carry the policy's precision (``Precision.HIGHEST`` unless
+"fast") and are re-bound with it; the contractions here use it too.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+
+from kernelattn.errors import InputValueError
+from kernelattn._precision import lax_precision, precision_policy, resolve_precision
 
 try:  # the jaxpr types' public home in current JAX
     from jax.extend.core import Literal
@@ -130,24 +137,28 @@ def _as_site(eqn, index: int, leaf_of: dict, uses: dict, out_dim: int) -> Matmul
     return MatmulSite(leaf_of[rhs], index, rows, d_in, d_out)
 
 
-def make_plan(apply_fn: ApplyFn, params, d: int, dtype) -> Plan:
+def make_plan(apply_fn: ApplyFn, params, d: int, dtype, precision=None) -> Plan:
     """Trace ``apply_fn`` on one row of width ``d`` and decide which weights are factored.
 
-    Cached on (apply_fn, the parameters' structure, shapes and dtypes, d, dtype).
+    Traced inside ``precision_policy(precision)`` (None → the policy in force),
+    so matmuls that name no precision take the policy's. Cached on (apply_fn,
+    the parameters' structure, shapes and dtypes, d, dtype, precision).
     """
     leaves, treedef = jax.tree_util.tree_flatten(params)
     specs = tuple((tuple(jnp.shape(leaf)), jnp.result_type(leaf).name) for leaf in leaves)
-    return _make_plan(apply_fn, treedef, specs, int(d), jnp.dtype(dtype).name)
+    return _make_plan(apply_fn, treedef, specs, int(d), jnp.dtype(dtype).name, resolve_precision(precision))
 
 
 @functools.lru_cache(maxsize=16)  # a plan keeps its apply_fn (and what it closes over) alive
-def _make_plan(apply_fn: ApplyFn, treedef, specs: tuple, d: int, dtype: str) -> Plan:
+def _make_plan(apply_fn: ApplyFn, treedef, specs: tuple, d: int, dtype: str, precision: str = "highest") -> Plan:
     leaf_specs = [jax.ShapeDtypeStruct(shape, leaf_dtype) for shape, leaf_dtype in specs]
     row_spec = jax.ShapeDtypeStruct((1, d), dtype)
-    closed = jax.make_jaxpr(lambda ls, x: apply_fn(jax.tree_util.tree_unflatten(treedef, ls), x))(leaf_specs, row_spec)
+    with precision_policy(precision):
+        closed = jax.make_jaxpr(lambda ls, x: apply_fn(jax.tree_util.tree_unflatten(treedef, ls), x))(
+            leaf_specs, row_spec)
     jaxpr = closed.jaxpr
     if len(jaxpr.outvars) != 1 or jaxpr.outvars[0].aval.ndim != 2 or jaxpr.outvars[0].aval.shape[0] != 1:
-        raise ValueError(f"apply_fn: expected one (n, C) output array, got {[v.aval for v in jaxpr.outvars]} for n = 1")
+        raise InputValueError(f"apply_fn: expected one (n, C) output array, got {[v.aval for v in jaxpr.outvars]} for n = 1")
     out_dim = jaxpr.outvars[0].aval.shape[1]
     n_leaves = len(specs)
     leaf_of = {var: i for i, var in enumerate(jaxpr.invars[:n_leaves])}
@@ -223,48 +234,56 @@ def _row_factors(plan: Plan, leaves: list, x_row: jax.Array):
     return us, gs, rest_jac
 
 
-def _contract_site(u1, g1, u2, g2, trace_output: bool) -> jax.Array:
+def _contract_site(u1, g1, u2, g2, trace_output: bool, precision=None) -> jax.Array:
     """Σ_{s,t} (u₁_s·u₂_t)(g₁_cs·g₂_dt) for u ``(n, r, d_in)``, g ``(n, C, r, d_out)``."""
+    hi = lax_precision(precision)
     n1, c, rows, _ = g1.shape
     if rows == 1:  # the common case, as plain matmuls
-        uu = u1[:, 0] @ u2[:, 0].T
+        uu = jnp.matmul(u1[:, 0], u2[:, 0].T, precision=hi)
         if trace_output:
-            return uu * (g1.reshape(n1, -1) @ g2.reshape(g2.shape[0], -1).T) / c
-        return uu[:, :, None, None] * jnp.einsum("icb,jdb->ijcd", g1[:, :, 0], g2[:, :, 0])
-    uu = jnp.einsum("isa,jta->ijst", u1, u2)
+            return uu * jnp.matmul(g1.reshape(n1, -1), g2.reshape(g2.shape[0], -1).T, precision=hi) / c
+        return uu[:, :, None, None] * jnp.einsum("icb,jdb->ijcd", g1[:, :, 0], g2[:, :, 0], precision=hi)
+    uu = jnp.einsum("isa,jta->ijst", u1, u2, precision=hi)
     if trace_output:
-        return jnp.einsum("ijst,ijst->ij", uu, jnp.einsum("icsb,jctb->ijst", g1, g2)) / c
-    return jnp.einsum("ijst,ijstcd->ijcd", uu, jnp.einsum("icsb,jdtb->ijstcd", g1, g2))
+        return jnp.einsum("ijst,ijst->ij", uu, jnp.einsum("icsb,jctb->ijst", g1, g2, precision=hi), precision=hi) / c
+    return jnp.einsum("ijst,ijstcd->ijcd", uu, jnp.einsum("icsb,jdtb->ijstcd", g1, g2, precision=hi), precision=hi)
 
 
-def contract_jacobians(j1, j2, trace_output: bool) -> jax.Array:
-    """Contract Jacobian leaves ``(n1, C, *p)``, ``(n2, C, *p)`` over the parameter axes."""
+def contract_jacobians(j1, j2, trace_output: bool, precision=None) -> jax.Array:
+    """Contract Jacobian leaves ``(n1, C, *p)``, ``(n2, C, *p)`` over the parameter axes.
+
+    ``precision``: "highest", "fast" or None (the policy in force when traced).
+    """
+    hi = lax_precision(precision)
     j1 = j1.reshape(j1.shape[0], j1.shape[1], -1)
     j2 = j2.reshape(j2.shape[0], j2.shape[1], -1)
     if trace_output:
-        return jnp.einsum("icp,jcp->ij", j1, j2) / j1.shape[1]
-    return jnp.einsum("icp,jdp->ijcd", j1, j2)
+        return jnp.einsum("icp,jcp->ij", j1, j2, precision=hi) / j1.shape[1]
+    return jnp.einsum("icp,jdp->ijcd", j1, j2, precision=hi)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _factored_ntk(plan: Plan, leaves, x1, x2, trace_output: bool):
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def _factored_ntk(plan: Plan, leaves, x1, x2, trace_output: bool, precision: str = "highest"):
     """``x2 is None`` means x2 = x1 (the factors are computed once)."""
     factors = jax.vmap(_row_factors, in_axes=(None, None, 0))
     us1, gs1, rest1 = factors(plan, leaves, x1)
     us2, gs2, rest2 = (us1, gs1, rest1) if x2 is None else factors(plan, leaves, x2)
-    terms = [_contract_site(*args, trace_output) for args in zip(us1, gs1, us2, gs2)]
-    terms += [contract_jacobians(j1, j2, trace_output) for j1, j2 in zip(rest1, rest2)]
+    terms = [_contract_site(*args, trace_output, precision) for args in zip(us1, gs1, us2, gs2)]
+    terms += [contract_jacobians(j1, j2, trace_output, precision) for j1, j2 in zip(rest1, rest2)]
     return sum(terms)
 
 
 def factored_ntk(plan: Plan, params, x1: jax.Array, x2: jax.Array | None = None, *,
-                 trace_output: bool = True) -> jax.Array:
+                 trace_output: bool = True, precision=None) -> jax.Array:
     """Empirical NTK by structured derivatives; no checks (see ``empirical_ntk(implementation="factored")``).
 
     Args:
-      plan: from :func:`make_plan` for this model, ``d`` and dtype.
+      plan: from :func:`make_plan` for this model, ``d``, dtype and precision.
       params: the parameter pytree the plan was made for.
       x1: ``(n1, d)``; x2: ``(n2, d)`` or ``None`` for x1.
       trace_output: average over outputs → ``(n1, n2)``; else ``(n1, n2, C, C)``.
+      precision: of the contractions, "highest", "fast" or None (the policy in
+        force); the model's own matmuls have the plan's.
     """
-    return _factored_ntk(plan, jax.tree_util.tree_leaves(params), x1, x2, bool(trace_output))
+    return _factored_ntk(plan, jax.tree_util.tree_leaves(params), x1, x2, bool(trace_output),
+                         resolve_precision(precision))

@@ -2,7 +2,9 @@
 
 All quantities are computed from the singular values of X (λ_i = s_i²), never
 from the eigenvalues of G = X Xᵀ, which lose half the significant digits
-(docs/math.md §2).
+(docs/math.md §2). Everything here is numpy float64 on the host, so the matmul
+precision policy (``kernelattn._precision``) has nothing to reduce: these
+products are always full float64 ones, whatever ``precision`` is in force.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import warnings
 
 import numpy as np
 
-from kernelattn._validation import check_int, check_matrix, check_real
+from kernelattn._validation import check_int, check_matrix, check_real, check_row_range
+from kernelattn.errors import InputValueError
 
 
 def gram(x: np.ndarray, x2: np.ndarray | None = None) -> np.ndarray:
@@ -25,10 +28,17 @@ def gram(x: np.ndarray, x2: np.ndarray | None = None) -> np.ndarray:
 
     Returns:
       ``(n, n2)`` float64 array.
+
+    Raises:
+      InputValueError: a NaN/inf entry, or a row norm whose square would
+        overflow float64 (named by its row index).
     """
     x = check_matrix(x, "x").astype(np.float64)
-    x2 = x if x2 is None else check_matrix(x2, "x2", n_cols=x.shape[1]).astype(np.float64)
-    return x @ x2.T
+    check_row_range(x, "x", what="Gram matrix")
+    if x2 is not None:
+        x2 = check_matrix(x2, "x2", n_cols=x.shape[1]).astype(np.float64)
+        check_row_range(x2, "x2", what="Gram matrix")
+    return x @ (x if x2 is None else x2).T
 
 
 def singular_values(x: np.ndarray) -> np.ndarray:
@@ -62,6 +72,14 @@ def energy_rank(eigenvalues: np.ndarray, fraction: float) -> int:
     fraction = check_real(fraction, "fraction", minimum=0.0, maximum=1.0, strict_min=True)
     cumulative = np.cumsum(eigenvalues)
     return int(min(np.searchsorted(cumulative, fraction * cumulative[-1] * (1 - 1e-15)) + 1, eigenvalues.size))
+
+
+def safe_power(base: float, exponent: float) -> float:
+    """``base ** exponent`` for base ≥ 0, inf where it overflows float64 (Python raises OverflowError)."""
+    try:
+        return float(base) ** exponent
+    except OverflowError:
+        return math.inf
 
 
 def log10_width_threshold(kappa_d: float, n: int, power: float = 6.0) -> float:
@@ -138,33 +156,48 @@ def condition_report(
         then λ_{min(n,d)} is round-off and κ_d is taken at rank r.
 
     Returns:
-      A ``ConditionReport``.
+      A ``ConditionReport``. κ's are ratios of singular values of X scaled to
+      max |x| = 1 first, so they are exact for any scale of X (X·1e200
+      included); λ's that overflow float64 are reported as inf, never NaN.
+
+    Raises:
+      InputValueError: a NaN/inf entry, fewer than 2 rows (m_theory =
+        κ_d^6 n ln n needs n ≥ 2), or numerical rank 0.
     """
     x = check_matrix(x, "x").astype(np.float64)
     depth = check_int(depth, "depth", minimum=1)
+    if x.shape[0] < 2:
+        raise InputValueError(f"x: expected at least 2 rows (the width threshold m_theory = κ_d^6 n ln n needs "
+                              f"n >= 2), got {x.shape[0]}")
     if center:
         x = x - x.mean(axis=0, keepdims=True)
     n, d = x.shape
-    s = np.linalg.svd(x, compute_uv=False)
-    lam = s**2
+    # Scale by a power of two near max |x| (exact: the singular values scale exactly too), so that
+    # s² neither overflows nor underflows whatever the scale of X.
+    scale = math.ldexp(1.0, math.frexp(float(np.max(np.abs(x))))[1])
+    s_unit = np.linalg.svd(x / scale, compute_uv=False)
+    lam_unit = s_unit**2
+    with np.errstate(over="ignore", under="ignore"):
+        lam = (s_unit * scale) ** 2
     rank_bound = min(n, d)
-    rank = numerical_rank(s, x.shape)
+    rank = numerical_rank(s_unit, x.shape)
     if rank == 0:
-        raise ValueError("x: expected a non-zero matrix, got numerical rank 0")
+        raise InputValueError("x: expected a non-zero matrix, got numerical rank 0")
     if warn_rank_deficient and rank < rank_bound:
         warnings.warn(
             f"X has numerical rank {rank} < min(n, d) = {rank_bound}; κ_d is taken over the "
             f"top {rank} eigenvalues (λ_{rank_bound} is round-off).",
             stacklevel=2,
         )
-    lambda_min = float(lam[-1]) if n <= d and rank == n else 0.0
-    kappa = float(lam[0] / lambda_min) if lambda_min > 0 else math.inf
-    kappa_d = float(lam[0] / lam[rank - 1])
-    log10_m = log10_width_threshold(kappa_d, n) if n >= 2 else math.nan
+    full_rank = n <= d and rank == n
+    lambda_min = float(lam[-1]) if full_rank else 0.0
+    kappa = float(lam_unit[0] / lam_unit[-1]) if full_rank else math.inf
+    kappa_d = float(lam_unit[0] / lam_unit[rank - 1])
+    log10_m = log10_width_threshold(kappa_d, n)
     energy = {}
     for fraction in energy_fractions:
-        r = min(energy_rank(lam[:rank], fraction), rank)
-        energy[float(fraction)] = (r, float(lam[0] / lam[r - 1]))
+        r = min(energy_rank(lam_unit[:rank], fraction), rank)
+        energy[float(fraction)] = (r, float(lam_unit[0] / lam_unit[r - 1]))
     return ConditionReport(
         n=n,
         d=d,
@@ -174,7 +207,7 @@ def condition_report(
         lambda_min=lambda_min,
         kappa=kappa,
         kappa_d=kappa_d,
-        kappa_cubed_attention=kappa_d ** (2 * depth + 1),
+        kappa_cubed_attention=safe_power(kappa_d, 2 * depth + 1),
         depth=depth,
         log10_m_theory=log10_m,
         m_theory=10.0**log10_m if log10_m < 308 else math.inf,
@@ -187,5 +220,5 @@ def psd_spectrum(k: np.ndarray, name: str = "k") -> np.ndarray:
     """Eigenvalues of a symmetric ``(n, n)`` kernel matrix, ascending, float64."""
     k = check_matrix(k, name).astype(np.float64)
     if k.shape[0] != k.shape[1]:
-        raise ValueError(f"{name}: expected a square matrix, got shape {k.shape}")
+        raise InputValueError(f"{name}: expected a square matrix, got shape {k.shape}")
     return np.linalg.eigvalsh((k + k.T) / 2)

@@ -85,6 +85,7 @@ import jax.numpy as jnp
 
 from kernelattn._precision import resolve_dtype
 from kernelattn._validation import check_choice, check_matrix
+from kernelattn.errors import DependencyError, InputValueError
 from kernelattn.kernels.analytic import Kernel
 from kernelattn.kernels.empirical import model_apply_fn
 from kernelattn.models import HeadConfig, QKVAttention, TwoLayerReLU
@@ -123,17 +124,17 @@ def _nt() -> types.ModuleType:
     import. Nothing else is touched.
 
     Raises:
-      ImportError: neural-tangents is missing, or jax is newer than the 0.4
+      DependencyError (an ImportError): neural-tangents is missing, or jax is newer than the 0.4
         series it runs on, or the import fails for another reason.
     """
     jax_version = _version_tuple(jax.__version__)
     if jax_version[:2] != (0, 4):
-        raise ImportError(
+        raise DependencyError(
             f"{LEGACY_HINT}; this interpreter has jax {jax.__version__}, and neural-tangents "
             f"{NT_VERSION} runs on the jax 0.4 series only"
         )
     if importlib.util.find_spec("neural_tangents") is None:
-        raise ImportError(f"{LEGACY_HINT}; neural-tangents is not installed in {sys.prefix}")
+        raise DependencyError(f"{LEGACY_HINT}; neural-tangents is not installed in {sys.prefix}")
     stub_name = "neural_tangents.experimental"
     if importlib.util.find_spec("tensorflow") is None and stub_name not in sys.modules:
         stub = types.ModuleType(stub_name)
@@ -142,7 +143,7 @@ def _nt() -> types.ModuleType:
     try:
         return importlib.import_module("neural_tangents")
     except Exception as err:  # an incompatible jax shows up as Attribute/ImportError
-        raise ImportError(f"{LEGACY_HINT}; importing neural-tangents failed: {err!r}") from err
+        raise DependencyError(f"{LEGACY_HINT}; importing neural-tangents failed: {err!r}") from err
 
 
 # --------------------------------------------------------------------- small helpers
@@ -374,7 +375,7 @@ def empirical_ntk_nt(
 
 def _check_linear_qkv(attention: QKVAttention) -> None:
     if attention.scaling != "linear" or attention.tied_qk is False:
-        raise ValueError(
+        raise InputValueError(
             "attention: neural-tangents' closed form matches QKVAttention only with scaling='linear' "
             f"and W_K = W_Q tied; got scaling={attention.scaling!r}, tied_qk={attention.tied_qk!r}"
         )

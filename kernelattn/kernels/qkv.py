@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kernelattn._precision import precision_policy
 from kernelattn.kernels.empirical import head_linear_part, head_unit_ntk
 from kernelattn.models import HeadConfig, head_config, head_preactivations
 
@@ -85,7 +86,7 @@ _qkv_jit = jax.jit(_qkv_terms, static_argnames=("n2", "head", "sigma_q", "sigma_
                                                 "normalize"))
 
 
-def qkv_empirical_ntk(model, variables: Mapping[str, Any], x: np.ndarray, n2: int) -> np.ndarray:
+def qkv_empirical_ntk(model, variables: Mapping[str, Any], x: np.ndarray, n2: int, *, precision=None) -> np.ndarray:
     """Exact empirical NTK of a ``QKVAttentionMLP`` (all trainable parameters), output-traced.
 
     With g_ic = ∂f_c(x_i)/∂o_i the gradient of output c with respect to the
@@ -102,6 +103,9 @@ def qkv_empirical_ntk(model, variables: Mapping[str, Any], x: np.ndarray, n2: in
       variables: its Flax variables.
       x: ``(n1, d)`` queries whose first ``n2`` rows are the training set (the context).
       n2: number of training rows.
+      precision: matmul precision, "highest" or "fast"; None → the policy in
+        force (``kernelattn.precision_policy``, default "highest"). Every
+        matmul is traced inside ``precision_policy(precision)``.
 
     Returns:
       ``(n1, n2)`` float64 kernel (computed in the parameters' dtype).
@@ -110,7 +114,9 @@ def qkv_empirical_ntk(model, variables: Mapping[str, Any], x: np.ndarray, n2: in
     tied = (att.scaling == "linear") if att.tied_qk is None else bool(att.tied_qk)
     params = variables["params"]
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
-    theta, _ = _qkv_jit(params, dict(variables.get("constants", {})), jnp.asarray(x, dtype), n2=int(n2),
-                        head=head_config(model), sigma_q=float(att.sigma_q), sigma_v=float(att.sigma_v),
-                        sigma_o=float(att.sigma_o), scaling=att.scaling, tied=tied, normalize=bool(model.normalize))
+    with precision_policy(precision):
+        theta, _ = _qkv_jit(params, dict(variables.get("constants", {})), jnp.asarray(x, dtype), n2=int(n2),
+                            head=head_config(model), sigma_q=float(att.sigma_q), sigma_v=float(att.sigma_v),
+                            sigma_o=float(att.sigma_o), scaling=att.scaling, tied=tied,
+                            normalize=bool(model.normalize))
     return np.asarray(theta, np.float64)

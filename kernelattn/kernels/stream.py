@@ -22,21 +22,22 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from kernelattn._precision import resolve_dtype
+from kernelattn._precision import resolve_dtype, resolve_precision
 from kernelattn._validation import check_int, check_matrix
 from kernelattn.distributed import shard_map, sharded_head_ntk_blocks
+from kernelattn.errors import InputTypeError, InputValueError
 from kernelattn.kernels.empirical import head_linear_part, head_ntk_blocks
 from kernelattn.models import HeadConfig
 
 __all__ = ["head_kernel_stream"]
 
-_STATIC = ("head", "n2", "chunk")
+_STATIC = ("head", "n2", "chunk", "precision")
 
 
-def _accumulate(key, x, lin, total, first, n_blocks, n_units, *, head, n2, chunk):
+def _accumulate(key, x, lin, total, first, n_blocks, n_units, *, head, n2, chunk, precision):
     """``total`` + the chunks [first, first + n_blocks) of the width-``n_units`` network of ``key``."""
     return head_ntk_blocks(key, x, None, lin, head, chunk=chunk, first=first, steps=n_blocks, n_units=n_units, n2=n2,
-                           total=total)
+                           total=total, precision=precision)
 
 
 _accumulate_single = jax.jit(_accumulate, static_argnames=_STATIC)
@@ -48,7 +49,8 @@ def _accumulate_batched(keys, x, lin, totals, first, n_blocks, n_units, **static
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC + ("mesh", "batched"))
-def _accumulate_sharded(keys, x, lin, total, first, n_blocks, n_units, *, mesh, batched, head, n2, chunk):
+def _accumulate_sharded(keys, x, lin, total, first, n_blocks, n_units, *, mesh, batched, head, n2, chunk,
+                        precision):
     """``_accumulate`` (or its vmap over keys) with the chunks dealt out over a 1-D device mesh.
 
     Inputs are replicated; each device sums its share of the range
@@ -60,7 +62,8 @@ def _accumulate_sharded(keys, x, lin, total, first, n_blocks, n_units, *, mesh, 
     def local(keys, x, lin, first, n_blocks, n_units):
         def one(key):
             return sharded_head_ntk_blocks(key, x, None, lin, head, chunk=chunk, first=first, n_blocks=n_blocks,
-                                           axis_name=axis, shards=shards, n_units=n_units, n2=n2)
+                                           axis_name=axis, shards=shards, n_units=n_units, n2=n2,
+                                           precision=precision)
 
         part = jax.vmap(one)(keys) if batched else one(keys)
         return jax.lax.psum(part, axis)
@@ -70,8 +73,8 @@ def _accumulate_sharded(keys, x, lin, total, first, n_blocks, n_units, *, mesh, 
 
 
 def head_kernel_stream(keys: jax.Array, head: HeadConfig, x: np.ndarray, n2: int, widths: Sequence[int], *,
-                       width_chunk: int = 1024, dtype="float32", mesh: Mesh | None = None
-                       ) -> Iterator[tuple[int, np.ndarray]]:
+                       width_chunk: int = 1024, dtype="float32", mesh: Mesh | None = None,
+                       precision=None) -> Iterator[tuple[int, np.ndarray]]:
     """Empirical head NTKs of the width-m prefixes of one network per key, for increasing m.
 
     The exact structured NTK of ``MLPHead`` (docs/math.md §7), traced over outputs:
@@ -98,24 +101,28 @@ def head_kernel_stream(keys: jax.Array, head: HeadConfig, x: np.ndarray, n2: int
         are dealt out width-wise and combined with one ``psum``; the draws are
         unchanged, so Θ_m equals the 1-device value up to summation order
         (bit for bit reproducible for a fixed mesh size).
+      precision: matmul precision, "highest" or "fast"; None → the policy in
+        force when the stream is created (``kernelattn.precision_policy``,
+        default "highest"); it holds for every width yielded.
 
     Yields:
       ``(m, Θ_m)`` with Θ_m float64 ``(n1, n2)`` (or ``(S, n1, n2)``).
     """
     dtype = resolve_dtype(dtype)
+    precision = resolve_precision(precision)
     block = check_int(width_chunk, "width_chunk", minimum=1)
     x = check_matrix(x, "x")
     n2 = check_int(n2, "n2", minimum=1, maximum=x.shape[0])
     widths = [check_int(w, "widths", minimum=1) for w in widths]
     if mesh is not None and not isinstance(mesh, Mesh):
-        raise TypeError(f"mesh: expected None or a jax.sharding.Mesh (see distributed.device_mesh), "
+        raise InputTypeError(f"mesh: expected None or a jax.sharding.Mesh (see distributed.device_mesh), "
                         f"got {type(mesh).__name__}")
     if mesh is not None and len(mesh.axis_names) != 1:
-        raise ValueError(f"mesh: expected a 1-D mesh (width,), got axes {tuple(mesh.axis_names)}")
+        raise InputValueError(f"mesh: expected a 1-D mesh (width,), got axes {tuple(mesh.axis_names)}")
     batched = jnp.ndim(keys) == 2
     x = jnp.asarray(x, dtype)
-    lin = head_linear_part(x, x[:n2], head)
-    static = dict(head=head, n2=int(n2), chunk=block)
+    lin = head_linear_part(x, x[:n2], head, precision=precision)
+    static = dict(head=head, n2=int(n2), chunk=block, precision=precision)
     if mesh is not None:
         step = functools.partial(_accumulate_sharded, mesh=mesh, batched=batched)
     else:
