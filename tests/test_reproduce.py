@@ -222,7 +222,7 @@ def test_tier_datasets():
         return out
 
     assert datasets("quick") <= {"digits", "synthetic"}  # offline
-    assert "fashion_mnist" in datasets("real") and datasets("real") <= {"fashion_mnist", "synthetic"}
+    assert "fashion_mnist" in datasets("real") and datasets("real") <= {"fashion_mnist", "digits", "synthetic"}  # offline + FMNIST
     assert {"mnist", "cifar10"} <= datasets("full")
 
 
