@@ -933,7 +933,8 @@ def reports_frame(reports: Sequence[MalleabilityReport]):
 
 #: The keys of a malleability spec; the schema and its validator live in ``kernelattn.specs``.
 SPEC_KEYS = specs.MALLEABILITY_KEYS
-DEFAULT_NULLS = ("seed", "order")
+#: The null baselines of a spec that names none.
+DEFAULT_NULLS = next(key.default for key in specs.MALLEABILITY_SCHEMA if key.name == "null_baselines")
 _HEAD_KEYS = {"readout": "train_readout", "sigma_w": "sigma_w", "sigma_b": "sigma_b", "sigma_a": "sigma_a"}
 
 

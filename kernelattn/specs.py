@@ -96,7 +96,7 @@ from typing import Any
 
 from kernelattn.analysis.labels import dataset_label, model_label
 from kernelattn.data.npz import file_sha256, is_npz_name
-from kernelattn.errors import InputTypeError, KernelattnError
+from kernelattn.errors import InputTypeError, InputValueError, KernelattnError
 from kernelattn.registry import (
     MODEL_ALIASES,
     REQUIRED,
@@ -108,11 +108,21 @@ from kernelattn.registry import (
 )
 
 __all__ = [
+    "DATASET_KEYS",
     "DATASET_NAMES",
+    "KERNEL_CHECKS",
     "KINDS",
+    "KeySpec",
+    "MALLEABILITY_HEAD_KEYS",
+    "MALLEABILITY_KEYS",
+    "MALLEABILITY_SCHEMA",
     "METRICS",
     "MODEL_NAMES",
+    "MODEL_OPTIONS",
     "MAX_WIDTH",
+    "SWEEP_KEYS",
+    "TRAINING_CHECKS",
+    "VARIANT_FIXED_KEYS",
     "DatasetSpec",
     "KernelOptions",
     "ModelSpec",
@@ -124,9 +134,12 @@ __all__ = [
     "MalleabilitySpec",
     "check_store_name",
     "load_spec",
+    "malleability_choices",
+    "malleability_variants",
     "parse_malleability_spec",
     "parse_spec",
     "read_spec_file",
+    "source_options",
 ]
 
 KINDS = ("kernel", "training")
@@ -239,13 +252,18 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
-def _int(value: Any, path: str, minimum: int | None = None, maximum: int | None = None) -> int:
+def _int_text(minimum: int | None = None, maximum: int | None = None) -> str:
+    """What :func:`_int` accepts, in the words of its message."""
     bounds = []
     if minimum is not None:
         bounds.append(f">= {minimum}")
     if maximum is not None:
         bounds.append(f"<= {maximum}")
-    want = "an integer" + (" " + " and ".join(bounds) if bounds else "")
+    return "an integer" + (" " + " and ".join(bounds) if bounds else "")
+
+
+def _int(value: Any, path: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    want = _int_text(minimum, maximum)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SpecError(path, f"expected {want}, got {_show(value)}")
     if isinstance(value, float):
@@ -257,14 +275,20 @@ def _int(value: Any, path: str, minimum: int | None = None, maximum: int | None 
     return value
 
 
-def _real(value: Any, path: str, minimum: float | None = None, strict: bool = False,
-          maximum: float | None = None, strict_max: bool = False) -> float:
+def _real_text(minimum: float | None = None, strict: bool = False, maximum: float | None = None,
+               strict_max: bool = False) -> str:
+    """What :func:`_real` accepts, in the words of its message."""
     bounds = []
     if minimum is not None:
         bounds.append(f"{'>' if strict else '>='} {minimum:g}")
     if maximum is not None:
         bounds.append(f"{'<' if strict_max else '<='} {maximum:g}")
-    want = "a number" + (" " + " and ".join(bounds) if bounds else "")
+    return "a number" + (" " + " and ".join(bounds) if bounds else "")
+
+
+def _real(value: Any, path: str, minimum: float | None = None, strict: bool = False,
+          maximum: float | None = None, strict_max: bool = False) -> float:
+    want = _real_text(minimum, strict, maximum, strict_max)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SpecError(path, f"expected {want}, got {_show(value)}")
     value = float(value)
@@ -432,8 +456,9 @@ _SOURCE_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "timeout": lambda v, p: _real(v, p, minimum=0.0, strict=True),
 }
 
-def _source_options(name: str) -> tuple[str, ...]:
-    """Loader options of dataset ``name`` (``kernelattn.registry.dataset_entry``)."""
+def source_options(name: str) -> tuple[str, ...]:
+    """Loader options of dataset ``name`` (``kernelattn.registry.dataset_entry``): the keys a sweep spec's
+    dataset entry allows besides :data:`DATASET_KEYS`."""
     return dataset_entry(name).options
 
 
@@ -507,8 +532,9 @@ class DatasetSpec:
         return {k: v for k, v in self.to_dict().items() if k not in _DATASET_COSMETIC}
 
 
-_DATASET_COMMON = ("name", "label", "classes", "n_train", "n_test", "seed", "scale", "normalize", "target",
-                   "data_dir", "download")
+#: The keys of every dataset entry of a sweep spec (plus the dataset's own :func:`source_options`).
+DATASET_KEYS = ("name", "label", "classes", "n_train", "n_test", "seed", "scale", "normalize", "target",
+                "data_dir", "download")
 
 
 def _label(entry: Mapping[str, Any], path: str) -> str:
@@ -568,8 +594,8 @@ def _parse_dataset(value: Any, path: str) -> DatasetSpec:
                                                  "directory, or absolute)")
     else:
         name = _choice(entry["name"], _join(path, "name"), DATASET_NAMES)
-    source_options = _source_options(name)
-    allowed = _DATASET_COMMON + source_options
+    own_options = source_options(name)
+    allowed = DATASET_KEYS + own_options
     _check_keys(entry, path, allowed, context=f"for dataset {name!r}")
     p = lambda key: _join(path, key)  # noqa: E731
     fields: dict[str, Any] = {"name": name}
@@ -590,7 +616,7 @@ def _parse_dataset(value: Any, path: str) -> DatasetSpec:
     if "data_dir" in entry:
         fields["data_dir"] = _optional(_str)(entry["data_dir"], p("data_dir"))
     options = []
-    for key in source_options:
+    for key in own_options:
         if key in entry:
             check = _SOURCE_CHECKS.get(key, _freeze)  # options unknown here: any JSON value, checked by the loader
             options.append((key, check(entry[key], p(key))))
@@ -614,7 +640,8 @@ def _parse_dataset(value: Any, path: str) -> DatasetSpec:
 
 # --------------------------------------------------------------------------- models
 
-_MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
+#: Model name → the keys its entry in a sweep spec's ``models`` allows.
+MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
     name: ("name", "label") + tuple(k for k, _ in model_entry(name).options) for name in MODEL_NAMES
 }
 
@@ -659,7 +686,7 @@ class ModelSpec:
             "head_width": self.head_width,
             "scaling": self.scaling,
         }
-        return {k: full[k] for k in _MODEL_OPTIONS[self.name]}
+        return {k: full[k] for k in MODEL_OPTIONS[self.name]}
 
     def identity(self) -> dict[str, Any]:
         """The options that determine the model (label excluded)."""
@@ -681,10 +708,10 @@ def _parse_model(value: Any, path: str) -> ModelSpec:
     if is_user_model(entry["name"]):
         return _parse_user_model(entry, path)
     name = _choice(entry["name"], _join(path, "name"), MODEL_NAMES, MODEL_ALIASES)
-    allowed = _MODEL_OPTIONS[name]
+    allowed = MODEL_OPTIONS[name]
     for key in entry:
-        if key not in allowed and any(key in opts for opts in _MODEL_OPTIONS.values()):
-            owners = [m for m, opts in _MODEL_OPTIONS.items() if key in opts]
+        if key not in allowed and any(key in opts for opts in MODEL_OPTIONS.values()):
+            owners = [m for m, opts in MODEL_OPTIONS.items() if key in opts]
             raise SpecError(_join(path, key), f"not an option of model {name!r} (it applies to {', '.join(owners)}; "
                                               f"allowed here: {', '.join(allowed)})")
     _check_keys(entry, path, allowed, context=f"for model {name!r}")
@@ -840,7 +867,8 @@ def _auto_or_bool(value: Any, path: str) -> Any:
     raise SpecError(path, f"expected \"auto\", true or false, got {_show(value)}")
 
 
-_KERNEL_CHECKS: dict[str, Callable[[Any, str], Any]] = {
+#: The keys of a sweep spec's ``kernel`` section → the check of each (``check(value, path)``).
+KERNEL_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "readout": lambda v, p: _choice(v, p, READOUTS),
     "sigma_w": lambda v, p: _real(v, p, minimum=0.0, strict=True),
     "sigma_b": lambda v, p: _real(v, p, minimum=0.0),
@@ -856,8 +884,8 @@ _KERNEL_CHECKS: dict[str, Callable[[Any, str], Any]] = {
 
 def _parse_kernel(value: Any, path: str) -> KernelOptions:
     entry = _mapping(value, path)
-    _check_keys(entry, path, tuple(_KERNEL_CHECKS))
-    fields = {k: _KERNEL_CHECKS[k](entry[k], _join(path, k)) for k in entry}
+    _check_keys(entry, path, tuple(KERNEL_CHECKS))
+    fields = {k: KERNEL_CHECKS[k](entry[k], _join(path, k)) for k in entry}
     return KernelOptions(**fields)
 
 
@@ -893,7 +921,8 @@ class TrainingOptions:
         return dataclasses.asdict(self)
 
 
-_TRAINING_CHECKS: dict[str, Callable[[Any, str], Any]] = {
+#: The keys of a sweep spec's ``training`` section → the check of each (``check(value, path)``).
+TRAINING_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "learning_rate": lambda v, p: _real(v, p, minimum=0.0, strict=True),
     "batch_size": lambda v, p: _int(v, p, minimum=1),
     "epochs": lambda v, p: _int(v, p, minimum=0),
@@ -906,14 +935,15 @@ _TRAINING_CHECKS: dict[str, Callable[[Any, str], Any]] = {
 
 def _parse_training(value: Any, path: str) -> TrainingOptions:
     entry = _mapping(value, path)
-    _check_keys(entry, path, tuple(_TRAINING_CHECKS))
-    return TrainingOptions(**{k: _TRAINING_CHECKS[k](entry[k], _join(path, k)) for k in entry})
+    _check_keys(entry, path, tuple(TRAINING_CHECKS))
+    return TrainingOptions(**{k: TRAINING_CHECKS[k](entry[k], _join(path, k)) for k in entry})
 
 
 # --------------------------------------------------------------------------- the spec
 
-_TOP_KEYS = ("name", "kind", "description", "datasets", "models", "widths", "seeds", "dtype", "precision", "metrics",
-             "ridge", "kernel", "training")
+#: The top-level keys of a sweep spec.
+SWEEP_KEYS = ("name", "kind", "description", "datasets", "models", "widths", "seeds", "dtype", "precision",
+              "metrics", "ridge", "kernel", "training")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1013,7 +1043,7 @@ def parse_spec(data: Mapping[str, Any], *, source: str | None = None, max_cells:
 
 def _parse(data: Any, source: str | None, max_cells: int) -> Spec:
     top = _mapping(data, "", "a spec object")
-    _check_keys(top, "", _TOP_KEYS, required=("name", "kind", "datasets", "models", "widths"))
+    _check_keys(top, "", SWEEP_KEYS, required=("name", "kind", "datasets", "models", "widths"))
     name = check_store_name(top["name"])
     kind = _choice(top["kind"], "kind", KINDS)
     description = _str(top.get("description", ""), "description")
@@ -1157,21 +1187,152 @@ def read_spec_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 # parsed form keeps the values as written (only canonicalized: model aliases, attack names in lower case,
 # numbers as floats), because they make up the cells' keys in existing stores.
 
-MALLEABILITY_KEYS = (
-    "name", "kind", "description", "dataset", "datasets", "models", "model", "width", "widths", "seeds", "seed",
-    "kernel", "influence_kernels", "influence_kernel", "training", "training_modes", "training_mode", "attacks",
-    "attack", "epsilons", "epsilon", "interventions", "intervention", "tau", "ridge", "influence", "targets",
-    "retrain", "at_epsilon", "attack_config", "attack_targets", "null_baselines", "dtype", "precision", "variants",
+#: Largest width of a malleability spec: the models' limit (kernelattn.models.MAX_WIDTH); whether it
+#: fits in memory is planned before any work (kernelattn.memory).
+MAX_MALLEABILITY_WIDTH = 2**31
+#: Largest seed count of a malleability spec's ``"seeds": n`` (seeds 0..n-1).
+MAX_MALLEABILITY_SEED_COUNT = 100_000
+
+
+@dataclasses.dataclass(frozen=True)
+class KeySpec:
+    """One top-level key of a malleability spec: the declaration the validator checks values with and
+    takes defaults from, and the docs' spec page lists (so the two cannot drift apart).
+
+    Attributes:
+      name: the key; a list key's plural spelling (``"widths"``).
+      type: how one value is checked: ``"integer"`` or ``"number"`` (within ``minimum``/``maximum``),
+        ``"bool"``, ``"choice"`` (one of ``choices``), ``"name"`` (a string, one of ``choices`` in any
+        case); ``""``: by the validator's own code, as ``type_text`` says.
+      default: the value the parsed spec gets when the key is absent (a list key: the list);
+        ``REQUIRED``: the spec must give it (``name``, ``kind``, ``description`` and ``variants`` are
+        not part of a plan: their default is the value when absent).
+      doc: what the key means.
+      singular: a list key's one-value spelling (``"width"``): a spec gives one or the other.
+      parsed: the key of the parsed dict (a plan of ``MalleabilitySpec.plans``) it fills.
+      choices: the allowed values: a tuple, or the name of a group of :func:`malleability_choices`
+        (defined in modules that load JAX, so resolved on first use).
+      minimum, maximum, strict: bounds of an ``"integer"`` or ``"number"`` (``strict``: > minimum).
+      nullable: ``null`` is accepted too (and parsed as ``None``).
+      allow_empty: a list key that may be ``[]``.
+      type_text: what a value is, in words, for a key of ``type`` ``""``.
+    """
+
+    name: str
+    type: str
+    default: Any
+    doc: str
+    singular: str | None = None
+    parsed: str | None = None
+    choices: str | tuple[str, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    strict: bool = False
+    nullable: bool = False
+    allow_empty: bool = False
+    type_text: str = ""
+
+    def allowed(self, choices: Mapping[str, Sequence[str]] | None = None) -> tuple[str, ...] | None:
+        """The allowed values (``choices``: :func:`malleability_choices`, resolved when omitted)."""
+        if isinstance(self.choices, str):
+            return tuple((malleability_choices() if choices is None else choices)[self.choices])
+        return self.choices
+
+    def text(self, choices: Mapping[str, Sequence[str]] | None = None) -> str:
+        """What one value is, in the words of the validator's message (``"an integer >= 1"``)."""
+        if self.type == "integer":
+            return _int_text(self.minimum, self.maximum)
+        if self.type == "number":
+            return _real_text(self.minimum, self.strict, self.maximum)
+        if self.type == "bool":
+            return "true or false"
+        if self.type in ("choice", "name"):
+            return f"one of {list(self.allowed(choices))}"
+        return self.type_text
+
+    def check(self, value: Any, path: str, choices: Mapping[str, Sequence[str]] | None = None) -> Any:
+        """One value checked and normalized (a list key: one item), or a :class:`SpecError`."""
+        if value is None and self.nullable:
+            return None
+        if self.type == "integer":
+            return _int(value, path, minimum=self.minimum, maximum=self.maximum)
+        if self.type == "number":
+            return _real(value, path, minimum=self.minimum, strict=self.strict, maximum=self.maximum)
+        if self.type == "bool":
+            return _bool(value, path)
+        if self.type == "choice":
+            return _choice(value, path, self.allowed(choices))
+        if self.type == "name":
+            return _choice(_str(value, path).lower(), path, self.allowed(choices))
+        raise InputValueError(f"malleability spec key {self.name!r} is checked by the validator's own code")
+
+
+#: The top-level keys of a malleability spec (format: ``kernelattn.malleability.run_malleability_spec``),
+#: in the order of the docs; :func:`parse_malleability_spec` checks them and takes their defaults from here.
+MALLEABILITY_SCHEMA: tuple[KeySpec, ...] = (
+    KeySpec("name", "", None, "the store's name (the CLI's default: the file's stem)",
+            type_text="a store name (one directory name: [A-Za-z0-9_.-]+)"),
+    KeySpec("kind", "", None, "the spec's kind (optional)", type_text='"malleability"'),
+    KeySpec("description", "", "", "free text", type_text="a string"),
+    KeySpec("datasets", "", REQUIRED, "the datasets: entries as in a sweep spec's datasets (a label and a "
+            "target are not part of the cell; normalize defaults to false)", singular="dataset",
+            parsed="datasets", type_text="a dataset entry ({\"name\": ..., options})"),
+    KeySpec("models", "", ("mlp-attn",), "the models: a name (aliases accepted) or {\"name\": ..., options}",
+            singular="model", parsed="models", choices="models",
+            type_text="a model name or {\"name\": ..., options} entry"),
+    KeySpec("widths", "integer", (1024,), "the network widths m", singular="width", parsed="widths",
+            minimum=1, maximum=MAX_MALLEABILITY_WIDTH),
+    KeySpec("seeds", "integer", (0,), f"the network seeds, or a count n for seeds 0..n-1 "
+            f"(1 <= n <= {MAX_MALLEABILITY_SEED_COUNT:,}); distinct", singular="seed", parsed="seeds",
+            minimum=0, maximum=2**31 - 1),
+    KeySpec("kernel", "", {}, "the head's options (readout, sigma_w, sigma_b, sigma_a)", parsed="head",
+            type_text="an object"),
+    KeySpec("training", "", {}, "kernelattn.TrainConfig fields", parsed="training", type_text="an object"),
+    KeySpec("training_modes", "choice", ("standard",), "how the networks are trained", singular="training_mode",
+            parsed="modes", choices="modes"),
+    KeySpec("at_epsilon", "number", 0.3, "the radius of PGD adversarial training (\"pgd-at\")",
+            parsed="at_epsilon", minimum=0.0),
+    KeySpec("influence_kernels", "choice", ("empirical",), "the kernels the influence scores are computed with",
+            singular="influence_kernel", parsed="kernels", choices="kernels"),
+    KeySpec("influence", "choice", "loo", "the influence method", parsed="influence", choices="influence"),
+    KeySpec("targets", "choice", "pm1", "the target encoding of the kernel regression", parsed="targets",
+            choices="targets"),
+    KeySpec("ridge", "number", 1e-3, "the ridge of the kernel regression", parsed="ridge", minimum=0.0,
+            strict=True),
+    KeySpec("tau", "number", 0.1, "τ: the top-τ training points are the ⌈τ n⌉ of largest |influence| (flip "
+            "rate, top-k overlap, transformed and curated interventions)", parsed="tau", minimum=0.0, strict=True,
+            maximum=1.0),
+    KeySpec("retrain", "bool", False, "also retrain the network on the perturbed data (from the same "
+            "initialization and keys)", parsed="retrain"),
+    KeySpec("attacks", "name", ("pgd",), "the attacks (any case)", singular="attack", parsed="attacks",
+            choices="attacks"),
+    KeySpec("epsilons", "number", (0.3,), "the attacks' radii", singular="epsilon", parsed="epsilons",
+            minimum=0.0),
+    KeySpec("interventions", "choice", ("adversarial",), "what is perturbed", singular="intervention",
+            parsed="interventions", choices="interventions"),
+    KeySpec("attack_targets", "choice", ("model",), "the loss attacked (default: attack_config's target, "
+            "else \"model\")", parsed="attack_targets", choices="attack_targets"),
+    KeySpec("attack_config", "", {}, "kernelattn.AttackConfig fields (its target: the default of "
+            "attack_targets)", parsed="attack_config", type_text="an object"),
+    KeySpec("null_baselines", "choice", ("seed", "order"), "the null baselines: no perturbation, refit with "
+            "other keys ([] for none)", parsed="nulls", choices="nulls", allow_empty=True),
+    KeySpec("dtype", "choice", "float64", "the dtype of the networks and kernels", parsed="dtype",
+            choices=DTYPES),
+    KeySpec("precision", "choice", None, "the matmul precision (null: the policy in force, CLI --precision)",
+            parsed="precision", choices=PRECISIONS, nullable=True),
+    KeySpec("variants", "", None, "variants of the spec, run together (see malleability_variants)",
+            type_text="a list of {\"label\": ..., overrides} objects"),
 )
+_MALLEABILITY_KEYSPECS = {key.name: key for key in MALLEABILITY_SCHEMA}
+#: Every key a malleability spec allows (a list key's plural and singular spellings).
+MALLEABILITY_KEYS = tuple(k for key in MALLEABILITY_SCHEMA for k in (key.name, key.singular) if k)
 #: Keys a variant may not override (they name the spec); a variant adds its "label" and may set "n_train".
 VARIANT_FIXED_KEYS = ("name", "kind", "description", "variants")
 #: Plural key → its singular spelling (one value); a spec gives one or the other.
-_PLURALS = {"datasets": "dataset", "models": "model", "widths": "width", "seeds": "seed",
-            "influence_kernels": "influence_kernel", "training_modes": "training_mode", "attacks": "attack",
-            "epsilons": "epsilon", "interventions": "intervention"}
+_PLURALS = {key.name: key.singular for key in MALLEABILITY_SCHEMA if key.singular}
 _SINGULARS = {v: k for k, v in _PLURALS.items()}
 #: The head options of a malleability spec's "kernel" section (the network, not how Θ is computed).
-_MALLEABILITY_HEAD_KEYS = ("readout", "sigma_w", "sigma_b", "sigma_a")
+MALLEABILITY_HEAD_KEYS = ("readout", "sigma_w", "sigma_b", "sigma_a")
 _MALLEABILITY_MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
     "relu": ("name", "sigma_w", "sigma_b", "sigma_a", "train_readout"),
     "mlp-attn": ("name", "depth", "rank", "constant_term", "normalize", "sigma_w", "sigma_b", "sigma_a",
@@ -1187,11 +1348,6 @@ _MODEL_OPTION_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "sigma_a": lambda v, p: _real(v, p, minimum=0.0, strict=True),
     "train_readout": _bool,
 }
-#: Largest width of a malleability spec: the models' limit (kernelattn.models.MAX_WIDTH); whether it
-#: fits in memory is planned before any work (kernelattn.memory).
-MAX_MALLEABILITY_WIDTH = 2**31
-
-
 @dataclasses.dataclass(frozen=True)
 class MalleabilitySpec:
     """A validated malleability spec.
@@ -1215,8 +1371,9 @@ class MalleabilitySpec:
     source: str | None = None
 
 
-def _malleability_choices() -> dict[str, tuple[str, ...]]:
-    """The allowed values, from the modules that define them (imported on first use: they load JAX)."""
+def malleability_choices() -> dict[str, tuple[str, ...]]:
+    """The allowed values of a malleability spec's keys by group (``KeySpec.choices`` names one), from the
+    modules that define them (imported on first use: they load JAX)."""
     import importlib
 
     # (``kernelattn.influence`` and ``.malleability`` are functions on the package: import the modules.)
@@ -1227,7 +1384,7 @@ def _malleability_choices() -> dict[str, tuple[str, ...]]:
         "ridge_kernels": influence.RIDGE_KERNELS, "influence": influence.INFLUENCE_METHODS,
         "targets": influence.TARGET_ENCODINGS, "models": influence.SUPPORTED_MODELS,
         "interventions": malleability.INTERVENTIONS, "nulls": malleability.NULL_KINDS,
-        "modes": malleability.TRAININGS, "default_nulls": malleability.DEFAULT_NULLS,
+        "modes": malleability.TRAININGS,
         "losses": training.LOSSES, "decay_modes": training.WEIGHT_DECAY_MODES,
         "binary_outputs": training.BINARY_OUTPUTS,
     }
@@ -1315,14 +1472,21 @@ def _parse_malleability_body(top: Mapping[str, Any], where: Callable[[str], str]
             raise SpecError(where(key), f"unknown key of a malleability spec{suggestion} "
                                         f"(allowed: {', '.join(MALLEABILITY_KEYS)})")
 
-    def many(plural, default, check, allow_empty=False):
-        values, path_of = _one_or_many(top, plural, default, where, allow_empty)
+    schema = _MALLEABILITY_KEYSPECS  # defaults and checks of the keys
+
+    def many(plural, check=None, default=None):
+        """The checked values of a list key (``check``, ``default``: the schema's unless given)."""
+        key = schema[plural]
+        default = key.default if default is None else default
+        values, path_of = _one_or_many(top, plural, () if default is REQUIRED else default, where, key.allow_empty)
+        check = check or (lambda v, p: key.check(v, p, choices))
         return [check(v, path_of(i)) for i, v in enumerate(values)]
 
-    def one(key, default, check):
-        return check(top[key], where(key)) if key in top else default
+    def one(name):
+        key = schema[name]
+        return key.check(top[name], where(name), choices) if name in top else key.default
 
-    entries = many("datasets", [], _malleability_dataset)
+    entries = many("datasets", _malleability_dataset)
     if not entries:
         raise SpecError(where("datasets"), "required key is missing (e.g. \"datasets\": [{\"name\": \"digits\"}])")
     attack_config = _config_section(top.get("attack_config"), where("attack_config"), {
@@ -1343,48 +1507,47 @@ def _parse_malleability_body(top: Mapping[str, Any], where: Callable[[str], str]
         "binary_output": lambda v, p: _choice(v, p, choices["binary_outputs"]),
     }, _train_config_class(), "a training object")
     head = _config_section(top.get("kernel"), where("kernel"),
-                           {k: _KERNEL_CHECKS[k] for k in _MALLEABILITY_HEAD_KEYS}, lambda **_: None,
+                           {k: KERNEL_CHECKS[k] for k in MALLEABILITY_HEAD_KEYS}, lambda **_: None,
                            "a kernel object (the head: readout, sigma_w, sigma_b, sigma_a)")
     seeds_value = top.get("seeds", top.get("seed"))
     if "seeds" in top and "seed" in top:
         raise SpecError(where("seeds"), "give either 'seeds' or 'seed', not both")
     if isinstance(seeds_value, (list, tuple)):
-        seeds = many("seeds", [0], lambda v, p: _int(v, p, minimum=0, maximum=2**31 - 1))
+        seeds = many("seeds")
         if len(set(seeds)) != len(seeds):
             raise SpecError(where("seeds" if "seeds" in top else "seed"), f"expected distinct seeds, got {seeds}")
     elif "seeds" in top:
-        seeds = list(range(_int(seeds_value, where("seeds"), minimum=1, maximum=100_000)))
+        seeds = list(range(_int(seeds_value, where("seeds"), minimum=1, maximum=MAX_MALLEABILITY_SEED_COUNT)))
     elif "seed" in top:
-        seeds = [_int(seeds_value, where("seed"), minimum=0, maximum=2**31 - 1)]
+        seeds = [schema["seeds"].check(seeds_value, where("seed"))]
     else:
-        seeds = [0]
+        seeds = list(schema["seeds"].default)
     parsed = {
         "datasets": [kwargs for kwargs, _ in entries],
         "dataset_labels": [label for _, label in entries],
-        "tau": one("tau", 0.1, lambda v, p: _real(v, p, minimum=0.0, strict=True, maximum=1.0)),
-        "ridge": one("ridge", 1e-3, lambda v, p: _real(v, p, minimum=0.0, strict=True)),
-        "influence": one("influence", "loo", lambda v, p: _choice(v, p, choices["influence"])),
-        "targets": one("targets", "pm1", lambda v, p: _choice(v, p, choices["targets"])),
-        "retrain": one("retrain", False, _bool),
-        "dtype": one("dtype", "float64", lambda v, p: _choice(v, p, DTYPES)),
-        "precision": one("precision", None, _optional(lambda v, p: _choice(v, p, PRECISIONS))),
+        "tau": one("tau"),
+        "ridge": one("ridge"),
+        "influence": one("influence"),
+        "targets": one("targets"),
+        "retrain": one("retrain"),
+        "dtype": one("dtype"),
+        "precision": one("precision"),
         "head": head,
         "training": training,
         "attack_config": {k: v for k, v in attack_config.items() if k != "target"},
-        "at_epsilon": one("at_epsilon", 0.3, lambda v, p: _real(v, p, minimum=0.0)),
+        "at_epsilon": one("at_epsilon"),
         "seeds": seeds,
-        "models": many("models", ["mlp-attn"], lambda v, p: _malleability_model(v, p, choices["models"])),
-        "widths": many("widths", [1024], lambda v, p: _int(v, p, minimum=1, maximum=MAX_MALLEABILITY_WIDTH)),
-        "modes": many("training_modes", ["standard"], lambda v, p: _choice(v, p, choices["modes"])),
-        "kernels": many("influence_kernels", ["empirical"], lambda v, p: _choice(v, p, choices["kernels"])),
-        "attacks": many("attacks", ["pgd"], lambda v, p: _choice(_str(v, p).lower(), p, choices["attacks"])),
-        "epsilons": many("epsilons", [0.3], lambda v, p: _real(v, p, minimum=0.0)),
-        "interventions": many("interventions", ["adversarial"],
-                              lambda v, p: _choice(v, p, choices["interventions"])),
-        "attack_targets": many("attack_targets", [attack_config.get("target", "model")],
-                               lambda v, p: _choice(v, p, choices["attack_targets"])),
-        "nulls": many("null_baselines", list(choices["default_nulls"]),
-                      lambda v, p: _choice(v, p, choices["nulls"]), allow_empty=True),
+        "models": many("models", lambda v, p: _malleability_model(v, p, schema["models"].allowed(choices))),
+        "widths": many("widths"),
+        "modes": many("training_modes"),
+        "kernels": many("influence_kernels"),
+        "attacks": many("attacks"),
+        "epsilons": many("epsilons"),
+        "interventions": many("interventions"),
+        # attack_config's target, when given, is the default target
+        "attack_targets": many("attack_targets", default=[attack_config.get("target",
+                                                                            *schema["attack_targets"].default)]),
+        "nulls": many("null_baselines"),
     }
     if "kernel" in parsed["attack_targets"] and not set(parsed["kernels"]) <= set(choices["ridge_kernels"]):
         raise SpecError(where("attack_targets"), f"'kernel' needs every influence kernel in "
@@ -1497,8 +1660,8 @@ def _parse_malleability(spec: Any, source: str | None, max_cells: int) -> Mallea
     name = check_store_name(top["name"]) if "name" in top else None
     if "kind" in top and top["kind"] != "malleability":
         raise SpecError("kind", f"expected 'malleability' (or no kind), got {_show(top['kind'])}")
-    description = _str(top.get("description", ""), "description")
-    choices = _malleability_choices()
+    description = _str(top.get("description", _MALLEABILITY_KEYSPECS["description"].default), "description")
+    choices = malleability_choices()
     plans = []
     for i, (label, merged, overrides) in enumerate(malleability_variants(top)):
         where = (lambda key: key) if i == 0 else (

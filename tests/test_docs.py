@@ -44,17 +44,51 @@ def test_cli_page_has_every_subcommand():
 def test_spec_page_lists_every_key_the_validators_declare():
     text = spec_page.render()
     specs = sys.modules[kernelattn.load_spec.__module__]
-    malleability = sys.modules[kernelattn.run_malleability_spec.__module__]
-    for key in (*specs._TOP_KEYS, *specs._KERNEL_CHECKS, *specs._TRAINING_CHECKS, *malleability.SPEC_KEYS):
+    for key in (*specs.SWEEP_KEYS, *specs.KERNEL_CHECKS, *specs.TRAINING_CHECKS, *specs.MALLEABILITY_KEYS):
         assert f"`{key}`" in text, key
     assert "expected one of ['fixed', 'trained']" in text  # the validator's own words
     assert '| `width_chunk` | `1024` |' in text  # the default parse_spec fills in
+    # malleability keys: the schema's rows, whose defaults and words the generator checked against the validator
+    assert "| `tau` | `0.1` | a number &gt; 0 and &lt;= 1 |" in text
+    assert "| `widths` / `width` | `[1024]` | a list, each an integer &gt;= 1" in text
+    assert "| `precision` | `null` | one of ['highest', 'fast']; or null |" in text
+    assert "| `datasets` / `dataset` | **required** |" in text
 
 
-def test_spec_page_fails_loudly_when_the_code_changes(monkeypatch):
+def test_spec_page_reads_public_names_only():
+    source = (REPO / "docs" / "_gen" / "spec_page.py").read_text(encoding="utf-8")
+    assert "getsource" not in source and "import ast" not in source
+    for name in ("_TOP_KEYS", "_KERNEL_CHECKS", "_TRAINING_CHECKS", "_DATASET_COMMON", "_MODEL_OPTIONS",
+                 "_source_options", "_PLURALS", "_VARIANT_FIXED", "_HEAD_KEYS"):
+        assert f'"{name}"' not in source, name
+
+
+@pytest.mark.parametrize("name", ["KERNEL_CHECKS", "SWEEP_KEYS", "MALLEABILITY_SCHEMA", "malleability_choices"])
+def test_spec_page_fails_loudly_when_the_code_changes(monkeypatch, name):
     specs = sys.modules[kernelattn.load_spec.__module__]
-    monkeypatch.delattr(specs, "_KERNEL_CHECKS")
-    with pytest.raises(gen_common.DocsGenError, match="_KERNEL_CHECKS"):
+    monkeypatch.delattr(specs, name)
+    with pytest.raises(gen_common.DocsGenError, match=name):
+        spec_page.render()
+
+
+def test_spec_page_fails_loudly_when_the_schema_and_the_validator_disagree(monkeypatch):
+    import dataclasses
+
+    specs = sys.modules[kernelattn.load_spec.__module__]
+    schema = specs.MALLEABILITY_SCHEMA
+
+    def changed(name, **changes):
+        return tuple(dataclasses.replace(k, **changes) if k.name == name else k for k in schema)
+
+    monkeypatch.setattr(specs, "MALLEABILITY_SCHEMA", changed("tau", default=0.2))
+    with pytest.raises(gen_common.DocsGenError, match="'tau': declared default 0.2"):
+        spec_page.render()
+    # declared bounds the validator does not use (its lookup was built from the real schema at import)
+    monkeypatch.setattr(specs, "MALLEABILITY_SCHEMA", changed("ridge", minimum=1.0))
+    with pytest.raises(gen_common.DocsGenError, match="'ridge' is declared as 'a number > 1'"):
+        spec_page.render()
+    monkeypatch.setattr(specs, "MALLEABILITY_SCHEMA", tuple(k for k in schema if k.name != "retrain"))
+    with pytest.raises(gen_common.DocsGenError, match="MALLEABILITY_SCHEMA declares"):
         spec_page.render()
 
 

@@ -3,28 +3,29 @@
 Two spec formats exist, and both tables are generated from the code:
 
 - sweep specs (``kernelattn sweep``, ``kernelattn.run_sweep``, ``kernelattn.load_spec``): the key
-  names come from the validator's tables in the module defining ``kernelattn.load_spec``
-  (``_TOP_KEYS``, ``_KERNEL_CHECKS``, ``_TRAINING_CHECKS``, ``_DATASET_COMMON``, ``_MODEL_OPTIONS``,
-  ``_source_options``); what each key accepts is the validator's own words, obtained by giving
+  names come from the validator's public tables in the module defining ``kernelattn.load_spec``
+  (``SWEEP_KEYS``, ``KERNEL_CHECKS``, ``TRAINING_CHECKS``, ``DATASET_KEYS``, ``MODEL_OPTIONS``,
+  ``source_options``); what each key accepts is the validator's own words, obtained by giving
   it a value no check accepts; defaults are what ``parse_spec`` fills in (``Spec.to_dict()`` of
   a minimal spec); meanings are the ``Attributes:`` of the dataclasses the keys land in.
 - malleability specs (``kernelattn malleability``, ``kernelattn.run_malleability_spec``): the
-  keys are the module's ``SPEC_KEYS``; defaults and checks are read from the source of
-  ``validate_spec`` and the functions it calls (``spec.get(key, default)``,
-  ``helper(spec, plural, singular, default)``, ``check_*(value, "key", ...)``), choice
-  constants resolved in the module; the ``training`` / ``attack_config`` sub-keys are the
-  fields of ``kernelattn.TrainConfig`` / ``kernelattn.AttackConfig``.
+  keys, defaults, checks and meanings are the same module's ``MALLEABILITY_SCHEMA`` (``KeySpec``
+  entries), the declaration ``parse_malleability_spec`` takes its checks and defaults from, with
+  the allowed values of ``malleability_choices()``; the generator checks it against the validator
+  (the declared keys are the allowed ones, a minimal spec parses to the declared defaults, each
+  declared check's words are the validator's message). The ``training`` / ``attack_config``
+  sub-keys are the fields of ``kernelattn.TrainConfig`` / ``kernelattn.AttackConfig``.
+
+Only public names are read (no private tables, no source code).
 
 Anything the generator cannot find raises ``DocsGenError``, which fails the build.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import inspect
 import json
-import textwrap
 from typing import Any
 
 from gen_common import DocsGenError, attributes_section, cell, code, kernelattn, literal_block, module_of, require
@@ -43,6 +44,8 @@ LIST_PROBE = [{"probe": None}]
 SWEEP_MINIMAL: dict[str, Any] = {"name": "example", "kind": "kernel", "datasets": [{"name": "digits"}],
                                  "models": [{"name": "relu"}], "widths": [4]}
 MALLEABILITY_MINIMAL: dict[str, Any] = {"datasets": [{"name": "digits"}]}
+#: A string that no choice allows and no number check accepts.
+PROBE_TEXT = "<probe>"
 
 
 def _json(value: Any) -> str:
@@ -63,12 +66,12 @@ class _SweepSchema:
         self.specs = module_of(ka.load_spec, "kernelattn.load_spec")
         what = "the sweep-spec validator's key table"
         self.parse = require(self.specs, "parse_spec", "the sweep-spec validator")
-        self.top = tuple(require(self.specs, "_TOP_KEYS", what))
-        self.kernel = tuple(require(self.specs, "_KERNEL_CHECKS", what))
-        self.training = tuple(require(self.specs, "_TRAINING_CHECKS", what))
-        self.dataset_common = tuple(require(self.specs, "_DATASET_COMMON", what))
-        self.model_options = dict(require(self.specs, "_MODEL_OPTIONS", what))
-        self.source_options = require(self.specs, "_source_options", what)
+        self.top = tuple(require(self.specs, "SWEEP_KEYS", what))
+        self.kernel = tuple(require(self.specs, "KERNEL_CHECKS", what))
+        self.training = tuple(require(self.specs, "TRAINING_CHECKS", what))
+        self.dataset_common = tuple(require(self.specs, "DATASET_KEYS", what))
+        self.model_options = dict(require(self.specs, "MODEL_OPTIONS", what))
+        self.source_options = require(self.specs, "source_options", what)
         self.dataset_names = tuple(require(self.specs, "DATASET_NAMES", "the dataset names"))
         self.model_names = tuple(require(self.specs, "MODEL_NAMES", "the model names"))
         self.metrics = dict(require(self.specs, "METRICS", "the metric groups"))
@@ -194,7 +197,7 @@ class _SweepSchema:
                 if option not in self.dataset_common:
                     owners.setdefault(option, []).append(name)
         if not owners:
-            raise DocsGenError("no dataset-specific loader options found (_source_options)")
+            raise DocsGenError("no dataset-specific loader options found (source_options)")
         source = []
         for option, names in owners.items():
             def put(spec, value, option=option, name=names[0]):
@@ -340,174 +343,123 @@ def _rst_to_md(text: str) -> str:
 # ============================================================================ malleability specs
 
 
-@dataclasses.dataclass
-class _KeyInfo:
-    key: str
-    aliases: list[str] = dataclasses.field(default_factory=list)
-    default: str | None = None
-    checks: list[str] = dataclasses.field(default_factory=list)
-    wrapper: str | None = None
-    group: list[str] = dataclasses.field(default_factory=list)
-
-
 class _MalleabilitySchema:
+    """The malleability spec's declaration (``MALLEABILITY_SCHEMA``), checked against its validator."""
+
     def __init__(self, ka) -> None:
         self.ka = ka
-        self.module = module_of(ka.run_malleability_spec, "kernelattn.run_malleability_spec")
-        self.keys = tuple(require(self.module, "SPEC_KEYS", "the malleability spec's keys"))
-        self.validate = require(self.module, "validate_spec", "the malleability-spec validator")
-        if not self.keys:
-            raise DocsGenError(f"{self.module.__name__}.SPEC_KEYS is empty")
-        self.info = {k: _KeyInfo(k) for k in self.keys}
-        self._read_source()
-        self._check_example()
+        self.specs = module_of(ka.load_spec, "kernelattn.load_spec")
+        what = "the malleability spec's schema"
+        self.schema = tuple(require(self.specs, "MALLEABILITY_SCHEMA", what))
+        self.keys = tuple(require(self.specs, "MALLEABILITY_KEYS", what))
+        self.parse = require(self.specs, "parse_malleability_spec", "the malleability-spec validator")
+        self.choices = require(self.specs, "malleability_choices", what)()
+        self.required_marker = require(self.specs, "REQUIRED", "the marker of a required key")
+        self.head_keys = tuple(require(self.specs, "MALLEABILITY_HEAD_KEYS", "the head options of its kernel section"))
+        self.fixed = tuple(require(self.specs, "VARIANT_FIXED_KEYS", "the keys a variant may not override"))
+        runner = module_of(ka.run_malleability_spec, "kernelattn.run_malleability_spec")
+        variants = inspect.getdoc(require(runner, "spec_variants", "the variants' expansion")) or ""
+        self.variants_doc = variants.split("\nRaises:", 1)[0].split("\nArgs:", 1)[0].strip()
+        if not self.variants_doc:
+            raise DocsGenError(f"{runner.__name__}.spec_variants has no docstring (the spec page's variants)")
+        if not self.schema:
+            raise DocsGenError(f"{self.specs.__name__}.MALLEABILITY_SCHEMA is empty")
+        for key in self.schema:
+            for attr in ("name", "type", "default", "doc", "singular", "parsed", "text", "type_text"):
+                if not hasattr(key, attr):
+                    raise DocsGenError(f"{self.specs.__name__}.MALLEABILITY_SCHEMA entries have no {attr!r} "
+                                       "any more; update docs/_gen/spec_page.py")
+        declared = [k for key in self.schema for k in (key.name, key.singular) if k]
+        if sorted(declared) != sorted(self.keys):
+            raise DocsGenError(f"MALLEABILITY_SCHEMA declares {declared}, the validator allows {list(self.keys)}")
+        self.plan = self._parse(MALLEABILITY_MINIMAL)
+        self._check_defaults()
+        self._check_texts()
 
-    # --- static reading of the validator
-    def _functions(self) -> list[ast.FunctionDef]:
-        """validate_spec and every function of the module it calls, transitively."""
-        seen: dict[str, ast.FunctionDef] = {}
-        todo = ["validate_spec"]
-        while todo:
-            name = todo.pop()
-            if name in seen:
-                continue
-            obj = getattr(self.module, name, None)
-            if not inspect.isfunction(obj) or obj.__module__ != self.module.__name__:
-                continue
-            tree = ast.parse(textwrap.dedent(inspect.getsource(obj)))
-            node = tree.body[0]
-            seen[name] = node
-            todo += [n.func.id for n in ast.walk(node) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
-        if len(seen) < 2:
-            raise DocsGenError(f"cannot read the malleability-spec validator in {self.module.__name__}")
-        return list(seen.values())
-
-    def _value(self, node: ast.AST) -> str:
-        """A default as JSON when it is a literal or a module constant, else its source text."""
+    # --- the declaration checked against the validator's behaviour
+    def _parse(self, spec: dict) -> dict:
         try:
-            return _json(ast.literal_eval(node))
-        except (ValueError, SyntaxError):
-            pass
-        if isinstance(node, ast.Name) and hasattr(self.module, node.id):
-            value = getattr(self.module, node.id)
-            if isinstance(value, (tuple, list, str, int, float, bool)) or value is None:
-                return _json(list(value) if isinstance(value, tuple) else value)
-        if isinstance(node, ast.Call) and self._spec_keys_of(node):  # spec.get("seeds", spec.get("seed", [0]))
-            inner = node.args[-1]
-            return self._value(inner)
-        return ast.unparse(node)
+            return self.parse(spec).plans[0][1]
+        except self.ka.SpecError as err:
+            raise DocsGenError(f"the malleability-spec validator rejects {spec}: {err}") from None
 
-    def _spec_keys_of(self, call: ast.Call) -> list[str]:
-        """The SPEC_KEYS a call reads from the spec: spec.get(K, ...), helper(spec, K1, K2, ...)."""
-        func = call.func
-        reads_spec = (isinstance(func, ast.Attribute) and func.attr == "get" and isinstance(func.value, ast.Name)
-                      and func.value.id == "spec") or (call.args and isinstance(call.args[0], ast.Name)
-                                                        and call.args[0].id == "spec")
-        if not reads_spec:
-            return []
-        return [a.value for a in call.args if isinstance(a, ast.Constant) and a.value in self.keys]
-
-    def _read_source(self) -> None:
-        parents: dict[ast.AST, ast.AST] = {}
-        found_default = 0
-        for function in self._functions():
-            for node in ast.walk(function):
-                for child in ast.iter_child_nodes(node):
-                    parents[child] = node
-            for node in ast.walk(function):
-                if isinstance(node, ast.Call):
-                    keys = self._spec_keys_of(node)
-                    if keys:
-                        last = node.args[-1]
-                        has_default = not (isinstance(last, ast.Constant) and last.value in self.keys)
-                        for key in keys:
-                            info = self.info[key]
-                            info.aliases = [k for k in keys if k != key]
-                            info.group = info.group or list(keys)
-                            if has_default and info.default is None:
-                                info.default = self._value(last)
-                                found_default += 1
-                            parent = parents.get(node)
-                            while isinstance(parent, ast.BoolOp):
-                                parent = parents.get(parent)
-                            if (isinstance(parent, ast.Call) and isinstance(parent.func, ast.Name)
-                                    and parent.func.id in ("dict", "bool", "list")):
-                                info.wrapper = parent.func.id
-                    self._read_check(node)
-                elif isinstance(node, ast.IfExp) and isinstance(node.test, ast.Compare):
-                    test = node.test
-                    if (isinstance(test.left, ast.Constant) and test.left.value in self.keys
-                            and isinstance(test.ops[0], ast.In)):
-                        info = self.info[test.left.value]
-                        if info.default is None:
-                            info.default = self._value(node.orelse)
-                            found_default += 1
-        if found_default < len(self.keys) // 2:
-            raise DocsGenError(f"found defaults for only {found_default} of {len(self.keys)} malleability-spec keys "
-                               f"in {self.module.__name__}.validate_spec; update docs/_gen/spec_page.py")
-
-    def _read_check(self, call: ast.Call) -> None:
-        """check_int / check_real / check_choice(value, "key" or "key[]", ...)."""
-        func = call.func
-        name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
-        if not name.startswith("check_") or len(call.args) < 2 or not isinstance(call.args[1], ast.Constant):
-            return
-        label = str(call.args[1].value)
-        key = label.removesuffix("[]")
-        if key not in self.info:
-            return
-        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg}
-        each = "each: " if label.endswith("[]") else ""
-        if name == "check_choice":
-            choices = self._value(call.args[2]) if len(call.args) > 2 else "?"
-            text = f"{each}one of {choices}"
-        elif name in ("check_int", "check_real"):
-            bounds = []
-            if "minimum" in kwargs:
-                bounds.append(f"{'>' if kwargs.get('strict_min') else '>='} {kwargs['minimum']:g}")
-            if "maximum" in kwargs:
-                bounds.append(f"{'<' if kwargs.get('strict_max') else '<='} {kwargs['maximum']:g}")
-            unknown = set(kwargs) - {"minimum", "maximum", "strict_min", "strict_max"}
-            if unknown:
-                raise DocsGenError(f"unknown arguments {sorted(unknown)} of {name} for {label!r}")
-            what = "an integer" if name == "check_int" else "a number"
-            text = f"{each}{what}" + (" " + " and ".join(bounds) if bounds else "")
-        else:
-            text = f"{name}({ast.unparse(call)})"
-        if text not in self.info[key].checks:
-            self.info[key].checks.append(text)
-
-    # --- behavioural check of the static reading
-    def _check_example(self) -> None:
+    def _error(self, spec: dict):
         try:
-            self.validate(MALLEABILITY_MINIMAL)
-        except ValueError as err:
-            raise DocsGenError(f"the malleability-spec validator rejects {MALLEABILITY_MINIMAL}: {err}") from None
-
-    def probe(self, key: str) -> str | None:
-        """The validator's message for a value no check accepts (None: accepted)."""
-        spec = {k: v for k, v in MALLEABILITY_MINIMAL.items() if k not in (key, *self.info[key].aliases)}
-        spec[key] = PROBE if key not in ("datasets", "dataset") else [PROBE]
-        try:
-            self.validate(spec)
-        except (ValueError, TypeError) as err:
-            text = str(err)
-            return _expected(text.split(": ", 1)[1] if ": " in text else text)
+            self.parse(spec)
+        except self.ka.SpecError as err:
+            return err
         return None
+
+    def is_list(self, key) -> bool:
+        return key.singular is not None or isinstance(key.default, tuple)
+
+    def _check_defaults(self) -> None:
+        """The plan of a minimal spec holds every declared ``parsed`` key, with the declared default."""
+        parsed = {key.parsed: key for key in self.schema if key.parsed}
+        extra = set(self.plan) - set(parsed) - {"dataset_labels"}
+        if extra or set(parsed) - set(self.plan):
+            raise DocsGenError(f"the parsed malleability spec has keys {sorted(self.plan)}; MALLEABILITY_SCHEMA "
+                               f"declares {sorted(parsed)}")
+        for name, key in parsed.items():
+            if key.default is self.required_marker:
+                err = self._error({})
+                if err is None or err.path != key.name or "missing" not in err.problem:
+                    raise DocsGenError(f"malleability spec key {key.name!r} is declared required; "
+                                       f"the validator says {err}")
+                continue
+            default = list(key.default) if isinstance(key.default, tuple) else key.default
+            if _json(self.plan[name]) != _json(default):
+                raise DocsGenError(f"malleability spec key {key.name!r}: declared default {_json(default)}, "
+                                   f"the validator fills in {_json(self.plan[name])}")
+
+    def _check_texts(self) -> None:
+        """Each declared check's text is the validator's message for a value it refuses."""
+        for key in self.schema:
+            if not key.type:
+                if not key.type_text:
+                    raise DocsGenError(f"malleability spec key {key.name!r} says neither its type nor type_text")
+                continue
+            value, path = ([PROBE_TEXT], f"{key.name}[0]") if self.is_list(key) else (PROBE_TEXT, key.name)
+            err = self._error({**MALLEABILITY_MINIMAL, key.name: value})
+            words = key.text(self.choices)
+            if err is None or err.path != path or _expected(err.problem) != f"expected {words}":
+                raise DocsGenError(f"malleability spec key {key.name!r} is declared as {words!r}; the validator "
+                                   f"says {err}")
+            if key.nullable and self._error({**MALLEABILITY_MINIMAL, key.name: None}) is not None:
+                raise DocsGenError(f"malleability spec key {key.name!r} is declared nullable; the validator "
+                                   "refuses null")
+
+    # --- tables
+    def rows(self) -> list[str]:
+        rows = []
+        for key in self.schema:
+            names = " / ".join(code(k) for k in (key.name, key.singular) if k)
+            if key.default is self.required_marker:
+                default = "**required**"
+            elif key.default is None and not key.nullable:
+                default = "—"
+            else:
+                default = code(_json(list(key.default) if isinstance(key.default, tuple) else key.default))
+            words = key.text(self.choices)
+            if self.is_list(key):
+                words = f"a list{'' if not key.allow_empty else ' (may be empty)'}, each {words}"
+                if key.singular:
+                    words += f"; or one value as {code(key.singular)}"
+            if key.nullable:
+                words += "; or null"
+            rows.append(f"| {names} | {default} | {cell(words)} | {cell(key.doc)} |")
+        return rows
 
     def sub_fields(self, key: str, cls) -> list[str]:
         """Rows for a sub-mapping whose keys are a config dataclass's fields, checked by probing."""
         names = [f.name for f in dataclasses.fields(cls)]
-        spec = {**MALLEABILITY_MINIMAL, key: {"__probe__": 1}}
-        try:
-            self.validate(spec)
-        except ValueError as err:
-            missing = [n for n in names if n not in str(err)]
-            if missing:
-                raise DocsGenError(f"malleability spec {key!r}: the validator's allowed keys differ from "
-                                   f"{cls.__name__}'s fields ({missing} not listed): {err}") from None
-        else:
+        err = self._error({**MALLEABILITY_MINIMAL, key: {"__probe__": 1}})
+        if err is None:
             raise DocsGenError(f"malleability spec {key!r} accepts unknown keys; it is no longer {cls.__name__}")
+        missing = [n for n in names if n not in str(err)]
+        if missing:
+            raise DocsGenError(f"malleability spec {key!r}: the validator's allowed keys differ from "
+                               f"{cls.__name__}'s fields ({missing} not listed): {err}")
         doc = attributes_section(inspect.getdoc(cls) or "")
         instance = cls()
         rows = []
@@ -520,43 +472,19 @@ class _MalleabilitySchema:
 
 def malleability_section(ka) -> list[str]:
     schema = _MalleabilitySchema(ka)
-    head_keys = require(schema.module, "_HEAD_KEYS", "the head options a malleability spec's kernel section reads")
     doc = inspect.getdoc(ka.run_malleability_spec) or ""
     _, example = literal_block(doc, "kernelattn.run_malleability_spec")
     after = doc.split(example.splitlines()[-1].strip(), 1)[-1]
     notes = after.split("Args:", 1)[0].strip()
-    rows = []
-    listed: set[str] = set()
-    for key in schema.keys:
-        if key in listed:
-            continue
-        info = schema.info[key]
-        group = [k for k in (info.group or [key]) if k not in listed]
-        listed.update(group)
-        checks = [c for k in group for c in schema.info[k].checks]
-        default = next((schema.info[k].default for k in group if schema.info[k].default), None)
-        if checks:
-            accepted = "; ".join(dict.fromkeys(checks))
-        elif info.wrapper == "dict":
-            accepted = "an object (see below)" if key in ("training", "attack_config", "kernel") else "an object"
-        elif info.wrapper == "bool":
-            accepted = "true or false (any value, by truthiness)"
-        else:
-            accepted = schema.probe(key) or "not checked (free text)"
-        if key == "variants":
-            accepted = "a list of objects, each with a unique \"label\" (see below)"
-        default = ("**required**" if set(group) & set(MALLEABILITY_MINIMAL) else code(default) if default else "—")
-        keys = " / ".join(code(k) for k in group)
-        rows.append(f"| {keys} | {default} | {cell(accepted)} |")
-    fixed = require(schema.module, "_VARIANT_FIXED", "the keys a variant may not override")
     return [
         "## Malleability specs",
         "",
         "Read by `kernelattn malleability SPEC` and "
-        "[`kernelattn.run_malleability_spec`][kernelattn.run_malleability_spec] (validated first by "
-        "`validate_spec`, which raises a `ValueError` naming the bad key); "
+        "[`kernelattn.run_malleability_spec`][kernelattn.run_malleability_spec], validated first by "
+        "`kernelattn.specs.parse_malleability_spec` (a `SpecError` naming the key path, e.g. "
+        "`variants[1].epsilons[0]`; unknown keys are errors too, with a did-you-mean); "
         "`experiments/quick/quick_malleability.json` is an example. The CLI takes `name` "
-        "(default: the file's stem) as the store's name and ignores `kind` and `description`.",
+        "(default: the file's stem) as the store's name.",
         "",
         "### Annotated example",
         "",
@@ -570,17 +498,18 @@ def malleability_section(ka) -> list[str]:
         "",
         "### Keys",
         "",
-        "A plural key takes a list (the cells are its product with the other lists); its singular "
-        "form takes one value. Defaults and checks below are read from the validator's source.",
+        "A list key takes a list (the cells are its product with the other lists); its singular "
+        "form takes one value. The rows are `kernelattn.specs.MALLEABILITY_SCHEMA`, the declaration "
+        "the validator takes its checks and defaults from.",
         "",
-        "| key | default | accepts |",
-        "|---|---|---|",
-        *rows,
+        "| key | default | accepts | meaning |",
+        "|---|---|---|---|",
+        *schema.rows(),
         "",
         "### `kernel`",
         "",
         "The head's options, as in a sweep spec's [`kernel`](#kernel) section; only "
-        f"{', '.join(code(k) for k in head_keys)} are read here.",
+        f"{', '.join(code(k) for k in schema.head_keys)} are allowed here.",
         "",
         "### `training`",
         "",
@@ -600,16 +529,15 @@ def malleability_section(ka) -> list[str]:
         "",
         "### `variants`",
         "",
-        _rst_to_md(inspect.getdoc(require(schema.module, "spec_variants", "the variants' expansion")) or ""),
+        _rst_to_md(schema.variants_doc),
         "",
-        f"Keys a variant may not override: {', '.join(code(k) for k in fixed)}.",
+        f"Keys a variant may not override: {', '.join(code(k) for k in schema.fixed)}.",
         "",
     ]
 
 
 def render() -> str:
     ka = kernelattn()
-    ka.enable_x64()  # the malleability validator resolves its float64 default
     return "\n".join([
         "# Spec formats",
         "",
