@@ -560,7 +560,7 @@ def untrained_note(records: pd.DataFrame) -> str | None:
         return None
     clean = records[~records["intervention"].astype(str).str.startswith("null-")]
     fits = clean.drop_duplicates([c for c in _FIT_BY if c in clean])
-    parts, collapsed = [], []
+    parts, collapsed, others = [], [], []
     for model, g in fits.groupby("model", sort=False):
         bad = g[~g["trained"].astype(bool)]
         if bad.empty:
@@ -569,11 +569,18 @@ def untrained_note(records: pd.DataFrame) -> str | None:
         cosine = pd.to_numeric(bad.get("health_feature_cosine"), errors="coerce").dropna()
         if "health_collapsed" in bad and bad["health_collapsed"].fillna(False).astype(bool).all() and len(cosine):
             collapsed.append(f"{model} (mean pairwise cosine of the head's inputs {fmt_range(cosine)})")
+        else:
+            ratio = pd.to_numeric(bad.get("health_loss_ratio"), errors="coerce").dropna()
+            modes = ", ".join(dict.fromkeys(bad["training_mode"].astype(str))) if "training_mode" in bad else "?"
+            others.append(f"{model} ({modes} training: final loss {fmt_range(ratio)} of chance)")
     if not parts:
         return None
     why = ""
+    if others:
+        why += (" Not collapsed, but short of the threshold at these settings (epochs, learning rate, or the "
+                "harder objective of adversarial training): " + "; ".join(others) + ".")
     if collapsed:
-        why = (" Their head inputs are nearly identical across samples — " + "; ".join(collapsed) + " — the "
+        why += (" Collapsed: their head inputs are nearly identical across samples — " + "; ".join(collapsed) + " — the "
                "attention collapse the paper describes (docs/math.md §10.1): the network's pre-activations vary "
                "by a few per cent across inputs, so at the paper's optimizer settings it stays near the chance "
                "loss.")
