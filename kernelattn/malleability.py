@@ -922,13 +922,6 @@ def _malleability_grid(data, *, X, y, X_test, y_test, models, attacks, epsilons,
     return reports
 
 
-def reports_frame(reports: Sequence[MalleabilityReport]):
-    """One summary row per report, as a pandas DataFrame."""
-    import pandas as pd
-
-    return pd.concat([r.to_frame() for r in reports], ignore_index=True) if reports else pd.DataFrame()
-
-
 # =========================================================================== spec runner (CLI)
 
 #: The keys of a malleability spec; the schema and its validator live in ``kernelattn.specs``.
