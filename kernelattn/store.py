@@ -1134,6 +1134,15 @@ class ResultStore:
         start = info.get("pid_start")
         return not _pid_alive(pid, start if isinstance(start, str) else None)
 
+    def _owner_alive(self, info: dict[str, Any] | None) -> bool:
+        """Whether a claim's owner is a running process on this host."""
+        if info is None or info.get("host") != self._host_id():
+            return False
+        pid, start = info.get("pid"), info.get("pid_start")
+        if isinstance(pid, bool) or not isinstance(pid, int):
+            return False
+        return _pid_alive(pid, start if isinstance(start, str) else None)
+
     def _break_claim(self, path: str, judged: dict[str, Any] | None, judged_stat: os.stat_result) -> bool:
         """Remove the claim at ``path`` if it is still the one judged stale.
 
@@ -1326,6 +1335,33 @@ class ResultStore:
                 if stat.S_ISDIR(st.st_mode):
                     continue  # reported by verify(); repair(quarantine=True) moves it
                 current, _ = self._read_claim(info.path)
+                if self._break_claim(info.path, current, st):
+                    removed.append(info)
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                raise _store_error(err, "releasing claim", info.path) from err
+        return removed
+
+    def clear_finished_claims(self) -> list[ClaimInfo]:
+        """Remove the claims of cells that already have a record and whose owner is not running here.
+
+        Such a claim is moot (``claim`` refuses a finished cell): it is what an owner killed between
+        writing the record and releasing its claim leaves behind. A resuming run calls this so that the
+        store it leaves verifies clean. Returns the claims removed.
+        """
+        self._require_writable()
+        removed = []
+        for info in self.claims():
+            if info.state != "finished" or not info.key:
+                continue
+            try:
+                st = os.lstat(info.path)
+                if stat.S_ISDIR(st.st_mode):
+                    continue
+                current, _ = self._read_claim(info.path)
+                if self._owner_alive(current):
+                    continue  # it releases the claim itself, right after its record
                 if self._break_claim(info.path, current, st):
                     removed.append(info)
             except FileNotFoundError:

@@ -849,6 +849,7 @@ def _run_sweep(spec: Spec, out, *, progress: bool, devices: Any, wait: bool, t_s
     # A new store is created only once every dataset has loaded: a spec refused at data-load time leaves nothing.
     preloaded = {} if store_exists(path) else {i: _load_data(d, i) for i, d in enumerate(spec.datasets)}
     store = ResultStore.open(path)
+    store.clear_finished_claims()  # left by an owner killed between its record and its release
     plan = plan_cells(spec)
     pending = [c for c in plan if not store.has(c.key)]
     skipped = len(plan) - len(pending)

@@ -733,6 +733,30 @@ def test_stale_claim_of_dead_process_is_taken_over(tmp_path: Path) -> None:
     assert os.listdir(root / "claims") == []
 
 
+def test_claims_of_finished_cells_left_by_a_killed_owner_are_cleared(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    store = ResultStore.open(root)
+    (dead_key, dead_record), (live_key, live_record) = record_of(0), record_of(1)
+    proc = run_python(
+        """
+        import os, sys
+        from kernelattn.store import ResultStore
+        assert ResultStore.open(sys.argv[1]).claim(sys.argv[2])
+        os._exit(0)  # killed after its record, before its release
+        """,
+        str(root), dead_key,
+    )
+    assert proc.communicate(timeout=60)[0] is not None and proc.returncode == 0
+    other = ResultStore.open(root)
+    assert other.claim(live_key)  # a live owner (this process) that has not released yet
+    store.put(dead_key, dead_record)
+    store.put(live_key, live_record)
+    assert {c.key for c in store.claims() if c.state == "finished"} == {dead_key, live_key}
+    assert [c.key for c in store.clear_finished_claims()] == [dead_key]
+    assert [c.key for c in store.claims()] == [live_key]
+    assert other.release(live_key) and not [p for p in store.verify() if p.kind == "claim"]
+
+
 def test_claimed_elsewhere(tmp_path: Path) -> None:
     a, b = ResultStore.open(tmp_path / "s"), ResultStore.open(tmp_path / "s")
     key, record = record_of(0)
