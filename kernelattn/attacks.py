@@ -159,6 +159,23 @@ def _mask(x: jax.Array, mask: jax.Array | None) -> jax.Array:
     return jnp.asarray(mask, x.dtype).reshape(x.shape[0], 1)
 
 
+def finite_grad(loss_fn):
+    """``jax.grad(loss_fn)`` with non-finite entries set to 0: those coordinates do not move in that step.
+
+    The rank-r attention differentiates through an eigendecomposition, whose derivative divides by
+    eigenvalue gaps (1/(λ_i − λ_j)) and is inf/NaN where the discarded tail of the spectrum is
+    (near-)degenerate. A step then moves only the coordinates with a finite gradient; an attack left
+    with none raises its loss by less than ``NO_OP_GAIN`` and is flagged no-op.
+    """
+    grad = jax.grad(loss_fn)
+
+    def finite(x):
+        g = grad(x)
+        return jnp.where(jnp.isfinite(g), g, jnp.zeros_like(g))
+
+    return finite
+
+
 def fgsm(loss_fn: LossFn, x: jax.Array, epsilon, *, mask=None, bounds=(0.0, 1.0)) -> jax.Array:
     """Fast gradient sign method: Π(X + ε sign ∇L(X)).
 
@@ -173,7 +190,7 @@ def fgsm(loss_fn: LossFn, x: jax.Array, epsilon, *, mask=None, bounds=(0.0, 1.0)
       ``(n, d)`` perturbed set.
     """
     m = _mask(x, mask)
-    g = jax.grad(loss_fn)(x)
+    g = finite_grad(loss_fn)(x)
     return project(x + epsilon * jnp.sign(g), x, epsilon, m, *bounds)
 
 
@@ -202,7 +219,7 @@ def pgd(
     eta = 2.5 * epsilon / steps if step_size is None else step_size
     start = x + jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0) * epsilon if random_start else x
     x0 = project(start, x, epsilon, m, *bounds)
-    grad = jax.grad(loss_fn)
+    grad = finite_grad(loss_fn)
 
     def body(_, x_adv):
         return project(x_adv + eta * jnp.sign(grad(x_adv)), x, epsilon, m, *bounds)
@@ -231,7 +248,7 @@ def mim(
     """
     m = _mask(x, mask)
     eta = epsilon / steps if step_size is None else step_size
-    grad = jax.grad(loss_fn)
+    grad = finite_grad(loss_fn)
     tiny = jnp.finfo(x.dtype).tiny
 
     def body(_, carry):

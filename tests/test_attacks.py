@@ -80,3 +80,15 @@ def test_attack_validation(setup, kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         run_attack(loss, x, **args)
+
+
+def test_non_finite_gradient_entries_do_not_move():
+    from kernelattn.attacks import finite_grad, fgsm
+
+    loss = lambda x: jnp.sum(jnp.sqrt(x))  # noqa: E731 - d/dx √x is inf at 0
+    x = jnp.array([[0.0, 0.25], [0.5, 0.0]])
+    assert not np.isfinite(np.asarray(jax.grad(loss)(x))).all()
+    g = np.asarray(finite_grad(loss)(x))
+    assert np.isfinite(g).all() and g[0, 0] == 0 and g[0, 1] == 1.0
+    moved = np.asarray(fgsm(loss, x, 0.1)) != np.asarray(x)
+    np.testing.assert_array_equal(moved, [[False, True], [True, False]])
