@@ -723,7 +723,7 @@ def protocol_table(summary: pd.DataFrame, refs: RefBook) -> tuple[str, str] | No
                 defaults = dict(zip(factor_columns, factors))
             changed = [f"{title} = {fmt(v) if not isinstance(v, str) else v}"
                        for (c, title), v in zip(PROTOCOL_FACTORS, factors) if defaults and defaults.get(c) != v]
-            name = label if label == "default" or len(settings) == 1 else f"{label}: {', '.join(changed) or '='}"
+            name = label
             cells = [name, ", ".join(changed) or "—"]
             keys = []
             for dataset in datasets:
@@ -734,11 +734,14 @@ def protocol_table(summary: pd.DataFrame, refs: RefBook) -> tuple[str, str] | No
                 ratio = ratio_interval(attn["flips"], relu["flips"])
                 verdict = direction(ratio)
                 verdicts[verdict].append(f"{name} / {dataset}")
-                text = ("0 / 0 (no sign flips)" if relu.get("flip_rate") == 0 and attn.get("flip_rate") == 0
-                        else ratio.text(lambda v: fmt(v, 2)))
+                if relu.get("flip_rate") == 0:
+                    text = "0 / 0 (no sign flips)" if attn.get("flip_rate") == 0 else (
+                        f"{fmt(attn.get('flip_rate'), 2)} / 0 (2L-ReLU: no sign flips)")
+                else:
+                    text = ratio.text(lambda v: fmt(v, 2))
                 cells.append(f"{text} {_DIRECTION_MARK[verdict]}{flags(relu)}{flags(attn)}")
                 keys += list(relu["keys"]) + list(attn["keys"])
-            cells.append(refs.ref(", ".join(dict.fromkeys(base["store"])), f"protocol {name}", keys))
+            cells.append(refs.ref(", ".join(dict.fromkeys(base["store"])), f"protocol {name}: {cells[1]}", keys))
             rows.append(cells)
     header = ["Variant", "changes from the default"] + datasets + ["records"]
     total = sum(len(v) for v in verdicts.values())
