@@ -1325,23 +1325,7 @@ class ResultStore:
         whose owner does still run may then be computed twice; the store
         keeps the first record (``link`` lets only one in).
         """
-        self._require_writable()
-        removed = []
-        for info in self.claims():
-            if info.state == "live":
-                continue
-            try:
-                st = os.lstat(info.path)
-                if stat.S_ISDIR(st.st_mode):
-                    continue  # reported by verify(); repair(quarantine=True) moves it
-                current, _ = self._read_claim(info.path)
-                if self._break_claim(info.path, current, st):
-                    removed.append(info)
-            except FileNotFoundError:
-                continue
-            except OSError as err:
-                raise _store_error(err, "releasing claim", info.path) from err
-        return removed
+        return self._remove_claims(lambda info, owner: info.state != "live")
 
     def clear_finished_claims(self) -> list[ClaimInfo]:
         """Remove the claims of cells that already have a record and whose owner is not running here.
@@ -1350,19 +1334,20 @@ class ResultStore:
         writing the record and releasing its claim leaves behind. A resuming run calls this so that the
         store it leaves verifies clean. Returns the claims removed.
         """
+        return self._remove_claims(
+            lambda info, owner: info.state == "finished" and bool(info.key) and not self._owner_alive(owner))
+
+    def _remove_claims(self, remove) -> list[ClaimInfo]:
+        """Break each claim file for which ``remove(info, owner record)`` holds; return those removed."""
         self._require_writable()
         removed = []
         for info in self.claims():
-            if info.state != "finished" or not info.key:
-                continue
             try:
                 st = os.lstat(info.path)
                 if stat.S_ISDIR(st.st_mode):
-                    continue
+                    continue  # reported by verify(); repair(quarantine=True) moves it
                 current, _ = self._read_claim(info.path)
-                if self._owner_alive(current):
-                    continue  # it releases the claim itself, right after its record
-                if self._break_claim(info.path, current, st):
+                if remove(info, current) and self._break_claim(info.path, current, st):
                     removed.append(info)
             except FileNotFoundError:
                 continue
