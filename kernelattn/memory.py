@@ -663,6 +663,15 @@ def sweep_cell_memory(
     return MemoryEstimate(what, terms, stream_host, options=tuple(options))
 
 
+
+def _head_sizes(n, d, width, out_dim, n_params) -> tuple[int, int, int, int, int]:
+    """Checked (n, d, m, C, P) of the two-layer head; P defaults to d·m + m·C (its weights and readout)."""
+    n = check_int(n, "n", minimum=1)
+    d = check_int(d, "d", minimum=1)
+    m = check_int(width, "width", minimum=1)
+    c = check_int(out_dim, "out_dim", minimum=1)
+    return n, d, m, c, d * m + m * c if n_params is None else check_int(n_params, "n_params", minimum=1)
+
 def attack_memory(
     n: int,
     d: int,
@@ -691,12 +700,8 @@ def attack_memory(
       dtype: compute dtype.
     """
     item = _itemsize(dtype)
-    n = check_int(n, "n", minimum=1)
-    d = check_int(d, "d", minimum=1)
-    m = check_int(width, "width", minimum=1)
-    c = check_int(out_dim, "out_dim", minimum=1)
+    n, d, m, c, p = _head_sizes(n, d, width, out_dim, n_params)
     check_choice(target, "target", ("model", "kernel"))
-    p = d * m + m * c if n_params is None else check_int(n_params, "n_params", minimum=1)
     terms = {
         "inputs, perturbation and gradients": 8 * n * d * item,
         "parameters": 3 * p * item,
@@ -742,12 +747,8 @@ def training_memory(
       dtype: compute dtype.
     """
     item = _itemsize(dtype)
-    n = check_int(n, "n", minimum=1)
-    d = check_int(d, "d", minimum=1)
-    m = check_int(width, "width", minimum=1)
-    c = check_int(out_dim, "out_dim", minimum=1)
+    n, d, m, c, p = _head_sizes(n, d, width, out_dim, n_params)
     b = min(check_int(batch_size, "batch_size", minimum=1), n)
-    p = d * m + m * c if n_params is None else check_int(n_params, "n_params", minimum=1)
     terms = {
         "parameters, gradients and Adam state": 5 * p * item,
         "features": 2 * n * d * item,
