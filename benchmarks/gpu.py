@@ -105,7 +105,7 @@ def timed(fn, repeats: int = 1) -> tuple[float, float]:
 def versions(emit: Emitter) -> None:
     from kernelattn import __version__
     from kernelattn._precision import effective_eps
-    from kernelattn.provenance import package_versions
+    from kernelattn.experiments.provenance import package_versions
 
     device = jax.devices()[0]
     stats = None
@@ -218,7 +218,7 @@ def _predicted(path: str, n: int, d: int, m: int, rates: dict) -> float:
 
 
 def _fits_memory(n: int, d: int, m: int, structured: bool) -> bool:
-    from kernelattn import memory
+    from kernelattn.kernels import memory
     from kernelattn.kernels.empirical import DEFAULT_WIDTH_CHUNK
 
     estimate = memory.head_ntk_memory(n, None, d, m, width_chunk=min(DEFAULT_WIDTH_CHUNK, m), params_given=structured)

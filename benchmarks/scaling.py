@@ -63,7 +63,7 @@ def child(n: int, d: int, m: int, chunk: int, repeats: int) -> None:
     import numpy as np
     import psutil
 
-    from kernelattn.distributed import sharded_streaming_head_ntk
+    from kernelattn.kernels.distributed import sharded_streaming_head_ntk
     from kernelattn.kernels.empirical import streaming_head_ntk
     from kernelattn.models import HeadConfig
 
@@ -136,7 +136,7 @@ def largest_n(budget: float, fits) -> int:
 
 def capacity(budget: float, d: int, chunk: int, device_counts, n_fixed: int) -> list[dict]:
     """Largest n and m per device budget under the memory model, per device count D."""
-    from kernelattn.distributed import materialized_parameter_bytes, streaming_memory_model
+    from kernelattn.kernels.distributed import materialized_parameter_bytes, streaming_memory_model
 
     def stream(n, shards=1):
         return streaming_memory_model(n, d, width_chunk=chunk, sample_shards=shards)["total"]
@@ -180,7 +180,7 @@ def main() -> None:
 
     import jax
 
-    from kernelattn.distributed import streaming_memory_model
+    from kernelattn.kernels.distributed import streaming_memory_model
 
     n, d, chunk = 500, 784, 4096
     m = 2**13 if args.quick else 2**16

@@ -53,7 +53,7 @@ def big_spec() -> dict:
 def child(part: str, out: str) -> None:
     """Run one part in this process and print a JSON line with its figures."""
     start = time.perf_counter()
-    from kernelattn.sweeps import format_summary, run_sweep
+    from kernelattn.experiments.sweeps import format_summary, run_sweep
 
     spec = str(QUICK) if part == "quick" else big_spec()
     results = run_sweep(spec, out, progress=False)

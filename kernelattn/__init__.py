@@ -4,7 +4,7 @@ Reproduces and extends arXiv 2603.13085: parameter-free linearized attention
 turns the Gram matrix G into G³, cubing its condition number, so the network
 cannot reach the kernel regime at any practical width.
 
-Every name in ``__all__`` (and every submodule, e.g. ``kernelattn.guards``)
+Every name in ``__all__`` (and every submodule, e.g. ``kernelattn.kernels.guards``)
 is an attribute of the package, loaded on first use (PEP 562): importing
 ``kernelattn`` itself loads neither JAX nor the rest of the package, so the
 ``kernelattn`` command answers ``--help`` and ``--version`` at once.
@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import sys
-import types
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`` loads each name
     from kernelattn import data
     from kernelattn._precision import enable_x64, precision_policy, x64_enabled
-    from kernelattn.attacks import AttackConfig, AttackResult, fgsm, mim, pgd, run_attack
+    from kernelattn.learning.attacks import AttackConfig, AttackResult, fgsm, mim, pgd, run_attack
     from kernelattn.data import Dataset
-    from kernelattn.distributed import (
+    from kernelattn.kernels.distributed import (
         device_mesh,
         initialize_distributed,
         local_device_count,
@@ -31,8 +29,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`
         sharded_structured_head_ntk,
     )
     from kernelattn.errors import DependencyError, InputTypeError, InputValueError, KernelattnError
-    from kernelattn.guards import KernelError, KernelWarning, check_kernel
-    from kernelattn.influence import InfluenceResult, influence, influence_scores
+    from kernelattn.kernels.guards import KernelError, KernelWarning, check_kernel
+    from kernelattn.learning.influence import InfluenceResult, influence, influence_scores
     from kernelattn.kernels.analytic import Kernel, head_kernels, qkv_attention_nngp
     from kernelattn.kernels.empirical import (
         empirical_ntk,
@@ -43,8 +41,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`
         structured_head_ntk,
     )
     from kernelattn.kernels.gram import ConditionReport, condition_report, gram, gram_spectrum, numerical_rank
-    from kernelattn.malleability import MalleabilityReport, malleability, malleability_sweep, run_malleability_spec
-    from kernelattn.memory import MemoryPlanError, plan_width_chunk
+    from kernelattn.experiments.malleability import MalleabilityReport, malleability, malleability_sweep, run_malleability_spec
+    from kernelattn.kernels.memory import MemoryPlanError, plan_width_chunk
     from kernelattn.models import (
         AttentionMLP,
         HeadConfig,
@@ -54,18 +52,18 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`
         TwoLayerReLU,
         make_model,
     )
-    from kernelattn.specs import Spec, SpecError, load_spec
-    from kernelattn.store import ResultStore, StoreCorruptError, StoreError
-    from kernelattn.sweeps import SweepResults, format_summary, load_results, run_sweep
-    from kernelattn.training import TrainConfig, linearize, ntk_predictor, train
+    from kernelattn.experiments.specs import Spec, SpecError, load_spec
+    from kernelattn.experiments.store import ResultStore, StoreCorruptError, StoreError
+    from kernelattn.experiments.sweeps import SweepResults, format_summary, load_results, run_sweep
+    from kernelattn.learning.training import TrainConfig, linearize, ntk_predictor, train
     from kernelattn.transforms import AttentionConfig, linear_attention
 
 #: Where each public name is defined, grouped by module.
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "kernelattn._precision": ("enable_x64", "precision_policy", "x64_enabled"),
-    "kernelattn.attacks": ("AttackConfig", "AttackResult", "fgsm", "mim", "pgd", "run_attack"),
+    "kernelattn.learning.attacks": ("AttackConfig", "AttackResult", "fgsm", "mim", "pgd", "run_attack"),
     "kernelattn.data": ("Dataset",),
-    "kernelattn.distributed": (
+    "kernelattn.kernels.distributed": (
         "device_mesh",
         "initialize_distributed",
         "local_device_count",
@@ -73,8 +71,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "sharded_structured_head_ntk",
     ),
     "kernelattn.errors": ("DependencyError", "InputTypeError", "InputValueError", "KernelattnError"),
-    "kernelattn.guards": ("KernelError", "KernelWarning", "check_kernel"),
-    "kernelattn.influence": ("InfluenceResult", "influence", "influence_scores"),
+    "kernelattn.kernels.guards": ("KernelError", "KernelWarning", "check_kernel"),
+    "kernelattn.learning.influence": ("InfluenceResult", "influence", "influence_scores"),
     "kernelattn.kernels.analytic": ("Kernel", "head_kernels", "qkv_attention_nngp"),
     "kernelattn.kernels.empirical": (
         "empirical_ntk",
@@ -85,8 +83,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "structured_head_ntk",
     ),
     "kernelattn.kernels.gram": ("ConditionReport", "condition_report", "gram", "gram_spectrum", "numerical_rank"),
-    "kernelattn.malleability": ("MalleabilityReport", "malleability", "malleability_sweep", "run_malleability_spec"),
-    "kernelattn.memory": ("MemoryPlanError", "plan_width_chunk"),
+    "kernelattn.experiments.malleability": ("MalleabilityReport", "malleability", "malleability_sweep", "run_malleability_spec"),
+    "kernelattn.kernels.memory": ("MemoryPlanError", "plan_width_chunk"),
     "kernelattn.models": (
         "AttentionMLP",
         "HeadConfig",
@@ -96,18 +94,13 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "TwoLayerReLU",
         "make_model",
     ),
-    "kernelattn.specs": ("Spec", "SpecError", "load_spec"),
-    "kernelattn.store": ("ResultStore", "StoreCorruptError", "StoreError"),
-    "kernelattn.sweeps": ("SweepResults", "format_summary", "load_results", "run_sweep"),
-    "kernelattn.training": ("TrainConfig", "linearize", "ntk_predictor", "train"),
+    "kernelattn.experiments.specs": ("Spec", "SpecError", "load_spec"),
+    "kernelattn.experiments.store": ("ResultStore", "StoreCorruptError", "StoreError"),
+    "kernelattn.experiments.sweeps": ("SweepResults", "format_summary", "load_results", "run_sweep"),
+    "kernelattn.learning.training": ("TrainConfig", "linearize", "ntk_predictor", "train"),
     "kernelattn.transforms": ("AttentionConfig", "linear_attention"),
 }
 _ORIGIN: dict[str, str] = {name: module for module, names in _EXPORTS.items() for name in names}
-#: Functions named like the submodule defining them: the API promises
-#: ``kernelattn.influence(...)`` and ``kernelattn.malleability(...)``; use
-#: ``from kernelattn.influence import ...`` to reach the modules' contents.
-_SHADOWED = ("influence", "malleability")
-
 __all__ = ["data", *sorted(_ORIGIN)]
 
 
@@ -152,16 +145,3 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-
-
-class _Package(types.ModuleType):
-    """The package's module type: importing the submodule ``kernelattn.influence``
-    (or ``.malleability``) binds the function of that name, not the submodule."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if name in _SHADOWED and isinstance(value, types.ModuleType):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -128,7 +128,7 @@ def _cmd_data_files(args) -> int:
 
 
 def _cmd_store_verify(args) -> int:
-    from kernelattn.store import ResultStore
+    from kernelattn.experiments.store import ResultStore
 
     if args.release_claims and not args.repair:
         raise InputValueError("--release-claims: expected together with --repair (it removes claim files)")
@@ -154,14 +154,14 @@ def _cmd_store_verify(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
-    from kernelattn.distributed import initialize_distributed
-    from kernelattn.sweeps import format_summary, run_sweep
+    from kernelattn.kernels.distributed import initialize_distributed
+    from kernelattn.experiments.sweeps import format_summary, run_sweep
 
     # Multi-process runs (JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID,
     # or SLURM / Open MPI): join before any JAX computation; a no-op for one process.
-    from kernelattn.specs import parse_devices
+    from kernelattn.experiments.specs import parse_devices
 
-    from kernelattn.specs import load_spec
+    from kernelattn.experiments.specs import load_spec
 
     spec = load_spec(args.spec, max_cells=args.max_cells)
     devices = None if args.devices is None else parse_devices(args.devices, "--devices")
@@ -176,7 +176,7 @@ def _cmd_sweep(args) -> int:
 
 def _missing_note(n_missing: int, path) -> str:
     """One line on cells left missing: who holds their claims, and how to clear those of processes gone."""
-    from kernelattn.store import ResultStore
+    from kernelattn.experiments.store import ResultStore
 
     held = [c for c in ResultStore.open(path, create=False, readonly=True).claims()
             if c.state in ("live", "foreign", "unreadable")]
@@ -189,9 +189,9 @@ def _missing_note(n_missing: int, path) -> str:
 
 
 def _read_spec(path: str) -> dict:
-    """A JSON spec file as a dict (read strictly: ``kernelattn.specs.read_spec_file``), its file stem as the
+    """A JSON spec file as a dict (read strictly: ``kernelattn.experiments.specs.read_spec_file``), its file stem as the
     default name."""
-    from kernelattn.specs import read_spec_file  # deferred with the numerics (see above)
+    from kernelattn.experiments.specs import read_spec_file  # deferred with the numerics (see above)
 
     spec = read_spec_file(path)
     spec.setdefault("name", Path(path).stem)
@@ -201,9 +201,9 @@ def _read_spec(path: str) -> dict:
 def _cmd_malleability(args) -> int:
     from tqdm.auto import tqdm
 
-    from kernelattn.malleability import check_malleability_spec, run_malleability_spec, summary_frame
-    from kernelattn.specs import parse_malleability_spec
-    from kernelattn.store import ResultStore
+    from kernelattn.experiments.malleability import check_malleability_spec, run_malleability_spec, summary_frame
+    from kernelattn.experiments.specs import parse_malleability_spec
+    from kernelattn.experiments.store import ResultStore
 
     spec = _read_spec(args.spec)
     name = parse_malleability_spec(spec, source=args.spec, max_cells=args.max_cells).name  # the name too
@@ -222,7 +222,7 @@ def _cmd_malleability(args) -> int:
 
 
 def _cmd_reproduce(args) -> int:
-    from kernelattn.reproduce import reproduce
+    from kernelattn.experiments.reproduce import reproduce
 
     tier = "quick" if args.quick else args.tier
     result = reproduce(tier, only=args.only, out=args.out, figures_dir=args.figures_dir,
@@ -232,7 +232,7 @@ def _cmd_reproduce(args) -> int:
 
 
 def _cmd_figures(args) -> int:
-    from kernelattn.reproduce import redraw
+    from kernelattn.experiments.reproduce import redraw
 
     paths = redraw(args.out, figures_dir=args.figures_dir)
     for path in paths:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from kernelattn.attacks import AttackConfig, kernel_ridge_loss, model_loss, run_attack
-from kernelattn.influence import FittedModel, kernel_function, one_vs_rest, resolve_model
+from kernelattn.learning.attacks import AttackConfig, kernel_ridge_loss, model_loss, run_attack
+from kernelattn.learning.influence import FittedModel, kernel_function, one_vs_rest, resolve_model
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_attack_validation(setup, kwargs, match):
 
 
 def test_non_finite_gradient_entries_do_not_move():
-    from kernelattn.attacks import finite_grad, fgsm
+    from kernelattn.learning.attacks import finite_grad, fgsm
 
     loss = lambda x: jnp.sum(jnp.sqrt(x))  # noqa: E731 - d/dx √x is inf at 0
     x = jnp.array([[0.0, 0.25], [0.5, 0.0]])

@@ -32,7 +32,7 @@ import kernelattn as ka
 from kernelattn import cli
 from kernelattn.data import ChecksumError, DatasetNotFoundError
 from kernelattn.errors import KernelattnError
-from kernelattn.store import ResultStore, StoreError, StoreVersionError
+from kernelattn.experiments.store import ResultStore, StoreError, StoreVersionError
 
 X = np.random.default_rng(0).random((6, 4))
 Y = np.eye(2)[[0, 1, 0, 1, 0, 1]]
@@ -124,13 +124,13 @@ def store_dir(tmp_path):
 
 
 def _key(cell):
-    from kernelattn.provenance import cell_key
+    from kernelattn.experiments.provenance import cell_key
 
     return cell_key(cell)
 
 
 def _record(cell):
-    from kernelattn.store import make_record
+    from kernelattn.experiments.store import make_record
 
     return make_record("sweep", cell, {"rel_fro": 0.5}, spec={"name": "tiny"}, seed=0, seconds=0.1)
 
@@ -309,8 +309,8 @@ def _store(world: Path, name: str = "tiny") -> ResultStore:
 
 def _sweep_store(world: Path) -> tuple[str, ResultStore, list]:
     """The SWEEP spec file, its (empty) store and its planned cells."""
-    from kernelattn.specs import load_spec
-    from kernelattn.sweeps import plan_cells
+    from kernelattn.experiments.specs import load_spec
+    from kernelattn.experiments.sweeps import plan_cells
 
     path = _spec(world, SWEEP)
     store = ResultStore.open(world / "out" / SWEEP["name"])
@@ -384,7 +384,7 @@ def _hmac_edited(world: Path):
     path = Path(store.path) / "records" / f"{key}.json"
     record = json.loads(path.read_text())
     record["metrics"]["rel_fro"] = 0.25  # an edit that recomputes the plain checksum
-    from kernelattn.store import record_checksum
+    from kernelattn.experiments.store import record_checksum
 
     record["checksum"] = record_checksum(record)
     path.write_text(json.dumps(record))
@@ -398,8 +398,8 @@ def _missing_record(world: Path):
 
 def _small_memory(mp: pytest.MonkeyPatch, world: Path) -> None:
     """A machine with 16 GiB free and no accelerator, whatever runs the tests."""
-    mp.setattr("kernelattn.memory.available_memory", lambda **_: 16 * 2**30)
-    mp.setattr("kernelattn.memory.device_free_memory", lambda device=None: None)
+    mp.setattr("kernelattn.kernels.memory.available_memory", lambda **_: 16 * 2**30)
+    mp.setattr("kernelattn.kernels.memory.device_free_memory", lambda device=None: None)
 
 
 def _read_only_out(mp: pytest.MonkeyPatch, world: Path) -> None:
@@ -421,7 +421,7 @@ def _out_of_device_memory(mp: pytest.MonkeyPatch, world: Path) -> None:
         raise JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 2.50GiB with allocator "
                               "GPU_0_bfc on device 0.\nBufferAssignment OOM Debugging.")
 
-    mp.setattr("kernelattn.sweeps.run_sweep", run_sweep)
+    mp.setattr("kernelattn.experiments.sweeps.run_sweep", run_sweep)
 
 
 def _idx(dims: tuple[int, ...]) -> bytes:
@@ -692,11 +692,11 @@ def test_every_deliberate_error_is_a_kernelattn_error():
 def test_public_error_classes_form_one_family():
     from kernelattn.data import DatasetError
     from kernelattn.errors import DependencyError, InputTypeError, InputValueError
-    from kernelattn.guards import KernelError
-    from kernelattn.memory import MemoryPlanError
-    from kernelattn.specs import SpecError, SpecFileNotFoundError
-    from kernelattn.store import RecordNotFoundError, StoreNotFoundError
-    from kernelattn.training import UntrainedError
+    from kernelattn.kernels.guards import KernelError
+    from kernelattn.kernels.memory import MemoryPlanError
+    from kernelattn.experiments.specs import SpecError, SpecFileNotFoundError
+    from kernelattn.experiments.store import RecordNotFoundError, StoreNotFoundError
+    from kernelattn.learning.training import UntrainedError
 
     for cls, builtin in ((InputValueError, ValueError), (InputTypeError, TypeError), (SpecError, ValueError),
                          (SpecFileNotFoundError, FileNotFoundError), (KernelError, ValueError),

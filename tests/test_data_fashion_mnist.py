@@ -95,7 +95,7 @@ def test_binary_subset_normalized(tmp_path):
 
 def test_width_sweep_runs_end_to_end_on_fashion_mnist(tmp_path):
     """Issue 9: a small width sweep on the real images (T-shirt/top vs Shirt)."""
-    from kernelattn.sweeps import run_sweep
+    from kernelattn.experiments.sweeps import run_sweep
 
     directory = require_fashion_mnist()
     spec = {

@@ -1,4 +1,4 @@
-"""Sharded empirical NTK (kernelattn.distributed) against the single-device paths.
+"""Sharded empirical NTK (kernelattn.kernels.distributed) against the single-device paths.
 
 Several devices need XLA's ``--xla_force_host_platform_device_count`` flag,
 which only takes effect before JAX initializes; this process has initialized
@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernelattn import distributed
-from kernelattn.distributed import (
+from kernelattn.kernels import distributed
+from kernelattn.kernels.distributed import (
     device_memory,
     device_mesh,
     initialize_distributed,

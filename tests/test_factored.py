@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from support import unit_rows
-from kernelattn import memory
+from kernelattn.kernels import memory
 from kernelattn.kernels import factored
 from kernelattn.kernels.empirical import empirical_ntk, model_apply_fn
 from kernelattn.models import make_model

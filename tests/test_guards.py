@@ -1,4 +1,4 @@
-"""Numerical guard-rails (kernelattn.guards): what is flagged, the messages, the policies."""
+"""Numerical guard-rails (kernelattn.kernels.guards): what is flagged, the messages, the policies."""
 
 import math
 import warnings
@@ -6,9 +6,9 @@ import warnings
 import numpy as np
 import pytest
 
-from kernelattn import guards
-from kernelattn.guards import GuardPolicy, KernelError, KernelWarning, check_condition, check_kernel, check_solve
-from kernelattn.linalg import factorize
+from kernelattn.kernels import guards
+from kernelattn.kernels.guards import GuardPolicy, KernelError, KernelWarning, check_condition, check_kernel, check_solve
+from kernelattn.kernels.linalg import factorize
 
 
 def spd(n: int, kappa: float, seed: int = 0) -> np.ndarray:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from kernelattn import guards
-from kernelattn.guards import KernelError, KernelWarning
-from kernelattn.influence import (
+from kernelattn.kernels import guards
+from kernelattn.kernels.guards import KernelError, KernelWarning
+from kernelattn.learning.influence import (
     HeadModel,
     empirical_ntk_jnp,
     infinite_ntk_jnp,

@@ -6,7 +6,7 @@ import pytest
 import scipy.stats
 from sklearn.datasets import load_digits
 
-from kernelattn.malleability import (
+from kernelattn.experiments.malleability import (
     compare_influence,
     flip_rates,
     influential_points,
@@ -130,8 +130,8 @@ def test_interventions_share_one_clean_fit(attn_experiment):
 
 
 def test_spec_runner_writes_and_resumes(tmp_path):
-    from kernelattn.malleability import run_malleability_spec
-    from kernelattn.store import ResultStore
+    from kernelattn.experiments.malleability import run_malleability_spec
+    from kernelattn.experiments.store import ResultStore
 
     store = ResultStore.open(tmp_path / "store")
     spec = {

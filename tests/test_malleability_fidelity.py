@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 import kernelattn as ka
-from kernelattn import guards
+from kernelattn.kernels import guards
 from kernelattn.analysis import paired_bootstrap
-from kernelattn.attacks import attack_gain
-from kernelattn.influence import assess_fit, fit_model, resolve_data, resolve_model, split_keys, tracin_scores
-from kernelattn.malleability import measure, measure_null, null_keys, prepare, spec_variants
-from kernelattn.training import TrainConfig, TrainingWarning, UntrainedError, class_targets, loss_value
+from kernelattn.learning.attacks import attack_gain
+from kernelattn.learning.influence import assess_fit, fit_model, resolve_data, resolve_model, split_keys, tracin_scores
+from kernelattn.experiments.malleability import measure, measure_null, null_keys, prepare, spec_variants
+from kernelattn.learning.training import TrainConfig, TrainingWarning, UntrainedError, class_targets, loss_value
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_decoupled_is_adamw():
     params = {"w": jnp.ones(3)}
     grads = {"w": jnp.zeros(3)}
     config = TrainConfig(learning_rate=0.1, weight_decay=0.5)
-    from kernelattn.training import make_optimizer
+    from kernelattn.learning.training import make_optimizer
 
     opt = make_optimizer(config)
     updates, _ = opt.update(grads, opt.init(params), params)
@@ -107,7 +107,7 @@ def test_tracin_equals_brute_force_gradient_products(binary):
 def test_influence_sources_against_brute_force_ridge(binary):
     exp = prepare(binary, model="relu", width=32, kernel="empirical-init", train_config={"epochs": 5})
     from kernelattn.kernels.empirical import structured_head_ntk
-    from kernelattn.influence import _flat_head, one_vs_rest
+    from kernelattn.learning.influence import _flat_head, one_vs_rest
 
     spec = exp.fitted.spec
     feats = np.asarray(spec.features(exp.split.X, exp.split.X))
@@ -170,7 +170,7 @@ def test_a_reused_fit_gives_the_same_experiment_as_training_again(binary):
     fresh = prepare(binary, model="relu", width=32, kernel="infinite", train_config={"epochs": 5})
     assert reused.fitted is first.fitted
     np.testing.assert_array_equal(reused.clean.scores, fresh.clean.scores)
-    from kernelattn.malleability import null_refit
+    from kernelattn.experiments.malleability import null_refit
 
     shared = measure_null(reused, kind="seed", refit=null_refit(first, "seed"))
     np.testing.assert_array_equal(shared.flip_rates, measure_null(fresh, kind="seed").flip_rates)
@@ -184,7 +184,7 @@ def test_collapsed_features_are_named_as_the_cause(binary):
     assert health.collapsed and health.feature_cosine > 0.99
     import pandas as pd
 
-    from kernelattn.report import untrained_note
+    from kernelattn.viz.report import untrained_note
 
     row = {"intervention": "adversarial", "dataset": "d", "n_train": 120, "training_mode": "standard", "width": 128}
     records = pd.DataFrame([

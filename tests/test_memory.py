@@ -1,4 +1,4 @@
-"""Memory planning (kernelattn.memory): estimates against measured peaks, planners, budgets."""
+"""Memory planning (kernelattn.kernels.memory): estimates against measured peaks, planners, budgets."""
 
 import json
 import os
@@ -10,8 +10,8 @@ import jax
 import psutil
 import pytest
 
-from kernelattn import memory as M
-from kernelattn.memory import MemoryPlanError
+from kernelattn.kernels import memory as M
+from kernelattn.kernels.memory import MemoryPlanError
 
 ROOT = Path(__file__).resolve().parents[1]
 

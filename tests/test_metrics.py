@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from kernelattn import metrics as M
+from kernelattn.kernels import metrics as M
 
 
 def test_relative_frobenius_by_hand():

@@ -81,17 +81,19 @@ def test_python_dash_m_runs_the_cli():
     assert usage.returncode == 2 and "usage: kernelattn" in usage.stderr
 
 
-def test_every_public_name_resolves_and_the_shadowed_functions_stay_functions():
+def test_every_public_name_resolves_and_no_function_shadows_a_module():
     probe = _python(
         "import kernelattn as ka\n"
-        "import kernelattn.malleability, kernelattn.influence\n"  # binds the submodules on the package
-        "assert callable(ka.influence) and ka.influence.__module__ == 'kernelattn.influence'\n"
-        "assert callable(ka.malleability) and ka.malleability.__module__ == 'kernelattn.malleability'\n"
-        "from kernelattn.influence import influence_scores\n"
+        "import pathlib, kernelattn.experiments.malleability, kernelattn.learning.influence\n"
+        "package = pathlib.Path(ka.__file__).parent\n"
+        "assert not [p for p in package.iterdir() if p.stem in ('influence', 'malleability')]\n"
+        "assert callable(ka.influence) and ka.influence.__module__ == 'kernelattn.learning.influence'\n"
+        "assert callable(ka.malleability) and ka.malleability.__module__ == 'kernelattn.experiments.malleability'\n"
+        "from kernelattn.learning.influence import influence_scores\n"
         "assert ka.influence_scores is influence_scores\n"
         "missing = [name for name in ka.__all__ if getattr(ka, name, None) is None]\n"
         "assert not missing, missing\n"
-        "assert ka.guards.__name__ == 'kernelattn.guards' and set(ka.__all__) <= set(dir(ka))\n"
+        "assert ka.kernels.guards.__name__ == 'kernelattn.kernels.guards' and set(ka.__all__) <= set(dir(ka))\n"
         "try:\n"
         "    ka.no_such_name\n"
         "except AttributeError as err:\n"

@@ -9,9 +9,9 @@ import matplotlib
 import numpy as np
 import pytest
 
-from kernelattn import plotting, report
-from kernelattn.provenance import cell_key
-from kernelattn.store import ResultStore, make_record
+from kernelattn.viz import plotting, report
+from kernelattn.experiments.provenance import cell_key
+from kernelattn.experiments.store import ResultStore, make_record
 
 SPEC_DIGITS = {"name": "digits", "n_train": 40, "n_test": 10, "seed": 0}
 
@@ -137,7 +137,7 @@ def stores(tmp_path_factory):
 
 
 def test_every_figure_kind_is_drawn_from_the_stores(stores):
-    from kernelattn.reproduce import redraw
+    from kernelattn.experiments.reproduce import redraw
 
     out, _ = stores
     rc_before = dict(matplotlib.rcParams)

@@ -14,7 +14,7 @@ import pytest
 
 from support import unit_rows
 from kernelattn import _precision as P
-from kernelattn import guards
+from kernelattn.kernels import guards
 from kernelattn.kernels.analytic import head_kernels, head_kernels_fn, qkv_attention_nngp
 from kernelattn.kernels.empirical import (
     empirical_ntk,
@@ -24,7 +24,7 @@ from kernelattn.kernels.empirical import (
     structured_head_ntk,
 )
 from kernelattn.models import HeadConfig, make_model
-from kernelattn.training import TrainConfig, _run_epochs, make_optimizer
+from kernelattn.learning.training import TrainConfig, _run_epochs, make_optimizer
 from kernelattn.transforms import AttentionConfig, attend
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -246,7 +246,7 @@ def test_guard_rails_use_the_effective_eps(monkeypatch):
 
 
 def test_provenance_records_the_policy():
-    from kernelattn import provenance
+    from kernelattn.experiments import provenance
 
     assert provenance.environment()["precision"]["policy"] == "highest"
     with P.precision_policy("fast"):
@@ -255,8 +255,8 @@ def test_provenance_records_the_policy():
 
 
 def test_store_records_carry_the_policy_of_each_put(tmp_path):
-    from kernelattn.provenance import cell_key
-    from kernelattn.store import ResultStore, make_record
+    from kernelattn.experiments.provenance import cell_key
+    from kernelattn.experiments.store import ResultStore, make_record
 
     store = ResultStore.open(tmp_path / "s")
     for policy in ("highest", "fast"):
@@ -268,8 +268,8 @@ def test_store_records_carry_the_policy_of_each_put(tmp_path):
 
 def test_spec_key_cell_identity_and_cli_flag():
     from kernelattn.cli import build_parser
-    from kernelattn.specs import SpecError, parse_spec
-    from kernelattn.sweeps import plan_cells
+    from kernelattn.experiments.specs import SpecError, parse_spec
+    from kernelattn.experiments.sweeps import plan_cells
 
     base = {"name": "p", "kind": "kernel", "datasets": [{"name": "digits", "n_train": 20}],
             "models": [{"name": "relu"}], "widths": [4]}
@@ -292,8 +292,8 @@ def test_spec_key_cell_identity_and_cli_flag():
 
 
 def test_malleability_spec_key():
-    from kernelattn.malleability import _group_cells, validate_spec
-    from kernelattn.specs import SpecError
+    from kernelattn.experiments.malleability import _group_cells, validate_spec
+    from kernelattn.experiments.specs import SpecError
 
     def parse(spec):
         return dict(validate_spec(spec).plans)["default"]
@@ -314,7 +314,7 @@ def test_figure_metadata_names_the_precision(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from kernelattn.plotting import save_figure
+    from kernelattn.viz.plotting import save_figure
 
     figure = plt.figure()
     figure.add_subplot().plot([0, 1])
@@ -325,7 +325,7 @@ def test_figure_metadata_names_the_precision(tmp_path):
 
 
 def test_training_takes_the_precision(monkeypatch):
-    from kernelattn.training import train
+    from kernelattn.learning.training import train
 
     calls = []
     original = _run_epochs
@@ -334,7 +334,7 @@ def test_training_takes_the_precision(monkeypatch):
         calls.append(args[-1])
         return original(*args)
 
-    monkeypatch.setattr("kernelattn.training._run_epochs", spy)
+    monkeypatch.setattr("kernelattn.learning.training._run_epochs", spy)
     model = make_model("relu", 4, 1)
     variables = model.init(jax.random.PRNGKey(0), X)
     apply_fn, params = model_apply_fn(model, variables)

@@ -17,9 +17,9 @@ from kernelattn import cli, registry
 from kernelattn.analysis.labels import model_label
 from kernelattn.kernels.empirical import empirical_ntk, model_apply_fn
 from kernelattn.models import canonical_model_name, make_model
-from kernelattn.specs import SpecError, parse_spec
-from kernelattn.store import ResultStore
-from kernelattn.sweeps import run_sweep
+from kernelattn.experiments.specs import SpecError, parse_spec
+from kernelattn.experiments.store import ResultStore
+from kernelattn.experiments.sweeps import run_sweep
 
 # ----------------------------------------------------------------------------- a user's model and data
 

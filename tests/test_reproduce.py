@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from kernelattn import report
+from kernelattn.viz import report
 from kernelattn.analysis.fits import convergence_fits
-from kernelattn.reproduce import TIERS, experiments_dir, list_specs, redraw, reproduce
-from kernelattn.store import ResultStore
+from kernelattn.experiments.reproduce import TIERS, experiments_dir, list_specs, redraw, reproduce
+from kernelattn.experiments.store import ResultStore
 
 DIGITS = {"name": "digits", "n_train": 40, "n_test": 10, "seed": 0}
 TINY_SPECS = [
@@ -78,10 +78,10 @@ def test_redraw_reads_the_store_only(pipeline, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("redraw must not compute")
 
-    for module, name in (("kernelattn.sweeps", "run_sweep"), ("kernelattn.sweeps", "_prepare_group"),
-                         ("kernelattn.malleability", "run_malleability_spec"), ("kernelattn.malleability", "prepare"),
-                         ("kernelattn.malleability", "measure"), ("kernelattn.reproduce", "run_conditions"),
-                         ("kernelattn.reproduce", "_run_one"), ("kernelattn.data", "load"),
+    for module, name in (("kernelattn.experiments.sweeps", "run_sweep"), ("kernelattn.experiments.sweeps", "_prepare_group"),
+                         ("kernelattn.experiments.malleability", "run_malleability_spec"), ("kernelattn.experiments.malleability", "prepare"),
+                         ("kernelattn.experiments.malleability", "measure"), ("kernelattn.experiments.reproduce", "run_conditions"),
+                         ("kernelattn.experiments.reproduce", "_run_one"), ("kernelattn.data", "load"),
                          ("kernelattn.data.api", "load")):
         monkeypatch.setattr(importlib.import_module(module), name, forbidden)
     stores = [p for p in out.iterdir() if (p / "kernelattn-store.json").is_file()]
@@ -188,9 +188,9 @@ def test_redraw_without_a_store_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("tier", TIERS)
 def test_experiment_specs_are_valid(tier):
-    from kernelattn.malleability import run_malleability_spec
-    from kernelattn.reproduce import _Finished, _parse_conditions
-    from kernelattn.specs import load_spec
+    from kernelattn.experiments.malleability import run_malleability_spec
+    from kernelattn.experiments.reproduce import _Finished, _parse_conditions
+    from kernelattn.experiments.specs import load_spec
 
     specs = list_specs(tier)
     kinds = {s["kind"] for s in specs}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kernelattn.specs import MAX_WIDTH, METRICS, Spec, SpecError, load_spec, parse_spec
+from kernelattn.experiments.specs import MAX_WIDTH, METRICS, Spec, SpecError, load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 

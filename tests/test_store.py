@@ -1,4 +1,4 @@
-"""Tests of the results store (``kernelattn.store``) and provenance (``kernelattn.provenance``).
+"""Tests of the results store (``kernelattn.experiments.store``) and provenance (``kernelattn.experiments.provenance``).
 
 Fast (a few seconds): crash safety is checked by fault injection at every byte
 of a record, by SIGKILLing writer subprocesses, and by racing two claimant
@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kernelattn import provenance
-from kernelattn.provenance import cell_key
-from kernelattn.store import (
+from kernelattn.experiments import provenance
+from kernelattn.experiments.provenance import cell_key
+from kernelattn.experiments.store import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     STORE_FORMAT_NAME,
@@ -76,7 +76,7 @@ def record_files(root: Path) -> list[str]:
     return sorted(os.listdir(root / "records"))
 
 
-# Subprocesses import ``kernelattn.store``/``provenance`` (the modules under test)
+# Subprocesses import ``kernelattn.experiments.store``/``provenance`` (the modules under test)
 # without running the package ``__init__``, which pulls in JAX/Flax (~2 s per
 # process); the store modules themselves need only numpy and the stdlib.
 BOOT = f"""
@@ -130,7 +130,7 @@ def test_cell_key_is_canonical_and_pinned() -> None:
 
 def test_cell_key_same_in_another_process() -> None:
     cell = {"dataset": "digits", "width": 512, "lr": 0.1, "nan": float("nan"), "seed": 3}
-    code = "import json\nfrom kernelattn.provenance import cell_key\nprint(cell_key(json.loads(sys.argv[1])))"
+    code = "import json\nfrom kernelattn.experiments.provenance import cell_key\nprint(cell_key(json.loads(sys.argv[1])))"
     out = subprocess.run(
         python_command(code, json.dumps(cell)), env={**os.environ, "PYTHONHASHSEED": "12345"},
         capture_output=True, text=True, check=True,
@@ -507,8 +507,8 @@ def test_fault_after_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step
 
 WRITER = """
 import sys
-from kernelattn.store import ResultStore, make_record
-from kernelattn.provenance import cell_key
+from kernelattn.experiments.store import ResultStore, make_record
+from kernelattn.experiments.provenance import cell_key
 root, run = sys.argv[1], int(sys.argv[2])
 store = ResultStore.open(root)
 env = {"hostname": "writer", "run": run}
@@ -656,8 +656,8 @@ def test_disk_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str) -
 
 CLAIMANT = """
 import json, os, sys, time
-from kernelattn.store import ResultStore, make_record
-from kernelattn.provenance import cell_key
+from kernelattn.experiments.store import ResultStore, make_record
+from kernelattn.experiments.provenance import cell_key
 root, go = sys.argv[1], sys.argv[2]
 store = ResultStore.open(root)
 cells = [{"c": i} for i in range(50)]
@@ -715,7 +715,7 @@ def test_stale_claim_of_dead_process_is_taken_over(tmp_path: Path) -> None:
     proc = run_python(
         """
         import os, sys
-        from kernelattn.store import ResultStore
+        from kernelattn.experiments.store import ResultStore
         assert ResultStore.open(sys.argv[1]).claim(sys.argv[2])
         os._exit(0)  # crash without releasing
         """,
@@ -740,7 +740,7 @@ def test_claims_of_finished_cells_left_by_a_killed_owner_are_cleared(tmp_path: P
     proc = run_python(
         """
         import os, sys
-        from kernelattn.store import ResultStore
+        from kernelattn.experiments.store import ResultStore
         assert ResultStore.open(sys.argv[1]).claim(sys.argv[2])
         os._exit(0)  # killed after its record, before its release
         """,
@@ -839,7 +839,7 @@ def test_verify_reports_orphans_and_repair_cleans_them(tmp_path: Path) -> None:
 def test_hmac_round_trip_and_tamper_detection(tmp_path, monkeypatch):
     """The plain checksum detects corruption only: an edit that recomputes it passes. With a key, records
     carry an HMAC; a reader with the key refuses an edit by someone without it, and a record without one."""
-    from kernelattn.store import HMAC_ENV_VAR, record_checksum
+    from kernelattn.experiments.store import HMAC_ENV_VAR, record_checksum
 
     monkeypatch.delenv(HMAC_ENV_VAR, raising=False)
     key, record = record_of(1)

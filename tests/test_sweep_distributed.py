@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kernelattn.specs import SpecError, parse_spec
-from kernelattn.store import ResultStore
-from kernelattn.sweeps import CELL_METRICS, load_results, plan_cells, run_sweep
+from kernelattn.experiments.specs import SpecError, parse_spec
+from kernelattn.experiments.store import ResultStore
+from kernelattn.experiments.sweeps import CELL_METRICS, load_results, plan_cells, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Relative tolerance of a cross-process comparison of a sweep's metrics on a GPU (module docstring).
@@ -53,10 +53,10 @@ _CHILD = textwrap.dedent(
     import json, sys
     spec, out, devices = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
     if len(sys.argv) > 4:
-        from kernelattn.distributed import initialize_distributed
+        from kernelattn.kernels.distributed import initialize_distributed
         assert initialize_distributed(sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))
     import jax
-    from kernelattn.sweeps import run_sweep
+    from kernelattn.experiments.sweeps import run_sweep
     results = run_sweep(spec, out, progress=False, devices=None if devices == "spec" else devices)
     print(json.dumps({"computed": results.n_computed, "missing": results.n_missing,
                       "process_index": jax.process_index(),
@@ -116,7 +116,7 @@ def test_sharded_stream_matches_the_sequential_one():
     # subprocess test below uses 4, with vmapped seeds): float64, so equal to rounding.
     import jax
 
-    from kernelattn.distributed import device_mesh
+    from kernelattn.kernels.distributed import device_mesh
     from kernelattn.models import HeadConfig
     from kernelattn.kernels.stream import head_kernel_stream
 

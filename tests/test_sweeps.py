@@ -16,19 +16,19 @@ import pandas as pd
 import pytest
 
 from support import unit_rows
-from kernelattn import provenance
+from kernelattn.experiments import provenance
 from kernelattn.kernels.empirical import model_apply_fn
 from kernelattn.models import HeadConfig, MLPHead, make_model
-from kernelattn.specs import parse_spec
-from kernelattn.store import ResultStore
-from kernelattn.sweeps import (
+from kernelattn.experiments.specs import parse_spec
+from kernelattn.experiments.store import ResultStore
+from kernelattn.experiments.sweeps import (
     cell_definition,
     format_summary,
     load_results,
     plan_cells,
     run_sweep,
 )
-from kernelattn.training import linearize
+from kernelattn.learning.training import linearize
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,8 +149,8 @@ def test_cell_keys_follow_the_numbers_not_the_labels():
 _CHILD = textwrap.dedent(
     """
     import json, sys, time
-    import kernelattn.store as store_module
-    from kernelattn.sweeps import run_sweep
+    import kernelattn.experiments.store as store_module
+    from kernelattn.experiments.sweeps import run_sweep
     put = store_module.ResultStore.put
     def slow_put(self, *args, **kwargs):  # slow the child down so that it can be killed mid-sweep
         written = put(self, *args, **kwargs)

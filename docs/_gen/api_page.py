@@ -61,28 +61,12 @@ def _anchor(title: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
 
 
-def _identifier(ka, name: str) -> str:
-    """The identifier mkdocstrings renders ``kernelattn.<name>`` under (see ``_block``)."""
-    if name in getattr(ka, "_SHADOWED", ()):
-        origin = getattr(ka, "_ORIGIN", {}).get(name)
-        if not origin:
-            raise DocsGenError(f"kernelattn._ORIGIN does not say where {name!r} is defined")
-        return f"{origin}.{name}"
-    return f"kernelattn.{name}"
-
-
 def _block(ka, name: str) -> list[str]:
     """A mkdocstrings block rendering ``kernelattn.<name>``."""
     if name == "data":
         members = sorted(ka.data.__all__, key=lambda n: (not n[0].islower(), n))
         return ["::: kernelattn.data", "    options:", "      show_submodules: false",
                 f"      members: [{', '.join(members)}]", "      heading_level: 3", ""]
-    identifier = _identifier(ka, name)
-    if identifier != f"kernelattn.{name}":
-        # ``kernelattn.influence`` is both a submodule and the function of that name: the static
-        # reader sees the submodule, so point at the function where the package says it lives.
-        return [f"::: {identifier}", "    options:", f"      heading: kernelattn.{name}",
-                f"      toc_label: {name}", "      heading_level: 3", ""]
     return [f"::: kernelattn.{name}", "    options:", "      heading_level: 3", ""]
 
 
@@ -113,7 +97,7 @@ def render() -> str:
     ]
     groups = [*GROUPS, ("Other", "Public names not yet sorted into a topic.", tuple(other))] if other else GROUPS
     for title, _, names in groups:
-        out.append(f"| [{title}](#{_anchor(title)}) | {', '.join(f'[`{n}`][{_identifier(ka, n)}]' for n in names)} |")
+        out.append(f"| [{title}](#{_anchor(title)}) | {', '.join(f'[`{n}`][kernelattn.{n}]' for n in names)} |")
     out.append("")
     for title, intro, names in groups:
         out += [f"## {title} {{ #{_anchor(title)} }}", "", intro, ""]

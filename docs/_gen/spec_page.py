@@ -481,7 +481,7 @@ def malleability_section(ka) -> list[str]:
         "",
         "Read by `kernelattn malleability SPEC` and "
         "[`kernelattn.run_malleability_spec`][kernelattn.run_malleability_spec], validated first by "
-        "`kernelattn.specs.parse_malleability_spec` (a `SpecError` naming the key path, e.g. "
+        "`kernelattn.experiments.specs.parse_malleability_spec` (a `SpecError` naming the key path, e.g. "
         "`variants[1].epsilons[0]`; unknown keys are errors too, with a did-you-mean); "
         "`experiments/quick/quick_malleability.json` is an example. The CLI takes `name` "
         "(default: the file's stem) as the store's name.",
@@ -499,7 +499,7 @@ def malleability_section(ka) -> list[str]:
         "### Keys",
         "",
         "A list key takes a list (the cells are its product with the other lists); its singular "
-        "form takes one value. The rows are `kernelattn.specs.MALLEABILITY_SCHEMA`, the declaration "
+        "form takes one value. The rows are `kernelattn.experiments.specs.MALLEABILITY_SCHEMA`, the declaration "
         "the validator takes its checks and defaults from.",
         "",
         "| key | default | accepts | meaning |",

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernelattn import memory
+from kernelattn.kernels import memory
 from kernelattn.errors import InputValueError
 from kernelattn.kernels import exact, factored
 from kernelattn._precision import kernel_inputs, lax_precision, precision_policy, resolve_precision
@@ -145,7 +145,7 @@ def empirical_ntk(
         for a fixed context. ``None``: the whole batch at once (any model).
       dtype: "float32" (default) or "float64"; inputs and params are cast.
       budget: bytes the computation may take, checked against the memory
-        plan before anything is allocated (``kernelattn.memory``); None → half
+        plan before anything is allocated (``kernelattn.kernels.memory``); None → half
         of the free memory. Too small: ``MemoryPlanError`` with the options.
       precision: matmul precision, "highest" (``Precision.HIGHEST``) or "fast"
         (the device's default: TF32 on recent GPUs); None → the policy in
@@ -494,7 +494,7 @@ def structured_head_ntk(
       width_chunk: hidden units per accumulation step (memory O(n² + n·chunk)).
       dtype: "float32" (default) or "float64".
       budget: bytes the computation may take, checked against the memory
-        plan before anything is allocated (``kernelattn.memory``); None → half
+        plan before anything is allocated (``kernelattn.kernels.memory``); None → half
         of the free memory. Too small: ``MemoryPlanError`` with the options.
       method: how the activation-pattern Gram (S diag a)(S diag a)ᵀ, the n²m
         part, is computed: "float" (in ``dtype``, summed chunk by chunk),

@@ -1,7 +1,7 @@
 """Width × seed × dataset × model sweeps into a resumable result store (docs/math.md §8).
 
 ``run_sweep(spec, out)`` computes every cell (dataset, model, width, seed) of
-an experiment spec (``kernelattn.specs``) that the store ``<out>/<spec name>``
+an experiment spec (``kernelattn.experiments.specs``) that the store ``<out>/<spec name>``
 does not hold yet, writes one record per finished cell, and returns the
 tables: one row per cell, mean ± std over seeds per width, and per
 (dataset, model) log-log fits.
@@ -43,7 +43,7 @@ Models come from ``kernelattn.registry`` (the built-in ones, or a user's
   convergence. neural-tangents' backend (``kernelattn.kernels.nt_backend``)
   is the exact alternative for the tied, linearly scaled QKV variant.
 
-Per cell: ``kernelattn.metrics.kernel_convergence`` (rel_fro, cert,
+Per cell: ``kernelattn.kernels.metrics.kernel_convergence`` (rel_fro, cert,
 spectrum of Θ_m, kernel-ridge predictor error with ridge λ on the test
 points). Seeds are run one after another on CPU (measured: batching them
 with ``jax.vmap`` is slower there); on accelerators they are vmapped when
@@ -51,19 +51,19 @@ seeds × n_all × n fits ``kernel.memory_gb`` (``kernel.batch_seeds``).
 
 Training sweeps (``kind: "training"``, paper Table 1)
 -----------------------------------------------------
-Per cell: the network is trained with ``kernelattn.training.train`` (paper
+Per cell: the network is trained with ``kernelattn.learning.training.train`` (paper
 defaults; for "relu"/"mlp-attn" the parameter-free features are computed
 once and the head is trained on them), its linearization
-(``kernelattn.training.linearize``) is trained the same way from the same
+(``kernelattn.learning.training.linearize``) is trained the same way from the same
 initialization and minibatch order, and both are compared on the test points
-with the infinite-width NTK predictor (``kernelattn.training.ntk_predictor``,
+with the infinite-width NTK predictor (``kernelattn.learning.training.ntk_predictor``,
 MSE gradient flow, t → ∞ = kernel ridge with the spec's ridge unless
 ``training.ntk_time`` is set): ``ntk_distance`` = ‖f_m − f_NTK‖/‖f_NTK‖,
 ``lin_distance`` = ‖f_m − f_lin‖/‖f_lin‖, and the test accuracy of each.
 
 Store, resume, several processes
 --------------------------------
-One record per finished cell (``kernelattn.store.ResultStore``), keyed by
+One record per finished cell (``kernelattn.experiments.store.ResultStore``), keyed by
 ``provenance.cell_key`` of the cell definition: sweep name and kind,
 dataset and model options, width, seed, dtype, ridge, head options, metric
 groups (and the training settings) — so editing any of these in the spec
@@ -79,7 +79,7 @@ Several devices and hosts: ``kernel.devices`` (or ``run_sweep(...,
 devices=)``, CLI ``--devices N|all``) shards the streamed Θ_m of
 "relu"/"mlp-attn" width-wise over that many local devices — each
 accumulation step deals its blocks out over a 1-D mesh and adds the partial
-kernels with one ``psum`` (the ``kernelattn.distributed`` pattern). The draws
+kernels with one ``psum`` (the ``kernelattn.kernels.distributed`` pattern). The draws
 are unchanged, so the numbers equal the 1-device ones up to float summation
 order; the count is not in the cell key and is recorded as the metric
 ``n_devices`` (network models' cells are computed on one device). Across
@@ -109,15 +109,16 @@ import pandas as pd
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from kernelattn import guards, memory, provenance
-from kernelattn import metrics as M
+from kernelattn.experiments import provenance
+from kernelattn.kernels import guards, memory
+from kernelattn.kernels import metrics as M
 from kernelattn._precision import enable_x64, precision_policy, resolve_dtype, resolve_precision, x64_enabled
 from kernelattn.analysis.fits import width_fits
 from kernelattn.analysis.formatting import fmt, fmt_log, fmt_pm, text_table
 from kernelattn.analysis.statistics import seed_summary
 from kernelattn.data import load
 from kernelattn.data.dataset import encode_targets
-from kernelattn.distributed import device_mesh
+from kernelattn.kernels.distributed import device_mesh
 from kernelattn.errors import InputValueError
 from kernelattn.kernels.analytic import head_kernels
 from kernelattn.kernels.empirical import model_apply_fn
@@ -125,9 +126,9 @@ from kernelattn.kernels.gram import condition_report
 from kernelattn.kernels.stream import head_kernel_stream
 from kernelattn.models import HeadConfig, MLPHead, head_preactivations
 from kernelattn.registry import model_entry
-from kernelattn.specs import DatasetSpec, ModelSpec, Spec, load_spec, parse_devices
-from kernelattn.store import ResultStore, make_record, store_exists, utc_now
-from kernelattn.training import linearize, loss_value, ntk_predictor, predicted_labels, train, training_health
+from kernelattn.experiments.specs import DatasetSpec, ModelSpec, Spec, load_spec, parse_devices
+from kernelattn.experiments.store import ResultStore, make_record, store_exists, utc_now
+from kernelattn.learning.training import linearize, loss_value, ntk_predictor, predicted_labels, train, training_health
 
 __all__ = [
     "Cell",
@@ -729,7 +730,7 @@ def _train_cell(spec: Spec, group: _Group, cell: Cell, f_ntk: np.ndarray) -> dic
 
 
 def _fit_health(apply_fn, params0, params, rest, module, x_train, y, f_test, labels_test, loss, dtype) -> dict:
-    """Training health (``kernelattn.training.training_health``) of a sweep fit, as ``health_*`` metrics;
+    """Training health (``kernelattn.learning.training.training_health``) of a sweep fit, as ``health_*`` metrics;
     the ReLU-pattern diagnostics need the head's variables (``rest`` not None)."""
     x = jnp.asarray(x_train, dtype)
     hidden = hidden0 = None
@@ -794,7 +795,7 @@ def run_sweep(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, out: str 
 
     Args:
       spec: a spec file path, a dict in the spec format, or a ``Spec``
-        (validated by ``kernelattn.specs.load_spec``).
+        (validated by ``kernelattn.experiments.specs.load_spec``).
       out: results directory; the store is ``<out>/<spec name>``.
       progress: show a tqdm progress bar (cells done, ETA) on stderr; it is
         also off when stderr is not a terminal.
@@ -810,7 +811,7 @@ def run_sweep(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, out: str 
         single process counts those cells missing instead of waiting up to
         the claim timeout (``kernelattn store PATH`` lists such claims).
 
-    In a multi-process JAX run (``kernelattn.distributed.initialize_distributed``
+    In a multi-process JAX run (``kernelattn.kernels.distributed.initialize_distributed``
     called first, as the CLI does), every process runs the same call on the
     same store: cells are claimed before they are computed, and process p
     starts p positions into each work list, so the processes spread out
@@ -821,8 +822,8 @@ def run_sweep(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, out: str 
       and ``.store_path``.
 
     Raises:
-      kernelattn.specs.SpecError: an invalid spec (naming the key path).
-      kernelattn.store.StoreError: the store cannot be opened or written.
+      kernelattn.experiments.specs.SpecError: an invalid spec (naming the key path).
+      kernelattn.experiments.store.StoreError: the store cannot be opened or written.
 
     The whole run is inside ``kernelattn.precision_policy(spec.precision)``
     (None: the policy in force, else "highest"): every matmul of it,

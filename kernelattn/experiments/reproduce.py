@@ -24,9 +24,9 @@ Tiers (``experiments/<tier>/*.json``, one spec per paper artifact):
 
 Spec kinds, dispatched by their ``"kind"``:
 
-- ``"kernel"``, ``"training"``: :func:`kernelattn.sweeps.run_sweep`
-  (``kernelattn.specs`` format);
-- ``"malleability"``: :func:`kernelattn.malleability.run_malleability_spec`;
+- ``"kernel"``, ``"training"``: :func:`kernelattn.experiments.sweeps.run_sweep`
+  (``kernelattn.experiments.specs`` format);
+- ``"malleability"``: :func:`kernelattn.experiments.malleability.run_malleability_spec`;
 - ``"conditions"``: the condition-number table, computed here
   (:func:`run_conditions`, format in its docstring).
 """
@@ -48,15 +48,16 @@ import jax
 import numpy as np
 import platformdirs
 
-from kernelattn import plotting, provenance, report
+from kernelattn.experiments import provenance
+from kernelattn.viz import plotting, report
 from kernelattn._precision import enable_x64, precision_policy, x64_enabled
 from kernelattn.data import DatasetNotFoundError, dataset_info, load
 from kernelattn.errors import InputValueError
 from kernelattn.kernels.gram import condition_report
-from kernelattn.malleability import check_malleability_spec, run_malleability_spec
-from kernelattn.specs import SpecError, check_store_name, load_spec, parse_malleability_spec, parse_spec, read_spec_file
-from kernelattn.store import ResultStore, StoreNotFoundError, make_record, store_exists, utc_now
-from kernelattn.sweeps import run_sweep
+from kernelattn.experiments.malleability import check_malleability_spec, run_malleability_spec
+from kernelattn.experiments.specs import SpecError, check_store_name, load_spec, parse_malleability_spec, parse_spec, read_spec_file
+from kernelattn.experiments.store import ResultStore, StoreNotFoundError, make_record, store_exists, utc_now
+from kernelattn.experiments.sweeps import run_sweep
 from kernelattn.transforms import linear_attention
 
 __all__ = [
@@ -105,7 +106,7 @@ class _SpecEntry:
 
 
 def _read_json(path: Path) -> dict:
-    """A spec file's JSON object, read strictly (``kernelattn.specs.read_spec_file``)."""
+    """A spec file's JSON object, read strictly (``kernelattn.experiments.specs.read_spec_file``)."""
     return read_spec_file(path)
 
 
@@ -114,11 +115,11 @@ def _entry(spec: Any, index: int) -> _SpecEntry:
     if isinstance(spec, (str, os.PathLike)):
         source = str(spec)
         spec = _read_json(Path(spec))
-    elif hasattr(spec, "to_dict") and hasattr(spec, "kind"):  # a kernelattn.specs.Spec
+    elif hasattr(spec, "to_dict") and hasattr(spec, "kind"):  # a kernelattn.experiments.specs.Spec
         source = getattr(spec, "source", None)
         spec = spec.to_dict()
     if not isinstance(spec, Mapping):
-        raise InputValueError(f"specs[{index}]: expected a path, a dict or a kernelattn.specs.Spec, got {type(spec).__name__}")
+        raise InputValueError(f"specs[{index}]: expected a path, a dict or a kernelattn.experiments.specs.Spec, got {type(spec).__name__}")
     where = source or f"specs[{index}]"
     name, kind = spec.get("name"), spec.get("kind")
     if not isinstance(name, str) or not name:
@@ -187,7 +188,7 @@ def list_specs(tier: str = "quick", experiments: str | os.PathLike[str] | None =
 
 
 def _parse_conditions(data: Mapping[str, Any], source: str | None):
-    """Validate a "conditions" spec; datasets are checked by ``kernelattn.specs`` (same format, same errors)."""
+    """Validate a "conditions" spec; datasets are checked by ``kernelattn.experiments.specs`` (same format, same errors)."""
     for key in data:
         if key not in CONDITIONS_KEYS:
             raise SpecError(key, f"unknown key for kind 'conditions' (allowed: {', '.join(CONDITIONS_KEYS)})", source)
@@ -260,7 +261,7 @@ def run_conditions(spec: Mapping[str, Any] | str | os.PathLike[str], out: str | 
     Spec format (JSON)::
 
         {"name": "quick_conditions", "kind": "conditions", "description": "...",
-         "datasets": [...],              # kernelattn.specs dataset entries (load options + "label")
+         "datasets": [...],              # kernelattn.experiments.specs dataset entries (load options + "label")
          "depth": 1,                     # attention depth k: G^(2k+1) (cubed for k = 1)
          "energy_fractions": [0.99, 0.999],  # also κ at the ranks keeping these fractions of Σλ
          "spectra": true}                # store the normalized spectra of G and G^(2k+1)
@@ -531,7 +532,7 @@ def reproduce(
       progress: print per-spec and per-cell progress to stderr (sweeps show
         a tqdm bar when stderr is a terminal).
       specs: explicit specs instead of the tier's files: paths, dicts or
-        ``kernelattn.specs.Spec`` objects (``tier`` then only labels the run).
+        ``kernelattn.experiments.specs.Spec`` objects (``tier`` then only labels the run).
       experiments: the folder holding the tier folders (default: the
         repository's ``experiments/``).
       compile_cache: JAX persistent compilation cache: True (default) uses
@@ -550,7 +551,7 @@ def reproduce(
       kernelattn.data.DatasetNotFoundError: data files are missing (checked
         before any computation; the message names the specs that need them
         and what to download where).
-      kernelattn.specs.SpecError, ValueError: an invalid spec or argument.
+      kernelattn.experiments.specs.SpecError, ValueError: an invalid spec or argument.
     """
     with precision_policy(precision):
         return _reproduce(tier, only, out, figures_dir, progress, specs=specs, experiments=experiments,
@@ -622,7 +623,7 @@ def redraw(out: str | os.PathLike[str] = "results", figures_dir: str | os.PathLi
       the report ``<out>/report.md``.
 
     Raises:
-      kernelattn.store.StoreNotFoundError (a FileNotFoundError): ``out`` holds no result store.
+      kernelattn.experiments.store.StoreNotFoundError (a FileNotFoundError): ``out`` holds no result store.
     """
     out = Path(out)
     figures_dir = out / "figures" if figures_dir is None else Path(figures_dir)

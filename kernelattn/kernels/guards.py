@@ -25,11 +25,11 @@ default policy), TF32's 2^-10 ≈ 9.8e-4 for float32 at "fast" on a recent GPU
 check takes ``precision=`` (None: the policy in force, ``kernelattn.precision_policy``).
 
 :func:`check_solve` adds what a factorization reports
-(``kernelattn.linalg.factorize``: "cholesky" or "eigh-clipped") and,
+(``kernelattn.kernels.linalg.factorize``: "cholesky" or "eigh-clipped") and,
 optionally, the backward error of a solution. :func:`check_condition` checks a
 *predicted* κ before anything is computed (κ_d(G)^(2k+1) for depth-k attention).
 :func:`check_symmetry` checks only the symmetry error, in O(n²), for a solver
-about to replace K by (K + Kᵀ)/2 (``kernelattn.linalg.factorize``).
+about to replace K by (K + Kᵀ)/2 (``kernelattn.kernels.linalg.factorize``).
 
 Reporting policy
 ----------------
@@ -106,7 +106,7 @@ _DTYPES = ("float32", "float64")
 
 
 class KernelWarning(RuntimeWarning):
-    """A kernel matrix is numerically unfit for what is asked of it (see ``kernelattn.guards``)."""
+    """A kernel matrix is numerically unfit for what is asked of it (see ``kernelattn.kernels.guards``)."""
 
 
 class KernelError(KernelattnError, ValueError):
@@ -301,7 +301,7 @@ def collect(*, once: bool = True) -> Iterator[GuardLog]:
         _LOG.reset(token)
     if log.suppressed and _POLICY.get().action == "warn":
         # stacklevel 3: this generator → contextlib's __exit__ → the ``with`` statement.
-        warnings.warn(f"kernelattn.guards: {log.summary()}.", KernelWarning, stacklevel=3)
+        warnings.warn(f"kernelattn.kernels.guards: {log.summary()}.", KernelWarning, stacklevel=3)
 
 
 # ------------------------------------------------------------------------ diagnostics
@@ -636,7 +636,7 @@ def _report(diag: KernelDiagnostics, pol: GuardPolicy, stacklevel: int) -> Kerne
     if not problems or pol.action == "ignore":
         return diag
     if pol.action == "raise":
-        head = f"kernelattn.guards: {len(problems)} problem(s) with kernel '{diag.name}':"
+        head = f"kernelattn.kernels.guards: {len(problems)} problem(s) with kernel '{diag.name}':"
         raise KernelError("\n".join([head] + [f"- [{p.kind}] {p.message}" for p in problems]), diag)
     for problem in problems:
         if log is None or log._note(diag, problem):
@@ -779,7 +779,7 @@ def check_solve(
       k: ``(n, n)`` kernel that was (or will be) solved with.
       ridge: λ ≥ 0 added to its diagonal.
       name: the kernel's name in messages.
-      factorization: the ``kernelattn.linalg.Factorization`` used (its
+      factorization: the ``kernelattn.kernels.linalg.Factorization`` used (its
         ``method`` and ``clipped`` are read), or None.
       method: "cholesky" or "eigh-clipped" when no factorization is given.
       clipped: eigenvalues the fallback clipped (with ``method``).

@@ -2,7 +2,7 @@
 
 Everything here reads stores (opened read-only) and computes nothing but
 summaries of stored numbers: means and spreads over seeds, the log-log fits of
-``kernelattn.metrics`` (slopes, extrapolated width where cert = 1/2) and
+``kernelattn.kernels.metrics`` (slopes, extrapolated width where cert = 1/2) and
 ratios between models. Every table row names the record(s) it comes from: one
 record → its key (first 12 hex digits of ``provenance.cell_key``, unique in
 practice; ``ResultStore.keys()`` lists the full ones); several → a reference
@@ -48,8 +48,8 @@ from kernelattn.analysis.fits import convergence_fits
 from kernelattn.analysis.formatting import fmt, fmt_log, fmt_pm, fmt_range, markdown_table
 from kernelattn.analysis.labels import classes_text, dataset_label, display_order, model_info
 from kernelattn.analysis.statistics import seed_stats, width_summary
-from kernelattn.provenance import canonical_json
-from kernelattn.store import ResultStore
+from kernelattn.experiments.provenance import canonical_json
+from kernelattn.experiments.store import ResultStore
 
 __all__ = [
     "Frames",
@@ -66,7 +66,7 @@ __all__ = [
 ]
 
 MANIFEST = "kernelattn-store.json"
-#: Figure file stems are ``<store>_<suffix>`` (see ``kernelattn.plotting.figures_for``).
+#: Figure file stems are ``<store>_<suffix>`` (see ``kernelattn.viz.plotting.figures_for``).
 FIGURE_SUFFIXES = ("spectra", "kappa_power", "convergence", "remedies", "kappa", "ntk_distance", "flip_rates",
                    "epsilon", "adversarial_training")
 SHORT_KEY = 12

@@ -10,8 +10,8 @@ completely when loaded, and every error names the offending key path::
 This module is the one schema and validator of every spec kind: the sweep
 specs below (``"kernel"``, ``"training"``), the malleability specs
 (:func:`parse_malleability_spec`; format in
-``kernelattn.malleability.run_malleability_spec``) and the datasets of the
-``"conditions"`` specs of ``kernelattn.reproduce``. For all of them:
+``kernelattn.experiments.malleability.run_malleability_spec``) and the datasets of the
+``"conditions"`` specs of ``kernelattn.experiments.reproduce``. For all of them:
 
 - files are read strictly (:func:`read_spec_file`): UTF-8, no duplicate keys,
   no NaN/Infinity, a regular file (a directory or a FIFO is refused unopened);
@@ -891,7 +891,7 @@ def _parse_kernel(value: Any, path: str) -> KernelOptions:
 
 @dataclasses.dataclass(frozen=True)
 class TrainingOptions:
-    """``kernelattn.training.TrainConfig`` fields plus the NTK predictor's time.
+    """``kernelattn.learning.training.TrainConfig`` fields plus the NTK predictor's time.
 
     Attributes:
       learning_rate, batch_size, epochs, weight_decay, loss,
@@ -910,9 +910,9 @@ class TrainingOptions:
     weight_decay_mode: str = "decoupled"
 
     def train_config(self):
-        """The ``kernelattn.training.TrainConfig``."""
+        """The ``kernelattn.learning.training.TrainConfig``."""
         # Deferred: specs are read and validated without loading JAX and optax.
-        from kernelattn.training import TrainConfig
+        from kernelattn.learning.training import TrainConfig
 
         return TrainConfig(self.learning_rate, self.batch_size, self.epochs, self.weight_decay, self.loss,
                            self.weight_decay_mode)
@@ -1181,14 +1181,14 @@ def read_spec_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- malleability specs
 #
-# The schema of ``"kind": "malleability"`` specs (kernelattn.malleability.run_malleability_spec), on the
+# The schema of ``"kind": "malleability"`` specs (kernelattn.experiments.malleability.run_malleability_spec), on the
 # same checks as the sweep specs above: types checked (``"retrain": "false"`` is refused, not read as
 # true), unknown keys and values refused with a did-you-mean, also nested (``kernel.sigma_ww``). The
 # parsed form keeps the values as written (only canonicalized: model aliases, attack names in lower case,
 # numbers as floats), because they make up the cells' keys in existing stores.
 
 #: Largest width of a malleability spec: the models' limit (kernelattn.models.MAX_WIDTH); whether it
-#: fits in memory is planned before any work (kernelattn.memory).
+#: fits in memory is planned before any work (kernelattn.kernels.memory).
 MAX_MALLEABILITY_WIDTH = 2**31
 #: Largest seed count of a malleability spec's ``"seeds": n`` (seeds 0..n-1).
 MAX_MALLEABILITY_SEED_COUNT = 100_000
@@ -1267,7 +1267,7 @@ class KeySpec:
         raise InputValueError(f"malleability spec key {self.name!r} is checked by the validator's own code")
 
 
-#: The top-level keys of a malleability spec (format: ``kernelattn.malleability.run_malleability_spec``),
+#: The top-level keys of a malleability spec (format: ``kernelattn.experiments.malleability.run_malleability_spec``),
 #: in the order of the docs; :func:`parse_malleability_spec` checks them and takes their defaults from here.
 MALLEABILITY_SCHEMA: tuple[KeySpec, ...] = (
     KeySpec("name", "", None, "the store's name (the CLI's default: the file's stem)",
@@ -1356,7 +1356,7 @@ class MalleabilitySpec:
       name: the store name (``None`` when the spec has none: the caller names the store).
       description: free text.
       plans: ``(label, parsed)`` per variant, "default" first; ``parsed`` is
-        the plain dict ``kernelattn.malleability`` runs (lists of datasets,
+        the plain dict ``kernelattn.experiments.malleability`` runs (lists of datasets,
         models, widths, seeds, modes, kernels, attacks, epsilons,
         interventions, attack targets, nulls and the shared settings).
       n_cells: the number of cells over all variants (cells shared by
@@ -1376,7 +1376,7 @@ def malleability_choices() -> dict[str, tuple[str, ...]]:
     modules that define them (imported on first use: they load JAX)."""
     import importlib
 
-    # (``kernelattn.influence`` and ``.malleability`` are functions on the package: import the modules.)
+    # (``kernelattn.learning.influence`` and ``.malleability`` are functions on the package: import the modules.)
     attacks, influence, malleability, training = (importlib.import_module(f"kernelattn.{name}") for name in
                                                   ("attacks", "influence", "malleability", "training"))
     return {
@@ -1564,19 +1564,19 @@ def _parse_malleability_body(top: Mapping[str, Any], where: Callable[[str], str]
 
 
 def _train_config_class():
-    from kernelattn.training import TrainConfig
+    from kernelattn.learning.training import TrainConfig
 
     return TrainConfig
 
 
 def _attack_config_class():
-    from kernelattn.attacks import AttackConfig
+    from kernelattn.learning.attacks import AttackConfig
 
     return AttackConfig
 
 
 def malleability_cells(parsed: Mapping[str, Any]) -> int:
-    """The number of cells of one parsed variant (see ``kernelattn.malleability``)."""
+    """The number of cells of one parsed variant (see ``kernelattn.experiments.malleability``)."""
     per_group = sum(1 if i == "curated" else len(parsed["attack_targets"]) * len(parsed["attacks"])
                     * len(parsed["epsilons"]) for i in parsed["interventions"]) + len(parsed["nulls"])
     groups = (len(parsed["datasets"]) * len(parsed["seeds"]) * len(parsed["models"]) * len(parsed["widths"])
@@ -1633,7 +1633,7 @@ def parse_malleability_spec(spec: Mapping[str, Any] | str | os.PathLike[str], *,
     """Validate a malleability spec (a dict, or the path of its JSON file) and every variant.
 
     Args:
-      spec: the spec (format: ``kernelattn.malleability.run_malleability_spec``).
+      spec: the spec (format: ``kernelattn.experiments.malleability.run_malleability_spec``).
       source: the file it came from, for messages.
       max_cells: largest number of cells accepted (default
         ``$KERNELATTN_MAX_CELLS`` or ``DEFAULT_MAX_CELLS`` = 100,000).

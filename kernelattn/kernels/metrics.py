@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from kernelattn.errors import InputValueError
-from kernelattn.linalg import factorize
+from kernelattn.kernels.linalg import factorize
 
 __all__ = [
     "LimitReference",
@@ -146,7 +146,7 @@ def krr_predict(k_train: Any, k_test_train: Any, y: Any, ridge: float) -> tuple[
     """Kernel-ridge predictor f(X*) = K*ᵀ (K + λI)⁻¹ y, float64, solved (never inverted).
 
     One Cholesky factorization of K + λI; if K + λI is not positive definite
-    in float64, a clipped eigen-decomposition (``kernelattn.linalg.factorize``)
+    in float64, a clipped eigen-decomposition (``kernelattn.kernels.linalg.factorize``)
     and the method says so (no warning is raised here: callers record it).
 
     Args:

@@ -1,4 +1,4 @@
-"""Figures from stored results only: data frames in (``kernelattn.report.load_frames``), Figures out.
+"""Figures from stored results only: data frames in (``kernelattn.viz.report.load_frames``), Figures out.
 
 Every function is pure: it takes frames of stored records and returns a
 ``matplotlib.figure.Figure`` built without pyplot (no global figure state; the

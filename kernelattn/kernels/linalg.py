@@ -14,7 +14,7 @@ import dataclasses
 import numpy as np
 import scipy.linalg
 
-from kernelattn import guards
+from kernelattn.kernels import guards
 from kernelattn._validation import check_matrix, check_real
 from kernelattn.errors import InputValueError
 
@@ -85,7 +85,7 @@ def factorize(
 
     Returns:
       A ``Factorization``. An asymmetric K, and the fallback when it ran, are
-      reported by ``kernelattn.guards`` (a ``KernelWarning``, or a
+      reported by ``kernelattn.kernels.guards`` (a ``KernelWarning``, or a
       ``KernelError`` under ``guards.strict()``).
     """
     k = check_matrix(k, name)

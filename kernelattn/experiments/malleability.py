@@ -4,7 +4,7 @@ Procedure (:func:`malleability`):
 
 1. Train the model on clean raw pixels (standard training, or PGD adversarial
    training with ``training="pgd-at"``) and compute the influence matrix
-   I (n* × n) of its kernel (:mod:`kernelattn.influence`).
+   I (n* × n) of its kernel (:mod:`kernelattn.learning.influence`).
 2. Intervene on the training data, then **rebuild everything that depends on
    X** at the trained parameters: unit-row preprocessing, the transductive
    attention of the training *and* test points over the perturbed training
@@ -51,10 +51,11 @@ import numpy as np
 import optax
 import scipy.stats
 
-from kernelattn import memory, specs
+from kernelattn.experiments import specs
+from kernelattn.kernels import memory
 from kernelattn._precision import precision_policy, resolve_dtype, resolve_precision
 from kernelattn._validation import check_choice, check_real
-from kernelattn.attacks import (
+from kernelattn.learning.attacks import (
     ATTACK_TARGETS,
     ATTACKS,
     AttackConfig,
@@ -67,7 +68,7 @@ from kernelattn.attacks import (
     run_attack,
 )
 from kernelattn.errors import InputValueError
-from kernelattn.influence import (
+from kernelattn.learning.influence import (
     INFLUENCE_METHODS,
     KERNELS,
     TARGET_ENCODINGS,
@@ -89,7 +90,7 @@ from kernelattn.influence import (
     warn_if_normalized,
 )
 from kernelattn.kernels.empirical import DEFAULT_WIDTH_CHUNK
-from kernelattn.training import TrainConfig, class_targets, loss_value, make_optimizer
+from kernelattn.learning.training import TrainConfig, class_targets, loss_value, make_optimizer
 
 INTERVENTIONS = ("adversarial", "transformed", "test", "curated")
 #: Null baselines: no perturbation, the network retrained with another initialization and data order
@@ -194,7 +195,7 @@ def adversarial_fit(
     bounds) perturbs the whole training set jointly to maximize the current
     network's training loss, with gradients through the attention over the
     perturbed set; then one epoch of minibatch Adam (``config``, the same
-    optimizer as ``kernelattn.training.train``) on the perturbed set, whose
+    optimizer as ``kernelattn.learning.training.train``) on the perturbed set, whose
     features attend over the perturbed set. One jit-compiled loop.
 
     Returns:
@@ -924,7 +925,7 @@ def _malleability_grid(data, *, X, y, X_test, y_test, models, attacks, epsilons,
 
 # =========================================================================== spec runner (CLI)
 
-#: The keys of a malleability spec; the schema and its validator live in ``kernelattn.specs``.
+#: The keys of a malleability spec; the schema and its validator live in ``kernelattn.experiments.specs``.
 SPEC_KEYS = specs.MALLEABILITY_KEYS
 #: The null baselines of a spec that names none.
 DEFAULT_NULLS = next(key.default for key in specs.MALLEABILITY_SCHEMA if key.name == "null_baselines")
@@ -961,14 +962,14 @@ def spec_variants(spec: Mapping) -> list[tuple[str, dict]]:
     Cells are keyed by content, so a cell shared by several variants is computed once.
 
     Raises:
-      kernelattn.specs.SpecError: a malformed variant (see ``kernelattn.specs.malleability_variants``).
+      kernelattn.experiments.specs.SpecError: a malformed variant (see ``kernelattn.experiments.specs.malleability_variants``).
     """
     return [(label, merged) for label, merged, _ in specs.malleability_variants(spec)]
 
 
 def validate_spec(spec: Mapping, *, max_cells: int | None = None) -> specs.MalleabilitySpec:
-    """Check a malleability spec and its variants without running it (``kernelattn.specs.SpecError``
-    naming the key path); see ``kernelattn.specs.parse_malleability_spec``."""
+    """Check a malleability spec and its variants without running it (``kernelattn.experiments.specs.SpecError``
+    naming the key path); see ``kernelattn.experiments.specs.parse_malleability_spec``."""
     return specs.parse_malleability_spec(spec, max_cells=max_cells)
 
 
@@ -995,11 +996,11 @@ def check_malleability_spec(spec: Mapping, *, max_cells: int | None = None, budg
       The loaded datasets, for ``run_malleability_spec(..., loaded=...)``.
 
     Raises:
-      kernelattn.specs.SpecError, InputValueError: an invalid spec or data option.
+      kernelattn.experiments.specs.SpecError, InputValueError: an invalid spec or data option.
       kernelattn.data.DatasetError: missing or bad data files.
-      kernelattn.memory.MemoryPlanError: a group that would not fit in memory (naming it).
+      kernelattn.kernels.memory.MemoryPlanError: a group that would not fit in memory (naming it).
     """
-    from kernelattn import provenance
+    from kernelattn.experiments import provenance
 
     parsed_spec = validate_spec(spec, max_cells=max_cells)
     loaded: dict[str, Any] = {}
@@ -1074,7 +1075,7 @@ def plan_memory(n: int, n_test: int, d: int, head, *, budget: int | None = None,
 
     Args:
       n, n_test, d, head, **kwargs: as in :func:`memory_estimates`.
-      budget: bytes; None → half of the free memory (``kernelattn.memory``).
+      budget: bytes; None → half of the free memory (``kernelattn.kernels.memory``).
     """
     for estimate in memory_estimates(n, n_test, d, head, **kwargs):
         memory.ensure_fits(estimate, budget)
@@ -1085,7 +1086,7 @@ def run_malleability_spec(spec: Mapping, store, *, progress=None, loaded: Mappin
     """Run a malleability experiment spec into a ``ResultStore``, resumably.
 
     The spec is a plain dict (e.g. parsed from ``experiments/*.json``); key
-    names follow ``kernelattn.specs`` where they overlap::
+    names follow ``kernelattn.experiments.specs`` where they overlap::
 
         {"datasets": [{"name": "digits", "n_train": 1000, "n_test": 200, "seed": 0, "label": "digits"}],
                                             # or "dataset": {...}; kernelattn.data.load options
@@ -1126,22 +1127,22 @@ def run_malleability_spec(spec: Mapping, store, *, progress=None, loaded: Mappin
     ``"precision": "fast"`` (the default "highest" keeps the keys cells had
     before the precision policy existed).
 
-    The spec is validated by ``kernelattn.specs.parse_malleability_spec``
+    The spec is validated by ``kernelattn.experiments.specs.parse_malleability_spec``
     (types checked, unknown keys and values refused with a did-you-mean,
     nested ones too; at most ``max_cells`` cells), and every fit's memory is
     planned before it trains (:func:`plan_memory`).
 
     Args:
-      spec: the experiment spec (a ``kernelattn.specs.SpecError`` names any bad key).
-      store: a ``kernelattn.store.ResultStore`` (``has``, ``claim``, ``put``, ``release``).
+      spec: the experiment spec (a ``kernelattn.experiments.specs.SpecError`` names any bad key).
+      store: a ``kernelattn.experiments.store.ResultStore`` (``has``, ``claim``, ``put``, ``release``).
       progress: optional callable ``progress(cell, report)`` after each stored cell.
       loaded: datasets already loaded by :func:`check_malleability_spec`.
-      max_cells: the cell limit (see ``kernelattn.specs.parse_malleability_spec``).
+      max_cells: the cell limit (see ``kernelattn.experiments.specs.parse_malleability_spec``).
 
     Returns:
       The keys of the records written by this call.
     """
-    from kernelattn import provenance
+    from kernelattn.experiments import provenance
 
     # None: the policy in force (CLI --precision); resolved now, since "fast" is part of a cell's key.
     plans = [(label, {**parsed, "precision": resolve_precision(parsed.get("precision"))})
@@ -1226,7 +1227,7 @@ def _group_cells(parsed: dict, dataset: dict, group: tuple) -> list[dict]:
 
 def _run_cell(store, key: str, cell: dict, experiment: Experiment, context: dict, variants: list[str]):
     """Claim, measure and store one cell; its report, or None when another process holds it."""
-    from kernelattn.store import make_record, utc_now
+    from kernelattn.experiments.store import make_record, utc_now
 
     if not store.claim(key):
         return None
@@ -1275,7 +1276,7 @@ def summary_frame(store):
     """Stored malleability cells averaged over seeds: one row per (dataset, model, …, attack, ε).
 
     Args:
-      store: a ``kernelattn.store.ResultStore``.
+      store: a ``kernelattn.experiments.store.ResultStore``.
 
     Returns:
       pandas DataFrame with the ``SUMMARY_KEYS`` columns present, ``seeds`` and

@@ -136,7 +136,7 @@ from typing import Any
 
 import pandas as pd
 
-from kernelattn import provenance
+from kernelattn.experiments import provenance
 from kernelattn.errors import InputTypeError, InputValueError, KernelattnError
 
 __all__ = [
@@ -382,7 +382,7 @@ def make_record(
       seconds: wall-clock duration of the computation.
       started, finished: ISO-8601 times (see :func:`utc_now`).
       environment: provenance; ``None`` lets ``put`` fill in
-        :func:`kernelattn.provenance.environment`.
+        :func:`kernelattn.experiments.provenance.environment`.
     """
     record: dict[str, Any] = {
         "kind": kind,
@@ -408,7 +408,7 @@ def check_key(key: Any, name: str = "key") -> str:
     if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
         raise InputValueError(
             f"{name}: expected a cell key (64 lowercase hex characters from "
-            f"kernelattn.provenance.cell_key), got {type(key).__name__} {key!r}"
+            f"kernelattn.experiments.provenance.cell_key), got {type(key).__name__} {key!r}"
         )
     return key
 
@@ -449,7 +449,7 @@ def finalize_record(key: str, record: Mapping[str, Any], environment: Mapping[st
     if key != expected:
         raise InputValueError(
             f"key: {key} is not cell_key(record['cell']) = {expected}; "
-            "compute keys with kernelattn.provenance.cell_key(cell)"
+            "compute keys with kernelattn.experiments.provenance.cell_key(cell)"
         )
     if "key" in record and record["key"] != key:
         raise InputValueError(f"record['key']: {record['key']!r} differs from key {key}")

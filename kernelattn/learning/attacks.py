@@ -41,7 +41,7 @@ import numpy as np
 
 from kernelattn._validation import as_config, check_choice, check_int, check_matrix, check_real
 from kernelattn.errors import InputValueError
-from kernelattn.training import loss_value
+from kernelattn.learning.training import loss_value
 
 LossFn = Callable[[jax.Array], jax.Array]
 ATTACKS = ("fgsm", "pgd", "mim")

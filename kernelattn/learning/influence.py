@@ -22,7 +22,7 @@ the one factorization; the influence on test point t is taken on its
 
 Everything is float64, batched over the test points, and solved, never
 inverted: one factorization of K + λI (Cholesky, eigen-decomposition fallback;
-:func:`kernelattn.linalg.factorize`) serves all classes and test points, and
+:func:`kernelattn.kernels.linalg.factorize`) serves all classes and test points, and
 the method that ran is reported.
 
 The second half of the module builds that kernel from data and a model:
@@ -49,7 +49,7 @@ from kernelattn._validation import as_config, check_choice, check_int, check_mat
 from kernelattn.errors import InputValueError
 from kernelattn.kernels.analytic import head_kernels, head_kernels_fn
 from kernelattn.kernels.empirical import head_ntk_fn, structured_head_ntk
-from kernelattn.linalg import factorize
+from kernelattn.kernels.linalg import factorize
 from kernelattn.models import (
     AttentionMLP,
     HeadConfig,
@@ -59,7 +59,7 @@ from kernelattn.models import (
     head_preactivations,
     make_model,
 )
-from kernelattn.training import (
+from kernelattn.learning.training import (
     TrainConfig,
     TrainingHealth,
     check_health,
@@ -102,7 +102,7 @@ class InfluenceResult:
       targets: one-vs-rest encoding ("pm1" / "onehot"), ``None`` if given as is.
       model, width, seed: provenance when built by :func:`influence`.
       train_losses: per-epoch training losses of the network (may be empty).
-      health: the network fit's :class:`kernelattn.training.TrainingHealth`
+      health: the network fit's :class:`kernelattn.learning.training.TrainingHealth`
         (``None`` for a precomputed kernel).
     """
 
@@ -474,7 +474,7 @@ def as_train_config(value: Any) -> TrainConfig:
 
 
 def fit_model(spec: HeadModel, X, targets, *, key_init: jax.Array, key_train: jax.Array, config: TrainConfig) -> FittedModel:
-    """Initialize the head and train it (optax, ``kernelattn.training.train``) on raw X.
+    """Initialize the head and train it (optax, ``kernelattn.learning.training.train``) on raw X.
 
     The features (attention over X) are computed once; the head is trained on
     them, which is exactly training the whole model since the attention has no
@@ -708,8 +708,8 @@ def influence(
     trained with optax (``train_config``; defaults: AdamW 1e-3 with decoupled
     weight decay 1e-3, batch 128, 500 epochs; MSE on one ±1 output for two
     classes, cross-entropy for more) → kernel → ridge influence. The fit's
-    training health is checked (a :class:`kernelattn.training.TrainingWarning`
-    when it did not train; an error under ``kernelattn.guards.strict()``)
+    training health is checked (a :class:`kernelattn.learning.training.TrainingWarning`
+    when it did not train; an error under ``kernelattn.kernels.guards.strict()``)
     and returned in ``result.health``.
 
     Args:

@@ -392,7 +392,7 @@ def _common_options(dtype: str, seeds: int = 1) -> list[str]:
     options = []
     if np.dtype(dtype).name == "float64":
         options.append("float32 instead of float64 (halves every term; check the kernel with "
-                       "kernelattn.guards.check_kernel afterwards)")
+                       "kernelattn.kernels.guards.check_kernel afterwards)")
     if seeds > 1:
         options.append(f"fewer seeds batched at once (now {seeds}; see plan_seed_batch)")
     return options
@@ -440,7 +440,7 @@ def head_ntk_memory(
       seeds: networks computed at once (vmapped): every term but the inputs
         is per seed.
       sample_shards: rows of x1 split over this many devices
-        (``kernelattn.distributed``): the estimate is per device.
+        (``kernelattn.kernels.distributed``): the estimate is per device.
       params_given: ``structured_head_ntk`` (parameters passed in, not
         drawn): adds the whole layer W, b, a and the zero-padded chunked
         copy it makes, 2·(d + [b] + C)·m.
@@ -476,7 +476,7 @@ def head_ntk_memory(
     if not trace_output and c > 1:
         options.append(f"trace_output=True (divides the accumulator by C² = {c * c})")
     options += _common_options(dtype, seeds)
-    options.append("shard the rows over devices (kernelattn.distributed, shard_samples=True: "
+    options.append("shard the rows over devices (kernelattn.kernels.distributed, shard_samples=True: "
                    "each device holds n1/D rows of Θ)")
     what = (f"the empirical head NTK ({shape}, d={d}, width={width}, width_chunk={chunk}, "
             f"{np.dtype(dtype).name}" + (f", {seeds} seeds" if seeds > 1 else "") + ")")
@@ -611,7 +611,7 @@ def sweep_cell_memory(
     use_bias: bool = False,
     dtype="float32",
 ) -> MemoryEstimate:
-    """Peak bytes of one kernel-sweep step (``kernelattn.sweeps``, "relu"/"mlp-attn" models).
+    """Peak bytes of one kernel-sweep step (``kernelattn.experiments.sweeps``, "relu"/"mlp-attn" models).
 
     Per (dataset, model) group: Θ_∞ on (n + n*) × n in float64 (closed form:
     ~4·n_all·n while computed) and its reference spectrum and solve; per seed
@@ -657,7 +657,7 @@ def sweep_cell_memory(
     options = [f"fewer training/test points (Θ is (n + n*) × n = {n_all}×{n}, float64 on the host)",
                f"a smaller width_chunk (now {chunk})"]
     options += _common_options(dtype, seeds)
-    options.append("spread seeds over processes or devices (kernelattn.distributed)")
+    options.append("spread seeds over processes or devices (kernelattn.kernels.distributed)")
     what = (f"a kernel-sweep cell (n={n}, n*={n_test}, d={d}, width_chunk={chunk}, {np.dtype(dtype).name}"
             + (f", {seeds} seeds batched" if seeds > 1 else "") + ")")
     return MemoryEstimate(what, terms, stream_host, options=tuple(options))
@@ -682,7 +682,7 @@ def attack_memory(
     n_params: int | None = None,
     dtype="float32",
 ) -> MemoryEstimate:
-    """Peak bytes of an FGSM/PGD/MIM attack on the whole training set (``kernelattn.attacks``).
+    """Peak bytes of an FGSM/PGD/MIM attack on the whole training set (``kernelattn.learning.attacks``).
 
     Every iteration differentiates the loss of all n training points at once
     through the attention (keys/values = the perturbed set, O(n·d + d²)) and
@@ -730,7 +730,7 @@ def training_memory(
     n_params: int | None = None,
     dtype="float32",
 ) -> MemoryEstimate:
-    """Peak bytes of training the two-layer head with Adam (``kernelattn.training.train``).
+    """Peak bytes of training the two-layer head with Adam (``kernelattn.learning.training.train``).
 
     The parameters, their gradients, Adam's two moments and the update
     (5·P), the features of the training set with their device copy (2·n·d)

@@ -15,7 +15,7 @@ then shrinks W and the networks do not train (docs/math.md §8).
 the loss of predicting 0, accuracy against chance, how far the weights and
 the ReLU patterns moved); :func:`check_health` warns
 (:class:`TrainingWarning`), or raises :class:`UntrainedError` under
-``kernelattn.guards.strict()``, for a fit that did not.
+``kernelattn.kernels.guards.strict()``, for a fit that did not.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from kernelattn import guards
+from kernelattn.kernels import guards
 from kernelattn._precision import precision_policy, resolve_precision
 from kernelattn._validation import check_choice, check_int, check_matrix, check_real
 from kernelattn.errors import InputValueError, KernelattnError
-from kernelattn.linalg import kernel_regression
+from kernelattn.kernels.linalg import kernel_regression
 
 ApplyFn = Callable[[dict, jax.Array], jax.Array]
 LOSSES = ("auto", "mse", "xent")
@@ -295,7 +295,7 @@ class TrainingWarning(UserWarning):
 
 
 class UntrainedError(KernelattnError, ValueError):
-    """Raised instead of :class:`TrainingWarning` under ``kernelattn.guards.strict()``."""
+    """Raised instead of :class:`TrainingWarning` under ``kernelattn.kernels.guards.strict()``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -439,7 +439,7 @@ def training_health(
 
 def check_health(health: TrainingHealth, what: str) -> TrainingHealth:
     """Warn (:class:`TrainingWarning`) about a fit that did not train; raise :class:`UntrainedError`
-    under ``kernelattn.guards.strict()``; nothing under ``guards.policy("ignore")``.
+    under ``kernelattn.kernels.guards.strict()``; nothing under ``guards.policy("ignore")``.
 
     Args:
       health: the fit's :func:`training_health`.

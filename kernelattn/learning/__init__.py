@@ -1,0 +1,6 @@
+"""Learning: training a model (optax), its influence on training points, and attacks on its inputs.
+
+- ``training``: full-batch/minibatch training, the linearized model and the NTK predictor;
+- ``influence``: influence of training points through a kernel (pure kernel mathematics) and fitting a model for it;
+- ``attacks``: FGSM, PGD and MIM perturbations of the inputs.
+"""
