@@ -32,6 +32,9 @@ import kernelattn as ka
 from kernelattn import cli
 from kernelattn.data import ChecksumError, DatasetNotFoundError
 from kernelattn.errors import KernelattnError
+from kernelattn.experiments.provenance import cell_key
+from kernelattn.experiments.reproduce import reproduce
+from kernelattn.kernels import guards
 from kernelattn.experiments.store import ResultStore, StoreError, StoreVersionError
 
 X = np.random.default_rng(0).random((6, 4))
@@ -118,15 +121,8 @@ def store_dir(tmp_path):
     path = tmp_path / "results" / "tiny"
     store = ResultStore.open(path)
     cell = {"x": 1}
-    store.put(ka.provenance.cell_key(cell) if hasattr(ka, "provenance") else _key(cell),
-              _record(cell))
+    store.put(cell_key(cell), _record(cell))
     return path
-
-
-def _key(cell):
-    from kernelattn.experiments.provenance import cell_key
-
-    return cell_key(cell)
 
 
 def _record(cell):
@@ -206,7 +202,7 @@ def test_read_only_output_directory(store_dir, monkeypatch):
     monkeypatch.setattr(os, "open", deny)
     with pytest.raises(StoreError, match="writ"):
         store = ResultStore.open(store_dir)
-        store.put(_key({"x": 2}), _record({"x": 2}))
+        store.put(cell_key({"x": 2}), _record({"x": 2}))
     monkeypatch.undo()
     assert _snapshot(store_dir) == before
 
@@ -220,7 +216,7 @@ def test_full_disk(store_dir, monkeypatch):
 
     monkeypatch.setattr(os, "write", full)
     with pytest.raises(StoreError, match="(?i)disk full|no space"):
-        store.put(_key({"x": 3}), _record({"x": 3}))
+        store.put(cell_key({"x": 3}), _record({"x": 3}))
     monkeypatch.undo()
     assert _snapshot(store_dir) == before
 
@@ -303,7 +299,7 @@ def _spec(world: Path, data: Any, name: str = "spec.json") -> str:
 def _store(world: Path, name: str = "tiny") -> ResultStore:
     """A store ``world/out/<name>`` holding one record."""
     store = ResultStore.open(world / "out" / name)
-    store.put(_key({"x": 1}), _record({"x": 1}))
+    store.put(cell_key({"x": 1}), _record({"x": 1}))
     return store
 
 
@@ -373,13 +369,13 @@ def _big_row() -> np.ndarray:
 
 
 def _strict_head_kernels():
-    with ka.guards.strict():
+    with guards.strict():
         return ka.head_kernels(_big_row())
 
 
 def _hmac_edited(world: Path):
     store = ResultStore.open(world / "out" / "signed", hmac_key="k3y")
-    key = _key({"x": 1})
+    key = cell_key({"x": 1})
     store.put(key, _record({"x": 1}))
     path = Path(store.path) / "records" / f"{key}.json"
     record = json.loads(path.read_text())
@@ -393,7 +389,7 @@ def _hmac_edited(world: Path):
 
 def _missing_record(world: Path):
     store = ResultStore.open(world / "out" / "tiny", readonly=True)
-    return lambda: store.get(_key({"x": 2}))
+    return lambda: store.get(cell_key({"x": 2}))
 
 
 def _small_memory(mp: pytest.MonkeyPatch, world: Path) -> None:
@@ -456,7 +452,7 @@ CATALOGUE = [
     Case("malleability name from a file stem", lambda w: ["malleability", _spec(
         w, {k: v for k, v in MALL.items() if k != "name"}, "my spec.json"), "--out", str(w / "out")], NAME_RULE),
     Case("sweep name ../", lambda w: _sweep(w, name="../escaped"), NAME_RULE),
-    Case("reproduce spec name ../", lambda w: lambda: ka.reproduce.reproduce(
+    Case("reproduce spec name ../", lambda w: lambda: reproduce(
         specs=[{"name": "../escaped", "kind": "conditions", "datasets": [DIGITS]}], out=w / "out", progress=False,
         compile_cache=False), NAME_RULE),
     # --- the error contract: the whole family maps to one line and exit 2
@@ -719,7 +715,7 @@ def test_release_claims_clears_a_foreign_claim(tmp_path, capsys):
 
 def test_a_live_local_claim_is_kept_by_release_claims(tmp_path):
     store = ResultStore.open(tmp_path / "s")
-    key = _key({"x": 5})
+    key = cell_key({"x": 5})
     assert store.claim(key)
     assert ResultStore.open(tmp_path / "s").release_claims() == []
     assert [c.state for c in store.claims()] == ["live"]
