@@ -3,13 +3,14 @@
 Two spec formats exist, and both tables are generated from the code:
 
 - sweep specs (``kernelattn sweep``, ``kernelattn.run_sweep``, ``kernelattn.load_spec``): the key
-  names come from the validator's public tables in the module defining ``kernelattn.load_spec``
-  (``SWEEP_KEYS``, ``KERNEL_CHECKS``, ``TRAINING_CHECKS``, ``DATASET_KEYS``, ``MODEL_OPTIONS``,
+  names come from the validator's public tables, which the package ``kernelattn.experiments.specs``
+  re-exports (``SWEEP_KEYS``, ``KERNEL_CHECKS``, ``TRAINING_CHECKS``, ``DATASET_KEYS``, ``MODEL_OPTIONS``,
   ``source_options``); what each key accepts is the validator's own words, obtained by giving
   it a value no check accepts; defaults are what ``parse_spec`` fills in (``Spec.to_dict()`` of
-  a minimal spec); meanings are the ``Attributes:`` of the dataclasses the keys land in.
+  a minimal spec); meanings are the ``Attributes:`` of the dataclasses the keys land in; the
+  annotated example is the docstring of the module defining ``parse_spec``.
 - malleability specs (``kernelattn malleability``, ``kernelattn.run_malleability_spec``): the
-  keys, defaults, checks and meanings are the same module's ``MALLEABILITY_SCHEMA`` (``KeySpec``
+  keys, defaults, checks and meanings are the same package's ``MALLEABILITY_SCHEMA`` (``KeySpec``
   entries), the declaration ``parse_malleability_spec`` takes its checks and defaults from, with
   the allowed values of ``malleability_choices()``; the generator checks it against the validator
   (the declared keys are the allowed ones, a minimal spec parses to the declared defaults, each
@@ -26,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import importlib
 from typing import Any
 
 from gen_common import DocsGenError, attributes_section, cell, code, kernelattn, literal_block, module_of, require
@@ -46,10 +48,20 @@ SWEEP_MINIMAL: dict[str, Any] = {"name": "example", "kind": "kernel", "datasets"
 MALLEABILITY_MINIMAL: dict[str, Any] = {"datasets": [{"name": "digits"}]}
 #: A string that no choice allows and no number check accepts.
 PROBE_TEXT = "<probe>"
+#: The package whose public names declare every spec format (it re-exports those of its modules).
+SPECS = "kernelattn.experiments.specs"
 
 
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
+
+
+def specs_package():
+    """The package ``SPECS`` (its names are what the tables below are read from)."""
+    try:
+        return importlib.import_module(SPECS)
+    except ImportError as err:
+        raise DocsGenError(f"cannot import {SPECS}, the spec schemas ({err}); update docs/_gen/spec_page.py") from None
 
 
 def _expected(problem: str) -> str:
@@ -63,9 +75,10 @@ def _expected(problem: str) -> str:
 class _SweepSchema:
     def __init__(self, ka) -> None:
         self.ka = ka
-        self.specs = module_of(ka.load_spec, "kernelattn.load_spec")
+        self.specs = specs_package()
         what = "the sweep-spec validator's key table"
         self.parse = require(self.specs, "parse_spec", "the sweep-spec validator")
+        self.format_module = module_of(self.parse, f"{SPECS}.parse_spec")
         self.top = tuple(require(self.specs, "SWEEP_KEYS", what))
         self.kernel = tuple(require(self.specs, "KERNEL_CHECKS", what))
         self.training = tuple(require(self.specs, "TRAINING_CHECKS", what))
@@ -245,8 +258,8 @@ class _SweepSchema:
 
 def sweep_section(ka) -> list[str]:
     schema = _SweepSchema(ka)
-    _, example = literal_block(inspect.getdoc(schema.specs) or "", f"{schema.specs.__name__} (module docstring)",
-                                   starts="{")
+    _, example = literal_block(inspect.getdoc(schema.format_module) or "",
+                               f"{schema.format_module.__name__} (module docstring)", starts="{")
     header = "| key | default | accepts (the validator's words) | meaning |\n|---|---|---|---|"
     common, source = schema.dataset_rows()
     metric_rows = [f"| {code(kind)} | {', '.join(code(m) for m in groups)} |" for kind, groups in schema.metrics.items()]
@@ -267,7 +280,7 @@ def sweep_section(ka) -> list[str]:
         example,
         "```",
         "",
-        *_prose_after_block(inspect.getdoc(schema.specs) or ""),
+        *_prose_after_block(inspect.getdoc(schema.format_module) or ""),
         "### Top-level keys",
         "",
         header,
@@ -348,7 +361,7 @@ class _MalleabilitySchema:
 
     def __init__(self, ka) -> None:
         self.ka = ka
-        self.specs = module_of(ka.load_spec, "kernelattn.load_spec")
+        self.specs = specs_package()
         what = "the malleability spec's schema"
         self.schema = tuple(require(self.specs, "MALLEABILITY_SCHEMA", what))
         self.keys = tuple(require(self.specs, "MALLEABILITY_KEYS", what))
