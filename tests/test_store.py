@@ -41,6 +41,7 @@ from kernelattn.experiments.store import (
     make_record,
     record_fingerprint,
 )
+from kernelattn.experiments.store.claims import host_tag
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {"python": "3.x", "packages": {"numpy": "x"}, "hostname": "test", "jax_backend": "cpu", "x64": True}
@@ -820,7 +821,7 @@ def test_verify_reports_orphans_and_repair_cleans_them(tmp_path: Path) -> None:
     store.put(key, record)
     dead = subprocess.run(python_command("import os; print(os.getpid())"), capture_output=True, text=True)
     dead_pid = int(dead.stdout)
-    tag = store._temp_name().split("-")[1]  # this host's tag
+    tag = host_tag(provenance.host_id())
     orphan = root / "records" / f".tmp-{tag}-{dead_pid}-{'0' * 32}"
     orphan.write_text("{partial")
     live = root / "records" / f".tmp-{tag}-{os.getpid()}-{'1' * 32}"
