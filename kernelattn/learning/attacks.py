@@ -41,7 +41,7 @@ import numpy as np
 
 from kernelattn._validation import as_config, check_choice, check_int, check_matrix, check_real
 from kernelattn.errors import InputValueError
-from kernelattn.learning.training import loss_value
+from kernelattn.learning.training import as_traced_function, loss_value
 
 LossFn = Callable[[jax.Array], jax.Array]
 ATTACKS = ("fgsm", "pgd", "mim")
@@ -264,6 +264,38 @@ def mim(
 # ------------------------------------------------------------------ loss builders
 
 
+@dataclasses.dataclass(frozen=True)
+class _MeanTrainingLoss:
+    """L(X) = mean ``loss`` of ``outputs_fn(X)`` against ``targets`` (compared by value: one compilation)."""
+
+    loss: str
+
+    def __call__(self, outputs_fn, targets, x):
+        return loss_value(outputs_fn(x), targets, jnp.ones(targets.shape[0], targets.dtype), self.loss)
+
+
+@dataclasses.dataclass(frozen=True)
+class _KernelRidgeResidual:
+    """L(X) = ½ mean_i ‖λ ((K(X) + λI)⁻¹ Y)_i‖², the in-sample residual of kernel ridge regression."""
+
+    ridge: float
+
+    def __call__(self, kernel_fn, targets, x):
+        k = kernel_fn(x)
+        k = (k + k.T) / 2 + self.ridge * jnp.eye(k.shape[0], dtype=k.dtype)
+        residual = self.ridge * jnp.linalg.solve(k, targets)
+        return 0.5 * jnp.mean(jnp.sum(residual**2, axis=1))
+
+
+def _predictor_squared_error(predict_fn, targets, x):
+    return 0.5 * jnp.mean(jnp.sum((targets - predict_fn(x)) ** 2, axis=1))
+
+
+def _as_columns(targets) -> jax.Array:
+    targets = jnp.asarray(targets)
+    return targets[:, None] if targets.ndim == 1 else targets
+
+
 def model_loss(outputs_fn: Callable[[jax.Array], jax.Array], targets: jax.Array, loss: str = "xent") -> LossFn:
     """L(X) = mean training loss of a fixed, trained model on the (perturbed) training set.
 
@@ -272,10 +304,13 @@ def model_loss(outputs_fn: Callable[[jax.Array], jax.Array], targets: jax.Array,
         transductive model it must rebuild the attention over X itself.
       targets: ``(n, C)`` training targets (one-hot for "xent").
       loss: "xent" (softmax cross-entropy) or "mse" (½‖f − y‖²), as in training.
+
+    Returns:
+      L as a ``jax.tree_util.Partial``: with ``outputs_fn`` itself a ``Partial`` of a
+      value-comparable callable (:func:`kernelattn.learning.training.as_traced_function`),
+      :func:`run_attack` compiles once per configuration and shapes.
     """
-    targets = jnp.asarray(targets)
-    weights = jnp.ones(targets.shape[0], targets.dtype)
-    return lambda x: loss_value(outputs_fn(x), targets, weights, loss)
+    return jax.tree_util.Partial(_MeanTrainingLoss(loss), as_traced_function(outputs_fn), jnp.asarray(targets))
 
 
 def kernel_ridge_loss(kernel_fn: Callable[[jax.Array], jax.Array], targets: jax.Array, ridge: float) -> LossFn:
@@ -288,17 +323,12 @@ def kernel_ridge_loss(kernel_fn: Callable[[jax.Array], jax.Array], targets: jax.
       kernel_fn: X ↦ ``(n, n)`` kernel of the (perturbed) training set, in jnp.
       targets: ``(n, C)`` regression targets.
       ridge: λ > 0.
+
+    Returns:
+      L as a ``jax.tree_util.Partial`` (see :func:`model_loss`).
     """
-    targets = jnp.asarray(targets)
-    targets = targets[:, None] if targets.ndim == 1 else targets
-
-    def loss(x):
-        k = kernel_fn(x)
-        k = (k + k.T) / 2 + ridge * jnp.eye(k.shape[0], dtype=k.dtype)
-        residual = ridge * jnp.linalg.solve(k, targets)
-        return 0.5 * jnp.mean(jnp.sum(residual**2, axis=1))
-
-    return loss
+    return jax.tree_util.Partial(_KernelRidgeResidual(float(ridge)), as_traced_function(kernel_fn),
+                                 _as_columns(targets))
 
 
 def kernel_predictor_loss(predict_fn: Callable[[jax.Array], jax.Array], targets: jax.Array) -> LossFn:
@@ -308,10 +338,11 @@ def kernel_predictor_loss(predict_fn: Callable[[jax.Array], jax.Array], targets:
       predict_fn: X* ↦ ``(n*, C)`` predictions, e.g. K(X*, X) α with α = (K + λI)⁻¹ Y fitted on the
         clean training set.
       targets: ``(n*, C)`` targets of the test points.
+
+    Returns:
+      L as a ``jax.tree_util.Partial`` (see :func:`model_loss`).
     """
-    targets = jnp.asarray(targets)
-    targets = targets[:, None] if targets.ndim == 1 else targets
-    return lambda x: 0.5 * jnp.mean(jnp.sum((targets - predict_fn(x)) ** 2, axis=1))
+    return jax.tree_util.Partial(_predictor_squared_error, as_traced_function(predict_fn), _as_columns(targets))
 
 
 # --------------------------------------------------------------------- public entry
@@ -328,12 +359,12 @@ def check_in_bounds(x: np.ndarray, bounds: tuple[float, float], name: str = "X")
         )
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+@functools.partial(jax.jit, static_argnums=(1, 2))
 def _attack_and_evaluate(loss_fn, method, config, x, mask, key, epsilon, eta):
     """One compiled program: the attack and L before and after.
 
-    Compiled once per (loss function object, method, config) and shapes; ε
-    and η are traced, so an ε sweep with the same loss function reuses it.
+    ``loss_fn`` is a ``jax.tree_util.Partial`` (its arrays traced), so the program is compiled once
+    per (loss function's callables, method, config) and shapes; ε and η are traced too.
     """
     if method == "fgsm":
         x_adv = fgsm(loss_fn, x, epsilon, mask=mask, bounds=config.bounds)
@@ -393,7 +424,8 @@ def run_attack(
     eta = config.resolved_step_size(method, epsilon)
     steps = 1 if method == "fgsm" else config.steps
     x_adv, loss_clean, loss_adv = _attack_and_evaluate(
-        loss_fn, method, config, xj, mj, key, jnp.asarray(epsilon, xj.dtype), jnp.asarray(eta, xj.dtype)
+        as_traced_function(loss_fn), method, config, xj, mj, key, jnp.asarray(epsilon, xj.dtype),
+        jnp.asarray(eta, xj.dtype),
     )
     loss_clean, loss_adv = float(loss_clean), float(loss_adv)
     x_adv = np.asarray(x_adv)

@@ -158,10 +158,24 @@ class TrainResult:
     losses: np.ndarray
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 8, 9))
+def as_traced_function(fn: Callable) -> jax.tree_util.Partial:
+    """``fn`` as a jit *argument*: a ``jax.tree_util.Partial``, whose bound arrays are traced and whose
+    function (compared with ``==``) keys the compilation cache.
+
+    A ``Partial`` of a value-comparable callable (a frozen dataclass with ``__call__``) over arrays
+    compiles once per configuration and shapes, however many fits, seeds or attacks use it; any other
+    callable is wrapped as is and compiles once per function object, as a static argument would.
+    """
+    return fn if isinstance(fn, jax.tree_util.Partial) else jax.tree_util.Partial(fn)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 8, 9))
 def _run_epochs(apply_fn, optimizer, loss, params, opt_state, x, y, keys, batch_size, precision="highest"):
     """The epochs of :func:`train`, traced inside ``precision_policy(precision)``: the model's
-    matmuls that name no precision (and their gradients) run at the policy's."""
+    matmuls that name no precision (and their gradients) run at the policy's.
+
+    ``apply_fn`` is a ``jax.tree_util.Partial`` (:func:`as_traced_function`); the optimizer comes from
+    the cached :func:`make_optimizer`, so one configuration compiles once per shape."""
     with precision_policy(precision):
         return _epochs(apply_fn, optimizer, loss, params, opt_state, x, y, keys, batch_size)
 
@@ -198,7 +212,9 @@ def train(
     Args:
       apply_fn: ``f(params, x) -> (n, C)``; for attention models it closes
         over the full training set as context, so a batch still attends to
-        every training sample.
+        every training sample. A ``jax.tree_util.Partial`` of a value-comparable
+        callable over arrays (see :func:`as_traced_function`) compiles once for
+        every fit of the same configuration and shapes; a closure compiles per object.
       params: initial trainable parameters.
       x: ``(n, d)`` training inputs.
       y: ``(n, C)`` targets (one-hot for cross-entropy; ``(n,)`` is read as C = 1).
@@ -228,7 +244,7 @@ def train(
     if config.epochs == 0:
         return TrainResult(params, np.zeros(0))
     keys = jax.random.split(key, config.epochs)
-    params, _, losses = _run_epochs(apply_fn, optimizer, loss, params, optimizer.init(params), x, y, keys, batch_size,
+    params, _, losses = _run_epochs(as_traced_function(apply_fn), optimizer, loss, params, optimizer.init(params), x, y, keys, batch_size,
                                     precision)
     return TrainResult(params, np.asarray(losses, dtype=np.float64))
 
