@@ -10,7 +10,7 @@ completely when loaded, and every error names the offending key path::
 This module is the one schema and validator of every spec kind: the sweep
 specs below (``"kernel"``, ``"training"``), the malleability specs
 (:func:`parse_malleability_spec`; format in
-``kernelattn.experiments.malleability.run_malleability_spec``) and the datasets of the
+``kernelattn.experiments.malleability.runner.run_malleability_spec``) and the datasets of the
 ``"conditions"`` specs of ``kernelattn.experiments.reproduce``. For all of them:
 
 - files are read strictly (:func:`read_spec_file`): UTF-8, no duplicate keys,
@@ -1181,8 +1181,8 @@ def read_spec_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- malleability specs
 #
-# The schema of ``"kind": "malleability"`` specs (kernelattn.experiments.malleability.run_malleability_spec), on the
-# same checks as the sweep specs above: types checked (``"retrain": "false"`` is refused, not read as
+# The schema of ``"kind": "malleability"`` specs (kernelattn.experiments.malleability.runner.run_malleability_spec),
+# on the same checks as the sweep specs above: types checked (``"retrain": "false"`` is refused, not read as
 # true), unknown keys and values refused with a did-you-mean, also nested (``kernel.sigma_ww``). The
 # parsed form keeps the values as written (only canonicalized: model aliases, attack names in lower case,
 # numbers as floats), because they make up the cells' keys in existing stores.
@@ -1267,8 +1267,9 @@ class KeySpec:
         raise InputValueError(f"malleability spec key {self.name!r} is checked by the validator's own code")
 
 
-#: The top-level keys of a malleability spec (format: ``kernelattn.experiments.malleability.run_malleability_spec``),
-#: in the order of the docs; :func:`parse_malleability_spec` checks them and takes their defaults from here.
+#: The top-level keys of a malleability spec (format:
+#: ``kernelattn.experiments.malleability.runner.run_malleability_spec``), in the order of the docs;
+#: :func:`parse_malleability_spec` checks them and takes their defaults from here.
 MALLEABILITY_SCHEMA: tuple[KeySpec, ...] = (
     KeySpec("name", "", None, "the store's name (the CLI's default: the file's stem)",
             type_text="a store name (one directory name: [A-Za-z0-9_.-]+)"),
@@ -1356,7 +1357,7 @@ class MalleabilitySpec:
       name: the store name (``None`` when the spec has none: the caller names the store).
       description: free text.
       plans: ``(label, parsed)`` per variant, "default" first; ``parsed`` is
-        the plain dict ``kernelattn.experiments.malleability`` runs (lists of datasets,
+        the plain dict ``kernelattn.experiments.malleability.runner`` runs (lists of datasets,
         models, widths, seeds, modes, kernels, attacks, epsilons,
         interventions, attack targets, nulls and the shared settings).
       n_cells: the number of cells over all variants (cells shared by
@@ -1376,15 +1377,16 @@ def malleability_choices() -> dict[str, tuple[str, ...]]:
     modules that define them (imported on first use: they load JAX)."""
     import importlib
 
-    # (``kernelattn.learning.influence`` and ``.malleability`` are functions on the package: import the modules.)
-    attacks, influence, malleability, training = (importlib.import_module(f"kernelattn.{name}") for name in
-                                                  ("attacks", "influence", "malleability", "training"))
+    adversarial, attacks, experiment, fitting, influence, model_influence, training = (
+        importlib.import_module(f"kernelattn.{name}") for name in
+        ("learning.adversarial", "learning.attacks", "experiments.malleability.experiment", "learning.fitting",
+         "learning.influence", "learning.model_influence", "learning.training"))
     return {
-        "attacks": attacks.ATTACKS, "attack_targets": attacks.ATTACK_TARGETS, "kernels": influence.KERNELS,
-        "ridge_kernels": influence.RIDGE_KERNELS, "influence": influence.INFLUENCE_METHODS,
-        "targets": influence.TARGET_ENCODINGS, "models": influence.SUPPORTED_MODELS,
-        "interventions": malleability.INTERVENTIONS, "nulls": malleability.NULL_KINDS,
-        "modes": malleability.TRAININGS,
+        "attacks": attacks.ATTACKS, "attack_targets": attacks.ATTACK_TARGETS, "kernels": model_influence.KERNELS,
+        "ridge_kernels": model_influence.RIDGE_KERNELS, "influence": influence.INFLUENCE_METHODS,
+        "targets": influence.TARGET_ENCODINGS, "models": fitting.SUPPORTED_MODELS,
+        "interventions": experiment.INTERVENTIONS, "nulls": experiment.NULL_KINDS,
+        "modes": adversarial.TRAININGS,
         "losses": training.LOSSES, "decay_modes": training.WEIGHT_DECAY_MODES,
         "binary_outputs": training.BINARY_OUTPUTS,
     }
@@ -1576,7 +1578,7 @@ def _attack_config_class():
 
 
 def malleability_cells(parsed: Mapping[str, Any]) -> int:
-    """The number of cells of one parsed variant (see ``kernelattn.experiments.malleability``)."""
+    """The number of cells of one parsed variant (see ``kernelattn.experiments.malleability.runner``)."""
     per_group = sum(1 if i == "curated" else len(parsed["attack_targets"]) * len(parsed["attacks"])
                     * len(parsed["epsilons"]) for i in parsed["interventions"]) + len(parsed["nulls"])
     groups = (len(parsed["datasets"]) * len(parsed["seeds"]) * len(parsed["models"]) * len(parsed["widths"])
@@ -1633,7 +1635,7 @@ def parse_malleability_spec(spec: Mapping[str, Any] | str | os.PathLike[str], *,
     """Validate a malleability spec (a dict, or the path of its JSON file) and every variant.
 
     Args:
-      spec: the spec (format: ``kernelattn.experiments.malleability.run_malleability_spec``).
+      spec: the spec (format: ``kernelattn.experiments.malleability.runner.run_malleability_spec``).
       source: the file it came from, for messages.
       max_cells: largest number of cells accepted (default
         ``$KERNELATTN_MAX_CELLS`` or ``DEFAULT_MAX_CELLS`` = 100,000).
