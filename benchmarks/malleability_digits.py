@@ -58,7 +58,7 @@ def main(argv=None) -> None:
 
     jax.config.update("jax_enable_x64", True)
     from kernelattn.data import load
-    from kernelattn.experiments.malleability import malleability_sweep
+    from kernelattn.experiments.malleability.api import malleability_sweep
 
     start = time.perf_counter()
     data = load("digits", n_train=args.n_train, n_test=args.n_test, seed=args.seed, normalize=False, target="labels")

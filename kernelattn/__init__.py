@@ -30,7 +30,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`
     )
     from kernelattn.errors import DependencyError, InputTypeError, InputValueError, KernelattnError
     from kernelattn.kernels.guards import KernelError, KernelWarning, check_kernel
-    from kernelattn.learning.influence import InfluenceResult, influence, influence_scores
+    from kernelattn.learning.influence import InfluenceResult, influence_scores
+    from kernelattn.learning.model_influence import FitOptions, influence
     from kernelattn.kernels.analytic import Kernel, head_kernels, qkv_attention_nngp
     from kernelattn.kernels.empirical import (
         empirical_ntk,
@@ -41,7 +42,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`
         structured_head_ntk,
     )
     from kernelattn.kernels.gram import ConditionReport, condition_report, gram, gram_spectrum, numerical_rank
-    from kernelattn.experiments.malleability import MalleabilityReport, malleability, malleability_sweep, run_malleability_spec
+    from kernelattn.experiments.malleability.api import malleability, malleability_sweep
+    from kernelattn.experiments.malleability.report import MalleabilityReport
+    from kernelattn.experiments.malleability.runner import run_malleability_spec
     from kernelattn.kernels.memory import MemoryPlanError, plan_width_chunk
     from kernelattn.models import (
         AttentionMLP,
@@ -72,7 +75,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "kernelattn.errors": ("DependencyError", "InputTypeError", "InputValueError", "KernelattnError"),
     "kernelattn.kernels.guards": ("KernelError", "KernelWarning", "check_kernel"),
-    "kernelattn.learning.influence": ("InfluenceResult", "influence", "influence_scores"),
+    "kernelattn.learning.influence": ("InfluenceResult", "influence_scores"),
+    "kernelattn.learning.model_influence": ("FitOptions", "influence"),
     "kernelattn.kernels.analytic": ("Kernel", "head_kernels", "qkv_attention_nngp"),
     "kernelattn.kernels.empirical": (
         "empirical_ntk",
@@ -83,7 +87,9 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "structured_head_ntk",
     ),
     "kernelattn.kernels.gram": ("ConditionReport", "condition_report", "gram", "gram_spectrum", "numerical_rank"),
-    "kernelattn.experiments.malleability": ("MalleabilityReport", "malleability", "malleability_sweep", "run_malleability_spec"),
+    "kernelattn.experiments.malleability.api": ("malleability", "malleability_sweep"),
+    "kernelattn.experiments.malleability.report": ("MalleabilityReport",),
+    "kernelattn.experiments.malleability.runner": ("run_malleability_spec",),
     "kernelattn.kernels.memory": ("MemoryPlanError", "plan_width_chunk"),
     "kernelattn.models": (
         "AttentionMLP",

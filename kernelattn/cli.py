@@ -201,7 +201,7 @@ def _read_spec(path: str) -> dict:
 def _cmd_malleability(args) -> int:
     from tqdm.auto import tqdm
 
-    from kernelattn.experiments.malleability import check_malleability_spec, run_malleability_spec, summary_frame
+    from kernelattn.experiments.malleability.runner import check_malleability_spec, run_malleability_spec, summary_frame
     from kernelattn.experiments.specs import parse_malleability_spec
     from kernelattn.experiments.store import ResultStore
 

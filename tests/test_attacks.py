@@ -7,7 +7,9 @@ import pytest
 from sklearn.datasets import load_digits
 
 from kernelattn.learning.attacks import AttackConfig, kernel_ridge_loss, model_loss, run_attack
-from kernelattn.learning.influence import FittedModel, kernel_function, one_vs_rest, resolve_model
+from kernelattn.learning.fitting import FittedModel, resolve_model
+from kernelattn.learning.influence import one_vs_rest
+from kernelattn.learning.model_influence import kernel_function
 
 
 @pytest.fixture(scope="module")

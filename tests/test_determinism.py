@@ -5,7 +5,7 @@ Each experiment runs twice into two fresh stores; the records' fingerprints
 equal key by key, and each record carries what is needed to rerun it.
 """
 
-from kernelattn.experiments.malleability import run_malleability_spec
+from kernelattn.experiments.malleability.runner import run_malleability_spec
 from kernelattn.experiments.store import ResultStore, record_fingerprint
 from kernelattn.experiments.sweeps import run_sweep
 

@@ -10,16 +10,9 @@ from sklearn.datasets import load_digits
 
 from kernelattn.kernels import guards
 from kernelattn.kernels.guards import KernelError, KernelWarning
-from kernelattn.learning.influence import (
-    HeadModel,
-    empirical_ntk_jnp,
-    infinite_ntk_jnp,
-    influence,
-    influence_scores,
-    one_vs_rest,
-    resolve_data,
-    resolve_model,
-)
+from kernelattn.learning.fitting import HeadModel, resolve_data, resolve_model
+from kernelattn.learning.influence import influence_scores, one_vs_rest
+from kernelattn.learning.model_influence import empirical_ntk_jnp, infinite_ntk_jnp, influence
 from kernelattn.kernels.analytic import head_kernels
 from kernelattn.kernels.empirical import structured_head_ntk
 from kernelattn.models import HeadConfig, make_model

@@ -6,13 +6,12 @@ import pytest
 import scipy.stats
 from sklearn.datasets import load_digits
 
-from kernelattn.experiments.malleability import (
+from kernelattn.experiments.malleability.api import malleability
+from kernelattn.experiments.malleability.experiment import measure, prepare
+from kernelattn.learning.malleability_metrics import (
     compare_influence,
     flip_rates,
     influential_points,
-    malleability,
-    measure,
-    prepare,
     spearman_rows,
     top_count,
     topk_overlaps,
@@ -130,7 +129,7 @@ def test_interventions_share_one_clean_fit(attn_experiment):
 
 
 def test_spec_runner_writes_and_resumes(tmp_path):
-    from kernelattn.experiments.malleability import run_malleability_spec
+    from kernelattn.experiments.malleability.runner import run_malleability_spec
     from kernelattn.experiments.store import ResultStore
 
     store = ResultStore.open(tmp_path / "store")

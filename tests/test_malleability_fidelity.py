@@ -13,8 +13,10 @@ import kernelattn as ka
 from kernelattn.kernels import guards
 from kernelattn.analysis import paired_bootstrap
 from kernelattn.learning.attacks import attack_gain
-from kernelattn.learning.influence import assess_fit, fit_model, resolve_data, resolve_model, split_keys, tracin_scores
-from kernelattn.experiments.malleability import measure, measure_null, null_keys, prepare, spec_variants
+from kernelattn.learning.fitting import assess_fit, fit_model, resolve_data, resolve_model, split_keys
+from kernelattn.learning.model_influence import tracin_scores
+from kernelattn.experiments.malleability.experiment import measure, measure_null, null_keys, prepare
+from kernelattn.experiments.malleability.runner import spec_variants
 from kernelattn.learning.training import TrainConfig, TrainingWarning, UntrainedError, class_targets, loss_value
 
 
@@ -107,12 +109,13 @@ def test_tracin_equals_brute_force_gradient_products(binary):
 def test_influence_sources_against_brute_force_ridge(binary):
     exp = prepare(binary, model="relu", width=32, kernel="empirical-init", train_config={"epochs": 5})
     from kernelattn.kernels.empirical import structured_head_ntk
-    from kernelattn.learning.influence import _flat_head, one_vs_rest
+    from kernelattn.learning.fitting import flat_head
+    from kernelattn.learning.influence import one_vs_rest
 
     spec = exp.fitted.spec
     feats = np.asarray(spec.features(exp.split.X, exp.split.X))
     feats_t = np.asarray(spec.features(exp.split.X_test, exp.split.X))
-    k = np.asarray(structured_head_ntk(_flat_head(exp.fitted.initial), spec.head, np.concatenate([feats, feats_t]),
+    k = np.asarray(structured_head_ntk(flat_head(exp.fitted.initial), spec.head, np.concatenate([feats, feats_t]),
                                        feats, dtype="float64"))
     n = feats.shape[0]
     y = one_vs_rest(exp.split.labels, 2)
@@ -170,7 +173,7 @@ def test_a_reused_fit_gives_the_same_experiment_as_training_again(binary):
     fresh = prepare(binary, model="relu", width=32, kernel="infinite", train_config={"epochs": 5})
     assert reused.fitted is first.fitted
     np.testing.assert_array_equal(reused.clean.scores, fresh.clean.scores)
-    from kernelattn.experiments.malleability import null_refit
+    from kernelattn.experiments.malleability.experiment import null_refit
 
     shared = measure_null(reused, kind="seed", refit=null_refit(first, "seed"))
     np.testing.assert_array_equal(shared.flip_rates, measure_null(fresh, kind="seed").flip_rates)

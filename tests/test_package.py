@@ -84,11 +84,11 @@ def test_python_dash_m_runs_the_cli():
 def test_every_public_name_resolves_and_no_function_shadows_a_module():
     probe = _python(
         "import kernelattn as ka\n"
-        "import pathlib, kernelattn.experiments.malleability, kernelattn.learning.influence\n"
+        "import pathlib, kernelattn.experiments.malleability.api, kernelattn.learning.model_influence\n"
         "package = pathlib.Path(ka.__file__).parent\n"
         "assert not [p for p in package.iterdir() if p.stem in ('influence', 'malleability')]\n"
-        "assert callable(ka.influence) and ka.influence.__module__ == 'kernelattn.learning.influence'\n"
-        "assert callable(ka.malleability) and ka.malleability.__module__ == 'kernelattn.experiments.malleability'\n"
+        "assert callable(ka.influence) and ka.influence.__module__ == 'kernelattn.learning.model_influence'\n"
+        "assert callable(ka.malleability) and ka.malleability.__module__ == 'kernelattn.experiments.malleability.api'\n"
         "from kernelattn.learning.influence import influence_scores\n"
         "assert ka.influence_scores is influence_scores\n"
         "missing = [name for name in ka.__all__ if getattr(ka, name, None) is None]\n"

@@ -292,7 +292,7 @@ def test_spec_key_cell_identity_and_cli_flag():
 
 
 def test_malleability_spec_key():
-    from kernelattn.experiments.malleability import _group_cells, validate_spec
+    from kernelattn.experiments.malleability.runner import _group_cells, validate_spec
     from kernelattn.experiments.specs import SpecError
 
     def parse(spec):

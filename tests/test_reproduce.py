@@ -79,8 +79,12 @@ def test_redraw_reads_the_store_only(pipeline, monkeypatch):
         raise AssertionError("redraw must not compute")
 
     for module, name in (("kernelattn.experiments.sweeps", "run_sweep"), ("kernelattn.experiments.sweeps", "_prepare_group"),
-                         ("kernelattn.experiments.malleability", "run_malleability_spec"), ("kernelattn.experiments.malleability", "prepare"),
-                         ("kernelattn.experiments.malleability", "measure"), ("kernelattn.experiments.reproduce", "run_conditions"),
+                         ("kernelattn.experiments.malleability.runner", "run_malleability_spec"),
+                         ("kernelattn.experiments.reproduce", "run_malleability_spec"),
+                         ("kernelattn.experiments.malleability.runner", "prepare"),
+                         ("kernelattn.experiments.malleability.runner", "measure"),
+                         ("kernelattn.experiments.malleability.runner", "measure_null"),
+                         ("kernelattn.experiments.reproduce", "run_conditions"),
                          ("kernelattn.experiments.reproduce", "_run_one"), ("kernelattn.data", "load"),
                          ("kernelattn.data.api", "load")):
         monkeypatch.setattr(importlib.import_module(module), name, forbidden)
@@ -188,7 +192,7 @@ def test_redraw_without_a_store_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("tier", TIERS)
 def test_experiment_specs_are_valid(tier):
-    from kernelattn.experiments.malleability import run_malleability_spec
+    from kernelattn.experiments.malleability.runner import run_malleability_spec
     from kernelattn.experiments.reproduce import _Finished, _parse_conditions
     from kernelattn.experiments.specs import load_spec
 

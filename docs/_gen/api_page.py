@@ -45,7 +45,7 @@ GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("Training", "optax training loops, the linearized model and kernel predictors.",
      ("TrainConfig", "train", "linearize", "ntk_predictor")),
     ("Influence", "Exact leave-one-out and influence-function scores of kernel ridge regression.",
-     ("influence", "influence_scores", "InfluenceResult")),
+     ("influence", "FitOptions", "influence_scores", "InfluenceResult")),
     ("Attacks", "FGSM, PGD and MIM on the training data.", ("AttackConfig", "AttackResult", "fgsm", "pgd", "mim",
                                                              "run_attack")),
     ("Influence malleability", "How far perturbing the training data moves the influence scores.",

@@ -26,7 +26,7 @@ Spec kinds, dispatched by their ``"kind"``:
 
 - ``"kernel"``, ``"training"``: :func:`kernelattn.experiments.sweeps.run_sweep`
   (``kernelattn.experiments.specs`` format);
-- ``"malleability"``: :func:`kernelattn.experiments.malleability.run_malleability_spec`;
+- ``"malleability"``: :func:`kernelattn.experiments.malleability.runner.run_malleability_spec`;
 - ``"conditions"``: the condition-number table, computed here
   (:func:`run_conditions`, format in its docstring).
 """
@@ -54,7 +54,7 @@ from kernelattn._precision import enable_x64, precision_policy, x64_enabled
 from kernelattn.data import DatasetNotFoundError, dataset_info, load
 from kernelattn.errors import InputValueError
 from kernelattn.kernels.gram import condition_report
-from kernelattn.experiments.malleability import check_malleability_spec, run_malleability_spec
+from kernelattn.experiments.malleability.runner import check_malleability_spec, run_malleability_spec
 from kernelattn.experiments.specs import SpecError, check_store_name, load_spec, parse_malleability_spec, parse_spec, read_spec_file
 from kernelattn.experiments.store import ResultStore, StoreNotFoundError, make_record, store_exists, utc_now
 from kernelattn.experiments.sweeps import run_sweep

@@ -1,6 +1,12 @@
 """Learning: training a model (optax), its influence on training points, and attacks on its inputs.
 
+In import order (each module imports only those above it):
+
 - ``training``: full-batch/minibatch training, the linearized model and the NTK predictor;
-- ``influence``: influence of training points through a kernel (pure kernel mathematics) and fitting a model for it;
-- ``attacks``: FGSM, PGD and MIM perturbations of the inputs.
+- ``attacks``: FGSM, PGD and MIM perturbations of the inputs;
+- ``influence``: influence of training points on kernel ridge predictions (pure kernel mathematics);
+- ``malleability_metrics``: how far one influence matrix moved from another (flip rate, Spearman ρ, top-k overlap);
+- ``fitting``: validated data, the model as a function of raw pixels, its training and training health;
+- ``adversarial``: PGD adversarial training, and fitting in either training mode;
+- ``model_influence``: the kernels and influence of a fitted model, ``FitOptions`` and ``influence`` from data.
 """

@@ -248,15 +248,15 @@ def malleability_choices() -> dict[str, tuple[str, ...]]:
     """The allowed values of a malleability spec's keys by group (``KeySpec.choices`` names one), from the
     modules that define them (imported on first use: they load JAX)."""
     # Deferred: these modules load JAX (and the malleability runner imports this package).
-    from kernelattn.experiments import malleability
-    from kernelattn.learning import attacks, influence, training
+    from kernelattn.experiments.malleability import experiment
+    from kernelattn.learning import adversarial, attacks, fitting, influence, model_influence, training
 
     return {
-        "attacks": attacks.ATTACKS, "attack_targets": attacks.ATTACK_TARGETS, "kernels": influence.KERNELS,
-        "ridge_kernels": influence.RIDGE_KERNELS, "influence": influence.INFLUENCE_METHODS,
-        "targets": influence.TARGET_ENCODINGS, "models": influence.SUPPORTED_MODELS,
-        "interventions": malleability.INTERVENTIONS, "nulls": malleability.NULL_KINDS,
-        "modes": malleability.TRAININGS,
+        "attacks": attacks.ATTACKS, "attack_targets": attacks.ATTACK_TARGETS, "kernels": model_influence.KERNELS,
+        "ridge_kernels": model_influence.RIDGE_KERNELS, "influence": influence.INFLUENCE_METHODS,
+        "targets": influence.TARGET_ENCODINGS, "models": fitting.SUPPORTED_MODELS,
+        "interventions": experiment.INTERVENTIONS, "nulls": experiment.NULL_KINDS,
+        "modes": adversarial.TRAININGS,
         "losses": training.LOSSES, "decay_modes": training.WEIGHT_DECAY_MODES,
         "binary_outputs": training.BINARY_OUTPUTS,
     }

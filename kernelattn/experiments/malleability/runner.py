@@ -1,0 +1,338 @@
+"""Malleability experiment specs run into a result store, resumably (the CLI's ``kernelattn malleability``).
+
+A spec (``kernelattn.experiments.specs.parse_malleability_spec``) expands into
+cells; the cells sharing one clean fit form a group, prepared once
+(:func:`~kernelattn.experiments.malleability.experiment.prepare`) and measured
+cell by cell into records of kind "malleability".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+
+from kernelattn._precision import precision_policy, resolve_precision
+from kernelattn.data import api as data_api
+from kernelattn.errors import InputValueError
+from kernelattn.experiments import provenance, specs
+from kernelattn.experiments.malleability.experiment import (
+    Experiment,
+    measure,
+    measure_null,
+    null_refit,
+    plan_memory,
+    prepare,
+)
+from kernelattn.experiments.store import make_record, utc_now
+from kernelattn.kernels import memory
+from kernelattn.learning.fitting import FittedModel, as_train_config, resolve_model
+from kernelattn.models import make_model
+
+#: The keys of a malleability spec; the schema and its validator live in ``kernelattn.experiments.specs``.
+SPEC_KEYS = specs.MALLEABILITY_KEYS
+#: The null baselines of a spec that names none.
+DEFAULT_NULLS = next(key.default for key in specs.MALLEABILITY_SCHEMA if key.name == "null_baselines")
+_HEAD_KEYS = {"readout": "train_readout", "sigma_w": "sigma_w", "sigma_b": "sigma_b", "sigma_a": "sigma_a"}
+
+
+def _spec_model(entry, width: int, out_dim: int, head_options: Mapping):
+    """A model name, or a ``make_model`` instance for a mapping ``{"name": ..., options}``."""
+    options = {}
+    for key, value in dict(head_options).items():
+        if key not in _HEAD_KEYS:
+            continue
+        options[_HEAD_KEYS[key]] = (value == "trained") if key == "readout" else value
+    if isinstance(entry, Mapping):
+        entry = dict(entry)
+        name = entry.pop("name")
+        options.update(entry)
+    else:
+        name = entry
+    if not options:
+        return name
+    return make_model(name, width, out_dim, **options)
+
+
+def spec_variants(spec: Mapping) -> list[tuple[str, dict]]:
+    """The spec itself ("default") and each of its ``"variants"``, as (label, full spec) pairs.
+
+    A variant is a mapping with a unique ``"label"`` and overrides of any spec key but
+    ``name``/``kind``/``description``/``variants``; ``"n_train"`` sets every dataset's training-set
+    size. One-factor-at-a-time designs list one override per variant; a factorial block lists the
+    factors' plural keys (``"influence_kernels": [...]``, ``"interventions": [...]`` …) in one variant.
+    Cells are keyed by content, so a cell shared by several variants is computed once.
+
+    Raises:
+      kernelattn.experiments.specs.SpecError: a malformed variant (see ``kernelattn.experiments.specs.malleability_variants``).
+    """
+    return [(label, merged) for label, merged, _ in specs.malleability_variants(spec)]
+
+
+def validate_spec(spec: Mapping, *, max_cells: int | None = None) -> specs.MalleabilitySpec:
+    """Check a malleability spec and its variants without running it (``kernelattn.experiments.specs.SpecError``
+    naming the key path); see ``kernelattn.experiments.specs.parse_malleability_spec``."""
+    return specs.parse_malleability_spec(spec, max_cells=max_cells)
+
+
+def _load_dataset(dataset: Mapping, label: str, index: int):
+    """``kernelattn.data.load`` of one parsed dataset entry, errors prefixed with the entry."""
+    try:
+        return data_api.load(**dataset, target="labels")
+    except ValueError as err:  # a bad option only the loader can judge (sizes, class names)
+        raise InputValueError(f"datasets[{index}] ({label!r}): {err}") from err
+
+
+def check_malleability_spec(spec: Mapping, *, max_cells: int | None = None, budget: int | None = None) -> dict:
+    """Everything that can be checked before any work: the spec, its data and the memory of every fit.
+
+    Validates the spec (:func:`validate_spec`), loads every dataset, and
+    plans the memory of the training, the influence kernel and the attacks
+    of every (dataset, model, width, training mode, kernel) group
+    (:func:`~kernelattn.experiments.malleability.experiment.plan_memory`).
+    The CLI runs it before it creates the store, so a spec refused here
+    leaves nothing behind.
+
+    Returns:
+      The loaded datasets, for ``run_malleability_spec(..., loaded=...)``.
+
+    Raises:
+      kernelattn.experiments.specs.SpecError, InputValueError: an invalid spec or data option.
+      kernelattn.data.DatasetError: missing or bad data files.
+      kernelattn.kernels.memory.MemoryPlanError: a group that would not fit in memory (naming it).
+    """
+    parsed_spec = validate_spec(spec, max_cells=max_cells)
+    loaded: dict[str, Any] = {}
+    for _, parsed in parsed_spec.plans:
+        for index, (dataset, label) in enumerate(zip(parsed["datasets"], parsed["dataset_labels"])):
+            data_key = provenance.canonical_json(dataset)
+            if data_key not in loaded:
+                loaded[data_key] = _load_dataset(dataset, label, index)
+            data = loaded[data_key]
+            config = as_train_config(parsed["training"] or None)
+            out_dim = config.out_dim(data.n_classes)
+            attacked = any(i != "curated" for i in parsed["interventions"])
+            for _, model, width, mode, kernel in _spec_groups(parsed):
+                head = resolve_model(_spec_model(model, width, out_dim, parsed["head"]), width, out_dim,
+                                     "float32").head
+                try:
+                    plan_memory(data.X_train.shape[0], data.X_test.shape[0], data.X_train.shape[1], head,
+                                config=config, kernel=kernel, training=mode, dtype=parsed["dtype"],
+                                attack_targets=parsed["attack_targets"] if attacked else (), budget=budget)
+                except memory.MemoryPlanError as err:
+                    model_name = model if isinstance(model, str) else model["name"]
+                    raise memory.MemoryPlanError(f"datasets[{index}] ({label!r}), model {model_name}, width {width}: "
+                                                 f"{err}", err.estimate, err.budget) from None
+    return loaded
+
+
+
+def run_malleability_spec(spec: Mapping, store, *, progress=None, loaded: Mapping | None = None,
+                          max_cells: int | None = None) -> list[str]:
+    """Run a malleability experiment spec into a ``ResultStore``, resumably.
+
+    The spec is a plain dict (e.g. parsed from ``experiments/*.json``); key
+    names follow ``kernelattn.experiments.specs`` where they overlap::
+
+        {"datasets": [{"name": "digits", "n_train": 1000, "n_test": 200, "seed": 0, "label": "digits"}],
+                                            # or "dataset": {...}; kernelattn.data.load options
+         "models": ["relu", "mlp-attn"],    # names, or {"name": "mlp-attn", "depth": 2, ...}
+         "width": 1024,                     # or "widths": [256, 1024]
+         "seeds": 3,                        # a count n (0..n-1), or a list
+         "kernel": {"readout": "fixed", "sigma_w": 1.0, "sigma_b": 0.0, "sigma_a": 1.0},
+         "training": {"epochs": 500, ...},  # TrainConfig fields
+         "training_modes": ["standard"],    # and/or "pgd-at"
+         "at_epsilon": 0.3,                 # radius of PGD adversarial training
+         "influence_kernels": ["empirical"],# and/or "empirical-init", "infinite", "tracin"
+         "influence": "loo", "targets": "pm1", "ridge": 1e-3, "tau": 0.1, "retrain": false,
+         "attacks": ["fgsm", "pgd", "mim"], "epsilons": [0.1, 0.2, 0.3, 0.5],
+         "interventions": ["adversarial"],  # and/or "transformed", "test", "curated"
+         "attack_targets": ["model"],       # and/or "kernel" (the loss attacked)
+         "attack_config": {"steps": 10, ...},  # AttackConfig fields
+         "null_baselines": ["seed", "order"],  # no perturbation, refit with other keys
+         "variants": [{"label": "n=100", "n_train": 100}, ...],  # see spec_variants
+         "dtype": "float64",
+         "precision": null}                 # "highest" | "fast" | null: the policy in force (CLI --precision)
+
+    Singular keys ("model", "attack", "epsilon", "seed", …) are accepted for
+    one value. Datasets are loaded with ``normalize=False`` (raw [0, 1]
+    pixels; the models normalize rows themselves) unless the spec says
+    otherwise; ``label``/``target`` entries of a dataset are not part of the
+    cell. Each cell — (dataset, model, width, seed, training mode, influence
+    kernel, intervention, attack target, attack, ε), plus one null-baseline
+    cell per null kind with ``intervention = "null-<kind>"`` — is one record
+    of kind "malleability" keyed by ``provenance.cell_key(cell)``; finished
+    cells are skipped (resume) and claimed cells left to their owner. One
+    clean fit serves all cells of a (dataset, model, width, seed, training
+    mode, kernel), and is skipped when they are all done. Metrics are
+    ``MalleabilityReport.to_dict()`` plus the per-test-point arrays
+    (``flip_rates``, ``spearmans``, ``topk_overlaps``), the fit's training
+    health (``health``), the dataset's label and the labels of the variants
+    the cell belongs to (``variants``). Each variant runs inside
+    ``precision_policy(its precision)``; a cell computed at "fast" carries
+    ``"precision": "fast"`` (the default "highest" keeps the keys cells had
+    before the precision policy existed).
+
+    The spec is validated by ``kernelattn.experiments.specs.parse_malleability_spec``
+    (types checked, unknown keys and values refused with a did-you-mean,
+    nested ones too; at most ``max_cells`` cells), and every fit's memory is
+    planned before it trains (:func:`~kernelattn.experiments.malleability.experiment.plan_memory`).
+
+    Args:
+      spec: the experiment spec (a ``kernelattn.experiments.specs.SpecError`` names any bad key).
+      store: a ``kernelattn.experiments.store.ResultStore`` (``has``, ``claim``, ``put``, ``release``).
+      progress: optional callable ``progress(cell, report)`` after each stored cell.
+      loaded: datasets already loaded by :func:`check_malleability_spec`.
+      max_cells: the cell limit (see ``kernelattn.experiments.specs.parse_malleability_spec``).
+
+    Returns:
+      The keys of the records written by this call.
+    """
+    # None: the policy in force (CLI --precision); resolved now, since "fast" is part of a cell's key.
+    plans = [(label, {**parsed, "precision": resolve_precision(parsed.get("precision"))})
+             for label, parsed in validate_spec(spec, max_cells=max_cells).plans]
+    membership: dict[str, list[str]] = {}
+    for label, parsed in plans:
+        for dataset in parsed["datasets"]:
+            for group in _spec_groups(parsed):
+                for cell in _group_cells(parsed, dataset, group):
+                    membership.setdefault(provenance.cell_key(cell), []).append(label)
+    written: list[str] = []
+    loaded = dict(loaded or {})
+    for _, parsed in plans:
+        with precision_policy(parsed["precision"]):
+            for index, (dataset, dataset_label) in enumerate(zip(parsed["datasets"], parsed["dataset_labels"])):
+                fits: dict[tuple, FittedModel] = {}  # one clean fit serves every influence kernel
+                jax.clear_caches()  # drop the last dataset's executables: each holds memory mappings of its own
+                for group in _spec_groups(parsed):
+                    cells = [(provenance.cell_key(cell), cell) for cell in _group_cells(parsed, dataset, group)]
+                    cells = [(key, cell) for key, cell in cells if key not in written and not store.has(key)]
+                    if not cells:
+                        continue
+                    data_key = provenance.canonical_json(dataset)
+                    if data_key not in loaded:
+                        loaded[data_key] = _load_dataset(dataset, dataset_label, index)
+                    data = loaded[data_key]
+                    seed, model, width, mode, kernel = group
+                    config = as_train_config(parsed["training"] or None)
+                    fit_key = (seed, provenance.canonical_json(model), width, mode)
+                    experiment = prepare(
+                        data, model=_spec_model(model, width, config.out_dim(data.n_classes), parsed["head"]),
+                        width=width, ridge=parsed["ridge"], seed=seed, kernel=kernel, influence=parsed["influence"],
+                        targets=parsed["targets"], training=mode, at_epsilon=parsed["at_epsilon"], train_config=config,
+                        attack_config=parsed["attack_config"] or None, dtype=parsed["dtype"], fitted=fits.get(fit_key),
+                        attack_targets=parsed["attack_targets"] if any(i != "curated" for i in parsed["interventions"])
+                        else (),
+                    )
+                    fits[fit_key] = experiment.fitted
+                    context = {"spec": spec, "parsed": parsed, "dataset_label": dataset_label, "fits": fits,
+                               "fit_key": fit_key}
+                    for key, cell in cells:
+                        report = _run_cell(store, key, cell, experiment, context, membership.get(key, []))
+                        if report is not None:
+                            written.append(key)
+                            if progress is not None:
+                                progress(cell, report)
+    return written
+
+
+def _spec_groups(parsed: dict):
+    """(seed, model, width, training mode, kernel): the cells sharing one clean fit."""
+    for seed in parsed["seeds"]:
+        for model in parsed["models"]:
+            for width in parsed["widths"]:
+                for mode in parsed["modes"]:
+                    for kernel in parsed["kernels"]:
+                        yield seed, model, width, mode, kernel
+
+
+def _group_cells(parsed: dict, dataset: dict, group: tuple) -> list[dict]:
+    """The cells of one group: interventions × attack targets × (attacks × ε, or once for "curated"),
+    then one null-baseline cell per null kind."""
+    seed, model, width, mode, kernel = group
+    grid = []
+    for intervention in parsed["interventions"]:
+        if intervention == "curated":
+            grid.append((intervention, "none", "none", 0.0))
+            continue
+        grid += [(intervention, target, attack, epsilon) for target in parsed["attack_targets"]
+                 for attack in parsed["attacks"] for epsilon in parsed["epsilons"]]
+    grid += [(f"null-{kind}", "none", "none", 0.0) for kind in parsed["nulls"]]
+    precision = {"precision": "fast"} if parsed["precision"] == "fast" else {}  # "highest" keeps earlier keys
+    return [{
+        "dataset": dataset, "model": model, "width": width, "seed": seed, "training_mode": mode,
+        "kernel": kernel, "head": parsed["head"], "training": parsed["training"],
+        "attack_config": parsed["attack_config"],
+        "at_epsilon": parsed["at_epsilon"] if mode == "pgd-at" else None,
+        "intervention": intervention, "attack_target": target, "attack": attack, "epsilon": epsilon,
+        **{k: parsed[k] for k in ("tau", "ridge", "influence", "targets", "retrain", "dtype")}, **precision,
+    } for intervention, target, attack, epsilon in grid]
+
+
+def _run_cell(store, key: str, cell: dict, experiment: Experiment, context: dict, variants: list[str]):
+    """Claim, measure and store one cell; its report, or None when another process holds it."""
+    if not store.claim(key):
+        return None
+    started = utc_now()
+    parsed = context["parsed"]
+    try:
+        if cell["intervention"].startswith("null-"):
+            kind = cell["intervention"][len("null-"):]
+            refit_key = (context["fit_key"], kind)
+            if refit_key not in context["fits"]:
+                context["fits"][refit_key] = null_refit(experiment, kind)
+            report = measure_null(experiment, kind=kind, tau=parsed["tau"], refit=context["fits"][refit_key])
+        else:
+            config = dataclasses.replace(
+                experiment.attack_config, target="model" if cell["attack_target"] == "none" else cell["attack_target"]
+            )
+            report = measure(
+                experiment, attack="pgd" if cell["attack"] == "none" else cell["attack"], epsilon=cell["epsilon"],
+                tau=parsed["tau"], intervention=cell["intervention"], retrain=parsed["retrain"], attack_config=config,
+            )
+        # Settings live in the cell; metrics keep the results (no clashing to_frame columns).
+        metrics = {k: v for k, v in report.to_dict().items() if k not in cell and k not in ("training", "seconds")}
+        metrics.update(
+            flip_rates=report.flip_rates.tolist(),
+            spearmans=report.spearmans.tolist(),
+            topk_overlaps=report.topk_overlaps_per_test.tolist(),
+            final_train_loss=float(experiment.fitted.losses[-1]) if experiment.fitted.losses.size else None,
+            dataset_label=context["dataset_label"],
+            variants=list(variants),
+        )
+        record = make_record(
+            "malleability", cell, metrics, spec=dict(context["spec"]), seed=cell["seed"], seconds=report.seconds,
+            started=started, finished=utc_now(),
+        )
+        store.put(key, record)
+        return report
+    finally:
+        store.release(key)
+
+
+SUMMARY_KEYS = ("dataset.name", "model", "width", "training_mode", "kernel", "intervention", "attack", "epsilon")
+SUMMARY_METRICS = ("flip_rate", "spearman", "topk_overlap")
+
+
+def summary_frame(store):
+    """Stored malleability cells averaged over seeds: one row per (dataset, model, …, attack, ε).
+
+    Args:
+      store: a ``kernelattn.experiments.store.ResultStore``.
+
+    Returns:
+      pandas DataFrame with the ``SUMMARY_KEYS`` columns present, ``seeds`` and
+      the mean of each ``SUMMARY_METRICS`` column.
+    """
+    frame = store.to_frame("malleability")
+    if frame.empty:
+        return frame
+    if "model.name" in frame and "model" not in frame:
+        frame = frame.rename(columns={"model.name": "model"})
+    keys = [k for k in SUMMARY_KEYS if k in frame]
+    metrics = [m for m in SUMMARY_METRICS if m in frame]
+    grouped = frame.groupby(keys, dropna=False, sort=True)
+    summary = grouped[metrics].mean()
+    summary.insert(0, "seeds", grouped.size())
