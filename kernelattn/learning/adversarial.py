@@ -18,20 +18,10 @@ import optax
 
 from kernelattn.learning.attacks import AttackConfig, pgd
 from kernelattn.learning.fitting import FittedModel, HeadModel, fit_model
-from kernelattn.learning.training import TrainConfig, class_targets, loss_value, make_optimizer
+from kernelattn.learning.training import TrainConfig, class_targets, epoch_batches, loss_value, make_optimizer
 
 #: Training modes: plain minibatch Adam, or PGD adversarial training.
 TRAININGS = ("standard", "pgd-at")
-
-
-def _epoch_batches(key, n: int, batch_size: int, dtype):
-    """A shuffled epoch as ``(n_batches, batch_size)`` int indices and 0/1 weights in ``dtype`` (the last
-    batch padded with index 0 at weight 0)."""
-    n_batches = -(-n // batch_size)
-    order = jax.random.permutation(key, n)
-    padded = jnp.concatenate([order, jnp.zeros(n_batches * batch_size - n, order.dtype)])
-    weights = (jnp.arange(n_batches * batch_size) < n).astype(dtype)
-    return padded.reshape(n_batches, batch_size), weights.reshape(n_batches, batch_size)
 
 
 def adversarial_fit(
@@ -102,7 +92,7 @@ def _adversarial_epochs(spec, config, attack_config, batch_size, params, rest, o
             random_start=attack_config.random_start, bounds=attack_config.bounds,
         )
         features = spec.features(jax.lax.stop_gradient(x_adv), jax.lax.stop_gradient(x_adv))
-        idx, w = _epoch_batches(k_order, n, batch_size, x.dtype)
+        idx, w = epoch_batches(k_order, n, batch_size, x.dtype)
 
         def step(carry, batch):
             params, opt_state = carry

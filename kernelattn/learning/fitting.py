@@ -219,6 +219,34 @@ def _init(spec: HeadModel, key, features):
     return jax.tree_util.tree_map(lambda v: jnp.asarray(v, spec.dtype), dict(variables))
 
 
+@dataclasses.dataclass(frozen=True)
+class HeadApply:
+    """``(rest, params, features) ↦ (n, C)`` head outputs, the non-trainable collections ``rest`` passed in.
+
+    Compared by value (its :class:`HeadModel`): ``jax.tree_util.Partial(HeadApply(spec), rest)`` is the
+    ``apply_fn`` of :func:`kernelattn.learning.training.train`, compiled once per model configuration.
+    """
+
+    spec: HeadModel
+
+    def __call__(self, rest: dict, params: dict, features: jax.Array) -> jax.Array:
+        return self.spec.apply({"params": params, **rest}, features)
+
+
+@dataclasses.dataclass(frozen=True)
+class RawOutputs:
+    """``(variables, context, queries) ↦ (n_q, C)`` outputs on raw queries attending over the raw
+    ``context`` (``None``: the queries themselves, the transductive training-set view).
+
+    Compared by value, so attack objectives built from it compile once per model configuration.
+    """
+
+    spec: HeadModel
+
+    def __call__(self, variables: dict, context: jax.Array | None, queries: jax.Array) -> jax.Array:
+        return self.spec.outputs(variables, queries, queries if context is None else context)
+
+
 def resolve_model(model, width: int, out_dim: int, dtype) -> HeadModel:
     """A :class:`HeadModel` from a name ("relu", "mlp-attn" and aliases) or a model instance.
 
@@ -281,6 +309,11 @@ class FittedModel:
         """``(n_q, C)`` outputs on raw queries attending over the raw training set."""
         return self.spec.outputs(self.variables, queries, context)
 
+    def outputs_fn(self, context: jax.Array | None = None) -> jax.tree_util.Partial:
+        """``queries ↦ (n_q, C)`` outputs attending over ``context`` (``None``: over the queries
+        themselves), as a ``jax.tree_util.Partial`` whose arrays are traced (see :class:`RawOutputs`)."""
+        return jax.tree_util.Partial(RawOutputs(self.spec), self.variables, context)
+
 
 def flat_head(variables: dict) -> dict:
     """``{"W", ["b"], "a"}`` from head variables ``{"params": …, ["constants": {"a"}]}``."""
@@ -317,9 +350,7 @@ def fit_model(spec: HeadModel, X, targets, *, key_init: jax.Array, key_train: ja
     initial = spec.init(key_init, features)
     params, rest = initial["params"], {k: v for k, v in initial.items() if k != "params"}
 
-    def apply_fn(p, f):
-        return spec.apply({"params": p, **rest}, f)
-
+    apply_fn = jax.tree_util.Partial(HeadApply(spec), rest)
     result = train(apply_fn, params, np.asarray(features), np.asarray(targets), key=key_train, config=config)
     loss = config.resolved_loss(np.asarray(targets).shape[1])
     return FittedModel(spec, {"params": result.params, **rest}, initial, result.losses, "standard", loss)

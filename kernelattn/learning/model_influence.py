@@ -159,23 +159,39 @@ def empirical_ntk_jnp(f1: jax.Array, f2: jax.Array | None, head: HeadConfig, var
     return head_ntk_fn(flat_head(variables), head, f1, f2)
 
 
-def kernel_function(fitted: FittedModel, kernel: str = "empirical"):
+@dataclasses.dataclass(frozen=True)
+class RawKernel:
+    """``(variables, queries, context=None) ↦ (n_q, n)`` kernel between raw queries and the raw training
+    set ``context`` (``None``: the queries themselves), the attention rebuilt over ``context``.
+
+    Compared by value (model and kernel name), so attacks through it compile once per configuration.
+    """
+
+    spec: HeadModel
+    kernel: str
+
+    def __call__(self, variables: dict, queries: jax.Array, context: jax.Array | None = None) -> jax.Array:
+        context = queries if context is None else context
+        f_context = self.spec.features(context, context)
+        f_queries = f_context if queries is context else self.spec.features(queries, context)
+        if self.kernel == "infinite":
+            return infinite_ntk_jnp(f_queries, f_context, self.spec.head)
+        return empirical_ntk_jnp(f_queries, f_context, self.spec.head, variables)
+
+
+def kernel_function(fitted: FittedModel, kernel: str = "empirical") -> jax.tree_util.Partial:
     """``kernel_fn(queries, context=None)`` → K ``(n_q, n)`` in jnp: the kernel between raw queries and
     the raw training set ``context`` (``None``: the queries themselves), rebuilt from raw pixels with
-    the attention over ``context``, differentiable in both — for attacks on the kernel predictor."""
+    the attention over ``context``, differentiable in both — for attacks on the kernel predictor.
+    A ``jax.tree_util.Partial`` of :class:`RawKernel` over the fit's variables."""
     kernel = check_choice(kernel, "kernel", RIDGE_KERNELS)
-    spec = fitted.spec
     variables = fitted.initial if kernel == "empirical-init" else fitted.variables
+    return jax.tree_util.Partial(RawKernel(fitted.spec, kernel), variables)
 
-    def kernel_fn(queries, context=None):
-        context = queries if context is None else context
-        f_context = spec.features(context, context)
-        f_queries = f_context if queries is context else spec.features(queries, context)
-        if kernel == "infinite":
-            return infinite_ntk_jnp(f_queries, f_context, spec.head)
-        return empirical_ntk_jnp(f_queries, f_context, spec.head, variables)
 
-    return kernel_fn
+def kernel_prediction(kernel_fn, context: jax.Array, alpha: jax.Array, queries: jax.Array) -> jax.Array:
+    """``(n_q, C)`` kernel predictor K(queries, context) α (bind the first three with ``jax.tree_util.Partial``)."""
+    return kernel_fn(queries, context) @ alpha
 
 
 # =========================================================================== network gradients (TracIn)

@@ -136,12 +136,13 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(optax.add_decayed_weights(config.weight_decay), optax.adam(config.learning_rate))
 
 
-def _epoch_batches(key: jax.Array, n: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
-    """A shuffled epoch as ``(n_batches, batch_size)`` indices and 0/1 weights."""
+def epoch_batches(key: jax.Array, n: int, batch_size: int, dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
+    """A shuffled epoch as ``(n_batches, batch_size)`` int indices and 0/1 weights in ``dtype`` (the last
+    batch padded with index 0 at weight 0)."""
     n_batches = -(-n // batch_size)
     order = jax.random.permutation(key, n)
     padded = jnp.concatenate([order, jnp.zeros(n_batches * batch_size - n, order.dtype)])
-    weights = (jnp.arange(n_batches * batch_size) < n).astype(jnp.float32)
+    weights = (jnp.arange(n_batches * batch_size) < n).astype(dtype)
     return padded.reshape(n_batches, batch_size), weights.reshape(n_batches, batch_size)
 
 
@@ -189,7 +190,7 @@ def _epochs(apply_fn, optimizer, loss, params, opt_state, x, y, keys, batch_size
         return (optax.apply_updates(params, updates), opt_state), value
 
     def epoch(carry, key):
-        idx, w = _epoch_batches(key, x.shape[0], batch_size)
+        idx, w = epoch_batches(key, x.shape[0], batch_size)
         carry, values = jax.lax.scan(step, carry, (idx, w))
         return carry, jnp.mean(values)
 

@@ -69,7 +69,13 @@ from kernelattn.learning.attacks import (
 from kernelattn.learning.fitting import FittedModel, TrainTest, assess_fit, fit_label, resolve_data
 from kernelattn.learning.influence import InfluenceResult, one_vs_rest
 from kernelattn.learning.malleability_metrics import compare_influence, finite_mean_std, influential_points, top_count
-from kernelattn.learning.model_influence import RIDGE_KERNELS, FitOptions, fitted_influence, kernel_function
+from kernelattn.learning.model_influence import (
+    RIDGE_KERNELS,
+    FitOptions,
+    fitted_influence,
+    kernel_function,
+    kernel_prediction,
+)
 from kernelattn.learning.training import TrainConfig
 
 #: What :func:`measure` changes: every training point attacked, the top-τ points attacked, the test
@@ -235,13 +241,13 @@ def _attack_loss(experiment: Experiment, config: AttackConfig, on: str = "train"
         x = jnp.asarray(split.X, fitted.spec.dtype)
         k = np.asarray(kernel_fn(x), np.float64)
         alpha = jnp.asarray(np.linalg.solve((k + k.T) / 2 + options.ridge * np.eye(len(k)), targets), x.dtype)
-        return kernel_predictor_loss(lambda x_star: kernel_fn(x_star, x) @ alpha,
+        return kernel_predictor_loss(jax.tree_util.Partial(kernel_prediction, kernel_fn, x, alpha),
                                      one_vs_rest(split.labels_test, split.n_classes, options.targets))
     if on == "train":
-        return model_loss(lambda x: fitted.outputs(x, x), split.train_targets(options.train_config), fitted.loss)
+        return model_loss(fitted.outputs_fn(), split.train_targets(options.train_config), fitted.loss)
     context = jnp.asarray(split.X, fitted.spec.dtype)
-    return model_loss(lambda x_star: fitted.outputs(x_star, context),
-                      split.train_targets(options.train_config, split.labels_test), fitted.loss)
+    return model_loss(fitted.outputs_fn(context), split.train_targets(options.train_config, split.labels_test),
+                      fitted.loss)
 
 
 def measure(
