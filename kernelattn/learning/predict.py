@@ -422,7 +422,12 @@ def gradient_descent_mse_ensemble(
 
 
 def _at_infinity(g, y, kernels, k_td, k_tt, factorization, compute_cov):
-    """The t = ∞ mean (and covariance) of kernel ``g``: the GP posterior (nngp) or converged flow (ntk)."""
+    """The t = ∞ mean (and covariance) of kernel ``g``: the GP posterior (nngp) or converged flow (ntk).
+
+    ``kernels``: ``{kernel: (n, n)}`` on the training inputs; ``k_td``:
+    ``{kernel: (m, n)}`` float64, or None for the training inputs; ``k_tt``:
+    the ``(m, m)`` test NNGP (with ``compute_cov``); ``factorization(g)``: Θ + λI's.
+    """
     if k_td is None:
         mean = y.copy()
         return Gaussian(mean, np.zeros(kernels[g].shape)) if compute_cov else mean
@@ -440,7 +445,10 @@ def _at_infinity(g, y, kernels, k_td, k_tt, factorization, compute_cov):
 
 
 def _at_times(g, y, times, t_shape, kernels, k_td, k_tt, basis, compute_cov):
-    """The mean (and covariance) of kernel ``g`` at ``(T,)`` times η·t, reshaped to ``t.shape``."""
+    """The mean (and covariance) of kernel ``g`` at ``(T,)`` times η·t, reshaped to ``t.shape``.
+
+    Arguments as in :func:`_at_infinity`; ``basis``: Θ + λI's ``(values, vectors)``.
+    """
     values, vectors = basis
     normalization = y.size
     gain = flow_gain(values, times, normalization)  # (T, n): Θ⁻¹(I − e^{−Θt/N}) in the eigenbasis
