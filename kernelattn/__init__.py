@@ -58,6 +58,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`
     from kernelattn.experiments.specs import Spec, SpecError, load_spec
     from kernelattn.experiments.store import ResultStore, StoreCorruptError, StoreError
     from kernelattn.experiments.sweeps import SweepResults, format_summary, load_results, run_sweep
+    from kernelattn.learning.predict import Gaussian, gradient_descent_mse, gradient_descent_mse_ensemble
     from kernelattn.learning.training import TrainConfig, linearize, ntk_predictor, train
     from kernelattn.transforms import AttentionConfig, linear_attention
 
@@ -103,6 +104,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "kernelattn.experiments.specs": ("Spec", "SpecError", "load_spec"),
     "kernelattn.experiments.store": ("ResultStore", "StoreCorruptError", "StoreError"),
     "kernelattn.experiments.sweeps": ("SweepResults", "format_summary", "load_results", "run_sweep"),
+    "kernelattn.learning.predict": ("Gaussian", "gradient_descent_mse", "gradient_descent_mse_ensemble"),
     "kernelattn.learning.training": ("TrainConfig", "linearize", "ntk_predictor", "train"),
     "kernelattn.transforms": ("AttentionConfig", "linear_attention"),
 }

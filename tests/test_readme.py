@@ -14,3 +14,15 @@ def test_readme_python_example_runs():
     report = namespace["report"]
     assert 0.0 <= report.flip_rate <= 1.0
     assert namespace["theta_m"].shape == namespace["theta_inf"].shape == (200, 200)
+
+
+def test_readme_prediction_example_runs():
+    """The second block (neural-tangents-style prediction) continues the first one's ``data``."""
+    import kernelattn as ka
+
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    ka.enable_x64()
+    namespace: dict = {"ka": ka, "data": ka.data.load("digits", n_train=200, n_test=50)}
+    exec(compile(blocks[1], "README.md", "exec"), namespace)  # noqa: S102
+    assert namespace["f_train"].shape == (3, 200, 10) and namespace["f_test"].shape == (3, 50, 10)
+    assert namespace["ntk"].mean.shape == (50, 10) and namespace["ntk"].covariance.shape == (50, 50)

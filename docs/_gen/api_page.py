@@ -44,6 +44,8 @@ GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      ("check_kernel", "KernelWarning", "KernelError")),
     ("Training", "optax training loops, the linearized model and kernel predictors.",
      ("TrainConfig", "train", "linearize", "ntk_predictor")),
+    ("Prediction", "Closed-form MSE gradient flow at any times, and the infinite ensemble's mean and covariance, "
+     "with neural-tangents' conventions.", ("gradient_descent_mse", "gradient_descent_mse_ensemble", "Gaussian")),
     ("Influence", "Exact leave-one-out and influence-function scores of kernel ridge regression.",
      ("influence", "FitOptions", "influence_scores", "InfluenceResult")),
     ("Attacks", "FGSM, PGD and MIM on the training data.", ("AttackConfig", "AttackResult", "fgsm", "pgd", "mim",

@@ -1,8 +1,9 @@
-"""Learning: training a model (optax), its influence on training points, and attacks on its inputs.
+"""Learning: training a model (optax), predicting its gradient flow, its influence on training points, and attacks on its inputs.
 
 In import order (each module imports only those above it):
 
 - ``training``: full-batch/minibatch training, the linearized model and the NTK predictor;
+- ``predict``: closed-form MSE gradient flow with a kernel, and the infinite ensemble, as neural-tangents' ``predict``;
 - ``attacks``: FGSM, PGD and MIM perturbations of the inputs;
 - ``influence``: influence of training points on kernel ridge predictions (pure kernel mathematics);
 - ``malleability_metrics``: how far one influence matrix moved from another (flip rate, Spearman ρ, top-k overlap);
