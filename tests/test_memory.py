@@ -96,6 +96,10 @@ def test_autodiff_and_attack_and_sweep_estimates():
     one = M.sweep_cell_memory(500, 200, 64, width_chunk=1024)
     four = M.sweep_cell_memory(500, 200, 64, width_chunk=1024, seeds=4)
     assert four.total > one.total and one.host > 10 * 500 * 500 * 8
+    # The sweep's two quick checks: exact byte counts, no runtime overhead.
+    assert M.sweep_group_memory(500, 200).total == 6 * 8 * 700 * 500
+    assert M.seed_batch_memory(500, 200, width_chunk=64, seeds=3, dtype="float64").total == \
+        3 * 8 * (3 * 700 * 500 + 4 * 700 * 64)
 
 
 # --------------------------------------------------------------------------- planners

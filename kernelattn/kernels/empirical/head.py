@@ -402,19 +402,9 @@ def _streaming(key, x1, x2, *, head: HeadConfig, trace_output: bool, chunk: int,
     return _finish(total, lin, head, trace_output, method)
 
 
-def streaming_head_ntk(
-    key: jax.Array,
-    head: HeadConfig,
-    x1: jax.Array,
-    x2: jax.Array | None = None,
-    *,
-    trace_output: bool = True,
-    width_chunk: int = DEFAULT_WIDTH_CHUNK,
-    dtype="float32",
-    budget: int | None = None,
-    method: str = "auto",
-    precision=None,
-) -> jax.Array:
+def streaming_head_ntk(key: jax.Array, head: HeadConfig, x1: jax.Array, x2: jax.Array | None = None, *,
+                       trace_output: bool = True, width_chunk: int = DEFAULT_WIDTH_CHUNK, dtype="float32",
+                       budget: int | None = None, method: str = "auto", precision=None) -> jax.Array:
     """Empirical NTK of a freshly drawn ``MLPHead`` of any width, parameters drawn per chunk.
 
     Hidden units of chunk i are drawn from ``fold_in(key, i)`` (W, b ~ N(0, 1);

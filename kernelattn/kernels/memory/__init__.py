@@ -9,8 +9,9 @@ by the OS. Three modules, each building on the one before:
   :func:`ensure_fits`, which raises :class:`MemoryPlanError` before anything
   is allocated, with the estimate, the budget and the options;
 - ``estimators``: every estimate from shapes alone — the structured/streamed
-  head NTK, the autodiff and factored NTKs, a kernel-sweep cell, attacks,
-  training — and how they were calibrated against measured peaks;
+  head NTK, the autodiff and factored NTKs, a kernel-sweep cell (and the
+  sweep's two quick checks), attacks, training — and how they were
+  calibrated against measured peaks;
 - ``plans``: :func:`plan_width_chunk` and :func:`plan_seed_batch` pick the
   largest width chunk / seed batch that fits.
 
@@ -39,7 +40,9 @@ from kernelattn.kernels.memory.estimators import (
     factored_ntk_memory,
     head_ntk_memory,
     head_param_count,
+    seed_batch_memory,
     sweep_cell_memory,
+    sweep_group_memory,
     training_memory,
 )
 from kernelattn.kernels.memory.plans import DEFAULT_MAX_CHUNK, plan_seed_batch, plan_width_chunk
@@ -67,6 +70,8 @@ __all__ = [
     "plan_seed_batch",
     "plan_width_chunk",
     "refusal_message",
+    "seed_batch_memory",
     "sweep_cell_memory",
+    "sweep_group_memory",
     "training_memory",
 ]

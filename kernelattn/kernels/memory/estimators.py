@@ -45,7 +45,9 @@ __all__ = [
     "factored_ntk_memory",
     "head_ntk_memory",
     "head_param_count",
+    "seed_batch_memory",
     "sweep_cell_memory",
+    "sweep_group_memory",
     "training_memory",
 ]
 
@@ -338,6 +340,47 @@ def sweep_cell_memory(
     what = (f"a kernel-sweep cell (n={n}, n*={n_test}, d={d}, width_chunk={chunk}, {np.dtype(dtype).name}"
             + (f", {seeds} seeds batched" if seeds > 1 else "") + ")")
     return MemoryEstimate(what, terms, stream_host, options=tuple(options))
+
+
+def sweep_group_memory(n: int, n_test: int) -> MemoryEstimate:
+    """A first bound for one (dataset, model) group of a sweep, checked before any of its work.
+
+    Six float64 (n + n*) × n matrices on the host (Θ_∞, Θ_m, their
+    differences and factors), with no runtime overhead: the sweep compares
+    it with the host's available memory as is, for every model (the
+    calibrated :func:`sweep_cell_memory` follows for the streamed ones).
+
+    Args:
+      n, n_test: training and test points.
+    """
+    n = check_int(n, "n", minimum=1)
+    n_test = check_int(n_test, "n_test", minimum=0)
+    return MemoryEstimate(f"the kernel matrices of a sweep group (n={n}, n*={n_test})", {},
+                          {"(n + n*) × n kernel matrices (float64)": 6 * 8 * (n + n_test) * n}, overhead=0,
+                          options=("set n_train / n_test in the spec's dataset entry",))
+
+
+def seed_batch_memory(n: int, n_test: int, *, width_chunk: int, seeds: int, dtype="float32") -> MemoryEstimate:
+    """The rule a sweep's ``kernel.memory_gb`` bounds before it vmaps its seeds together.
+
+    Per seed 3·n_all·n (the Θ_m accumulators) + 4·n_all·chunk (a chunk's
+    pre-activations), n_all = n + n*, in ``dtype``, with no runtime overhead:
+    the spec's setting, not a calibrated peak (that is :func:`sweep_cell_memory`).
+
+    Args:
+      n, n_test: training and test points.
+      width_chunk: the sweep's ``kernel.width_chunk``.
+      seeds: seeds vmapped together.
+      dtype: the sweep's compute dtype.
+    """
+    item = _itemsize(dtype)
+    n = check_int(n, "n", minimum=1)
+    n_all = n + check_int(n_test, "n_test", minimum=0)
+    chunk = check_int(width_chunk, "width_chunk", minimum=1)
+    seeds = check_int(seeds, "seeds", minimum=1)
+    return MemoryEstimate(f"{seeds} seeds of a sweep group vmapped together (n={n}, n*={n_all - n})",
+                          {"Θ_m accumulators and pre-activations": seeds * item * (3 * n_all * n + 4 * n_all * chunk)},
+                          overhead=0)
 
 
 def _head_sizes(n, d, width, out_dim, n_params) -> tuple[int, int, int, int, int]:
