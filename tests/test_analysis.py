@@ -6,8 +6,24 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kernelattn.analysis.fits import convergence_fits, crossing_width, log10_width, loglog_fit, width_fits
-from kernelattn.analysis.formatting import fmt, fmt_log, fmt_pm, fmt_range, markdown_table, text_table
+from kernelattn.analysis.fits import (
+    convergence_fits,
+    crossing_width,
+    group_fits,
+    log10_width,
+    loglog_fit,
+    width_fits,
+)
+from kernelattn.analysis.formatting import (
+    fits_table,
+    fmt,
+    fmt_log,
+    fmt_pm,
+    fmt_range,
+    markdown_table,
+    seed_summary_table,
+    text_table,
+)
 from kernelattn.analysis.labels import dataset_label, display_order, model_info, model_label
 from kernelattn.analysis.statistics import seed_stats, seed_summary, width_summary
 
@@ -95,6 +111,20 @@ def test_convergence_fits_of_stored_rows():
     assert attn["log10_m_theory"] == 9.0 and len(attn["keys"]) == 6
 
 
+def test_group_fits_fit_each_group_and_carry_its_constants():
+    kernel = _kernel_rows()
+    summary = seed_summary(kernel, ["dataset", "model", "width"], ["rel_fro", "cert"])
+    fits = group_fits(summary, kernel, ("rel_fro", "cert", "absent"), crossings={"cert": 0.5},
+                      carry=("kappa_d_G", "not_a_column"))
+    assert list(fits["model"]) == ["MLP-Attn", "2L-ReLU"]  # in order of appearance
+    assert list(fits.columns) == ["dataset", "model", "n_widths", "n_cells", "slope_rel_fro", "r2_rel_fro",
+                                  "slope_cert", "r2_cert", "m_cert_half", "log10_m_cert_half", "kappa_d_G"]
+    attn = fits.iloc[0]
+    assert attn["n_widths"] == 3 and attn["n_cells"] == 6 and attn["kappa_d_G"] == 10.0
+    assert attn["slope_cert"] == pytest.approx(-0.5, abs=1e-6)
+    assert attn["m_cert_half"] == pytest.approx(36.0 * 1.005**2)
+
+
 # ----------------------------------------------------------------------------- labels
 
 
@@ -141,3 +171,14 @@ def test_tables_and_ranges():
     text = text_table(["name", "value"], [["a", "1"], ["bb", "22"]])
     assert text.splitlines() == ["name  value", "----  -----", "a         1", "bb       22"]
     assert text_table(["a"], []) == "(no rows)"
+
+
+def test_seed_summary_and_fits_tables():
+    summary = pd.DataFrame([{"dataset": "d", "model": "m", "width": 4, "n_seeds": 2, "cert_mean": 0.5,
+                             "cert_std": 0.05}])
+    header, _, row = seed_summary_table(summary, [("cert", "cert")]).splitlines()
+    assert header.split() == ["dataset", "model", "width", "seeds", "cert"]
+    assert row.split() == ["d", "m", "4", "2", "0.5", "±", "0.05"]
+    fits = pd.DataFrame([{"dataset": "d", "model": "m", "slope_cert": -0.5, "log10_m_cert_half": 2.345678}])
+    text = fits_table(fits, [("slope_cert", "slope"), ("log10_m_cert_half", "log10 m")])
+    assert text.splitlines()[-1].split() == ["d", "m", "-0.5", "2.35"]

@@ -394,8 +394,8 @@ def _missing_record(world: Path):
 
 def _small_memory(mp: pytest.MonkeyPatch, world: Path) -> None:
     """A machine with 16 GiB free and no accelerator, whatever runs the tests."""
-    mp.setattr("kernelattn.kernels.memory.available_memory", lambda **_: 16 * 2**30)
-    mp.setattr("kernelattn.kernels.memory.device_free_memory", lambda device=None: None)
+    mp.setattr("kernelattn.kernels.memory.budgets.available_memory", lambda **_: 16 * 2**30)
+    mp.setattr("kernelattn.kernels.memory.budgets.device_free_memory", lambda device=None: None)
 
 
 def _read_only_out(mp: pytest.MonkeyPatch, world: Path) -> None:

@@ -174,8 +174,8 @@ def test_memory_plan_refuses_before_allocating(monkeypatch):
     x = np.ones((4, 3))
     params = {"W": jnp.ones((3, 2))}
     # Tiny host and device memory: the plan refuses on a CPU (host RAM) and on an accelerator (memory_stats) alike.
-    monkeypatch.setattr(memory, "available_memory", lambda **_: 1000)
-    monkeypatch.setattr(memory, "device_free_memory", lambda device=None: None if device is None or getattr(
+    monkeypatch.setattr(memory.budgets, "available_memory", lambda **_: 1000)
+    monkeypatch.setattr(memory.budgets, "device_free_memory", lambda device=None: None if device is None or getattr(
         device, "platform", "cpu") == "cpu" else 1000)
     with pytest.raises(memory.MemoryPlanError, match="factored autodiff NTK"):
         empirical_ntk(lambda p, z: z @ p["W"], params, x, implementation="factored")

@@ -30,9 +30,10 @@ def estimate_for(size: dict) -> M.MemoryEstimate:
 
 
 def measure(sizes: list) -> list:
-    """Peak-RSS increase of one streaming_head_ntk call per size, in a fresh process (M.MEASURE_SCRIPT)."""
+    """Peak-RSS increase of one streaming_head_ntk call per size, in a fresh process (benchmarks/memory_peak.py)."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", M.MEASURE_SCRIPT, json.dumps(sizes)], cwd=ROOT, env=env,
+    script = ROOT / "benchmarks" / "memory_peak.py"
+    proc = subprocess.run([sys.executable, str(script), json.dumps(sizes)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -95,6 +96,10 @@ def test_autodiff_and_attack_and_sweep_estimates():
     one = M.sweep_cell_memory(500, 200, 64, width_chunk=1024)
     four = M.sweep_cell_memory(500, 200, 64, width_chunk=1024, seeds=4)
     assert four.total > one.total and one.host > 10 * 500 * 500 * 8
+    # The sweep's two quick checks: exact byte counts, no runtime overhead.
+    assert M.sweep_group_memory(500, 200).total == 6 * 8 * 700 * 500
+    assert M.seed_batch_memory(500, 200, width_chunk=64, seeds=3, dtype="float64").total == \
+        3 * 8 * (3 * 700 * 500 + 4 * 700 * 64)
 
 
 # --------------------------------------------------------------------------- planners
@@ -285,7 +290,7 @@ def test_the_refusal_names_the_memory_it_compared_with(monkeypatch):
     assert info.value.source == "device" and info.value.budget == 2**23
     big_gpu = StubDevice(stats={"bytes_limit": 2**40, "bytes_in_use": 0})
     M.ensure_fits(est, device=big_gpu)  # host RAM is not what limits device buffers
-    monkeypatch.setattr(M, "available_memory", lambda **_: 2**20)
+    monkeypatch.setattr(M.budgets, "available_memory", lambda **_: 2**20)
     with pytest.raises(MemoryPlanError, match="of host memory") as info:
         M.ensure_fits(est, device=StubDevice("cpu"))
     assert info.value.source == "host"
@@ -300,7 +305,7 @@ def test_kernels_plan_against_the_default_device(monkeypatch):
     from kernelattn.kernels.empirical import structured_head_ntk
     from kernelattn.models import HeadConfig
 
-    monkeypatch.setattr(M, "default_device", lambda: StubDevice(stats={"bytes_limit": 2**20, "bytes_in_use": 0}))
+    monkeypatch.setattr(M.budgets, "default_device", lambda: StubDevice(stats={"bytes_limit": 2**20, "bytes_in_use": 0}))
     with pytest.raises(MemoryPlanError, match="device memory") as info:
         structured_head_ntk({"W": jnp.ones((3, 8)), "a": jnp.ones((8, 1))}, HeadConfig(8), jnp.ones((6, 3)))
     assert info.value.source == "device"

@@ -2,7 +2,7 @@
 
 - ``statistics``: mean, sample std and extremes over seeds (``seed_stats``, ``seed_summary``, ``width_summary``);
 - ``fits``: log-log fits against width and the widths they extrapolate to (``loglog_fit``,
-  ``crossing_width``, ``width_fits``, ``convergence_fits``);
+  ``crossing_width``, ``width_fits``, ``group_fits``, ``convergence_fits``);
 - ``bootstrap``: two-stage paired bootstrap intervals over seeds and test points;
 - ``labels``: display labels of models and datasets, table order;
 - ``formatting``: numbers and tables as text (report, sweep summaries, command line).

@@ -18,7 +18,7 @@ import pandas as pd
 from kernelattn.analysis.statistics import width_summary
 from kernelattn.errors import InputValueError
 
-__all__ = ["LogLogFit", "convergence_fits", "crossing_width", "log10_width", "loglog_fit", "width_fits"]
+__all__ = ["LogLogFit", "convergence_fits", "crossing_width", "group_fits", "log10_width", "loglog_fit", "width_fits"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +114,42 @@ def width_fits(widths: Sequence[float], means: Mapping[str, Sequence[float]], *,
             row[f"m_{metric}_{name}"] = m
             row[f"log10_m_{metric}_{name}"] = log10_width(m)
     return row
+
+
+def group_fits(summary: pd.DataFrame, cells: pd.DataFrame, metrics: Sequence[str], *,
+               by: Sequence[str] = ("dataset", "model"), crossings: Mapping[str, float] | None = None,
+               carry: Sequence[str] = ()) -> pd.DataFrame:
+    """Per group of ``by`` of a seed summary over widths: the log-log fits of the metrics' seed means.
+
+    Args:
+      summary: ``statistics.seed_summary`` of ``cells`` by ``(*by, "width")``.
+      cells: the per-cell rows summarized (where ``carry`` is read).
+      metrics: the metrics fitted (:func:`width_fits`); those without a
+        ``<metric>_mean`` column are skipped.
+      by: the grouping columns.
+      crossings: as in :func:`width_fits`.
+      carry: columns copied from each group's first cell (constants of the
+        group, e.g. κ(G)); absent ones are skipped.
+
+    Returns:
+      One row per group, in order of appearance: ``by``, ``n_widths``,
+      ``n_cells`` (the seeds summed over widths), the fits, then ``carry``.
+    """
+    rows = []
+    for values, group in summary.groupby(list(by), sort=False):
+        values = values if isinstance(values, tuple) else (values,)
+        widths = group["width"].to_numpy(np.float64)
+        row: dict[str, Any] = dict(zip(by, values))
+        row.update(n_widths=int(len(widths)), n_cells=int(group["n_seeds"].sum()))
+        means = {m: group[f"{m}_mean"].to_numpy(np.float64) for m in metrics if f"{m}_mean" in group.columns}
+        row.update(width_fits(widths, means, crossings=crossings))
+        in_group = np.ones(len(cells), dtype=bool)
+        for column, value in zip(by, values):
+            in_group &= (cells[column] == value).to_numpy()
+        first = cells[in_group].iloc[0]
+        row.update({column: first[column] for column in carry if column in first.index})
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def convergence_fits(kernel: pd.DataFrame) -> pd.DataFrame:

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["fmt", "fmt_log", "fmt_pm", "fmt_range", "markdown_table", "text_table"]
+__all__ = ["fits_table", "fmt", "fmt_log", "fmt_pm", "fmt_range", "markdown_table", "seed_summary_table",
+           "text_table"]
 
 
 def _real(value: Any) -> float | None:
@@ -104,3 +105,30 @@ def text_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: Sequ
         return "  ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(cells, widths, align)).rstrip()
 
     return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in body])
+
+
+def seed_summary_table(summary: Any, shown: Sequence[tuple[str, str]]) -> str:
+    """A seed summary by (dataset, model, width) as text: its seeds, then ``mean ± std`` per metric shown.
+
+    Args:
+      summary: rows with ``dataset``, ``model``, ``width``, ``n_seeds`` and
+        ``<metric>_mean`` / ``<metric>_std`` (``statistics.seed_summary``).
+      shown: (metric, column label) pairs, in column order.
+    """
+    columns = ["dataset", "model", "width", "seeds"] + [label for _, label in shown]
+    rows = [[str(r["dataset"]), str(r["model"]), fmt(int(r["width"])), fmt(int(r["n_seeds"]))]
+            + [fmt_pm(r[f"{k}_mean"], r[f"{k}_std"]) for k, _ in shown] for _, r in summary.iterrows()]
+    return text_table(columns, rows, ["l", "l"] + ["r"] * (len(columns) - 2))
+
+
+def fits_table(fits: Any, shown: Sequence[tuple[str, str]]) -> str:
+    """Fits by (dataset, model) as text: each column shown, ``log10_*`` ones with two decimals (:func:`fmt_log`).
+
+    Args:
+      fits: rows with ``dataset``, ``model`` and the columns shown (``fits.group_fits``).
+      shown: (column, label) pairs, in column order.
+    """
+    header = ["dataset", "model"] + [label for _, label in shown]
+    rows = [[str(r["dataset"]), str(r["model"])] + [fmt_log(r[k]) if k.startswith("log10") else fmt(r[k])
+                                                    for k, _ in shown] for _, r in fits.iterrows()]
+    return text_table(header, rows, ["l", "l"] + ["r"] * (len(header) - 2))

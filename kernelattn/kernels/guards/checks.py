@@ -1,4 +1,4 @@
-"""Numerical guard-rails for kernel matrices: is this kernel fit for what is asked of it?
+"""The checks: is this kernel matrix fit for what is asked of it?
 
 A kernel Θ computed in float32 can be perfectly good for ‖Θ_m − Θ_∞‖_F and
 meaningless for (Θ + λI)⁻¹y: once κ(Θ) approaches 1/eps of the dtype it was
@@ -30,33 +30,7 @@ optionally, the backward error of a solution. :func:`check_condition` checks a
 *predicted* κ before anything is computed (κ_d(G)^(2k+1) for depth-k attention).
 :func:`check_symmetry` checks only the symmetry error, in O(n²), for a solver
 about to replace K by (K + Kᵀ)/2 (``kernelattn.kernels.linalg.factorize``).
-
-Reporting policy
-----------------
-Problems are reported according to a :class:`GuardPolicy`: ``"warn"``
-(default) issues a :class:`KernelWarning` (a ``RuntimeWarning``) per problem,
-``"raise"`` raises :class:`KernelError` (a ``ValueError``) naming the kernel,
-the numbers and the remedy, ``"ignore"`` only returns the diagnostics. The
-policy is taken, in order, from the ``policy=`` argument, else from the
-innermost ``with guards.policy(...)`` / ``with guards.strict()`` block (a
-``contextvars.ContextVar``, so it is per thread and per asyncio task, and
-restored on exit), else the default ``GuardPolicy()``.
-
-Warn once, without a registry of our own: warnings go through
-``warnings.warn`` with a stable category (:class:`KernelWarning`), a message
-that is a pure function of the problem (kernel name, dtype, kind and the
-numbers printed to two significant digits) and ``stacklevel`` pointing at the
-caller. Python's standard ``"default"`` action — which applies to
-``RuntimeWarning`` unless configured otherwise — therefore shows a given
-problem once per call site, and the usual filters control it:
-``warnings.simplefilter("always", KernelWarning)`` to see every occurrence,
-``"once"`` for once per message whatever the site, ``"ignore"`` to silence
-them. A sweep, where every cell's numbers differ slightly, can open
-``with guards.collect() as log:``: inside it a problem is warned the first
-time per (kernel name, kind, dtype), repeats are counted in ``log`` (with
-every flagged :class:`KernelDiagnostics`, for storing beside the results) and
-summarized by one warning when the block ends. All state lives in the policy
-and log objects the caller opened; nothing is module-global.
+Every check reports its problems through ``kernels.guards.reporting``.
 
 Cost: one float64 copy of K, its transpose difference and one ``eigvalsh``
 (O(n³), ~3 n² float64 of memory). Pass ``eigenvalues=`` when they are already
@@ -67,345 +41,22 @@ conditions).
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 import math
-import warnings
-from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import scipy.linalg
 
-from kernelattn.errors import InputTypeError, InputValueError, KernelattnError
+from kernelattn._precision import effective_eps, float_eps, resolve_precision
+from kernelattn.errors import InputTypeError, InputValueError
+from kernelattn.kernels.guards.diagnostics import KernelDiagnostics, Problem
+from kernelattn.kernels.guards.reporting import GuardPolicy, report, resolve_policy
 
-__all__ = [
-    "GuardLog",
-    "GuardPolicy",
-    "KernelDiagnostics",
-    "KernelError",
-    "KernelWarning",
-    "Problem",
-    "check_condition",
-    "check_kernel",
-    "check_solve",
-    "check_symmetry",
-    "collect",
-    "current_policy",
-    "policy",
-    "strict",
-    "summarize",
-]
+__all__ = ["REQUESTS", "check_condition", "check_kernel", "check_solve", "check_symmetry"]
 
-ACTIONS = ("warn", "raise", "ignore")
 REQUESTS = ("entries", "spectrum", "solve")
-#: Problem kinds, in the order they are checked.
-PROBLEM_KINDS = ("nonfinite", "zero", "asymmetric", "not_psd", "ill_conditioned", "clipped", "backward_error")
 _DTYPES = ("float32", "float64")
-
-
-class KernelWarning(RuntimeWarning):
-    """A kernel matrix is numerically unfit for what is asked of it (see ``kernelattn.kernels.guards``)."""
-
-
-class KernelError(KernelattnError, ValueError):
-    """Raised instead of :class:`KernelWarning` under a ``"raise"`` policy.
-
-    Attributes:
-      diagnostics: the :class:`KernelDiagnostics` of the offending kernel.
-      problems: the :class:`Problem` s that triggered it.
-    """
-
-    def __init__(self, message: str, diagnostics: KernelDiagnostics | None = None):
-        super().__init__(message)
-        self.diagnostics = diagnostics
-        self.problems = () if diagnostics is None else diagnostics.problems
-
-
-# ------------------------------------------------------------------------------ policy
-
-
-@dataclasses.dataclass(frozen=True)
-class GuardPolicy:
-    """What counts as a problem and what happens then.
-
-    Attributes:
-      action: "warn" (a :class:`KernelWarning` per problem, default), "raise"
-        (:class:`KernelError`) or "ignore" (diagnostics only).
-      solve_margin: a kernel computed in a dtype with machine epsilon eps is
-        unfit for solves / spectra when κ > ``solve_margin / eps`` (default
-        0.1: 8.4e5 in float32, 4.5e14 in float64).
-      symmetry_rtol: tolerated ‖K − Kᵀ‖_F/‖K‖_F; None → 1000·eps(dtype).
-      psd_rtol: tolerated most negative eigenvalue, relative to λ_max, before
-        K is called not PSD (smaller negative values are round-off and make K
-        numerically singular instead); None → 10·n·eps(dtype).
-      backward_rtol: tolerated normwise backward error of a solve (float64).
-      eig_max_n: with ``eig=None``, compute eigenvalues only up to this size.
-      ignore: problem kinds never reported (e.g. ``("ill_conditioned",)``).
-    """
-
-    action: str = "warn"
-    solve_margin: float = 0.1
-    symmetry_rtol: float | None = None
-    psd_rtol: float | None = None
-    backward_rtol: float = 1e-10
-    eig_max_n: int = 4096
-    ignore: tuple[str, ...] = ()
-
-    def __post_init__(self):
-        if self.action not in ACTIONS:
-            raise InputValueError(f"action: expected one of {list(ACTIONS)}, got {self.action!r}")
-        if not 0 < self.solve_margin <= 1:
-            raise InputValueError(f"solve_margin: expected a number in (0, 1], got {self.solve_margin!r}")
-        for field in ("symmetry_rtol", "psd_rtol"):
-            value = getattr(self, field)
-            if value is not None and not value >= 0:
-                raise InputValueError(f"{field}: expected None or a number >= 0, got {value!r}")
-        if not self.backward_rtol >= 0:
-            raise InputValueError(f"backward_rtol: expected a number >= 0, got {self.backward_rtol!r}")
-        if isinstance(self.ignore, str):
-            object.__setattr__(self, "ignore", (self.ignore,))
-        unknown = sorted(set(self.ignore) - set(PROBLEM_KINDS))
-        if unknown:
-            raise InputValueError(f"ignore: expected problem kinds among {list(PROBLEM_KINDS)}, got {unknown}")
-        object.__setattr__(self, "ignore", tuple(self.ignore))
-
-    def kappa_limit(self, dtype, precision: str = "highest") -> float:
-        """Largest κ a kernel computed in ``dtype`` at ``precision`` may have for solves and spectra."""
-        return self.solve_margin / _eps(dtype, precision)
-
-
-_POLICY: contextvars.ContextVar[GuardPolicy] = contextvars.ContextVar("kernelattn_guard_policy",
-                                                                      default=GuardPolicy())
-_LOG: contextvars.ContextVar[GuardLog | None] = contextvars.ContextVar("kernelattn_guard_log", default=None)
-
-
-def current_policy() -> GuardPolicy:
-    """The policy in force here: the innermost ``policy()``/``strict()`` block, else the default."""
-    return _POLICY.get()
-
-
-def _resolve_policy(value: GuardPolicy | str | None) -> GuardPolicy:
-    if value is None:
-        return _POLICY.get()
-    if isinstance(value, GuardPolicy):
-        return value
-    if isinstance(value, str):
-        return dataclasses.replace(_POLICY.get(), action=value)
-    raise InputValueError(f"policy: expected None, one of {list(ACTIONS)} or a GuardPolicy, got {value!r}")
-
-
-@contextlib.contextmanager
-def policy(action: GuardPolicy | str | None = None, **overrides: Any) -> Iterator[GuardPolicy]:
-    """Use a policy for every check in this block (and the functions it calls).
-
-    Args:
-      action: "warn", "raise", "ignore", a whole :class:`GuardPolicy`, or None
-        to keep the current one.
-      **overrides: fields of :class:`GuardPolicy` to change, e.g.
-        ``solve_margin=0.01``, ``ignore=("ill_conditioned",)``.
-
-    Yields:
-      The policy in force inside the block.
-    """
-    new = _resolve_policy(action)
-    if overrides:
-        new = dataclasses.replace(new, **overrides)
-    token = _POLICY.set(new)
-    try:
-        yield new
-    finally:
-        _POLICY.reset(token)
-
-
-def strict(**overrides: Any) -> contextlib.AbstractContextManager[GuardPolicy]:
-    """``with strict():`` — every kernel problem in the block raises :class:`KernelError`."""
-    return policy("raise", **overrides)
-
-
-@dataclasses.dataclass
-class GuardLog:
-    """What the checks inside a ``with collect()`` block found.
-
-    Attributes:
-      records: every :class:`KernelDiagnostics` that had a problem, in order.
-      checked: number of kernels checked.
-      counts: {(name, kind, dtype): occurrences}.
-      suppressed: {(name, kind, dtype): occurrences not warned (repeats)}.
-      once: warn only the first occurrence of each (name, kind, dtype).
-    """
-
-    once: bool = True
-    records: list = dataclasses.field(default_factory=list)
-    checked: int = 0
-    counts: dict = dataclasses.field(default_factory=dict)
-    suppressed: dict = dataclasses.field(default_factory=dict)
-    _values: dict = dataclasses.field(default_factory=dict, repr=False)
-
-    def _note(self, diag: KernelDiagnostics, problem: Problem) -> bool:
-        """Count ``problem``; True if it should be reported now."""
-        key = (diag.name, problem.kind, diag.dtype)
-        self.counts[key] = self.counts.get(key, 0) + 1
-        if problem.value is not None:
-            self._values.setdefault(key, []).append(problem.value)
-        if self.once and self.counts[key] > 1:
-            self.suppressed[key] = self.suppressed.get(key, 0) + 1
-            return False
-        return True
-
-    def summary(self) -> str:
-        """One line per repeated problem: how many were not warned and the range of the key number."""
-        lines = []
-        for key, count in self.suppressed.items():
-            name, kind, dtype = key
-            values = self._values.get(key)
-            spread = f" ({_QUANTITY[kind]} from {min(values):.2g} to {max(values):.2g})" if values else ""
-            lines.append(f"{count} further '{kind}' problem(s) of kernel '{name}' ({dtype}) not repeated{spread}")
-        return "; ".join(lines)
-
-    def as_dict(self) -> dict:
-        """Plain-dict view: counts per problem and the flagged diagnostics."""
-        return {
-            "checked": self.checked,
-            "counts": {"/".join(k): v for k, v in self.counts.items()},
-            "records": [r.as_dict() for r in self.records],
-        }
-
-
-_QUANTITY = {"ill_conditioned": "κ", "not_psd": "λ_min/λ_max", "asymmetric": "‖K − Kᵀ‖_F/‖K‖_F",
-             "nonfinite": "non-finite entries", "clipped": "clipped eigenvalues",
-             "backward_error": "backward error", "zero": "‖K‖_F"}
-
-
-@contextlib.contextmanager
-def collect(*, once: bool = True) -> Iterator[GuardLog]:
-    """Collect the diagnostics of every check in this block; warn each problem once.
-
-    Inside the block a problem is warned (under a "warn" policy) the first
-    time for each (kernel name, kind, dtype) and counted afterwards; at the
-    end one :class:`KernelWarning` summarizes the repeats. "raise" policies
-    still raise at the first problem. Blocks nest; the innermost collects.
-
-    Args:
-      once: False → warn every occurrence (still recorded).
-
-    Yields:
-      The :class:`GuardLog`.
-    """
-    log = GuardLog(once=once)
-    token = _LOG.set(log)
-    try:
-        yield log
-    finally:
-        _LOG.reset(token)
-    if log.suppressed and _POLICY.get().action == "warn":
-        # stacklevel 3: this generator → contextlib's __exit__ → the ``with`` statement.
-        warnings.warn(f"kernelattn.kernels.guards: {log.summary()}.", KernelWarning, stacklevel=3)
-
-
-# ------------------------------------------------------------------------ diagnostics
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    """One finding: its ``kind`` (see ``PROBLEM_KINDS``), the full ``message``, the key number."""
-
-    kind: str
-    message: str
-    value: float | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class KernelDiagnostics:
-    """Numerical health of one kernel matrix (all numbers float64).
-
-    Attributes:
-      name: the kernel's name in messages.
-      shape: shape of the matrix as checked (a ``(n1, n2, C, C)`` kernel is
-        checked as ``(n1·C, n2·C)``).
-      dtype: the dtype it was computed in ("float32" / "float64").
-      requested: "entries", "spectrum" or "solve": what it will be used for.
-      ridge: λ of the solves (κ is then that of K + λI).
-      n_nonfinite: number of NaN/inf entries.
-      symmetry_error: ‖K − Kᵀ‖_F / ‖K‖_F (None unless checked as symmetric).
-      lambda_max, lambda_min: extreme eigenvalues (None without eigenvalues).
-      negative_ratio: max(0, −λ_min)/λ_max, the most negative eigenvalue
-        relative to λ_max.
-      kappa: λ_max/λ_min of K (inf when λ_min ≤ 0).
-      kappa_effective: κ that matters for ``requested``: of K + λI for
-        "solve", of K for "spectrum".
-      kappa_limit: ``solve_margin / eps``.
-      representable: κ_effective ≤ κ_limit (None when not applicable/known).
-      ridge_needed: smallest λ with κ(K + λI) ≤ κ_limit (None if not needed).
-      rank_needed: eigenvalues above λ_max/κ_limit: the rank of a truncation
-        that the dtype resolves (None if not needed).
-      eps: effective machine epsilon of ``dtype`` at ``precision``.
-      problems: the :class:`Problem` s found (empty: healthy).
-      method: "cholesky" / "eigh-clipped" (``check_solve`` only).
-      clipped: eigenvalues clipped by the fallback (``check_solve`` only).
-      backward_error: ‖b − (K + λI)x‖ / (‖K + λI‖‖x‖ + ‖b‖) (``check_solve``
-        with ``rhs`` and ``solution``).
-      precision: the matmul precision it was computed at ("highest" / "fast").
-    """
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    requested: str
-    ridge: float = 0.0
-    n_nonfinite: int = 0
-    symmetry_error: float | None = None
-    lambda_max: float | None = None
-    lambda_min: float | None = None
-    negative_ratio: float | None = None
-    kappa: float | None = None
-    kappa_effective: float | None = None
-    kappa_limit: float | None = None
-    representable: bool | None = None
-    ridge_needed: float | None = None
-    rank_needed: int | None = None
-    eps: float = 0.0
-    problems: tuple[Problem, ...] = ()
-    method: str | None = None
-    clipped: int | None = None
-    backward_error: float | None = None
-    precision: str = "highest"
-
-    @property
-    def ok(self) -> bool:
-        """No problem found."""
-        return not self.problems
-
-    @property
-    def kinds(self) -> tuple[str, ...]:
-        """Kinds of the problems found."""
-        return tuple(p.kind for p in self.problems)
-
-    def as_dict(self) -> dict:
-        """JSON-friendly view (problems as their kinds and messages)."""
-        out = dataclasses.asdict(self)
-        out["shape"] = list(self.shape)
-        out["problems"] = [{"kind": p.kind, "message": p.message} for p in self.problems]
-        return out
-
-
-def _eps(dtype, precision: str = "highest") -> float:
-    """Effective machine epsilon of a kernel computed in ``dtype`` at ``precision`` (see the module doc)."""
-    if precision == "highest":
-        return float(np.finfo(np.dtype(dtype)).eps)
-    from kernelattn._precision import effective_eps
-
-    return effective_eps(dtype, precision)
-
-
-def _precision_name(precision) -> str:
-    """"highest" / "fast"; None → the policy in force (``kernelattn.precision_policy``)."""
-    if precision == "highest":
-        return precision
-    from kernelattn._precision import resolve_precision
-
-    return resolve_precision(precision)
 
 
 def _computed(dtype: str, precision: str) -> str:
@@ -414,10 +65,10 @@ def _computed(dtype: str, precision: str) -> str:
 
 
 def _precision_remedy(dtype: str, precision: str) -> list[str]:
-    if precision == "highest" or _eps(dtype, precision) <= _eps(dtype):
+    if precision == "highest" or effective_eps(dtype, precision) <= float_eps(dtype):
         return []
-    return [f"recompute it at precision='highest' (true {dtype} products: eps {_g(_eps(dtype))} instead of "
-            f"{_g(_eps(dtype, precision))}; kernelattn.precision_policy('highest'), the default)"]
+    return [f"recompute it at precision='highest' (true {dtype} products: eps {_g(float_eps(dtype))} instead of "
+            f"{_g(effective_eps(dtype, precision))}; kernelattn.precision_policy('highest'), the default)"]
 
 
 def _dtype_name(dtype, k: np.ndarray) -> str:
@@ -483,7 +134,7 @@ def _analyse(
     pol: GuardPolicy,
     precision: str = "highest",
 ) -> KernelDiagnostics:
-    eps = _eps(dtype, precision)
+    eps = effective_eps(dtype, precision)
     n = k.shape[0]
     square = k.shape[0] == k.shape[1]
     if (symmetric or psd) and not square:
@@ -612,7 +263,7 @@ def _asymmetry(symmetry_error: float, where: str, dtype: str, pol: GuardPolicy, 
                precision: str = "highest") -> list[Problem]:
     """The "asymmetric" problem when ‖K − Kᵀ‖_F/‖K‖_F exceeds the policy's tolerance
     (``symmetry_rtol``, default 1000·eps: round-off); else none."""
-    tol = pol.symmetry_rtol if pol.symmetry_rtol is not None else 1e3 * _eps(dtype, precision)
+    tol = pol.symmetry_rtol if pol.symmetry_rtol is not None else 1e3 * effective_eps(dtype, precision)
     if not symmetry_error > tol:
         return []
     cross = ", or pass symmetric=False, psd=False for a cross (test × train) kernel" if cross_remedy else ""
@@ -622,27 +273,6 @@ def _asymmetry(symmetry_error: float, where: str, dtype: str, pol: GuardPolicy, 
         "solvers use (K + Kᵀ)/2, which changes this K materially. Remedy: make sure both arguments are "
         f"the same training set in the same order (x2 = x1){cross}."), symmetry_error)]
 
-
-def _report(diag: KernelDiagnostics, pol: GuardPolicy, stacklevel: int) -> KernelDiagnostics:
-    """Apply the policy to ``diag``'s problems; ``stacklevel`` is relative to ``_report``'s caller's caller."""
-    problems = tuple(p for p in diag.problems if p.kind not in pol.ignore)
-    if problems != diag.problems:
-        diag = dataclasses.replace(diag, problems=problems)
-    log = _LOG.get()
-    if log is not None:
-        log.checked += 1
-        if problems:
-            log.records.append(diag)
-    if not problems or pol.action == "ignore":
-        return diag
-    if pol.action == "raise":
-        head = f"kernelattn.kernels.guards: {len(problems)} problem(s) with kernel '{diag.name}':"
-        raise KernelError("\n".join([head] + [f"- [{p.kind}] {p.message}" for p in problems]), diag)
-    for problem in problems:
-        if log is None or log._note(diag, problem):
-            # +1: this function sits between warnings.warn and the public check_* function.
-            warnings.warn(problem.message, KernelWarning, stacklevel=stacklevel + 1)
-    return diag
 
 
 def _check_args(requested, ridge) -> tuple[str, float]:
@@ -708,12 +338,12 @@ def check_kernel(
     """
     matrix = _as_matrix(k, name)
     dtype = _dtype_name(dtype, matrix)
-    precision = _precision_name(precision)
+    precision = resolve_precision(precision)
     requested, ridge = _check_args(requested if requested is not None else ("solve" if psd else "entries"), ridge)
-    pol = _resolve_policy(policy)
+    pol = resolve_policy(policy)
     diag = _analyse(matrix, name=name, dtype=dtype, requested=requested, symmetric=symmetric, psd=psd, ridge=ridge,
                     eig=eig, eigenvalues=eigenvalues, pol=pol, precision=precision)
-    return _report(diag, pol, stacklevel)
+    return report(diag, pol, stacklevel)
 
 
 def check_symmetry(
@@ -741,19 +371,19 @@ def check_symmetry(
     """
     matrix = _as_matrix(k, name)
     dtype = _dtype_name(dtype, matrix)
-    precision = _precision_name(precision)
+    precision = resolve_precision(precision)
     if matrix.shape[0] != matrix.shape[1]:
         raise InputValueError(f"{name}: expected a square (n, n) kernel, got shape {matrix.shape}")
-    pol = _resolve_policy(policy)
+    pol = resolve_policy(policy)
     kd = np.asarray(matrix, dtype=np.float64)
     norm = float(np.linalg.norm(kd))
     symmetry_error = float(np.linalg.norm(kd - kd.T)) / norm if norm > 0 else 0.0
     where = f"kernel '{name}' ({matrix.shape[0]}×{matrix.shape[1]}, computed in {_computed(dtype, precision)})"
     diag = KernelDiagnostics(name=name, shape=tuple(matrix.shape), dtype=dtype, requested="entries",
-                             eps=_eps(dtype, precision), symmetry_error=symmetry_error, precision=precision,
+                             eps=effective_eps(dtype, precision), symmetry_error=symmetry_error, precision=precision,
                              problems=tuple(_asymmetry(symmetry_error, where, dtype, pol, cross_remedy=False,
                                                        precision=precision)))
-    return _report(diag, pol, stacklevel)
+    return report(diag, pol, stacklevel)
 
 
 def check_solve(
@@ -792,7 +422,7 @@ def check_solve(
     """
     matrix = _as_matrix(k, name)
     dtype = _dtype_name(dtype, matrix)
-    precision = _precision_name(precision)
+    precision = resolve_precision(precision)
     _, ridge = _check_args("solve", ridge)
     if factorization is not None:
         method = getattr(factorization, "method", method)
@@ -802,7 +432,7 @@ def check_solve(
             ridge = float(ridge_f)
     if method is not None and method not in ("cholesky", "eigh-clipped"):
         raise InputValueError(f"method: expected 'cholesky' or 'eigh-clipped', got {method!r}")
-    pol = _resolve_policy(policy)
+    pol = resolve_policy(policy)
     diag = _analyse(matrix, name=name, dtype=dtype, requested="solve", symmetric=True, psd=True, ridge=ridge,
                     eig=eig, eigenvalues=eigenvalues, pol=pol, precision=precision)
     problems = list(diag.problems)
@@ -833,7 +463,7 @@ def check_solve(
                 "float64 kernels, or a rank truncation."), backward))
     diag = dataclasses.replace(diag, problems=tuple(problems), method=method, clipped=clipped,
                                backward_error=backward)
-    return _report(diag, pol, stacklevel)
+    return report(diag, pol, stacklevel)
 
 
 def check_condition(
@@ -855,7 +485,7 @@ def check_condition(
     float32 computation that cannot resolve them.
 
     Args:
-      kappa: condition number of the inputs, e.g. ``condition_report(x).kappa_d``.
+      kappa: condition number of the inputs, e.g. ``conditionreport(x).kappa_d``.
       name: the kernel's name in messages.
       dtype: the dtype it will be computed in.
       power: κ is raised to this power (2k + 1 for depth-k attention).
@@ -864,13 +494,13 @@ def check_condition(
         the one it will be computed at).
     """
     dtype = _dtype_name(dtype, np.zeros(0))
-    precision = _precision_name(precision)
+    precision = resolve_precision(precision)
     if requested not in ("spectrum", "solve"):
         raise InputValueError(f"requested: expected 'spectrum' or 'solve', got {requested!r}")
     kappa, power = float(kappa), float(power)
     if not kappa >= 1:
         raise InputValueError(f"kappa: expected a condition number >= 1, got {kappa!r}")
-    pol = _resolve_policy(policy)
+    pol = resolve_policy(policy)
     limit = pol.kappa_limit(dtype, precision)
     predicted = math.inf if math.isinf(kappa) else math.exp(min(power * math.log(kappa), 709.0))
     problems = []
@@ -888,11 +518,5 @@ def check_condition(
             + ". Remedy: " + "; or ".join(remedies) + "."), predicted))
     diag = KernelDiagnostics(name=name, shape=(), dtype=dtype, requested=requested, kappa=predicted,
                              kappa_effective=predicted, kappa_limit=limit, representable=predicted <= limit,
-                             eps=_eps(dtype, precision), precision=precision, problems=tuple(problems))
-    return _report(diag, pol, stacklevel)
-
-
-def summarize(diagnostics: Mapping[str, KernelDiagnostics] | list[KernelDiagnostics]) -> dict:
-    """{name: [problem kinds]} for a batch of diagnostics (for result records)."""
-    items = diagnostics.values() if isinstance(diagnostics, Mapping) else diagnostics
-    return {d.name: list(d.kinds) for d in items}
+                             eps=effective_eps(dtype, precision), precision=precision, problems=tuple(problems))
+    return report(diag, pol, stacklevel)
