@@ -24,7 +24,7 @@ from kernelattn.kernels.empirical import (
     structured_head_ntk,
 )
 from kernelattn.models import HeadConfig, make_model
-from kernelattn.learning.training import TrainConfig, _run_epochs, make_optimizer
+from kernelattn.learning.training import TrainConfig, _run_epochs, as_traced_function, make_optimizer
 from kernelattn.transforms import AttentionConfig, attend
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -120,7 +120,7 @@ def _train_case(precision):
     optimizer = make_optimizer(TrainConfig(epochs=1, batch_size=3))
     params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, jnp.float32), params)
     x, y = jnp.asarray(X, jnp.float32), jnp.ones((6, 1), jnp.float32)
-    return lambda: _run_epochs(apply_fn, optimizer, "mse", params, optimizer.init(params), x, y,
+    return lambda: _run_epochs(as_traced_function(apply_fn), optimizer, "mse", params, optimizer.init(params), x, y,
                                jax.random.split(jax.random.PRNGKey(0), 1), 3, precision)
 
 
