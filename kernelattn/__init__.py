@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`
         structured_head_ntk,
     )
     from kernelattn.kernels.gram import ConditionReport, condition_report, gram, gram_spectrum, numerical_rank
+    from kernelattn.kernels.stax import Dense, Erf, Identity, LinearAttention, Relu, model_from_layers, serial
     from kernelattn.experiments.malleability import MalleabilityReport, malleability, malleability_sweep, run_malleability_spec
     from kernelattn.kernels.memory import MemoryPlanError, plan_width_chunk
     from kernelattn.models import (
@@ -83,6 +84,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "structured_head_ntk",
     ),
     "kernelattn.kernels.gram": ("ConditionReport", "condition_report", "gram", "gram_spectrum", "numerical_rank"),
+    "kernelattn.kernels.stax": ("Dense", "Erf", "Identity", "LinearAttention", "Relu", "model_from_layers", "serial"),
     "kernelattn.experiments.malleability": ("MalleabilityReport", "malleability", "malleability_sweep", "run_malleability_spec"),
     "kernelattn.kernels.memory": ("MemoryPlanError", "plan_width_chunk"),
     "kernelattn.models": (
