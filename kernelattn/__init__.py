@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`
     from kernelattn.experiments.malleability.api import malleability, malleability_sweep
     from kernelattn.experiments.malleability.report import MalleabilityReport
     from kernelattn.experiments.malleability.runner import run_malleability_spec
+    from kernelattn.kernels.stax import Dense, Erf, Identity, LinearAttention, Relu, model_from_layers, serial
     from kernelattn.kernels.memory import MemoryPlanError, plan_width_chunk
     from kernelattn.models import (
         AttentionMLP,
@@ -91,6 +92,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "kernelattn.experiments.malleability.api": ("malleability", "malleability_sweep"),
     "kernelattn.experiments.malleability.report": ("MalleabilityReport",),
     "kernelattn.experiments.malleability.runner": ("run_malleability_spec",),
+    "kernelattn.kernels.stax": ("Dense", "Erf", "Identity", "LinearAttention", "Relu", "model_from_layers", "serial"),
     "kernelattn.kernels.memory": ("MemoryPlanError", "plan_width_chunk"),
     "kernelattn.models": (
         "AttentionMLP",

@@ -32,6 +32,9 @@ GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("Models", "Flax modules: the MLP head in NTK parameterization and the models built on it.",
      ("HeadConfig", "MLPHead", "TwoLayerReLU", "AttentionMLP", "QKVAttention", "QKVAttentionMLP", "make_model")),
     ("Infinite-width kernels", "Closed-form NNGP and NTK.", ("head_kernels", "Kernel", "qkv_attention_nngp")),
+    ("Infinite-width composer", "Layers as (init, apply, kernel) triples: one description gives the Flax network "
+     "and its NNGP and NTK, linearized attention included.",
+     ("serial", "Dense", "Relu", "Erf", "Identity", "LinearAttention", "model_from_layers")),
     ("Empirical (finite-width) NTK", "Any model by autodiff, or the head's structured closed form at any width.",
      ("empirical_ntk", "empirical_ntk_fn", "model_apply_fn", "head_variables", "structured_head_ntk",
       "streaming_head_ntk")),
