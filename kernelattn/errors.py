@@ -19,6 +19,9 @@ class                       also a                          raised for
 ``DependencyError``         ``ImportError``                 an optional dependency missing or incompatible
 ==========================  ==============================  ==========================================
 
+:func:`import_optional` imports an optional dependency (pyarrow, mlflow) or
+raises ``DependencyError`` naming the extra that installs it.
+
 Messages are one line: the argument (or key path, or file), what was
 expected, what came. The ``kernelattn`` command prints that line after
 ``kernelattn <command>: error:`` and exits with status 2 (``kernelattn store``

@@ -107,7 +107,7 @@ def step_metrics(records: list[Mapping[str, Any]]) -> list[tuple[str, float, int
 
 def _provenance_tags(records: list[Mapping[str, Any]]) -> dict[str, str]:
     def distinct(field: str) -> str:
-        values = {str((r.get("environment") or {}).get("git", {}).get(field)) for r in records}
+        values = {str(((r.get("environment") or {}).get("git") or {}).get(field)) for r in records}
         return ",".join(sorted(values))
 
     return {"kernelattn.git_commit": distinct("commit"), "kernelattn.git_dirty": distinct("dirty")}
