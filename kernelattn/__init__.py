@@ -57,8 +57,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`
         make_model,
     )
     from kernelattn.experiments.specs import Spec, SpecError, load_spec
-    from kernelattn.experiments.store import ResultStore, StoreCorruptError, StoreError
+    from kernelattn.experiments.store import ResultStore, StoreCorruptError, StoreError, read_parquet, write_parquet
     from kernelattn.experiments.sweeps import SweepResults, format_summary, load_results, run_sweep
+    from kernelattn.experiments.tracking import log_store_to_mlflow
     from kernelattn.learning.predict import Gaussian, gradient_descent_mse, gradient_descent_mse_ensemble
     from kernelattn.learning.training import TrainConfig, linearize, ntk_predictor, train
     from kernelattn.transforms import AttentionConfig, linear_attention
@@ -104,8 +105,10 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "make_model",
     ),
     "kernelattn.experiments.specs": ("Spec", "SpecError", "load_spec"),
-    "kernelattn.experiments.store": ("ResultStore", "StoreCorruptError", "StoreError"),
+    "kernelattn.experiments.store": ("ResultStore", "StoreCorruptError", "StoreError", "read_parquet",
+                                     "write_parquet"),
     "kernelattn.experiments.sweeps": ("SweepResults", "format_summary", "load_results", "run_sweep"),
+    "kernelattn.experiments.tracking": ("log_store_to_mlflow",),
     "kernelattn.learning.predict": ("Gaussian", "gradient_descent_mse", "gradient_descent_mse_ensemble"),
     "kernelattn.learning.training": ("TrainConfig", "linearize", "ntk_predictor", "train"),
     "kernelattn.transforms": ("AttentionConfig", "linear_attention"),

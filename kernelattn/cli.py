@@ -153,6 +153,32 @@ def _cmd_store_verify(args) -> int:
     return EXIT_PROBLEMS if problems and not args.repair else 0
 
 
+def _cmd_export(args) -> int:
+    from kernelattn.experiments.store import ResultStore
+    from kernelattn.experiments.store.frames import parquet_modules
+    from kernelattn.experiments.tracking import DEFAULT_EXPERIMENT, figure_paths, log_store_to_mlflow, mlflow_module
+
+    if not args.parquet and not args.mlflow:
+        raise InputValueError("expected --parquet FILE and/or --mlflow URI: where to export the store")
+    if args.figures and not args.mlflow:
+        raise InputValueError("--figures: expected together with --mlflow (figures are logged as MLflow artifacts)")
+    # Every check before anything is written: dependencies, figures, the store itself.
+    if args.parquet:
+        parquet_modules()
+    if args.mlflow:
+        mlflow_module()
+    figures = figure_paths(args.figures)
+    store = ResultStore.open(args.path, create=False, readonly=True)
+    if args.parquet:
+        path = store.to_parquet(args.parquet, args.kind, prefix=args.prefix)
+        print(f"parquet: {path}")
+    if args.mlflow:
+        experiment = args.experiment or DEFAULT_EXPERIMENT
+        run_id = log_store_to_mlflow(store, args.mlflow, experiment=experiment, kind=args.kind, figures=figures)
+        print(f"mlflow: run {run_id} in experiment {experiment!r} at {args.mlflow}")
+    return 0
+
+
 def _cmd_sweep(args) -> int:
     from kernelattn.kernels.distributed import initialize_distributed
     from kernelattn.experiments.sweeps import format_summary, run_sweep
@@ -327,6 +353,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --repair: also remove every claim not held by a live process on this host "
                             "(e.g. of another host that is gone)")
     store.set_defaults(handler=_cmd_store_verify)
+
+    export = commands.add_parser("export", help="write a results store to Parquet and/or log it to MLflow")
+    export.add_argument("path", help="the store directory, e.g. results/quick_width_sweep")
+    export.add_argument("--parquet", metavar="FILE",
+                        help="write the records table (one row per record, as ResultStore.to_frame) to this Parquet "
+                             "file, atomically; needs pip install 'kernelattn[parquet]'")
+    export.add_argument("--kind", help="only the records of this kind (e.g. sweep, malleability)")
+    export.add_argument("--prefix", action="store_true", help="cell./metrics. prefixed column names")
+    export.add_argument("--mlflow", metavar="URI",
+                        help="log the store as one MLflow run (spec as params, metrics per record as steps) to "
+                             "this tracking URI: file:///DIR or a directory is a local file store; off unless "
+                             "given; needs pip install 'kernelattn[mlflow]'")
+    export.add_argument("--experiment", help="MLflow experiment name (default: kernelattn)")
+    export.add_argument("--figures", nargs="+", metavar="PATH",
+                        help="with --mlflow: figure files or directories logged as artifacts under figures/")
+    export.set_defaults(handler=_cmd_export)
     return parser
 
 

@@ -19,6 +19,9 @@ class                       also a                          raised for
 ``DependencyError``         ``ImportError``                 an optional dependency missing or incompatible
 ==========================  ==============================  ==========================================
 
+:func:`import_optional` imports an optional dependency (pyarrow, mlflow) or
+raises ``DependencyError`` naming the extra that installs it.
+
 Messages are one line: the argument (or key path, or file), what was
 expected, what came. The ``kernelattn`` command prints that line after
 ``kernelattn <command>: error:`` and exits with status 2 (``kernelattn store``
@@ -27,7 +30,11 @@ exits 1 when it checked the store and found problems).
 
 from __future__ import annotations
 
-__all__ = ["DependencyError", "InputTypeError", "InputValueError", "KernelattnError"]
+import importlib
+import sys
+from types import ModuleType
+
+__all__ = ["DependencyError", "InputTypeError", "InputValueError", "KernelattnError", "import_optional"]
 
 
 class KernelattnError(Exception):
@@ -44,3 +51,23 @@ class InputTypeError(KernelattnError, TypeError):
 
 class DependencyError(KernelattnError, ImportError):
     """An optional dependency (e.g. neural-tangents for ``kernels.nt_backend``) is missing or incompatible."""
+
+
+def import_optional(module: str, *, extra: str, purpose: str) -> ModuleType:
+    """Import the optional dependency ``module``, or say which extra of kernelattn installs it.
+
+    Args:
+      module: the module to import, e.g. ``"pyarrow.parquet"``.
+      extra: the ``pyproject.toml`` extra that installs it, e.g. ``"parquet"``.
+      purpose: what needs it, e.g. ``"writing Parquet"``.
+
+    Raises:
+      DependencyError: ``module`` is missing, or its import fails (e.g. a build
+        for another numpy); the message names ``pip install 'kernelattn[<extra>]'``.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise DependencyError(f"{purpose} needs the optional dependency {module.split('.')[0]}, which does not "
+                              f"import in {sys.prefix} ({err}); install it with: pip install 'kernelattn[{extra}]'"
+                              ) from err

@@ -1,5 +1,6 @@
 """Small data helpers shared by the test modules (import as ``from support import ...``)."""
 
+import importlib
 import os
 from pathlib import Path
 
@@ -8,6 +9,8 @@ import pytest
 
 #: Set to 1 (as ``.ci/run`` does) to make missing real data fail the tests instead of skipping them.
 REQUIRE_REAL_DATA_ENV = "KERNELATTN_REQUIRE_REAL_DATA"
+#: Set to 1 (as ``.ci/run`` does) to make a missing optional extra (pyarrow, mlflow) fail its tests instead.
+REQUIRE_EXTRAS_ENV = "KERNELATTN_REQUIRE_EXTRAS"
 #: Where the real-data tests look for Fashion-MNIST; overridable so both outcomes can be tested.
 FASHION_MNIST_DIR_ENV = "KERNELATTN_FASHION_MNIST_DIR"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -46,7 +49,22 @@ def require_fashion_mnist() -> Path:
     if missing:
         message = (f"real Fashion-MNIST not found in {directory} (missing {', '.join(missing)}); "
                    f"install it with: {FASHION_MNIST_INSTALL}")
-        if os.environ.get(REQUIRE_REAL_DATA_ENV) == "1":
-            pytest.fail(f"{message} ({REQUIRE_REAL_DATA_ENV}=1)", pytrace=False)
-        pytest.skip(message)
+        skip_unless_required(message, REQUIRE_REAL_DATA_ENV)
     return directory
+
+
+def skip_unless_required(message: str, env: str) -> None:
+    """Skip the calling test with ``message``; fail it instead when ``$env`` is 1 (CI installs what is missing)."""
+    if os.environ.get(env) == "1":
+        pytest.fail(f"{message} ({env}=1)", pytrace=False)
+    pytest.skip(message)
+
+
+def require_extra(module: str, extra: str):
+    """The module ``module`` of kernelattn's optional extra ``extra``; skip the calling test when it does not
+    import, or fail it with ``KERNELATTN_REQUIRE_EXTRAS=1`` (as in CI, which installs the extras)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        skip_unless_required(f"{module} does not import ({err}); install it with: pip install -e '.[{extra}]'",
+                             REQUIRE_EXTRAS_ENV)

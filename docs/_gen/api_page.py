@@ -57,8 +57,9 @@ GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      ("malleability", "malleability_sweep", "run_malleability_spec", "MalleabilityReport")),
     ("Specs and width sweeps", "JSON experiment specs, validated on load, and resumable sweeps over them.",
      ("load_spec", "Spec", "SpecError", "run_sweep", "load_results", "SweepResults", "format_summary")),
-    ("Result store", "Atomic, append-only records, loadable as a DataFrame.",
-     ("ResultStore", "StoreError", "StoreCorruptError")),
+    ("Result store", "Atomic, append-only records, loadable as a DataFrame; exported to Parquet (extra "
+     "`parquet`) or logged as an MLflow run (extra `mlflow`, off unless called).",
+     ("ResultStore", "StoreError", "StoreCorruptError", "write_parquet", "read_parquet", "log_store_to_mlflow")),
 )
 
 

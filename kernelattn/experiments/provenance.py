@@ -3,8 +3,9 @@
 Two things every stored result needs besides its numbers:
 
 * :func:`environment` — which Python, package versions, host and JAX devices
-  produced it, and the matmul precision policy in force
-  (:func:`precision_info`; recorded, never used to identify the result);
+  produced it, the matmul precision policy in force (:func:`precision_info`)
+  and the git commit of the kernelattn checkout with whether its tree was
+  dirty (:func:`git_state`); recorded, never used to identify the result;
 * :func:`cell_key` — a stable identifier of *what* was computed: the SHA-256
   hex digest of a canonical JSON form of the cell's defining parameters.
 
@@ -28,12 +29,14 @@ Normalisation done by :func:`to_jsonable` (and therefore by the key):
 ``1`` and ``1.0`` are *different* cells (``"1"`` vs ``"1.0"``): pass each
 parameter with the type it has in the experiment spec.
 
-Nothing here runs at import time; :func:`environment` imports JAX lazily.
+Nothing here runs at import time; :func:`environment` imports JAX lazily and
+runs ``git`` once per process.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -41,6 +44,7 @@ import os
 import pathlib
 import platform
 import socket
+import subprocess
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -51,10 +55,13 @@ from kernelattn.errors import InputTypeError
 
 __all__ = [
     "CELL_KEY_VERSION",
+    "GIT_TIMEOUT",
     "PACKAGES",
+    "PACKAGE_ROOT",
     "canonical_json",
     "cell_key",
     "environment",
+    "git_state",
     "host_id",
     "package_versions",
     "precision_info",
@@ -66,6 +73,12 @@ CELL_KEY_VERSION = 1
 
 #: Distributions whose versions every record carries.
 PACKAGES: tuple[str, ...] = ("kernelattn", "jax", "jaxlib", "flax", "optax", "numpy", "scipy")
+
+#: Seconds one ``git`` call of :func:`git_state` may take before its answer is None.
+GIT_TIMEOUT = 5.0
+
+#: The directory holding the ``kernelattn`` package: a checkout's root when run from one.
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def to_jsonable(value: Any, name: str = "value") -> Any:
@@ -184,6 +197,54 @@ def host_id() -> str:
     return socket.gethostname() + (f"/{boot}" if boot else "")
 
 
+def _git(root: str, *args: str) -> str | None:
+    """``git -C root ARGS``'s standard output, or None if git is missing, fails or times out.
+
+    ``GIT_OPTIONAL_LOCKS=0``: ``git status`` must not take the index lock of a tree
+    other processes may be committing in; ``GIT_DIR``/``GIT_WORK_TREE`` set by a
+    caller's hook would point git at another repository.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE")}
+    env["GIT_OPTIONAL_LOCKS"] = "0"
+    try:
+        done = subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, env=env,
+                              stdin=subprocess.DEVNULL, timeout=GIT_TIMEOUT, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_git_state(root: str) -> tuple[str | None, bool | None]:
+    top = _git(root, "rev-parse", "--show-toplevel")
+    if top is None or os.path.realpath(top.strip()) != os.path.realpath(root):
+        return None, None
+    head = _git(root, "rev-parse", "--verify", "--quiet", "HEAD")
+    status = _git(root, "status", "--porcelain")
+    commit = head.strip() if head is not None else ""
+    return commit or None, None if status is None else bool(status.strip())
+
+
+def git_state(root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The git commit of a checkout and whether its work tree was dirty; once per process and ``root``.
+
+    Args:
+      root: the checkout's top directory; default :data:`PACKAGE_ROOT`, the
+        directory holding the running ``kernelattn`` package (an editable
+        install or ``PYTHONPATH`` run from a checkout). A package installed in
+        ``site-packages`` is no checkout's top, even inside one, and has none.
+
+    Returns:
+      ``{"commit": 40-hex HEAD | None, "dirty": bool | None}``: ``dirty`` is
+      whether ``git status --porcelain`` listed anything (changed, staged or
+      untracked files; ignored ones aside). Both None when ``root`` is not the
+      top of a git work tree, or git is missing, fails or takes over
+      :data:`GIT_TIMEOUT` seconds; ``commit`` None in a repository without commits.
+    """
+    commit, dirty = _cached_git_state(os.path.abspath(os.fspath(PACKAGE_ROOT if root is None else root)))
+    return {"commit": commit, "dirty": dirty}
+
+
 def _jax_environment() -> dict[str, Any]:
     """JAX backend, devices and x64 flag; ``None`` values if JAX is unusable."""
     info: dict[str, Any] = {
@@ -250,7 +311,8 @@ def environment() -> dict[str, Any]:
          "jax_backend": "gpu", "device_kinds": ["NVIDIA H100 80GB HBM3"],
          "device_count": 1, "process_index": 0, "process_count": 1, "x64": True,
          "precision": {"policy": "highest", "float32_eps": 1.19e-07,
-                       "jax_default_matmul_precision": "float32"}}
+                       "jax_default_matmul_precision": "float32"},
+         "git": {"commit": "3f2c...", "dirty": False}}   # None, None: not a checkout
 
       JAX entries are ``None`` (and ``"jax_error"`` says why) when JAX cannot be
       imported or initialised. Calling this imports JAX and initialises its
@@ -267,5 +329,6 @@ def environment() -> dict[str, Any]:
     }
     env.update(_jax_environment())
     env["precision"] = precision_info()
+    env["git"] = git_state()
     return to_jsonable(env)
 

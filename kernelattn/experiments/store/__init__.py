@@ -10,7 +10,7 @@ A store is a directory: a manifest, one JSON file per finished cell under
 - ``fileformat``: the directory layout, the manifest, and the record format with its SHA-256
   checksum and optional HMAC (integrity, and tamper evidence with a key);
 - ``claims``: "someone is computing this cell", and when its owner (or a temp file's writer) is gone;
-- ``frames``: records as a pandas table;
+- ``frames``: records as a pandas table, and tables as Parquet files;
 - ``result_store``: :class:`ResultStore`, which ties them to one directory and one process.
 
 Every name below is public here; import from ``kernelattn.experiments.store``.
@@ -26,7 +26,7 @@ from kernelattn.experiments.store.fileformat import (FORMAT_VERSION, HMAC_ENV_VA
                                                      check_key, decode_record, encode_record, finalize_record,
                                                      make_record, record_checksum, record_fingerprint, record_hmac,
                                                      store_exists, utc_now)
-from kernelattn.experiments.store.frames import frame_row
+from kernelattn.experiments.store.frames import frame_row, read_parquet, write_parquet
 from kernelattn.experiments.store.result_store import ResultStore
 
 __all__ = [
@@ -51,9 +51,11 @@ __all__ = [
     "finalize_record",
     "frame_row",
     "make_record",
+    "read_parquet",
     "record_checksum",
     "record_hmac",
     "store_exists",
     "record_fingerprint",
     "utc_now",
+    "write_parquet",
 ]

@@ -3,7 +3,7 @@
 The on-disk format is in :mod:`~kernelattn.experiments.store.fileformat`, the
 atomic writes in :mod:`~kernelattn.experiments.store.disk`, the claim rules in
 :mod:`~kernelattn.experiments.store.claims` and the table view in
-:mod:`~kernelattn.experiments.store.frames`; this class ties them to one
+:mod:`~kernelattn.experiments.store.frames` (with Parquet files); this class ties them to one
 directory and one process. Writing an existing key raises
 :class:`RecordExistsError` (or, with ``put(..., exist_ok=True)``, is a no-op
 returning ``False``); the stored record is never touched.
@@ -35,7 +35,7 @@ from kernelattn.experiments.store.fileformat import (CLAIM_SUFFIX, CLAIMS_DIR, K
                                                      create_manifest, decode_record, encode_record, finalize_record,
                                                      is_record_name, read_manifest, record_problems,
                                                      resolve_hmac_key)
-from kernelattn.experiments.store.frames import records_frame
+from kernelattn.experiments.store.frames import records_frame, write_parquet
 
 __all__ = ["ResultStore"]
 
@@ -264,6 +264,15 @@ class ResultStore:
         values stay lists. See :func:`frame_row` for name clashes and ``prefix``.
         """
         return records_frame(self.records(kind), prefix=prefix)
+
+    def to_parquet(self, path: str | os.PathLike[str], kind: str | None = None, *, prefix: bool = False) -> str:
+        """Write :meth:`to_frame` to the Parquet file ``path`` atomically; return its absolute path.
+
+        ``kernelattn.experiments.store.read_parquet(path)`` gives the frame back
+        equal, dtypes included (see ``write_parquet`` there).
+        Needs pyarrow (``pip install 'kernelattn[parquet]'``; else ``DependencyError``).
+        """
+        return write_parquet(self.to_frame(kind, prefix=prefix), path)
 
     def put(self, key: str, record: Mapping[str, Any], *, exist_ok: bool = False) -> bool:
         """Atomically store ``record`` under ``key`` (append-only).
