@@ -187,7 +187,7 @@ def test_collapsed_features_are_named_as_the_cause(binary):
     assert health.collapsed and health.feature_cosine > 0.99
     import pandas as pd
 
-    from kernelattn.viz.report import untrained_note
+    from kernelattn.viz.report_tables import untrained_note
 
     row = {"intervention": "adversarial", "dataset": "d", "n_train": 120, "training_mode": "standard", "width": 128}
     records = pd.DataFrame([

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import math
+import pickle
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import matplotlib
 import numpy as np
 import pytest
 
-from kernelattn.viz import plotting, report
+from kernelattn.analysis.flip_summary import malleability_summary
+from kernelattn.viz import figures_malleability, figures_sweeps, report, style
+from kernelattn.viz.figures import FigureJob, figure_jobs, figures_for, save_figures
+from kernelattn.viz.figures_sweeps import plot_spectra
+from kernelattn.viz.frames import SHORT_KEY, load_frames
 from kernelattn.experiments.provenance import cell_key
 from kernelattn.experiments.store import ResultStore, make_record
 
@@ -157,21 +166,63 @@ def test_every_figure_kind_is_drawn_from_the_stores(stores):
         assert f"figures/{stem}.png" in text
 
 
+def test_workers_write_the_files_drawn_here(stores, tmp_path):
+    out, _ = stores
+    jobs = figure_jobs(load_frames(out))[:4]
+    here = save_figures(jobs, tmp_path / "here", workers=1)
+    pooled = save_figures(jobs, tmp_path / "pooled", workers=3)  # this process and two workers
+    assert [p.name for p in pooled] == [p.name for p in here] == [f"{j.stem}.{e}" for j in jobs for e in ("png", "pdf")]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(here, pooled))
+
+
+def test_a_worker_draws_each_task_and_sends_errors_back(stores, tmp_path):
+    out, _ = stores
+    good = figure_jobs(load_frames(out))[0]
+    bad = FigureJob("bad", "no frame", plot_spectra, {"conditions": None})
+    worker = subprocess.run([sys.executable, "-c", "from kernelattn.viz.figures import serve; serve()"],
+                            input=pickle.dumps((good, tmp_path / good.stem, "highest")) + pickle.dumps(
+                                (bad, tmp_path / "bad", None)), capture_output=True, check=True, timeout=300)
+    answers = io.BytesIO(worker.stdout)
+    assert pickle.load(answers) is None  # ready
+    assert pickle.load(answers) == (True, [tmp_path / f"{good.stem}.png", tmp_path / f"{good.stem}.pdf"])
+    ok, error = pickle.load(answers)
+    assert not ok and isinstance(error, TypeError)
+    with pytest.raises(TypeError):  # the same exception, raised in the caller, whoever drew the bad job
+        save_figures([good, bad], tmp_path / "both", workers=2)
+
+
+def test_a_worker_that_cannot_start_leaves_its_figures_to_the_others(stores, tmp_path, monkeypatch):
+    out, _ = stores
+    jobs = figure_jobs(load_frames(out))[:2]
+    if not Path("/bin/false").exists():
+        pytest.skip("needs /bin/false")
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    with pytest.warns(RuntimeWarning, match="did not start"):
+        paths = save_figures(jobs, tmp_path, workers=2)
+    assert [p.name for p in paths] == [f"{j.stem}.{e}" for j in jobs for e in ("png", "pdf")]
+
+
+def test_the_figure_modules_load_no_jax():
+    code = "import sys, kernelattn.viz.figures; print(sorted(m for m in ('jax', 'flax', 'optax') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "[]"
+
+
 def test_figure_functions_are_pure(stores):
     out, _ = stores
-    frames = report.load_frames(out)
+    frames = load_frames(out)
     kernel = frames.kernel[frames.kernel["store"] == "t_width"]
     before = kernel.copy()
-    fig = plotting.plot_convergence(kernel)
+    fig = figures_sweeps.plot_convergence(kernel)
     assert isinstance(fig, matplotlib.figure.Figure)
     assert kernel.equals(before)  # the frame is not modified
-    assert abs(fig.get_figwidth() - plotting.SINGLE) < 1e-9  # one dataset: one column wide
+    assert abs(fig.get_figwidth() - style.SINGLE) < 1e-9  # one dataset: one column wide
     texts = [c.get_text() for ax in fig.axes for c in ax.texts]
     assert any("m_theory" in t for t in texts)  # m_theory ≈ 1e42: off the axis, shown as an arrow note
     labels = {line.get_label(): line.get_color() for ax in fig.axes for line in ax.get_lines()}
-    assert labels["2L-ReLU"] == plotting.MODEL_COLORS["2L-ReLU"]
-    assert labels["MLP-Attn"] == plotting.MODEL_COLORS["MLP-Attn"]
-    assert labels["MLP-Attn (r=5)"] not in plotting.MODEL_COLORS.values()
+    assert labels["2L-ReLU"] == style.MODEL_COLORS["2L-ReLU"]
+    assert labels["MLP-Attn"] == style.MODEL_COLORS["MLP-Attn"]
+    assert labels["MLP-Attn (r=5)"] not in style.MODEL_COLORS.values()
     assert fig.axes[0].get_xscale() == "log" and fig.axes[0].get_yscale() == "log"
 
 
@@ -179,16 +230,17 @@ def test_empty_frames_give_a_placeholder_figure():
     import pandas as pd
 
     empty = pd.DataFrame()
-    for function in (plotting.plot_convergence, plotting.plot_flip_rates, plotting.plot_epsilon_sweep,
-                     plotting.plot_adversarial_training, plotting.plot_ntk_distance):
+    for function in (figures_sweeps.plot_convergence, figures_malleability.plot_flip_rates,
+                     figures_malleability.plot_epsilon_sweep, figures_malleability.plot_adversarial_training,
+                     figures_sweeps.plot_ntk_distance):
         assert isinstance(function(empty), matplotlib.figure.Figure)
-    assert isinstance(plotting.plot_remedies(), matplotlib.figure.Figure)
-    assert isinstance(plotting.plot_kappa_sweep(), matplotlib.figure.Figure)
+    assert isinstance(figures_malleability.plot_remedies(), matplotlib.figure.Figure)
+    assert isinstance(figures_malleability.plot_kappa_sweep(), matplotlib.figure.Figure)
 
 
 def test_frames_labels_and_order(stores):
     out, _ = stores
-    frames = report.load_frames(out)
+    frames = load_frames(out)
     assert set(frames.stores) == {"t_conditions", "t_width", "t_kappa", "t_train", "t_mall", "t_kmall"}
     mall = frames.malleability[frames.malleability["store"] == "t_mall"]
     assert list(dict.fromkeys(mall["model"])) == ["2L-ReLU", "MLP-Attn", "MLP-Attn (k=2)"]
@@ -200,10 +252,10 @@ def test_frames_labels_and_order(stores):
 
 def test_report_numbers_are_the_stored_ones(stores):
     out, keys = stores
-    frames = report.load_frames(out)
+    frames = load_frames(out)
     text = report.render_report(frames)
     store = ResultStore.open(out / "t_mall", create=False, readonly=True)
-    by_short = {k[:report.SHORT_KEY]: k for k in keys["t_mall"]}
+    by_short = {k[:SHORT_KEY]: k for k in keys["t_mall"]}
     checked = 0
     for line in text.splitlines():
         match = re.search(r"`([0-9a-f]{12})` \|$", line)
@@ -232,18 +284,18 @@ def test_several_datasets_get_rows_and_wrapped_columns(stores):
     import pandas as pd
 
     out, _ = stores
-    frames = report.load_frames(out)
+    frames = load_frames(out)
     kernel = frames.kernel[frames.kernel["store"] == "t_width"]
     two = pd.concat([kernel, kernel.assign(dataset="other")], ignore_index=True)
-    fig = plotting.plot_remedies(kernel=two)
+    fig = figures_malleability.plot_remedies(kernel=two)
     assert len([ax for ax in fig.axes if ax.get_visible() and ax.axison]) == 4  # 2 datasets × (cert, κ_d)
     mall = frames.malleability[frames.malleability["store"] == "t_mall"]
-    fig = plotting.plot_epsilon_sweep(pd.concat([mall, mall.assign(dataset="other")], ignore_index=True))
+    fig = figures_malleability.plot_epsilon_sweep(pd.concat([mall, mall.assign(dataset="other")], ignore_index=True))
     assert len([ax for ax in fig.axes if ax.axison]) == 4  # 2 datasets × (FGSM, PGD)
     many = pd.concat([kernel.assign(dataset=f"d{i}") for i in range(6)], ignore_index=True)
-    fig = plotting.plot_convergence(many)
+    fig = figures_sweeps.plot_convergence(many)
     assert len([ax for ax in fig.axes if ax.axison]) == 12  # 6 datasets × 2 metrics, wrapped at 4 columns
-    assert fig.get_figwidth() <= plotting.DOUBLE + 1e-9
+    assert fig.get_figwidth() <= style.DOUBLE + 1e-9
 
 
 def test_records_of_an_edited_spec_are_never_merged(tmp_path):
@@ -256,12 +308,12 @@ def test_records_of_an_edited_spec_are_never_merged(tmp_path):
                 "epsilon": 0.3, "ridge": ridge}
         _put(store, "malleability", cell, {"flip_rate": flip, "flip_rate_std": 0.1, "spearman": 0.5,
                                            "topk_overlap": 0.5, "n_test": 10}, spec)
-    frames = report.load_frames(tmp_path)
+    frames = load_frames(tmp_path)
     groups = sorted(set(frames.malleability["store"]))
     assert len(groups) == 2 and all(g.startswith("edited~") for g in groups)
-    summary = report.malleability_summary(frames.malleability)
+    summary = malleability_summary(frames.malleability)
     assert sorted(summary["flip_rate"]) == [0.2, 0.6] and set(summary["n_seeds"]) == {1}
     text = report.render_report(frames)
     assert text.count("### `edited` — setting `") == 2
-    stems = [stem for stem, _, _ in plotting.figures_for(frames)]
+    stems = [stem for stem, _, _ in figures_for(frames)]
     assert sorted(stems) == sorted(f"{g}_flip_rates" for g in groups)

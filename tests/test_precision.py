@@ -314,7 +314,7 @@ def test_figure_metadata_names_the_precision(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from kernelattn.viz.plotting import save_figure
+    from kernelattn.viz.style import save_figure
 
     figure = plt.figure()
     figure.add_subplot().plot([0, 1])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kernelattn.viz import report
+from kernelattn.viz.frames import load_frames
 from kernelattn.analysis.fits import convergence_fits
 from kernelattn.experiments.reproduce import TIERS, experiments_dir, list_specs, redraw, reproduce
 from kernelattn.experiments.store import ResultStore
@@ -127,7 +127,7 @@ def test_report_numbers_equal_the_stored_ones(pipeline):
 def test_aggregated_rows_list_their_record_keys(pipeline):
     out, _ = pipeline
     text = (out / "report.md").read_text()
-    frames = report.load_frames(out)
+    frames = load_frames(out)
     fits = convergence_fits(frames.kernel)
     row = next(line for line in text.splitlines() if line.startswith("| digits | 2L-ReLU | 3 × 2"))
     ref = re.search(r"(R\d+) \((\d+)\) \|$", row)

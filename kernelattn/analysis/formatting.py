@@ -1,8 +1,9 @@
 """Numbers and tables as text: one format for the report, the sweep summaries and the command line.
 
 Numbers have 4 significant digits (``fmt``), log10 values two decimals
-(``fmt_log``), spreads 2 (``fmt_pm``); "nan", "inf" and "-inf" are spelled
-out, so every number printed is parseable by ``float()``. Tables are GitHub
+(``fmt_log``, ``fmt_fixed``), spreads 2 (``fmt_pm``); "nan", "inf" and "-inf"
+are spelled out, so every number printed is parseable by ``float()``. Figure
+labels write powers in Unicode superscripts (``fmt_power``: "10⁻³"). Tables are GitHub
 markdown (``markdown_table``) or fixed-width plain text (``text_table``).
 """
 
@@ -14,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["fits_table", "fmt", "fmt_log", "fmt_pm", "fmt_range", "markdown_table", "seed_summary_table",
-           "text_table"]
+__all__ = ["fits_table", "fmt", "fmt_fixed", "fmt_int", "fmt_log", "fmt_pm", "fmt_power", "fmt_range", "markdown_table",
+           "seed_summary_table", "superscript", "text_table"]
+
+_SUPERSCRIPT = str.maketrans("-0123456789.", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹·")
 
 
 def _real(value: Any) -> float | None:
@@ -48,14 +51,37 @@ def fmt(value: Any, digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
-def fmt_log(value: Any) -> str:
-    """A log10 value with two decimals ("inf", "nan" spelled out)."""
+def fmt_fixed(value: Any, decimals: int) -> str:
+    """A number with a fixed number of ``decimals`` ("nan", "inf" and "-inf" spelled out; non-numbers "nan")."""
     x = _real(value)
     if x is None or math.isnan(x):
         return "nan"
     if math.isinf(x):
         return "inf" if x > 0 else "-inf"
-    return f"{x:.2f}"
+    return f"{x:.{decimals}f}"
+
+
+def fmt_log(value: Any) -> str:
+    """A log10 value with two decimals ("inf", "nan" spelled out)."""
+    return fmt_fixed(value, 2)
+
+
+def fmt_int(value: Any) -> str:
+    """An integer count as text ("?" when the value is not a finite number)."""
+    try:
+        return str(int(value))
+    except (TypeError, ValueError, OverflowError):
+        return "?"
+
+
+def superscript(text: str) -> str:
+    """Digits, minus signs and points of ``text`` as Unicode superscripts ("-3" → "⁻³")."""
+    return text.translate(_SUPERSCRIPT)
+
+
+def fmt_power(base: int, exponent: float) -> str:
+    """``base`` to ``exponent`` in Unicode superscripts: "10⁻³", "2¹⁰", "10¹²·³" (one decimal unless an integer)."""
+    return f"{base}{superscript(fmt_fixed(exponent, 0 if float(exponent).is_integer() else 1))}"
 
 
 def fmt_pm(mean: Any, spread: Any) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,7 @@ import pandas as pd
 
 from kernelattn.analysis.labels import display_order
 
-__all__ = ["SeedStats", "seed_stats", "seed_summary", "width_summary"]
+__all__ = ["SeedStats", "mean_of_means", "seed_stats", "seed_stats_by", "seed_summary", "spearman", "width_summary"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +48,29 @@ def seed_stats(values: Any) -> SeedStats:
         mean = float(np.mean(values))
         std = float(np.std(values, ddof=1)) if values.size > 1 and np.all(np.isfinite(values)) else math.nan
     return SeedStats(mean, std, float(np.min(values)), float(np.max(values)), int(values.size))
+
+
+def seed_stats_by(frame: pd.DataFrame, by: str, metric: str) -> pd.DataFrame:
+    """:class:`SeedStats` of one metric per value of one column (e.g. per width), in increasing order of it.
+
+    Returns:
+      A frame indexed by the values of ``by`` (rows whose ``by`` is NaN left out), columns ``mean``,
+      ``std``, ``min``, ``max``, ``n``.
+    """
+    stats = {value: dataclasses.asdict(seed_stats(group[metric])) for value, group in frame.groupby(by, sort=True)}
+    return pd.DataFrame.from_dict(stats, orient="index", columns=["mean", "std", "min", "max", "n"])
+
+
+def mean_of_means(per_seed: Iterable[Any]) -> float:
+    """Mean over seeds of each seed's mean over test points: ``per_seed`` holds one ``(T,)`` array per seed
+    (NaN test points left out of its mean). NaN without seeds."""
+    means = [np.nanmean(np.asarray(v, np.float64)) for v in per_seed]
+    return float(np.mean(means)) if means else math.nan
+
+
+def spearman(x: Any, y: Any) -> float:
+    """Spearman rank correlation of paired values (ties share their mean rank; pairs with a NaN left out)."""
+    return float(pd.Series(np.asarray(x, np.float64)).corr(pd.Series(np.asarray(y, np.float64)), method="spearman"))
 
 
 def seed_summary(cells: pd.DataFrame, by: Sequence[str], metrics: Sequence[str], *, extremes: bool = False,
@@ -85,7 +108,7 @@ def width_summary(kernel: pd.DataFrame, metrics: Sequence[str] = ("rel_fro", "ce
     """Per (store, dataset, model, width) of stored kernel rows: seed statistics with extremes, and the keys.
 
     Args:
-      kernel: kernel-sweep rows (``report.load_frames(out).kernel``).
+      kernel: kernel-sweep rows (``kernelattn.viz.frames.load_frames(out).kernel``).
       metrics: the metrics summarized.
 
     Returns:

@@ -49,7 +49,8 @@ import numpy as np
 import platformdirs
 
 from kernelattn.experiments import provenance
-from kernelattn.viz import plotting, report
+from kernelattn.viz import figures, report
+from kernelattn.viz.frames import load_frames
 from kernelattn._precision import enable_x64, precision_policy, x64_enabled
 from kernelattn.data import DatasetNotFoundError, dataset_info, load
 from kernelattn.errors import InputValueError
@@ -627,15 +628,12 @@ def redraw(out: str | os.PathLike[str] = "results", figures_dir: str | os.PathLi
     """
     out = Path(out)
     figures_dir = out / "figures" if figures_dir is None else Path(figures_dir)
-    frames = report.load_frames(out)
+    frames = load_frames(out)
     if not frames.stores:
         raise StoreNotFoundError(f"{out}: no result store found (run kernelattn reproduce first)")
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    captions: dict[str, str] = {}
-    for stem, caption, figure in plotting.figures_for(frames):
-        written += plotting.save_figure(figure, figures_dir / stem, precision=_figure_precision(frames, stem))
-        captions[stem] = caption
+    jobs = figures.figure_jobs(frames)
+    written = figures.save_figures(jobs, figures_dir, {job.stem: _figure_precision(frames, job.stem) for job in jobs})
+    captions = {job.stem: job.caption for job in jobs}
     report_path = out / "report.md"
     text = report.render_report(frames, figures={stem: _relative(figures_dir / f"{stem}.png", out)
                                                  for stem in captions}, captions=captions)
