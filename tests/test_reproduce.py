@@ -78,7 +78,9 @@ def test_redraw_reads_the_store_only(pipeline, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("redraw must not compute")
 
-    for module, name in (("kernelattn.experiments.sweeps", "run_sweep"), ("kernelattn.experiments.sweeps", "_prepare_group"),
+    for module, name in (("kernelattn.experiments.reproduce", "run_sweep"),
+                         ("kernelattn.experiments.sweeps.runner", "run_sweep"),
+                         ("kernelattn.experiments.sweeps.runner", "prepare_group"),
                          ("kernelattn.experiments.malleability.runner", "run_malleability_spec"),
                          ("kernelattn.experiments.reproduce", "run_malleability_spec"),
                          ("kernelattn.experiments.malleability.runner", "prepare"),
