@@ -75,8 +75,10 @@ class InfluenceResult:
 
     Attributes:
       scores: ``(n*, n)`` float64, I(i, x*_t) in row t, column i.
-      method: "loo" (exact leave-one-out) or "if" (influence-function form).
-      factorization: how K + λI was solved: "cholesky" or "eigh-clipped".
+      method: the estimator: "loo" (exact leave-one-out) or "if" (influence-function form) here;
+        "tracin", "grad-dot", "grad-cos", "representer" or "trak" from
+        :mod:`kernelattn.learning.attribution`.
+      factorization: how K + λI was solved: "cholesky" or "eigh-clipped" ("none": no kernel solve).
       ridge: λ.
       predictions: ``(n*,)`` f(x*_t) on the output the influence is taken on
         (the true class c_t for multi-class targets).
