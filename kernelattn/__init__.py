@@ -30,7 +30,16 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`
     )
     from kernelattn.errors import DependencyError, InputTypeError, InputValueError, KernelattnError
     from kernelattn.kernels.guards import KernelError, KernelWarning, check_kernel
-    from kernelattn.learning.influence import InfluenceResult, influence_scores
+    from kernelattn.learning.attribution import (
+        gradient_products,
+        loss_gradients,
+        projected_features,
+        representer_scores,
+        trak_scores,
+    )
+    from kernelattn.learning.attribution_truth import compare_to_ground_truth, kernel_loo_by_refit, retrained_loo
+    from kernelattn.learning.influence import InfluenceResult, influence_scores, top_k
+    from kernelattn.learning.model_attribution import GradientModel, gradient_attribution, module_gradient_model
     from kernelattn.learning.model_influence import FitOptions, influence
     from kernelattn.kernels.analytic import Kernel, head_kernels, qkv_attention_nngp
     from kernelattn.kernels.empirical import (
@@ -78,7 +87,16 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "kernelattn.errors": ("DependencyError", "InputTypeError", "InputValueError", "KernelattnError"),
     "kernelattn.kernels.guards": ("KernelError", "KernelWarning", "check_kernel"),
-    "kernelattn.learning.influence": ("InfluenceResult", "influence_scores"),
+    "kernelattn.learning.attribution": (
+        "gradient_products",
+        "loss_gradients",
+        "projected_features",
+        "representer_scores",
+        "trak_scores",
+    ),
+    "kernelattn.learning.attribution_truth": ("compare_to_ground_truth", "kernel_loo_by_refit", "retrained_loo"),
+    "kernelattn.learning.influence": ("InfluenceResult", "influence_scores", "top_k"),
+    "kernelattn.learning.model_attribution": ("GradientModel", "gradient_attribution", "module_gradient_model"),
     "kernelattn.learning.model_influence": ("FitOptions", "influence"),
     "kernelattn.kernels.analytic": ("Kernel", "head_kernels", "qkv_attention_nngp"),
     "kernelattn.kernels.empirical": (

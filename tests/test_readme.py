@@ -26,3 +26,15 @@ def test_readme_prediction_example_runs():
     exec(compile(blocks[1], "README.md", "exec"), namespace)  # noqa: S102
     assert namespace["f_train"].shape == (3, 200, 10) and namespace["f_test"].shape == (3, 50, 10)
     assert namespace["ntk"].mean.shape == (50, 10) and namespace["ntk"].covariance.shape == (50, 50)
+
+
+def test_readme_attribution_example_runs():
+    """The third block (attribution estimators and their ground truth) needs only ``ka``."""
+    import kernelattn as ka
+
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    ka.enable_x64()
+    namespace: dict = {"ka": ka}
+    exec(compile(blocks[2], "README.md", "exec"), namespace)  # noqa: S102
+    assert list(namespace["table"]["method"]) == ["if", "tracin", "grad-cos", "representer", "trak"]
+    assert namespace["helpful"].shape == (10, 3) and namespace["mine"].scores.shape == (10, 40)

@@ -50,7 +50,12 @@ GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("Prediction", "Closed-form MSE gradient flow at any times, and the infinite ensemble's mean and covariance, "
      "with neural-tangents' conventions.", ("gradient_descent_mse", "gradient_descent_mse_ensemble", "Gaussian")),
     ("Influence", "Exact leave-one-out and influence-function scores of kernel ridge regression.",
-     ("influence", "FitOptions", "influence_scores", "InfluenceResult")),
+     ("influence", "FitOptions", "influence_scores", "InfluenceResult", "top_k")),
+    ("Attribution estimators", "TracIn, grad-dot / grad-cos, representer points and TRAK from a network's own "
+     "gradients (a kernelattn head or any Flax module), scored against exact and retrained leave-one-out.",
+     ("gradient_attribution", "GradientModel", "module_gradient_model", "loss_gradients", "gradient_products",
+      "representer_scores", "projected_features", "trak_scores", "compare_to_ground_truth", "kernel_loo_by_refit",
+      "retrained_loo")),
     ("Attacks", "FGSM, PGD and MIM on the training data.", ("AttackConfig", "AttackResult", "fgsm", "pgd", "mim",
                                                              "run_attack")),
     ("Influence malleability", "How far perturbing the training data moves the influence scores.",

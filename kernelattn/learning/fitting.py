@@ -295,6 +295,8 @@ class FittedModel:
       training: "standard" or "pgd-at".
       loss: the training loss, "mse" or "xent".
       health: :class:`TrainingHealth` once :func:`assess_fit` has run.
+      checkpoints: the variables at the end of each run of epochs (``fit_model(checkpoints=c)``,
+        TracIn's checkpoints; the last are ``variables``), or ``()``.
     """
 
     spec: HeadModel
@@ -304,6 +306,7 @@ class FittedModel:
     training: str = "standard"
     loss: str = "xent"
     health: TrainingHealth | None = None
+    checkpoints: tuple = ()
 
     def outputs(self, queries, context) -> jax.Array:
         """``(n_q, C)`` outputs on raw queries attending over the raw training set."""
@@ -332,7 +335,8 @@ def split_keys(seed: int) -> dict[str, jax.Array]:
     return {"init": init, "train": train_key, "attack": attack}
 
 
-def fit_model(spec: HeadModel, X, targets, *, key_init: jax.Array, key_train: jax.Array, config: TrainConfig) -> FittedModel:
+def fit_model(spec: HeadModel, X, targets, *, key_init: jax.Array, key_train: jax.Array, config: TrainConfig,
+              checkpoints: int = 0) -> FittedModel:
     """Initialize the head and train it (optax, ``kernelattn.learning.training.train``) on raw X.
 
     The features (attention over X) are computed once; the head is trained on
@@ -345,15 +349,20 @@ def fit_model(spec: HeadModel, X, targets, *, key_init: jax.Array, key_train: ja
       targets: ``(n, C)`` training targets (``TrainTest.train_targets``).
       key_init, key_train: PRNG keys of the initialization and the epoch shuffles.
       config: optimization settings.
+      checkpoints: keep the variables after each of this many runs of epochs (0: none;
+        :func:`kernelattn.learning.training.train`).
     """
     features = spec.features(X, X)
     initial = spec.init(key_init, features)
     params, rest = initial["params"], {k: v for k, v in initial.items() if k != "params"}
 
     apply_fn = jax.tree_util.Partial(HeadApply(spec), rest)
-    result = train(apply_fn, params, np.asarray(features), np.asarray(targets), key=key_train, config=config)
+    result = train(apply_fn, params, np.asarray(features), np.asarray(targets), key=key_train, config=config,
+                   checkpoints=checkpoints)
     loss = config.resolved_loss(np.asarray(targets).shape[1])
-    return FittedModel(spec, {"params": result.params, **rest}, initial, result.losses, "standard", loss)
+    saved = tuple({"params": p, **rest} for p in result.checkpoints)
+    return FittedModel(spec, {"params": result.params, **rest}, initial, result.losses, "standard", loss,
+                       checkpoints=saved)
 
 
 def assess_fit(fitted: FittedModel, split: TrainTest, config: TrainConfig, *, what: str) -> FittedModel:

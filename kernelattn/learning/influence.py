@@ -15,6 +15,10 @@ For a kernel K (empirical Θ_m of a trained network, or the infinite-width
   residual r = y − K α. Since (K + λI) α = y, r = λ α, so I_IF differs from
   I by the positive per-point factor λ H_ii: the two always agree in sign.
 
+Self-influence (each training point as its own test point, on its own class)
+comes with every result; :func:`top_k` reads the most helpful / harmful
+training points of each test point.
+
 Multi-class: targets are one-vs-rest, ``"pm1"`` (+1 for the class, −1
 otherwise; default) or ``"onehot"`` (1 / 0), one ridge fit per class sharing
 the one factorization; the influence on test point t is taken on its
@@ -36,14 +40,33 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pandas as pd
 
-from kernelattn._validation import check_choice, check_matrix, check_real
+from kernelattn._validation import check_choice, check_int, check_matrix, check_real
 from kernelattn.errors import InputValueError
 from kernelattn.kernels.linalg import factorize
 from kernelattn.learning.training import TrainingHealth
 
 INFLUENCE_METHODS = ("loo", "if")
 TARGET_ENCODINGS = ("pm1", "onehot")
+#: Which end of a test point's row :func:`top_k` reads: the largest scores or the most negative ones.
+DIRECTIONS = ("helpful", "harmful")
+
+
+def top_k(scores, k: int, direction: str = "helpful") -> np.ndarray:
+    """``(n*, k)`` int training indices of each test point's k most helpful (largest score) or most
+    harmful (most negative score) training points, best first (ties: the lower index first).
+
+    Args:
+      scores: ``(n*, n)`` influence scores (positive: the training point helps the test point).
+      k: 1 ≤ k ≤ n.
+      direction: "helpful" (default) or "harmful".
+    """
+    direction = check_choice(direction, "direction", DIRECTIONS)
+    scores = check_matrix(scores, "scores")
+    k = check_int(k, "k", minimum=1, maximum=scores.shape[1])
+    signed = -scores if direction == "helpful" else scores
+    return np.argsort(signed, axis=1, kind="stable")[:, :k]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +75,10 @@ class InfluenceResult:
 
     Attributes:
       scores: ``(n*, n)`` float64, I(i, x*_t) in row t, column i.
-      method: "loo" (exact leave-one-out) or "if" (influence-function form).
-      factorization: how K + λI was solved: "cholesky" or "eigh-clipped".
+      method: the estimator: "loo" (exact leave-one-out) or "if" (influence-function form) here;
+        "tracin", "grad-dot", "grad-cos", "representer" or "trak" from
+        :mod:`kernelattn.learning.attribution`.
+      factorization: how K + λI was solved: "cholesky" or "eigh-clipped" ("none": no kernel solve).
       ridge: λ.
       predictions: ``(n*,)`` f(x*_t) on the output the influence is taken on
         (the true class c_t for multi-class targets).
@@ -68,6 +93,8 @@ class InfluenceResult:
       train_losses: per-epoch training losses of the network (may be empty).
       health: the network fit's :class:`kernelattn.learning.training.TrainingHealth`
         (``None`` for a precomputed kernel).
+      self_influence: ``(n,)`` float64 influence of each training point on itself under the same
+        method (the training point as the test point, on its own class), or ``None``.
     """
 
     scores: np.ndarray
@@ -83,6 +110,7 @@ class InfluenceResult:
     seed: int | None = None
     train_losses: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     health: TrainingHealth | None = None
+    self_influence: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -108,7 +136,27 @@ class InfluenceResult:
             out["scores"] = self.scores.tolist()
             out["predictions"] = self.predictions.tolist()
             out["test_labels"] = None if self.test_labels is None else self.test_labels.tolist()
+            out["self_influence"] = None if self.self_influence is None else self.self_influence.tolist()
         return out
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long format, one row per (test point, training point): columns ``test_index``,
+        ``train_index`` (int64), ``method`` (str) and ``score`` (float64), test-major order."""
+        n_test, n = self.shape
+        return pd.DataFrame({
+            "test_index": np.repeat(np.arange(n_test, dtype=np.int64), n),
+            "train_index": np.tile(np.arange(n, dtype=np.int64), n_test),
+            "method": self.method,
+            "score": np.asarray(self.scores, np.float64).reshape(-1),
+        })
+
+    def most_helpful(self, k: int) -> np.ndarray:
+        """``(n*, k)`` indices of each test point's k largest scores (:func:`top_k`)."""
+        return top_k(self.scores, k, "helpful")
+
+    def most_harmful(self, k: int) -> np.ndarray:
+        """``(n*, k)`` indices of each test point's k most negative scores (:func:`top_k`)."""
+        return top_k(self.scores, k, "harmful")
 
 
 def _check_kernels(k_train, k_test_train) -> tuple[np.ndarray, np.ndarray]:
@@ -175,7 +223,9 @@ def influence_scores(
       method: "loo" (default) or "if".
 
     Returns:
-      :class:`InfluenceResult` with ``scores`` ``(n*, n)`` (float64).
+      :class:`InfluenceResult` with ``scores`` ``(n*, n)`` (float64) and ``self_influence`` ``(n,)``:
+      each training point on itself, on its own class c_i = argmax_c y_ic,
+      (K H)_ii α_{i,c_i} / H_ii ("loo": f(x_i) − f_{−i}(x_i)) or (K H)_ii r_{i,c_i} ("if").
     """
     method = check_choice(method, "influence", INFLUENCE_METHODS)
     ridge = check_real(ridge, "ridge", minimum=0.0, strict_min=True)
@@ -184,21 +234,24 @@ def influence_scores(
     y = _check_targets(y, n)
     labels = _check_test_labels(test_labels, n_test, y.shape[1])
     column = np.zeros(n_test, np.int64) if labels is None else labels
+    own = np.argmax(y, axis=1)  # each training point's own class (one-vs-rest targets peak there)
     factorization = factorize(k_train, ridge, name="k_train")
+    k_sym = (k_train + k_train.T) / 2
     alpha = factorization.solve(y)  # (n, C)
     k_h = factorization.solve(k_test_train.T).T  # (n*, n) = K* H   (H symmetric)
     if method == "loo":
-        weights = alpha[:, column].T / factorization.inverse_diagonal()[None, :]
+        per_point = alpha / factorization.inverse_diagonal()[:, None]  # (n, C) α_ic / H_ii
     else:
-        residual = y - ((k_train + k_train.T) / 2) @ alpha
-        weights = residual[:, column].T
+        per_point = y - k_sym @ alpha  # (n, C) residuals r = y − K α
     predictions = np.einsum("ti,it->t", k_test_train, alpha[:, column])
+    self_influence = np.diag(factorization.solve(k_sym)) * per_point[np.arange(n), own]  # (K H)_ii w_i
     return InfluenceResult(
-        scores=k_h * weights,
+        scores=k_h * per_point[:, column].T,
         method=method,
         factorization=factorization.method,
         ridge=ridge,
         predictions=predictions,
+        self_influence=self_influence,
         test_labels=labels,
     )
 

@@ -6,7 +6,7 @@ intervention); per test point t, with k = ⌈τ n⌉:
 - flip rate: among the k training points with the largest |I[t]|, the
   fraction whose sign differs in I'[t] (the paper's headline metric; τ = 0.1);
 - Spearman ρ between I[t] and I'[t] (average ranks for ties; NaN when a row
-  is constant);
+  is constant), and Pearson's r of the values;
 - top-k overlap |top_k(|I[t]|) ∩ top_k(|I'[t]|)| / k.
 """
 
@@ -39,10 +39,13 @@ def flip_rates(I: np.ndarray, I_prime: np.ndarray, tau: float = 0.1) -> np.ndarr
     return np.mean(before != after, axis=1)
 
 
-def spearman_rows(I: np.ndarray, I_prime: np.ndarray) -> np.ndarray:  # noqa: N803
-    """Per test point, Spearman's ρ between I[t] and I'[t] (NaN for a constant row). ``(n*,)``."""
-    a = scipy.stats.rankdata(I, axis=1)
-    b = scipy.stats.rankdata(I_prime, axis=1)
+def spearman_rows(I: np.ndarray, I_prime: np.ndarray, *, ranks: bool = True) -> np.ndarray:  # noqa: N803
+    """Per test point, Spearman's ρ between I[t] and I'[t] (NaN for a constant row). ``(n*,)``.
+
+    ``ranks=False``: the correlation of the values themselves, Pearson's r (:func:`pearson_rows`).
+    """
+    a = scipy.stats.rankdata(I, axis=1) if ranks else np.asarray(I, np.float64)
+    b = scipy.stats.rankdata(I_prime, axis=1) if ranks else np.asarray(I_prime, np.float64)
     a = a - a.mean(axis=1, keepdims=True)
     b = b - b.mean(axis=1, keepdims=True)
     numerator = np.sum(a * b, axis=1)
@@ -50,6 +53,11 @@ def spearman_rows(I: np.ndarray, I_prime: np.ndarray) -> np.ndarray:  # noqa: N8
     out = np.full(I.shape[0], np.nan)
     np.divide(numerator, denominator, out=out, where=denominator > 0)
     return out
+
+
+def pearson_rows(I: np.ndarray, I_prime: np.ndarray) -> np.ndarray:  # noqa: N803
+    """Per test point, Pearson's r between I[t] and I'[t] (NaN for a constant row). ``(n*,)``."""
+    return spearman_rows(I, I_prime, ranks=False)
 
 
 def topk_overlaps(I: np.ndarray, I_prime: np.ndarray, tau: float = 0.1) -> np.ndarray:  # noqa: N803

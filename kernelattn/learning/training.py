@@ -153,10 +153,13 @@ class TrainResult:
     Attributes:
       params: trained parameters.
       losses: ``(epochs,)`` mean training loss of each epoch (numpy float64).
+      checkpoints: the parameters at the end of each of the ``checkpoints`` equal runs of epochs
+        :func:`train` was asked for (the last is ``params``); empty when none were asked for.
     """
 
     params: dict
     losses: np.ndarray
+    checkpoints: tuple = ()
 
 
 def as_traced_function(fn: Callable) -> jax.tree_util.Partial:
@@ -207,6 +210,7 @@ def train(
     key: jax.Array,
     config: TrainConfig = TrainConfig(),
     precision=None,
+    checkpoints: int = 0,
 ) -> TrainResult:
     """Train ``apply_fn``'s parameters on (x, y) with minibatch Adam.
 
@@ -227,10 +231,15 @@ def train(
         (``kernelattn.precision_policy``, default "highest"). Applies to the
         model's matmuls that name no precision of their own (kernelattn's
         models default to the policy in force).
+      checkpoints: 0 (default) or c ≥ 1: also keep the parameters after each of c runs of
+        ⌈epochs / c⌉ epochs (the last run shorter, fewer runs when epochs < c; TracIn's
+        checkpoints). The runs continue one
+        another (parameters, optimizer state and the epoch keys), so training is the same.
 
     Returns:
-      ``TrainResult(params, losses)``.
+      ``TrainResult(params, losses, checkpoints)``.
     """
+    checkpoints = check_int(checkpoints, "checkpoints", minimum=0)
     precision = resolve_precision(precision)
     x = check_matrix(x, "x")
     y = np.asarray(y)
@@ -245,9 +254,18 @@ def train(
     if config.epochs == 0:
         return TrainResult(params, np.zeros(0))
     keys = jax.random.split(key, config.epochs)
-    params, _, losses = _run_epochs(as_traced_function(apply_fn), optimizer, loss, params, optimizer.init(params), x, y, keys, batch_size,
-                                    precision)
-    return TrainResult(params, np.asarray(losses, dtype=np.float64))
+    apply_fn, opt_state = as_traced_function(apply_fn), optimizer.init(params)
+    if checkpoints == 0:
+        params, _, losses = _run_epochs(apply_fn, optimizer, loss, params, opt_state, x, y, keys, batch_size, precision)
+        return TrainResult(params, np.asarray(losses, dtype=np.float64))
+    run = -(-config.epochs // checkpoints)
+    saved, losses = [], []
+    for start in range(0, config.epochs, run):
+        params, opt_state, run_losses = _run_epochs(apply_fn, optimizer, loss, params, opt_state, x, y,
+                                                    keys[start:start + run], batch_size, precision)
+        saved.append(params)
+        losses.append(np.asarray(run_losses, dtype=np.float64))
+    return TrainResult(params, np.concatenate(losses), tuple(saved))
 
 
 def linearize(apply_fn: ApplyFn, params0: dict) -> ApplyFn:

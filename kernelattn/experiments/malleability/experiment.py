@@ -67,7 +67,7 @@ from kernelattn.learning.attacks import (
     run_attack,
 )
 from kernelattn.learning.fitting import FittedModel, TrainTest, assess_fit, fit_label, resolve_data
-from kernelattn.learning.influence import InfluenceResult, one_vs_rest
+from kernelattn.learning.influence import INFLUENCE_METHODS, InfluenceResult, one_vs_rest
 from kernelattn.learning.malleability_metrics import compare_influence, finite_mean_std, influential_points, top_count
 from kernelattn.learning.model_influence import (
     RIDGE_KERNELS,
@@ -198,7 +198,8 @@ def prepare(data=None, *, X=None, y=None, X_test=None, y_test=None, influence: s
     ``fitted``: the clean fit of an earlier ``prepare`` with the same data, model, width, seed,
     training and configs (say, for another influence kernel), reused instead of training again.
     """
-    options = FitOptions(method=influence, **options)
+    # Malleability compares kernel ridge influence (FitOptions also takes the network estimators).
+    options = FitOptions(method=check_choice(influence, "influence method", INFLUENCE_METHODS), **options)
     training = check_choice(training, "training", TRAININGS)
     at_epsilon = check_real(at_epsilon, "at_epsilon", minimum=0.0)
     attack_config = as_attack_config(attack_config)
