@@ -48,7 +48,7 @@ class AttentionConfig:
     constant_term: bool = False
     normalize: bool = True
 
-    def validated(self, n_features: int | None = None, n_samples: int | None = None) -> "AttentionConfig":
+    def validated(self, n_features: int | None = None, n_samples: int | None = None) -> AttentionConfig:
         """Return self after checking every field (ValueError naming the field)."""
         check_int(self.depth, "depth", minimum=1)
         if self.rank is not None:

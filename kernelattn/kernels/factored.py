@@ -45,8 +45,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from kernelattn.errors import InputValueError
 from kernelattn._precision import lax_precision, precision_policy, resolve_precision
+from kernelattn.errors import InputValueError
 
 try:  # the jaxpr types' public home in current JAX
     from jax.extend.core import Literal

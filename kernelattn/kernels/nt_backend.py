@@ -95,8 +95,9 @@ SUPPORTED_JAX = "0.4.25"
 IMPLEMENTATIONS = ("JACOBIAN_CONTRACTION", "NTK_VECTOR_PRODUCTS", "STRUCTURED_DERIVATIVES")
 LEGACY_HINT = (
     "the neural-tangents backend needs the legacy environment: run `bash scripts/legacy_env.sh` "
-    "and use .venv-legacy/bin/python (jax=={jax}, neural-tangents=={nt}, from requirements/legacy.txt)"
-).format(jax=SUPPORTED_JAX, nt=NT_VERSION)
+    f"and use .venv-legacy/bin/python (jax=={SUPPORTED_JAX}, neural-tangents=={NT_VERSION}, "
+    "from requirements/legacy.txt)"
+)
 
 
 # ------------------------------------------------------------------------- import

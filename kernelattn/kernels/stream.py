@@ -24,8 +24,8 @@ from jax.sharding import Mesh, PartitionSpec
 
 from kernelattn._precision import resolve_dtype, resolve_precision
 from kernelattn._validation import check_int, check_matrix
-from kernelattn.kernels.distributed import shard_map, sharded_head_ntk_blocks
 from kernelattn.errors import InputTypeError, InputValueError
+from kernelattn.kernels.distributed import shard_map, sharded_head_ntk_blocks
 from kernelattn.kernels.empirical import head_linear_part, head_ntk_blocks
 from kernelattn.models import HeadConfig
 

@@ -31,10 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from kernelattn.kernels import guards
 from kernelattn._precision import precision_policy, resolve_precision
 from kernelattn._validation import check_choice, check_int, check_matrix, check_real
 from kernelattn.errors import InputValueError, KernelattnError
+from kernelattn.kernels import guards
 from kernelattn.kernels.linalg import kernel_regression
 
 ApplyFn = Callable[[dict, jax.Array], jax.Array]

@@ -196,7 +196,7 @@ def new_claim(host: str) -> dict[str, Any]:
         "pid": pid,
         "pid_start": process_start(pid),
         "time": now,
-        "iso": _dt.datetime.fromtimestamp(now, _dt.timezone.utc).isoformat(timespec="microseconds"),
+        "iso": _dt.datetime.fromtimestamp(now, _dt.UTC).isoformat(timespec="microseconds"),
         "token": uuid.uuid4().hex,
     }
 

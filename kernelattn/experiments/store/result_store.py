@@ -23,18 +23,56 @@ import pandas as pd
 
 from kernelattn.errors import InputTypeError, InputValueError
 from kernelattn.experiments import provenance
-from kernelattn.experiments.store.claims import (DEFAULT_CLAIM_TIMEOUT, ClaimInfo, break_claim, claim_info,
-                                                 claim_is_stale, claim_key, new_claim, owner_alive, read_claim,
-                                                 temp_is_stale, temp_name)
-from kernelattn.experiments.store.disk import (file_kind, fsync_dir, move_aside, probe_writable, publish,
-                                               read_regular, store_error, unlink_quiet)
-from kernelattn.experiments.store.errors import (Problem, RecordExistsError, RecordNotFoundError, StoreCorruptError,
-                                                 StoreError, StoreNotFoundError)
-from kernelattn.experiments.store.fileformat import (CLAIM_SUFFIX, CLAIMS_DIR, KEY_RE, MANIFEST_NAME,
-                                                     QUARANTINE_DIR, RECORD_SUFFIX, RECORDS_DIR, TEMP_PREFIX, check_key,
-                                                     create_manifest, decode_record, encode_record, finalize_record,
-                                                     is_record_name, read_manifest, record_problems,
-                                                     resolve_hmac_key)
+from kernelattn.experiments.store.claims import (
+    DEFAULT_CLAIM_TIMEOUT,
+    ClaimInfo,
+    break_claim,
+    claim_info,
+    claim_is_stale,
+    claim_key,
+    new_claim,
+    owner_alive,
+    read_claim,
+    temp_is_stale,
+    temp_name,
+)
+from kernelattn.experiments.store.disk import (
+    file_kind,
+    fsync_dir,
+    move_aside,
+    probe_writable,
+    publish,
+    read_regular,
+    store_error,
+    unlink_quiet,
+)
+from kernelattn.experiments.store.errors import (
+    Problem,
+    RecordExistsError,
+    RecordNotFoundError,
+    StoreCorruptError,
+    StoreError,
+    StoreNotFoundError,
+)
+from kernelattn.experiments.store.fileformat import (
+    CLAIM_SUFFIX,
+    CLAIMS_DIR,
+    KEY_RE,
+    MANIFEST_NAME,
+    QUARANTINE_DIR,
+    RECORD_SUFFIX,
+    RECORDS_DIR,
+    TEMP_PREFIX,
+    check_key,
+    create_manifest,
+    decode_record,
+    encode_record,
+    finalize_record,
+    is_record_name,
+    read_manifest,
+    record_problems,
+    resolve_hmac_key,
+)
 from kernelattn.experiments.store.frames import records_frame, write_parquet
 
 __all__ = ["ResultStore"]
@@ -562,7 +600,7 @@ class ResultStore:
         """
         self._require_writable()
         problems = self.verify()
-        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
         for problem in problems:
             try:
                 if problem.kind == "corrupt" and quarantine:
