@@ -400,19 +400,19 @@ def qkv_attention_stax(attention: QKVAttention, n_features: int) -> tuple[Callab
 
 
 def _attention_kwargs(attention: QKVAttention, n_features: int) -> dict:
-    return dict(
-        n_chan_out=attention.out_dim or n_features,
-        n_chan_key=attention.head_width,
-        n_chan_val=attention.head_width,
-        n_heads=1,
-        linear_scaling=True,
-        W_key_std=attention.sigma_q,
-        W_query_std=attention.sigma_q,
-        W_value_std=attention.sigma_v,
-        W_out_std=attention.sigma_o,
-        b_std=None,
-        attention_mechanism="IDENTITY",
-    )
+    return {
+        "n_chan_out": attention.out_dim or n_features,
+        "n_chan_key": attention.head_width,
+        "n_chan_val": attention.head_width,
+        "n_heads": 1,
+        "linear_scaling": True,
+        "W_key_std": attention.sigma_q,
+        "W_query_std": attention.sigma_q,
+        "W_value_std": attention.sigma_v,
+        "W_out_std": attention.sigma_o,
+        "b_std": None,
+        "attention_mechanism": "IDENTITY",
+    }
 
 
 def _key_masked_attention_kernel(nt, attention: QKVAttention, x_train, x_test):

@@ -48,7 +48,7 @@ def _accumulate_batched(keys, x, lin, totals, first, n_blocks, n_units, **static
     return jax.vmap(lambda k, t: _accumulate(k, x, lin, t, first, n_blocks, n_units, **static))(keys, totals)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC + ("mesh", "batched"))
+@functools.partial(jax.jit, static_argnames=(*_STATIC, "mesh", "batched"))
 def _accumulate_sharded(keys, x, lin, total, first, n_blocks, n_units, *, mesh, batched, head, n2, chunk,
                         precision):
     """``_accumulate`` (or its vmap over keys) with the chunks dealt out over a 1-D device mesh.
@@ -122,7 +122,7 @@ def head_kernel_stream(keys: jax.Array, head: HeadConfig, x: np.ndarray, n2: int
     batched = jnp.ndim(keys) == 2
     x = jnp.asarray(x, dtype)
     lin = head_linear_part(x, x[:n2], head, precision=precision)
-    static = dict(head=head, n2=int(n2), chunk=block, precision=precision)
+    static = {"head": head, "n2": int(n2), "chunk": block, "precision": precision}
     if mesh is not None:
         step = functools.partial(_accumulate_sharded, mesh=mesh, batched=batched)
     else:
@@ -131,7 +131,7 @@ def head_kernel_stream(keys: jax.Array, head: HeadConfig, x: np.ndarray, n2: int
     total = jnp.zeros(shape, dtype)
     done = 0  # blocks accumulated into total
     previous = None
-    for m in sorted(set(int(w) for w in widths)):
+    for m in sorted({int(w) for w in widths}):
         full = m // block
         if full > done:
             total = step(keys, x, lin, total, jnp.int32(done), jnp.int32(full - done), jnp.int32(full * block),

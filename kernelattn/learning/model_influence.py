@@ -277,7 +277,8 @@ def fitted_influence(fitted: FittedModel, X, labels, X_test, labels_test, *, n_c
     kernel, targets = options.kernel, options.targets
     out_dim = options.train_config.out_dim(n_classes)
     if kernel == "tracin":
-        train_targets, test_targets = class_targets(labels, n_classes, out_dim), class_targets(labels_test, n_classes, out_dim)
+        train_targets = class_targets(labels, n_classes, out_dim)
+        test_targets = class_targets(labels_test, n_classes, out_dim)
         scores = tracin_scores(fitted, X, train_targets, X_test, test_targets)
         true = true_outputs(np.asarray(fitted.outputs(X_test, X), np.float64), labels_test)
         result = InfluenceResult(scores, "tracin", "none", float("nan"), true, np.asarray(labels_test))

@@ -321,7 +321,8 @@ def _curate(split: TrainTest, influential: np.ndarray, tau: float) -> _Intervene
     n = split.X.shape[0]
     columns = np.setdiff1d(np.arange(n), influential)
     if columns.size == 0:
-        raise InputValueError(f"tau: removing the top-τ points must leave some training points, got tau={tau} with n={n}")
+        raise InputValueError(
+            f"tau: removing the top-τ points must leave some training points, got tau={tau} with n={n}")
     perturbation = {"linf": 0.0, "mean_linf": 0.0, "mean_l2": 0.0, "n_perturbed": 0, "n_removed": int(influential.size)}
     return _Intervened(split.X[columns], split.labels[columns], split.X_test, columns, influential, perturbation)
 

@@ -27,6 +27,7 @@ pid), so an orphaned one is recognised by the same liveness test
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -300,10 +301,8 @@ def break_claim(path: str, judged: dict[str, Any] | None, judged_stat: os.stat_r
                 judged_stat.st_mtime_ns,
             )
         if not same:
-            try:
+            with contextlib.suppress(FileExistsError):
                 os.link(grave, path)  # put the fresh claim back
-            except FileExistsError:
-                pass
         return same
     finally:
         unlink_quiet(grave)

@@ -11,6 +11,7 @@ returning ``False``); the stored record is never touched.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -212,10 +213,8 @@ class ResultStore:
                 manifest = create_manifest(self._root, self._temp_name())
             except StoreError:
                 if made_root:  # leave nothing behind
-                    try:
+                    with contextlib.suppress(OSError):
                         os.rmdir(self._root)
-                    except OSError:
-                        pass
                 raise
         elif not self._readonly:
             probe_writable(self._root, self._temp_name())
@@ -345,10 +344,9 @@ class ResultStore:
             except OSError as err:
                 raise store_error(err, "writing record", path) from err
             if written:
-                try:
+                # A leftover claim of a finished cell is harmless (claim() checks has()).
+                with contextlib.suppress(StoreError):
                     self.release(key)
-                except StoreError:
-                    pass  # a leftover claim of a finished cell is harmless (claim() checks has())
                 return True
         if exist_ok:
             return False

@@ -190,7 +190,7 @@ def _chunked(array: jax.Array, axis: int, chunk: int) -> jax.Array:
     pad = [(0, 0)] * array.ndim
     pad[axis] = (0, n_chunks * chunk - width)
     array = jnp.pad(array, pad)
-    shape = array.shape[:axis] + (n_chunks, chunk) + array.shape[axis + 1 :]
+    shape = (*array.shape[:axis], n_chunks, chunk, *array.shape[axis + 1:])
     return jnp.moveaxis(array.reshape(shape), axis, 0)
 
 
