@@ -15,12 +15,13 @@ summation order.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
+from jax.typing import ArrayLike
 
 from kernelattn._precision import resolve_dtype, resolve_precision
 from kernelattn._validation import check_int, check_matrix
@@ -72,7 +73,7 @@ def _accumulate_sharded(keys, x, lin, total, first, n_blocks, n_units, *, mesh, 
     return total + shard_map(local, mesh, (rep,) * 6, rep)(keys, x, lin, first, n_blocks, n_units)
 
 
-def head_kernel_stream(keys: jax.Array, head: HeadConfig, x: np.ndarray, n2: int, widths: Sequence[int], *,
+def head_kernel_stream(keys: jax.Array, head: HeadConfig, x: ArrayLike, n2: int, widths: Sequence[int], *,
                        width_chunk: int = 1024, dtype="float32", mesh: Mesh | None = None,
                        precision=None) -> Iterator[tuple[int, np.ndarray]]:
     """Empirical head NTKs of the width-m prefixes of one network per key, for increasing m.
@@ -123,6 +124,7 @@ def head_kernel_stream(keys: jax.Array, head: HeadConfig, x: np.ndarray, n2: int
     x = jnp.asarray(x, dtype)
     lin = head_linear_part(x, x[:n2], head, precision=precision)
     static = {"head": head, "n2": int(n2), "chunk": block, "precision": precision}
+    step: Callable[..., jax.Array]
     if mesh is not None:
         step = functools.partial(_accumulate_sharded, mesh=mesh, batched=batched)
     else:

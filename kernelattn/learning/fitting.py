@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from kernelattn._precision import resolve_dtype
 from kernelattn._validation import as_config, check_int, check_matrix, check_row_range
@@ -184,7 +185,7 @@ class HeadModel:
     attention: AttentionConfig | None
     dtype: Any
 
-    def features(self, queries: jax.Array, context: jax.Array) -> jax.Array:
+    def features(self, queries: ArrayLike, context: ArrayLike) -> jax.Array:
         """``(n_q, d)`` head inputs of raw ``queries`` given the raw training set ``context``."""
         return _features(self, jnp.asarray(queries, self.dtype), jnp.asarray(context, self.dtype))
 

@@ -413,21 +413,21 @@ def influence(data=None, *, X=None, y=None, X_test=None, y_test=None, variables=
       scores on each test point's true-class output, and each training
       point's self-influence.
     """
-    options = FitOptions(**options)
-    keys = options.keys()
+    fit_options = FitOptions(**options)
+    keys = fit_options.keys()
     split = resolve_data(data, X=X, y=y, X_test=X_test, y_test=y_test)
-    config = options.train_config
-    module = user_module(options.model, options.width, config.out_dim(split.n_classes))
+    config = fit_options.train_config
+    module = user_module(fit_options.model, fit_options.width, config.out_dim(split.n_classes))
     if module is not None:
-        return dataclasses.replace(module_influence(module, variables, split, options), model=(
-            options.model if isinstance(options.model, str) else type(module).__name__))
+        return dataclasses.replace(module_influence(module, variables, split, fit_options), model=(
+            fit_options.model if isinstance(fit_options.model, str) else type(module).__name__))
     if variables is not None:
         raise InputValueError("variables: given variables are for a user's Flax module; kernelattn's own models "
-                              f"are trained here (model={options.model!r})")
-    spec = options.head_model(split.n_classes)
+                              f"are trained here (model={fit_options.model!r})")
+    spec = fit_options.head_model(split.n_classes)
     fitted = fit_model(spec, split.X, split.train_targets(config), key_init=keys["init"], key_train=keys["train"],
-                       config=config, checkpoints=options.fit_checkpoints)
-    fitted = assess_fit(fitted, split, config, what=fit_label(spec, options.seed))
+                       config=config, checkpoints=fit_options.fit_checkpoints)
+    fitted = assess_fit(fitted, split, config, what=fit_label(spec, fit_options.seed))
     result = fitted_influence(fitted, split.X, split.labels, split.X_test, split.labels_test,
-                              n_classes=split.n_classes, options=options)
-    return dataclasses.replace(result, seed=options.seed)
+                              n_classes=split.n_classes, options=fit_options)
+    return dataclasses.replace(result, seed=fit_options.seed)

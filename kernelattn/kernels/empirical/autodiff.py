@@ -200,7 +200,7 @@ def _ensure_autodiff_fits(apply_fn, params, x1, x2, trace_output, implementation
         memory.ensure_fits(_factored_memory(*args), budget, budget_of="empirical_ntk")
         return
     estimate = _autodiff_memory(*args)
-    options = ()
+    options: tuple[str, ...] = ()
     if not memory.fits(estimate, budget):
         factored_estimate = _factored_memory(*args)
         verdict = ", which fits" if memory.fits(factored_estimate, budget) else ""

@@ -143,8 +143,8 @@ def _analyse(
             f"{name}: symmetric/psd checks need a square kernel, got shape {k.shape}; "
             "pass symmetric=False, psd=False for a cross (e.g. test × train) kernel"
         )
-    base = {"name": name, "shape": tuple(k.shape), "dtype": dtype, "requested": requested, "ridge": float(ridge),
-            "eps": eps, "precision": precision}
+    base: dict[str, Any] = {"name": name, "shape": tuple(k.shape), "dtype": dtype, "requested": requested,
+                            "ridge": float(ridge), "eps": eps, "precision": precision}
     problems: list[Problem] = []
     size = f"{k.shape[0]}×{k.shape[1]}"
     where = f"kernel '{name}' ({size}, computed in {_computed(dtype, precision)})"
@@ -203,7 +203,7 @@ def _analyse(
 
     lam_min, lam_max = float(values[0]), float(values[-1])
     limit = pol.kappa_limit(dtype, precision)
-    out = {"lambda_min": lam_min, "lambda_max": lam_max, "kappa_limit": limit}
+    out: dict[str, Any] = {"lambda_min": lam_min, "lambda_max": lam_max, "kappa_limit": limit}
     if lam_max <= 0:
         problems.append(Problem("not_psd", (
             f"{where} has no positive eigenvalue (λ_max = {_g(lam_max)}, λ_min = {_g(lam_min)}): it is not a "
