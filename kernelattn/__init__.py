@@ -19,8 +19,16 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`` loads each name
     from kernelattn import data
     from kernelattn._precision import enable_x64, precision_policy, x64_enabled
-    from kernelattn.learning.attacks import AttackConfig, AttackResult, fgsm, mim, pgd, run_attack
     from kernelattn.data import Dataset
+    from kernelattn.errors import DependencyError, InputTypeError, InputValueError, KernelattnError
+    from kernelattn.experiments.malleability.api import malleability, malleability_sweep
+    from kernelattn.experiments.malleability.report import MalleabilityReport
+    from kernelattn.experiments.malleability.runner import run_malleability_spec
+    from kernelattn.experiments.specs import Spec, SpecError, load_spec
+    from kernelattn.experiments.store import ResultStore, StoreCorruptError, StoreError, read_parquet, write_parquet
+    from kernelattn.experiments.sweeps import SweepResults, format_summary, load_results, run_sweep
+    from kernelattn.experiments.tracking import log_store_to_mlflow
+    from kernelattn.kernels.analytic import Kernel, head_kernels, qkv_attention_nngp
     from kernelattn.kernels.distributed import (
         device_mesh,
         initialize_distributed,
@@ -28,8 +36,19 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`
         sharded_streaming_head_ntk,
         sharded_structured_head_ntk,
     )
-    from kernelattn.errors import DependencyError, InputTypeError, InputValueError, KernelattnError
+    from kernelattn.kernels.empirical import (
+        empirical_ntk,
+        empirical_ntk_fn,
+        head_variables,
+        model_apply_fn,
+        streaming_head_ntk,
+        structured_head_ntk,
+    )
+    from kernelattn.kernels.gram import ConditionReport, condition_report, gram, gram_spectrum, numerical_rank
     from kernelattn.kernels.guards import KernelError, KernelWarning, check_kernel
+    from kernelattn.kernels.memory import MemoryPlanError, plan_width_chunk
+    from kernelattn.kernels.stax import Dense, Erf, Identity, LinearAttention, Relu, model_from_layers, serial
+    from kernelattn.learning.attacks import AttackConfig, AttackResult, fgsm, mim, pgd, run_attack
     from kernelattn.learning.attribution import (
         gradient_products,
         loss_gradients,
@@ -41,21 +60,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`
     from kernelattn.learning.influence import InfluenceResult, influence_scores, top_k
     from kernelattn.learning.model_attribution import GradientModel, gradient_attribution, module_gradient_model
     from kernelattn.learning.model_influence import FitOptions, influence
-    from kernelattn.kernels.analytic import Kernel, head_kernels, qkv_attention_nngp
-    from kernelattn.kernels.empirical import (
-        empirical_ntk,
-        empirical_ntk_fn,
-        head_variables,
-        model_apply_fn,
-        streaming_head_ntk,
-        structured_head_ntk,
-    )
-    from kernelattn.kernels.gram import ConditionReport, condition_report, gram, gram_spectrum, numerical_rank
-    from kernelattn.experiments.malleability.api import malleability, malleability_sweep
-    from kernelattn.experiments.malleability.report import MalleabilityReport
-    from kernelattn.experiments.malleability.runner import run_malleability_spec
-    from kernelattn.kernels.stax import Dense, Erf, Identity, LinearAttention, Relu, model_from_layers, serial
-    from kernelattn.kernels.memory import MemoryPlanError, plan_width_chunk
+    from kernelattn.learning.predict import Gaussian, gradient_descent_mse, gradient_descent_mse_ensemble
+    from kernelattn.learning.training import TrainConfig, linearize, ntk_predictor, train
     from kernelattn.models import (
         AttentionMLP,
         HeadConfig,
@@ -65,12 +71,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`
         TwoLayerReLU,
         make_model,
     )
-    from kernelattn.experiments.specs import Spec, SpecError, load_spec
-    from kernelattn.experiments.store import ResultStore, StoreCorruptError, StoreError, read_parquet, write_parquet
-    from kernelattn.experiments.sweeps import SweepResults, format_summary, load_results, run_sweep
-    from kernelattn.experiments.tracking import log_store_to_mlflow
-    from kernelattn.learning.predict import Gaussian, gradient_descent_mse, gradient_descent_mse_ensemble
-    from kernelattn.learning.training import TrainConfig, linearize, ntk_predictor, train
     from kernelattn.transforms import AttentionConfig, linear_attention
 
 #: Where each public name is defined, grouped by module.

@@ -23,6 +23,7 @@ import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from kernelattn._precision import lax_precision, resolve_precision
 from kernelattn._validation import check_int, check_matrix, check_row_range, row_norms
@@ -48,7 +49,7 @@ class AttentionConfig:
     constant_term: bool = False
     normalize: bool = True
 
-    def validated(self, n_features: int | None = None, n_samples: int | None = None) -> "AttentionConfig":
+    def validated(self, n_features: int | None = None, n_samples: int | None = None) -> AttentionConfig:
         """Return self after checking every field (ValueError naming the field)."""
         check_int(self.depth, "depth", minimum=1)
         if self.rank is not None:
@@ -96,8 +97,8 @@ def attend(queries: jnp.ndarray, keys: jnp.ndarray, config: AttentionConfig = At
 
 
 def linear_attention(
-    train: jnp.ndarray,
-    queries: jnp.ndarray | None = None,
+    train: ArrayLike,
+    queries: ArrayLike | None = None,
     *,
     depth: int = 1,
     rank: int | None = None,

@@ -1,4 +1,5 @@
-"""Analysis of stored results: seed statistics, log-log fits and extrapolations, bootstrap intervals, labels, formatting.
+"""Analysis of stored results: seed statistics, log-log fits and extrapolations, bootstrap intervals, labels,
+formatting.
 
 - ``statistics``: mean, sample std and extremes over seeds (``seed_stats``, ``seed_stats_by``, ``seed_summary``,
   ``width_summary``), means of per-seed means, Spearman ρ;

@@ -140,7 +140,7 @@ def group_fits(summary: pd.DataFrame, cells: pd.DataFrame, metrics: Sequence[str
         values = values if isinstance(values, tuple) else (values,)
         widths = group["width"].to_numpy(np.float64)
         row: dict[str, Any] = dict(zip(by, values))
-        row.update(n_widths=int(len(widths)), n_cells=int(group["n_seeds"].sum()))
+        row.update(n_widths=len(widths), n_cells=int(group["n_seeds"].sum()))
         means = {m: group[f"{m}_mean"].to_numpy(np.float64) for m in metrics if f"{m}_mean" in group.columns}
         row.update(width_fits(widths, means, crossings=crossings))
         in_group = np.ones(len(cells), dtype=bool)

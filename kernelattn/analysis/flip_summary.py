@@ -68,7 +68,7 @@ def _null_columns(flips: Mapping[int, np.ndarray], nulls: Mapping[tuple, dict[in
     and the paired excess flip − null (seed) with its interval."""
     row: dict[str, Any] = {}
     for kind in _NULL_KINDS:
-        null = nulls.get(null_key + (f"null-{kind}",), {})
+        null = nulls.get((*null_key, f"null-{kind}"), {})
         seeds = [sd for sd in flips if sd in null]
         row[f"null_{kind}"] = mean_of_means(null[sd] for sd in seeds)
         row[f"null_{kind}_keys"] = len(null)
@@ -103,7 +103,7 @@ def malleability_summary(frame: pd.DataFrame) -> pd.DataFrame:
             frame[column] = default
     is_null = is_null_baseline(frame)
     nulls = {tuple(values): per_seed_flips(g)
-             for values, g in frame[is_null].groupby(NULL_BY + ["intervention"], sort=False, dropna=False)}
+             for values, g in frame[is_null].groupby([*NULL_BY, "intervention"], sort=False, dropna=False)}
     rows = []
     for values, g in frame[~is_null].groupby(SETTING_BY, sort=False, dropna=False):
         row = dict(zip(SETTING_BY, values))

@@ -131,11 +131,11 @@ def display_order(frame: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
             index = frame["model_index"] if "model_index" in frame else pd.Series(0, index=frame.index)
             ranks = {m: (0 if m == "2L-ReLU" else 1 if m == "MLP-Attn" else 2, int(index[values == m].min()), m)
                      for m in values.unique()}
-            order = {m: i for i, m in enumerate(sorted(ranks, key=ranks.get))}
+            order = {m: i for i, m in enumerate(sorted(ranks, key=lambda m: ranks[m]))}
             keys.append(values.map(order))
         elif column == "attack":
             order = {a: i for i, a in enumerate(("none", "fgsm", "pgd", "mim"))}
-            keys.append(values.map(lambda a: order.get(a, len(order))))
+            keys.append(values.map(lambda a, order=order: order.get(a, len(order))))
         elif column == "dataset" and "dataset_index" in frame:
             keys.append(frame["dataset_index"])
         elif values.dtype == object:

@@ -92,7 +92,7 @@ def seed_summary(cells: pd.DataFrame, by: Sequence[str], metrics: Sequence[str],
     rows = []
     for values, group in cells.groupby(list(by), sort=False):
         row: dict[str, Any] = dict(zip(by, values if isinstance(values, tuple) else (values,)))
-        row["n_seeds"] = int(len(group))
+        row["n_seeds"] = len(group)
         if keys:
             row["keys"] = list(group["key"])
         for metric in present:

@@ -214,7 +214,7 @@ def _git(root: str, *args: str) -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached_git_state(root: str) -> tuple[str | None, bool | None]:
     top = _git(root, "rev-parse", "--show-toplevel")
     if top is None or os.path.realpath(top.strip()) != os.path.realpath(root):

@@ -25,6 +25,8 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
 
 from kernelattn._precision import lax_precision, resolve_dtype, resolve_precision
 from kernelattn._validation import check_matrix, check_row_range
@@ -129,8 +131,8 @@ _ZERO_ROW_HINT = ("its arc-cosine kernel divides by the norm (0/0); drop those r
 
 
 def head_kernels(
-    x1: jax.Array,
-    x2: jax.Array | None = None,
+    x1: ArrayLike,
+    x2: ArrayLike | None = None,
     head: HeadConfig | None = None,
     *,
     full_output: bool = False,
@@ -205,7 +207,7 @@ def qkv_attention_nngp(
     """
     dtype = resolve_dtype(dtype)
     hi = lax_precision(precision)
-    checked = {}
+    checked: dict[str, np.ndarray] = {}
     for name, value in (("x1", x1), ("x2", x2), ("context", context)):
         if value is not None:
             checked[name] = check_matrix(value, name, n_cols=None if name == "x1" else checked["x1"].shape[1])

@@ -122,7 +122,7 @@ def device_memory(devices: Sequence[jax.Device] | None = None) -> list[dict]:
     for device in devices:
         try:
             stats = device.memory_stats() or {}
-        except Exception:  # some backends raise instead of returning None
+        except Exception:  # noqa: BLE001 - some backends raise instead of returning None
             stats = {}
         report.append({
             "id": device.id,

@@ -59,7 +59,8 @@ def pack_bits(s: jax.Array) -> jax.Array:
 
 
 def popcount_gram(p1: jax.Array, p2: jax.Array) -> jax.Array:
-    """(P₁ P₂ᵀ)_ij = Σ_w popcount(p1[i, w] AND p2[j, w]) for packed ``(n1, w)``, ``(n2, w)`` words → int32 ``(n1, n2)``."""
+    """(P₁ P₂ᵀ)_ij = Σ_w popcount(p1[i, w] AND p2[j, w]) for packed ``(n1, w)``, ``(n2, w)`` words → int32
+    ``(n1, n2)``."""
     n1 = p1.shape[0]
     blocks = -(-n1 // POPCOUNT_ROWS)
     p1 = jnp.pad(p1, ((0, blocks * POPCOUNT_ROWS - n1), (0, 0))).reshape(blocks, POPCOUNT_ROWS, -1)

@@ -45,8 +45,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from kernelattn.errors import InputValueError
 from kernelattn._precision import lax_precision, precision_policy, resolve_precision
+from kernelattn.errors import InputValueError
 
 try:  # the jaxpr types' public home in current JAX
     from jax.extend.core import Literal
@@ -158,7 +158,8 @@ def _make_plan(apply_fn: ApplyFn, treedef, specs: tuple, d: int, dtype: str, pre
             leaf_specs, row_spec)
     jaxpr = closed.jaxpr
     if len(jaxpr.outvars) != 1 or jaxpr.outvars[0].aval.ndim != 2 or jaxpr.outvars[0].aval.shape[0] != 1:
-        raise InputValueError(f"apply_fn: expected one (n, C) output array, got {[v.aval for v in jaxpr.outvars]} for n = 1")
+        raise InputValueError(
+            f"apply_fn: expected one (n, C) output array, got {[v.aval for v in jaxpr.outvars]} for n = 1")
     out_dim = jaxpr.outvars[0].aval.shape[1]
     n_leaves = len(specs)
     leaf_of = {var: i for i, var in enumerate(jaxpr.invars[:n_leaves])}

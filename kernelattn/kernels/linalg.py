@@ -14,9 +14,9 @@ import dataclasses
 import numpy as np
 import scipy.linalg
 
-from kernelattn.kernels import guards
 from kernelattn._validation import check_matrix, check_real
 from kernelattn.errors import InputValueError
+from kernelattn.kernels import guards
 
 
 @dataclasses.dataclass(frozen=True)

@@ -95,8 +95,9 @@ SUPPORTED_JAX = "0.4.25"
 IMPLEMENTATIONS = ("JACOBIAN_CONTRACTION", "NTK_VECTOR_PRODUCTS", "STRUCTURED_DERIVATIVES")
 LEGACY_HINT = (
     "the neural-tangents backend needs the legacy environment: run `bash scripts/legacy_env.sh` "
-    "and use .venv-legacy/bin/python (jax=={jax}, neural-tangents=={nt}, from requirements/legacy.txt)"
-).format(jax=SUPPORTED_JAX, nt=NT_VERSION)
+    f"and use .venv-legacy/bin/python (jax=={SUPPORTED_JAX}, neural-tangents=={NT_VERSION}, "
+    "from requirements/legacy.txt)"
+)
 
 
 # ------------------------------------------------------------------------- import
@@ -399,19 +400,19 @@ def qkv_attention_stax(attention: QKVAttention, n_features: int) -> tuple[Callab
 
 
 def _attention_kwargs(attention: QKVAttention, n_features: int) -> dict:
-    return dict(
-        n_chan_out=attention.out_dim or n_features,
-        n_chan_key=attention.head_width,
-        n_chan_val=attention.head_width,
-        n_heads=1,
-        linear_scaling=True,
-        W_key_std=attention.sigma_q,
-        W_query_std=attention.sigma_q,
-        W_value_std=attention.sigma_v,
-        W_out_std=attention.sigma_o,
-        b_std=None,
-        attention_mechanism="IDENTITY",
-    )
+    return {
+        "n_chan_out": attention.out_dim or n_features,
+        "n_chan_key": attention.head_width,
+        "n_chan_val": attention.head_width,
+        "n_heads": 1,
+        "linear_scaling": True,
+        "W_key_std": attention.sigma_q,
+        "W_query_std": attention.sigma_q,
+        "W_value_std": attention.sigma_v,
+        "W_out_std": attention.sigma_o,
+        "b_std": None,
+        "attention_mechanism": "IDENTITY",
+    }
 
 
 def _key_masked_attention_kernel(nt, attention: QKVAttention, x_train, x_test):

@@ -193,7 +193,7 @@ class Dense(Layer):
     """
 
     out_dim: int
-    W_std: float = 1.0  # noqa: N815 - neural-tangents' name
+    W_std: float = 1.0
     b_std: float | None = None
     parameterization: str = "ntk"
 

@@ -15,17 +15,18 @@ summation order.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
+from jax.typing import ArrayLike
 
 from kernelattn._precision import resolve_dtype, resolve_precision
 from kernelattn._validation import check_int, check_matrix
-from kernelattn.kernels.distributed import shard_map, sharded_head_ntk_blocks
 from kernelattn.errors import InputTypeError, InputValueError
+from kernelattn.kernels.distributed import shard_map, sharded_head_ntk_blocks
 from kernelattn.kernels.empirical import head_linear_part, head_ntk_blocks
 from kernelattn.models import HeadConfig
 
@@ -48,7 +49,7 @@ def _accumulate_batched(keys, x, lin, totals, first, n_blocks, n_units, **static
     return jax.vmap(lambda k, t: _accumulate(k, x, lin, t, first, n_blocks, n_units, **static))(keys, totals)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC + ("mesh", "batched"))
+@functools.partial(jax.jit, static_argnames=(*_STATIC, "mesh", "batched"))
 def _accumulate_sharded(keys, x, lin, total, first, n_blocks, n_units, *, mesh, batched, head, n2, chunk,
                         precision):
     """``_accumulate`` (or its vmap over keys) with the chunks dealt out over a 1-D device mesh.
@@ -72,7 +73,7 @@ def _accumulate_sharded(keys, x, lin, total, first, n_blocks, n_units, *, mesh, 
     return total + shard_map(local, mesh, (rep,) * 6, rep)(keys, x, lin, first, n_blocks, n_units)
 
 
-def head_kernel_stream(keys: jax.Array, head: HeadConfig, x: np.ndarray, n2: int, widths: Sequence[int], *,
+def head_kernel_stream(keys: jax.Array, head: HeadConfig, x: ArrayLike, n2: int, widths: Sequence[int], *,
                        width_chunk: int = 1024, dtype="float32", mesh: Mesh | None = None,
                        precision=None) -> Iterator[tuple[int, np.ndarray]]:
     """Empirical head NTKs of the width-m prefixes of one network per key, for increasing m.
@@ -122,7 +123,8 @@ def head_kernel_stream(keys: jax.Array, head: HeadConfig, x: np.ndarray, n2: int
     batched = jnp.ndim(keys) == 2
     x = jnp.asarray(x, dtype)
     lin = head_linear_part(x, x[:n2], head, precision=precision)
-    static = dict(head=head, n2=int(n2), chunk=block, precision=precision)
+    static = {"head": head, "n2": int(n2), "chunk": block, "precision": precision}
+    step: Callable[..., jax.Array]
     if mesh is not None:
         step = functools.partial(_accumulate_sharded, mesh=mesh, batched=batched)
     else:
@@ -131,7 +133,7 @@ def head_kernel_stream(keys: jax.Array, head: HeadConfig, x: np.ndarray, n2: int
     total = jnp.zeros(shape, dtype)
     done = 0  # blocks accumulated into total
     previous = None
-    for m in sorted(set(int(w) for w in widths)):
+    for m in sorted({int(w) for w in widths}):
         full = m // block
         if full > done:
             total = step(keys, x, lin, total, jnp.int32(done), jnp.int32(full - done), jnp.int32(full * block),

@@ -1,4 +1,5 @@
-"""Learning: training a model (optax), predicting its gradient flow, its influence on training points, and attacks on its inputs.
+"""Learning: training a model (optax), predicting its gradient flow, its influence on training points, and attacks
+on its inputs.
 
 In import order (each module imports only those above it):
 
@@ -7,7 +8,8 @@ In import order (each module imports only those above it):
 - ``attacks``: FGSM, PGD and MIM perturbations of the inputs;
 - ``influence``: influence of training points on kernel ridge predictions (pure kernel mathematics), top-k helpers;
 - ``attribution``: TracIn, grad-dot / grad-cos, representer points and TRAK from any model's per-example gradients;
-- ``malleability_metrics``: how far one influence matrix moved from another (flip rate, Spearman ρ, Pearson r, top-k overlap);
+- ``malleability_metrics``: how far one influence matrix moved from another (flip rate, Spearman ρ, Pearson r,
+  top-k overlap);
 - ``fitting``: validated data, the model as a function of raw pixels, its training and training health;
 - ``attribution_truth``: estimators scored against exact and brute-force (refit, retrained) leave-one-out;
 - ``adversarial``: PGD adversarial training, and fitting in either training mode;

@@ -38,6 +38,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from kernelattn._validation import as_config, check_choice, check_int, check_matrix, check_real
 from kernelattn.errors import InputValueError
@@ -296,7 +297,7 @@ def _as_columns(targets) -> jax.Array:
     return targets[:, None] if targets.ndim == 1 else targets
 
 
-def model_loss(outputs_fn: Callable[[jax.Array], jax.Array], targets: jax.Array, loss: str = "xent") -> LossFn:
+def model_loss(outputs_fn: Callable[[jax.Array], jax.Array], targets: ArrayLike, loss: str = "xent") -> LossFn:
     """L(X) = mean training loss of a fixed, trained model on the (perturbed) training set.
 
     Args:
@@ -313,7 +314,7 @@ def model_loss(outputs_fn: Callable[[jax.Array], jax.Array], targets: jax.Array,
     return jax.tree_util.Partial(_MeanTrainingLoss(loss), as_traced_function(outputs_fn), jnp.asarray(targets))
 
 
-def kernel_ridge_loss(kernel_fn: Callable[[jax.Array], jax.Array], targets: jax.Array, ridge: float) -> LossFn:
+def kernel_ridge_loss(kernel_fn: Callable[[jax.Array], jax.Array], targets: ArrayLike, ridge: float) -> LossFn:
     """L(X) = ½ mean_i ‖y_i − f(x_i)‖² of the kernel-ridge fit f = K (K + λI)⁻¹ Y on X.
 
     The in-sample residual is Y − K(K + λI)⁻¹Y = λ (K + λI)⁻¹ Y, so the loss
@@ -331,7 +332,7 @@ def kernel_ridge_loss(kernel_fn: Callable[[jax.Array], jax.Array], targets: jax.
                                  _as_columns(targets))
 
 
-def kernel_predictor_loss(predict_fn: Callable[[jax.Array], jax.Array], targets: jax.Array) -> LossFn:
+def kernel_predictor_loss(predict_fn: Callable[[jax.Array], jax.Array], targets: ArrayLike) -> LossFn:
     """L(X*) = ½ mean_t ‖y*_t − f(x*_t)‖² of a fixed kernel predictor f on (perturbed) test points.
 
     Args:

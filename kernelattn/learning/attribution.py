@@ -76,7 +76,7 @@ def output_jacobian(apply_fn, params, x: jax.Array) -> jax.Array:
     """``(b, C, P)`` per-example Jacobians ∂f_c(θ, x_i)/∂θ of an ``apply_fn`` acting row by row."""
     rows = jax.vmap(jax.jacrev(lambda p, row: apply_fn(p, row[None])[0]), in_axes=(None, 0))(params, x)
     leaves = jax.tree_util.tree_leaves(rows)
-    return jnp.concatenate([leaf.reshape(leaf.shape[:2] + (-1,)) for leaf in leaves], axis=2)
+    return jnp.concatenate([leaf.reshape((*leaf.shape[:2], -1)) for leaf in leaves], axis=2)
 
 
 @functools.partial(jax.jit, static_argnums=1)

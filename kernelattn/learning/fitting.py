@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from kernelattn._precision import resolve_dtype
 from kernelattn._validation import as_config, check_int, check_matrix, check_row_range
@@ -75,7 +76,8 @@ def _labels_of(y, name: str, n: int) -> tuple[np.ndarray, int | None]:
         raise InputValueError(f"{name}: expected ({n},) class labels or ({n}, C) one-hot targets, got None")
     y = np.asarray(y)
     if y.ndim not in (1, 2) or y.shape[0] != n:
-        raise InputValueError(f"{name}: expected ({n},) class labels or ({n}, C) one-hot targets to match the inputs, got shape {y.shape}")
+        raise InputValueError(f"{name}: expected ({n},) class labels or ({n}, C) one-hot targets to match the inputs, "
+                              f"got shape {y.shape}")
     if y.ndim == 2:
         return np.argmax(y, axis=1).astype(np.int64), int(y.shape[1])
     if not (np.issubdtype(y.dtype, np.integer) or np.all(np.equal(np.mod(y, 1), 0))):
@@ -105,7 +107,8 @@ def resolve_data(data=None, *, X=None, y=None, X_test=None, y_test=None) -> Trai
             raise InputValueError("data: pass either data or the arrays X, y, X_test, y_test, not both")
         missing = [a for a in ("X_train", "X_test") if not hasattr(data, a)]
         if missing:
-            raise InputValueError(f"data: expected an object with X_train, labels_train, X_test, labels_test, got {type(data).__name__} lacking {missing}")
+            raise InputValueError("data: expected an object with X_train, labels_train, X_test, labels_test, "
+                                  f"got {type(data).__name__} lacking {missing}")
         X, X_test = data.X_train, data.X_test
         y = getattr(data, "labels_train", None)
         y = getattr(data, "y_train", None) if y is None else y
@@ -116,7 +119,8 @@ def resolve_data(data=None, *, X=None, y=None, X_test=None, y_test=None) -> Trai
         meta = getattr(data, "metadata", None) or {}
         normalized = (meta.get("preprocessing") or {}).get("normalize") if isinstance(meta, Mapping) else None
     if X is None or X_test is None:
-        raise InputValueError(f"{'X' if X is None else 'X_test'}: expected an (n, d) array (or pass data=...), got None")
+        raise InputValueError(
+            f"{'X' if X is None else 'X_test'}: expected an (n, d) array (or pass data=...), got None")
     # Leave-one-out needs at least two training points to leave one out of.
     # Every model scales its input rows to unit norm first: a zero row has no direction, and a row
     # whose squared norm overflows (float32: beyond ~1e16) would become 0 or NaN without a word.
@@ -181,7 +185,7 @@ class HeadModel:
     attention: AttentionConfig | None
     dtype: Any
 
-    def features(self, queries: jax.Array, context: jax.Array) -> jax.Array:
+    def features(self, queries: ArrayLike, context: ArrayLike) -> jax.Array:
         """``(n_q, d)`` head inputs of raw ``queries`` given the raw training set ``context``."""
         return _features(self, jnp.asarray(queries, self.dtype), jnp.asarray(context, self.dtype))
 
@@ -261,7 +265,8 @@ def resolve_model(model, width: int, out_dim: int, dtype) -> HeadModel:
         except ValueError:
             name = None
         if name not in SUPPORTED_MODELS:
-            raise InputValueError(f"model: expected one of {list(SUPPORTED_MODELS)} or a TwoLayerReLU/AttentionMLP instance, got {model!r}")
+            raise InputValueError(f"model: expected one of {list(SUPPORTED_MODELS)} or a TwoLayerReLU/AttentionMLP "
+                                  f"instance, got {model!r}")
         width = check_int(width, "width", minimum=1)
         model = make_model(name, width, out_dim)
     if isinstance(model, TwoLayerReLU):
@@ -275,8 +280,8 @@ def resolve_model(model, width: int, out_dim: int, dtype) -> HeadModel:
         )
     head = model.head
     if head.out_dim != out_dim:
-        raise InputValueError(f"model: expected a head with out_dim = {out_dim} (the network outputs: 1 for a binary task "
-                              f"trained on ±1 targets, else the number of classes), got {head.out_dim}")
+        raise InputValueError(f"model: expected a head with out_dim = {out_dim} (the network outputs: 1 for a "
+                              f"binary task trained on ±1 targets, else the number of classes), got {head.out_dim}")
     return HeadModel(name, head, attention, jnp.dtype(dtype))
 
 

@@ -189,7 +189,8 @@ def _check_test_labels(test_labels, n_test: int, n_outputs: int) -> np.ndarray |
         return None
     labels = np.asarray(test_labels)
     if labels.shape != (n_test,) or not (np.issubdtype(labels.dtype, np.integer) or labels.size == 0):
-        raise InputValueError(f"test_labels: expected ({n_test},) integer class indices, got {labels.shape} {labels.dtype}")
+        raise InputValueError(
+            f"test_labels: expected ({n_test},) integer class indices, got {labels.shape} {labels.dtype}")
     if labels.size and (labels.min() < 0 or labels.max() >= n_outputs):
         raise InputValueError(
             f"test_labels: expected class indices in [0, {n_outputs - 1}], got {labels.min()}..{labels.max()}"

@@ -31,7 +31,7 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-np.abs(scores), axis=1, kind="stable")[:, :k]
 
 
-def flip_rates(I: np.ndarray, I_prime: np.ndarray, tau: float = 0.1) -> np.ndarray:  # noqa: N803
+def flip_rates(I: np.ndarray, I_prime: np.ndarray, tau: float = 0.1) -> np.ndarray:
     """Per test point, the fraction of its top-τ points by |I| whose sign differs in I'. ``(n*,)``."""
     top = _top(I, top_count(I.shape[1], tau))
     before = np.take_along_axis(np.sign(I), top, axis=1)
@@ -39,7 +39,7 @@ def flip_rates(I: np.ndarray, I_prime: np.ndarray, tau: float = 0.1) -> np.ndarr
     return np.mean(before != after, axis=1)
 
 
-def spearman_rows(I: np.ndarray, I_prime: np.ndarray, *, ranks: bool = True) -> np.ndarray:  # noqa: N803
+def spearman_rows(I: np.ndarray, I_prime: np.ndarray, *, ranks: bool = True) -> np.ndarray:
     """Per test point, Spearman's ρ between I[t] and I'[t] (NaN for a constant row). ``(n*,)``.
 
     ``ranks=False``: the correlation of the values themselves, Pearson's r (:func:`pearson_rows`).
@@ -55,26 +55,26 @@ def spearman_rows(I: np.ndarray, I_prime: np.ndarray, *, ranks: bool = True) -> 
     return out
 
 
-def pearson_rows(I: np.ndarray, I_prime: np.ndarray) -> np.ndarray:  # noqa: N803
+def pearson_rows(I: np.ndarray, I_prime: np.ndarray) -> np.ndarray:
     """Per test point, Pearson's r between I[t] and I'[t] (NaN for a constant row). ``(n*,)``."""
     return spearman_rows(I, I_prime, ranks=False)
 
 
-def topk_overlaps(I: np.ndarray, I_prime: np.ndarray, tau: float = 0.1) -> np.ndarray:  # noqa: N803
+def topk_overlaps(I: np.ndarray, I_prime: np.ndarray, tau: float = 0.1) -> np.ndarray:
     """Per test point, |top_k(|I|) ∩ top_k(|I'|)| / k with k = ⌈τ n⌉. ``(n*,)``."""
     k = top_count(I.shape[1], tau)
     a, b = _top(I, k), _top(I_prime, k)
     return np.array([np.intersect1d(x, y).size / k for x, y in zip(a, b)])
 
 
-def compare_influence(I, I_prime, tau: float = 0.1) -> dict[str, np.ndarray]:  # noqa: N803
+def compare_influence(I, I_prime, tau: float = 0.1) -> dict[str, np.ndarray]:
     """Flip rate, Spearman ρ and top-k overlap of two ``(n*, n)`` influence matrices, per test point.
 
     Raises:
       ValueError: shapes differ, or τ outside (0, 1].
     """
     tau = check_real(tau, "tau", minimum=0.0, maximum=1.0, strict_min=True)
-    I, I_prime = np.asarray(I, np.float64), np.asarray(I_prime, np.float64)  # noqa: N806
+    I, I_prime = np.asarray(I, np.float64), np.asarray(I_prime, np.float64)
     if I.ndim != 2 or I.shape != I_prime.shape:
         raise InputValueError(f"I_prime: expected the shape of I {I.shape}, got {I_prime.shape}")
     return {
@@ -84,7 +84,7 @@ def compare_influence(I, I_prime, tau: float = 0.1) -> dict[str, np.ndarray]:  #
     }
 
 
-def influential_points(I: np.ndarray, tau: float) -> np.ndarray:  # noqa: N803
+def influential_points(I: np.ndarray, tau: float) -> np.ndarray:
     """The ⌈τ n⌉ training points of largest mean |I| over test points (sorted indices)."""
     k = top_count(I.shape[1], tau)
     return np.sort(np.argsort(-np.mean(np.abs(I), axis=0), kind="stable")[:k])

@@ -132,7 +132,8 @@ def module_gradient_model(module, variables: dict, context, loss: str, *, checkp
     with ``context`` the ``(n, d)`` training inputs when its ``__call__`` takes a second argument.
     """
     if not hasattr(variables, "items") or "params" not in variables:
-        raise InputValueError(f"variables: expected Flax variables {{'params': ..., ...}}, got {type(variables).__name__}")
+        raise InputValueError(
+            f"variables: expected Flax variables {{'params': ..., ...}}, got {type(variables).__name__}")
     variables = dict(variables)
     params = variables.pop("params")
     apply_fn = jax.tree_util.Partial(ModuleApply(module, takes_context(module)), variables, context)

@@ -277,7 +277,8 @@ def fitted_influence(fitted: FittedModel, X, labels, X_test, labels_test, *, n_c
     kernel, targets = options.kernel, options.targets
     out_dim = options.train_config.out_dim(n_classes)
     if kernel == "tracin":
-        train_targets, test_targets = class_targets(labels, n_classes, out_dim), class_targets(labels_test, n_classes, out_dim)
+        train_targets = class_targets(labels, n_classes, out_dim)
+        test_targets = class_targets(labels_test, n_classes, out_dim)
         scores = tracin_scores(fitted, X, train_targets, X_test, test_targets)
         true = true_outputs(np.asarray(fitted.outputs(X_test, X), np.float64), labels_test)
         result = InfluenceResult(scores, "tracin", "none", float("nan"), true, np.asarray(labels_test))
@@ -412,21 +413,21 @@ def influence(data=None, *, X=None, y=None, X_test=None, y_test=None, variables=
       scores on each test point's true-class output, and each training
       point's self-influence.
     """
-    options = FitOptions(**options)
-    keys = options.keys()
+    fit_options = FitOptions(**options)
+    keys = fit_options.keys()
     split = resolve_data(data, X=X, y=y, X_test=X_test, y_test=y_test)
-    config = options.train_config
-    module = user_module(options.model, options.width, config.out_dim(split.n_classes))
+    config = fit_options.train_config
+    module = user_module(fit_options.model, fit_options.width, config.out_dim(split.n_classes))
     if module is not None:
-        return dataclasses.replace(module_influence(module, variables, split, options), model=(
-            options.model if isinstance(options.model, str) else type(module).__name__))
+        return dataclasses.replace(module_influence(module, variables, split, fit_options), model=(
+            fit_options.model if isinstance(fit_options.model, str) else type(module).__name__))
     if variables is not None:
         raise InputValueError("variables: given variables are for a user's Flax module; kernelattn's own models "
-                              f"are trained here (model={options.model!r})")
-    spec = options.head_model(split.n_classes)
+                              f"are trained here (model={fit_options.model!r})")
+    spec = fit_options.head_model(split.n_classes)
     fitted = fit_model(spec, split.X, split.train_targets(config), key_init=keys["init"], key_train=keys["train"],
-                       config=config, checkpoints=options.fit_checkpoints)
-    fitted = assess_fit(fitted, split, config, what=fit_label(spec, options.seed))
+                       config=config, checkpoints=fit_options.fit_checkpoints)
+    fitted = assess_fit(fitted, split, config, what=fit_label(spec, fit_options.seed))
     result = fitted_influence(fitted, split.X, split.labels, split.X_test, split.labels_test,
-                              n_classes=split.n_classes, options=options)
-    return dataclasses.replace(result, seed=options.seed)
+                              n_classes=split.n_classes, options=fit_options)
+    return dataclasses.replace(result, seed=fit_options.seed)

@@ -189,7 +189,7 @@ def flow_gain(values: np.ndarray, times: np.ndarray, normalization: float) -> np
 def in_basis(vectors: np.ndarray, weights: np.ndarray, b: np.ndarray) -> np.ndarray:
     """V diag(w_t) Vᵀ b for each row w_t of ``weights`` (T, n): ``(T,) + b.shape`` for ``(n,)`` or ``(n, k)`` b."""
     projected = vectors.T @ b.reshape(b.shape[0], -1)
-    return (vectors @ (weights[:, :, None] * projected)).reshape((weights.shape[0],) + b.shape)
+    return (vectors @ (weights[:, :, None] * projected)).reshape((weights.shape[0], *b.shape))
 
 
 def left_multiply(a: np.ndarray, stacked: np.ndarray) -> np.ndarray:
@@ -262,7 +262,7 @@ def gradient_descent_mse(
                 raise InputValueError("k_test_train: expected the (m, n) test-train kernel to predict fx_test_0, "
                                       "got None")
             k_td = check_matrix(k_test_train, "k_test_train", n_cols=k.shape[0]).astype(np.float64)
-            f_test = _outputs(fx_test_0, "fx_test_0", (k_td.shape[0],) + y.shape[1:])
+            f_test = _outputs(fx_test_0, "fx_test_0", (k_td.shape[0], *y.shape[1:]))
         residual = (0.0 if f_train is None else f_train) - y  # f_0(X) − y
         if t is None:
             train = y.copy() if f_train is not None else None

@@ -31,10 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from kernelattn.kernels import guards
 from kernelattn._precision import precision_policy, resolve_precision
 from kernelattn._validation import check_choice, check_int, check_matrix, check_real
 from kernelattn.errors import InputValueError, KernelattnError
+from kernelattn.kernels import guards
 from kernelattn.kernels.linalg import kernel_regression
 
 ApplyFn = Callable[[dict, jax.Array], jax.Array]
@@ -188,7 +188,10 @@ def _epochs(apply_fn, optimizer, loss, params, opt_state, x, y, keys, batch_size
     def step(carry, batch):
         params, opt_state = carry
         idx, w = batch
-        value, grads = jax.value_and_grad(lambda p: loss_value(apply_fn(p, x[idx]), y[idx], w.astype(x.dtype), loss))(params)
+        def batch_loss(p):
+            return loss_value(apply_fn(p, x[idx]), y[idx], w.astype(x.dtype), loss)
+
+        value, grads = jax.value_and_grad(batch_loss)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), value
 
@@ -319,7 +322,7 @@ def ntk_predictor(
     decay = -np.expm1(-learning_rate * values * time / n)
     safe = np.where(values > 0, values, 1.0)
     coefficients = vectors @ ((decay / safe)[:, None] * (vectors.T @ y.reshape(n, -1)))
-    return (k_test_train @ coefficients).reshape((k_test_train.shape[0],) + y.shape[1:])
+    return (k_test_train @ coefficients).reshape((k_test_train.shape[0], *y.shape[1:]))
 
 
 # =========================================================================== training health
@@ -390,7 +393,8 @@ class TrainingHealth:
 
 
 def _tree_norm(tree) -> float:
-    return float(np.sqrt(sum(np.sum(np.square(np.asarray(leaf, np.float64))) for leaf in jax.tree_util.tree_leaves(tree))))
+    leaves = jax.tree_util.tree_leaves(tree)
+    return float(np.sqrt(sum(np.sum(np.square(np.asarray(leaf, np.float64))) for leaf in leaves)))
 
 
 def mean_pairwise_cosine(features: np.ndarray) -> float:

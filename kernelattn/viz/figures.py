@@ -177,11 +177,11 @@ def serve() -> None:
             return
         try:
             answer = (True, _save(*task))
-        except Exception as err:  # raised again in the parent
+        except Exception as err:  # noqa: BLE001 - raised again in the parent
             answer = (False, err)
         try:
             data = pickle.dumps(answer)
-        except Exception:  # an exception that does not pickle: its text
+        except Exception:  # noqa: BLE001 - an exception that does not pickle: its text
             data = pickle.dumps((False, RuntimeError(f"{type(answer[1]).__name__}: {answer[1]}")))
         answers.write(data)
         answers.flush()
@@ -212,15 +212,16 @@ def _draw_in_workers(tasks: Sequence[tuple], n: int) -> list[list[Path]]:
             worker = subprocess.Popen([sys.executable, "-c", _WORKER, json.dumps(list(map(os.fsdecode, sys.path)))],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         except OSError as err:
-            warnings.warn(f"no figure worker ({err}): the figures are drawn by the others", RuntimeWarning)
+            warnings.warn(f"no figure worker ({err}): the figures are drawn by the others", RuntimeWarning,
+                          stacklevel=1)  # from a worker thread: no caller to point at
             return
         with worker:
             try:
                 pickle.load(worker.stdout)
-            except Exception:  # not a worker speaking this protocol (e.g. no Python at sys.executable)
+            except Exception:  # noqa: BLE001 - not a worker speaking this protocol (e.g. no Python at sys.executable)
                 worker.kill()
                 warnings.warn(f"a figure worker did not start (exit code {worker.wait()}): the figures are "
-                              "drawn by the others", RuntimeWarning)
+                              "drawn by the others", RuntimeWarning, stacklevel=1)
                 return
             while (item := take()) is not None:
                 index, task = item

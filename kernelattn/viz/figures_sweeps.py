@@ -194,7 +194,8 @@ def plot_spectra(conditions: pd.DataFrame) -> Figure:
                                  (axes[0, 1], "eigenvalues_attention", r.get("rank_attention"))):
             v = _spectrum(r.get(column), rank)
             if v is not None:
-                label = r["dataset"] if f"n={fmt_int(r['n'])}" in r["dataset"] else f"{r['dataset']} (n={fmt_int(r['n'])})"
+                n = f"n={fmt_int(r['n'])}"
+                label = r["dataset"] if n in r["dataset"] else f"{r['dataset']} ({n})"
                 ax.plot(np.arange(1, v.size + 1), v, color=color, label=label, linewidth=1.0)
     for ax, title in ((axes[0, 0], "G = X Xᵀ"),
                       (axes[0, 1], f"G{superscript(str(power))} = Z Zᵀ, Z = "

@@ -72,7 +72,7 @@ def _kernel_claims(fits: pd.DataFrame, refs: RefBook) -> list[list[str]]:
     rows = []
     base = fits[~fits["variant"] & (fits["kappa_data"].isna())]
     pairs, keys, half, theory, stores, attn_cert = [], [], [], [], [], []
-    for (store, dataset), g in base.groupby(["store", "dataset"], sort=False):
+    for (store, _dataset), g in base.groupby(["store", "dataset"], sort=False):
         relu, attn = g[g["model"] == "2L-ReLU"], g[g["model"] == "MLP-Attn"]
         if relu.empty or attn.empty:
             continue
@@ -353,11 +353,11 @@ def render_report(frames: Frames, figures: Mapping[str, str] | None = None,
         for store, body in parts:
             mine = [f"{store}_{suffix}" for suffix in FIGURE_SUFFIXES if f"{store}_{suffix}" in figures]
             linked += mine
-            lines += [_store_heading(frames, store)] + body + _figure_links(mine, figures, captions)
+            lines += [_store_heading(frames, store), *body, *_figure_links(mine, figures, captions)]
         section += 1
     others = [s for s in figures if s not in linked]
     if others:
-        lines += [f"## {section}. Other figures", ""] + _figure_links(others, figures, captions)
+        lines += [f"## {section}. Other figures", "", *_figure_links(others, figures, captions)]
     if not frames.kernel.empty:
         summary = width_summary(frames.kernel)
         lines += ["## Appendix: convergence per width", "", "Mean ± sample std over seeds.", ""]

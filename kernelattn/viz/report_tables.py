@@ -126,21 +126,26 @@ def width_table(summary: pd.DataFrame, refs: RefBook) -> str:
                           ["l", "l"] + ["r"] * 6)
 
 
+def _seed_pm(frame: pd.DataFrame, column: str) -> str:
+    """``column``'s mean ± sample std over the seeds (rows) of ``frame``; ``nan`` where it is absent or empty."""
+    if column not in frame:
+        return "nan"
+    stats = seed_stats(frame[column])
+    return fmt_pm(stats.mean, stats.std) if stats.n else "nan"
+
+
+_TRAINING_COLUMNS = ("ntk_distance", "lin_distance", "acc_m", "acc_ntk", "health_loss_ratio", "health_train_accuracy",
+                     "health_weight_change", "health_varying_units")
+
+
 def training_table(training: pd.DataFrame, refs: RefBook) -> str:
     """NTK distance after training (paper Table 1) beside the fits' training health: per dataset, model,
     width, mean ± sample std over seeds."""
     rows = []
     for (store, dataset, model, width), g in training.groupby(["store", "dataset", "model", "width"], sort=False):
-        def col(name):
-            if name not in g:
-                return "nan"
-            stats = seed_stats(g[name])
-            return fmt_pm(stats.mean, stats.std) if stats.n else "nan"
-
         untrained = fit_health(g)[0]
-        rows.append([dataset, model, fmt(width), fmt(len(g)), col("ntk_distance"), col("lin_distance"), col("acc_m"),
-                     col("acc_ntk"), col("health_loss_ratio"), col("health_train_accuracy"),
-                     col("health_weight_change"), col("health_varying_units"), f"{untrained}" + (" †" if untrained else ""),
+        rows.append([dataset, model, fmt(width), fmt(len(g)), *(_seed_pm(g, c) for c in _TRAINING_COLUMNS),
+                     f"{untrained}" + (" †" if untrained else ""),
                      refs.ref(store, f"{dataset}, {model}, m = {width}", list(g["key"]))])
     return markdown_table(["Dataset", "Model", "m", "seeds", "‖f_m − f_NTK‖/‖f_NTK‖", "‖f_m − f_lin‖/‖f_lin‖",
                            "acc f_m", "acc f_NTK", "loss/chance", "train acc", "‖θ−θ₀‖/‖θ₀‖", "varying units",
@@ -185,10 +190,10 @@ def untrained_note(records: pd.DataFrame) -> str | None:
         why += (" Not collapsed, but short of the threshold at these settings (epochs, learning rate, or the "
                 "harder objective of adversarial training): " + "; ".join(others) + ".")
     if collapsed:
-        why += (" Collapsed: their head inputs are nearly identical across samples — " + "; ".join(collapsed) + " — the "
-               "attention collapse the paper describes (docs/math.md §10.1): the network's pre-activations vary "
-               "by a few per cent across inputs, so at the paper's optimizer settings it stays near the chance "
-               "loss.")
+        why += (" Collapsed: their head inputs are nearly identical across samples — " + "; ".join(collapsed)
+                + " — the attention collapse the paper describes (docs/math.md §10.1): the network's pre-activations "
+                "vary by a few per cent across inputs, so at the paper's optimizer settings it stays near the chance "
+                "loss.")
     return ("**Fits that did not train (†):** " + ", ".join(parts) + " (distinct clean fits over datasets, "
             "settings and seeds)." + why + " Their numbers are shown, flagged, not dropped: they measure an "
             "untrained network, and the null baselines beside them say how much of them is refitting noise.")
@@ -237,9 +242,10 @@ def malleability_table(summary: pd.DataFrame, refs: RefBook, frame: pd.DataFrame
                   refs.ref(r["store"], f"null baselines of {label}", null_keys) if null_keys else "-",
                   refs.ref(r["store"], label, r["keys"])]
         rows.append(cells)
-    header = [t for _, t in varying] + ["flip rate", "flip 95 % CI", "null (seed)", "null (order)", "flip − null (seed)",
-                                        "excess 95 % CI", "Spearman ρ", "top-k overlap", "attack gain", "loss/chance",
-                                        "test acc", "seeds", "flags", "null records", "records"]
+    header = [t for _, t in varying] + ["flip rate", "flip 95 % CI", "null (seed)", "null (order)",
+                                        "flip − null (seed)", "excess 95 % CI", "Spearman ρ", "top-k overlap",
+                                        "attack gain", "loss/chance", "test acc", "seeds", "flags", "null records",
+                                        "records"]
     text = ("Fixed: " + ", ".join(fixed) + ". " if fixed else "") + (
         "Flip rate among the top-τ |I| points, mean over test points and seeds; the null baselines are the flip "
         "rates between two fits without any perturbation (another initialization and data order: *seed*; another "
@@ -338,12 +344,13 @@ def protocol_table(summary: pd.DataFrame, refs: RefBook) -> tuple[str, str] | No
                 keys += list(relu["keys"]) + list(attn["keys"])
             cells.append(refs.ref(", ".join(dict.fromkeys(base["store"])), f"protocol {name}: {cells[1]}", keys))
             rows.append(cells)
-    header = ["Variant", "changes from the default"] + datasets + ["records"]
+    header = ["Variant", "changes from the default", *datasets, "records"]
     total = sum(len(v) for v in verdicts.values())
     text = (f"flip(MLP-Attn)/flip(2L-ReLU) with its paired 95 % interval, in {total} (variant, dataset) cells: the "
             f"paper's direction (MLP-Attn more malleable, interval above 1, ▲) in {len(verdicts['more'])}, the "
             f"opposite (▼) in {len(verdicts['less'])}, inconclusive (≈) in {len(verdicts['inconclusive'])}. "
-            "Default protocol: " + ", ".join(f"{title} = {fmt(defaults[c]) if not isinstance(defaults[c], str) else defaults[c]}"
-                                             for c, title in PROTOCOL_FACTORS if c in defaults) + ". " + FLAG_NOTE)
+            "Default protocol: "
+            + ", ".join(f"{title} = {defaults[c] if isinstance(defaults[c], str) else fmt(defaults[c])}"
+                        for c, title in PROTOCOL_FACTORS if c in defaults) + ". " + FLAG_NOTE)
     return text, markdown_table(header, rows, ["l", "l"] + ["r"] * len(datasets) + ["r"])
 

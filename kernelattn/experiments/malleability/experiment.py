@@ -199,29 +199,30 @@ def prepare(data=None, *, X=None, y=None, X_test=None, y_test=None, influence: s
     training and configs (say, for another influence kernel), reused instead of training again.
     """
     # Malleability compares kernel ridge influence (FitOptions also takes the network estimators).
-    options = FitOptions(method=check_choice(influence, "influence method", INFLUENCE_METHODS), **options)
+    fit_options = FitOptions(method=check_choice(influence, "influence method", INFLUENCE_METHODS), **options)
     training = check_choice(training, "training", TRAININGS)
     at_epsilon = check_real(at_epsilon, "at_epsilon", minimum=0.0)
     attack_config = as_attack_config(attack_config)
-    keys = options.keys()
+    keys = fit_options.keys()
     split = resolve_data(data, X=X, y=y, X_test=X_test, y_test=y_test)
-    if options.kernel not in RIDGE_KERNELS and attack_config.target == "kernel":
+    if fit_options.kernel not in RIDGE_KERNELS and attack_config.target == "kernel":
         raise InputValueError(f"attack_config.target: 'kernel' attacks a kernel ridge predictor, but "
-                              f"kernel={options.kernel!r} has none; expected kernel in {list(RIDGE_KERNELS)} or "
+                              f"kernel={fit_options.kernel!r} has none; expected kernel in {list(RIDGE_KERNELS)} or "
                               "target 'model'")
-    spec = options.head_model(split.n_classes)
+    spec = fit_options.head_model(split.n_classes)
     for target in attack_targets:
         check_choice(target, "attack_targets[]", ATTACK_TARGETS)
-    config = options.train_config
+    config = fit_options.train_config
     plan_memory(split.X.shape[0], split.X_test.shape[0], split.X.shape[1], spec.head, config=config,
-                kernel=options.kernel, training=training, dtype=options.dtype, attack_targets=tuple(attack_targets))
+                kernel=fit_options.kernel, training=training, dtype=fit_options.dtype,
+                attack_targets=tuple(attack_targets))
     if fitted is None:
         fitted = fit_in_mode(spec, split.X, split.labels, split.n_classes, mode=training, keys=keys, config=config,
                              at_epsilon=at_epsilon, attack_config=attack_config)
-        fitted = assess_fit(fitted, split, config, what=fit_label(spec, options.seed, training))
+        fitted = assess_fit(fitted, split, config, what=fit_label(spec, fit_options.seed, training))
     clean = fitted_influence(fitted, split.X, split.labels, split.X_test, split.labels_test,
-                             n_classes=split.n_classes, options=options)
-    return Experiment(split, fitted, dataclasses.replace(clean, seed=options.seed), options, training,
+                             n_classes=split.n_classes, options=fit_options)
+    return Experiment(split, fitted, dataclasses.replace(clean, seed=fit_options.seed), fit_options, training,
                       at_epsilon if training == "pgd-at" else None, attack_config, keys)
 
 
@@ -321,7 +322,8 @@ def _curate(split: TrainTest, influential: np.ndarray, tau: float) -> _Intervene
     n = split.X.shape[0]
     columns = np.setdiff1d(np.arange(n), influential)
     if columns.size == 0:
-        raise InputValueError(f"tau: removing the top-τ points must leave some training points, got tau={tau} with n={n}")
+        raise InputValueError(
+            f"tau: removing the top-τ points must leave some training points, got tau={tau} with n={n}")
     perturbation = {"linf": 0.0, "mean_linf": 0.0, "mean_l2": 0.0, "n_perturbed": 0, "n_removed": int(influential.size)}
     return _Intervened(split.X[columns], split.labels[columns], split.X_test, columns, influential, perturbation)
 

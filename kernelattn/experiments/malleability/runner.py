@@ -66,7 +66,8 @@ def spec_variants(spec: Mapping) -> list[tuple[str, dict]]:
     Cells are keyed by content, so a cell shared by several variants is computed once.
 
     Raises:
-      kernelattn.experiments.specs.SpecError: a malformed variant (see ``kernelattn.experiments.specs.malleability_variants``).
+      kernelattn.experiments.specs.SpecError: a malformed variant (see
+        ``kernelattn.experiments.specs.malleability_variants``).
     """
     return [(label, merged) for label, merged, _ in specs.malleability_variants(spec)]
 

@@ -11,6 +11,7 @@ names them in tables. Sweep specs use both; malleability specs use the datasets.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -274,7 +275,7 @@ def parse_dataset(value: Any, path: str) -> DatasetSpec:
     for key in ("n_train", "n_test"):
         if key in entry:
             at_least = 2 if key == "n_train" else 1
-            fields[key] = nullable(lambda v, q: check_int(v, q, minimum=at_least))(entry[key], p(key))
+            fields[key] = nullable(functools.partial(check_int, minimum=at_least))(entry[key], p(key))
     if "seed" in entry:
         fields["seed"] = check_int(entry["seed"], p("seed"), minimum=0)
     for key in ("scale", "normalize", "download"):
@@ -311,7 +312,7 @@ def parse_dataset(value: Any, path: str) -> DatasetSpec:
 
 #: Model name → the keys its entry in a sweep spec's ``models`` allows.
 MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
-    name: ("name", "label") + tuple(k for k, _ in model_entry(name).options) for name in MODEL_NAMES
+    name: ("name", "label", *tuple(k for k, _ in model_entry(name).options)) for name in MODEL_NAMES
 }
 
 
@@ -416,7 +417,7 @@ def _parse_user_model(entry: Mapping[str, Any], path: str) -> ModelSpec:
     except ValueError as err:
         raise SpecError(join_path(path, "name"), str(err)) from None
     defaults = model.defaults()
-    check_keys(entry, path, ("name", "label") + tuple(defaults), context=f"for model {name!r}",
+    check_keys(entry, path, ("name", "label", *tuple(defaults)), context=f"for model {name!r}",
                 required=[k for k, v in defaults.items() if v is REQUIRED])
     options = tuple(sorted((k, freeze(entry[k], join_path(path, k))) for k in entry if k not in ("name", "label")))
     return ModelSpec(name=name, label=_label(entry, path), options=options)

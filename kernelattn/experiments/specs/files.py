@@ -40,19 +40,19 @@ def check_store_name(value: Any, path: str = "name") -> str:
     return name
 
 
-class _BadJSON(ValueError):
+class _BadJSONError(ValueError):
     """Raised from inside ``json.loads`` hooks; turned into a ``SpecError`` naming the file."""
 
 
 def _reject_constant(name: str) -> Any:
-    raise _BadJSON(f"{name} is not a JSON number (use a finite number or null)")
+    raise _BadJSONError(f"{name} is not a JSON number (use a finite number or null)")
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     for key, value in pairs:
         if key in seen:
-            raise _BadJSON(f"duplicate key {key!r} in one JSON object (the later value would silently win)")
+            raise _BadJSONError(f"duplicate key {key!r} in one JSON object (the later value would silently win)")
         seen[key] = value
     return seen
 
@@ -96,7 +96,7 @@ def read_spec_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         data = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as err:
         raise SpecError("", f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}", source) from None
-    except _BadJSON as err:
+    except _BadJSONError as err:
         raise SpecError("", f"invalid JSON: {err}", source) from None
     except RecursionError:
         raise SpecError("", "invalid JSON: nested too deeply", source) from None

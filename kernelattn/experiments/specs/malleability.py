@@ -472,7 +472,7 @@ def malleability_variants(spec: Mapping[str, Any]) -> list[tuple[str, dict, dict
         return out
     if not isinstance(variants, (list, tuple)):
         raise SpecError("variants", f"expected a list of {{\"label\": ..., overrides}} objects, got {show(variants)}")
-    allowed = tuple(k for k in MALLEABILITY_KEYS if k not in VARIANT_FIXED_KEYS) + ("label", "n_train")
+    allowed = (*tuple(k for k in MALLEABILITY_KEYS if k not in VARIANT_FIXED_KEYS), "label", "n_train")
     for i, variant in enumerate(variants):
         path = f"variants[{i}]"
         entry = check_mapping(variant, path, "a variant object")

@@ -19,13 +19,32 @@ Every name below is public here; import from ``kernelattn.experiments.store``.
 from __future__ import annotations
 
 from kernelattn.experiments.store.claims import DEFAULT_CLAIM_TIMEOUT, ClaimInfo
-from kernelattn.experiments.store.errors import (NotARegularFileError, Problem, RecordExistsError,
-                                                 RecordNotFoundError, StoreCorruptError, StoreError,
-                                                 StoreNotFoundError, StoreVersionError)
-from kernelattn.experiments.store.fileformat import (FORMAT_VERSION, HMAC_ENV_VAR, MANIFEST_NAME, STORE_FORMAT_NAME,
-                                                     check_key, decode_record, encode_record, finalize_record,
-                                                     make_record, record_checksum, record_fingerprint, record_hmac,
-                                                     store_exists, utc_now)
+from kernelattn.experiments.store.errors import (
+    NotARegularFileError,
+    Problem,
+    RecordExistsError,
+    RecordNotFoundError,
+    StoreCorruptError,
+    StoreError,
+    StoreNotFoundError,
+    StoreVersionError,
+)
+from kernelattn.experiments.store.fileformat import (
+    FORMAT_VERSION,
+    HMAC_ENV_VAR,
+    MANIFEST_NAME,
+    STORE_FORMAT_NAME,
+    check_key,
+    decode_record,
+    encode_record,
+    finalize_record,
+    make_record,
+    record_checksum,
+    record_fingerprint,
+    record_hmac,
+    store_exists,
+    utc_now,
+)
 from kernelattn.experiments.store.frames import frame_row, read_parquet, write_parquet
 from kernelattn.experiments.store.result_store import ResultStore
 
@@ -53,9 +72,9 @@ __all__ = [
     "make_record",
     "read_parquet",
     "record_checksum",
+    "record_fingerprint",
     "record_hmac",
     "store_exists",
-    "record_fingerprint",
     "utc_now",
     "write_parquet",
 ]

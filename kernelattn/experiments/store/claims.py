@@ -27,6 +27,7 @@ pid), so an orphaned one is recognised by the same liveness test
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -196,7 +197,7 @@ def new_claim(host: str) -> dict[str, Any]:
         "pid": pid,
         "pid_start": process_start(pid),
         "time": now,
-        "iso": _dt.datetime.fromtimestamp(now, _dt.timezone.utc).isoformat(timespec="microseconds"),
+        "iso": _dt.datetime.fromtimestamp(now, _dt.UTC).isoformat(timespec="microseconds"),
         "token": uuid.uuid4().hex,
     }
 
@@ -300,10 +301,8 @@ def break_claim(path: str, judged: dict[str, Any] | None, judged_stat: os.stat_r
                 judged_stat.st_mtime_ns,
             )
         if not same:
-            try:
+            with contextlib.suppress(FileExistsError):
                 os.link(grave, path)  # put the fresh claim back
-            except FileExistsError:
-                pass
         return same
     finally:
         unlink_quiet(grave)

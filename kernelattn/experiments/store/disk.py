@@ -41,6 +41,7 @@ the *same* key (which claims prevent) could then both succeed, last one wins.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -113,10 +114,8 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def unlink_quiet(path: str) -> None:
     """Remove ``path``; already gone is fine."""
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def fsync_dir(directory: str) -> None:
@@ -199,7 +198,8 @@ def store_error(err: OSError, action: str, path: str) -> StoreError:
     if err.errno == errno.ENOSPC:
         return StoreError(f"disk full (ENOSPC) while {action} {path}; the partial file was removed, store unchanged")
     if err.errno == getattr(errno, "EDQUOT", -1):
-        return StoreError(f"disk quota exceeded (EDQUOT) while {action} {path}; the partial file was removed, store unchanged")
+        return StoreError(f"disk quota exceeded (EDQUOT) while {action} {path}; "
+                          "the partial file was removed, store unchanged")
     if isinstance(err, PermissionError) or err.errno in _NOT_WRITABLE:
         return StoreError(
             f"{path} is not writable ({err.strerror or err}) while {action}; fix the permissions, "

@@ -140,7 +140,7 @@ def store_exists(path: str | os.PathLike[str]) -> bool:
 
 def utc_now() -> str:
     """The current UTC time as ISO-8601 with microseconds, e.g. ``2026-01-02T03:04:05.000006+00:00``."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
 
 
 # --------------------------------------------------------------------------- hashes

@@ -32,12 +32,14 @@ __all__ = ["FRAME_COLUMNS", "PARQUET_METADATA_KEY", "flatten", "frame_row", "par
 
 #: ``to_frame`` columns that precede the cell and metric columns.
 FRAME_COLUMNS: tuple[str, ...] = ("key", "kind", "seed", "seconds")
-#: Parquet schema-metadata key: ``{"json": [columns stored as JSON text], "objects": [object columns stored natively]}``.
+#: Parquet schema-metadata key:
+#: ``{"json": [columns stored as JSON text], "objects": [object columns stored natively]}``.
 PARQUET_METADATA_KEY = b"kernelattn"
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested mappings into ``{"a.b": value}`` (``prefix`` before each name); lists and empty mappings stay values."""
+    """Flatten nested mappings into ``{"a.b": value}`` (``prefix`` before each name); lists and empty mappings stay
+    values."""
     flat: dict[str, Any] = {}
     for name, value in mapping.items():
         column = f"{prefix}{name}"

@@ -11,6 +11,7 @@ returning ``False``); the stored record is never touched.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -23,18 +24,56 @@ import pandas as pd
 
 from kernelattn.errors import InputTypeError, InputValueError
 from kernelattn.experiments import provenance
-from kernelattn.experiments.store.claims import (DEFAULT_CLAIM_TIMEOUT, ClaimInfo, break_claim, claim_info,
-                                                 claim_is_stale, claim_key, new_claim, owner_alive, read_claim,
-                                                 temp_is_stale, temp_name)
-from kernelattn.experiments.store.disk import (file_kind, fsync_dir, move_aside, probe_writable, publish,
-                                               read_regular, store_error, unlink_quiet)
-from kernelattn.experiments.store.errors import (Problem, RecordExistsError, RecordNotFoundError, StoreCorruptError,
-                                                 StoreError, StoreNotFoundError)
-from kernelattn.experiments.store.fileformat import (CLAIM_SUFFIX, CLAIMS_DIR, KEY_RE, MANIFEST_NAME,
-                                                     QUARANTINE_DIR, RECORD_SUFFIX, RECORDS_DIR, TEMP_PREFIX, check_key,
-                                                     create_manifest, decode_record, encode_record, finalize_record,
-                                                     is_record_name, read_manifest, record_problems,
-                                                     resolve_hmac_key)
+from kernelattn.experiments.store.claims import (
+    DEFAULT_CLAIM_TIMEOUT,
+    ClaimInfo,
+    break_claim,
+    claim_info,
+    claim_is_stale,
+    claim_key,
+    new_claim,
+    owner_alive,
+    read_claim,
+    temp_is_stale,
+    temp_name,
+)
+from kernelattn.experiments.store.disk import (
+    file_kind,
+    fsync_dir,
+    move_aside,
+    probe_writable,
+    publish,
+    read_regular,
+    store_error,
+    unlink_quiet,
+)
+from kernelattn.experiments.store.errors import (
+    Problem,
+    RecordExistsError,
+    RecordNotFoundError,
+    StoreCorruptError,
+    StoreError,
+    StoreNotFoundError,
+)
+from kernelattn.experiments.store.fileformat import (
+    CLAIM_SUFFIX,
+    CLAIMS_DIR,
+    KEY_RE,
+    MANIFEST_NAME,
+    QUARANTINE_DIR,
+    RECORD_SUFFIX,
+    RECORDS_DIR,
+    TEMP_PREFIX,
+    check_key,
+    create_manifest,
+    decode_record,
+    encode_record,
+    finalize_record,
+    is_record_name,
+    read_manifest,
+    record_problems,
+    resolve_hmac_key,
+)
 from kernelattn.experiments.store.frames import records_frame, write_parquet
 
 __all__ = ["ResultStore"]
@@ -174,10 +213,8 @@ class ResultStore:
                 manifest = create_manifest(self._root, self._temp_name())
             except StoreError:
                 if made_root:  # leave nothing behind
-                    try:
+                    with contextlib.suppress(OSError):
                         os.rmdir(self._root)
-                    except OSError:
-                        pass
                 raise
         elif not self._readonly:
             probe_writable(self._root, self._temp_name())
@@ -307,10 +344,9 @@ class ResultStore:
             except OSError as err:
                 raise store_error(err, "writing record", path) from err
             if written:
-                try:
+                # A leftover claim of a finished cell is harmless (claim() checks has()).
+                with contextlib.suppress(StoreError):
                     self.release(key)
-                except StoreError:
-                    pass  # a leftover claim of a finished cell is harmless (claim() checks has())
                 return True
         if exist_ok:
             return False
@@ -562,7 +598,7 @@ class ResultStore:
         """
         self._require_writable()
         problems = self.verify()
-        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
         for problem in problems:
             try:
                 if problem.kind == "corrupt" and quarantine:

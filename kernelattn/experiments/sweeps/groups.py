@@ -28,9 +28,9 @@ from kernelattn.data.dataset import encode_targets
 from kernelattn.errors import InputValueError
 from kernelattn.experiments.specs import DatasetSpec, ModelSpec, Spec
 from kernelattn.kernels import guards, memory
-from kernelattn.kernels import metrics as M
 from kernelattn.kernels.analytic import head_kernels
 from kernelattn.kernels.gram import condition_report
+from kernelattn.kernels.metrics import LimitReference, limit_reference
 from kernelattn.models import HeadConfig
 from kernelattn.registry import model_entry
 
@@ -130,7 +130,7 @@ class SweepGroup:
     model: ModelSpec
     data: SweepData
     features: np.ndarray | None
-    reference: M.LimitReference
+    reference: LimitReference
     info: dict
     seconds: float
 
@@ -191,7 +191,7 @@ def prepare_group(spec: Spec, dataset: DatasetSpec, model: ModelSpec, data: Swee
     n = data.x_train.shape[0]
     theta, limit = _limit_kernel(spec, model, data, features)
     with blas_single_thread(n):
-        reference = M.limit_reference(theta[:n], theta[n:], data.y, spec.ridge, labels_test=data.labels_test,
+        reference = limit_reference(theta[:n], theta[n:], data.y, spec.ridge, labels_test=data.labels_test,
                                       predict=spec.kind == "training" or "krr" in spec.metrics)
     # Guard-rails on Θ_∞ (its eigenvalues are already computed): warn with the remedy, and record.
     diagnostics = guards.check_kernel(theta[:n], name=f"Θ_∞ {dataset.label}/{model.label}", dtype="float64",

@@ -42,8 +42,8 @@ from kernelattn.experiments.sweeps.groups import (
 from kernelattn.experiments.sweeps.plan import Cell, plan_cells, sweep_mesh
 from kernelattn.experiments.sweeps.results import SweepResults, sweep_tables
 from kernelattn.kernels import memory
-from kernelattn.kernels import metrics as M
 from kernelattn.kernels.empirical import model_apply_fn
+from kernelattn.kernels.metrics import accuracy, kernel_convergence, relative_error
 from kernelattn.kernels.stream import head_kernel_stream
 from kernelattn.learning.training import linearize, loss_value, ntk_predictor, predicted_labels, train, training_health
 from kernelattn.models import MLPHead, head_preactivations
@@ -103,7 +103,7 @@ class _Runner:
         for cell in cells:
             by_seed.setdefault(cell.seed, []).append(cell)
         if group.features is None:  # a network model: one kernel per cell
-            for seed, seed_cells in _rotate(list(by_seed.items()), self.offset):
+            for _seed, seed_cells in _rotate(list(by_seed.items()), self.offset):
                 claimed = self.claim(seed_cells)
                 try:
                     for cell in claimed:
@@ -164,7 +164,7 @@ class _Runner:
         n = group.data.x_train.shape[0]
         t0 = time.perf_counter()
         with blas_single_thread(n):
-            metrics = M.kernel_convergence(theta[:n], theta[n:], group.reference, self.spec.metrics)
+            metrics = kernel_convergence(theta[:n], theta[n:], group.reference, self.spec.metrics)
         metrics.update(group.info)
         metrics["n_devices"] = int(devices)  # provenance only: not in the cell key
         self.put(cell, metrics, seconds + time.perf_counter() - t0, started)
@@ -233,20 +233,20 @@ def _train_cell(spec: Spec, group: SweepGroup, cell: Cell, f_ntk: np.ndarray) ->
                                module, x_train, y, f_m, data.labels_test, loss, dtype))
     metrics = spec.metrics
     if "ntk_distance" in metrics:
-        out["ntk_distance"] = M.relative_error(f_m, f_ntk)
+        out["ntk_distance"] = relative_error(f_m, f_ntk)
     f_lin = None
     if "lin_distance" in metrics:
         apply_lin = linearize(apply_fn, params)
         result_lin = train(apply_lin, params, x_train, y, key=shuffle_key, config=config)
         f_lin = np.asarray(apply_lin(result_lin.params, jnp.asarray(x_test, dtype)), np.float64)
-        out["lin_distance"] = M.relative_error(f_m, f_lin)
-        out["lin_ntk_distance"] = M.relative_error(f_lin, f_ntk)
+        out["lin_distance"] = relative_error(f_m, f_lin)
+        out["lin_ntk_distance"] = relative_error(f_lin, f_ntk)
         out["loss_lin"] = final_loss(apply_lin, result_lin.params)
     if "accuracy" in metrics and data.labels_test is not None:
-        out["acc_m"] = M.accuracy(f_m, data.labels_test)
-        out["acc_ntk"] = M.accuracy(f_ntk, data.labels_test)
+        out["acc_m"] = accuracy(f_m, data.labels_test)
+        out["acc_ntk"] = accuracy(f_ntk, data.labels_test)
         if f_lin is not None:
-            out["acc_lin"] = M.accuracy(f_lin, data.labels_test)
+            out["acc_lin"] = accuracy(f_lin, data.labels_test)
     return out
 
 

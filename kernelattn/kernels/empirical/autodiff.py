@@ -50,7 +50,7 @@ def _jacobian(apply_fn, params, x, row_block):
     padded = jnp.pad(x, ((0, n_blocks * row_block - n), (0, 0)), mode="edge").reshape(n_blocks, row_block, -1)
     one_row = jax.jacrev(lambda p, row: apply_fn(p, row[None])[0])
     blocks = jax.lax.map(lambda xb: jax.vmap(one_row, in_axes=(None, 0))(params, xb), padded)
-    return jax.tree_util.tree_map(lambda j: j.reshape((n_blocks * row_block,) + j.shape[2:])[:n], blocks)
+    return jax.tree_util.tree_map(lambda j: j.reshape((n_blocks * row_block, *j.shape[2:]))[:n], blocks)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
@@ -200,7 +200,7 @@ def _ensure_autodiff_fits(apply_fn, params, x1, x2, trace_output, implementation
         memory.ensure_fits(_factored_memory(*args), budget, budget_of="empirical_ntk")
         return
     estimate = _autodiff_memory(*args)
-    options = ()
+    options: tuple[str, ...] = ()
     if not memory.fits(estimate, budget):
         factored_estimate = _factored_memory(*args)
         verdict = ", which fits" if memory.fits(factored_estimate, budget) else ""

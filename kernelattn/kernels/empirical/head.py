@@ -29,6 +29,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from kernelattn._precision import kernel_inputs, lax_precision, resolve_precision
 from kernelattn._validation import check_choice, check_int
@@ -190,7 +191,7 @@ def _chunked(array: jax.Array, axis: int, chunk: int) -> jax.Array:
     pad = [(0, 0)] * array.ndim
     pad[axis] = (0, n_chunks * chunk - width)
     array = jnp.pad(array, pad)
-    shape = array.shape[:axis] + (n_chunks, chunk) + array.shape[axis + 1 :]
+    shape = (*array.shape[:axis], n_chunks, chunk, *array.shape[axis + 1:])
     return jnp.moveaxis(array.reshape(shape), axis, 0)
 
 
@@ -256,8 +257,8 @@ def _check_signs(a, method: str) -> None:
 def structured_head_ntk(
     head_variables: dict,
     head: HeadConfig,
-    x1: jax.Array,
-    x2: jax.Array | None = None,
+    x1: ArrayLike,
+    x2: ArrayLike | None = None,
     *,
     trace_output: bool = True,
     width_chunk: int = DEFAULT_WIDTH_CHUNK,

@@ -98,7 +98,8 @@ def _as_matrix(k: Any, name: str) -> np.ndarray:
         n1, n2, c1, c2 = array.shape
         array = np.transpose(array, (0, 2, 1, 3)).reshape(n1 * c1, n2 * c2)
     if array.ndim != 2 or array.size == 0:
-        raise InputValueError(f"{name}: expected a non-empty (n1, n2) or (n1, n2, C, C) kernel, got shape {array.shape}")
+        raise InputValueError(
+            f"{name}: expected a non-empty (n1, n2) or (n1, n2, C, C) kernel, got shape {array.shape}")
     return array
 
 
@@ -142,8 +143,8 @@ def _analyse(
             f"{name}: symmetric/psd checks need a square kernel, got shape {k.shape}; "
             "pass symmetric=False, psd=False for a cross (e.g. test × train) kernel"
         )
-    base = dict(name=name, shape=tuple(k.shape), dtype=dtype, requested=requested, ridge=float(ridge), eps=eps,
-                precision=precision)
+    base: dict[str, Any] = {"name": name, "shape": tuple(k.shape), "dtype": dtype, "requested": requested,
+                            "ridge": float(ridge), "eps": eps, "precision": precision}
     problems: list[Problem] = []
     size = f"{k.shape[0]}×{k.shape[1]}"
     where = f"kernel '{name}' ({size}, computed in {_computed(dtype, precision)})"
@@ -202,7 +203,7 @@ def _analyse(
 
     lam_min, lam_max = float(values[0]), float(values[-1])
     limit = pol.kappa_limit(dtype, precision)
-    out = dict(lambda_min=lam_min, lambda_max=lam_max, kappa_limit=limit)
+    out: dict[str, Any] = {"lambda_min": lam_min, "lambda_max": lam_max, "kappa_limit": limit}
     if lam_max <= 0:
         problems.append(Problem("not_psd", (
             f"{where} has no positive eigenvalue (λ_max = {_g(lam_max)}, λ_min = {_g(lam_min)}): it is not a "
@@ -217,7 +218,8 @@ def _analyse(
         problems.append(Problem("not_psd", (
             f"{where} is not positive semi-definite: its most negative eigenvalue is "
             f"{_g(-negative_ratio)}·λ_max (λ_min = {_g(lam_min)}, λ_max = {_g(lam_max)}), beyond the "
-            f"{_computed(dtype, precision)} round-off floor {_g(psd_tol)}·λ_max. An NTK or Gram matrix is PSD by construction, so this "
+            f"{_computed(dtype, precision)} round-off floor {_g(psd_tol)}·λ_max. "
+            "An NTK or Gram matrix is PSD by construction, so this "
             "signals a bug (x1 ≠ x2, a test × train block checked as train × train, a sign); solvers would clip "
             "these eigenvalues. Remedy: check how it was built; psd=False if it is not meant to be PSD."),
             -negative_ratio))
@@ -269,7 +271,8 @@ def _asymmetry(symmetry_error: float, where: str, dtype: str, pol: GuardPolicy, 
     cross = ", or pass symmetric=False, psd=False for a cross (test × train) kernel" if cross_remedy else ""
     return [Problem("asymmetric", (
         f"{where} is not symmetric: ‖K − Kᵀ‖_F/‖K‖_F = {_g(symmetry_error)} > {_g(tol)} "
-        f"(round-off in {_computed(dtype, precision)}). A train × train NTK or Gram matrix is symmetric by construction and "
+        f"(round-off in {_computed(dtype, precision)}). "
+        "A train × train NTK or Gram matrix is symmetric by construction and "
         "solvers use (K + Kᵀ)/2, which changes this K materially. Remedy: make sure both arguments are "
         f"the same training set in the same order (x2 = x1){cross}."), symmetry_error)]
 
@@ -444,8 +447,8 @@ def check_solve(
             f"{where} fell back from Cholesky to a clipped eigen-decomposition: "
             f"{clipped if clipped is not None else 'some'} eigenvalue(s) raised to the floor because K + λI is not "
             "positive definite in float64, so the result solves a modified system. Remedy: "
-            + "; or ".join([need] + _precision_remedy(dtype, precision) + _float64_remedy(dtype)
-                           + ["a rank truncation of K"]) + "."),
+            + "; or ".join([need, *_precision_remedy(dtype, precision), *_float64_remedy(dtype),
+                            "a rank truncation of K"]) + "."),
             float(clipped) if clipped is not None else None))
     backward = None
     if rhs is not None and solution is not None:

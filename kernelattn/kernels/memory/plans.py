@@ -86,8 +86,8 @@ def plan_width_chunk(
     width = check_int(width, "width", minimum=1)
     multiple_of = check_int(multiple_of, "multiple_of", minimum=1)
     max_chunk = check_int(max_chunk, "max_chunk", minimum=multiple_of)
-    kwargs = dict(out_dim=out_dim, trace_output=trace_output, train_readout=train_readout, use_bias=use_bias,
-                  seeds=seeds, sample_shards=sample_shards, dtype=dtype)
+    kwargs = {"out_dim": out_dim, "trace_output": trace_output, "train_readout": train_readout, "use_bias": use_bias,
+                  "seeds": seeds, "sample_shards": sample_shards, "dtype": dtype}
     if budget is not None:
         limit = int(check_real(budget, "budget", minimum=0.0))
         plan = {"host": limit, "device": None, "source": "explicit"}
@@ -150,8 +150,8 @@ def plan_seed_batch(
       MemoryPlanError: not even one seed fits.
     """
     seeds = check_int(seeds, "seeds", minimum=1)
-    kwargs = dict(width_chunk=width_chunk, out_dim=out_dim, train_readout=train_readout, use_bias=use_bias,
-                  dtype=dtype)
+    kwargs = {"width_chunk": width_chunk, "out_dim": out_dim, "train_readout": train_readout, "use_bias": use_bias,
+                  "dtype": dtype}
     single = sweep_cell_memory(n, n_test, d, seeds=1, **kwargs)
     ok, where, limit, source = budget_verdict(single, budget, fraction)
     if not ok:
