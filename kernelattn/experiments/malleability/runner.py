@@ -202,11 +202,13 @@ def run_malleability_spec(spec: Mapping, store, *, progress=None, loaded: Mappin
                     membership.setdefault(provenance.cell_key(cell), []).append(label)
     written: list[str] = []
     loaded = dict(loaded or {})
+    # Every executable holds memory mappings of its own and a long tier compiles thousands: drop the
+    # previous spec's. Within a spec, fits and attacks of one configuration share their programs.
+    jax.clear_caches()
     for _, parsed in plans:
         with precision_policy(parsed["precision"]):
             for index, (dataset, dataset_label) in enumerate(zip(parsed["datasets"], parsed["dataset_labels"])):
                 fits: dict[tuple, FittedModel] = {}  # one clean fit serves every influence kernel
-                jax.clear_caches()  # drop the last dataset's executables: each holds memory mappings of its own
                 for group in _spec_groups(parsed):
                     cells = [(provenance.cell_key(cell), cell) for cell in _group_cells(parsed, dataset, group)]
                     cells = [(key, cell) for key, cell in cells if key not in written and not store.has(key)]
