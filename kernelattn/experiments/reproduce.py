@@ -96,7 +96,7 @@ def experiments_dir() -> Path:
     env = os.environ.get("KERNELATTN_EXPERIMENTS")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "experiments"
+    return Path(__file__).resolve().parents[2] / "experiments"  # <repo>/kernelattn/experiments/reproduce.py
 
 
 @dataclasses.dataclass(frozen=True)

@@ -95,6 +95,7 @@ from pathlib import Path
 from typing import Any
 
 from kernelattn.analysis.labels import dataset_label, model_label
+from kernelattn.data.api import MNIST_SOURCES
 from kernelattn.data.npz import file_sha256, is_npz_name
 from kernelattn.errors import InputTypeError, InputValueError, KernelattnError
 from kernelattn.registry import (
@@ -454,6 +455,7 @@ _SOURCE_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "system_dirs": lambda v, p: tuple(_str(x, _join(p, i)) for i, x in enumerate(v))
     if isinstance(v, (list, tuple)) else _str(v, p),
     "timeout": lambda v, p: _real(v, p, minimum=0.0, strict=True),
+    "source": lambda v, p: _choice(v, p, tuple(MNIST_SOURCES)),
 }
 
 def source_options(name: str) -> tuple[str, ...]:
@@ -1374,11 +1376,10 @@ class MalleabilitySpec:
 def malleability_choices() -> dict[str, tuple[str, ...]]:
     """The allowed values of a malleability spec's keys by group (``KeySpec.choices`` names one), from the
     modules that define them (imported on first use: they load JAX)."""
-    import importlib
+    # Deferred: these modules load JAX (and the malleability runner imports this module).
+    from kernelattn.experiments import malleability
+    from kernelattn.learning import attacks, influence, training
 
-    # (``kernelattn.learning.influence`` and ``.malleability`` are functions on the package: import the modules.)
-    attacks, influence, malleability, training = (importlib.import_module(f"kernelattn.{name}") for name in
-                                                  ("attacks", "influence", "malleability", "training"))
     return {
         "attacks": attacks.ATTACKS, "attack_targets": attacks.ATTACK_TARGETS, "kernels": influence.KERNELS,
         "ridge_kernels": influence.RIDGE_KERNELS, "influence": influence.INFLUENCE_METHODS,
