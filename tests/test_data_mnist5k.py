@@ -74,6 +74,7 @@ def test_real_file_verified_by_its_pinned_hashes(full):
     assert entry["sha256"] == mnist5k.MNIST5K_FILE.sha256
     assert entry["payload_sha256"] == mnist5k.MNIST5K_FILE.payload_sha256
     assert (source["test_fraction"], source["split_seed"]) == (0.2, 0)
+    assert full.metadata["source_options"] == {"source": "mnist5k"}
 
 
 def test_class_subsets_and_balanced_sampling():

@@ -145,13 +145,13 @@ def _raw(
 ) -> RawData:
     if npz.is_npz_name(name):
         return npz.load_npz(name, **options)
-    if name == "mnist" and options.get("source") == "mnist5k":
-        return mnist5k.load_mnist5k(class_names=mnist.MNIST_CLASSES, data_dir=data_dir,
-                                    **{k: v for k, v in options.items() if k != "source"})
+    options = dict(options)
+    if name == "mnist" and options.pop("source", "idx") == "mnist5k":
+        return mnist5k.load_mnist5k(class_names=mnist.MNIST_CLASSES, data_dir=data_dir, **options)
     if name in ("mnist", "fashion_mnist"):
         source = SOURCES[name]
         return mnist.load_idx_source(source.files, source.class_names, data_dir=data_dir, download=download,
-                                     **{k: v for k, v in options.items() if k != "source"})
+                                     **options)
     if name == "cifar10":
         return cifar10.load_cifar10(data_dir=data_dir, download=download, **options)
     if name == "digits":
