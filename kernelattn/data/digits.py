@@ -23,10 +23,23 @@ import numpy as np
 from kernelattn._validation import check_int, check_real
 from kernelattn.data.dataset import RawData
 
-__all__ = ["DEFAULT_TEST_FRACTION", "DIGITS_CLASSES", "load_digits", "read_digits", "stratified_split"]
+__all__ = ["DEFAULT_TEST_FRACTION", "DIGITS_CLASSES", "check_split_options", "load_digits", "read_digits",
+           "stratified_split"]
 
 DEFAULT_TEST_FRACTION = 0.2
 DIGITS_CLASSES = tuple(str(i) for i in range(10))
+
+
+def check_split_options(test_fraction: float, split_seed: int) -> tuple[float, int]:
+    """The checked ``(test_fraction, split_seed)`` of a seeded split: a fraction in (0, 1), a seed >= 0.
+
+    Raises:
+      ValueError: naming ``test_fraction`` or ``split_seed``.
+    """
+    test_fraction = check_real(
+        test_fraction, "test_fraction", minimum=0.0, maximum=1.0, strict_min=True, strict_max=True
+    )
+    return test_fraction, check_int(split_seed, "split_seed", minimum=0)
 
 
 def stratified_split(
@@ -91,10 +104,7 @@ def load_digits(*, test_fraction: float = DEFAULT_TEST_FRACTION, split_seed: int
       float64 images ``(n, 8, 8)`` with values 0..16, int64 labels,
       ``pixel_max = 16``; about 1,437 train / 360 test with the defaults.
     """
-    test_fraction = check_real(
-        test_fraction, "test_fraction", minimum=0.0, maximum=1.0, strict_min=True, strict_max=True
-    )
-    split_seed = check_int(split_seed, "split_seed", minimum=0)
+    test_fraction, split_seed = check_split_options(test_fraction, split_seed)
     images, labels, loader = read_digits()
     train_idx, test_idx = stratified_split(labels, test_fraction, np.random.default_rng(split_seed))
     return RawData(

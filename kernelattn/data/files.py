@@ -46,6 +46,7 @@ import platformdirs
 
 from kernelattn.data.errors import (
     ChecksumError,
+    DatasetError,
     DatasetFormatError,
     DatasetNotFoundError,
     UnsafeFileError,
@@ -61,6 +62,7 @@ __all__ = [
     "FileSpec",
     "VerifiedFile",
     "acquire",
+    "describe_file",
     "download",
     "gunzip_capped",
     "iter_tar_files",
@@ -218,6 +220,33 @@ def read_verified(path: Path, spec: FileSpec, *, max_bytes: int) -> VerifiedFile
     if payload_digest != spec.payload_sha256:
         raise _mismatch(path, spec, digest, payload_digest)
     return VerifiedFile(spec.name, path, digest, payload_digest, "payload_sha256", payload)
+
+
+def describe_file(spec: FileSpec, urls: tuple[str, ...], found: Path | None, *, verify: bool) -> dict[str, Any]:
+    """One file's entry of ``kernelattn data files``: its name, hashes, size, URLs and where it was found.
+
+    Args:
+      spec: the file.
+      urls: base URLs it is downloaded from (``()``: none).
+      found: the path of the copy found, or None.
+      verify: also hash the copy found: ``"verified": true`` and ``"verified_by"``,
+        or ``"verified": false`` and the ``ChecksumError`` (or other file error) message.
+    """
+    entry: dict[str, Any] = {
+        "name": spec.name,
+        "sha256": spec.sha256,
+        "payload_sha256": spec.payload_sha256,
+        "size": spec.size,
+        "urls": [u + spec.name for u in urls],
+        "found": None if found is None else str(found),
+    }
+    if verify and found is not None:
+        try:
+            verified = read_verified(found, spec, max_bytes=MAX_DECOMPRESSED_BYTES)
+            entry.update(verified=True, verified_by=verified.verified_by)
+        except DatasetError as err:
+            entry.update(verified=False, error=str(err))
+    return entry
 
 
 def resolve_specs(files: tuple[FileSpec, ...], checksums: Mapping[str, Any] | None) -> tuple[FileSpec, ...]:

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kernelattn._validation import check_int, check_real
 from kernelattn.data.dataset import RawData
-from kernelattn.data.digits import DEFAULT_TEST_FRACTION, stratified_split
+from kernelattn.data.digits import DEFAULT_TEST_FRACTION, check_split_options, stratified_split
 from kernelattn.data.errors import ChecksumError, DatasetFormatError, DatasetNotFoundError
 
 __all__ = ["SUFFIX", "file_sha256", "is_npz_name", "load_npz", "npz_class_names"]
@@ -89,9 +88,7 @@ def load_npz(path: str | os.PathLike[str], *, test_fraction: float = DEFAULT_TES
       DatasetFormatError: missing arrays, mismatched lengths, labels that are not classes.
     """
     path = Path(path)
-    test_fraction = check_real(test_fraction, "test_fraction", minimum=0.0, maximum=1.0, strict_min=True,
-                               strict_max=True)
-    split_seed = check_int(split_seed, "split_seed", minimum=0)
+    test_fraction, split_seed = check_split_options(test_fraction, split_seed)
     arrays = _read(path)
     x, y = np.asarray(arrays["X"]), _labels(np.asarray(arrays["y"]), "y", path)
     if x.ndim < 2 or x.shape[0] != y.shape[0] or x.dtype.kind not in "iuf":

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kernelattn.analysis.labels import dataset_label, model_label
+from kernelattn.data.api import MNIST_SOURCES
 from kernelattn.data.npz import file_sha256, is_npz_name
 from kernelattn.experiments.specs.checks import (
     MAX_WIDTH,
@@ -121,6 +122,7 @@ _SOURCE_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "system_dirs": lambda v, p: tuple(check_str(x, join_path(p, i)) for i, x in enumerate(v))
     if isinstance(v, (list, tuple)) else check_str(v, p),
     "timeout": lambda v, p: check_real(v, p, minimum=0.0, strict=True),
+    "source": lambda v, p: check_choice(v, p, tuple(MNIST_SOURCES)),
 }
 
 

@@ -27,7 +27,8 @@ Format (every key except ``name``, ``kind``, ``datasets``, ``models`` and
          "data_dir": null, "download": true,
          ...source options: digits: test_fraction, split_seed;
             synthetic: d, kappa, singular_values, n_classes, task, teacher_width;
-            mnist/fashion_mnist/cifar10: base_url, checksums, max_bytes, system_dirs, timeout}
+            mnist/fashion_mnist/cifar10: base_url, checksums, max_bytes, system_dirs, timeout;
+            mnist: source ("idx", the default, or "mnist5k": then test_fraction, split_seed, max_bytes)}
       ],
       "models": [
         {"name": "relu"},
