@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
-    from kernelattn.experiments.reproduce import reproduce
+    from kernelattn.reproduce import reproduce
 
     counter = CompileCounter()
     for name in ("jax", "jax._src"):

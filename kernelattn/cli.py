@@ -248,7 +248,7 @@ def _cmd_malleability(args) -> int:
 
 
 def _cmd_reproduce(args) -> int:
-    from kernelattn.experiments.reproduce import reproduce
+    from kernelattn.reproduce import reproduce
 
     tier = "quick" if args.quick else args.tier
     result = reproduce(tier, only=args.only, out=args.out, figures_dir=args.figures_dir,
@@ -258,7 +258,7 @@ def _cmd_reproduce(args) -> int:
 
 
 def _cmd_figures(args) -> int:
-    from kernelattn.experiments.reproduce import redraw
+    from kernelattn.reproduce import redraw
 
     paths = redraw(args.out, figures_dir=args.figures_dir)
     for path in paths:

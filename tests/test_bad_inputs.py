@@ -33,7 +33,7 @@ from kernelattn import cli
 from kernelattn.data import ChecksumError, DatasetNotFoundError
 from kernelattn.errors import KernelattnError
 from kernelattn.experiments.provenance import cell_key
-from kernelattn.experiments.reproduce import reproduce
+from kernelattn.reproduce import reproduce
 from kernelattn.kernels import guards
 from kernelattn.experiments.store import ResultStore, StoreError, StoreVersionError
 

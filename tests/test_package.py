@@ -115,3 +115,84 @@ def test_type_checking_imports_match_the_lazy_table():
             seen[alias.name] = node.module
     assert seen.pop("data") == "kernelattn"
     assert seen == kernelattn._ORIGIN
+
+
+#: The layers, lowest first: a module may import its own layer and those before it, never a later one.
+LAYERS = (
+    ("errors", "_validation", "_precision"),
+    ("data",),
+    ("transforms",),
+    ("registry",),
+    ("models",),
+    ("kernels",),
+    ("learning",),
+    ("analysis",),
+    ("experiments",),
+    ("viz",),
+    ("reproduce",),
+    ("cli", "__main__", "__init__"),
+)
+#: Deferred imports that climb, each with its reason: the registry is read (spec validation, labels)
+#: without loading JAX, and builds its models and their generic NTK only when asked.
+ALLOWED_DEFERRED = {("registry", "kernels"), ("registry", "models")}
+
+
+def _layer_rank(module: str) -> tuple[str, int]:
+    top = module.split(".")[1] if "." in module else "__init__"
+    return top, next(i for i, names in enumerate(LAYERS) if top in names)
+
+
+def _package_imports():
+    """(module, imported module, line, at module level) for every kernelattn import in the package."""
+    for path in sorted((ROOT / "kernelattn").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        tree = ast.parse(path.read_text())
+        top_level = {id(node) for node in tree.body} | {
+            id(child) for node in tree.body if isinstance(node, ast.If) for child in node.body}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("kernelattn"):
+                targets = [node.module] if node.module != "kernelattn" else [f"kernelattn.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names if a.name.startswith("kernelattn")]
+            else:
+                continue
+            for target in targets:
+                yield module, target, node, id(node) in top_level
+
+
+def test_imports_run_only_down_the_layers():
+    climbing = []
+    for module, target, node, top_level in _package_imports():
+        if module == "kernelattn" or target == "kernelattn" or target.split(".")[1].startswith("__"):
+            continue
+        (mine, rank), (theirs, other) = _layer_rank(module), _layer_rank(target)
+        if other > rank and (top_level or (mine, theirs) not in ALLOWED_DEFERRED):
+            climbing.append(f"{module}:{node.lineno} imports {target}")
+    assert not climbing, climbing
+
+
+def test_no_private_name_is_imported_across_modules():
+    private = [f"{module}:{node.lineno} imports {alias.name} from {target}"
+               for module, target, node, _ in _package_imports()
+               if isinstance(node, ast.ImportFrom) and target != "kernelattn"
+               for alias in node.names if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert not private, private
+
+
+def test_every_module_is_at_most_about_600_lines():
+    long = {str(p.relative_to(ROOT)): n for p in (ROOT / "kernelattn").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 650}
+    assert not long, long
+
+
+def test_readme_layout_names_every_folder_and_module_of_the_layers():
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):readme.index("## Adding a dataset or a model")]
+    package = ROOT / "kernelattn"
+    entries = [p for p in package.iterdir() if p.name != "__pycache__" and not p.name.endswith(".typed")]
+    entries += [p for folder in ("kernels", "learning", "experiments") for p in (package / folder).iterdir()
+                if p.name not in ("__init__.py", "__pycache__")]
+    missing = sorted(str(p.relative_to(package)) for p in entries
+                     if (f"{p.name}/" if p.is_dir() else p.name) not in layout)
+    assert not missing, f"README's layout section does not name {missing}"

@@ -146,7 +146,7 @@ def stores(tmp_path_factory):
 
 
 def test_every_figure_kind_is_drawn_from_the_stores(stores):
-    from kernelattn.experiments.reproduce import redraw
+    from kernelattn.reproduce import redraw
 
     out, _ = stores
     rc_before = dict(matplotlib.rcParams)

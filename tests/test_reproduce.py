@@ -12,7 +12,7 @@ import pytest
 
 from kernelattn.viz.frames import load_frames
 from kernelattn.analysis.fits import convergence_fits
-from kernelattn.experiments.reproduce import TIERS, experiments_dir, list_specs, redraw, reproduce
+from kernelattn.reproduce import TIERS, experiments_dir, list_specs, redraw, reproduce
 from kernelattn.experiments.store import ResultStore
 
 DIGITS = {"name": "digits", "n_train": 40, "n_test": 10, "seed": 0}
@@ -78,16 +78,16 @@ def test_redraw_reads_the_store_only(pipeline, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("redraw must not compute")
 
-    for module, name in (("kernelattn.experiments.reproduce", "run_sweep"),
+    for module, name in (("kernelattn.reproduce", "run_sweep"),
                          ("kernelattn.experiments.sweeps.runner", "run_sweep"),
                          ("kernelattn.experiments.sweeps.runner", "prepare_group"),
                          ("kernelattn.experiments.malleability.runner", "run_malleability_spec"),
-                         ("kernelattn.experiments.reproduce", "run_malleability_spec"),
+                         ("kernelattn.reproduce", "run_malleability_spec"),
                          ("kernelattn.experiments.malleability.runner", "prepare"),
                          ("kernelattn.experiments.malleability.runner", "measure"),
                          ("kernelattn.experiments.malleability.runner", "measure_null"),
-                         ("kernelattn.experiments.reproduce", "run_conditions"),
-                         ("kernelattn.experiments.reproduce", "_run_one"), ("kernelattn.data", "load"),
+                         ("kernelattn.reproduce", "run_conditions"),
+                         ("kernelattn.reproduce", "_run_one"), ("kernelattn.data", "load"),
                          ("kernelattn.data.api", "load")):
         monkeypatch.setattr(importlib.import_module(module), name, forbidden)
     stores = [p for p in out.iterdir() if (p / "kernelattn-store.json").is_file()]
@@ -201,8 +201,8 @@ TIER_ARTIFACTS = {"quick": _PAPER_MNIST + _MORE, "real": _PAPER_MNIST + _MORE, "
 
 @pytest.mark.parametrize("tier", TIERS)
 def test_experiment_specs_are_valid(tier):
-    from kernelattn.experiments.malleability.runner import run_malleability_spec
-    from kernelattn.experiments.reproduce import _Finished, _parse_conditions
+    from kernelattn.experiments.conditions import parse_conditions
+    from kernelattn.experiments.malleability.runner import validate_spec
     from kernelattn.experiments.specs import load_spec
 
     specs = list_specs(tier)
@@ -218,9 +218,9 @@ def test_experiment_specs_are_valid(tier):
         if entry["kind"] in ("kernel", "training"):
             load_spec(path)
         elif entry["kind"] == "conditions":
-            _parse_conditions(data, str(path))
+            parse_conditions(data, str(path))
         else:
-            assert run_malleability_spec(data, _Finished()) == []
+            validate_spec(data)
     for artifact in TIER_ARTIFACTS[tier]:
         assert f"{tier}_{artifact}" in names, artifact
 

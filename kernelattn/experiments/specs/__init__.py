@@ -4,7 +4,7 @@ This package is the one schema and validator of every spec kind: the sweep
 specs (``"kernel"``, ``"training"``: :func:`load_spec`, :func:`parse_spec`),
 the malleability specs (:func:`parse_malleability_spec`; format in
 ``kernelattn.experiments.malleability.run_malleability_spec``) and the datasets of the
-``"conditions"`` specs of ``kernelattn.experiments.reproduce``. For all of them:
+``"conditions"`` specs of ``kernelattn.reproduce``. For all of them:
 
 - files are read strictly (:func:`read_spec_file`): UTF-8, no duplicate keys,
   no NaN/Infinity, a regular file (a directory or a FIFO is refused unopened);
