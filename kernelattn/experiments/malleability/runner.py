@@ -12,8 +12,6 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-import jax
-
 from kernelattn._precision import precision_policy, resolve_precision
 from kernelattn.data import api as data_api
 from kernelattn.errors import InputValueError
@@ -26,6 +24,7 @@ from kernelattn.experiments.malleability.experiment import (
     plan_memory,
     prepare,
 )
+from kernelattn.experiments.resources import release_compiled_programs_if_crowded
 from kernelattn.experiments.store import make_record, utc_now
 from kernelattn.kernels import memory
 from kernelattn.learning.fitting import FittedModel, as_train_config, resolve_model
@@ -202,13 +201,11 @@ def run_malleability_spec(spec: Mapping, store, *, progress=None, loaded: Mappin
                     membership.setdefault(provenance.cell_key(cell), []).append(label)
     written: list[str] = []
     loaded = dict(loaded or {})
-    # Every executable holds memory mappings of its own and a long tier compiles thousands: drop the
-    # previous spec's. Within a spec, fits and attacks of one configuration share their programs.
-    jax.clear_caches()
     for _, parsed in plans:
         with precision_policy(parsed["precision"]):
             for index, (dataset, dataset_label) in enumerate(zip(parsed["datasets"], parsed["dataset_labels"])):
                 fits: dict[tuple, FittedModel] = {}  # one clean fit serves every influence kernel
+                release_compiled_programs_if_crowded()
                 for group in _spec_groups(parsed):
                     cells = [(provenance.cell_key(cell), cell) for cell in _group_cells(parsed, dataset, group)]
                     cells = [(key, cell) for key, cell in cells if key not in written and not store.has(key)]

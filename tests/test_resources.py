@@ -1,0 +1,26 @@
+"""The guard that drops JAX's compiled programs before a long run exhausts the process's memory mappings."""
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from kernelattn.experiments.resources import memory_maps, release_compiled_programs_if_crowded
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/maps is Linux's")
+def test_memory_maps_counts_this_process_against_the_kernel_limit():
+    held, limit = memory_maps()
+    assert 0 < held < limit
+
+
+def test_programs_are_kept_below_the_threshold_and_dropped_above_it():
+    double = jax.jit(lambda x: 2 * x)
+    double(jnp.ones(3))
+    assert release_compiled_programs_if_crowded(fraction=1.0) is False
+    assert double._cache_size() == 1  # noqa: SLF001 — the one way to see JAX's cache from outside
+    dropped = release_compiled_programs_if_crowded(fraction=0.0)
+    assert dropped is (memory_maps() is not None)
+    if dropped:
+        assert double._cache_size() == 0  # noqa: SLF001
