@@ -180,14 +180,11 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
-    from kernelattn.kernels.distributed import initialize_distributed
-    from kernelattn.experiments.sweeps import format_summary, run_sweep
-
     # Multi-process runs (JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID,
     # or SLURM / Open MPI): join before any JAX computation; a no-op for one process.
-    from kernelattn.experiments.specs import parse_devices
-
-    from kernelattn.experiments.specs import load_spec
+    from kernelattn.experiments.specs import load_spec, parse_devices
+    from kernelattn.experiments.sweeps import format_summary, run_sweep
+    from kernelattn.kernels.distributed import initialize_distributed
 
     spec = load_spec(args.spec, max_cells=args.max_cells)
     devices = None if args.devices is None else parse_devices(args.devices, "--devices")
@@ -386,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kernelattn: interrupted; finished cells are kept in the store, rerun to resume", file=sys.stderr)
         return 130
-    except Exception as err:  # noqa: BLE001 - mapped below, or re-raised (a bug keeps its traceback)
+    except Exception as err:
         message = error_message(err)
         if message is None:
             raise

@@ -119,7 +119,8 @@ def _entry(spec: Any, index: int) -> _SpecEntry:
         source = getattr(spec, "source", None)
         spec = spec.to_dict()
     if not isinstance(spec, Mapping):
-        raise InputValueError(f"specs[{index}]: expected a path, a dict or a kernelattn.experiments.specs.Spec, got {type(spec).__name__}")
+        raise InputValueError(f"specs[{index}]: expected a path, a dict or a kernelattn.experiments.specs.Spec, "
+                              f"got {type(spec).__name__}")
     where = source or f"specs[{index}]"
     name, kind = spec.get("name"), spec.get("kind")
     if not isinstance(name, str) or not name:
@@ -498,7 +499,7 @@ def redraw(out: str | os.PathLike[str] = "results", figures_dir: str | os.PathLi
     tmp = report_path.with_name(f".{report_path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, report_path)
-    return written + [report_path]
+    return [*written, report_path]
 
 
 def _figure_precision(frames, stem: str) -> str:

@@ -19,8 +19,8 @@ def test_programs_are_kept_below_the_threshold_and_dropped_above_it():
     double = jax.jit(lambda x: 2 * x)
     double(jnp.ones(3))
     assert release_compiled_programs_if_crowded(fraction=1.0) is False
-    assert double._cache_size() == 1  # noqa: SLF001 — the one way to see JAX's cache from outside
+    assert double._cache_size() == 1  # private, but the one way to see the cache
     dropped = release_compiled_programs_if_crowded(fraction=0.0)
     assert dropped is (memory_maps() is not None)
     if dropped:
-        assert double._cache_size() == 0  # noqa: SLF001
+        assert double._cache_size() == 0

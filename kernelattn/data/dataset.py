@@ -189,7 +189,7 @@ def resolve_classes(classes: Any, class_names: Sequence[str]) -> tuple[int, ...]
         return tuple(range(n))
     if isinstance(classes, str):
         items: list[Any] = classes.split("-vs-") if "-vs-" in classes else [classes]
-    elif isinstance(classes, Sequence) or isinstance(classes, np.ndarray):
+    elif isinstance(classes, (Sequence, np.ndarray)):
         items = list(classes)
     else:
         raise InputValueError(
@@ -205,7 +205,8 @@ def resolve_classes(classes: Any, class_names: Sequence[str]) -> tuple[int, ...]
             elif item.lower() in lowered:
                 index = lowered.index(item.lower())
             else:
-                raise InputValueError(f"classes: expected class names from {list(class_names)}, got unknown name {item!r}")
+                raise InputValueError(
+                    f"classes: expected class names from {list(class_names)}, got unknown name {item!r}")
         elif isinstance(item, (int, np.integer)) and not isinstance(item, bool):
             index = int(item)
             if not 0 <= index < n:

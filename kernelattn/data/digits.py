@@ -58,7 +58,7 @@ def stratified_split(
     test = []
     for label in np.unique(labels):
         pool = rng.permutation(np.flatnonzero(labels == label))
-        test.append(pool[: int(round(test_fraction * pool.size))])
+        test.append(pool[: round(test_fraction * pool.size)])
     test_idx = np.sort(np.concatenate(test)).astype(np.int64)
     train_idx = np.setdiff1d(np.arange(labels.shape[0]), test_idx).astype(np.int64)
     return train_idx, test_idx

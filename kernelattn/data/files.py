@@ -264,7 +264,8 @@ def resolve_specs(files: tuple[FileSpec, ...], checksums: Mapping[str, Any] | No
     unknown = sorted(set(checksums) - set(names))
     missing = [n for n in names if n not in checksums]
     if unknown or missing:
-        raise InputValueError(f"checksums: expected exactly the files {names}, got unknown {unknown} and missing {missing}")
+        raise InputValueError(
+            f"checksums: expected exactly the files {names}, got unknown {unknown} and missing {missing}")
     out = []
     for spec in files:
         value = checksums[spec.name]
@@ -275,7 +276,8 @@ def resolve_specs(files: tuple[FileSpec, ...], checksums: Mapping[str, Any] | No
         elif isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value.lower()):
             out.append(FileSpec(spec.name, value.lower()))
         else:
-            raise InputValueError(f"checksums: expected a 64-hex-digit sha256 or a FileSpec for {spec.name}, got {value!r}")
+            raise InputValueError(
+                f"checksums: expected a 64-hex-digit sha256 or a FileSpec for {spec.name}, got {value!r}")
     return tuple(out)
 
 

@@ -29,8 +29,9 @@ __all__ = ["CONDITIONS_KEYS", "conditions_cell", "parse_conditions", "run_condit
 CONDITIONS_KEYS = ("name", "kind", "description", "datasets", "depth", "energy_fractions", "spectra")
 
 
-def parse_conditions(data: Mapping[str, Any], source: str | None):
-    """Validate a "conditions" spec; datasets are checked by ``kernelattn.experiments.specs`` (same format, same errors)."""
+def parse_conditions(data: Mapping[str, Any], source: str | None) -> tuple[tuple, dict[str, Any]]:
+    """Validate a "conditions" spec: ``(datasets, normalized spec)``; datasets are checked by
+    ``kernelattn.experiments.specs`` (same format, same errors)."""
     for key in data:
         if key not in CONDITIONS_KEYS:
             raise SpecError(key, f"unknown key for kind 'conditions' (allowed: {', '.join(CONDITIONS_KEYS)})", source)
