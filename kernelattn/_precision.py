@@ -54,7 +54,7 @@ _POLICY: contextvars.ContextVar[str] = contextvars.ContextVar("kernelattn_precis
 
 def x64_enabled() -> bool:
     """Whether JAX's 64-bit mode (``jax_enable_x64``) is on."""
-    return bool(jax.config.jax_enable_x64)
+    return bool(jax.config.read("jax_enable_x64"))
 
 
 def enable_x64() -> None:

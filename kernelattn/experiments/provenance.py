@@ -293,7 +293,8 @@ def precision_info() -> dict[str, Any]:
 
         policy = current_precision()
         return {"policy": policy, "float32_eps": effective_eps("float32", policy),
-                "jax_default_matmul_precision": jax.config.jax_default_matmul_precision}
+                # A context-manager flag: ``jax.config.read`` refuses it, ``values`` holds it.
+                "jax_default_matmul_precision": jax.config.values["jax_default_matmul_precision"]}
     except Exception as err:  # noqa: BLE001 - provenance must never fail a run
         return {"policy": None, "error": f"{type(err).__name__}: {err}"}
 

@@ -35,7 +35,7 @@ import re
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +87,7 @@ def spec_params(records: Iterable[Mapping[str, Any]]) -> dict[str, str]:
             for name, text in params.items()}
 
 
-def step_metrics(records: list[Mapping[str, Any]]) -> list[tuple[str, float, int]]:
+def step_metrics(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, float, int]]:
     """The metrics of a run: ``(name, value, step)`` for every numeric metric of every record.
 
     Step ``i`` is ``records[i]``; the names are the records' (flattened) metric
@@ -95,7 +95,7 @@ def step_metrics(records: list[Mapping[str, Any]]) -> list[tuple[str, float, int
     """
     frame = records_frame(records, prefix=True)
     columns = ["seconds", *(c for c in frame.columns if c.startswith("metrics."))]
-    out = []
+    out: list[tuple[str, float, int]] = []
     for column in columns:
         values = frame[column]
         if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
@@ -105,7 +105,7 @@ def step_metrics(records: list[Mapping[str, Any]]) -> list[tuple[str, float, int
     return out
 
 
-def _provenance_tags(records: list[Mapping[str, Any]]) -> dict[str, str]:
+def _provenance_tags(records: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     def distinct(field: str) -> str:
         values = {str(((r.get("environment") or {}).get("git") or {}).get(field)) for r in records}
         return ",".join(sorted(values))
@@ -122,7 +122,7 @@ def mlflow_module():
     return import_optional("mlflow", extra="mlflow", purpose="logging to MLflow")
 
 
-def _tracking_uri(uri: str) -> str:
+def _tracking_uri(uri: str | os.PathLike[str]) -> str:
     """``uri`` itself, or the ``file:`` URI of a local path."""
     if not isinstance(uri, (str, os.PathLike)) or not os.fspath(uri):
         raise InputValueError(f"tracking_uri: expected an MLflow tracking URI or a directory, got {uri!r}")

@@ -481,7 +481,7 @@ def _shard_parameters(head_variables: dict, head: HeadConfig, d: int, dtype, mes
     they add exactly nothing. Host (numpy) parameters go straight to their
     shards, never whole onto one device.
     """
-    expected = {"W": (d, head.width), "a": (head.width, head.out_dim)}
+    expected: dict[str, tuple[int, ...]] = {"W": (d, head.width), "a": (head.width, head.out_dim)}
     if head.use_bias:
         expected["b"] = (head.width,)
     pad = -head.width % mesh.shape[width_axis]

@@ -31,6 +31,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from kernelattn._precision import x64_enabled
 from kernelattn.errors import InputValueError
 
 EXACT_METHODS = ("int8", "popcount")
@@ -41,7 +42,7 @@ _CONTRACT_UNITS = (((1,), (1,)), ((), ()))
 
 def _word_dtype():
     """uint64 words when JAX's 64-bit mode is on, else uint32."""
-    return jnp.uint64 if jax.config.jax_enable_x64 else jnp.uint32
+    return jnp.uint64 if x64_enabled() else jnp.uint32
 
 
 def pack_bits(s: jax.Array) -> jax.Array:

@@ -49,9 +49,9 @@ from kernelattn._precision import lax_precision, precision_policy, resolve_preci
 from kernelattn.errors import InputValueError
 
 try:  # the jaxpr types' public home in current JAX
-    from jax.extend.core import Literal
-except ImportError:  # jax 0.4.25 (the legacy neural-tangents environment) still exports it from jax.core
-    from jax.core import Literal
+    from jax.extend.core import ClosedJaxpr, Literal
+except ImportError:  # jax 0.4.25 (the legacy neural-tangents environment) still exports them from jax.core
+    from jax.core import ClosedJaxpr, Literal  # type: ignore[attr-defined, no-redef]  # typed against current JAX
 
 ApplyFn = Callable[[dict, jax.Array], jax.Array]
 
@@ -89,7 +89,7 @@ class Plan:
       activations: sizes of all intermediate values of one row (for memory planning).
     """
 
-    closed_jaxpr: object
+    closed_jaxpr: ClosedJaxpr
     sites: tuple[MatmulSite, ...]
     rest: tuple[int, ...]
     out_dim: int

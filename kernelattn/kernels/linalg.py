@@ -34,17 +34,23 @@ class Factorization:
     size: int
     ridge: float
     clipped: int
-    _cholesky: tuple | None = None
-    _eigh: tuple | None = None
+    _cholesky: tuple[np.ndarray, bool] | None = None
+    _eigh: tuple[np.ndarray, np.ndarray] | None = None
 
     def solve(self, b: np.ndarray) -> np.ndarray:
         """A⁻¹ b for ``(n,)`` or ``(n, k)`` b, float64."""
         b = np.asarray(b, dtype=np.float64)
         if self._cholesky is not None:
             return scipy.linalg.cho_solve(self._cholesky, b)
-        values, vectors = self._eigh
+        values, vectors = self._eigenpairs()
         projected = vectors.T @ b
         return vectors @ (projected / (values[:, None] if projected.ndim == 2 else values))
+
+    def _eigenpairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(values (n,), vectors (n, n))`` of the clipped eigendecomposition: set whenever the Cholesky
+        factor is not."""
+        assert self._eigh is not None
+        return self._eigh
 
     def inverse_diagonal(self) -> np.ndarray:
         """diag(A⁻¹), ``(n,)``, without forming A⁻¹ (O(n³/3) from the factor)."""
@@ -52,7 +58,7 @@ class Factorization:
             factor, lower = self._cholesky
             l_inv = scipy.linalg.solve_triangular(factor, np.eye(self.size), lower=lower, trans=0 if lower else 1)
             return np.sum(l_inv**2, axis=0)
-        values, vectors = self._eigh
+        values, vectors = self._eigenpairs()
         return np.sum(vectors**2 / values, axis=1)
 
 

@@ -48,7 +48,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import flax.linen as nn
 import jax
@@ -131,7 +131,8 @@ class Layer:
 
     def apply_fn(self, params: dict, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
         """The finite network on ``(n, d)`` inputs; ``context`` ``(n_c, d)`` is what attention attends over."""
-        return model_from_layers(self).apply({"params": params}, x, context)
+        # flax types ``apply`` as ``(out, state)`` for the ``mutable=`` case, which this is not.
+        return cast(jax.Array, model_from_layers(self).apply({"params": params}, x, context))
 
     def kernel_fn(self, x1, x2=None, get=KERNELS, *, context=None, dtype="float64", precision=None) -> Kernel:
         """Infinite-width NNGP and NTK between ``x1`` and ``x2`` (all layers trained).

@@ -10,12 +10,14 @@ perturbed set, whose features attend over the perturbed set.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from kernelattn.errors import InputValueError
 from kernelattn.learning.attacks import AttackConfig, pgd
 from kernelattn.learning.fitting import FittedModel, HeadModel, fit_model
 from kernelattn.learning.training import TrainConfig, class_targets, epoch_batches, loss_value, make_optimizer
@@ -110,8 +112,8 @@ def _adversarial_epochs(spec, config, attack_config, batch_size, params, rest, o
     return params, losses
 
 
-def fit_in_mode(spec: HeadModel, X, labels, n_classes: int, *, mode: str, keys: dict, config: TrainConfig,
-                at_epsilon: float | None, attack_config: AttackConfig) -> FittedModel:
+def fit_in_mode(spec: HeadModel, X, labels, n_classes: int, *, mode: str, keys: Mapping[str, jax.Array],
+                config: TrainConfig, at_epsilon: float | None, attack_config: AttackConfig) -> FittedModel:
     """Train ``spec`` on raw X with int ``labels`` in a training mode (``TRAININGS``).
 
     Args:
@@ -125,6 +127,8 @@ def fit_in_mode(spec: HeadModel, X, labels, n_classes: int, *, mode: str, keys: 
     targets = class_targets(labels, n_classes, config.out_dim(n_classes))
     if mode == "standard":
         return fit_model(spec, X, targets, key_init=keys["init"], key_train=keys["train"], config=config)
+    if at_epsilon is None:
+        raise InputValueError("at_epsilon: training 'pgd-at' needs a radius, got None")
     return adversarial_fit(
         spec, X, targets, key_init=keys["init"], key_train=keys["train"], config=config,
         epsilon=at_epsilon, attack_config=attack_config,

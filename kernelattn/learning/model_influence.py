@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -98,9 +97,9 @@ class FitOptions:
         at θ_T, or θ₀ with kernel "empirical-init"). The ``influence`` keyword of ``prepare`` and
         ``malleability``.
       targets: one-vs-rest ridge targets "pm1" (default) or "onehot".
-      train_config: ``TrainConfig``, a dict of its fields, or None (the defaults: AdamW 1e-3 with
-        decoupled weight decay 1e-3, batch 128, 500 epochs; MSE on one ±1 output for two classes,
-        cross-entropy for more).
+      train_config: ``TrainConfig``; construction also takes a dict of its fields, or None (the
+        defaults: AdamW 1e-3 with decoupled weight decay 1e-3, batch 128, 500 epochs; MSE on one ±1
+        output for two classes, cross-entropy for more).
       dtype: "float64" (default; needs ``kernelattn.enable_x64()``) or "float32" for the network
         and features; the kernel solves are always float64.
       projection_dim: TRAK's projection dimension k (default 512).
@@ -115,7 +114,8 @@ class FitOptions:
     kernel: str = "empirical"
     method: str = "loo"
     targets: str = "pm1"
-    train_config: TrainConfig | Mapping | None = None
+    # Construction also takes a dict of its fields or None, normalized by ``as_train_config``.
+    train_config: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     dtype: Any = "float64"
     projection_dim: int = 512
     checkpoints: int = 5
@@ -175,16 +175,18 @@ def model_kernels(fitted: FittedModel, X, X_test, kernel: str = "empirical") -> 
     else:
         variables = fitted.variables if kernel == "empirical" else fitted.initial
         k = structured_head_ntk(flat_head(variables), spec.head, both, features, dtype="float64")
-    k = np.asarray(k, np.float64)
+    gram = np.asarray(k, np.float64)
     n = features.shape[0]
-    return k[:n], k[n:]
+    return gram[:n], gram[n:]
 
 
 
 
 def infinite_ntk_jnp(f1: jax.Array, f2: jax.Array | None, head: HeadConfig) -> jax.Array:
     """Differentiable closed-form NTK of the head (docs/math.md §6), ``(n1, n2)``; f2 = None means f1."""
-    return head_kernels_fn(f1, f2, head).ntk
+    ntk = head_kernels_fn(f1, f2, head).ntk
+    assert ntk is not None  # head_kernels_fn always computes the NTK
+    return ntk
 
 
 def empirical_ntk_jnp(f1: jax.Array, f2: jax.Array | None, head: HeadConfig, variables: dict) -> jax.Array:

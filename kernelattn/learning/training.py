@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
 
 from kernelattn._precision import precision_policy, resolve_precision
 from kernelattn._validation import check_choice, check_int, check_matrix, check_real
@@ -207,8 +208,8 @@ def _epochs(apply_fn, optimizer, loss, params, opt_state, x, y, keys, batch_size
 def train(
     apply_fn: ApplyFn,
     params: dict,
-    x: np.ndarray,
-    y: np.ndarray,
+    x: ArrayLike,
+    y: ArrayLike,
     *,
     key: jax.Array,
     config: TrainConfig = TrainConfig(),

@@ -175,6 +175,7 @@ def serve() -> None:
             task = pickle.load(sys.stdin.buffer)
         except EOFError:
             return
+        answer: tuple[bool, list[Path] | Exception]
         try:
             answer = (True, _save(*task))
         except Exception as err:  # noqa: BLE001 - raised again in the parent
@@ -191,8 +192,8 @@ def _draw_in_workers(tasks: Sequence[tuple], n: int) -> list[list[Path]]:
     """The paths written for each task, drawn here and by ``n − 1`` worker processes, each of the ``n``
     taking the next task when free (this process, its modules already imported, starts at once)."""
     pending: queue.SimpleQueue = queue.SimpleQueue()
-    for item in enumerate(tasks):
-        pending.put(item)
+    for index, task in enumerate(tasks):
+        pending.put((index, task))
     results: list[list[Path]] = [[] for _ in tasks]
     errors: list[BaseException] = []  # raised by the workers
     stop = threading.Event()  # set on the first error: nobody takes another task
@@ -216,8 +217,10 @@ def _draw_in_workers(tasks: Sequence[tuple], n: int) -> list[list[Path]]:
                           stacklevel=1)  # from a worker thread: no caller to point at
             return
         with worker:
+            requests, answers = worker.stdin, worker.stdout
+            assert requests is not None and answers is not None  # both opened as pipes
             try:
-                pickle.load(worker.stdout)
+                pickle.load(answers)
             except Exception:  # noqa: BLE001 - not a worker speaking this protocol (e.g. no Python at sys.executable)
                 worker.kill()
                 warnings.warn(f"a figure worker did not start (exit code {worker.wait()}): the figures are "
@@ -226,9 +229,9 @@ def _draw_in_workers(tasks: Sequence[tuple], n: int) -> list[list[Path]]:
             while (item := take()) is not None:
                 index, task = item
                 try:
-                    pickle.dump(task, worker.stdin)
-                    worker.stdin.flush()
-                    ok, value = pickle.load(worker.stdout)
+                    pickle.dump(task, requests)
+                    requests.flush()
+                    ok, value = pickle.load(answers)
                 except (EOFError, OSError):
                     fail(RuntimeError(f"a figure worker died drawing {task[0].stem} (exit code {worker.wait()}; "
                                       "its messages are above)"))

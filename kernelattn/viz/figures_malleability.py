@@ -340,8 +340,8 @@ def plot_remedies(kernel: pd.DataFrame | None = None, malleability: pd.DataFrame
             panel_label(ax, dataset if j == 0 else "")
             log_axis(ax, "y")
         else:
-            stats = [_mean_err(sub[sub["model"] == m]) for m in order]
-            ax.bar(x, [t[0] for t in stats], yerr=[t[1] for t in stats], color=[colors[m] for m in order],
+            mean_errs = [_mean_err(sub[sub["model"] == m]) for m in order]
+            ax.bar(x, [t[0] for t in mean_errs], yerr=[t[1] for t in mean_errs], color=[colors[m] for m in order],
                    error_kw={"linewidth": 0.7, "capsize": 1.5})
             ax.set_ylim(0, 1.05)
             ax.set_ylabel(f"flip rate ({sub['attack'].iloc[0].upper()} ε = {fmt(sub['epsilon'].iloc[0], 6)})")

@@ -310,7 +310,8 @@ def protocol_table(summary: pd.DataFrame, refs: RefBook) -> tuple[str, str] | No
     by = [c for c in SETTING_BY if c not in ("model", "store")]
     factor_columns = [c for c, _ in PROTOCOL_FACTORS]
     defaults: dict[str, Any] = {}
-    rows, verdicts = [], {"more": [], "less": [], "inconclusive": []}
+    rows: list[list[str]] = []
+    verdicts: dict[str, list[str]] = {"more": [], "less": [], "inconclusive": []}
     for label in labels:
         mine = base[base["variants"].apply(lambda vs, label=label: label in vs)]
         settings: dict[tuple, dict[str, tuple]] = {}

@@ -15,7 +15,7 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 import numpy as np
@@ -24,6 +24,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
 from kernelattn.analysis.formatting import fmt, fmt_power
+
+if TYPE_CHECKING:  # current matplotlib names its rc keys; the legacy environment's 3.9.4 has no RcKeyType
+    from matplotlib.typing import RcKeyType
 
 __all__ = [
     "DATASET_PALETTE",
@@ -59,7 +62,7 @@ VARIANT_PALETTE = ("#E69F00", "#CC79A7", "#56B4E9", "#882255", "#44AA99", "#9999
 DATASET_PALETTE = ("#000000", "#E69F00", "#56B4E9", "#009E73", "#CC79A7", "#0072B2", "#D55E00", "#999999",
                    "#882255", "#44AA99")
 MARKERS = {"2L-ReLU": "o", "MLP-Attn": "s", "QKV-Attn": "^"}
-PAPER_RC = {
+PAPER_RC: dict[RcKeyType, Any] = {
     "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
     "legend.fontsize": 7, "legend.frameon": False, "lines.linewidth": 1.2, "lines.markersize": 3.5,
     "axes.linewidth": 0.6, "xtick.major.width": 0.6, "ytick.major.width": 0.6, "xtick.minor.width": 0.4,
@@ -122,7 +125,7 @@ def log_axis(ax, which: str = "y", base: int = 10) -> None:
         return fmt(value, 3) if round(mantissa) in (2, 5) and abs(mantissa - round(mantissa)) < 1e-6 else ""
 
     axis.set_major_locator(LogLocator(base=base, numticks=6))
-    axis.set_minor_locator(LogLocator(base=base, subs=np.arange(2, 10), numticks=12))
+    axis.set_minor_locator(LogLocator(base=base, subs=range(2, 10), numticks=12))
     axis.set_major_formatter(FuncFormatter(major))
     axis.set_minor_formatter(FuncFormatter(minor))
 
@@ -212,7 +215,7 @@ def save_figure(figure: Figure, stem: str | Path, formats: Sequence[str] = ("png
     with matplotlib.rc_context(PAPER_RC):
         for ext in formats:
             path = stem.with_suffix(f".{ext}")
-            metadata = {"CreationDate": None, "Producer": None} if ext == "pdf" else (
+            metadata: dict[str, str | None] | None = {"CreationDate": None, "Producer": None} if ext == "pdf" else (
                 {"Software": None} if ext == "png" else None)
             if note is not None and metadata is not None:
                 metadata["Subject" if ext == "pdf" else "Description"] = note

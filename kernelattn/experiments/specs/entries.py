@@ -235,14 +235,14 @@ def assign_labels(entries: tuple, key: str) -> tuple:
     display = dataset_label if key == "datasets" else model_label
     auto = [None if e.label else display(e.identity()) for e in entries]
     out = []
-    for i, entry in enumerate(entries):
-        if entry.label:
+    for entry, base in zip(entries, auto):
+        if base is None:  # labelled by the spec
             out.append(entry)
             continue
-        same = [e.identity() for e, a in zip(entries, auto) if a == auto[i]]
+        same = [e.identity() for e, a in zip(entries, auto) if a == base]
         mine = entry.identity()
         differing = [k for k in mine if k != "name" and any(other.get(k) != mine[k] for other in same)]
-        label = auto[i] + (f" ({', '.join(f'{k}={_label_value(mine[k])}' for k in differing)})" if differing else "")
+        label = base + (f" ({', '.join(f'{k}={_label_value(mine[k])}' for k in differing)})" if differing else "")
         out.append(dataclasses.replace(entry, label=label))
     labels = [e.label for e in out]
     for i, label in enumerate(labels):

@@ -103,16 +103,23 @@ class KeySpec:
     allow_empty: bool = False
     type_text: str = ""
 
-    def allowed(self, choices: Mapping[str, Sequence[str]] | None = None) -> tuple[str, ...] | None:
+    def allowed(self, choices: Mapping[str, Sequence[str]] | None = None) -> tuple[str, ...]:
         """The allowed values (``choices``: :func:`malleability_choices`, resolved when omitted)."""
         if isinstance(self.choices, str):
             return tuple((malleability_choices() if choices is None else choices)[self.choices])
+        if self.choices is None:
+            raise InputValueError(f"malleability spec key {self.name!r} declares no choices")
         return self.choices
+
+    def int_bounds(self) -> tuple[int | None, int | None]:
+        """``(minimum, maximum)`` of an ``"integer"`` key, as ints."""
+        low, high = self.minimum, self.maximum
+        return None if low is None else int(low), None if high is None else int(high)
 
     def text(self, choices: Mapping[str, Sequence[str]] | None = None) -> str:
         """What one value is, in the words of the validator's message (``"an integer >= 1"``)."""
         if self.type == "integer":
-            return int_text(self.minimum, self.maximum)
+            return int_text(*self.int_bounds())
         if self.type == "number":
             return real_text(self.minimum, self.strict, self.maximum)
         if self.type == "bool":
@@ -126,7 +133,8 @@ class KeySpec:
         if value is None and self.nullable:
             return None
         if self.type == "integer":
-            return check_int(value, path, minimum=self.minimum, maximum=self.maximum)
+            minimum, maximum = self.int_bounds()
+            return check_int(value, path, minimum=minimum, maximum=maximum)
         if self.type == "number":
             return check_real(value, path, minimum=self.minimum, strict=self.strict, maximum=self.maximum)
         if self.type == "bool":

@@ -78,7 +78,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kernelattn.errors import InputTypeError
+from kernelattn.errors import InputTypeError, InputValueError
 from kernelattn.experiments.specs.checks import (
     MAX_WIDTH,
     SpecError,
@@ -394,6 +394,12 @@ class Spec:
     def to_json(self, indent: int = 2) -> str:
         """``to_dict`` as JSON text."""
         return json.dumps(self.to_dict(), indent=indent)
+
+    def training_options(self) -> TrainingOptions:
+        """:attr:`training` of a "training" spec; a kernel spec has none (``InputValueError``)."""
+        if self.training is None:
+            raise InputValueError(f"spec {self.name!r}: a {self.kind} spec has no training options")
+        return self.training
 
     def head_kwargs(self) -> dict[str, Any]:
         """σ's and readout mode for ``kernelattn.models.HeadConfig``."""

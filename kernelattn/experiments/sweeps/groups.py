@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
+import operator
 import time
 from typing import Any
 
@@ -155,14 +157,12 @@ def _limit_kernel(spec: Spec, model: ModelSpec, data: SweepData,
     n = data.x_train.shape[0]
     if features is not None:
         head = head_config(spec, 1, data.out_dim)
-        theta = head_kernels(features, features[:n], head, dtype="float64").ntk
-        return np.asarray(theta, np.float64), {"limit": "closed-form", "limit_width": 0, "limit_seeds": 0}
+        ntk = head_kernels(features, features[:n], head, dtype="float64").ntk
+        return np.asarray(ntk, np.float64), {"limit": "closed-form", "limit_width": 0, "limit_seeds": 0}
     k = spec.kernel
-    total = None
-    for i in range(k.limit_seeds):
-        key = jax.random.fold_in(jax.random.PRNGKey(i), LIMIT_FOLD)
-        theta = network_kernel(spec, model, data, k.limit_width, key)
-        total = theta if total is None else total + theta
+    thetas = (network_kernel(spec, model, data, k.limit_width, jax.random.fold_in(jax.random.PRNGKey(i), LIMIT_FOLD))
+              for i in range(k.limit_seeds))
+    total = functools.reduce(operator.add, thetas)  # summed in seed order, one kernel held at a time
     return total / k.limit_seeds, {"limit": "monte-carlo", "limit_width": k.limit_width, "limit_seeds": k.limit_seeds}
 
 

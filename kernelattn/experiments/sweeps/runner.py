@@ -116,7 +116,7 @@ class _Runner:
         n = group.data.x_train.shape[0]
         head = head_config(spec, 1, group.data.out_dim)
         k = spec.kernel
-        batched = self._batch_seeds(group)
+        batched = self._batch_seeds(n, group.features.shape[0] - n)
         # Batches have a fixed composition (all seeds, or one), so a cell's value never
         # depends on which cells were pending.
         batches = [list(spec.seeds)] if batched else [[seed] for seed in spec.seeds]
@@ -147,12 +147,11 @@ class _Runner:
             finally:
                 self.release(claimed)
 
-    def _batch_seeds(self, group: SweepGroup) -> bool:
+    def _batch_seeds(self, n: int, n_test: int) -> bool:
         k = self.spec.kernel
         if k.batch_seeds is False or len(self.spec.seeds) == 1:
             return False
-        n = group.data.x_train.shape[0]
-        estimate = memory.seed_batch_memory(n, group.features.shape[0] - n, width_chunk=k.width_chunk,
+        estimate = memory.seed_batch_memory(n, n_test, width_chunk=k.width_chunk,
                                             seeds=len(self.spec.seeds), dtype=self.spec.dtype)
         fits = estimate.total <= k.memory_gb * 2**30
         if k.batch_seeds is True:
@@ -175,11 +174,12 @@ class _Runner:
         spec = self.spec
         n = group.data.x_train.shape[0]
         ref = group.reference
+        ntk_time = spec.training_options().ntk_time
         with blas_single_thread(n):
-            if spec.training.ntk_time is None:
+            if ntk_time is None:
                 f_ntk = ref.predictions
             else:
-                f_ntk = ntk_predictor(ref.theta_train, ref.theta_test, ref.y, time=spec.training.ntk_time,
+                f_ntk = ntk_predictor(ref.theta_train, ref.theta_test, ref.y, time=ntk_time,
                                       ridge=spec.ridge)
         f_ntk = np.asarray(f_ntk, np.float64).reshape(group.data.x_test.shape[0], -1)
         for cell in _rotate(list(cells), self.offset):
@@ -197,7 +197,7 @@ class _Runner:
 def _train_cell(spec: Spec, group: SweepGroup, cell: Cell, f_ntk: np.ndarray) -> dict[str, Any]:
     data = group.data
     n = data.x_train.shape[0]
-    config = spec.training.train_config()
+    config = spec.training_options().train_config()
     dtype = jnp.dtype(spec.dtype)
     init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(cell.seed))
     if group.features is None:  # a network model ("qkv-attn", a user's): the whole network is trained

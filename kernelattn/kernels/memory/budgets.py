@@ -27,6 +27,7 @@ import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TypedDict
 
 import jax
 import psutil
@@ -37,6 +38,7 @@ from kernelattn.errors import KernelattnError
 __all__ = [
     "DEFAULT_FRACTION",
     "RUNTIME_OVERHEAD",
+    "Budget",
     "MemoryEstimate",
     "MemoryPlanError",
     "available_memory",
@@ -230,7 +232,17 @@ def device_free_memory(device=None) -> int | None:
     return max(int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)), 0)
 
 
-def default_budget(fraction: float = DEFAULT_FRACTION, *, device=None) -> dict:
+class Budget(TypedDict):
+    """Bytes a plan may use: ``host``; ``device`` (None: the arrays live in host memory); ``source``, the
+    text saying where they come from; ``memory``, "device" or "host" (what a refusal compared with)."""
+
+    host: int
+    device: int | None
+    source: str
+    memory: str
+
+
+def default_budget(fraction: float = DEFAULT_FRACTION, *, device=None) -> Budget:
     """The budget used when none is given: ``fraction`` of the free memory.
 
     Args:

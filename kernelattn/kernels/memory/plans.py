@@ -13,6 +13,7 @@ from __future__ import annotations
 from kernelattn._validation import check_int, check_real
 from kernelattn.kernels.memory.budgets import (
     DEFAULT_FRACTION,
+    Budget,
     MemoryEstimate,
     MemoryPlanError,
     budget_verdict,
@@ -90,7 +91,7 @@ def plan_width_chunk(
                   "seeds": seeds, "sample_shards": sample_shards, "dtype": dtype}
     if budget is not None:
         limit = int(check_real(budget, "budget", minimum=0.0))
-        plan = {"host": limit, "device": None, "source": "explicit"}
+        plan: Budget = {"host": limit, "device": None, "source": "explicit", "memory": "host"}
     else:
         plan = default_budget(fraction)
 
@@ -114,7 +115,7 @@ def plan_width_chunk(
         raise MemoryPlanError(refusal_message(smallest, where + f" even with width_chunk={candidates[0]}",
                                        budget_of="plan_width_chunk"),
                               smallest, plan["device"] if plan["device"] is not None else plan["host"],
-                              "budget" if plan["source"] == "explicit" else plan.get("memory", "host"))
+                              "budget" if plan["source"] == "explicit" else plan["memory"])
     if best > width and width % multiple_of == 0:
         return width  # one chunk holds the whole layer
     return best
