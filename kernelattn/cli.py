@@ -230,6 +230,7 @@ def _cmd_malleability(args) -> int:
 
     spec = _read_spec(args.spec)
     name = parse_malleability_spec(spec, source=args.spec, max_cells=args.max_cells).name  # the name too
+    assert name is not None  # _read_spec names every spec
     spec.pop("name")
     spec.pop("kind", None)
     spec.pop("description", None)

@@ -151,6 +151,7 @@ def _raw(
         return mnist5k.load_mnist5k(class_names=mnist.MNIST_CLASSES, data_dir=data_dir, **options)
     if name in ("mnist", "fashion_mnist"):
         source = SOURCES[name]
+        assert source.files is not None and source.class_names is not None  # both file datasets declare them
         return mnist.load_idx_source(source.files, source.class_names, data_dir=data_dir, download=download,
                                      **options)
     if name == "cifar10":
@@ -296,7 +297,11 @@ def load(
             xs = xs.reshape(xs.shape[0], -1)
         if normalize:
             xs = normalize_rows(xs, name=f"X_{split}", source_index=index)
-        y = np.asarray(values[index], dtype=np.float64) if regression else encode_targets(new_labels, n_classes, target)
+        if regression:
+            assert values is not None  # regression data carries its target values
+            y = np.asarray(values[index], dtype=np.float64)
+        else:
+            y = encode_targets(new_labels, n_classes, target)
         splits[split] = (xs, y, new_labels)
 
     metadata = {

@@ -76,7 +76,7 @@ def _numpy_reconstructors() -> dict[tuple[str, str], Any]:
     }
     for module in ("numpy.core", "numpy._core"):
         allowed[(f"{module}.multiarray", "_reconstruct")] = multiarray._reconstruct
-        allowed[(f"{module}.numeric", "_frombuffer")] = numeric._frombuffer
+        allowed[(f"{module}.numeric", "_frombuffer")] = numeric._frombuffer  # type: ignore[attr-defined]  # pickle helper, not in the stubs
     return allowed
 
 

@@ -28,6 +28,7 @@ absolute or contain ``..``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import hashlib
 import http.client
@@ -434,7 +435,7 @@ def acquire(
                     download(
                         base + spec.name,
                         found / spec.name,
-                        verify=lambda p, s=spec: read_verified(p, s, max_bytes=max_bytes),
+                        verify=functools.partial(read_verified, spec=spec, max_bytes=max_bytes),
                         max_bytes=max_bytes,
                         timeout=timeout,
                     )

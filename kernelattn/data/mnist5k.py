@@ -76,7 +76,7 @@ def wheel_file() -> Path | None:
         distribution = importlib.metadata.distribution(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
         return None
-    path = Path(distribution.locate_file(WHEEL_PATH))
+    path = Path(str(distribution.locate_file(WHEEL_PATH)))
     return path if path.is_file() else None
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -103,7 +104,7 @@ def load_npz(path: str | os.PathLike[str], *, test_fraction: float = DEFAULT_TES
     digest = file_sha256(path)
     if sha256 is not None and str(sha256).lower() != digest:
         raise ChecksumError(f"{path}: SHA-256 {digest}, expected {sha256} (the file changed)")
-    source = {"loader": "npz", "path": str(path), "sha256": digest}
+    source: dict[str, Any] = {"loader": "npz", "path": str(path), "sha256": digest}
     if "X_test" in arrays:
         x_test = np.asarray(arrays["X_test"])
         y_test = _labels(np.asarray(arrays["y_test"]), "y_test", path)
