@@ -54,6 +54,12 @@ from kernelattn.experiments.specs.entries import (
 )
 from kernelattn.experiments.specs.files import MAX_NAME_LENGTH, MAX_SPEC_BYTES, check_store_name, read_spec_file
 from kernelattn.experiments.specs.malleability import (
+    MalleabilitySpec,
+    malleability_cells,
+    malleability_variants,
+    parse_malleability_spec,
+)
+from kernelattn.experiments.specs.malleability_schema import (
     MALLEABILITY_HEAD_KEYS,
     MALLEABILITY_KEYS,
     MALLEABILITY_SCHEMA,
@@ -61,11 +67,7 @@ from kernelattn.experiments.specs.malleability import (
     MAX_MALLEABILITY_WIDTH,
     VARIANT_FIXED_KEYS,
     KeySpec,
-    MalleabilitySpec,
-    malleability_cells,
     malleability_choices,
-    malleability_variants,
-    parse_malleability_spec,
 )
 from kernelattn.experiments.specs.sweep import (
     DTYPES,

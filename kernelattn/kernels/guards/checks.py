@@ -48,77 +48,23 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
-from kernelattn._precision import effective_eps, float_eps, resolve_precision
-from kernelattn.errors import InputTypeError, InputValueError
+from kernelattn._precision import effective_eps, resolve_precision
+from kernelattn.errors import InputValueError
 from kernelattn.kernels.guards.diagnostics import KernelDiagnostics, Problem
+from kernelattn.kernels.guards.remedies import (
+    as_kernel_matrix,
+    computed_as,
+    float64_remedy,
+    kernel_dtype_name,
+    precision_remedy,
+    ridge_for,
+    sig2,
+)
 from kernelattn.kernels.guards.reporting import GuardPolicy, report, resolve_policy
 
 __all__ = ["REQUESTS", "check_condition", "check_kernel", "check_solve", "check_symmetry"]
 
 REQUESTS = ("entries", "spectrum", "solve")
-_DTYPES = ("float32", "float64")
-
-
-def _computed(dtype: str, precision: str) -> str:
-    """How a kernel was computed, for messages: "float32", or "float32 at precision 'fast'"."""
-    return dtype if precision == "highest" else f"{dtype} at precision '{precision}'"
-
-
-def _precision_remedy(dtype: str, precision: str) -> list[str]:
-    if precision == "highest" or effective_eps(dtype, precision) <= float_eps(dtype):
-        return []
-    return [f"recompute it at precision='highest' (true {dtype} products: eps {_g(float_eps(dtype))} instead of "
-            f"{_g(effective_eps(dtype, precision))}; kernelattn.precision_policy('highest'), the default)"]
-
-
-def _dtype_name(dtype, k: np.ndarray) -> str:
-    if dtype is None:
-        dtype = k.dtype if np.issubdtype(k.dtype, np.floating) else np.float64
-    try:
-        name = np.dtype(dtype).name
-    except TypeError as err:
-        raise InputValueError(f"dtype: expected one of {list(_DTYPES)}, got {dtype!r}") from err
-    if name not in _DTYPES:
-        raise InputValueError(f"dtype: expected one of {list(_DTYPES)} (the dtype the kernel was computed in), "
-                              f"got {name!r}")
-    return name
-
-
-def _as_matrix(k: Any, name: str) -> np.ndarray:
-    """The kernel as a 2-d array; ``(n1, n2, C, C)`` becomes ``(n1·C, n2·C)``."""
-    if not isinstance(name, str) or not name:
-        raise InputValueError(f"name: expected a non-empty string naming the kernel, got {name!r}")
-    try:
-        array = np.asarray(k)
-    except Exception as err:
-        raise InputTypeError(f"{name}: expected a numeric array, got {type(k).__name__} ({err})") from err
-    if array.dtype == object or not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-        raise InputTypeError(f"{name}: expected a real numeric array, got dtype {array.dtype}")
-    if array.ndim == 4:
-        n1, n2, c1, c2 = array.shape
-        array = np.transpose(array, (0, 2, 1, 3)).reshape(n1 * c1, n2 * c2)
-    if array.ndim != 2 or array.size == 0:
-        raise InputValueError(
-            f"{name}: expected a non-empty (n1, n2) or (n1, n2, C, C) kernel, got shape {array.shape}")
-    return array
-
-
-def _g(x: float) -> str:
-    """Two significant digits: stable text for the same problem, precise enough to act on."""
-    return "inf" if math.isinf(x) else f"{x:.2g}"
-
-
-def _float64_remedy(dtype: str) -> list[str]:
-    if dtype == "float64":
-        return []
-    return ["compute it in float64 (kernelattn.enable_x64() at program start, then dtype='float64'; "
-            f"float64 resolves κ up to {_g(GuardPolicy().kappa_limit('float64'))})"]
-
-
-def _ridge_for(lam_max: float, lam_min: float, limit: float) -> float:
-    """Smallest λ ≥ 0 with (λ_max + λ)/(max(λ_min, 0) + λ) ≤ limit."""
-    lo = max(lam_min, 0.0)
-    return max((lam_max - limit * lo) / (limit - 1.0), 0.0)
 
 
 def _analyse(
@@ -147,7 +93,7 @@ def _analyse(
                             "ridge": float(ridge), "eps": eps, "precision": precision}
     problems: list[Problem] = []
     size = f"{k.shape[0]}×{k.shape[1]}"
-    where = f"kernel '{name}' ({size}, computed in {_computed(dtype, precision)})"
+    where = f"kernel '{name}' ({size}, computed in {computed_as(dtype, precision)})"
 
     finite = np.isfinite(k)
     n_bad = int(k.size - np.count_nonzero(finite))
@@ -196,7 +142,7 @@ def _analyse(
             if worst > max(psd_tol, 1e3 * eps):
                 problems.append(Problem("not_psd", (
                     f"{where} is not positive semi-definite: a diagonal entry or 2×2 principal minor is "
-                    f"negative (violation {_g(worst)} relative to the diagonal; eigenvalues not computed). "
+                    f"negative (violation {sig2(worst)} relative to the diagonal; eigenvalues not computed). "
                     "An NTK or Gram matrix is PSD by construction, so this signals a bug in how it was built; "
                     "pass psd=False if it is not meant to be one."), worst))
         return KernelDiagnostics(**base, symmetry_error=symmetry_error, problems=tuple(problems))
@@ -206,7 +152,7 @@ def _analyse(
     out: dict[str, Any] = {"lambda_min": lam_min, "lambda_max": lam_max, "kappa_limit": limit}
     if lam_max <= 0:
         problems.append(Problem("not_psd", (
-            f"{where} has no positive eigenvalue (λ_max = {_g(lam_max)}, λ_min = {_g(lam_min)}): it is not a "
+            f"{where} has no positive eigenvalue (λ_max = {sig2(lam_max)}, λ_min = {sig2(lam_min)}): it is not a "
             "kernel matrix. Remedy: check its sign and how it was built; psd=False if it is not meant to be PSD."),
             lam_max))
         return KernelDiagnostics(**base, symmetry_error=symmetry_error, **out, problems=tuple(problems))
@@ -217,8 +163,8 @@ def _analyse(
     if psd and negative_ratio > psd_tol:
         problems.append(Problem("not_psd", (
             f"{where} is not positive semi-definite: its most negative eigenvalue is "
-            f"{_g(-negative_ratio)}·λ_max (λ_min = {_g(lam_min)}, λ_max = {_g(lam_max)}), beyond the "
-            f"{_computed(dtype, precision)} round-off floor {_g(psd_tol)}·λ_max. "
+            f"{sig2(-negative_ratio)}·λ_max (λ_min = {sig2(lam_min)}, λ_max = {sig2(lam_max)}), beyond the "
+            f"{computed_as(dtype, precision)} round-off floor {sig2(psd_tol)}·λ_max. "
             "An NTK or Gram matrix is PSD by construction, so this "
             "signals a bug (x1 ≠ x2, a test × train block checked as train × train, a sign); solvers would clip "
             "these eigenvalues. Remedy: check how it was built; psd=False if it is not meant to be PSD."),
@@ -236,27 +182,27 @@ def _analyse(
     representable = kappa_eff <= limit
     out.update(kappa_effective=kappa_eff, representable=representable)
     if not representable and not any(p.kind == "not_psd" for p in problems):
-        ridge_needed = _ridge_for(lam_max, lam_min, limit)
+        ridge_needed = ridge_for(lam_max, lam_min, limit)
         rank_needed = int(np.count_nonzero(values > lam_max / limit))
         out.update(ridge_needed=ridge_needed, rank_needed=rank_needed)
         if lam_min > 0:
-            spectrum = f"κ = {_g(kappa)} (λ_max = {_g(lam_max)}, λ_min = {_g(lam_min)})"
+            spectrum = f"κ = {sig2(kappa)} (λ_max = {sig2(lam_max)}, λ_min = {sig2(lam_min)})"
         else:
-            spectrum = (f"κ = inf (λ_min = {_g(lam_min)} ≤ 0 at λ_max = {_g(lam_max)}: numerically singular "
-                        f"in {_computed(dtype, precision)})")
+            spectrum = (f"κ = inf (λ_min = {sig2(lam_min)} ≤ 0 at λ_max = {sig2(lam_max)}: numerically singular "
+                        f"in {computed_as(dtype, precision)})")
         if use_ridge > 0:
-            spectrum += f"; with the ridge λ = {_g(use_ridge)}, κ(K + λI) = {_g(kappa_eff)}"
+            spectrum += f"; with the ridge λ = {sig2(use_ridge)}, κ(K + λI) = {sig2(kappa_eff)}"
         use = ("solves with it ((K + λI)⁻¹y, influence, kernel regression)" if requested == "solve"
                else "its smallest eigenvalues, λ_min, κ and the certificate ‖Θ_m − Θ_∞‖₂/λ_min")
-        remedies = _precision_remedy(dtype, precision) + _float64_remedy(dtype)
+        remedies = precision_remedy(dtype, precision) + float64_remedy(dtype)
         if requested == "solve":
-            remedies.append(f"solve with a ridge λ ≥ {_g(ridge_needed)} (κ(K + λI) ≤ {_g(limit)})")
-        remedies.append(f"truncate K to its top r = {rank_needed} of {n} eigenpairs (those above λ_max/{_g(limit)}), "
+            remedies.append(f"solve with a ridge λ ≥ {sig2(ridge_needed)} (κ(K + λI) ≤ {sig2(limit)})")
+        remedies.append(f"truncate K to its top r = {rank_needed} of {n} eigenpairs (those above λ_max/{sig2(limit)}), "
                         "or use rank-truncated attention (AttentionConfig(rank=r)) for MLP-Attn")
         problems.append(Problem("ill_conditioned", (
-            f"{where} is too ill-conditioned for {use} in {_computed(dtype, precision)}: {spectrum} exceeds "
-            f"{_g(limit)} = {_g(pol.solve_margin)}/eps({_computed(dtype, precision)}), so its smallest eigenvalues "
-            "are round-off. "
+            f"{where} is too ill-conditioned for {use} in {computed_as(dtype, precision)}: {spectrum} exceeds "
+            f"{sig2(limit)} = {sig2(pol.solve_margin)}/eps({computed_as(dtype, precision)}), so its smallest "
+            "eigenvalues are round-off. "
             "Remedy: " + "; or ".join(remedies) + "."), kappa_eff))
     return KernelDiagnostics(**base, symmetry_error=symmetry_error, **out, problems=tuple(problems))
 
@@ -270,8 +216,8 @@ def _asymmetry(symmetry_error: float, where: str, dtype: str, pol: GuardPolicy, 
         return []
     cross = ", or pass symmetric=False, psd=False for a cross (test × train) kernel" if cross_remedy else ""
     return [Problem("asymmetric", (
-        f"{where} is not symmetric: ‖K − Kᵀ‖_F/‖K‖_F = {_g(symmetry_error)} > {_g(tol)} "
-        f"(round-off in {_computed(dtype, precision)}). "
+        f"{where} is not symmetric: ‖K − Kᵀ‖_F/‖K‖_F = {sig2(symmetry_error)} > {sig2(tol)} "
+        f"(round-off in {computed_as(dtype, precision)}). "
         "A train × train NTK or Gram matrix is symmetric by construction and "
         "solvers use (K + Kᵀ)/2, which changes this K materially. Remedy: make sure both arguments are "
         f"the same training set in the same order (x2 = x1){cross}."), symmetry_error)]
@@ -339,8 +285,8 @@ def check_kernel(
       KernelError: a problem under a "raise" policy.
       ValueError / TypeError: invalid arguments.
     """
-    matrix = _as_matrix(k, name)
-    dtype = _dtype_name(dtype, matrix)
+    matrix = as_kernel_matrix(k, name)
+    dtype = kernel_dtype_name(dtype, matrix)
     precision = resolve_precision(precision)
     requested, ridge = _check_args(requested if requested is not None else ("solve" if psd else "entries"), ridge)
     pol = resolve_policy(policy)
@@ -372,8 +318,8 @@ def check_symmetry(
     Returns:
       :class:`KernelDiagnostics` with ``symmetry_error`` (problems already reported per the policy).
     """
-    matrix = _as_matrix(k, name)
-    dtype = _dtype_name(dtype, matrix)
+    matrix = as_kernel_matrix(k, name)
+    dtype = kernel_dtype_name(dtype, matrix)
     precision = resolve_precision(precision)
     if matrix.shape[0] != matrix.shape[1]:
         raise InputValueError(f"{name}: expected a square (n, n) kernel, got shape {matrix.shape}")
@@ -381,7 +327,7 @@ def check_symmetry(
     kd = np.asarray(matrix, dtype=np.float64)
     norm = float(np.linalg.norm(kd))
     symmetry_error = float(np.linalg.norm(kd - kd.T)) / norm if norm > 0 else 0.0
-    where = f"kernel '{name}' ({matrix.shape[0]}×{matrix.shape[1]}, computed in {_computed(dtype, precision)})"
+    where = f"kernel '{name}' ({matrix.shape[0]}×{matrix.shape[1]}, computed in {computed_as(dtype, precision)})"
     diag = KernelDiagnostics(name=name, shape=tuple(matrix.shape), dtype=dtype, requested="entries",
                              eps=effective_eps(dtype, precision), symmetry_error=symmetry_error, precision=precision,
                              problems=tuple(_asymmetry(symmetry_error, where, dtype, pol, cross_remedy=False,
@@ -423,8 +369,8 @@ def check_solve(
     Returns:
       :class:`KernelDiagnostics` with ``method``, ``clipped`` and ``backward_error``.
     """
-    matrix = _as_matrix(k, name)
-    dtype = _dtype_name(dtype, matrix)
+    matrix = as_kernel_matrix(k, name)
+    dtype = kernel_dtype_name(dtype, matrix)
     precision = resolve_precision(precision)
     _, ridge = _check_args("solve", ridge)
     if factorization is not None:
@@ -439,15 +385,15 @@ def check_solve(
     diag = _analyse(matrix, name=name, dtype=dtype, requested="solve", symmetric=True, psd=True, ridge=ridge,
                     eig=eig, eigenvalues=eigenvalues, pol=pol, precision=precision)
     problems = list(diag.problems)
-    where = (f"solve with kernel '{name}' + {_g(ridge)}·I ({matrix.shape[0]}×{matrix.shape[1]}, computed in "
-             f"{_computed(dtype, precision)})")
+    where = (f"solve with kernel '{name}' + {sig2(ridge)}·I ({matrix.shape[0]}×{matrix.shape[1]}, computed in "
+             f"{computed_as(dtype, precision)})")
     if method == "eigh-clipped":
-        need = f"a ridge λ ≥ {_g(diag.ridge_needed)}" if diag.ridge_needed else "a larger ridge"
+        need = f"a ridge λ ≥ {sig2(diag.ridge_needed)}" if diag.ridge_needed else "a larger ridge"
         problems.append(Problem("clipped", (
             f"{where} fell back from Cholesky to a clipped eigen-decomposition: "
             f"{clipped if clipped is not None else 'some'} eigenvalue(s) raised to the floor because K + λI is not "
             "positive definite in float64, so the result solves a modified system. Remedy: "
-            + "; or ".join([need, *_precision_remedy(dtype, precision), *_float64_remedy(dtype),
+            + "; or ".join([need, *precision_remedy(dtype, precision), *float64_remedy(dtype),
                             "a rank truncation of K"]) + "."),
             float(clipped) if clipped is not None else None))
     backward = None
@@ -461,7 +407,7 @@ def check_solve(
         backward = float(np.linalg.norm(b - a_x)) / denominator if denominator > 0 else 0.0
         if backward > pol.backward_rtol:
             problems.append(Problem("backward_error", (
-                f"{where} has backward error {_g(backward)} > {_g(pol.backward_rtol)}: the solution does not "
+                f"{where} has backward error {sig2(backward)} > {sig2(pol.backward_rtol)}: the solution does not "
                 f"solve (K + λI)x = b to float64 accuracy (method: {method or 'unknown'}). Remedy: a larger ridge, "
                 "float64 kernels, or a rank truncation."), backward))
     diag = dataclasses.replace(diag, problems=tuple(problems), method=method, clipped=clipped,
@@ -496,7 +442,7 @@ def check_condition(
       policy, stacklevel, precision: as in :func:`check_kernel` (``precision``:
         the one it will be computed at).
     """
-    dtype = _dtype_name(dtype, np.zeros(0))
+    dtype = kernel_dtype_name(dtype, np.zeros(0))
     precision = resolve_precision(precision)
     if requested not in ("spectrum", "solve"):
         raise InputValueError(f"requested: expected 'spectrum' or 'solve', got {requested!r}")
@@ -508,13 +454,13 @@ def check_condition(
     predicted = math.inf if math.isinf(kappa) else math.exp(min(power * math.log(kappa), 709.0))
     problems = []
     if predicted > limit:
-        powered = f"κ^{power:g} = ({_g(kappa)})^{power:g}" if power != 1 else "κ"
-        remedies = _precision_remedy(dtype, precision) + _float64_remedy(dtype) + [
-            f"a ridge λ ≥ {_g(1 / (limit - 1))}·λ_max", "rank-truncated attention (AttentionConfig(rank=r))"]
-        computed = _computed(dtype, precision)
+        powered = f"κ^{power:g} = ({sig2(kappa)})^{power:g}" if power != 1 else "κ"
+        remedies = precision_remedy(dtype, precision) + float64_remedy(dtype) + [
+            f"a ridge λ ≥ {sig2(1 / (limit - 1))}·λ_max", "rank-truncated attention (AttentionConfig(rank=r))"]
+        computed = computed_as(dtype, precision)
         problems.append(Problem("ill_conditioned", (
             f"kernel '{name}' (to be computed in {computed}) has predicted condition number {powered} = "
-            f"{_g(predicted)} > {_g(limit)} = {_g(pol.solve_margin)}/eps({computed})"
+            f"{sig2(predicted)} > {sig2(limit)} = {sig2(pol.solve_margin)}/eps({computed})"
             + (" (linearized attention raises κ(G) to the power 2k + 1)" if power != 1 else "")
             + f", beyond what {computed} resolves for "
             + ("solves" if requested == "solve" else "λ_min, κ and certificates")
