@@ -127,8 +127,9 @@ def resolve_precision(precision=None, name: str = "precision") -> str:
         return _POLICY.get()
     if isinstance(precision, str) and precision.lower() in PRECISIONS:
         return precision.lower()
-    raise InputValueError(f"{name}: expected one of {list(PRECISIONS)} (or None for the policy in force), "
-                     f"got {precision!r}")
+    raise InputValueError(
+        f"{name}: expected one of {list(PRECISIONS)} (or None for the policy in force), got {precision!r}"
+    )
 
 
 @contextlib.contextmanager

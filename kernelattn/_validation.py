@@ -68,9 +68,7 @@ def check_matrix(
     if array.size == 0:
         raise InputValueError(f"{name}: expected a non-empty array, got {_describe(array)}")
     if n_cols is not None and array.shape[-1] != n_cols:
-        raise InputValueError(
-            f"{name}: expected {n_cols} columns to match the other inputs, got {_describe(array)}"
-        )
+        raise InputValueError(f"{name}: expected {n_cols} columns to match the other inputs, got {_describe(array)}")
     if not np.all(np.isfinite(array)):
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
         raise InputValueError(f"{name}: expected finite values, got {bad} NaN/inf entries in {_describe(array)}")
@@ -108,8 +106,7 @@ def norm_range(dtype: Any = "float64", power: int = 2) -> tuple[float, float]:
     depth-k linearized attention output scales as ‖x‖^(2k+1).
     """
     info = np.finfo(np.dtype(dtype))
-    return ((float(info.tiny) * RANGE_HEADROOM) ** (1.0 / power),
-            (float(info.max) / RANGE_HEADROOM) ** (1.0 / power))
+    return ((float(info.tiny) * RANGE_HEADROOM) ** (1.0 / power), (float(info.max) / RANGE_HEADROOM) ** (1.0 / power))
 
 
 def check_row_range(array: Any, name: str, *, dtype: Any = "float64", power: int = 2, what: str = "kernel") -> None:
@@ -137,7 +134,8 @@ def check_row_range(array: Any, name: str, *, dtype: Any = "float64", power: int
         raise InputValueError(
             f"{name}: expected row norms within [{lo:.2g}, {hi:.2g}] (a {np.dtype(dtype).name} {what} forms "
             f"‖x‖^{power}, which must not overflow or underflow), got norm {norms[i]:.3g} at row {i}"
-            + (f" ({bad.size} such rows)" if bad.size > 1 else "") + "; rescale the inputs, e.g. to unit-norm rows"
+            + (f" ({bad.size} such rows)" if bad.size > 1 else "")
+            + "; rescale the inputs, e.g. to unit-norm rows"
         )
 
 

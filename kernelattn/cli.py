@@ -35,21 +35,25 @@ def _kappa_rows(report, label: str) -> list[dict]:
     from kernelattn.kernels.gram import log10_width_threshold, safe_power  # deferred with the numerics (see above)
 
     power = 2 * report.depth + 1
-    rows = [{
-        "spectrum": f"{label}numerical rank",
-        "rank": report.rank,
-        "kappa_G": report.kappa_d,
-        "kappa_attention": safe_power(report.kappa_d, power),
-        "log10_m_theory": report.log10_m_theory,
-    }]
+    rows = [
+        {
+            "spectrum": f"{label}numerical rank",
+            "rank": report.rank,
+            "kappa_G": report.kappa_d,
+            "kappa_attention": safe_power(report.kappa_d, power),
+            "log10_m_theory": report.log10_m_theory,
+        }
+    ]
     for fraction, (rank, kappa) in report.energy.items():
-        rows.append({
-            "spectrum": f"{label}energy {fraction:g}",
-            "rank": rank,
-            "kappa_G": kappa,
-            "kappa_attention": safe_power(kappa, power),
-            "log10_m_theory": log10_width_threshold(kappa, report.n),
-        })
+        rows.append(
+            {
+                "spectrum": f"{label}energy {fraction:g}",
+                "rank": rank,
+                "kappa_G": kappa,
+                "kappa_attention": safe_power(kappa, power),
+                "log10_m_theory": log10_width_threshold(kappa, report.n),
+            }
+        )
     return rows
 
 
@@ -84,8 +88,9 @@ def _cmd_data_info(args) -> int:
         warnings.simplefilter("always")
         reports = [condition_report(dataset.X_train, energy_fractions=tuple(args.energy), depth=args.depth)]
         if args.center:
-            reports.append(condition_report(dataset.X_train, energy_fractions=tuple(args.energy),
-                                            depth=args.depth, center=True))
+            reports.append(
+                condition_report(dataset.X_train, energy_fractions=tuple(args.energy), depth=args.depth, center=True)
+            )
     report = reports[0]
     rows = [row for r in reports for row in _kappa_rows(r, "centered, " if r.centered else "")]
     summary = {
@@ -106,10 +111,14 @@ def _cmd_data_info(args) -> int:
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
         return 0
-    print(f"{args.name}: X_train {dataset.n_train} x {dataset.n_features}, X_test {dataset.n_test}, "
-          f"classes {', '.join(map(str, dataset.class_names))}")
-    print(f"kappa(G) = {report.kappa:.4g}   kappa_d(G) = {report.kappa_d:.4g} (rank {report.rank} of "
-          f"min(n,d) = {report.rank_bound})   kappa(G^{2 * args.depth + 1}) = {report.kappa_cubed_attention:.4g}")
+    print(
+        f"{args.name}: X_train {dataset.n_train} x {dataset.n_features}, X_test {dataset.n_test}, "
+        f"classes {', '.join(map(str, dataset.class_names))}"
+    )
+    print(
+        f"kappa(G) = {report.kappa:.4g}   kappa_d(G) = {report.kappa_d:.4g} (rank {report.rank} of "
+        f"min(n,d) = {report.rank_bound})   kappa(G^{2 * args.depth + 1}) = {report.kappa_cubed_attention:.4g}"
+    )
     print(f"m_theory = kappa_d^6 n ln n = {report.m_theory:.4g} (log10 {report.log10_m_theory:.2f}; constant 1)")
     for note in summary["notes"]:
         print(f"note: {note}")
@@ -122,8 +131,11 @@ def _cmd_data_files(args) -> int:
     from kernelattn.data import available_datasets, dataset_info
 
     names = [args.name] if args.name else list(available_datasets())
-    print(json.dumps({name: dataset_info(name, args.data_dir, verify=args.verify) for name in names},
-                     indent=2, default=str))
+    print(
+        json.dumps(
+            {name: dataset_info(name, args.data_dir, verify=args.verify) for name in names}, indent=2, default=str
+        )
+    )
     return 0
 
 
@@ -145,8 +157,10 @@ def _cmd_store_verify(args) -> int:
     for claim in held:
         print(f"claim: {claim.path}: {claim.describe()}")
     if any(c.state != "live" for c in held):
-        print(f"note: if the owners of these claims are gone, `kernelattn store {args.path} --repair "
-              "--release-claims` removes them")
+        print(
+            f"note: if the owners of these claims are gone, `kernelattn store {args.path} --repair "
+            "--release-claims` removes them"
+        )
     summary = f"{len(store.keys())} record(s); {len(problems)} problem(s){' repaired' if args.repair else ''}"
     summary += f"; {len(held)} claim(s) held" + (f", {len(released)} released" if args.release_claims else "")
     print(summary)
@@ -201,14 +215,19 @@ def _missing_note(n_missing: int, path) -> str:
     """One line on cells left missing: who holds their claims, and how to clear those of processes gone."""
     from kernelattn.experiments.store import ResultStore
 
-    held = [c for c in ResultStore.open(path, create=False, readonly=True).claims()
-            if c.state in ("live", "foreign", "unreadable")]
+    held = [
+        c
+        for c in ResultStore.open(path, create=False, readonly=True).claims()
+        if c.state in ("live", "foreign", "unreadable")
+    ]
     if not held:
         return f"{n_missing} cell(s) not computed (failed or given up); rerun to compute them"
     first = held[0]
-    return (f"{n_missing} cell(s) not computed; {len(held)} claimed by other processes (e.g. {first.describe()}); "
-            f"rerun later to collect them, or if those processes are gone: kernelattn store {path} --repair "
-            "--release-claims")
+    return (
+        f"{n_missing} cell(s) not computed; {len(held)} claimed by other processes (e.g. {first.describe()}); "
+        f"rerun later to collect them, or if those processes are gone: kernelattn store {path} --repair "
+        "--release-claims"
+    )
 
 
 def _read_spec(path: str) -> dict:
@@ -238,8 +257,9 @@ def _cmd_malleability(args) -> int:
     loaded = check_malleability_spec(spec, max_cells=args.max_cells)
     store = ResultStore.open(Path(args.out) / name)
     with tqdm(desc=name, unit="cell", disable=args.no_progress or not sys.stderr.isatty()) as bar:
-        keys = run_malleability_spec(spec, store, progress=lambda *_: bar.update(), loaded=loaded,
-                                     max_cells=args.max_cells)
+        keys = run_malleability_spec(
+            spec, store, progress=lambda *_: bar.update(), loaded=loaded, max_cells=args.max_cells
+        )
     print(summary_frame(store).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"{len(keys)} new cell(s); store: {store.path}")
     return 0
@@ -249,8 +269,7 @@ def _cmd_reproduce(args) -> int:
     from kernelattn.reproduce import reproduce
 
     tier = "quick" if args.quick else args.tier
-    result = reproduce(tier, only=args.only, out=args.out, figures_dir=args.figures_dir,
-                       progress=not args.no_progress)
+    result = reproduce(tier, only=args.only, out=args.out, figures_dir=args.figures_dir, progress=not args.no_progress)
     print(result.summary())
     return 0
 
@@ -265,8 +284,13 @@ def _cmd_figures(args) -> int:
 
 
 def _add_max_cells(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-cells", type=int, default=None, metavar="N",
-                        help="refuse grids of more than N cells (default: $KERNELATTN_MAX_CELLS or 100000)")
+    parser.add_argument(
+        "--max-cells",
+        type=int,
+        default=None,
+        metavar="N",
+        help="refuse grids of more than N cells (default: $KERNELATTN_MAX_CELLS or 100000)",
+    )
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -278,10 +302,14 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_precision_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--precision", choices=("highest", "fast"), default=None,
-                        help="matmul precision of every kernel, attention and training step: highest (default: "
-                             "true float32 products) or fast (the device's default: TF32 on recent GPUs, about "
-                             "1e-3 relative); a spec's own \"precision\" key wins")
+    parser.add_argument(
+        "--precision",
+        choices=("highest", "fast"),
+        default=None,
+        help="matmul precision of every kernel, attention and training step: highest (default: "
+        "true float32 products) or fast (the device's default: TF32 on recent GPUs, about "
+        '1e-3 relative); a spec\'s own "precision" key wins',
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -290,14 +318,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    data = commands.add_parser("data", help="dataset information").add_subparsers(dest="data_command",
-                                                                                   required=True, metavar="ACTION")
+    data = commands.add_parser("data", help="dataset information").add_subparsers(
+        dest="data_command", required=True, metavar="ACTION"
+    )
     info = data.add_parser("info", help="shape, classes, condition numbers and the width threshold")
-    info.add_argument("name", help="mnist, fashion_mnist, cifar10, digits, synthetic, or the path of an .npz file "
-                                   "with arrays X and y")
+    info.add_argument(
+        "name", help="mnist, fashion_mnist, cifar10, digits, synthetic, or the path of an .npz file with arrays X and y"
+    )
     _add_data_options(info)
-    info.add_argument("--energy", nargs="*", type=float, default=[0.99, 0.999],
-                      help="also report kappa at ranks keeping these spectral-energy fractions")
+    info.add_argument(
+        "--energy",
+        nargs="*",
+        type=float,
+        default=[0.99, 0.999],
+        help="also report kappa at ranks keeping these spectral-energy fractions",
+    )
     info.add_argument("--center", action="store_true", help="also report the column-centered data")
     info.add_argument("--depth", type=int, default=1, help="attention depth k: kappa(G^(2k+1))")
     info.add_argument("--json", action="store_true", help="machine-readable output")
@@ -312,9 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("spec", help="spec file, e.g. experiments/quick_width_sweep.json")
     sweep.add_argument("--out", default="results", help="results directory (store: OUT/<spec name>)")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
-    sweep.add_argument("--devices", default=None, metavar="N|all",
-                       help="local devices to shard each finite-width kernel over (overrides the spec's "
-                            "kernel.devices; default: the spec's, 1)")
+    sweep.add_argument(
+        "--devices",
+        default=None,
+        metavar="N|all",
+        help="local devices to shard each finite-width kernel over (overrides the spec's "
+        "kernel.devices; default: the spec's, 1)",
+    )
     _add_max_cells(sweep)
     _add_precision_option(sweep)
     sweep.set_defaults(handler=_cmd_sweep)
@@ -330,9 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
     repro = commands.add_parser("reproduce", help="run a tier of the paper's experiments, then figures and report")
     tier = repro.add_mutually_exclusive_group()
     tier.add_argument("--quick", action="store_true", help="the offline quick tier (digits, synthetic)")
-    tier.add_argument("--tier", choices=("quick", "real", "paper", "full"), default="quick",
-                      help="quick (offline), real (Fashion-MNIST from Debian), paper (every MNIST experiment on "
-                           "MNIST-5k: pip install 'kernelattn[mnist5k]'), full (MNIST, CIFAR-10)")
+    tier.add_argument(
+        "--tier",
+        choices=("quick", "real", "paper", "full"),
+        default="quick",
+        help="quick (offline), real (Fashion-MNIST from Debian), paper (every MNIST experiment on "
+        "MNIST-5k: pip install 'kernelattn[mnist5k]'), full (MNIST, CIFAR-10)",
+    )
     repro.add_argument("--only", nargs="+", help="run only these experiments (names as in experiments/<tier>/)")
     repro.add_argument("--out", default="results", help="results directory (default: results)")
     repro.add_argument("--figures-dir", help="where figures go (default: OUT/figures)")
@@ -348,25 +391,38 @@ def build_parser() -> argparse.ArgumentParser:
     store = commands.add_parser("store", help="check a results store (exit 1: problems found)")
     store.add_argument("path")
     store.add_argument("--repair", action="store_true", help="move corrupt records to quarantine/")
-    store.add_argument("--release-claims", action="store_true",
-                       help="with --repair: also remove every claim not held by a live process on this host "
-                            "(e.g. of another host that is gone)")
+    store.add_argument(
+        "--release-claims",
+        action="store_true",
+        help="with --repair: also remove every claim not held by a live process on this host "
+        "(e.g. of another host that is gone)",
+    )
     store.set_defaults(handler=_cmd_store_verify)
 
     export = commands.add_parser("export", help="write a results store to Parquet and/or log it to MLflow")
     export.add_argument("path", help="the store directory, e.g. results/quick_width_sweep")
-    export.add_argument("--parquet", metavar="FILE",
-                        help="write the records table (one row per record, as ResultStore.to_frame) to this Parquet "
-                             "file, atomically; needs pip install 'kernelattn[parquet]'")
+    export.add_argument(
+        "--parquet",
+        metavar="FILE",
+        help="write the records table (one row per record, as ResultStore.to_frame) to this Parquet "
+        "file, atomically; needs pip install 'kernelattn[parquet]'",
+    )
     export.add_argument("--kind", help="only the records of this kind (e.g. sweep, malleability)")
     export.add_argument("--prefix", action="store_true", help="cell./metrics. prefixed column names")
-    export.add_argument("--mlflow", metavar="URI",
-                        help="log the store as one MLflow run (spec as params, metrics per record as steps) to "
-                             "this tracking URI: file:///DIR or a directory is a local file store; off unless "
-                             "given; needs pip install 'kernelattn[mlflow]'")
+    export.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="log the store as one MLflow run (spec as params, metrics per record as steps) to "
+        "this tracking URI: file:///DIR or a directory is a local file store; off unless "
+        "given; needs pip install 'kernelattn[mlflow]'",
+    )
     export.add_argument("--experiment", help="MLflow experiment name (default: kernelattn)")
-    export.add_argument("--figures", nargs="+", metavar="PATH",
-                        help="with --mlflow: figure files or directories logged as artifacts under figures/")
+    export.add_argument(
+        "--figures",
+        nargs="+",
+        metavar="PATH",
+        help="with --mlflow: figure files or directories logged as artifacts under figures/",
+    )
     export.set_defaults(handler=_cmd_export)
     return parser
 
@@ -413,8 +469,10 @@ def error_message(err: BaseException) -> str | None:
 
     if _resource_exhausted(err):
         first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
-        text = (f"out of device memory ({first}); the memory plan underestimated this computation: use a "
-                "smaller width, n or width_chunk, or float32")
+        text = (
+            f"out of device memory ({first}); the memory plan underestimated this computation: use a "
+            "smaller width, n or width_chunk, or float32"
+        )
     elif isinstance(err, (KernelattnError, ValueError, TypeError, OSError)):
         text = str(err) or type(err).__name__
     elif isinstance(err, MemoryError):

@@ -68,6 +68,7 @@ def import_optional(module: str, *, extra: str, purpose: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        raise DependencyError(f"{purpose} needs the optional dependency {module.split('.')[0]}, which does not "
-                              f"import in {sys.prefix} ({err}); install it with: pip install 'kernelattn[{extra}]'"
-                              ) from err
+        raise DependencyError(
+            f"{purpose} needs the optional dependency {module.split('.')[0]}, which does not "
+            f"import in {sys.prefix} ({err}); install it with: pip install 'kernelattn[{extra}]'"
+        ) from err

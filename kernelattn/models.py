@@ -126,7 +126,7 @@ class MLPHead(nn.Module):
 
 
 class TwoLayerReLU(nn.Module):
-    """"2L-ReLU": the head on the raw (unit-norm) inputs; ``context`` is ignored."""
+    """ "2L-ReLU": the head on the raw (unit-norm) inputs; ``context`` is ignored."""
 
     head: HeadConfig
     param_dtype: Any = jnp.float32
@@ -138,7 +138,7 @@ class TwoLayerReLU(nn.Module):
 
 
 class AttentionMLP(nn.Module):
-    """"MLP-Attn": the head on parameter-free linearized attention over ``context``."""
+    """ "MLP-Attn": the head on parameter-free linearized attention over ``context``."""
 
     head: HeadConfig
     attention: AttentionConfig = AttentionConfig()
@@ -268,4 +268,3 @@ def make_model(
 def head_config(model: nn.Module) -> HeadConfig:
     """The ``HeadConfig`` of a kernelattn model."""
     return model.head if isinstance(model.head, HeadConfig) else model.head.config
-

@@ -76,7 +76,7 @@ def resolve(ref: str | Callable | None) -> Any:
         return ref
     module_name, sep, attr = ref.partition(":")
     if not sep or not module_name or not attr:
-        raise InputValueError(f"expected \"module:attr\", got {ref!r}")
+        raise InputValueError(f'expected "module:attr", got {ref!r}')
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
@@ -168,8 +168,9 @@ def _keywords(fn: Callable) -> set[str] | None:
         return None
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
         return None
-    positional = [p for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
-                                                      inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    positional = [
+        p for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
     skip = {p.name for p in positional[:2]}
     return {p.name for p in parameters if p.name not in skip and p.kind is not inspect.Parameter.VAR_POSITIONAL}
 
@@ -214,16 +215,34 @@ def _builtin(name: str) -> Callable:
 
 
 #: The built-in models, by canonical name.
-MODELS: dict[str, ModelEntry] = {m.name: m for m in (
-    ModelEntry("relu", "2L-ReLU", aliases=("2l-relu",), features="kernelattn.registry:input_features",
-               build=_builtin("relu")),
-    ModelEntry("mlp-attn", "MLP-Attn", aliases=("mlp_attn", "attn"),
-               options=(("depth", 1), ("rank", None), ("constant_term", False), ("normalize", True)),
-               features="kernelattn.transforms:linear_attention", build=_builtin("mlp-attn")),
-    ModelEntry("qkv-attn", "QKV-Attn", aliases=("qkv", "qkv_attn"),
-               options=(("head_width", "width"), ("scaling", "linear"), ("normalize", False)),
-               build=_builtin("qkv-attn"), ntk="kernelattn.kernels.qkv:qkv_empirical_ntk"),
-)}
+MODELS: dict[str, ModelEntry] = {
+    m.name: m
+    for m in (
+        ModelEntry(
+            "relu",
+            "2L-ReLU",
+            aliases=("2l-relu",),
+            features="kernelattn.registry:input_features",
+            build=_builtin("relu"),
+        ),
+        ModelEntry(
+            "mlp-attn",
+            "MLP-Attn",
+            aliases=("mlp_attn", "attn"),
+            options=(("depth", 1), ("rank", None), ("constant_term", False), ("normalize", True)),
+            features="kernelattn.transforms:linear_attention",
+            build=_builtin("mlp-attn"),
+        ),
+        ModelEntry(
+            "qkv-attn",
+            "QKV-Attn",
+            aliases=("qkv", "qkv_attn"),
+            options=(("head_width", "width"), ("scaling", "linear"), ("normalize", False)),
+            build=_builtin("qkv-attn"),
+            ntk="kernelattn.kernels.qkv:qkv_empirical_ntk",
+        ),
+    )
+}
 #: Alias → canonical name of the built-in models.
 MODEL_ALIASES: dict[str, str] = {alias: m.name for m in MODELS.values() for alias in m.aliases}
 
@@ -251,8 +270,9 @@ def canonical_model_name(name: str) -> str:
     if text not in MODELS:
         hint = difflib.get_close_matches(str(name).lower(), list(MODELS) + list(MODEL_ALIASES), n=1, cutoff=0.6)
         suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
-        raise InputValueError(f"model: expected one of {list(MODELS)} (or \"module:attr\" of your own), "
-                              f"got {name!r}{suggestion}")
+        raise InputValueError(
+            f'model: expected one of {list(MODELS)} (or "module:attr" of your own), got {name!r}{suggestion}'
+        )
     return text
 
 
@@ -276,8 +296,10 @@ def model_entry(name: str) -> ModelEntry:
     if isinstance(obj, ModelEntry):
         return dataclasses.replace(obj, name=name, label=label, aliases=())
     if not callable(obj):
-        raise InputValueError(f"model {name!r}: expected a ModelEntry or a constructor (width, out_dim, **options), "
-                              f"got {type(obj).__name__}")
+        raise InputValueError(
+            f"model {name!r}: expected a ModelEntry or a constructor (width, out_dim, **options), "
+            f"got {type(obj).__name__}"
+        )
     return ModelEntry(name, label, options=_constructor_options(obj), build=obj)
 
 
@@ -286,12 +308,15 @@ def _constructor_options(fn: Callable) -> tuple[tuple[str, Any], ...]:
         parameters = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         return ()
-    positional = [p for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
-                                                      inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    positional = [
+        p for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
     skip = {p.name for p in positional[:2]} | set(HEAD_OPTIONS)
-    return tuple((p.name, REQUIRED if p.default is inspect.Parameter.empty else p.default) for p in parameters
-                 if p.name not in skip and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                                      inspect.Parameter.KEYWORD_ONLY))
+    return tuple(
+        (p.name, REQUIRED if p.default is inspect.Parameter.empty else p.default)
+        for p in parameters
+        if p.name not in skip and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    )
 
 
 def dataset_names() -> tuple[str, ...]:

@@ -119,18 +119,19 @@ def _entry(spec: Any, index: int) -> _SpecEntry:
         source = getattr(spec, "source", None)
         spec = spec.to_dict()
     if not isinstance(spec, Mapping):
-        raise InputValueError(f"specs[{index}]: expected a path, a dict or a kernelattn.experiments.specs.Spec, "
-                              f"got {type(spec).__name__}")
+        raise InputValueError(
+            f"specs[{index}]: expected a path, a dict or a kernelattn.experiments.specs.Spec, got {type(spec).__name__}"
+        )
     where = source or f"specs[{index}]"
     name, kind = spec.get("name"), spec.get("kind")
     if not isinstance(name, str) or not name:
-        raise InputValueError(f"{where}: every spec needs a \"name\" (its store is <out>/<name>)")
+        raise InputValueError(f'{where}: every spec needs a "name" (its store is <out>/<name>)')
     try:
         check_store_name(name)
     except SpecError as err:
         raise SpecError(err.path, err.problem, source) from None
     if kind not in KIND_ORDER:
-        raise InputValueError(f"{where}: \"kind\" must be one of {list(KIND_ORDER)}, got {kind!r}")
+        raise InputValueError(f'{where}: "kind" must be one of {list(KIND_ORDER)}, got {kind!r}')
     return _SpecEntry(name, kind, dict(spec), source)
 
 
@@ -141,8 +142,9 @@ def _tier_entries(tier: str, directory: Path | None) -> list[_SpecEntry]:
     folder = root / tier
     if not folder.is_dir():
         known = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        raise InputValueError(f"tier: no experiment folder {folder} (tiers here: {known or 'none'}; expected one of "
-                              f"{list(TIERS)})")
+        raise InputValueError(
+            f"tier: no experiment folder {folder} (tiers here: {known or 'none'}; expected one of {list(TIERS)})"
+        )
     files = sorted(folder.glob("*.json"))
     if not files:
         raise InputValueError(f"tier: {folder} holds no *.json spec")
@@ -158,7 +160,7 @@ def _sorted(entries: list[_SpecEntry]) -> list[_SpecEntry]:
 
 
 def _artifact(name: str, tier: str | None) -> str:
-    return name[len(tier) + 1:] if tier and name.startswith(tier + "_") else name
+    return name[len(tier) + 1 :] if tier and name.startswith(tier + "_") else name
 
 
 def _select(entries: list[_SpecEntry], only: Any, tier: str | None) -> list[_SpecEntry]:
@@ -170,8 +172,11 @@ def _select(entries: list[_SpecEntry], only: Any, tier: str | None) -> list[_Spe
         raise InputValueError("only: expected a spec name, an artifact name or a glob, got nothing")
     chosen = []
     for pattern in patterns:
-        hits = [e for e in entries if fnmatch.fnmatchcase(e.name, pattern)
-                or fnmatch.fnmatchcase(_artifact(e.name, tier), pattern)]
+        hits = [
+            e
+            for e in entries
+            if fnmatch.fnmatchcase(e.name, pattern) or fnmatch.fnmatchcase(_artifact(e.name, tier), pattern)
+        ]
         if not hits:
             available = ", ".join(e.name for e in entries)
             raise InputValueError(f"only: {pattern!r} matches no spec of this tier (available: {available})")
@@ -181,8 +186,10 @@ def _select(entries: list[_SpecEntry], only: Any, tier: str | None) -> list[_Spe
 
 def list_specs(tier: str = "quick", experiments: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
     """The specs of a tier in run order: ``name``, ``kind``, ``source`` and ``description`` of each."""
-    return [{"name": e.name, "kind": e.kind, "source": e.source, "description": e.description}
-            for e in _sorted(_tier_entries(tier, None if experiments is None else Path(experiments)))]
+    return [
+        {"name": e.name, "kind": e.kind, "source": e.source, "description": e.description}
+        for e in _sorted(_tier_entries(tier, None if experiments is None else Path(experiments)))
+    ]
 
 
 # =========================================================================== pre-flight
@@ -212,8 +219,15 @@ def _file_datasets(entry: _SpecEntry) -> list[tuple[str, Any, bool, Any, Any]]:
     for d in datasets if isinstance(datasets, list) else []:
         if isinstance(d, Mapping) and d.get("name") in _FILE_DATASETS:
             system_dirs = d.get("system_dirs")
-            out.append((d["name"], d.get("data_dir"), bool(d.get("download", True)),
-                        tuple(system_dirs) if isinstance(system_dirs, list) else system_dirs, d.get("source")))
+            out.append(
+                (
+                    d["name"],
+                    d.get("data_dir"),
+                    bool(d.get("download", True)),
+                    tuple(system_dirs) if isinstance(system_dirs, list) else system_dirs,
+                    d.get("source"),
+                )
+            )
     return out
 
 
@@ -240,12 +254,16 @@ def _check_data(entries: list[_SpecEntry]) -> None:
         try:
             load(name, data_dir=data_dir, download=download, **options)  # downloads into the cache when allowed
         except DatasetNotFoundError as err:
-            problems.append(f"- dataset {name!r}, needed by {', '.join(spec_names)}:\n"
-                            + "\n".join("    " + line for line in str(err).splitlines()))
+            problems.append(
+                f"- dataset {name!r}, needed by {', '.join(spec_names)}:\n"
+                + "\n".join("    " + line for line in str(err).splitlines())
+            )
     if problems:
         raise DatasetNotFoundError(
-            "the experiments need data files that are not available:\n" + "\n".join(problems)
-            + "\nDownload them (or copy them into the directory named), then rerun; finished cells are kept.")
+            "the experiments need data files that are not available:\n"
+            + "\n".join(problems)
+            + "\nDownload them (or copy them into the directory named), then rerun; finished cells are kept."
+        )
 
 
 # =========================================================================== running
@@ -296,12 +314,15 @@ class ReproduceResult:
 
     def summary(self) -> str:
         """A few lines: per spec records written / stored and seconds, then the outputs."""
-        lines = [f"reproduce {self.tier!r} into {self.out}: {self.seconds:.1f} s "
-                 f"(compute {self.compute_seconds:.1f} s, figures and report {self.draw_seconds:.1f} s)"]
+        lines = [
+            f"reproduce {self.tier!r} into {self.out}: {self.seconds:.1f} s "
+            f"(compute {self.compute_seconds:.1f} s, figures and report {self.draw_seconds:.1f} s)"
+        ]
         width = max((len(r.name) for r in self.runs), default=4)
         for r in self.runs:
-            lines.append(f"  {r.name.ljust(width)}  {r.kind:12s} {r.written:5d} new / {r.stored:5d} stored  "
-                         f"{r.seconds:7.1f} s")
+            lines.append(
+                f"  {r.name.ljust(width)}  {r.kind:12s} {r.written:5d} new / {r.stored:5d} stored  {r.seconds:7.1f} s"
+            )
         lines.append(f"  {len(self.figures)} figure files in {self.figures[0].parent if self.figures else '-'}")
         lines.append(f"  report: {self.report}")
         return "\n".join(lines)
@@ -342,14 +363,21 @@ def _setup_compile_cache(compile_cache: Any) -> None:
 def _run_one(entry: _SpecEntry, out: Path, progress: bool) -> int:
     """Run one spec into ``<out>/<name>``; the number of records written."""
     if entry.kind == "conditions":
-        return len(run_conditions(entry.data if entry.source is None else entry.source, out,
-                                  progress=(lambda msg: _say(True, f"    {msg}")) if progress else None))
+        return len(
+            run_conditions(
+                entry.data if entry.source is None else entry.source,
+                out,
+                progress=(lambda msg: _say(True, f"    {msg}")) if progress else None,
+            )
+        )
     if entry.kind in ("kernel", "training"):
         spec = load_spec(entry.source if entry.source is not None else entry.data)
         result = run_sweep(spec, out, progress=progress)
         if result.n_missing:
-            warnings.warn(f"{entry.name}: {result.n_missing} cell(s) missing (claimed by another process?); "
-                          "rerun to complete", stacklevel=3)
+            warnings.warn(
+                f"{entry.name}: {result.n_missing} cell(s) missing (claimed by another process?); rerun to complete",
+                stacklevel=3,
+            )
         return int(result.n_computed)
     loaded = check_malleability_spec(entry.data)  # data and memory, before the store is created
     store = ResultStore.open(out / entry.name)
@@ -357,9 +385,12 @@ def _run_one(entry: _SpecEntry, out: Path, progress: bool) -> int:
 
     def report(cell, rep) -> None:
         model = cell["model"] if isinstance(cell["model"], str) else json.dumps(cell["model"], sort_keys=True)
-        _say(True, f"    {time.perf_counter() - t0:6.1f} s  {cell['dataset'].get('name')} {model} "
-                   f"{cell['training_mode']} {cell['intervention']} {cell['attack']} ε={cell['epsilon']:g} "
-                   f"seed {cell['seed']}: flip rate {rep.flip_rate:.3f}")
+        _say(
+            True,
+            f"    {time.perf_counter() - t0:6.1f} s  {cell['dataset'].get('name')} {model} "
+            f"{cell['training_mode']} {cell['intervention']} {cell['attack']} ε={cell['epsilon']:g} "
+            f"seed {cell['seed']}: flip rate {rep.flip_rate:.3f}",
+        )
 
     return len(run_malleability_spec(entry.data, store, progress=report if progress else None, loaded=loaded))
 
@@ -414,8 +445,9 @@ def reproduce(
       kernelattn.experiments.specs.SpecError, ValueError: an invalid spec or argument.
     """
     with precision_policy(precision):
-        return _reproduce(tier, only, out, figures_dir, progress, specs=specs, experiments=experiments,
-                          compile_cache=compile_cache)
+        return _reproduce(
+            tier, only, out, figures_dir, progress, specs=specs, experiments=experiments, compile_cache=compile_cache
+        )
 
 
 def _reproduce(tier, only, out, figures_dir, progress, *, specs, experiments, compile_cache) -> ReproduceResult:
@@ -434,8 +466,11 @@ def _reproduce(tier, only, out, figures_dir, progress, *, specs, experiments, co
     out.mkdir(parents=True, exist_ok=True)
     runs = []
     for i, entry in enumerate(entries, 1):
-        _say(progress, f"[{i}/{len(entries)}] {entry.name} ({entry.kind})"
-                       + (f": {entry.description}" if entry.description else ""))
+        _say(
+            progress,
+            f"[{i}/{len(entries)}] {entry.name} ({entry.kind})"
+            + (f": {entry.description}" if entry.description else ""),
+        )
         t0 = time.perf_counter()
         try:
             written = _run_one(entry, out, progress)
@@ -451,8 +486,16 @@ def _reproduce(tier, only, out, figures_dir, progress, *, specs, experiments, co
     draw = time.perf_counter() - t0
     figures = tuple(p for p in written_files if p.suffix in (".png", ".pdf"))
     report = next(p for p in written_files if p.suffix == ".md")
-    result = ReproduceResult(tier if specs is None else "custom", out, tuple(runs), figures, report,
-                             time.perf_counter() - start, compute, draw)
+    result = ReproduceResult(
+        tier if specs is None else "custom",
+        out,
+        tuple(runs),
+        figures,
+        report,
+        time.perf_counter() - start,
+        compute,
+        draw,
+    )
     _say(progress, result.summary())
     return result
 
@@ -494,8 +537,9 @@ def redraw(out: str | os.PathLike[str] = "results", figures_dir: str | os.PathLi
     written = figures.save_figures(jobs, figures_dir, {job.stem: _figure_precision(frames, job.stem) for job in jobs})
     captions = {job.stem: job.caption for job in jobs}
     report_path = out / "report.md"
-    text = report.render_report(frames, figures={stem: _relative(figures_dir / f"{stem}.png", out)
-                                                 for stem in captions}, captions=captions)
+    text = report.render_report(
+        frames, figures={stem: _relative(figures_dir / f"{stem}.png", out) for stem in captions}, captions=captions
+    )
     tmp = report_path.with_name(f".{report_path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, report_path)
@@ -520,4 +564,3 @@ def _relative(path: Path, base: Path) -> str:
         return os.path.relpath(path, base)
     except ValueError:  # another drive
         return str(path)
-

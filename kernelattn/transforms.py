@@ -69,8 +69,9 @@ def key_matrix(keys: jnp.ndarray, rank: int | None = None, *, precision=None) ->
     return jnp.matmul(top_vectors * top_values, top_vectors.T, precision=hi)
 
 
-def attend(queries: jnp.ndarray, keys: jnp.ndarray, config: AttentionConfig = AttentionConfig(), *,
-           precision=None) -> jnp.ndarray:
+def attend(
+    queries: jnp.ndarray, keys: jnp.ndarray, config: AttentionConfig = AttentionConfig(), *, precision=None
+) -> jnp.ndarray:
     """Pure, jit-able core of :func:`linear_attention` (no input checks).
 
     Args:
@@ -157,8 +158,10 @@ def linear_attention(
         norms = row_norms(np.asarray(raw)) if bool(jnp.all(jnp.isfinite(raw))) else None
         bad = int(np.flatnonzero(norms == 0)[0]) if norms is not None and np.any(norms == 0) else None
         if bad is None:
-            raise InputValueError(f"{query_name}: the attention output overflows {train_j.dtype.name}; rescale "
-                                  "the inputs, e.g. to unit-norm rows")
+            raise InputValueError(
+                f"{query_name}: the attention output overflows {train_j.dtype.name}; rescale "
+                "the inputs, e.g. to unit-norm rows"
+            )
         raise InputValueError(
             f"{query_name}: row {bad} is orthogonal to the (truncated) span of the training set, so its "
             "attention output has norm 0 and cannot be re-normalized; pass normalize=False"

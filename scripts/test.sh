@@ -2,7 +2,7 @@
 # The whole test suite, from a fresh clone: creates the two virtualenvs it needs
 # (.venv: the newest jax stack; .venv-legacy: jax 0.4.25 + neural-tangents 0.6.5,
 # the independent oracle) and runs
-#   0. ruff (lint) and mypy on the package (configured in pyproject.toml),
+#   0. ruff (lint and format check) and mypy on the package (configured in pyproject.toml),
 #   1. the main suite on the newest stack,
 #   2. the main suite again on jax 0.4.25 (kernelattn must run on both),
 #   3. the neural-tangents oracle suite.
@@ -19,6 +19,7 @@ bash scripts/legacy_env.sh .venv-legacy
 section() { printf '\n=== %s\n' "$*"; }
 section "lint: ruff $(.venv/bin/ruff --version | cut -d' ' -f2), mypy $(.venv/bin/mypy --version | cut -d' ' -f2)"
 .venv/bin/ruff check kernelattn
+.venv/bin/ruff format --check kernelattn
 .venv/bin/mypy kernelattn
 section "main suite, newest jax ($(.venv/bin/python -c 'import jax; print(jax.__version__)'))"
 .venv/bin/python -m pytest tests --ignore=tests/oracle -q -p no:cacheprovider "$@"

@@ -49,7 +49,7 @@ class Interval:
         return bool(self.lo > value or self.hi < value)
 
     def text(self, fmt: Callable[[float], str] = lambda v: f"{v:.3g}") -> str:
-        """"estimate [lo, hi]"."""
+        """ "estimate [lo, hi]"."""
         return f"{fmt(self.estimate)} [{fmt(self.lo)}, {fmt(self.hi)}]"
 
 

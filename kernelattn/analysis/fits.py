@@ -86,8 +86,9 @@ def log10_width(m: float) -> float:
     return math.inf if m == math.inf else math.nan
 
 
-def width_fits(widths: Sequence[float], means: Mapping[str, Sequence[float]], *,
-               crossings: Mapping[str, float] | None = None) -> dict[str, Any]:
+def width_fits(
+    widths: Sequence[float], means: Mapping[str, Sequence[float]], *, crossings: Mapping[str, float] | None = None
+) -> dict[str, Any]:
     """Slope and r² of each metric's seed means against width, and the widths where fits cross a target.
 
     Args:
@@ -116,9 +117,15 @@ def width_fits(widths: Sequence[float], means: Mapping[str, Sequence[float]], *,
     return row
 
 
-def group_fits(summary: pd.DataFrame, cells: pd.DataFrame, metrics: Sequence[str], *,
-               by: Sequence[str] = ("dataset", "model"), crossings: Mapping[str, float] | None = None,
-               carry: Sequence[str] = ()) -> pd.DataFrame:
+def group_fits(
+    summary: pd.DataFrame,
+    cells: pd.DataFrame,
+    metrics: Sequence[str],
+    *,
+    by: Sequence[str] = ("dataset", "model"),
+    crossings: Mapping[str, float] | None = None,
+    carry: Sequence[str] = (),
+) -> pd.DataFrame:
     """Per group of ``by`` of a seed summary over widths: the log-log fits of the metrics' seed means.
 
     Args:
@@ -172,20 +179,38 @@ def convergence_fits(kernel: pd.DataFrame) -> pd.DataFrame:
         cells = kernel[(kernel["store"] == store) & (kernel["dataset"] == dataset) & (kernel["model"] == model)]
         first = cells.iloc[0]
         widths = g["width"].to_numpy(np.float64)
-        row: dict[str, Any] = {"store": store, "dataset": dataset, "model": model,
-                               "model_name": first["model_name"], "variant": bool(first["variant"]),
-                               "depth": first["depth"], "rank": first["rank"], "kappa_data": first["kappa_data"],
-                               "n_widths": len(g), "n_seeds": int(g["n_seeds"].max()),
-                               "width_max": int(widths.max()), "keys": list(cells["key"])}
+        row: dict[str, Any] = {
+            "store": store,
+            "dataset": dataset,
+            "model": model,
+            "model_name": first["model_name"],
+            "variant": bool(first["variant"]),
+            "depth": first["depth"],
+            "rank": first["rank"],
+            "kappa_data": first["kappa_data"],
+            "n_widths": len(g),
+            "n_seeds": int(g["n_seeds"].max()),
+            "width_max": int(widths.max()),
+            "keys": list(cells["key"]),
+        }
         present = [m for m in ("rel_fro", "cert") if f"{m}_mean" in g]
-        row.update(width_fits(widths, {m: g[f"{m}_mean"].to_numpy(np.float64) for m in present},
-                              crossings={"cert": 0.5}))
+        row.update(
+            width_fits(widths, {m: g[f"{m}_mean"].to_numpy(np.float64) for m in present}, crossings={"cert": 0.5})
+        )
         last = g.iloc[int(np.argmax(widths))]
         for metric in present:
             for suffix in ("", "_min", "_max"):
                 row[f"{metric}_at_max{suffix}"] = last[f"{metric}_mean" if not suffix else f"{metric}{suffix}"]
-        for column in ("log10_m_theory", "kappa_G", "kappa_d_G", "rank_G", "kappa_d_features", "lambda_min_inf",
-                       "kappa_inf", "limit"):
+        for column in (
+            "log10_m_theory",
+            "kappa_G",
+            "kappa_d_G",
+            "rank_G",
+            "kappa_d_features",
+            "lambda_min_inf",
+            "kappa_inf",
+            "limit",
+        ):
             row[column] = first[column] if column in first.index else math.nan
         rows.append(row)
     return pd.DataFrame(rows)

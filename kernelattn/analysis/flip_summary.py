@@ -22,17 +22,51 @@ import pandas as pd
 from kernelattn.analysis.bootstrap import Interval, paired_bootstrap
 from kernelattn.analysis.statistics import mean_of_means, seed_stats
 
-__all__ = ["NULL_BY", "SETTING_BY", "direction", "fit_health", "flag_marks", "is_null_baseline",
-           "malleability_summary", "null_keys_of", "per_seed_flips", "ratio_interval", "relu_pairs"]
+__all__ = [
+    "NULL_BY",
+    "SETTING_BY",
+    "direction",
+    "fit_health",
+    "flag_marks",
+    "is_null_baseline",
+    "malleability_summary",
+    "null_keys_of",
+    "per_seed_flips",
+    "ratio_interval",
+    "relu_pairs",
+]
 
 #: The columns of one malleability setting (one row of the summary).
-SETTING_BY = ["store", "dataset", "n_train", "training_mode", "intervention", "attack_target", "attack", "epsilon",
-              "model", "width", "influence_kernel"]
+SETTING_BY = [
+    "store",
+    "dataset",
+    "n_train",
+    "training_mode",
+    "intervention",
+    "attack_target",
+    "attack",
+    "epsilon",
+    "model",
+    "width",
+    "influence_kernel",
+]
 #: The columns a null baseline shares with the settings it serves.
 NULL_BY = ["store", "dataset", "n_train", "training_mode", "model", "width", "influence_kernel"]
 _NULL_KINDS = ("seed", "order")
-_MEANS = ("flip_rate", "spearman", "topk_overlap", "linf", "loss_clean", "loss_adv", "loss_gain", "final_train_loss",
-          "health_loss_ratio", "health_train_accuracy", "health_test_accuracy", "health_feature_cosine")
+_MEANS = (
+    "flip_rate",
+    "spearman",
+    "topk_overlap",
+    "linf",
+    "loss_clean",
+    "loss_adv",
+    "loss_gain",
+    "final_train_loss",
+    "health_loss_ratio",
+    "health_train_accuracy",
+    "health_test_accuracy",
+    "health_feature_cosine",
+)
 
 
 def is_null_baseline(records: pd.DataFrame) -> pd.Series:
@@ -42,8 +76,11 @@ def is_null_baseline(records: pd.DataFrame) -> pd.Series:
 
 def per_seed_flips(records: pd.DataFrame) -> dict[int, np.ndarray]:
     """seed → the ``(T,)`` per-test-point flip rates (float64) of each record that stores them."""
-    return {int(r["seed"]): np.asarray(r["flip_rates"], np.float64) for _, r in records.iterrows()
-            if r.get("flip_rates") is not None}
+    return {
+        int(r["seed"]): np.asarray(r["flip_rates"], np.float64)
+        for _, r in records.iterrows()
+        if r.get("flip_rates") is not None
+    }
 
 
 def fit_health(records: pd.DataFrame) -> tuple[int, int]:
@@ -54,7 +91,7 @@ def fit_health(records: pd.DataFrame) -> tuple[int, int]:
 
 
 def flag_marks(untrained: Any, no_op: Any) -> str:
-    """"†" when a fit did not train, "‡" when an attack was a no-op (counts or booleans)."""
+    """ "†" when a fit did not train, "‡" when an attack was a no-op (counts or booleans)."""
     return ("†" if untrained else "") + ("‡" if no_op else "")
 
 
@@ -62,8 +99,9 @@ def _interval_columns(prefix: str, interval: Interval) -> dict[str, float]:
     return {prefix: interval.estimate, f"{prefix}_lo": interval.lo, f"{prefix}_hi": interval.hi}
 
 
-def _null_columns(flips: Mapping[int, np.ndarray], nulls: Mapping[tuple, dict[int, np.ndarray]],
-                  null_key: tuple) -> dict[str, Any]:
+def _null_columns(
+    flips: Mapping[int, np.ndarray], nulls: Mapping[tuple, dict[int, np.ndarray]], null_key: tuple
+) -> dict[str, Any]:
     """``null_<kind>`` (flip rate of the matching baselines on the setting's seeds), ``null_<kind>_keys``
     and the paired excess flip − null (seed) with its interval."""
     row: dict[str, Any] = {}
@@ -74,8 +112,9 @@ def _null_columns(flips: Mapping[int, np.ndarray], nulls: Mapping[tuple, dict[in
         row[f"null_{kind}_keys"] = len(null)
         if kind == "seed":
             if seeds:
-                interval = paired_bootstrap({"f": [flips[sd] for sd in seeds], "n": [null[sd] for sd in seeds]},
-                                            lambda m: m["f"] - m["n"])
+                interval = paired_bootstrap(
+                    {"f": [flips[sd] for sd in seeds], "n": [null[sd] for sd in seeds]}, lambda m: m["f"] - m["n"]
+                )
                 row.update(_interval_columns("excess", interval))
             else:
                 row.update(excess=math.nan, excess_lo=math.nan, excess_hi=math.nan)
@@ -102,26 +141,37 @@ def malleability_summary(frame: pd.DataFrame) -> pd.DataFrame:
         if column not in frame:
             frame[column] = default
     is_null = is_null_baseline(frame)
-    nulls = {tuple(values): per_seed_flips(g)
-             for values, g in frame[is_null].groupby([*NULL_BY, "intervention"], sort=False, dropna=False)}
+    nulls = {
+        tuple(values): per_seed_flips(g)
+        for values, g in frame[is_null].groupby([*NULL_BY, "intervention"], sort=False, dropna=False)
+    }
     rows = []
     for values, g in frame[~is_null].groupby(SETTING_BY, sort=False, dropna=False):
         row = dict(zip(SETTING_BY, values))
         first = g.iloc[0]
         untrained, no_op = fit_health(g)
-        row.update(model_name=first["model_name"], variant=bool(first["variant"]), depth=first["depth"],
-                   model_index=first["model_index"], dataset_index=first["dataset_index"],
-                   rank=first["rank"], kappa_data=first["kappa_data"], task=first["task"],
-                   dataset_name=first["dataset_name"], n_seeds=len(g), keys=list(g["key"]),
-                   n_test=first.get("n_test"),
-                   variants=tuple(dict.fromkeys(v for vs in g.get("variants", [("default",)]) for v in vs)),
-                   untrained=untrained, no_op=no_op)
+        row.update(
+            model_name=first["model_name"],
+            variant=bool(first["variant"]),
+            depth=first["depth"],
+            model_index=first["model_index"],
+            dataset_index=first["dataset_index"],
+            rank=first["rank"],
+            kappa_data=first["kappa_data"],
+            task=first["task"],
+            dataset_name=first["dataset_name"],
+            n_seeds=len(g),
+            keys=list(g["key"]),
+            n_test=first.get("n_test"),
+            variants=tuple(dict.fromkeys(v for vs in g.get("variants", [("default",)]) for v in vs)),
+            untrained=untrained,
+            no_op=no_op,
+        )
         row.update({m: seed_stats(g[m]).mean for m in _MEANS if m in g})
         flips = per_seed_flips(g)
         row["flips"] = flips
         if flips:
-            row.update(_interval_columns("flip_rate", paired_bootstrap({"f": list(flips.values())},
-                                                                       lambda m: m["f"])))
+            row.update(_interval_columns("flip_rate", paired_bootstrap({"f": list(flips.values())}, lambda m: m["f"])))
             row["flip_rate"] = mean_of_means(flips.values())
         row.update(_null_columns(flips, nulls, tuple(row[c] for c in NULL_BY)))
         rows.append(row)
@@ -144,12 +194,13 @@ def ratio_interval(attn: Mapping[int, np.ndarray], relu: Mapping[int, np.ndarray
     seeds = [sd for sd in attn if sd in relu]
     if not seeds:
         return Interval(math.nan, math.nan, math.nan, 0.95, 0, 0)
-    return paired_bootstrap({"a": [attn[sd] for sd in seeds], "r": [relu[sd] for sd in seeds]},
-                            lambda m: m["a"] / m["r"])
+    return paired_bootstrap(
+        {"a": [attn[sd] for sd in seeds], "r": [relu[sd] for sd in seeds]}, lambda m: m["a"] / m["r"]
+    )
 
 
 def direction(interval: Interval) -> str:
-    """"more" (interval above 1), "less" (below 1) or "inconclusive" for a flip-rate ratio."""
+    """ "more" (interval above 1), "less" (below 1) or "inconclusive" for a flip-rate ratio."""
     if not np.isfinite(interval.lo) or not np.isfinite(interval.hi):
         return "inconclusive"
     return "more" if interval.lo > 1 else ("less" if interval.hi < 1 else "inconclusive")

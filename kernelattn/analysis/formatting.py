@@ -15,8 +15,20 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["fits_table", "fmt", "fmt_fixed", "fmt_int", "fmt_log", "fmt_pm", "fmt_power", "fmt_range", "markdown_table",
-           "seed_summary_table", "superscript", "text_table"]
+__all__ = [
+    "fits_table",
+    "fmt",
+    "fmt_fixed",
+    "fmt_int",
+    "fmt_log",
+    "fmt_pm",
+    "fmt_power",
+    "fmt_range",
+    "markdown_table",
+    "seed_summary_table",
+    "superscript",
+    "text_table",
+]
 
 _SUPERSCRIPT = str.maketrans("-0123456789.", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹·")
 
@@ -92,7 +104,7 @@ def fmt_pm(mean: Any, spread: Any) -> str:
 
 
 def fmt_range(values: Iterable[Any], digits: int = 3) -> str:
-    """"lo – hi" of the numbers given (NaN and None left out; one value if lo = hi; "nan" if none)."""
+    """ "lo – hi" of the numbers given (NaN and None left out; one value if lo = hi; "nan" if none)."""
     numbers = [x for x in (_real(v) for v in values if v is not None) if x is not None and not math.isnan(x)]
     if not numbers:
         return "nan"
@@ -108,8 +120,7 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: 
     """A GitHub-flavoured markdown table; ``align`` per column: "l" or "r" (default: first left, rest right)."""
     header = list(header)
     align = _alignment(header, align)
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
     for row in rows:
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
     return "\n".join(lines)
@@ -142,8 +153,11 @@ def seed_summary_table(summary: Any, shown: Sequence[tuple[str, str]]) -> str:
       shown: (metric, column label) pairs, in column order.
     """
     columns = ["dataset", "model", "width", "seeds"] + [label for _, label in shown]
-    rows = [[str(r["dataset"]), str(r["model"]), fmt(int(r["width"])), fmt(int(r["n_seeds"]))]
-            + [fmt_pm(r[f"{k}_mean"], r[f"{k}_std"]) for k, _ in shown] for _, r in summary.iterrows()]
+    rows = [
+        [str(r["dataset"]), str(r["model"]), fmt(int(r["width"])), fmt(int(r["n_seeds"]))]
+        + [fmt_pm(r[f"{k}_mean"], r[f"{k}_std"]) for k, _ in shown]
+        for _, r in summary.iterrows()
+    ]
     return text_table(columns, rows, ["l", "l"] + ["r"] * (len(columns) - 2))
 
 
@@ -155,6 +169,8 @@ def fits_table(fits: Any, shown: Sequence[tuple[str, str]]) -> str:
       shown: (column, label) pairs, in column order.
     """
     header = ["dataset", "model"] + [label for _, label in shown]
-    rows = [[str(r["dataset"]), str(r["model"])] + [fmt_log(r[k]) if k.startswith("log10") else fmt(r[k])
-                                                    for k, _ in shown] for _, r in fits.iterrows()]
+    rows = [
+        [str(r["dataset"]), str(r["model"])] + [fmt_log(r[k]) if k.startswith("log10") else fmt(r[k]) for k, _ in shown]
+        for _, r in fits.iterrows()
+    ]
     return text_table(header, rows, ["l", "l"] + ["r"] * (len(header) - 2))

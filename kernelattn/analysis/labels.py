@@ -74,8 +74,13 @@ def model_info(model: Any) -> dict[str, Any]:
         base = MODELS[name].label
     else:
         base = name.rpartition(":")[2] if is_user_model(name) else name
-    return {"model": base + (f" ({', '.join(extras)})" if extras else ""), "model_name": name, "depth": depth,
-            "rank": np.nan if rank is None else float(rank), "variant": bool(extras)}
+    return {
+        "model": base + (f" ({', '.join(extras)})" if extras else ""),
+        "model_name": name,
+        "depth": depth,
+        "rank": np.nan if rank is None else float(rank),
+        "variant": bool(extras),
+    }
 
 
 def model_label(model: Any) -> str:
@@ -129,8 +134,10 @@ def display_order(frame: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
         values = frame[column]
         if column == "model":
             index = frame["model_index"] if "model_index" in frame else pd.Series(0, index=frame.index)
-            ranks = {m: (0 if m == "2L-ReLU" else 1 if m == "MLP-Attn" else 2, int(index[values == m].min()), m)
-                     for m in values.unique()}
+            ranks = {
+                m: (0 if m == "2L-ReLU" else 1 if m == "MLP-Attn" else 2, int(index[values == m].min()), m)
+                for m in values.unique()
+            }
             order = {m: i for i, m in enumerate(sorted(ranks, key=lambda m: ranks[m]))}
             keys.append(values.map(order))
         elif column == "attack":

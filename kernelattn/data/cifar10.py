@@ -42,8 +42,12 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 CIFAR10 = FileSource(
     name="cifar10",
     files=(
-        FileSpec("cifar-10-python.tar.gz",
-                 "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce", None, 170498071),
+        FileSpec(
+            "cifar-10-python.tar.gz",
+            "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
+            None,
+            170498071,
+        ),
     ),
     urls=("https://www.cs.toronto.edu/~kriz/",),
     system_names=("cifar-10", "cifar10"),
@@ -84,13 +88,15 @@ def _declared_bytes(shape: Any, dtype: Any) -> int:
     """Bytes an array of ``shape`` and ``dtype`` would take, refusing shapes and dtypes no data file has."""
     if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
         shape = (shape,)
-    if not isinstance(shape, tuple) or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool)
-                                               and n >= 0 for n in shape):
+    if not isinstance(shape, tuple) or not all(
+        isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 0 for n in shape
+    ):
         raise UnsafeFileError(f"pickle declares an array of shape {shape!r}; expected a tuple of sizes >= 0")
     dtype = np.dtype(dtype)
     if dtype.hasobject:
-        raise UnsafeFileError(f"pickle declares an array of dtype {dtype} (Python objects); only plain numeric "
-                              "arrays are allowed")
+        raise UnsafeFileError(
+            f"pickle declares an array of dtype {dtype} (Python objects); only plain numeric arrays are allowed"
+        )
     count = 1
     for n in shape:
         count *= int(n)
@@ -121,8 +127,10 @@ class _CappedArrays:
                     raise UnsafeFileError("pickle gives an array state without a dtype; refused")
                 size = cap.check(shape, dtype)
                 if not isinstance(raw, (bytes, bytearray)) or len(raw) != size:
-                    raise UnsafeFileError(f"pickle gives {len(raw) if isinstance(raw, (bytes, bytearray)) else 'no'} "
-                                          f"data bytes for an array of {size} bytes; refused")
+                    raise UnsafeFileError(
+                        f"pickle gives {len(raw) if isinstance(raw, (bytes, bytearray)) else 'no'} "
+                        f"data bytes for an array of {size} bytes; refused"
+                    )
                 return np.ndarray.__setstate__(self, state)
 
         self.array_type = GuardedArray
@@ -131,9 +139,11 @@ class _CappedArrays:
         size = _declared_bytes(shape, dtype)
         if size > self.max_bytes:
             dims = tuple(int(n) for n in np.atleast_1d(shape))
-            raise UnsafeFileError(f"pickle declares an array of {size} bytes (shape {dims}, "
-                                  f"{np.dtype(dtype)}), more than the cap of {self.max_bytes} bytes; refused before "
-                                  "allocating")
+            raise UnsafeFileError(
+                f"pickle declares an array of {size} bytes (shape {dims}, "
+                f"{np.dtype(dtype)}), more than the cap of {self.max_bytes} bytes; refused before "
+                "allocating"
+            )
         return size
 
     def reconstruct(self, subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
@@ -254,8 +264,10 @@ def _batch(obj: Any, *, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _class_names(obj: Any, *, name: str) -> tuple[str, ...]:
     names = _get(obj, "label_names", name=name)
-    if not isinstance(names, list) or len(names) != len(CIFAR10_CLASSES) or not all(
-        isinstance(n, (bytes, str)) and 0 < len(n) <= 64 for n in names
+    if (
+        not isinstance(names, list)
+        or len(names) != len(CIFAR10_CLASSES)
+        or not all(isinstance(n, (bytes, str)) and 0 < len(n) <= 64 for n in names)
     ):
         raise DatasetFormatError(f"{name}: expected label_names as a list of 10 short strings")
     return tuple(n.decode("ascii", "replace") if isinstance(n, bytes) else n for n in names)
@@ -278,8 +290,9 @@ def parse_cifar10_tar(data: bytes, *, name: str, max_bytes: int = MAX_DECOMPRESS
     if missing:
         raise DatasetFormatError(f"{name}: missing archive members {missing}")
     train = [_batch(safe_unpickle(members[m], name=m, max_bytes=max_bytes), name=m) for m in _TRAIN_BATCHES]
-    x_test, labels_test = _batch(safe_unpickle(members[_TEST_BATCH], name=_TEST_BATCH, max_bytes=max_bytes),
-                                 name=_TEST_BATCH)
+    x_test, labels_test = _batch(
+        safe_unpickle(members[_TEST_BATCH], name=_TEST_BATCH, max_bytes=max_bytes), name=_TEST_BATCH
+    )
     class_names = _class_names(safe_unpickle(members[_META], name=_META, max_bytes=max_bytes), name=_META)
     return RawData(
         x_train=np.concatenate([x for x, _ in train]),

@@ -102,8 +102,7 @@ class Dataset:
             object.__setattr__(self, f"y_{split}", _readonly(y.view()))
         if self.X_train.shape[1:] != self.X_test.shape[1:]:
             raise InputValueError(
-                f"X_test: expected samples of shape {self.X_train.shape[1:]} like X_train, "
-                f"got {self.X_test.shape[1:]}"
+                f"X_test: expected samples of shape {self.X_train.shape[1:]} like X_train, got {self.X_test.shape[1:]}"
             )
         names = tuple(self.class_names)
         if not all(isinstance(name, str) for name in names):
@@ -206,7 +205,8 @@ def resolve_classes(classes: Any, class_names: Sequence[str]) -> tuple[int, ...]
                 index = lowered.index(item.lower())
             else:
                 raise InputValueError(
-                    f"classes: expected class names from {list(class_names)}, got unknown name {item!r}")
+                    f"classes: expected class names from {list(class_names)}, got unknown name {item!r}"
+                )
         elif isinstance(item, (int, np.integer)) and not isinstance(item, bool):
             index = int(item)
             if not 0 <= index < n:

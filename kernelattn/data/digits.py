@@ -23,8 +23,14 @@ import numpy as np
 from kernelattn._validation import check_int, check_real
 from kernelattn.data.dataset import RawData
 
-__all__ = ["DEFAULT_TEST_FRACTION", "DIGITS_CLASSES", "check_split_options", "load_digits", "read_digits",
-           "stratified_split"]
+__all__ = [
+    "DEFAULT_TEST_FRACTION",
+    "DIGITS_CLASSES",
+    "check_split_options",
+    "load_digits",
+    "read_digits",
+    "stratified_split",
+]
 
 DEFAULT_TEST_FRACTION = 0.2
 DIGITS_CLASSES = tuple(str(i) for i in range(10))
@@ -93,8 +99,11 @@ def read_digits() -> tuple[np.ndarray, np.ndarray, str]:
     from sklearn.datasets import load_digits as sklearn_load_digits
 
     bunch = sklearn_load_digits()
-    return (np.asarray(bunch.images, dtype=np.float64), np.asarray(bunch.target, dtype=np.int64),
-            "sklearn.datasets.load_digits")
+    return (
+        np.asarray(bunch.images, dtype=np.float64),
+        np.asarray(bunch.target, dtype=np.int64),
+        "sklearn.datasets.load_digits",
+    )
 
 
 def load_digits(*, test_fraction: float = DEFAULT_TEST_FRACTION, split_seed: int = 0) -> RawData:

@@ -180,8 +180,10 @@ def gunzip_capped(data: bytes, *, max_bytes: int, name: str) -> bytes:
 
 
 def _mismatch(path: Path, spec: FileSpec, actual: str, actual_payload: str | None, note: str = "") -> ChecksumError:
-    expected = [f"sha256 {spec.sha256}" if spec.sha256 else None,
-                f"payload sha256 {spec.payload_sha256} (decompressed)" if spec.payload_sha256 else None]
+    expected = [
+        f"sha256 {spec.sha256}" if spec.sha256 else None,
+        f"payload sha256 {spec.payload_sha256} (decompressed)" if spec.payload_sha256 else None,
+    ]
     got = f"sha256 {actual}" + (f", payload sha256 {actual_payload}" if actual_payload else "")
     return ChecksumError(
         f"{path}: checksum mismatch for {spec.name}: expected {' or '.join(e for e in expected if e)}, "
@@ -266,7 +268,8 @@ def resolve_specs(files: tuple[FileSpec, ...], checksums: Mapping[str, Any] | No
     missing = [n for n in names if n not in checksums]
     if unknown or missing:
         raise InputValueError(
-            f"checksums: expected exactly the files {names}, got unknown {unknown} and missing {missing}")
+            f"checksums: expected exactly the files {names}, got unknown {unknown} and missing {missing}"
+        )
     out = []
     for spec in files:
         value = checksums[spec.name]
@@ -278,7 +281,8 @@ def resolve_specs(files: tuple[FileSpec, ...], checksums: Mapping[str, Any] | No
             out.append(FileSpec(spec.name, value.lower()))
         else:
             raise InputValueError(
-                f"checksums: expected a 64-hex-digit sha256 or a FileSpec for {spec.name}, got {value!r}")
+                f"checksums: expected a 64-hex-digit sha256 or a FileSpec for {spec.name}, got {value!r}"
+            )
     return tuple(out)
 
 
@@ -375,10 +379,15 @@ def download(
 def _listing(specs: tuple[FileSpec, ...], urls: tuple[str, ...]) -> str:
     lines = []
     for spec in specs:
-        hashes = [f"sha256 {spec.sha256}" if spec.sha256 else None,
-                  f"payload sha256 {spec.payload_sha256}" if spec.payload_sha256 else None]
-        lines.append(f"  {spec.name}  ({', '.join(h for h in hashes if h)})  from {urls[0]}{spec.name}" if urls
-                     else f"  {spec.name}  ({', '.join(h for h in hashes if h)})")
+        hashes = [
+            f"sha256 {spec.sha256}" if spec.sha256 else None,
+            f"payload sha256 {spec.payload_sha256}" if spec.payload_sha256 else None,
+        ]
+        lines.append(
+            f"  {spec.name}  ({', '.join(h for h in hashes if h)})  from {urls[0]}{spec.name}"
+            if urls
+            else f"  {spec.name}  ({', '.join(h for h in hashes if h)})"
+        )
     return "\n".join(lines)
 
 

@@ -38,21 +38,42 @@ __all__ = ["FASHION_MNIST", "FASHION_MNIST_CLASSES", "MNIST", "MNIST_CLASSES", "
 
 MNIST_CLASSES = tuple(str(i) for i in range(10))
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 
 MNIST = FileSource(
     name="mnist",
     files=(
-        FileSpec("train-images-idx3-ubyte.gz",
-                 "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609", None, 9912422),
-        FileSpec("train-labels-idx1-ubyte.gz",
-                 "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c", None, 28881),
-        FileSpec("t10k-images-idx3-ubyte.gz",
-                 "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6", None, 1648877),
-        FileSpec("t10k-labels-idx1-ubyte.gz",
-                 "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6", None, 4542),
+        FileSpec(
+            "train-images-idx3-ubyte.gz",
+            "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            None,
+            9912422,
+        ),
+        FileSpec(
+            "train-labels-idx1-ubyte.gz",
+            "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            None,
+            28881,
+        ),
+        FileSpec(
+            "t10k-images-idx3-ubyte.gz",
+            "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            None,
+            1648877,
+        ),
+        FileSpec(
+            "t10k-labels-idx1-ubyte.gz", "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6", None, 4542
+        ),
     ),
     urls=(
         "https://storage.googleapis.com/cvdf-datasets/mnist/",
@@ -64,18 +85,30 @@ MNIST = FileSource(
 FASHION_MNIST = FileSource(
     name="fashion_mnist",
     files=(
-        FileSpec("train-images-idx3-ubyte.gz",
-                 "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-                 "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888", 26421880),
-        FileSpec("train-labels-idx1-ubyte.gz",
-                 "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-                 "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9", 29515),
-        FileSpec("t10k-images-idx3-ubyte.gz",
-                 "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-                 "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b", 4422102),
-        FileSpec("t10k-labels-idx1-ubyte.gz",
-                 "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
-                 "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34", 5148),
+        FileSpec(
+            "train-images-idx3-ubyte.gz",
+            "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+            "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            26421880,
+        ),
+        FileSpec(
+            "train-labels-idx1-ubyte.gz",
+            "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+            "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            29515,
+        ),
+        FileSpec(
+            "t10k-images-idx3-ubyte.gz",
+            "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+            "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            4422102,
+        ),
+        FileSpec(
+            "t10k-labels-idx1-ubyte.gz",
+            "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+            "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+            5148,
+        ),
     ),
     urls=(
         "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
@@ -115,8 +148,10 @@ def parse_idx(payload: bytes, *, name: str, ndim: int | None = None) -> np.ndarr
         raise DatasetFormatError(f"{name}: truncated IDX header ({len(payload)} bytes)")
     dims = struct.unpack(f">{rank}I", payload[4:header])
     if 0 in dims:
-        raise DatasetFormatError(f"{name}: IDX header dimensions {dims} include a 0; expected at least one item "
-                                 "of non-zero size (an empty or damaged file)")
+        raise DatasetFormatError(
+            f"{name}: IDX header dimensions {dims} include a 0; expected at least one item "
+            "of non-zero size (an empty or damaged file)"
+        )
     expected = math.prod(dims)
     if len(payload) - header != expected:
         raise DatasetFormatError(

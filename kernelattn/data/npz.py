@@ -72,8 +72,13 @@ def npz_class_names(path: str | os.PathLike[str]) -> tuple[str, ...]:
     return tuple(str(c) for c in np.unique(np.concatenate(labels)))
 
 
-def load_npz(path: str | os.PathLike[str], *, test_fraction: float = DEFAULT_TEST_FRACTION,
-             split_seed: int = 0, sha256: str | None = None) -> RawData:
+def load_npz(
+    path: str | os.PathLike[str],
+    *,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    split_seed: int = 0,
+    sha256: str | None = None,
+) -> RawData:
     """An ``.npz`` file as ``RawData`` (see the module docstring).
 
     Args:
@@ -93,8 +98,9 @@ def load_npz(path: str | os.PathLike[str], *, test_fraction: float = DEFAULT_TES
     arrays = _read(path)
     x, y = np.asarray(arrays["X"]), _labels(np.asarray(arrays["y"]), "y", path)
     if x.ndim < 2 or x.shape[0] != y.shape[0] or x.dtype.kind not in "iuf":
-        raise DatasetFormatError(f"{path}: expected numeric X of shape (N, ...) with N = len(y) = {y.shape[0]}, "
-                                 f"got {x.dtype} {x.shape}")
+        raise DatasetFormatError(
+            f"{path}: expected numeric X of shape (N, ...) with N = len(y) = {y.shape[0]}, got {x.dtype} {x.shape}"
+        )
     names = npz_class_names(path)
     index = {name: i for i, name in enumerate(names)}
 
@@ -110,11 +116,24 @@ def load_npz(path: str | os.PathLike[str], *, test_fraction: float = DEFAULT_TES
         y_test = _labels(np.asarray(arrays["y_test"]), "y_test", path)
         if x_test.shape[1:] != x.shape[1:] or x_test.shape[0] != y_test.shape[0]:
             raise DatasetFormatError(f"{path}: X_test {x_test.shape} does not match X {x.shape} and y_test")
-        return RawData(x_train=x.astype(np.float64), labels_train=encode(y), x_test=x_test.astype(np.float64),
-                       labels_test=encode(y_test), class_names=names, pixel_max=None, source=source)
+        return RawData(
+            x_train=x.astype(np.float64),
+            labels_train=encode(y),
+            x_test=x_test.astype(np.float64),
+            labels_test=encode(y_test),
+            class_names=names,
+            pixel_max=None,
+            source=source,
+        )
     labels = encode(y)
     train_idx, test_idx = stratified_split(labels, test_fraction, np.random.default_rng(split_seed))
     source.update(test_fraction=test_fraction, split_seed=split_seed)
-    return RawData(x_train=x[train_idx].astype(np.float64), labels_train=labels[train_idx],
-                   x_test=x[test_idx].astype(np.float64), labels_test=labels[test_idx], class_names=names,
-                   pixel_max=None, source=source)
+    return RawData(
+        x_train=x[train_idx].astype(np.float64),
+        labels_train=labels[train_idx],
+        x_test=x[test_idx].astype(np.float64),
+        labels_test=labels[test_idx],
+        class_names=names,
+        pixel_max=None,
+        source=source,
+    )

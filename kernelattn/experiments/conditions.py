@@ -38,14 +38,23 @@ def parse_conditions(data: Mapping[str, Any], source: str | None) -> tuple[tuple
     for key in ("name", "datasets"):
         if key not in data:
             raise SpecError(key, "required key is missing", source)
-    parsed = parse_spec({"name": data["name"], "kind": "kernel", "datasets": data["datasets"],
-                         "models": [{"name": "relu"}], "widths": [1]}, source=source)
+    parsed = parse_spec(
+        {
+            "name": data["name"],
+            "kind": "kernel",
+            "datasets": data["datasets"],
+            "models": [{"name": "relu"}],
+            "widths": [1],
+        },
+        source=source,
+    )
     depth = data.get("depth", 1)
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
         raise SpecError("depth", f"expected an integer >= 1, got {depth!r}", source)
     fractions = data.get("energy_fractions", [0.99, 0.999])
     if not isinstance(fractions, list) or not all(
-            isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1 for f in fractions):
+        isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1 for f in fractions
+    ):
         raise SpecError("energy_fractions", f"expected a list of numbers in (0, 1], got {fractions!r}", source)
     spectra = data.get("spectra", True)
     if not isinstance(spectra, bool):
@@ -53,16 +62,28 @@ def parse_conditions(data: Mapping[str, Any], source: str | None) -> tuple[tuple
     description = data.get("description", "")
     if not isinstance(description, str):
         raise SpecError("description", f"expected a string, got {description!r}", source)
-    normalized = {"name": parsed.name, "kind": "conditions", "description": description,
-                  "datasets": [d.to_dict() for d in parsed.datasets], "depth": depth,
-                  "energy_fractions": [float(f) for f in fractions], "spectra": spectra}
+    normalized = {
+        "name": parsed.name,
+        "kind": "conditions",
+        "description": description,
+        "datasets": [d.to_dict() for d in parsed.datasets],
+        "depth": depth,
+        "energy_fractions": [float(f) for f in fractions],
+        "spectra": spectra,
+    }
     return parsed.datasets, normalized
 
 
 def conditions_cell(name: str, dataset, depth: int, fractions: Sequence[float], spectra: bool) -> dict[str, Any]:
     """The cell definition (store key = its ``cell_key``) of one row of a conditions table."""
-    return {"sweep": name, "kind": "conditions", "dataset": dataset.identity(), "depth": int(depth),
-            "energy_fractions": [float(f) for f in fractions], "spectra": bool(spectra)}
+    return {
+        "sweep": name,
+        "kind": "conditions",
+        "dataset": dataset.identity(),
+        "depth": int(depth),
+        "energy_fractions": [float(f) for f in fractions],
+        "spectra": bool(spectra),
+    }
 
 
 def _condition_metrics(dataset, depth: int, fractions: Sequence[float], spectra: bool) -> dict[str, Any]:
@@ -78,15 +99,26 @@ def _condition_metrics(dataset, depth: int, fractions: Sequence[float], spectra:
     attention = condition_report(z, warn_rank_deficient=False)
     features = condition_report(np.asarray(linear_attention(x, depth=depth), np.float64), warn_rank_deficient=False)
     metrics: dict[str, Any] = {
-        "n": report.n, "d": report.d, "rank_bound": report.rank_bound, "rank_G": report.rank,
-        "lambda_max_G": report.lambda_max, "lambda_min_G": report.lambda_min,
-        "kappa_G": report.kappa, "kappa_d_G": report.kappa_d,
-        "power": power, "kappa_d_G_power": report.kappa_d**power,
-        "kappa_attention": attention.kappa, "kappa_d_attention": attention.kappa_d, "rank_attention": attention.rank,
-        "kappa_d_features": features.kappa_d, "rank_features": features.rank,
-        "log10_m_theory": report.log10_m_theory, "m_theory": report.m_theory,
+        "n": report.n,
+        "d": report.d,
+        "rank_bound": report.rank_bound,
+        "rank_G": report.rank,
+        "lambda_max_G": report.lambda_max,
+        "lambda_min_G": report.lambda_min,
+        "kappa_G": report.kappa,
+        "kappa_d_G": report.kappa_d,
+        "power": power,
+        "kappa_d_G_power": report.kappa_d**power,
+        "kappa_attention": attention.kappa,
+        "kappa_d_attention": attention.kappa_d,
+        "rank_attention": attention.rank,
+        "kappa_d_features": features.kappa_d,
+        "rank_features": features.rank,
+        "log10_m_theory": report.log10_m_theory,
+        "m_theory": report.m_theory,
         "energy": {str(f): {"rank": r, "kappa": k} for f, (r, k) in report.energy.items()},
-        "n_classes": int(ds.n_classes), "class_names": [str(c) for c in ds.class_names],
+        "n_classes": int(ds.n_classes),
+        "class_names": [str(c) for c in ds.class_names],
         "data_source": ds.metadata.get("source", {}),
     }
     if spectra:
@@ -97,8 +129,12 @@ def _condition_metrics(dataset, depth: int, fractions: Sequence[float], spectra:
     return metrics
 
 
-def run_conditions(spec: Mapping[str, Any] | str | os.PathLike[str], out: str | os.PathLike[str] = "results", *,
-                   progress: Callable[[str], None] | None = None) -> list[str]:
+def run_conditions(
+    spec: Mapping[str, Any] | str | os.PathLike[str],
+    out: str | os.PathLike[str] = "results",
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> list[str]:
     """Compute the condition-number table of a ``"conditions"`` spec into ``<out>/<name>``, resumably.
 
     Spec format (JSON)::
@@ -139,22 +175,34 @@ def run_conditions(spec: Mapping[str, Any] | str | os.PathLike[str], out: str | 
     store = ResultStore.open(path)
     written = []
     for dataset in datasets:
-        cell = conditions_cell(normalized["name"], dataset, normalized["depth"], normalized["energy_fractions"],
-                               normalized["spectra"])
+        cell = conditions_cell(
+            normalized["name"], dataset, normalized["depth"], normalized["energy_fractions"], normalized["spectra"]
+        )
         key = provenance.cell_key(cell)
         if store.has(key) or not store.claim(key):
             continue
         try:
             started, t0 = utc_now(), time.perf_counter()
-            metrics = _condition_metrics(dataset, normalized["depth"], normalized["energy_fractions"],
-                                         normalized["spectra"])
-            record = make_record("conditions", cell, metrics, spec=normalized, seed=dataset.seed,
-                                 seconds=time.perf_counter() - t0, started=started, finished=utc_now())
+            metrics = _condition_metrics(
+                dataset, normalized["depth"], normalized["energy_fractions"], normalized["spectra"]
+            )
+            record = make_record(
+                "conditions",
+                cell,
+                metrics,
+                spec=normalized,
+                seed=dataset.seed,
+                seconds=time.perf_counter() - t0,
+                started=started,
+                finished=utc_now(),
+            )
             store.put(key, record, exist_ok=True)
             written.append(key)
             if progress is not None:
-                progress(f"{dataset.label}: κ_d(G) = {metrics['kappa_d_G']:.4g}, "
-                         f"κ_d(G^{metrics['power']}) = {metrics['kappa_d_attention']:.4g}")
+                progress(
+                    f"{dataset.label}: κ_d(G) = {metrics['kappa_d_G']:.4g}, "
+                    f"κ_d(G^{metrics['power']}) = {metrics['kappa_d_attention']:.4g}"
+                )
         finally:
             if key in store.held_claims():
                 store.release(key)

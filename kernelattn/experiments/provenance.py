@@ -207,8 +207,15 @@ def _git(root: str, *args: str) -> str | None:
     env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE")}
     env["GIT_OPTIONAL_LOCKS"] = "0"
     try:
-        done = subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, env=env,
-                              stdin=subprocess.DEVNULL, timeout=GIT_TIMEOUT, check=False)
+        done = subprocess.run(
+            ["git", "-C", root, *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            timeout=GIT_TIMEOUT,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout if done.returncode == 0 else None
@@ -292,9 +299,12 @@ def precision_info() -> dict[str, Any]:
         from kernelattn._precision import current_precision, effective_eps
 
         policy = current_precision()
-        return {"policy": policy, "float32_eps": effective_eps("float32", policy),
-                # A context-manager flag: ``jax.config.read`` refuses it, ``values`` holds it.
-                "jax_default_matmul_precision": jax.config.values["jax_default_matmul_precision"]}
+        return {
+            "policy": policy,
+            "float32_eps": effective_eps("float32", policy),
+            # A context-manager flag: ``jax.config.read`` refuses it, ``values`` holds it.
+            "jax_default_matmul_precision": jax.config.values["jax_default_matmul_precision"],
+        }
     except Exception as err:  # noqa: BLE001 - provenance must never fail a run
         return {"policy": None, "error": f"{type(err).__name__}: {err}"}
 
@@ -332,4 +342,3 @@ def environment() -> dict[str, Any]:
     env["precision"] = precision_info()
     env["git"] = git_state()
     return to_jsonable(env)
-

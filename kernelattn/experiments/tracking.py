@@ -46,8 +46,15 @@ from kernelattn.experiments.provenance import canonical_json
 from kernelattn.experiments.store import ResultStore
 from kernelattn.experiments.store.frames import flatten, records_frame
 
-__all__ = ["DEFAULT_EXPERIMENT", "PARAM_VALUE_LIMIT", "figure_paths", "log_store_to_mlflow", "mlflow_module",
-           "spec_params", "step_metrics"]
+__all__ = [
+    "DEFAULT_EXPERIMENT",
+    "PARAM_VALUE_LIMIT",
+    "figure_paths",
+    "log_store_to_mlflow",
+    "mlflow_module",
+    "spec_params",
+    "step_metrics",
+]
 
 #: The MLflow experiment runs are logged to unless another is named.
 DEFAULT_EXPERIMENT = "kernelattn"
@@ -83,8 +90,10 @@ def spec_params(records: Iterable[Mapping[str, Any]]) -> dict[str, str]:
             if text not in texts:
                 texts.append(text)
     params = {name: texts[0] if len(texts) == 1 else "[" + ",".join(texts) + "]" for name, texts in seen.items()}
-    return {name: text if len(text) <= PARAM_VALUE_LIMIT else text[: PARAM_VALUE_LIMIT - 3] + "..."
-            for name, text in params.items()}
+    return {
+        name: text if len(text) <= PARAM_VALUE_LIMIT else text[: PARAM_VALUE_LIMIT - 3] + "..."
+        for name, text in params.items()
+    }
 
 
 def step_metrics(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, float, int]]:
@@ -163,7 +172,7 @@ def figure_paths(figures: Iterable[str | os.PathLike[str]] | str | os.PathLike[s
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
-    return (items[i:i + size] for i in range(0, len(items), size))
+    return (items[i : i + size] for i in range(0, len(items), size))
 
 
 def log_store_to_mlflow(
@@ -206,8 +215,12 @@ def log_store_to_mlflow(
     records = list(store.records(kind))  # read (and verified) before any run exists
     params = spec_params(records)
     metrics = step_metrics(records)
-    tags = {"kernelattn.store": store.path, "kernelattn.kinds": ",".join(sorted({r["kind"] for r in records})),
-            "kernelattn.records": str(len(records)), **_provenance_tags(records)}
+    tags = {
+        "kernelattn.store": store.path,
+        "kernelattn.kinds": ",".join(sorted({r["kind"] for r in records})),
+        "kernelattn.records": str(len(records)),
+        **_provenance_tags(records),
+    }
     mlflow = mlflow_module()
     entities = mlflow.entities
     with _file_store_allowed(uri):

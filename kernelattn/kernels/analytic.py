@@ -65,9 +65,7 @@ def safe_arccos(c: jax.Array) -> jax.Array:
     return jnp.where(inside, jnp.arccos(jnp.where(inside, c, 0.0)), jnp.where(c > 0, 0.0, jnp.pi))
 
 
-def arccos_relu(
-    sigma_12: jax.Array, sigma_11: jax.Array, sigma_22: jax.Array
-) -> tuple[jax.Array, jax.Array]:
+def arccos_relu(sigma_12: jax.Array, sigma_11: jax.Array, sigma_22: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Hidden NNGP K and derivative kernel K' of ReLU from pre-activation covariances.
 
     Args:
@@ -97,8 +95,9 @@ def head_kernels_fn(x1: jax.Array, x2: jax.Array | None, head: HeadConfig, *, pr
     ``x2 = None`` means x2 = x1 (exact on the diagonal). Output-traced ``(n1, n2)``.
     ``precision``: "highest", "fast" or None (the policy in force when traced).
     """
-    return _head_kernels_core(x1, x2, head.sigma_w, head.sigma_b, head.sigma_a, head.train_readout,
-                              resolve_precision(precision))
+    return _head_kernels_core(
+        x1, x2, head.sigma_w, head.sigma_b, head.sigma_a, head.train_readout, resolve_precision(precision)
+    )
 
 
 def _head_kernels_core(x1, x2, sigma_w, sigma_b, sigma_a, train_readout, precision="highest"):
@@ -126,8 +125,7 @@ _head_kernels = jax.jit(_head_kernels_core, static_argnums=(5, 6))
 
 
 #: Why a zero row has no ReLU-head kernel without a bias: c = Σ(x, x')/√(Σ(x, x)Σ(x', x')) is 0/0.
-_ZERO_ROW_HINT = ("its arc-cosine kernel divides by the norm (0/0); drop those rows or use a head with "
-                  "sigma_b > 0")
+_ZERO_ROW_HINT = "its arc-cosine kernel divides by the norm (0/0); drop those rows or use a head with sigma_b > 0"
 
 
 def head_kernels(

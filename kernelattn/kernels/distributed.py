@@ -124,15 +124,17 @@ def device_memory(devices: Sequence[jax.Device] | None = None) -> list[dict]:
             stats = device.memory_stats() or {}
         except Exception:  # noqa: BLE001 - some backends raise instead of returning None
             stats = {}
-        report.append({
-            "id": device.id,
-            "platform": device.platform,
-            "kind": getattr(device, "device_kind", device.platform),
-            "process_index": device.process_index,
-            "bytes_in_use": stats.get("bytes_in_use"),
-            "peak_bytes_in_use": stats.get("peak_bytes_in_use"),
-            "bytes_limit": stats.get("bytes_limit"),
-        })
+        report.append(
+            {
+                "id": device.id,
+                "platform": device.platform,
+                "kind": getattr(device, "device_kind", device.platform),
+                "process_index": device.process_index,
+                "bytes_in_use": stats.get("bytes_in_use"),
+                "peak_bytes_in_use": stats.get("peak_bytes_in_use"),
+                "bytes_limit": stats.get("bytes_limit"),
+            }
+        )
     return report
 
 
@@ -165,8 +167,9 @@ def device_mesh(
         return Mesh(np.asarray(devices, dtype=object), (axis_name,))
     sample_shards = check_int(sample_shards, "sample_shards", minimum=1, maximum=len(devices))
     if len(devices) % sample_shards:
-        raise InputValueError(f"sample_shards: expected a divisor of the device count {len(devices)}, "
-                              f"got {sample_shards}")
+        raise InputValueError(
+            f"sample_shards: expected a divisor of the device count {len(devices)}, got {sample_shards}"
+        )
     if sample_axis == axis_name:
         raise InputValueError(f"sample_axis: expected a name other than axis_name {axis_name!r}")
     grid = np.asarray(devices, dtype=object).reshape(sample_shards, len(devices) // sample_shards)
@@ -187,11 +190,15 @@ def _resolve_mesh(mesh, shard_samples: bool) -> tuple[Mesh, str, str | None]:
         raise InputTypeError(f"mesh: expected a jax.sharding.Mesh (see device_mesh), got {type(mesh).__name__}")
     names = tuple(mesh.axis_names)
     if shard_samples and len(names) != 2:
-        raise InputValueError(f"mesh: shard_samples=True needs a 2-D mesh (samples, width), e.g. "
-                              f"device_mesh(sample_shards=2); got axes {names}")
+        raise InputValueError(
+            f"mesh: shard_samples=True needs a 2-D mesh (samples, width), e.g. "
+            f"device_mesh(sample_shards=2); got axes {names}"
+        )
     if not shard_samples and len(names) != 1:
-        raise InputValueError(f"mesh: expected a 1-D mesh (width,) when shard_samples=False, got axes {names}; "
-                              "pass shard_samples=True to shard rows over the first axis")
+        raise InputValueError(
+            f"mesh: expected a 1-D mesh (width,) when shard_samples=False, got axes {names}; "
+            "pass shard_samples=True to shard rows over the first axis"
+        )
     return mesh, names[-1], (names[0] if shard_samples else None)
 
 
@@ -246,8 +253,9 @@ def initialize_distributed(
     cluster_tasks = max(int(env.get(name, "1") or 1) for name in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"))
     if coordinator_address is None and num_processes is None and process_id is None and cluster_tasks <= 1:
         return False
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
     _DISTRIBUTED_STARTED = True
     return True
 
@@ -298,8 +306,9 @@ def streaming_memory_model(
     return {"accumulator": acc, "chunk": act + par, "inputs": inputs, "total": acc + act + par + inputs}
 
 
-def materialized_parameter_bytes(d: int, width: int, *, out_dim: int = 1, use_bias: bool = False,
-                                 dtype="float32", width_shards: int = 1) -> int:
+def materialized_parameter_bytes(
+    d: int, width: int, *, out_dim: int = 1, use_bias: bool = False, dtype="float32", width_shards: int = 1
+) -> int:
     """Bytes per device of the head's parameters W (d, m), b (m,), a (m, C) split over width."""
     item = _itemsize(dtype)
     per_device = -(-width // width_shards)
@@ -334,9 +343,23 @@ def _out_spec(sample_axis, trace_output):
     return rows if trace_output or sample_axis is None else PartitionSpec(sample_axis, None, None, None)
 
 
-def sharded_head_ntk_blocks(key: jax.Array, x1: jax.Array, x2: jax.Array | None, lin: jax.Array, head: HeadConfig,
-                            *, chunk: int, first, n_blocks, axis_name: str, shards: int, n_units=None,
-                            n2: int | None = None, trace_output: bool = True, precision=None) -> jax.Array:
+def sharded_head_ntk_blocks(
+    key: jax.Array,
+    x1: jax.Array,
+    x2: jax.Array | None,
+    lin: jax.Array,
+    head: HeadConfig,
+    *,
+    chunk: int,
+    first,
+    n_blocks,
+    axis_name: str,
+    shards: int,
+    n_units=None,
+    n2: int | None = None,
+    trace_output: bool = True,
+    precision=None,
+) -> jax.Array:
     """This device's share of chunks [first, first + n_blocks) of a streamed head NTK, inside ``shard_map``.
 
     Device j of the width axis (of size D) sums chunks first + j, first + j + D,
@@ -358,28 +381,54 @@ def sharded_head_ntk_blocks(key: jax.Array, x1: jax.Array, x2: jax.Array | None,
     """
     device = jax.lax.axis_index(axis_name)
     steps = jnp.maximum(n_blocks - device + shards - 1, 0) // shards
-    return head_ntk_blocks(key, x1, x2, lin, head, chunk=chunk, first=first + device, steps=steps, stride=shards,
-                           n_units=n_units, n2=n2, trace_output=trace_output, precision=precision)
+    return head_ntk_blocks(
+        key,
+        x1,
+        x2,
+        lin,
+        head,
+        chunk=chunk,
+        first=first + device,
+        steps=steps,
+        stride=shards,
+        n_units=n_units,
+        n2=n2,
+        trace_output=trace_output,
+        precision=precision,
+    )
 
 
-@functools.partial(jax.jit, static_argnames=("mesh", "head", "trace_output", "chunk", "width_axis",
-                                             "sample_axis", "n_rows", "precision"))
-def _sharded_streaming(key, x1, x2, *, mesh, head, trace_output, chunk, width_axis, sample_axis, n_rows,
-                       precision):
+@functools.partial(
+    jax.jit,
+    static_argnames=("mesh", "head", "trace_output", "chunk", "width_axis", "sample_axis", "n_rows", "precision"),
+)
+def _sharded_streaming(key, x1, x2, *, mesh, head, trace_output, chunk, width_axis, sample_axis, n_rows, precision):
     shards = mesh.shape[width_axis]
     n_chunks = -(-head.width // chunk)
 
     def local(key, x1, x2):
         lin = head_linear_part(x1, x2, head, precision=precision)
-        total = sharded_head_ntk_blocks(key, x1, x2, lin, head, chunk=chunk, first=0, n_blocks=n_chunks,
-                                        axis_name=width_axis, shards=shards, trace_output=trace_output,
-                                        precision=precision)
+        total = sharded_head_ntk_blocks(
+            key,
+            x1,
+            x2,
+            lin,
+            head,
+            chunk=chunk,
+            first=0,
+            n_blocks=n_chunks,
+            axis_name=width_axis,
+            shards=shards,
+            trace_output=trace_output,
+            precision=precision,
+        )
         return head.sigma_a**2 * jax.lax.psum(total, width_axis) / head.width
 
     rows = PartitionSpec() if sample_axis is None else PartitionSpec(sample_axis, None)
     if x2 is None:
-        fn = shard_map(lambda k, x: local(k, x, None), mesh, (PartitionSpec(), rows),
-                       _out_spec(sample_axis, trace_output))
+        fn = shard_map(
+            lambda k, x: local(k, x, None), mesh, (PartitionSpec(), rows), _out_spec(sample_axis, trace_output)
+        )
         out = fn(key, x1)
     else:
         fn = shard_map(local, mesh, (PartitionSpec(), rows, PartitionSpec()), _out_spec(sample_axis, trace_output))
@@ -441,20 +490,32 @@ def sharded_streaming_head_ntk(
     n_rows = x1.shape[0]
     if sample_axis is not None and x2 is None:
         x2 = x1  # every row block needs all of x2
-    return _sharded_streaming(key, _row_padded(x1, sample_axis, mesh), x2, mesh=mesh, head=head,
-                              trace_output=bool(trace_output), chunk=chunk, width_axis=width_axis,
-                              sample_axis=sample_axis, n_rows=n_rows, precision=resolve_precision(precision))
+    return _sharded_streaming(
+        key,
+        _row_padded(x1, sample_axis, mesh),
+        x2,
+        mesh=mesh,
+        head=head,
+        trace_output=bool(trace_output),
+        chunk=chunk,
+        width_axis=width_axis,
+        sample_axis=sample_axis,
+        n_rows=n_rows,
+        precision=resolve_precision(precision),
+    )
 
 
-@functools.partial(jax.jit, static_argnames=("mesh", "head", "trace_output", "chunk", "width_axis",
-                                             "sample_axis", "n_rows", "precision"))
-def _sharded_structured(x1, x2, params, *, mesh, head, trace_output, chunk, width_axis, sample_axis, n_rows,
-                        precision):
+@functools.partial(
+    jax.jit,
+    static_argnames=("mesh", "head", "trace_output", "chunk", "width_axis", "sample_axis", "n_rows", "precision"),
+)
+def _sharded_structured(x1, x2, params, *, mesh, head, trace_output, chunk, width_axis, sample_axis, n_rows, precision):
     def local(x1, x2, params):
         # head_ntk_fn scales by σ_a²/m with m = head.width (the global width), so
         # the partials over local columns add up to the kernel.
-        part = head_ntk_fn(params, head, x1, x2, trace_output=trace_output, width_chunk=chunk, method="float",
-                           precision=precision)
+        part = head_ntk_fn(
+            params, head, x1, x2, trace_output=trace_output, width_chunk=chunk, method="float", precision=precision
+        )
         return jax.lax.psum(part, width_axis)
 
     rows = PartitionSpec() if sample_axis is None else PartitionSpec(sample_axis, None)
@@ -549,6 +610,16 @@ def sharded_structured_head_ntk(
     n_rows = x1.shape[0]
     if sample_axis is not None and x2 is None:
         x2 = x1
-    return _sharded_structured(_row_padded(x1, sample_axis, mesh), x2, params, mesh=mesh, head=head,
-                               trace_output=bool(trace_output), chunk=chunk, width_axis=width_axis,
-                               sample_axis=sample_axis, n_rows=n_rows, precision=resolve_precision(precision))
+    return _sharded_structured(
+        _row_padded(x1, sample_axis, mesh),
+        x2,
+        params,
+        mesh=mesh,
+        head=head,
+        trace_output=bool(trace_output),
+        chunk=chunk,
+        width_axis=width_axis,
+        sample_axis=sample_axis,
+        n_rows=n_rows,
+        precision=resolve_precision(precision),
+    )

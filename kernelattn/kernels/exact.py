@@ -83,8 +83,7 @@ def _disagree(a: jax.Array) -> jax.Array:
     return (a.T[:, None, :] * a.T[None, :, :]) < 0
 
 
-def pattern_counts(s1: jax.Array, s2: jax.Array | None, a: jax.Array, *, trace_output: bool,
-                   method: str) -> jax.Array:
+def pattern_counts(s1: jax.Array, s2: jax.Array | None, a: jax.Array, *, trace_output: bool, method: str) -> jax.Array:
     """Exact P of one chunk of hidden units, int32.
 
     Args:
@@ -100,8 +99,9 @@ def pattern_counts(s1: jax.Array, s2: jax.Array | None, a: jax.Array, *, trace_o
         if trace_output:
             return int8_gram(i1, i2)
         signed = i1[:, :, None] * a.astype(jnp.int8)  # (n1, k, C): s_ir a_rc ∈ {−1, 0, 1}
-        out = jax.lax.dot_general(signed, i2[:, :, None] * a.astype(jnp.int8), (((1,), (1,)), ((), ())),
-                                  preferred_element_type=jnp.int32)  # (n1, C, n2, C)
+        out = jax.lax.dot_general(
+            signed, i2[:, :, None] * a.astype(jnp.int8), (((1,), (1,)), ((), ())), preferred_element_type=jnp.int32
+        )  # (n1, C, n2, C)
         return jnp.transpose(out, (0, 2, 1, 3))
     if method != "popcount":
         raise InputValueError(f"method: expected one of {list(EXACT_METHODS)}, got {method!r}")

@@ -155,17 +155,20 @@ def _make_plan(apply_fn: ApplyFn, treedef, specs: tuple, d: int, dtype: str, pre
     row_spec = jax.ShapeDtypeStruct((1, d), dtype)
     with precision_policy(precision):
         closed = jax.make_jaxpr(lambda ls, x: apply_fn(jax.tree_util.tree_unflatten(treedef, ls), x))(
-            leaf_specs, row_spec)
+            leaf_specs, row_spec
+        )
     jaxpr = closed.jaxpr
     if len(jaxpr.outvars) != 1 or jaxpr.outvars[0].aval.ndim != 2 or jaxpr.outvars[0].aval.shape[0] != 1:
         raise InputValueError(
-            f"apply_fn: expected one (n, C) output array, got {[v.aval for v in jaxpr.outvars]} for n = 1")
+            f"apply_fn: expected one (n, C) output array, got {[v.aval for v in jaxpr.outvars]} for n = 1"
+        )
     out_dim = jaxpr.outvars[0].aval.shape[1]
     n_leaves = len(specs)
     leaf_of = {var: i for i, var in enumerate(jaxpr.invars[:n_leaves])}
     uses = _use_counts(jaxpr)
     sites = tuple(
-        site for index, eqn in enumerate(jaxpr.eqns)
+        site
+        for index, eqn in enumerate(jaxpr.eqns)
         if (site := _as_site(eqn, index, leaf_of, uses, out_dim)) is not None
     )
     factored = {site.leaf for site in sites}
@@ -218,8 +221,9 @@ def _row_factors(plan: Plan, leaves: list, x_row: jax.Array):
       per rest leaf ∂f/∂p ``(C, *p.shape)``.
     """
     jaxpr = plan.closed_jaxpr.jaxpr
-    zero_deltas = [jnp.zeros(jaxpr.eqns[s.eqn].outvars[0].aval.shape, jaxpr.eqns[s.eqn].outvars[0].aval.dtype)
-                   for s in plan.sites]
+    zero_deltas = [
+        jnp.zeros(jaxpr.eqns[s.eqn].outvars[0].aval.shape, jaxpr.eqns[s.eqn].outvars[0].aval.dtype) for s in plan.sites
+    ]
 
     def output(rest_leaves, deltas):
         args = list(leaves)
@@ -274,8 +278,9 @@ def _factored_ntk(plan: Plan, leaves, x1, x2, trace_output: bool, precision: str
     return sum(terms)
 
 
-def factored_ntk(plan: Plan, params, x1: jax.Array, x2: jax.Array | None = None, *,
-                 trace_output: bool = True, precision=None) -> jax.Array:
+def factored_ntk(
+    plan: Plan, params, x1: jax.Array, x2: jax.Array | None = None, *, trace_output: bool = True, precision=None
+) -> jax.Array:
     """Empirical NTK by structured derivatives; no checks (see ``empirical_ntk(implementation="factored")``).
 
     Args:
@@ -286,5 +291,6 @@ def factored_ntk(plan: Plan, params, x1: jax.Array, x2: jax.Array | None = None,
       precision: of the contractions, "highest", "fast" or None (the policy in
         force); the model's own matmuls have the plan's.
     """
-    return _factored_ntk(plan, jax.tree_util.tree_leaves(params), x1, x2, bool(trace_output),
-                         resolve_precision(precision))
+    return _factored_ntk(
+        plan, jax.tree_util.tree_leaves(params), x1, x2, bool(trace_output), resolve_precision(precision)
+    )

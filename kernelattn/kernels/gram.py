@@ -167,8 +167,9 @@ def condition_report(
     x = check_matrix(x, "x").astype(np.float64)
     depth = check_int(depth, "depth", minimum=1)
     if x.shape[0] < 2:
-        raise InputValueError(f"x: expected at least 2 rows (the width threshold m_theory = κ_d^6 n ln n needs "
-                              f"n >= 2), got {x.shape[0]}")
+        raise InputValueError(
+            f"x: expected at least 2 rows (the width threshold m_theory = κ_d^6 n ln n needs n >= 2), got {x.shape[0]}"
+        )
     if center:
         x = x - x.mean(axis=0, keepdims=True)
     n, d = x.shape

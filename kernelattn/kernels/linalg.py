@@ -115,9 +115,16 @@ def factorize(
     )
     # Warns (or raises under guards.strict()) with the numbers and the remedy; asymmetry was reported above.
     policy = guards.current_policy()
-    guards.check_solve(k, ridge, name=name, factorization=factorization, eigenvalues=values - ridge,
-                       dtype="float64", policy=dataclasses.replace(policy, ignore=(*policy.ignore, "asymmetric")),
-                       stacklevel=3)
+    guards.check_solve(
+        k,
+        ridge,
+        name=name,
+        factorization=factorization,
+        eigenvalues=values - ridge,
+        dtype="float64",
+        policy=dataclasses.replace(policy, ignore=(*policy.ignore, "asymmetric")),
+        stacklevel=3,
+    )
     return factorization
 
 

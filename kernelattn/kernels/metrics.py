@@ -116,8 +116,7 @@ def spectrum(k: Any, eigenvalues: Any | None = None) -> Spectrum:
       k: the kernel matrix (symmetrized first).
       eigenvalues: its eigenvalues if already known (then ``k`` may be None).
     """
-    values = np.sort(_f64(eigenvalues, "eigenvalues")) if eigenvalues is not None else \
-        np.linalg.eigvalsh(symmetrize(k))
+    values = np.sort(_f64(eigenvalues, "eigenvalues")) if eigenvalues is not None else np.linalg.eigvalsh(symmetrize(k))
     lo, hi = float(values[0]), float(values[-1])
     return Spectrum(lo, hi, hi / lo if lo > 0 else math.inf)
 
@@ -234,8 +233,9 @@ class LimitReference:
     method: str | None
 
 
-def limit_reference(theta_train: Any, theta_test: Any, y: Any, ridge: float, *,
-                    labels_test: Any | None = None, predict: bool = True) -> LimitReference:
+def limit_reference(
+    theta_train: Any, theta_test: Any, y: Any, ridge: float, *, labels_test: Any | None = None, predict: bool = True
+) -> LimitReference:
     """Precompute the Θ_∞ side of ``kernel_convergence``.
 
     Args:
@@ -265,8 +265,12 @@ def limit_reference(theta_train: Any, theta_test: Any, y: Any, ridge: float, *,
     )
 
 
-def kernel_convergence(theta_train: Any, theta_test: Any, reference: LimitReference,
-                       metrics: Sequence[str] = ("rel_fro", "cert", "spectrum", "krr")) -> dict[str, Any]:
+def kernel_convergence(
+    theta_train: Any,
+    theta_test: Any,
+    reference: LimitReference,
+    metrics: Sequence[str] = ("rel_fro", "cert", "spectrum", "krr"),
+) -> dict[str, Any]:
     """Convergence metrics of one finite-width kernel against Θ_∞ (float64).
 
     Args:

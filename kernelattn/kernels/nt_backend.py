@@ -218,8 +218,9 @@ def head_stax(head: HeadConfig) -> tuple[Callable, Callable, Callable]:
     """
     stax = _nt().stax
     return stax.serial(
-        stax.Dense(head.width, W_std=head.sigma_w, b_std=head.sigma_b if head.use_bias else None,
-                   parameterization="ntk"),
+        stax.Dense(
+            head.width, W_std=head.sigma_w, b_std=head.sigma_b if head.use_bias else None, parameterization="ntk"
+        ),
         stax.Relu(),
         stax.Dense(head.out_dim, W_std=head.sigma_a, parameterization="ntk"),
     )
@@ -531,4 +532,3 @@ def qkv_kernels_nt(
         return _cast(_finish(nngp_block, ntk_block, head, full_output), dtype)
 
     return _qkv_blocks(nngp, ntk, x_train.shape[0], x_test is not None, finish)
-

@@ -82,8 +82,9 @@ def _qkv_terms(params, consts, x, n2, *, head: HeadConfig, sigma_q, sigma_v, sig
     return theta + theta_attn / c_out, out
 
 
-_qkv_jit = jax.jit(_qkv_terms, static_argnames=("n2", "head", "sigma_q", "sigma_v", "sigma_o", "scaling", "tied",
-                                                "normalize"))
+_qkv_jit = jax.jit(
+    _qkv_terms, static_argnames=("n2", "head", "sigma_q", "sigma_v", "sigma_o", "scaling", "tied", "normalize")
+)
 
 
 def qkv_empirical_ntk(model, variables: Mapping[str, Any], x: np.ndarray, n2: int, *, precision=None) -> np.ndarray:
@@ -115,8 +116,17 @@ def qkv_empirical_ntk(model, variables: Mapping[str, Any], x: np.ndarray, n2: in
     params = variables["params"]
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
     with precision_policy(precision):
-        theta, _ = _qkv_jit(params, dict(variables.get("constants", {})), jnp.asarray(x, dtype), n2=int(n2),
-                            head=head_config(model), sigma_q=float(att.sigma_q), sigma_v=float(att.sigma_v),
-                            sigma_o=float(att.sigma_o), scaling=att.scaling, tied=tied,
-                            normalize=bool(model.normalize))
+        theta, _ = _qkv_jit(
+            params,
+            dict(variables.get("constants", {})),
+            jnp.asarray(x, dtype),
+            n2=int(n2),
+            head=head_config(model),
+            sigma_q=float(att.sigma_q),
+            sigma_v=float(att.sigma_v),
+            sigma_o=float(att.sigma_o),
+            scaling=att.scaling,
+            tied=tied,
+            normalize=bool(model.normalize),
+        )
     return np.asarray(theta, np.float64)

@@ -303,7 +303,7 @@ class LinearAttention(Layer):
         z = jnp.matmul(weights, context, precision=hi)
         if self.normalize:
             z = z * (math.sqrt(width) / jnp.linalg.norm(z, axis=1, keepdims=True))
-        return (z, None) if hc is None else (z[: h.shape[0]], z[h.shape[0]:])
+        return (z, None) if hc is None else (z[: h.shape[0]], z[h.shape[0] :])
 
     def propagate(self, k, precision):
         hi = lax_precision(precision)
@@ -372,8 +372,10 @@ def serial(*layers: Layer) -> Serial:
     flat: list[Layer] = []
     for i, layer in enumerate(layers):
         if not isinstance(layer, Layer):
-            raise InputTypeError(f"layers[{i}]: expected a kernelattn layer (Dense, Relu, Erf, Identity, "
-                                 f"LinearAttention or serial(...)), got {type(layer).__name__}")
+            raise InputTypeError(
+                f"layers[{i}]: expected a kernelattn layer (Dense, Relu, Erf, Identity, "
+                f"LinearAttention or serial(...)), got {type(layer).__name__}"
+            )
         flat.extend(layer.layers())
     return Serial(tuple(flat))
 
@@ -395,14 +397,17 @@ class StaxModel(nn.Module):
     def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
         h, hc = x, context
         for i, layer in enumerate(self.layers):
-            params = {name: self.param(f"{name}{i}", nn.initializers.normal(stddev=std), shape, self.param_dtype)
-                      for name, shape, std in layer.variables(h.shape[-1])}
+            params = {
+                name: self.param(f"{name}{i}", nn.initializers.normal(stddev=std), shape, self.param_dtype)
+                for name, shape, std in layer.variables(h.shape[-1])
+            }
             h, hc = layer.forward(params, h, hc, self.precision)
         return h
 
 
-def model_from_layers(layers: Layer | Sequence[Layer], *, param_dtype: Any = jnp.float32,
-                      precision: str | None = None) -> StaxModel:
+def model_from_layers(
+    layers: Layer | Sequence[Layer], *, param_dtype: Any = jnp.float32, precision: str | None = None
+) -> StaxModel:
     """The Flax module of a description whose empirical NTK converges to its ``kernel_fn``'s.
 
     Args:
@@ -435,8 +440,10 @@ def _check_gaussian(layers: tuple[Layer, ...]) -> tuple[Layer, ...]:
     gaussian = False
     for i, layer in enumerate(layers):
         if isinstance(layer, (Relu, Erf)) and not gaussian:
-            raise InputValueError(f"layers[{i}]: expected a Dense before {type(layer).__name__}() (its kernel "
-                                  "rule needs a Gaussian input), got none since the inputs or the last nonlinearity")
+            raise InputValueError(
+                f"layers[{i}]: expected a Dense before {type(layer).__name__}() (its kernel "
+                "rule needs a Gaussian input), got none since the inputs or the last nonlinearity"
+            )
         gaussian = isinstance(layer, Dense) or (gaussian and isinstance(layer, (Identity, LinearAttention)))
     return layers
 
@@ -470,6 +477,8 @@ def _raise_non_finite(parts, dtype) -> None:
         if zero.size:
             raise InputValueError(
                 f"{name}: row {int(zero[0])} is zero, and its kernel is 0/0 at a Relu or an attention's "
-                "re-normalization; drop it or put a Dense with b_std > 0 first")
-    raise InputValueError(f"x1: the kernel overflows {np.dtype(dtype).name} inside the stack; rescale the "
-                          "inputs, e.g. to unit-norm rows")
+                "re-normalization; drop it or put a Dense with b_std > 0 first"
+            )
+    raise InputValueError(
+        f"x1: the kernel overflows {np.dtype(dtype).name} inside the stack; rescale the inputs, e.g. to unit-norm rows"
+    )

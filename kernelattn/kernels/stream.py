@@ -37,8 +37,20 @@ _STATIC = ("head", "n2", "chunk", "precision")
 
 def _accumulate(key, x, lin, total, first, n_blocks, n_units, *, head, n2, chunk, precision):
     """``total`` + the chunks [first, first + n_blocks) of the width-``n_units`` network of ``key``."""
-    return head_ntk_blocks(key, x, None, lin, head, chunk=chunk, first=first, steps=n_blocks, n_units=n_units, n2=n2,
-                           total=total, precision=precision)
+    return head_ntk_blocks(
+        key,
+        x,
+        None,
+        lin,
+        head,
+        chunk=chunk,
+        first=first,
+        steps=n_blocks,
+        n_units=n_units,
+        n2=n2,
+        total=total,
+        precision=precision,
+    )
 
 
 _accumulate_single = jax.jit(_accumulate, static_argnames=_STATIC)
@@ -50,8 +62,7 @@ def _accumulate_batched(keys, x, lin, totals, first, n_blocks, n_units, **static
 
 
 @functools.partial(jax.jit, static_argnames=(*_STATIC, "mesh", "batched"))
-def _accumulate_sharded(keys, x, lin, total, first, n_blocks, n_units, *, mesh, batched, head, n2, chunk,
-                        precision):
+def _accumulate_sharded(keys, x, lin, total, first, n_blocks, n_units, *, mesh, batched, head, n2, chunk, precision):
     """``_accumulate`` (or its vmap over keys) with the chunks dealt out over a 1-D device mesh.
 
     Inputs are replicated; each device sums its share of the range
@@ -62,9 +73,21 @@ def _accumulate_sharded(keys, x, lin, total, first, n_blocks, n_units, *, mesh, 
 
     def local(keys, x, lin, first, n_blocks, n_units):
         def one(key):
-            return sharded_head_ntk_blocks(key, x, None, lin, head, chunk=chunk, first=first, n_blocks=n_blocks,
-                                           axis_name=axis, shards=shards, n_units=n_units, n2=n2,
-                                           precision=precision)
+            return sharded_head_ntk_blocks(
+                key,
+                x,
+                None,
+                lin,
+                head,
+                chunk=chunk,
+                first=first,
+                n_blocks=n_blocks,
+                axis_name=axis,
+                shards=shards,
+                n_units=n_units,
+                n2=n2,
+                precision=precision,
+            )
 
         part = jax.vmap(one)(keys) if batched else one(keys)
         return jax.lax.psum(part, axis)
@@ -73,9 +96,18 @@ def _accumulate_sharded(keys, x, lin, total, first, n_blocks, n_units, *, mesh, 
     return total + shard_map(local, mesh, (rep,) * 6, rep)(keys, x, lin, first, n_blocks, n_units)
 
 
-def head_kernel_stream(keys: jax.Array, head: HeadConfig, x: ArrayLike, n2: int, widths: Sequence[int], *,
-                       width_chunk: int = 1024, dtype="float32", mesh: Mesh | None = None,
-                       precision=None) -> Iterator[tuple[int, np.ndarray]]:
+def head_kernel_stream(
+    keys: jax.Array,
+    head: HeadConfig,
+    x: ArrayLike,
+    n2: int,
+    widths: Sequence[int],
+    *,
+    width_chunk: int = 1024,
+    dtype="float32",
+    mesh: Mesh | None = None,
+    precision=None,
+) -> Iterator[tuple[int, np.ndarray]]:
     """Empirical head NTKs of the width-m prefixes of one network per key, for increasing m.
 
     The exact structured NTK of ``MLPHead`` (docs/math.md §7), traced over outputs:
@@ -116,8 +148,9 @@ def head_kernel_stream(keys: jax.Array, head: HeadConfig, x: ArrayLike, n2: int,
     n2 = check_int(n2, "n2", minimum=1, maximum=x.shape[0])
     widths = [check_int(w, "widths", minimum=1) for w in widths]
     if mesh is not None and not isinstance(mesh, Mesh):
-        raise InputTypeError(f"mesh: expected None or a jax.sharding.Mesh (see distributed.device_mesh), "
-                        f"got {type(mesh).__name__}")
+        raise InputTypeError(
+            f"mesh: expected None or a jax.sharding.Mesh (see distributed.device_mesh), got {type(mesh).__name__}"
+        )
     if mesh is not None and len(mesh.axis_names) != 1:
         raise InputValueError(f"mesh: expected a 1-D mesh (width,), got axes {tuple(mesh.axis_names)}")
     batched = jnp.ndim(keys) == 2
@@ -136,8 +169,9 @@ def head_kernel_stream(keys: jax.Array, head: HeadConfig, x: ArrayLike, n2: int,
     for m in sorted({int(w) for w in widths}):
         full = m // block
         if full > done:
-            total = step(keys, x, lin, total, jnp.int32(done), jnp.int32(full - done), jnp.int32(full * block),
-                         **static)
+            total = step(
+                keys, x, lin, total, jnp.int32(done), jnp.int32(full - done), jnp.int32(full * block), **static
+            )
             done = full
         snapshot = total
         if m % block:

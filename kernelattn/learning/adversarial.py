@@ -67,11 +67,27 @@ def adversarial_fit(
     opt_state = make_optimizer(config).init(params)
     eta = attack_config.resolved_step_size("pgd", epsilon)
     params, losses = _adversarial_epochs(
-        spec, config, attack_config, min(config.batch_size, x.shape[0]), params, rest, opt_state, x, y,
-        jax.random.split(key_train, config.epochs), jnp.asarray(epsilon, dtype), jnp.asarray(eta, dtype),
+        spec,
+        config,
+        attack_config,
+        min(config.batch_size, x.shape[0]),
+        params,
+        rest,
+        opt_state,
+        x,
+        y,
+        jax.random.split(key_train, config.epochs),
+        jnp.asarray(epsilon, dtype),
+        jnp.asarray(eta, dtype),
     )
-    return FittedModel(spec, {"params": params, **rest}, initial, np.asarray(losses, np.float64), "pgd-at",
-                       config.resolved_loss(y.shape[1]))
+    return FittedModel(
+        spec,
+        {"params": params, **rest},
+        initial,
+        np.asarray(losses, np.float64),
+        "pgd-at",
+        config.resolved_loss(y.shape[1]),
+    )
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
@@ -90,8 +106,14 @@ def _adversarial_epochs(spec, config, attack_config, batch_size, params, rest, o
             return loss_value(spec.outputs({"params": params, **rest}, x_adv, x_adv), y, ones, loss)
 
         x_adv = pgd(
-            full_loss, x, epsilon, key=k_attack, steps=attack_config.steps, step_size=eta,
-            random_start=attack_config.random_start, bounds=attack_config.bounds,
+            full_loss,
+            x,
+            epsilon,
+            key=k_attack,
+            steps=attack_config.steps,
+            step_size=eta,
+            random_start=attack_config.random_start,
+            bounds=attack_config.bounds,
         )
         features = spec.features(jax.lax.stop_gradient(x_adv), jax.lax.stop_gradient(x_adv))
         idx, w = epoch_batches(k_order, n, batch_size, x.dtype)
@@ -112,8 +134,18 @@ def _adversarial_epochs(spec, config, attack_config, batch_size, params, rest, o
     return params, losses
 
 
-def fit_in_mode(spec: HeadModel, X, labels, n_classes: int, *, mode: str, keys: Mapping[str, jax.Array],
-                config: TrainConfig, at_epsilon: float | None, attack_config: AttackConfig) -> FittedModel:
+def fit_in_mode(
+    spec: HeadModel,
+    X,
+    labels,
+    n_classes: int,
+    *,
+    mode: str,
+    keys: Mapping[str, jax.Array],
+    config: TrainConfig,
+    at_epsilon: float | None,
+    attack_config: AttackConfig,
+) -> FittedModel:
     """Train ``spec`` on raw X with int ``labels`` in a training mode (``TRAININGS``).
 
     Args:
@@ -130,6 +162,12 @@ def fit_in_mode(spec: HeadModel, X, labels, n_classes: int, *, mode: str, keys: 
     if at_epsilon is None:
         raise InputValueError("at_epsilon: training 'pgd-at' needs a radius, got None")
     return adversarial_fit(
-        spec, X, targets, key_init=keys["init"], key_train=keys["train"], config=config,
-        epsilon=at_epsilon, attack_config=attack_config,
+        spec,
+        X,
+        targets,
+        key_init=keys["init"],
+        key_train=keys["train"],
+        config=config,
+        epsilon=at_epsilon,
+        attack_config=attack_config,
     )

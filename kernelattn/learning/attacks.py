@@ -328,8 +328,9 @@ def kernel_ridge_loss(kernel_fn: Callable[[jax.Array], jax.Array], targets: Arra
     Returns:
       L as a ``jax.tree_util.Partial`` (see :func:`model_loss`).
     """
-    return jax.tree_util.Partial(_KernelRidgeResidual(float(ridge)), as_traced_function(kernel_fn),
-                                 _as_columns(targets))
+    return jax.tree_util.Partial(
+        _KernelRidgeResidual(float(ridge)), as_traced_function(kernel_fn), _as_columns(targets)
+    )
 
 
 def kernel_predictor_loss(predict_fn: Callable[[jax.Array], jax.Array], targets: ArrayLike) -> LossFn:
@@ -371,13 +372,26 @@ def _attack_and_evaluate(loss_fn, method, config, x, mask, key, epsilon, eta):
         x_adv = fgsm(loss_fn, x, epsilon, mask=mask, bounds=config.bounds)
     elif method == "pgd":
         x_adv = pgd(
-            loss_fn, x, epsilon, key=key, steps=config.steps, step_size=eta,
-            random_start=config.random_start, mask=mask, bounds=config.bounds,
+            loss_fn,
+            x,
+            epsilon,
+            key=key,
+            steps=config.steps,
+            step_size=eta,
+            random_start=config.random_start,
+            mask=mask,
+            bounds=config.bounds,
         )
     else:
         x_adv = mim(
-            loss_fn, x, epsilon, steps=config.steps, step_size=eta, momentum=config.momentum,
-            mask=mask, bounds=config.bounds,
+            loss_fn,
+            x,
+            epsilon,
+            steps=config.steps,
+            step_size=eta,
+            momentum=config.momentum,
+            mask=mask,
+            bounds=config.bounds,
         )
     return x_adv, loss_fn(x), loss_fn(x_adv)
 
@@ -425,7 +439,13 @@ def run_attack(
     eta = config.resolved_step_size(method, epsilon)
     steps = 1 if method == "fgsm" else config.steps
     x_adv, loss_clean, loss_adv = _attack_and_evaluate(
-        as_traced_function(loss_fn), method, config, xj, mj, key, jnp.asarray(epsilon, xj.dtype),
+        as_traced_function(loss_fn),
+        method,
+        config,
+        xj,
+        mj,
+        key,
+        jnp.asarray(epsilon, xj.dtype),
         jnp.asarray(eta, xj.dtype),
     )
     loss_clean, loss_adv = float(loss_clean), float(loss_adv)

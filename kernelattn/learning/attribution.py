@@ -65,6 +65,7 @@ def loss_gradients(apply_fn, loss: str, params, x: jax.Array, targets: jax.Array
       params: the parameters (pytree).
       x: ``(b, ...)`` inputs; targets: ``(b, C)``.
     """
+
     def example_loss(p, row, target):
         return loss_value(apply_fn(p, row[None]), target[None], jnp.ones(1, row.dtype), loss)
 
@@ -89,8 +90,19 @@ def output_loss_gradients(outputs: jax.Array, loss: str, targets: jax.Array) -> 
 # =========================================================================== estimators
 
 
-def gradient_products(apply_fn, loss: str, checkpoints: Sequence, weights: Sequence[float], x, targets, x_test,
-                      targets_test, *, cosine: bool = False, block: int = 128) -> tuple[np.ndarray, np.ndarray]:
+def gradient_products(
+    apply_fn,
+    loss: str,
+    checkpoints: Sequence,
+    weights: Sequence[float],
+    x,
+    targets,
+    x_test,
+    targets_test,
+    *,
+    cosine: bool = False,
+    block: int = 128,
+) -> tuple[np.ndarray, np.ndarray]:
     """Σ_c w_c G*_c G_cᵀ (``(n*, n)``) and its diagonal on the training set Σ_c w_c ‖g_i(θ_c)‖² (``(n,)``).
 
     TracIn with the step sizes as ``weights``; grad-dot with one checkpoint, θ_T, and weight 1;
@@ -117,7 +129,7 @@ def gradient_products(apply_fn, loss: str, checkpoints: Sequence, weights: Seque
         test_norms = np.linalg.norm(np.asarray(g_test, np.float64), axis=1)
         columns, norms = [], []
         for start in range(0, x.shape[0], block):
-            g = loss_gradients(apply_fn, loss, params, x[start:start + block], targets[start:start + block])
+            g = loss_gradients(apply_fn, loss, params, x[start : start + block], targets[start : start + block])
             columns.append(np.asarray(jnp.matmul(g_test, g.T, precision=lax_precision()), np.float64))
             norms.append(np.linalg.norm(np.asarray(g, np.float64), axis=1))
         products, train_norms = np.concatenate(columns, axis=1), np.concatenate(norms)
@@ -130,8 +142,9 @@ def gradient_products(apply_fn, loss: str, checkpoints: Sequence, weights: Seque
     return scores, self_influence
 
 
-def representer_scores(features, features_test, output_gradients, targets, targets_test,
-                       ridge: float) -> tuple[np.ndarray, np.ndarray]:
+def representer_scores(
+    features, features_test, output_gradients, targets, targets_test, ridge: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Representer values (Yeh et al. 2018) of a last linear layer f = φ(x) A, float64.
 
     I(i, t) = ⟨φ_i, φ_t⟩ ⟨α_i, y*_t⟩,  α_i = −∂ℓ_i/∂f_i / (2λn),
@@ -156,8 +169,10 @@ def representer_scores(features, features_test, output_gradients, targets, targe
     targets = check_matrix(targets, "targets", n_cols=gradients.shape[1]).astype(np.float64)
     targets_test = check_matrix(targets_test, "targets_test", n_cols=gradients.shape[1]).astype(np.float64)
     if gradients.shape[0] != n or targets.shape[0] != n or targets_test.shape[0] != features_test.shape[0]:
-        raise InputValueError(f"output_gradients: expected ({n}, C) rows to match features {features.shape}, "
-                              f"got {gradients.shape} (targets {targets.shape}, targets_test {targets_test.shape})")
+        raise InputValueError(
+            f"output_gradients: expected ({n}, C) rows to match features {features.shape}, "
+            f"got {gradients.shape} (targets {targets.shape}, targets_test {targets_test.shape})"
+        )
     alpha = -gradients / (2.0 * ridge * n)  # (n, C)
     scores = (features_test @ features.T) * (targets_test @ alpha.T)
     return scores, np.sum(features**2, axis=1) * np.sum(alpha * targets, axis=1)
@@ -184,6 +199,7 @@ def trak_scores(features, features_test, y, ridge: float, *, test_labels=None) -
     (``method="if"``) on the kernel ΦΦᵀ (push-through identity), reported as method "trak"."""
     features = check_matrix(features, "features").astype(np.float64)
     features_test = check_matrix(features_test, "features_test", n_cols=features.shape[1]).astype(np.float64)
-    result = influence_scores(features @ features.T, features_test @ features.T, y, ridge,
-                              test_labels=test_labels, method="if")
+    result = influence_scores(
+        features @ features.T, features_test @ features.T, y, ridge, test_labels=test_labels, method="if"
+    )
     return dataclasses.replace(result, method="trak")

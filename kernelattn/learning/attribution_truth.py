@@ -64,22 +64,25 @@ def compare_to_ground_truth(scores_by_method: Mapping, reference, *, tau: float 
     """
     truth = scores_of(reference, "reference")
     if not isinstance(scores_by_method, Mapping) or not scores_by_method:
-        raise InputValueError(f"scores_by_method: expected a non-empty mapping of method → scores, "
-                              f"got {type(scores_by_method).__name__}")
+        raise InputValueError(
+            f"scores_by_method: expected a non-empty mapping of method → scores, got {type(scores_by_method).__name__}"
+        )
     tau = check_real(tau, "tau", minimum=0.0, maximum=1.0, strict_min=True)
     rows = []
     for method, value in scores_by_method.items():
         scores = scores_of(value, f"scores_by_method[{method!r}]")
         metrics = compare_influence(truth, scores, tau)
         spearman, spearman_std = finite_mean_std(metrics["spearman"])
-        rows.append({
-            "method": str(method),
-            "spearman": spearman,
-            "pearson": finite_mean_std(pearson_rows(truth, scores))[0],
-            "topk_overlap": finite_mean_std(metrics["topk_overlap"])[0],
-            "sign_agreement": 1.0 - finite_mean_std(metrics["flip_rate"])[0],
-            "spearman_std": spearman_std,
-        })
+        rows.append(
+            {
+                "method": str(method),
+                "spearman": spearman,
+                "pearson": finite_mean_std(pearson_rows(truth, scores))[0],
+                "topk_overlap": finite_mean_std(metrics["topk_overlap"])[0],
+                "sign_agreement": 1.0 - finite_mean_std(metrics["flip_rate"])[0],
+                "spearman_std": spearman_std,
+            }
+        )
     return pd.DataFrame(rows, columns=["method", *TRUTH_METRICS, "spearman_std"])
 
 
@@ -106,8 +109,17 @@ def kernel_loo_by_refit(k_train, k_test_train, y, ridge: float, *, test_labels=N
     return out
 
 
-def retrained_loo(spec: HeadModel, X, labels, X_test, labels_test, *, n_classes: int, config: TrainConfig,
-                  seeds: Iterable[int] = (0, 1)) -> np.ndarray:
+def retrained_loo(
+    spec: HeadModel,
+    X,
+    labels,
+    X_test,
+    labels_test,
+    *,
+    n_classes: int,
+    config: TrainConfig,
+    seeds: Iterable[int] = (0, 1),
+) -> np.ndarray:
     """``(n*, n)`` float64 effect of removing each training point on the trained network, by retraining.
 
     For each seed s (initialization and shuffle keys of ``split_keys(s)``): the
@@ -141,8 +153,9 @@ def retrained_loo(spec: HeadModel, X, labels, X_test, labels_test, *, n_classes:
     return total / len(seeds)
 
 
-def _margins(spec: HeadModel, X, targets, X_test, directions, keep: np.ndarray, keys: dict,
-             config: TrainConfig) -> np.ndarray:
+def _margins(
+    spec: HeadModel, X, targets, X_test, directions, keep: np.ndarray, keys: dict, config: TrainConfig
+) -> np.ndarray:
     """``(n*,)`` ⟨f(x*_t), y*_t⟩ of the network trained on the rows ``keep`` (attending over them)."""
     fitted = fit_model(spec, X[keep], targets[keep], key_init=keys["init"], key_train=keys["train"], config=config)
     return np.sum(np.asarray(fitted.outputs(X_test, X[keep]), np.float64) * directions, axis=1)

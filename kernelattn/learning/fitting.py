@@ -76,8 +76,9 @@ def _labels_of(y, name: str, n: int) -> tuple[np.ndarray, int | None]:
         raise InputValueError(f"{name}: expected ({n},) class labels or ({n}, C) one-hot targets, got None")
     y = np.asarray(y)
     if y.ndim not in (1, 2) or y.shape[0] != n:
-        raise InputValueError(f"{name}: expected ({n},) class labels or ({n}, C) one-hot targets to match the inputs, "
-                              f"got shape {y.shape}")
+        raise InputValueError(
+            f"{name}: expected ({n},) class labels or ({n}, C) one-hot targets to match the inputs, got shape {y.shape}"
+        )
     if y.ndim == 2:
         return np.argmax(y, axis=1).astype(np.int64), int(y.shape[1])
     if not (np.issubdtype(y.dtype, np.integer) or np.all(np.equal(np.mod(y, 1), 0))):
@@ -107,8 +108,10 @@ def resolve_data(data=None, *, X=None, y=None, X_test=None, y_test=None) -> Trai
             raise InputValueError("data: pass either data or the arrays X, y, X_test, y_test, not both")
         missing = [a for a in ("X_train", "X_test") if not hasattr(data, a)]
         if missing:
-            raise InputValueError("data: expected an object with X_train, labels_train, X_test, labels_test, "
-                                  f"got {type(data).__name__} lacking {missing}")
+            raise InputValueError(
+                "data: expected an object with X_train, labels_train, X_test, labels_test, "
+                f"got {type(data).__name__} lacking {missing}"
+            )
         X, X_test = data.X_train, data.X_test
         y = getattr(data, "labels_train", None)
         y = getattr(data, "y_train", None) if y is None else y
@@ -120,14 +123,16 @@ def resolve_data(data=None, *, X=None, y=None, X_test=None, y_test=None) -> Trai
         normalized = (meta.get("preprocessing") or {}).get("normalize") if isinstance(meta, Mapping) else None
     if X is None or X_test is None:
         raise InputValueError(
-            f"{'X' if X is None else 'X_test'}: expected an (n, d) array (or pass data=...), got None")
+            f"{'X' if X is None else 'X_test'}: expected an (n, d) array (or pass data=...), got None"
+        )
     # Leave-one-out needs at least two training points to leave one out of.
     # Every model scales its input rows to unit norm first: a zero row has no direction, and a row
     # whose squared norm overflows (float32: beyond ~1e16) would become 0 or NaN without a word.
     hint = "every model scales its input rows to unit norm, which a zero row does not have; drop them"
     X = check_matrix(X, "X", min_rows=2, allow_zero_rows=False, zero_row_hint=hint).astype(np.float64)
-    X_test = check_matrix(X_test, "X_test", n_cols=X.shape[1], allow_zero_rows=False,
-                          zero_row_hint=hint).astype(np.float64)
+    X_test = check_matrix(X_test, "X_test", n_cols=X.shape[1], allow_zero_rows=False, zero_row_hint=hint).astype(
+        np.float64
+    )
     check_row_range(X, "X", dtype="float32", what="model input normalization")
     check_row_range(X_test, "X_test", dtype="float32", what="model input normalization")
     labels, c_train = _labels_of(y, "y", X.shape[0])
@@ -265,8 +270,10 @@ def resolve_model(model, width: int, out_dim: int, dtype) -> HeadModel:
         except ValueError:
             name = None
         if name not in SUPPORTED_MODELS:
-            raise InputValueError(f"model: expected one of {list(SUPPORTED_MODELS)} or a TwoLayerReLU/AttentionMLP "
-                                  f"instance, got {model!r}")
+            raise InputValueError(
+                f"model: expected one of {list(SUPPORTED_MODELS)} or a TwoLayerReLU/AttentionMLP "
+                f"instance, got {model!r}"
+            )
         width = check_int(width, "width", minimum=1)
         model = make_model(name, width, out_dim)
     if isinstance(model, TwoLayerReLU):
@@ -280,8 +287,10 @@ def resolve_model(model, width: int, out_dim: int, dtype) -> HeadModel:
         )
     head = model.head
     if head.out_dim != out_dim:
-        raise InputValueError(f"model: expected a head with out_dim = {out_dim} (the network outputs: 1 for a "
-                              f"binary task trained on ±1 targets, else the number of classes), got {head.out_dim}")
+        raise InputValueError(
+            f"model: expected a head with out_dim = {out_dim} (the network outputs: 1 for a "
+            f"binary task trained on ±1 targets, else the number of classes), got {head.out_dim}"
+        )
     return HeadModel(name, head, attention, jnp.dtype(dtype))
 
 
@@ -340,8 +349,9 @@ def split_keys(seed: int) -> dict[str, jax.Array]:
     return {"init": init, "train": train_key, "attack": attack}
 
 
-def fit_model(spec: HeadModel, X, targets, *, key_init: jax.Array, key_train: jax.Array, config: TrainConfig,
-              checkpoints: int = 0) -> FittedModel:
+def fit_model(
+    spec: HeadModel, X, targets, *, key_init: jax.Array, key_train: jax.Array, config: TrainConfig, checkpoints: int = 0
+) -> FittedModel:
     """Initialize the head and train it (optax, ``kernelattn.learning.training.train``) on raw X.
 
     The features (attention over X) are computed once; the head is trained on
@@ -362,12 +372,20 @@ def fit_model(spec: HeadModel, X, targets, *, key_init: jax.Array, key_train: ja
     params, rest = initial["params"], {k: v for k, v in initial.items() if k != "params"}
 
     apply_fn = jax.tree_util.Partial(HeadApply(spec), rest)
-    result = train(apply_fn, params, np.asarray(features), np.asarray(targets), key=key_train, config=config,
-                   checkpoints=checkpoints)
+    result = train(
+        apply_fn,
+        params,
+        np.asarray(features),
+        np.asarray(targets),
+        key=key_train,
+        config=config,
+        checkpoints=checkpoints,
+    )
     loss = config.resolved_loss(np.asarray(targets).shape[1])
     saved = tuple({"params": p, **rest} for p in result.checkpoints)
-    return FittedModel(spec, {"params": result.params, **rest}, initial, result.losses, "standard", loss,
-                       checkpoints=saved)
+    return FittedModel(
+        spec, {"params": result.params, **rest}, initial, result.losses, "standard", loss, checkpoints=saved
+    )
 
 
 def assess_fit(fitted: FittedModel, split: TrainTest, config: TrainConfig, *, what: str) -> FittedModel:

@@ -143,12 +143,14 @@ class InfluenceResult:
         """Long format, one row per (test point, training point): columns ``test_index``,
         ``train_index`` (int64), ``method`` (str) and ``score`` (float64), test-major order."""
         n_test, n = self.shape
-        return pd.DataFrame({
-            "test_index": np.repeat(np.arange(n_test, dtype=np.int64), n),
-            "train_index": np.tile(np.arange(n, dtype=np.int64), n_test),
-            "method": self.method,
-            "score": np.asarray(self.scores, np.float64).reshape(-1),
-        })
+        return pd.DataFrame(
+            {
+                "test_index": np.repeat(np.arange(n_test, dtype=np.int64), n),
+                "train_index": np.tile(np.arange(n, dtype=np.int64), n_test),
+                "method": self.method,
+                "score": np.asarray(self.scores, np.float64).reshape(-1),
+            }
+        )
 
     def most_helpful(self, k: int) -> np.ndarray:
         """``(n*, k)`` indices of each test point's k largest scores (:func:`top_k`)."""
@@ -190,7 +192,8 @@ def _check_test_labels(test_labels, n_test: int, n_outputs: int) -> np.ndarray |
     labels = np.asarray(test_labels)
     if labels.shape != (n_test,) or not (np.issubdtype(labels.dtype, np.integer) or labels.size == 0):
         raise InputValueError(
-            f"test_labels: expected ({n_test},) integer class indices, got {labels.shape} {labels.dtype}")
+            f"test_labels: expected ({n_test},) integer class indices, got {labels.shape} {labels.dtype}"
+        )
     if labels.size and (labels.min() < 0 or labels.max() >= n_outputs):
         raise InputValueError(
             f"test_labels: expected class indices in [0, {n_outputs - 1}], got {labels.min()}..{labels.max()}"

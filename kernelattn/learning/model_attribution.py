@@ -124,8 +124,9 @@ def takes_context(module) -> bool:
     return len(positional) >= 2
 
 
-def module_gradient_model(module, variables: dict, context, loss: str, *, checkpoints: tuple = (),
-                          learning_rate: float = 1.0, initial=None) -> GradientModel:
+def module_gradient_model(
+    module, variables: dict, context, loss: str, *, checkpoints: tuple = (), learning_rate: float = 1.0, initial=None
+) -> GradientModel:
     """The :class:`GradientModel` of a user's Flax module at ``variables`` (``{"params": …, …}``).
 
     The module is called as ``module.apply(variables, x)``, or ``module.apply(variables, x, context)``
@@ -133,7 +134,8 @@ def module_gradient_model(module, variables: dict, context, loss: str, *, checkp
     """
     if not hasattr(variables, "items") or "params" not in variables:
         raise InputValueError(
-            f"variables: expected Flax variables {{'params': ..., ...}}, got {type(variables).__name__}")
+            f"variables: expected Flax variables {{'params': ..., ...}}, got {type(variables).__name__}"
+        )
     variables = dict(variables)
     params = variables.pop("params")
     apply_fn = jax.tree_util.Partial(ModuleApply(module, takes_context(module)), variables, context)
@@ -145,9 +147,22 @@ def true_outputs(outputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return outputs[:, 0] if outputs.shape[1] == 1 else outputs[np.arange(len(labels)), labels]
 
 
-def gradient_attribution(model: GradientModel, x, targets, x_test, targets_test, method: str, *, ridge: float,
-                         ridge_targets=None, test_labels=None, projection_dim: int = 512,
-                         key: jax.Array | None = None, at_init: bool = False, block: int = 128) -> InfluenceResult:
+def gradient_attribution(
+    model: GradientModel,
+    x,
+    targets,
+    x_test,
+    targets_test,
+    method: str,
+    *,
+    ridge: float,
+    ridge_targets=None,
+    test_labels=None,
+    projection_dim: int = 512,
+    key: jax.Array | None = None,
+    at_init: bool = False,
+    block: int = 128,
+) -> InfluenceResult:
     """Scores ``(n*, n)`` of a network estimator, with self-influence.
 
     Args:
@@ -171,30 +186,64 @@ def gradient_attribution(model: GradientModel, x, targets, x_test, targets_test,
             checkpoints, weights = model.checkpoints, [model.learning_rate] * len(model.checkpoints)
         else:
             checkpoints, weights = (model.params,), [model.learning_rate if method == "tracin" else 1.0]
-        scores, self_influence = gradient_products(model.apply_fn, model.loss, checkpoints, weights, x, targets,
-                                                   x_test, targets_test, cosine=method == "grad-cos", block=block)
+        scores, self_influence = gradient_products(
+            model.apply_fn,
+            model.loss,
+            checkpoints,
+            weights,
+            x,
+            targets,
+            x_test,
+            targets_test,
+            cosine=method == "grad-cos",
+            block=block,
+        )
     elif method == "representer":
         if model.penultimate is None:
-            raise InputValueError("method: 'representer' needs the input of the model's last linear layer "
-                                  "(GradientModel.penultimate); call representer_scores with your own features")
+            raise InputValueError(
+                "method: 'representer' needs the input of the model's last linear layer "
+                "(GradientModel.penultimate); call representer_scores with your own features"
+            )
         outputs = model.apply_fn(model.params, x)
         gradients = output_loss_gradients(outputs, model.loss, jnp.asarray(targets, dtype))
         scores, self_influence = representer_scores(
-            np.asarray(model.penultimate(model.params, x)), np.asarray(model.penultimate(model.params, x_test)),
-            np.asarray(gradients), np.asarray(targets), np.asarray(targets_test), ridge)
+            np.asarray(model.penultimate(model.params, x)),
+            np.asarray(model.penultimate(model.params, x_test)),
+            np.asarray(gradients),
+            np.asarray(targets),
+            np.asarray(targets_test),
+            ridge,
+        )
     else:
         params = model.initial if at_init else model.params
         if params is None:
-            raise InputValueError("kernel: 'empirical-init' needs the parameters at initialization, which are unknown "
-                                  "for given variables; use kernel='empirical'")
+            raise InputValueError(
+                "kernel: 'empirical-init' needs the parameters at initialization, which are unknown "
+                "for given variables; use kernel='empirical'"
+            )
         jac, jac_test = output_jacobian(model.apply_fn, params, x), output_jacobian(model.apply_fn, params, x_test)
-        projection = projection_matrix(jax.random.PRNGKey(0) if key is None else key, jac.shape[2], projection_dim,
-                                       dtype)
-        return trak_scores(projected_features(jac, projection), projected_features(jac_test, projection),
-                           ridge_targets, ridge, test_labels=test_labels)
+        projection = projection_matrix(
+            jax.random.PRNGKey(0) if key is None else key, jac.shape[2], projection_dim, dtype
+        )
+        return trak_scores(
+            projected_features(jac, projection),
+            projected_features(jac_test, projection),
+            ridge_targets,
+            ridge,
+            test_labels=test_labels,
+        )
     outputs = model.outputs(x_test)
-    predictions = (np.sum(outputs * np.asarray(targets_test, np.float64), axis=1) if test_labels is None
-                   else true_outputs(outputs, np.asarray(test_labels)))
-    return InfluenceResult(scores, method, "none", float(ridge) if method == "representer" else float("nan"),
-                           predictions, None if test_labels is None else np.asarray(test_labels),
-                           self_influence=self_influence)
+    predictions = (
+        np.sum(outputs * np.asarray(targets_test, np.float64), axis=1)
+        if test_labels is None
+        else true_outputs(outputs, np.asarray(test_labels))
+    )
+    return InfluenceResult(
+        scores,
+        method,
+        "none",
+        float(ridge) if method == "representer" else float("nan"),
+        predictions,
+        None if test_labels is None else np.asarray(test_labels),
+        self_influence=self_influence,
+    )

@@ -136,8 +136,10 @@ class FitOptions:
         for name, value in checked.items():
             object.__setattr__(self, name, value)
         if checked["method"] == "trak" and checked["kernel"] not in ("empirical", "empirical-init"):
-            raise InputValueError(f"kernel: method='trak' projects the network's empirical NTK features; expected "
-                                  f"kernel 'empirical' or 'empirical-init', got {checked['kernel']!r}")
+            raise InputValueError(
+                f"kernel: method='trak' projects the network's empirical NTK features; expected "
+                f"kernel 'empirical' or 'empirical-init', got {checked['kernel']!r}"
+            )
 
     @property
     def fit_checkpoints(self) -> int:
@@ -178,8 +180,6 @@ def model_kernels(fitted: FittedModel, X, X_test, kernel: str = "empirical") -> 
     gram = np.asarray(k, np.float64)
     n = features.shape[0]
     return gram[:n], gram[n:]
-
-
 
 
 def infinite_ntk_jnp(f1: jax.Array, f2: jax.Array | None, head: HeadConfig) -> jax.Array:
@@ -253,16 +253,26 @@ def tracin_scores(fitted: FittedModel, split_x, targets, x_test, targets_test, *
     """
     spec = fitted.spec
     model = head_gradient_model(fitted, 1.0)
-    scores, _ = gradient_products(model.apply_fn, fitted.loss, (model.params,), (1.0,), spec.features(split_x, split_x),
-                                  targets, spec.features(x_test, split_x), targets_test, block=block)
+    scores, _ = gradient_products(
+        model.apply_fn,
+        fitted.loss,
+        (model.params,),
+        (1.0,),
+        spec.features(split_x, split_x),
+        targets,
+        spec.features(x_test, split_x),
+        targets_test,
+        block=block,
+    )
     return scores
 
 
 # =========================================================================== influence of a fitted model, and from data
 
 
-def fitted_influence(fitted: FittedModel, X, labels, X_test, labels_test, *, n_classes: int,
-                     options: FitOptions) -> InfluenceResult:
+def fitted_influence(
+    fitted: FittedModel, X, labels, X_test, labels_test, *, n_classes: int, options: FitOptions
+) -> InfluenceResult:
     """Influence matrix of a trained model on (X, labels) → (X_test, labels_test).
 
     ``options.kernel`` in ``RIDGE_KERNELS`` and ``options.method`` "loo" / "if": kernel ridge influence
@@ -287,14 +297,26 @@ def fitted_influence(fitted: FittedModel, X, labels, X_test, labels_test, *, n_c
     elif options.method in INFLUENCE_METHODS:
         k_train, k_test_train = model_kernels(fitted, X, X_test, kernel)
         result = influence_scores(
-            k_train, k_test_train, one_vs_rest(labels, n_classes, targets), options.ridge, test_labels=labels_test,
+            k_train,
+            k_test_train,
+            one_vs_rest(labels, n_classes, targets),
+            options.ridge,
+            test_labels=labels_test,
             method=options.method,
         )
     else:
         spec = fitted.spec
         model = head_gradient_model(fitted, options.train_config.learning_rate)
-        result = network_attribution(model, spec.features(X, X), spec.features(X_test, X), labels, labels_test,
-                                     n_classes=n_classes, out_dim=out_dim, options=options)
+        result = network_attribution(
+            model,
+            spec.features(X, X),
+            spec.features(X_test, X),
+            labels,
+            labels_test,
+            n_classes=n_classes,
+            out_dim=out_dim,
+            options=options,
+        )
     return dataclasses.replace(
         result,
         kernel=kernel,
@@ -306,14 +328,23 @@ def fitted_influence(fitted: FittedModel, X, labels, X_test, labels_test, *, n_c
     )
 
 
-def network_attribution(model: GradientModel, x, x_test, labels, labels_test, *, n_classes: int, out_dim: int,
-                        options: FitOptions) -> InfluenceResult:
+def network_attribution(
+    model: GradientModel, x, x_test, labels, labels_test, *, n_classes: int, out_dim: int, options: FitOptions
+) -> InfluenceResult:
     """:func:`kernelattn.learning.model_attribution.gradient_attribution` with ``options``' method,
     ridge, targets and projection on inputs ``x`` / ``x_test`` of ``model`` and int labels."""
     return gradient_attribution(
-        model, x, class_targets(labels, n_classes, out_dim), x_test, class_targets(labels_test, n_classes, out_dim),
-        options.method, ridge=options.ridge, ridge_targets=one_vs_rest(labels, n_classes, options.targets),
-        test_labels=np.asarray(labels_test), projection_dim=options.projection_dim, key=options.keys()["attack"],
+        model,
+        x,
+        class_targets(labels, n_classes, out_dim),
+        x_test,
+        class_targets(labels_test, n_classes, out_dim),
+        options.method,
+        ridge=options.ridge,
+        ridge_targets=one_vs_rest(labels, n_classes, options.targets),
+        test_labels=np.asarray(labels_test),
+        projection_dim=options.projection_dim,
+        key=options.keys()["attack"],
         at_init=options.kernel == "empirical-init",
     )
 
@@ -351,34 +382,75 @@ def module_influence(module, variables, split: TrainTest, options: FitOptions) -
         variables = initial_variables = cast(dict(module.init(keys["init"], X[:1], *context_args)))
         rest = {k: v for k, v in variables.items() if k != "params"}
         apply_fn = jax.tree_util.Partial(ModuleApply(module, bool(context_args)), rest, X)
-        fit = train(apply_fn, variables["params"], np.asarray(X), targets, key=keys["train"], config=config,
-                    checkpoints=options.fit_checkpoints)
+        fit = train(
+            apply_fn,
+            variables["params"],
+            np.asarray(X),
+            targets,
+            key=keys["train"],
+            config=config,
+            checkpoints=options.fit_checkpoints,
+        )
         variables, initial = {**rest, "params": fit.params}, initial_variables["params"]
         checkpoints, losses = fit.checkpoints, fit.losses
-    model = module_gradient_model(module, cast(dict(variables)), X, config.resolved_loss(out_dim),
-                                  checkpoints=checkpoints, learning_rate=config.learning_rate, initial=initial)
+    model = module_gradient_model(
+        module,
+        cast(dict(variables)),
+        X,
+        config.resolved_loss(out_dim),
+        checkpoints=checkpoints,
+        learning_rate=config.learning_rate,
+        initial=initial,
+    )
     width = model.outputs(X[:1]).shape[1]
     if width != out_dim:
-        raise InputValueError(f"model: expected a module with {out_dim} outputs (1 for a binary task trained on ±1 "
-                              f"targets, else the number of classes), got {width}")
+        raise InputValueError(
+            f"model: expected a module with {out_dim} outputs (1 for a binary task trained on ±1 "
+            f"targets, else the number of classes), got {width}"
+        )
     if options.kernel not in ("empirical", "empirical-init"):
-        raise InputValueError(f"kernel: expected 'empirical' or 'empirical-init' for a user's module (it has no "
-                              f"closed-form kernel; TracIn is method='tracin'), got {options.kernel!r}")
+        raise InputValueError(
+            f"kernel: expected 'empirical' or 'empirical-init' for a user's module (it has no "
+            f"closed-form kernel; TracIn is method='tracin'), got {options.kernel!r}"
+        )
     if options.method in INFLUENCE_METHODS:
         at = model.initial if options.kernel == "empirical-init" else model.params
         if at is None:
-            raise InputValueError("kernel: 'empirical-init' needs the parameters at initialization, which are "
-                                  "unknown for given variables; use kernel='empirical'")
-        k = np.asarray(empirical_ntk_fn(lambda p, x: model.apply_fn(p, x))(at, jnp.concatenate([X, X_test]), X),
-                       np.float64)
+            raise InputValueError(
+                "kernel: 'empirical-init' needs the parameters at initialization, which are "
+                "unknown for given variables; use kernel='empirical'"
+            )
+        k = np.asarray(
+            empirical_ntk_fn(lambda p, x: model.apply_fn(p, x))(at, jnp.concatenate([X, X_test]), X), np.float64
+        )
         n = X.shape[0]
-        result = influence_scores(k[:n], k[n:], one_vs_rest(split.labels, split.n_classes, options.targets),
-                                  options.ridge, test_labels=split.labels_test, method=options.method)
+        result = influence_scores(
+            k[:n],
+            k[n:],
+            one_vs_rest(split.labels, split.n_classes, options.targets),
+            options.ridge,
+            test_labels=split.labels_test,
+            method=options.method,
+        )
     else:
-        result = network_attribution(model, X, X_test, split.labels, split.labels_test, n_classes=split.n_classes,
-                                     out_dim=out_dim, options=options)
-    return dataclasses.replace(result, kernel=options.kernel, targets=options.targets,
-                               model=type(module).__name__, seed=options.seed, train_losses=losses)
+        result = network_attribution(
+            model,
+            X,
+            X_test,
+            split.labels,
+            split.labels_test,
+            n_classes=split.n_classes,
+            out_dim=out_dim,
+            options=options,
+        )
+    return dataclasses.replace(
+        result,
+        kernel=options.kernel,
+        targets=options.targets,
+        model=type(module).__name__,
+        seed=options.seed,
+        train_losses=losses,
+    )
 
 
 def influence(data=None, *, X=None, y=None, X_test=None, y_test=None, variables=None, **options) -> InfluenceResult:
@@ -421,15 +493,27 @@ def influence(data=None, *, X=None, y=None, X_test=None, y_test=None, variables=
     config = fit_options.train_config
     module = user_module(fit_options.model, fit_options.width, config.out_dim(split.n_classes))
     if module is not None:
-        return dataclasses.replace(module_influence(module, variables, split, fit_options), model=(
-            fit_options.model if isinstance(fit_options.model, str) else type(module).__name__))
+        return dataclasses.replace(
+            module_influence(module, variables, split, fit_options),
+            model=(fit_options.model if isinstance(fit_options.model, str) else type(module).__name__),
+        )
     if variables is not None:
-        raise InputValueError("variables: given variables are for a user's Flax module; kernelattn's own models "
-                              f"are trained here (model={fit_options.model!r})")
+        raise InputValueError(
+            "variables: given variables are for a user's Flax module; kernelattn's own models "
+            f"are trained here (model={fit_options.model!r})"
+        )
     spec = fit_options.head_model(split.n_classes)
-    fitted = fit_model(spec, split.X, split.train_targets(config), key_init=keys["init"], key_train=keys["train"],
-                       config=config, checkpoints=fit_options.fit_checkpoints)
+    fitted = fit_model(
+        spec,
+        split.X,
+        split.train_targets(config),
+        key_init=keys["init"],
+        key_train=keys["train"],
+        config=config,
+        checkpoints=fit_options.fit_checkpoints,
+    )
     fitted = assess_fit(fitted, split, config, what=fit_label(spec, fit_options.seed))
-    result = fitted_influence(fitted, split.X, split.labels, split.X_test, split.labels_test,
-                              n_classes=split.n_classes, options=fit_options)
+    result = fitted_influence(
+        fitted, split.X, split.labels, split.X_test, split.labels_test, n_classes=split.n_classes, options=fit_options
+    )
     return dataclasses.replace(result, seed=fit_options.seed)

@@ -90,8 +90,7 @@ def _targets(value: Any, n: int | None = None) -> np.ndarray:
     """``y_train`` as given, ``(n,)`` or ``(n, C)``, float64."""
     ndim = np.ndim(value)
     if ndim not in (1, 2):
-        raise InputValueError(f"y_train: expected a 1-d (n,) or 2-d (n, C) array, got {ndim}-d shape "
-                              f"{np.shape(value)}")
+        raise InputValueError(f"y_train: expected a 1-d (n,) or 2-d (n, C) array, got {ndim}-d shape {np.shape(value)}")
     y = check_matrix(value, "y_train", ndim=ndim).astype(np.float64)
     if n is not None and y.shape[0] != n:
         raise InputValueError(f"y_train: expected {n} rows to match k_train_train, got shape {y.shape}")
@@ -108,8 +107,9 @@ def _outputs(value: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
     except ValueError:
         broadcast = None
     if broadcast != shape:
-        raise InputValueError(f"{name}: expected a number or an array broadcastable to {shape}, "
-                              f"got shape {array.shape}")
+        raise InputValueError(
+            f"{name}: expected a number or an array broadcastable to {shape}, got shape {array.shape}"
+        )
     return array
 
 
@@ -259,8 +259,9 @@ def gradient_descent_mse(
         k_td = f_test = None
         if fx_test_0 is not None:
             if k_test_train is None:
-                raise InputValueError("k_test_train: expected the (m, n) test-train kernel to predict fx_test_0, "
-                                      "got None")
+                raise InputValueError(
+                    "k_test_train: expected the (m, n) test-train kernel to predict fx_test_0, got None"
+                )
             k_td = check_matrix(k_test_train, "k_test_train", n_cols=k.shape[0]).astype(np.float64)
             f_test = _outputs(fx_test_0, "fx_test_0", (k_td.shape[0], *y.shape[1:]))
         residual = (0.0 if f_train is None else f_train) - y  # f_0(X) − y
@@ -316,9 +317,11 @@ def _kernel_matrices(kernel_fn: Callable, x1: Any, x2: Any, names: tuple[str, ..
         if value is None and len(names) == 1 and len(getattr(result, "shape", ())) == 2:
             value = result
         if value is None:
-            raise InputValueError(f"kernel_fn: {call} returned no {g!r} kernel (expected an object with "
-                                  f"{'/'.join(names)} attributes, e.g. a kernelattn.Kernel), "
-                                  f"got {type(result).__name__}")
+            raise InputValueError(
+                f"kernel_fn: {call} returned no {g!r} kernel (expected an object with "
+                f"{'/'.join(names)} attributes, e.g. a kernelattn.Kernel), "
+                f"got {type(result).__name__}"
+            )
         matrices[g] = check_matrix(value, f"kernel_fn {call}.{g}")
     return matrices
 
@@ -400,12 +403,16 @@ def gradient_descent_mse_ensemble(
         kernels = k_train(needed)
         k_td = k_tt = None
         if x_test is not None:
-            k_td = {g: value.astype(np.float64) for g, value in
-                    _kernel_matrices(kernel_fn, x_test, x_train, needed, "(x_test, x_train)").items()}
+            k_td = {
+                g: value.astype(np.float64)
+                for g, value in _kernel_matrices(kernel_fn, x_test, x_train, needed, "(x_test, x_train)").items()
+            }
             for g, value in k_td.items():
                 if value.shape[1] != n:
-                    raise InputValueError(f"kernel_fn (x_test, x_train).{g}: expected {n} columns to match "
-                                          f"y_train, got shape {value.shape}")
+                    raise InputValueError(
+                        f"kernel_fn (x_test, x_train).{g}: expected {n} columns to match "
+                        f"y_train, got shape {value.shape}"
+                    )
             if compute_cov:
                 k_tt = _kernel_matrices(kernel_fn, x_test, None, ("nngp",), "(x_test, None)")["nngp"].astype(np.float64)
         out = {}

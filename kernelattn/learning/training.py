@@ -189,6 +189,7 @@ def _epochs(apply_fn, optimizer, loss, params, opt_state, x, y, keys, batch_size
     def step(carry, batch):
         params, opt_state = carry
         idx, w = batch
+
         def batch_loss(p):
             return loss_value(apply_fn(p, x[idx]), y[idx], w.astype(x.dtype), loss)
 
@@ -265,8 +266,9 @@ def train(
     run = -(-config.epochs // checkpoints)
     saved, losses = [], []
     for start in range(0, config.epochs, run):
-        params, opt_state, run_losses = _run_epochs(apply_fn, optimizer, loss, params, opt_state, x, y,
-                                                    keys[start:start + run], batch_size, precision)
+        params, opt_state, run_losses = _run_epochs(
+            apply_fn, optimizer, loss, params, opt_state, x, y, keys[start : start + run], batch_size, precision
+        )
         saved.append(params)
         losses.append(np.asarray(run_losses, dtype=np.float64))
     return TrainResult(params, np.concatenate(losses), tuple(saved))
@@ -388,9 +390,11 @@ class TrainingHealth:
     def summary(self) -> str:
         """One line: loss against chance, accuracies, and the verdict."""
         verdict = "trained" if self.trained else "NOT TRAINED (" + "; ".join(self.reasons) + ")"
-        return (f"loss {self.final_loss:.4g} (chance {self.chance_loss:.4g}), train acc {self.train_accuracy:.3f}, "
-                f"test acc {self.test_accuracy:.3f} (chance {self.chance_accuracy:.3f}), "
-                f"‖θ−θ₀‖/‖θ₀‖ {self.weight_change:.3g}, feature cosine {self.feature_cosine:.4f}: {verdict}")
+        return (
+            f"loss {self.final_loss:.4g} (chance {self.chance_loss:.4g}), train acc {self.train_accuracy:.3f}, "
+            f"test acc {self.test_accuracy:.3f} (chance {self.chance_accuracy:.3f}), "
+            f"‖θ−θ₀‖/‖θ₀‖ {self.weight_change:.3g}, feature cosine {self.feature_cosine:.4f}: {verdict}"
+        )
 
 
 def _tree_norm(tree) -> float:
@@ -447,18 +451,21 @@ def training_health(
     if outputs_test is not None and labels_test is not None and len(labels_test):
         test_acc = float(np.mean(predicted_labels(np.asarray(outputs_test)) == np.asarray(labels_test)))
     chance_acc = float(np.max(np.bincount(labels)) / labels.size)
-    delta = jax.tree_util.tree_map(lambda p, p0: np.asarray(p, np.float64) - np.asarray(p0, np.float64), params,
-                                   initial_params)
+    delta = jax.tree_util.tree_map(
+        lambda p, p0: np.asarray(p, np.float64) - np.asarray(p0, np.float64), params, initial_params
+    )
     patterns = np.zeros((0, 0), bool) if hidden is None else np.asarray(hidden) > 0
     patterns0 = np.zeros((0, 0), bool) if hidden_initial is None else np.asarray(hidden_initial) > 0
     ratio = final / chance if chance > 0 else math.nan
     reasons = []
     if ratio > UNTRAINED_LOSS_FRACTION:
-        reasons.append(f"final loss {final:.4g} is {ratio:.3f} of the chance loss {chance:.4g} "
-                       f"(> {UNTRAINED_LOSS_FRACTION})")
+        reasons.append(
+            f"final loss {final:.4g} is {ratio:.3f} of the chance loss {chance:.4g} (> {UNTRAINED_LOSS_FRACTION})"
+        )
     if train_acc - chance_acc < UNTRAINED_ACCURACY_MARGIN:
-        reasons.append(f"train accuracy {train_acc:.3f} within {UNTRAINED_ACCURACY_MARGIN:.0%} of chance "
-                       f"{chance_acc:.3f}")
+        reasons.append(
+            f"train accuracy {train_acc:.3f} within {UNTRAINED_ACCURACY_MARGIN:.0%} of chance {chance_acc:.3f}"
+        )
     cosine = mean_pairwise_cosine(features)
     return TrainingHealth(
         final_loss=final,
@@ -488,12 +495,19 @@ def check_health(health: TrainingHealth, what: str) -> TrainingHealth:
     if health.trained:
         return health
     action = guards.current_policy().action
-    cause = (f"; its head inputs are nearly identical across samples (mean pairwise cosine "
-             f"{health.feature_cosine:.4f}), the attention collapse of docs/math.md §10.1"
-             if health.collapsed else "")
-    message = (f"{what}: the network did not train — " + "; ".join(health.reasons) + cause +
-               ". Its influence and malleability numbers describe an untrained network (raise the learning rate "
-               "or the epochs; with weight_decay_mode='coupled', lower weight_decay)")
+    cause = (
+        f"; its head inputs are nearly identical across samples (mean pairwise cosine "
+        f"{health.feature_cosine:.4f}), the attention collapse of docs/math.md §10.1"
+        if health.collapsed
+        else ""
+    )
+    message = (
+        f"{what}: the network did not train — "
+        + "; ".join(health.reasons)
+        + cause
+        + ". Its influence and malleability numbers describe an untrained network (raise the learning rate "
+        "or the epochs; with weight_decay_mode='coupled', lower weight_decay)"
+    )
     if action == "raise":
         raise UntrainedError(message)
     if action == "warn":

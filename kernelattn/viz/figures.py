@@ -71,48 +71,108 @@ def _store_jobs(frames: Frames, store: str, colors: dict[str, str]) -> list[Figu
     c = rows(frames.conditions)
     if not c.empty:
         power = int(c["power"].iloc[0])
-        jobs += [FigureJob(f"{store}_spectra", f"Normalized spectra of G and of the attention Gram G^{power}"
-                           f" ({store}).", plot_spectra, {"conditions": c}),
-                 FigureJob(f"{store}_kappa_power", f"κ_d(G)^{power} against the measured "
-                           f"κ_d(G^{power}), with the identity ({store}).", plot_condition_power, {"conditions": c})]
+        jobs += [
+            FigureJob(
+                f"{store}_spectra",
+                f"Normalized spectra of G and of the attention Gram G^{power} ({store}).",
+                plot_spectra,
+                {"conditions": c},
+            ),
+            FigureJob(
+                f"{store}_kappa_power",
+                f"κ_d(G)^{power} against the measured κ_d(G^{power}), with the identity ({store}).",
+                plot_condition_power,
+                {"conditions": c},
+            ),
+        ]
     k = rows(frames.kernel)
     if not k.empty:
-        jobs.append(FigureJob(f"{store}_convergence", f"Distance of the empirical NTK to its limit against width "
-                              f"({store}): mean over seeds, min–max band, m^{{-1/2}} reference; cert = 1/2 "
-                              "extrapolated and m_theory marked.", plot_convergence, {"kernel": k, "colors": colors}))
+        jobs.append(
+            FigureJob(
+                f"{store}_convergence",
+                f"Distance of the empirical NTK to its limit against width "
+                f"({store}): mean over seeds, min–max band, m^{{-1/2}} reference; cert = 1/2 "
+                "extrapolated and m_theory marked.",
+                plot_convergence,
+                {"kernel": k, "colors": colors},
+            )
+        )
         if k["variant"].any():
-            jobs.append(FigureJob(f"{store}_remedies", f"Remedies: rank-r truncated and depth-k attention ({store}).",
-                                  plot_remedies, {"kernel": k, "colors": colors}))
+            jobs.append(
+                FigureJob(
+                    f"{store}_remedies",
+                    f"Remedies: rank-r truncated and depth-k attention ({store}).",
+                    plot_remedies,
+                    {"kernel": k, "colors": colors},
+                )
+            )
         if is_kappa_sweep(k):
-            jobs.append(FigureJob(f"{store}_kappa", f"Certificate gap against κ(G), synthetic data ({store}).",
-                                  plot_kappa_sweep, {"kernel": k, "colors": colors}))
+            jobs.append(
+                FigureJob(
+                    f"{store}_kappa",
+                    f"Certificate gap against κ(G), synthetic data ({store}).",
+                    plot_kappa_sweep,
+                    {"kernel": k, "colors": colors},
+                )
+            )
     t = rows(frames.training)
     if not t.empty:
-        jobs.append(FigureJob(f"{store}_ntk_distance", f"Function-space distance to the NTK predictor after training "
-                              f"({store}).", plot_ntk_distance, {"training": t, "colors": colors}))
+        jobs.append(
+            FigureJob(
+                f"{store}_ntk_distance",
+                f"Function-space distance to the NTK predictor after training ({store}).",
+                plot_ntk_distance,
+                {"training": t, "colors": colors},
+            )
+        )
     m = rows(frames.malleability)
     measured = default_protocol(m)
     if not measured.empty:
         on_m = {"malleability": m, "colors": colors}
         specific = []
         if measured["epsilon"].nunique() >= 2:
-            specific.append(FigureJob(f"{store}_epsilon", f"Flip rate against the attack radius ε ({store}).",
-                                      plot_epsilon_sweep, on_m))
+            specific.append(
+                FigureJob(
+                    f"{store}_epsilon", f"Flip rate against the attack radius ε ({store}).", plot_epsilon_sweep, on_m
+                )
+            )
         if measured["training_mode"].nunique() >= 2:
-            specific.append(FigureJob(f"{store}_adversarial_training",
-                                      f"Standard vs PGD adversarial training ({store}).",
-                                      plot_adversarial_training, on_m))
+            specific.append(
+                FigureJob(
+                    f"{store}_adversarial_training",
+                    f"Standard vs PGD adversarial training ({store}).",
+                    plot_adversarial_training,
+                    on_m,
+                )
+            )
         if m["variant"].any():
-            specific.append(FigureJob(f"{store}_remedies",
-                                      f"Remedies: flip rate of rank-r / depth-k attention ({store}).",
-                                      plot_remedies, on_m))
+            specific.append(
+                FigureJob(
+                    f"{store}_remedies",
+                    f"Remedies: flip rate of rank-r / depth-k attention ({store}).",
+                    plot_remedies,
+                    on_m,
+                )
+            )
         if is_kappa_sweep(m):
-            specific.append(FigureJob(f"{store}_kappa", f"Malleability gap against κ(G), synthetic data ({store}).",
-                                      plot_kappa_sweep, on_m))
+            specific.append(
+                FigureJob(
+                    f"{store}_kappa",
+                    f"Malleability gap against κ(G), synthetic data ({store}).",
+                    plot_kappa_sweep,
+                    on_m,
+                )
+            )
         jobs += specific
         if measured["attack"].nunique() >= 2 or not specific:
-            jobs.append(FigureJob(f"{store}_flip_rates", f"Influence flip rates per attack and model ({store}).",
-                                  plot_flip_rates, on_m))
+            jobs.append(
+                FigureJob(
+                    f"{store}_flip_rates",
+                    f"Influence flip rates per attack and model ({store}).",
+                    plot_flip_rates,
+                    on_m,
+                )
+            )
     return jobs
 
 
@@ -210,11 +270,15 @@ def _draw_in_workers(tasks: Sequence[tuple], n: int) -> list[list[Path]]:
 
     def drive() -> None:  # one worker process, fed by one thread of this process once it is ready
         try:
-            worker = subprocess.Popen([sys.executable, "-c", _WORKER, json.dumps(list(map(os.fsdecode, sys.path)))],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            worker = subprocess.Popen(
+                [sys.executable, "-c", _WORKER, json.dumps(list(map(os.fsdecode, sys.path)))],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
         except OSError as err:
-            warnings.warn(f"no figure worker ({err}): the figures are drawn by the others", RuntimeWarning,
-                          stacklevel=1)  # from a worker thread: no caller to point at
+            warnings.warn(
+                f"no figure worker ({err}): the figures are drawn by the others", RuntimeWarning, stacklevel=1
+            )  # from a worker thread: no caller to point at
             return
         with worker:
             requests, answers = worker.stdin, worker.stdout
@@ -223,8 +287,11 @@ def _draw_in_workers(tasks: Sequence[tuple], n: int) -> list[list[Path]]:
                 pickle.load(answers)
             except Exception:  # noqa: BLE001 - not a worker speaking this protocol (e.g. no Python at sys.executable)
                 worker.kill()
-                warnings.warn(f"a figure worker did not start (exit code {worker.wait()}): the figures are "
-                              "drawn by the others", RuntimeWarning, stacklevel=1)
+                warnings.warn(
+                    f"a figure worker did not start (exit code {worker.wait()}): the figures are drawn by the others",
+                    RuntimeWarning,
+                    stacklevel=1,
+                )
                 return
             while (item := take()) is not None:
                 index, task = item
@@ -233,8 +300,12 @@ def _draw_in_workers(tasks: Sequence[tuple], n: int) -> list[list[Path]]:
                     requests.flush()
                     ok, value = pickle.load(answers)
                 except (EOFError, OSError):
-                    fail(RuntimeError(f"a figure worker died drawing {task[0].stem} (exit code {worker.wait()}; "
-                                      "its messages are above)"))
+                    fail(
+                        RuntimeError(
+                            f"a figure worker died drawing {task[0].stem} (exit code {worker.wait()}; "
+                            "its messages are above)"
+                        )
+                    )
                     return
                 if ok:
                     results[index] = value
@@ -259,8 +330,13 @@ def _draw_in_workers(tasks: Sequence[tuple], n: int) -> list[list[Path]]:
     return results
 
 
-def save_figures(jobs: Sequence[FigureJob], directory: str | os.PathLike[str],
-                 precisions: Mapping[str, str] | None = None, *, workers: int | None = None) -> list[Path]:
+def save_figures(
+    jobs: Sequence[FigureJob],
+    directory: str | os.PathLike[str],
+    precisions: Mapping[str, str] | None = None,
+    *,
+    workers: int | None = None,
+) -> list[Path]:
     """Draw each job and write ``<directory>/<stem>.png`` and ``.pdf``; the paths written, in job order.
 
     Args:

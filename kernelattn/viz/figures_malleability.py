@@ -45,8 +45,15 @@ from kernelattn.viz.style import (
     paper_style,
 )
 
-__all__ = ["FLAG_CAPTION", "default_protocol", "plot_adversarial_training", "plot_epsilon_sweep",
-           "plot_flip_rates", "plot_kappa_sweep", "plot_remedies"]
+__all__ = [
+    "FLAG_CAPTION",
+    "default_protocol",
+    "plot_adversarial_training",
+    "plot_epsilon_sweep",
+    "plot_flip_rates",
+    "plot_kappa_sweep",
+    "plot_remedies",
+]
 
 
 def _measured(frame: pd.DataFrame) -> pd.DataFrame:
@@ -77,8 +84,11 @@ def _null_level(malleability: pd.DataFrame, dataset: str, model: str) -> float:
     """Mean flip rate of the "null-seed" baselines of a dataset and model (NaN when none)."""
     if malleability.empty or "intervention" not in malleability:
         return math.nan
-    sub = malleability[(malleability["intervention"] == "null-seed") & (malleability["dataset"] == dataset)
-                       & (malleability["model"] == model)]
+    sub = malleability[
+        (malleability["intervention"] == "null-seed")
+        & (malleability["dataset"] == dataset)
+        & (malleability["model"] == model)
+    ]
     if "influence_kernel" in sub and (sub["influence_kernel"] == "empirical").any():
         sub = sub[sub["influence_kernel"] == "empirical"]
     return seed_stats(sub["flip_rate"]).mean
@@ -92,9 +102,15 @@ def _closest(values: Sequence[float], target: float) -> float:
     return min(values, key=lambda v: abs(v - target)) if values else math.nan
 
 
-def _bars(ax, groups: list[str], series: list[tuple[str, list[float], list[float]]], colors: dict[str, str],
-          ratio_of: tuple[str, str] | None = None, nulls: Mapping[str, list[float]] | None = None,
-          marks: Mapping[str, list[str]] | None = None) -> None:
+def _bars(
+    ax,
+    groups: list[str],
+    series: list[tuple[str, list[float], list[float]]],
+    colors: dict[str, str],
+    ratio_of: tuple[str, str] | None = None,
+    nulls: Mapping[str, list[float]] | None = None,
+    marks: Mapping[str, list[str]] | None = None,
+) -> None:
     """Grouped bars: ``series`` = (label, heights per group, errors per group); optional per-label null
     levels (a black tick across the bar) and flag marks (text above it)."""
     n = max(1, len(series))
@@ -102,8 +118,15 @@ def _bars(ax, groups: list[str], series: list[tuple[str, list[float], list[float
     x = np.arange(len(groups))
     for k, (label, heights, errors) in enumerate(series):
         xs = x + (k - (n - 1) / 2) * width
-        ax.bar(xs, heights, width * 0.92, yerr=errors, color=colors.get(label, "grey"),
-               label=label, error_kw={"linewidth": 0.7, "capsize": 1.5})
+        ax.bar(
+            xs,
+            heights,
+            width * 0.92,
+            yerr=errors,
+            color=colors.get(label, "grey"),
+            label=label,
+            error_kw={"linewidth": 0.7, "capsize": 1.5},
+        )
         for g, level in enumerate((nulls or {}).get(label, [])):
             if math.isfinite(level):
                 ax.hlines(level, xs[g] - width * 0.46, xs[g] + width * 0.46, colors="black", linewidth=1.2)
@@ -117,8 +140,9 @@ def _bars(ax, groups: list[str], series: list[tuple[str, list[float], list[float
             for g in range(len(groups)):
                 b, o = base[1][g], other[1][g]
                 if b > 0 and math.isfinite(o):
-                    top = max(h[1][g] + (h[2][g] if math.isfinite(h[2][g]) else 0) for h in series
-                              if math.isfinite(h[1][g]))
+                    top = max(
+                        h[1][g] + (h[2][g] if math.isfinite(h[2][g]) else 0) for h in series if math.isfinite(h[1][g])
+                    )
                     ax.text(x[g], top + 0.02, f"×{fmt_fixed(o / b, 1)}", ha="center", va="bottom", fontsize=6)
     ax.set_xticks(x, groups)
 
@@ -142,8 +166,9 @@ def _err_note(frame: pd.DataFrame, group: Sequence[str]) -> str:
 
 
 @paper_style
-def plot_flip_rates(malleability: pd.DataFrame, *, epsilon: float = 0.3, colors: dict[str, str] | None = None
-                    ) -> Figure:
+def plot_flip_rates(
+    malleability: pd.DataFrame, *, epsilon: float = 0.3, colors: dict[str, str] | None = None
+) -> Figure:
     """Flip-rate bars per attack (groups) and model (bars), one panel per dataset, at the ε closest to ``epsilon``.
 
     Standard training and the "adversarial" intervention (every training point
@@ -165,17 +190,20 @@ def plot_flip_rates(malleability: pd.DataFrame, *, epsilon: float = 0.3, colors:
     for j, dataset in enumerate(datasets):
         ax = axes[0, j]
         sub = frame[frame["dataset"] == dataset]
-        attacks = [a for a in ("fgsm", "pgd", "mim", "none") if a in set(sub["attack"])] + \
-            sorted(set(sub["attack"]) - {"fgsm", "pgd", "mim", "none"})
+        attacks = [a for a in ("fgsm", "pgd", "mim", "none") if a in set(sub["attack"])] + sorted(
+            set(sub["attack"]) - {"fgsm", "pgd", "mim", "none"}
+        )
         series, nulls, marks = [], {}, {}
         for model in ordered_models(sub):
             stats = [_mean_err(sub[(sub["model"] == model) & (sub["attack"] == a)]) for a in attacks]
             series.append((model, [s[0] for s in stats], [s[1] for s in stats]))
             nulls[model] = [_null_level(malleability, dataset, model)] * len(attacks)
-            marks[model] = [flag_marks(*fit_health(sub[(sub["model"] == model) & (sub["attack"] == a)]))
-                            for a in attacks]
-        _bars(ax, [a.upper() for a in attacks], series, colors, ratio_of=("2L-ReLU", "MLP-Attn"), nulls=nulls,
-              marks=marks)
+            marks[model] = [
+                flag_marks(*fit_health(sub[(sub["model"] == model) & (sub["attack"] == a)])) for a in attacks
+            ]
+        _bars(
+            ax, [a.upper() for a in attacks], series, colors, ratio_of=("2L-ReLU", "MLP-Attn"), nulls=nulls, marks=marks
+        )
         ax.set_ylim(0, 1.05)
         panel_label(ax, f"{dataset}, ε = {fmt(eps, 6)}")
         if j == 0:
@@ -216,8 +244,16 @@ def plot_epsilon_sweep(malleability: pd.DataFrame, *, colors: dict[str, str] | N
             m = sub[sub["model"] == model]
             eps = sorted(m["epsilon"].unique())
             stats = np.array([_mean_err(m[m["epsilon"] == e]) for e in eps])
-            ax.errorbar(eps, stats[:, 0], yerr=stats[:, 1], color=colors[model], marker=MARKERS.get(model, "D"),
-                        label=model, capsize=1.5, elinewidth=0.7)
+            ax.errorbar(
+                eps,
+                stats[:, 0],
+                yerr=stats[:, 1],
+                color=colors[model],
+                marker=MARKERS.get(model, "D"),
+                label=model,
+                capsize=1.5,
+                elinewidth=0.7,
+            )
         ax.set_xlabel("ℓ∞ radius ε")
         ax.set_ylim(0, 1.05)
         panel_label(ax, f"{dataset}, {attack.upper()}")
@@ -233,8 +269,11 @@ def plot_adversarial_training(malleability: pd.DataFrame, *, colors: dict[str, s
     """Flip-rate bars: standard vs PGD adversarial training (groups) per model (bars), per dataset × attack."""
     frame = default_protocol(malleability)
     datasets = list(dict.fromkeys(frame["dataset"])) if not frame.empty else []
-    settings = [(a, e) for a in _attacks(frame) for e in sorted(frame[frame["attack"] == a]["epsilon"].unique())] \
-        if not frame.empty else []
+    settings = (
+        [(a, e) for a in _attacks(frame) for e in sorted(frame[frame["attack"] == a]["epsilon"].unique())]
+        if not frame.empty
+        else []
+    )
     fig = new_figure(*panel_size(max(1, len(datasets)), max(1, len(settings)), 2.3))
     if frame.empty:
         return no_data(fig)
@@ -274,15 +313,24 @@ def _variant_order(frame: pd.DataFrame) -> list[str]:
         r = info.loc[label]
         base = 0 if label == "2L-ReLU" else 1 if label == "MLP-Attn" else 2
         rank = r.get("rank", math.nan)
-        return (base, 0 if isinstance(rank, float) and not math.isnan(rank) else 1,
-                rank if isinstance(rank, float) and not math.isnan(rank) else 0, r.get("depth", 1), label)
+        return (
+            base,
+            0 if isinstance(rank, float) and not math.isnan(rank) else 1,
+            rank if isinstance(rank, float) and not math.isnan(rank) else 0,
+            r.get("depth", 1),
+            label,
+        )
 
     return sorted(info.index, key=key)
 
 
 @paper_style
-def plot_remedies(kernel: pd.DataFrame | None = None, malleability: pd.DataFrame | None = None, *,
-                  colors: dict[str, str] | None = None) -> Figure:
+def plot_remedies(
+    kernel: pd.DataFrame | None = None,
+    malleability: pd.DataFrame | None = None,
+    *,
+    colors: dict[str, str] | None = None,
+) -> Figure:
     """The paper's remedies (rank-r truncated attention, attention depth k) against the base models.
 
     One row per dataset; panels, as the data allow: cert at the largest width
@@ -303,10 +351,11 @@ def plot_remedies(kernel: pd.DataFrame | None = None, malleability: pd.DataFrame
         flip = flip[flip["attack"] == attack]
         eps = _closest(list(flip["epsilon"].unique()), 0.3)
         flip = flip[flip["epsilon"] == eps]
-    datasets = list(dict.fromkeys(list(kernel["dataset"]) if not kernel.empty else [])
-                    | dict.fromkeys(list(flip["dataset"]) if not flip.empty else []))
-    fig = new_figure(SINGLE if len(panels) <= 1 else min(DOUBLE, 2.3 * len(panels) + 0.3),
-                  2.6 * max(1, len(datasets)))
+    datasets = list(
+        dict.fromkeys(list(kernel["dataset"]) if not kernel.empty else [])
+        | dict.fromkeys(list(flip["dataset"]) if not flip.empty else [])
+    )
+    fig = new_figure(SINGLE if len(panels) <= 1 else min(DOUBLE, 2.3 * len(panels) + 0.3), 2.6 * max(1, len(datasets)))
     if not panels:
         return no_data(fig)
     everything = pd.concat([f[["model"]] for f in (kernel, flip) if not f.empty])
@@ -333,16 +382,22 @@ def plot_remedies(kernel: pd.DataFrame | None = None, malleability: pd.DataFrame
             panel_label(ax, dataset if j == 0 else "")
             log_axis(ax, "y")
         elif panel == "kappa":
-            values = [sub[sub["model"] == m]["kappa_d_G" if m == "2L-ReLU" else "kappa_d_features"].iloc[0]
-                      for m in order]
+            values = [
+                sub[sub["model"] == m]["kappa_d_G" if m == "2L-ReLU" else "kappa_d_features"].iloc[0] for m in order
+            ]
             ax.bar(x, values, color=[colors[m] for m in order])
             ax.set_ylabel(r"$\kappa_d$ of the head's input")
             panel_label(ax, dataset if j == 0 else "")
             log_axis(ax, "y")
         else:
             mean_errs = [_mean_err(sub[sub["model"] == m]) for m in order]
-            ax.bar(x, [t[0] for t in mean_errs], yerr=[t[1] for t in mean_errs], color=[colors[m] for m in order],
-                   error_kw={"linewidth": 0.7, "capsize": 1.5})
+            ax.bar(
+                x,
+                [t[0] for t in mean_errs],
+                yerr=[t[1] for t in mean_errs],
+                color=[colors[m] for m in order],
+                error_kw={"linewidth": 0.7, "capsize": 1.5},
+            )
             ax.set_ylim(0, 1.05)
             ax.set_ylabel(f"flip rate ({sub['attack'].iloc[0].upper()} ε = {fmt(sub['epsilon'].iloc[0], 6)})")
             panel_label(ax, dataset if j == 0 else "")
@@ -358,8 +413,12 @@ def _kappa_x(frame: pd.DataFrame) -> pd.Series:
 
 
 @paper_style
-def plot_kappa_sweep(kernel: pd.DataFrame | None = None, malleability: pd.DataFrame | None = None, *,
-                     colors: dict[str, str] | None = None) -> Figure:
+def plot_kappa_sweep(
+    kernel: pd.DataFrame | None = None,
+    malleability: pd.DataFrame | None = None,
+    *,
+    colors: dict[str, str] | None = None,
+) -> Figure:
     """The gap between MLP-Attn and 2L-ReLU against κ(G) on synthetic data with a prescribed spectrum.
 
     From kernel sweeps: cert at the largest width per model, and the ratio
@@ -416,8 +475,13 @@ def plot_kappa_sweep(kernel: pd.DataFrame | None = None, malleability: pd.DataFr
                 if model == "2L-ReLU":
                     continue
                 ratio = (series / means["2L-ReLU"]).dropna()
-                ax_ratio.plot(ratio.index.to_numpy(float), ratio.to_numpy(float), color=colors[model],
-                              marker=MARKERS.get(model, "D"), label=f"{model} / 2L-ReLU")
+                ax_ratio.plot(
+                    ratio.index.to_numpy(float),
+                    ratio.to_numpy(float),
+                    color=colors[model],
+                    marker=MARKERS.get(model, "D"),
+                    label=f"{model} / 2L-ReLU",
+                )
             ax_ratio.axhline(1.0, color=REFERENCE, linestyle="--", linewidth=0.7)
             log_axis(ax_ratio, "x")
             if logy:
@@ -428,4 +492,3 @@ def plot_kappa_sweep(kernel: pd.DataFrame | None = None, malleability: pd.DataFr
         else:
             ax_ratio.set_axis_off()
     return fig
-

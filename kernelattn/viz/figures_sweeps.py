@@ -50,8 +50,13 @@ __all__ = ["plot_condition_power", "plot_convergence", "plot_ntk_distance", "plo
 
 
 @paper_style
-def plot_convergence(kernel: pd.DataFrame, fits: pd.DataFrame | None = None, *,
-                     colors: dict[str, str] | None = None, band: str = "minmax") -> Figure:
+def plot_convergence(
+    kernel: pd.DataFrame,
+    fits: pd.DataFrame | None = None,
+    *,
+    colors: dict[str, str] | None = None,
+    band: str = "minmax",
+) -> Figure:
     """Width against rel_fro (top row) and cert (bottom row), one column per dataset; log-log.
 
     Args:
@@ -119,8 +124,11 @@ def plot_convergence(kernel: pd.DataFrame, fits: pd.DataFrame | None = None, *,
             else:
                 ax.tick_params(labelbottom=False)
             if j == 0:
-                ax.set_ylabel(r"rel_fro = $\|\Theta_m-\Theta_\infty\|_F/\|\Theta_\infty\|_F$" if metric == "rel_fro"
-                              else r"cert = $\|\Theta_m-\Theta_\infty\|_2/\lambda_{min}(\Theta_\infty)$")
+                ax.set_ylabel(
+                    r"rel_fro = $\|\Theta_m-\Theta_\infty\|_F/\|\Theta_\infty\|_F$"
+                    if metric == "rel_fro"
+                    else r"cert = $\|\Theta_m-\Theta_\infty\|_2/\lambda_{min}(\Theta_\infty)$"
+                )
             if i == 0:
                 panel_label(ax, dataset)
     handles, labels = axes[0, 0].get_legend_handles_labels()
@@ -159,9 +167,18 @@ def _mark_widths(ax, fits: pd.DataFrame, colors: dict[str, str], xlim: tuple[flo
         decades = math.log10(hi / lo)
         ax.set_ylim(lo, hi * 10 ** (decades * 0.16 * len(notes) / (1 - 0.16 * len(notes))))
     for k, (text, color) in enumerate(notes):
-        ax.annotate(text, xy=(1.0, 0.955 - 0.11 * k), xycoords="axes fraction", xytext=(-10, 0),
-                    textcoords="offset points", ha="right", va="center", fontsize=6, color=color,
-                    arrowprops={"arrowstyle": "->", "color": color, "linewidth": 0.7})
+        ax.annotate(
+            text,
+            xy=(1.0, 0.955 - 0.11 * k),
+            xycoords="axes fraction",
+            xytext=(-10, 0),
+            textcoords="offset points",
+            ha="right",
+            va="center",
+            fontsize=6,
+            color=color,
+            arrowprops={"arrowstyle": "->", "color": color, "linewidth": 0.7},
+        )
 
 
 # =========================================================================== condition numbers
@@ -185,21 +202,28 @@ def plot_spectra(conditions: pd.DataFrame) -> Figure:
     fig = new_figure(DOUBLE, 2.5)
     rows = conditions[conditions["eigenvalues_G"].notna()] if "eigenvalues_G" in conditions else conditions.iloc[:0]
     if rows.empty:
-        return no_data(fig, "no stored spectra (conditions spec with \"spectra\": true)")
+        return no_data(fig, 'no stored spectra (conditions spec with "spectra": true)')
     power = int(rows["power"].iloc[0]) if "power" in rows else 3
     axes = grid(fig, 1, 2, sharey=True)
     for k, (_, r) in enumerate(rows.iterrows()):
         color = DATASET_PALETTE[k % len(DATASET_PALETTE)]
-        for ax, column, rank in ((axes[0, 0], "eigenvalues_G", r.get("rank_G")),
-                                 (axes[0, 1], "eigenvalues_attention", r.get("rank_attention"))):
+        for ax, column, rank in (
+            (axes[0, 0], "eigenvalues_G", r.get("rank_G")),
+            (axes[0, 1], "eigenvalues_attention", r.get("rank_attention")),
+        ):
             v = _spectrum(r.get(column), rank)
             if v is not None:
                 n = f"n={fmt_int(r['n'])}"
                 label = r["dataset"] if n in r["dataset"] else f"{r['dataset']} ({n})"
                 ax.plot(np.arange(1, v.size + 1), v, color=color, label=label, linewidth=1.0)
-    for ax, title in ((axes[0, 0], "G = X Xᵀ"),
-                      (axes[0, 1], f"G{superscript(str(power))} = Z Zᵀ, Z = "
-                                   f"G{'' if power == 3 else superscript(str((power - 1) // 2))} X (attention)")):
+    for ax, title in (
+        (axes[0, 0], "G = X Xᵀ"),
+        (
+            axes[0, 1],
+            f"G{superscript(str(power))} = Z Zᵀ, Z = "
+            f"G{'' if power == 3 else superscript(str((power - 1) // 2))} X (attention)",
+        ),
+    ):
         log_axis(ax, "y")
         log_axis(ax, "x")
         ax.set_xlabel("eigenvalue index i")
@@ -227,8 +251,14 @@ def plot_condition_power(conditions: pd.DataFrame) -> Figure:
     for k, (_, r) in enumerate(conditions.iterrows()):
         if not ok[k]:
             continue
-        ax.plot(r["kappa_d_G_power"], r["kappa_d_attention"], marker="o", linestyle="none",
-                color=DATASET_PALETTE[k % len(DATASET_PALETTE)], label=r["dataset"])
+        ax.plot(
+            r["kappa_d_G_power"],
+            r["kappa_d_attention"],
+            marker="o",
+            linestyle="none",
+            color=DATASET_PALETTE[k % len(DATASET_PALETTE)],
+            label=r["dataset"],
+        )
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     log_axis(ax, "x")
@@ -262,8 +292,14 @@ def plot_ntk_distance(training: pd.DataFrame, *, colors: dict[str, str] | None =
                     continue
                 stats = seed_stats_by(m, "width", metric)
                 x = stats.index.to_numpy(float)
-                ax.plot(x, stats["mean"], color=colors[model], linestyle=style, marker=MARKERS.get(model, "D"),
-                        label=f"{model}, {'vs NTK' if metric == 'ntk_distance' else 'vs linearized'}")
+                ax.plot(
+                    x,
+                    stats["mean"],
+                    color=colors[model],
+                    linestyle=style,
+                    marker=MARKERS.get(model, "D"),
+                    label=f"{model}, {'vs NTK' if metric == 'ntk_distance' else 'vs linearized'}",
+                )
                 if stats["n"].max() > 1:
                     ax.fill_between(x, stats["min"], stats["max"], color=colors[model], alpha=0.15, linewidth=0)
         widths = sub["width"].to_numpy(float)
@@ -276,4 +312,3 @@ def plot_ntk_distance(training: pd.DataFrame, *, colors: dict[str, str] | None =
             ax.set_ylabel("relative distance of test outputs")
     axes[0, 0].legend(loc="best", fontsize=6)
     return fig
-

@@ -154,8 +154,9 @@ def _kernel_row(store: str, record: Mapping[str, Any]) -> dict[str, Any]:
     cell = record["cell"]
     row = _base(store, record)
     row.update(_dataset_columns(cell.get("dataset", {}), record.get("spec", {})))
-    row.update(model_info(cell.get("model", "?")), model_index=_model_index(cell.get("model", "?"),
-                                                                             record.get("spec", {})))
+    row.update(
+        model_info(cell.get("model", "?")), model_index=_model_index(cell.get("model", "?"), record.get("spec", {}))
+    )
     row.update(width=int(cell["width"]), seed=int(cell["seed"]), dtype=cell.get("dtype"), ridge=cell.get("ridge"))
     row.update(_scalars(record["metrics"]))
     return row
@@ -165,13 +166,22 @@ def _malleability_row(store: str, record: Mapping[str, Any]) -> dict[str, Any]:
     cell, metrics = record["cell"], record["metrics"]
     row = _base(store, record)
     row.update(_dataset_columns(cell.get("dataset", {}), record.get("spec", {})))
-    row.update(model_info(cell.get("model", "?")), model_index=_model_index(cell.get("model", "?"),
-                                                                             record.get("spec", {})))
-    row.update(width=int(cell.get("width", 0)), seed=int(cell.get("seed", 0)),
-               training_mode=cell.get("training_mode", "standard"), influence_kernel=cell.get("kernel"),
-               intervention=cell.get("intervention"), attack=cell.get("attack"),
-               epsilon=float(cell.get("epsilon", math.nan)), tau=cell.get("tau"), at_epsilon=cell.get("at_epsilon"),
-               influence=cell.get("influence"), epochs=(cell.get("training") or {}).get("epochs"))
+    row.update(
+        model_info(cell.get("model", "?")), model_index=_model_index(cell.get("model", "?"), record.get("spec", {}))
+    )
+    row.update(
+        width=int(cell.get("width", 0)),
+        seed=int(cell.get("seed", 0)),
+        training_mode=cell.get("training_mode", "standard"),
+        influence_kernel=cell.get("kernel"),
+        intervention=cell.get("intervention"),
+        attack=cell.get("attack"),
+        epsilon=float(cell.get("epsilon", math.nan)),
+        tau=cell.get("tau"),
+        at_epsilon=cell.get("at_epsilon"),
+        influence=cell.get("influence"),
+        epochs=(cell.get("training") or {}).get("epochs"),
+    )
     row.update(_scalars(metrics))
     if metrics.get("dataset_label"):
         row["dataset"] = metrics["dataset_label"]
@@ -207,8 +217,19 @@ def _conditions_row(store: str, record: Mapping[str, Any]) -> dict[str, Any]:
 _SHOWN = {
     "kernel": ("seed", "width", "model", "dataset"),
     "training": ("seed", "width", "model", "dataset"),
-    "malleability": ("seed", "width", "model", "dataset", "attack", "epsilon", "training_mode", "intervention",
-                     "kernel", "at_epsilon", "attack_target"),
+    "malleability": (
+        "seed",
+        "width",
+        "model",
+        "dataset",
+        "attack",
+        "epsilon",
+        "training_mode",
+        "intervention",
+        "kernel",
+        "at_epsilon",
+        "attack_target",
+    ),
     "conditions": ("dataset",),
 }
 
@@ -219,16 +240,25 @@ def setting_of(kind: str, cell: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(rest).encode("ascii")).hexdigest()[:8]
 
 
-_BUILDERS = {"kernel_sweep": ("kernel", _kernel_row), "training_sweep": ("training", _kernel_row),
-             "malleability": ("malleability", _malleability_row), "conditions": ("conditions", _conditions_row)}
+_BUILDERS = {
+    "kernel_sweep": ("kernel", _kernel_row),
+    "training_sweep": ("training", _kernel_row),
+    "malleability": ("malleability", _malleability_row),
+    "conditions": ("conditions", _conditions_row),
+}
 
 
 def _environment(record: Mapping[str, Any]) -> dict[str, Any]:
     env = record.get("environment") or {}
     packages = env.get("packages") or {}
-    return {"packages": {k: v for k, v in packages.items() if v}, "backend": env.get("jax_backend"),
-            "devices": env.get("device_kinds"), "python": env.get("python"), "x64": env.get("x64"),
-            "precision": (env.get("precision") or {}).get("policy")}
+    return {
+        "packages": {k: v for k, v in packages.items() if v},
+        "backend": env.get("jax_backend"),
+        "devices": env.get("device_kinds"),
+        "python": env.get("python"),
+        "x64": env.get("x64"),
+        "precision": (env.get("precision") or {}).get("policy"),
+    }
 
 
 def load_frames(out: str | Path) -> Frames:
@@ -257,9 +287,12 @@ def load_frames(out: str | Path) -> Frames:
             if latest is None or finished > ((latest.get("timing") or {}).get("finished") or ""):
                 latest = record
             description = description or str((record.get("spec") or {}).get("description", ""))
-        info[name] = {"kinds": kinds, "description": description,
-                      "environment": _environment(latest) if latest else {},
-                      "finished": (latest.get("timing") or {}).get("finished") if latest else None}
+        info[name] = {
+            "kinds": kinds,
+            "description": description,
+            "environment": _environment(latest) if latest else {},
+            "finished": (latest.get("timing") or {}).get("finished") if latest else None,
+        }
         for kind, kind_rows in mine.items():
             settings = {r["setting"] for r in kind_rows}
             if len(settings) > 1:
@@ -273,11 +306,15 @@ def load_frames(out: str | Path) -> Frames:
         frame = pd.DataFrame(kind_rows)
         order = [c for c in ("store", "dataset_index", "model_index", "width", "seed", "epsilon") if c in frame]
         frames[kind] = frame.sort_values(order, kind="stable").reset_index(drop=True) if order else frame
-    return Frames(out, tuple(stores), frames["kernel"], frames["training"], frames["malleability"],
-                  frames["conditions"], info)
+    return Frames(
+        out, tuple(stores), frames["kernel"], frames["training"], frames["malleability"], frames["conditions"], info
+    )
 
 
 def is_kappa_sweep(frame: pd.DataFrame) -> bool:
     """True when the records of ``frame`` are a synthetic κ sweep: synthetic data only, at two κ or more."""
-    return (not frame.empty and bool((frame["dataset_name"] == "synthetic").all())
-            and frame["kappa_data"].nunique(dropna=True) >= 2)
+    return (
+        not frame.empty
+        and bool((frame["dataset_name"] == "synthetic").all())
+        and frame["kappa_data"].nunique(dropna=True) >= 2
+    )

@@ -45,8 +45,17 @@ from kernelattn.viz.report_tables import (
 __all__ = ["FIGURE_SUFFIXES", "artifact_rank", "claims_table", "render_report", "store_order"]
 
 #: Figure file stems are ``<store>_<suffix>`` (see ``kernelattn.viz.figures.figure_jobs``), linked in this order.
-FIGURE_SUFFIXES = ("spectra", "kappa_power", "convergence", "remedies", "kappa", "ntk_distance", "flip_rates",
-                   "epsilon", "adversarial_training")
+FIGURE_SUFFIXES = (
+    "spectra",
+    "kappa_power",
+    "convergence",
+    "remedies",
+    "kappa",
+    "ntk_distance",
+    "flip_rates",
+    "epsilon",
+    "adversarial_training",
+)
 REPRODUCED, NOT_REPRODUCED, NOT_TESTABLE = "reproduced", "not reproduced", "not testable here"
 
 
@@ -58,12 +67,16 @@ def _condition_claims(c: pd.DataFrame, refs: RefBook) -> list[list[str]]:
         return []
     ratio = (c["kappa_d_attention"] / c["kappa_d_G_power"] - 1).abs()
     exact = ratio[c["kappa_d_G_power"] < 1e12]
-    return [["κ_d(G^{2k+1}) = κ_d(G)^{2k+1} (Thm 4.7)",
-             REPRODUCED if len(exact) and exact.max() < 1e-3 else NOT_REPRODUCED,
-             f"max relative deviation of the measured value {fmt(exact.max(), 2)} over the {len(exact)} "
-             f"training sets with κ_d(G)³ < 1e12 ({fmt(ratio.max(), 2)} over all {len(c)}, κ_d(G)³ up to "
-             f"{fmt(c['kappa_d_G_power'].max(), 2)}; float64 round-off floors κ near 1e16)",
-             refs.ref(", ".join(dict.fromkeys(c["store"])), "all condition rows", list(c["key"]))]]
+    return [
+        [
+            "κ_d(G^{2k+1}) = κ_d(G)^{2k+1} (Thm 4.7)",
+            REPRODUCED if len(exact) and exact.max() < 1e-3 else NOT_REPRODUCED,
+            f"max relative deviation of the measured value {fmt(exact.max(), 2)} over the {len(exact)} "
+            f"training sets with κ_d(G)³ < 1e12 ({fmt(ratio.max(), 2)} over all {len(c)}, κ_d(G)³ up to "
+            f"{fmt(c['kappa_d_G_power'].max(), 2)}; float64 round-off floors κ near 1e16)",
+            refs.ref(", ".join(dict.fromkeys(c["store"])), "all condition rows", list(c["key"])),
+        ]
+    ]
 
 
 def _kernel_claims(fits: pd.DataFrame, refs: RefBook) -> list[list[str]]:
@@ -83,17 +96,25 @@ def _kernel_claims(fits: pd.DataFrame, refs: RefBook) -> list[list[str]]:
         half.append(attn["log10_m_cert_half"].iloc[0])
         theory.append(attn["log10_m_theory"].iloc[0])
     if pairs:
-        rows.append(["MLP-Attn is farther from the kernel regime than 2L-ReLU",
-                     REPRODUCED if all(p > 1 for p in pairs) else NOT_REPRODUCED,
-                     f"cert(MLP-Attn)/cert(2L-ReLU) at the largest width: {fmt_range(pairs)} ({len(pairs)} "
-                     "store × dataset pair(s), non-synthetic data)",
-                     refs.ref(", ".join(dict.fromkeys(stores)), "cert at the largest width", keys)])
-        rows.append(["m = Ω(κ_d(G)^6 n log n): no practical width reaches the kernel regime",
-                     REPRODUCED if all(v > 1 for v in attn_cert) else NOT_REPRODUCED,
-                     f"MLP-Attn cert at the largest width {fmt_range(attn_cert)} (the kernel regime needs < 1); "
-                     f"log10 m(cert=½) extrapolated {fmt_range(half)}; log10 m_theory {fmt_range(theory)} (the bound "
-                     "itself is asymptotic: its consequence at the widths run is what is tested)",
-                     refs.ref(", ".join(dict.fromkeys(stores)), "convergence fits", keys)])
+        rows.append(
+            [
+                "MLP-Attn is farther from the kernel regime than 2L-ReLU",
+                REPRODUCED if all(p > 1 for p in pairs) else NOT_REPRODUCED,
+                f"cert(MLP-Attn)/cert(2L-ReLU) at the largest width: {fmt_range(pairs)} ({len(pairs)} "
+                "store × dataset pair(s), non-synthetic data)",
+                refs.ref(", ".join(dict.fromkeys(stores)), "cert at the largest width", keys),
+            ]
+        )
+        rows.append(
+            [
+                "m = Ω(κ_d(G)^6 n log n): no practical width reaches the kernel regime",
+                REPRODUCED if all(v > 1 for v in attn_cert) else NOT_REPRODUCED,
+                f"MLP-Attn cert at the largest width {fmt_range(attn_cert)} (the kernel regime needs < 1); "
+                f"log10 m(cert=½) extrapolated {fmt_range(half)}; log10 m_theory {fmt_range(theory)} (the bound "
+                "itself is asymptotic: its consequence at the widths run is what is tested)",
+                refs.ref(", ".join(dict.fromkeys(stores)), "convergence fits", keys),
+            ]
+        )
     kappa = fits[fits["kappa_data"].notna()]
     for store, g in kappa.groupby("store", sort=False):
         relu = g[g["model"] == "2L-ReLU"].set_index("kappa_data")["cert_at_max"]
@@ -101,11 +122,16 @@ def _kernel_claims(fits: pd.DataFrame, refs: RefBook) -> list[list[str]]:
         ratio = (attn / relu).dropna()
         if len(ratio) >= 3:
             rho = spearman(ratio.index, ratio)
-            rows.append([f"the certificate gap grows with κ(G) (`{store}`)",
-                         REPRODUCED if rho > 0.5 else NOT_REPRODUCED,
-                         f"cert ratio {fmt_range([ratio.iloc[0]])} at κ = {fmt(ratio.index[0])} → "
-                         f"{fmt_range([ratio.iloc[-1]])} at κ = {fmt(ratio.index[-1])}; Spearman ρ(κ, ratio) = "
-                         f"{fmt(rho, 3)}", refs.ref(store, "κ sweep fits", [k for ks in g["keys"] for k in ks])])
+            rows.append(
+                [
+                    f"the certificate gap grows with κ(G) (`{store}`)",
+                    REPRODUCED if rho > 0.5 else NOT_REPRODUCED,
+                    f"cert ratio {fmt_range([ratio.iloc[0]])} at κ = {fmt(ratio.index[0])} → "
+                    f"{fmt_range([ratio.iloc[-1]])} at κ = {fmt(ratio.index[-1])}; Spearman ρ(κ, ratio) = "
+                    f"{fmt(rho, 3)}",
+                    refs.ref(store, "κ sweep fits", [k for ks in g["keys"] for k in ks]),
+                ]
+            )
     return rows
 
 
@@ -117,20 +143,29 @@ def _training_claims(t: pd.DataFrame, refs: RefBook) -> list[list[str]]:
     if not {"2L-ReLU", "MLP-Attn"} <= set(means.columns):
         return []
     ratio = (means["MLP-Attn"] / means["2L-ReLU"]).dropna()
-    return [["after training, MLP-Attn is farther from its NTK predictor than 2L-ReLU (Table 1)",
-             REPRODUCED if len(ratio) and (ratio > 1).all() else NOT_REPRODUCED,
-             f"‖f_m − f_NTK‖ ratio MLP-Attn/2L-ReLU {fmt_range(list(ratio))} over {len(ratio)} widths; "
-             f"{fit_health(t)[0]} of {len(t)} fits did not train",
-             refs.ref(", ".join(dict.fromkeys(t["store"])), "NTK distance", list(t["key"]))]]
+    return [
+        [
+            "after training, MLP-Attn is farther from its NTK predictor than 2L-ReLU (Table 1)",
+            REPRODUCED if len(ratio) and (ratio > 1).all() else NOT_REPRODUCED,
+            f"‖f_m − f_NTK‖ ratio MLP-Attn/2L-ReLU {fmt_range(list(ratio))} over {len(ratio)} widths; "
+            f"{fit_health(t)[0]} of {len(t)} fits did not train",
+            refs.ref(", ".join(dict.fromkeys(t["store"])), "NTK distance", list(t["key"])),
+        ]
+    ]
 
 
 def _malleability_claims(summary: pd.DataFrame, refs: RefBook) -> list[list[str]]:
     if summary.empty:
         return []
-    base = summary[(~summary["variant"]) & (summary["training_mode"] == "standard")
-                   & (summary["intervention"] == "adversarial") & (summary["attack_target"] == "model")
-                   & (summary["influence_kernel"] == "empirical") & summary["kappa_data"].isna()
-                   & summary["variants"].apply(lambda vs: "default" in vs)]
+    base = summary[
+        (~summary["variant"])
+        & (summary["training_mode"] == "standard")
+        & (summary["intervention"] == "adversarial")
+        & (summary["attack_target"] == "model")
+        & (summary["influence_kernel"] == "empirical")
+        & summary["kappa_data"].isna()
+        & summary["variants"].apply(lambda vs: "default" in vs)
+    ]
     rows = []
     ratios, keys, stores, counts, untrained = [], [], [], {"more": 0, "less": 0, "inconclusive": 0}, 0
     for setting, relu, attn in relu_pairs(base, [c for c in SETTING_BY if c != "model"]):
@@ -144,14 +179,18 @@ def _malleability_claims(summary: pd.DataFrame, refs: RefBook) -> list[list[str]
         keys += list(relu["keys"]) + list(attn["keys"])
     if ratios:
         several = counts["more"] == len(ratios) and float(np.median(ratios)) >= 2
-        rows.append(["MLP-Attn is several times more malleable than 2L-ReLU",
-                     REPRODUCED if several else NOT_REPRODUCED,
-                     f"flip(MLP-Attn)/flip(2L-ReLU): median {fmt(float(np.median(ratios)), 3)}, range "
-                     f"{fmt_range(ratios)} over {len(ratios)} settings (non-synthetic data, standard training, every "
-                     f"training point attacked, the network's loss, Θ_m at θ_T); 95 % interval above 1 in "
-                     f"{counts['more']}, below 1 in {counts['less']}, containing 1 in {counts['inconclusive']}; "
-                     f"{untrained} seed-fits behind them did not train (see the protocol matrix for the variants)",
-                     refs.ref(", ".join(dict.fromkeys(stores)), "base-model settings", keys)])
+        rows.append(
+            [
+                "MLP-Attn is several times more malleable than 2L-ReLU",
+                REPRODUCED if several else NOT_REPRODUCED,
+                f"flip(MLP-Attn)/flip(2L-ReLU): median {fmt(float(np.median(ratios)), 3)}, range "
+                f"{fmt_range(ratios)} over {len(ratios)} settings (non-synthetic data, standard training, every "
+                f"training point attacked, the network's loss, Θ_m at θ_T); 95 % interval above 1 in "
+                f"{counts['more']}, below 1 in {counts['less']}, containing 1 in {counts['inconclusive']}; "
+                f"{untrained} seed-fits behind them did not train (see the protocol matrix for the variants)",
+                refs.ref(", ".join(dict.fromkeys(stores)), "base-model settings", keys),
+            ]
+        )
     kappa = summary[summary["kappa_data"].notna() & (summary["training_mode"] == "standard")]
     for store, g in kappa.groupby("store", sort=False):
         relu = seed_stats_by(g[g["model"] == "2L-ReLU"], "kappa_data", "flip_rate")["mean"]
@@ -159,16 +198,22 @@ def _malleability_claims(summary: pd.DataFrame, refs: RefBook) -> list[list[str]
         ratio = (attn / relu).replace([np.inf, -np.inf], np.nan).dropna()
         if len(ratio) >= 3:
             rho = spearman(ratio.index, ratio)
-            rows.append([f"the malleability gap grows with κ(G) (`{store}`)",
-                         REPRODUCED if rho > 0.5 and ratio.iloc[-1] > 1 else NOT_REPRODUCED,
-                         f"flip ratio {fmt(ratio.iloc[0], 3)} at κ = {fmt(ratio.index[0])} → "
-                         f"{fmt(ratio.iloc[-1], 3)} at κ = {fmt(ratio.index[-1])}; Spearman ρ(κ, ratio) = "
-                         f"{fmt(rho, 3)}", refs.ref(store, "κ sweep", [k for ks in g["keys"] for k in ks])])
+            rows.append(
+                [
+                    f"the malleability gap grows with κ(G) (`{store}`)",
+                    REPRODUCED if rho > 0.5 and ratio.iloc[-1] > 1 else NOT_REPRODUCED,
+                    f"flip ratio {fmt(ratio.iloc[0], 3)} at κ = {fmt(ratio.index[0])} → "
+                    f"{fmt(ratio.iloc[-1], 3)} at κ = {fmt(ratio.index[-1])}; Spearman ρ(κ, ratio) = "
+                    f"{fmt(rho, 3)}",
+                    refs.ref(store, "κ sweep", [k for ks in g["keys"] for k in ks]),
+                ]
+            )
     return rows
 
 
-def claims_table(frames: Frames, refs: RefBook, *, fits: pd.DataFrame | None = None,
-                 summary: pd.DataFrame | None = None) -> str | None:
+def claims_table(
+    frames: Frames, refs: RefBook, *, fits: pd.DataFrame | None = None, summary: pd.DataFrame | None = None
+) -> str | None:
     """The paper's claims, each judged reproduced / not reproduced / not testable here, with its evidence.
 
     ``fits`` (``convergence_fits(frames.kernel)``) and ``summary``
@@ -176,8 +221,12 @@ def claims_table(frames: Frames, refs: RefBook, *, fits: pd.DataFrame | None = N
     """
     fits = convergence_fits(frames.kernel) if fits is None else fits
     summary = malleability_summary(frames.malleability) if summary is None else summary
-    rows = (_condition_claims(frames.conditions, refs) + _kernel_claims(fits, refs)
-            + _training_claims(frames.training, refs) + _malleability_claims(summary, refs))
+    rows = (
+        _condition_claims(frames.conditions, refs)
+        + _kernel_claims(fits, refs)
+        + _training_claims(frames.training, refs)
+        + _malleability_claims(summary, refs)
+    )
     if not rows:
         return None
     return markdown_table(["Paper's claim", "Verdict", "Evidence", "records"], rows, ["l", "l", "l", "r"])
@@ -217,12 +266,14 @@ Section = tuple[str, str, list[tuple[str, list[str]]]]
 
 def _conditions_section(frames: Frames, refs: RefBook) -> Section:
     stores = dict.fromkeys(frames.conditions["store"])
-    return ("Condition numbers of the Gram matrix",
-            "κ(G) = λ₁/λ_n (inf when n > rank), κ_d(G) = λ₁/λ_r at the numerical rank r (docs/math.md §2); the "
-            "exact algebra gives κ_d(G³) = κ_d(G)³ for parameter-free attention, and the column *measured* "
-            "is κ_d(Z Zᵀ) from the singular values of Z = G X in float64 (round-off floors it near 1e26). "
-            "m_theory = κ_d(G)^6 n ln n with constant 1 (paper v2: m = Ω(κ_d(G)^6 n log n)).",
-            [(s, [condition_table(frames.conditions[frames.conditions["store"] == s], refs), ""]) for s in stores])
+    return (
+        "Condition numbers of the Gram matrix",
+        "κ(G) = λ₁/λ_n (inf when n > rank), κ_d(G) = λ₁/λ_r at the numerical rank r (docs/math.md §2); the "
+        "exact algebra gives κ_d(G³) = κ_d(G)³ for parameter-free attention, and the column *measured* "
+        "is κ_d(Z Zᵀ) from the singular values of Z = G X in float64 (round-off floors it near 1e26). "
+        "m_theory = κ_d(G)^6 n ln n with constant 1 (paper v2: m = Ω(κ_d(G)^6 n log n)).",
+        [(s, [condition_table(frames.conditions[frames.conditions["store"] == s], refs), ""]) for s in stores],
+    )
 
 
 def _convergence_section(frames: Frames, fits: pd.DataFrame, refs: RefBook) -> Section:
@@ -234,21 +285,26 @@ def _convergence_section(frames: Frames, fits: pd.DataFrame, refs: RefBook) -> S
         if gap:
             lines += ["Certificate gap at the largest width:", "", gap, ""]
         parts.append((store, lines))
-    return ("Convergence to the kernel regime (Θ_m vs Θ_∞)",
-            "rel_fro = ‖Θ_m − Θ_∞‖_F/‖Θ_∞‖_F, cert = ‖Θ_m − Θ_∞‖₂/λ_min(Θ_∞) (the kernel regime needs "
-            "cert < 1). Slopes: least squares of log10(seed mean) on log10 m over all widths; m(cert=½) "
-            "extrapolates that line (an extrapolation, not a bound).", parts)
+    return (
+        "Convergence to the kernel regime (Θ_m vs Θ_∞)",
+        "rel_fro = ‖Θ_m − Θ_∞‖_F/‖Θ_∞‖_F, cert = ‖Θ_m − Θ_∞‖₂/λ_min(Θ_∞) (the kernel regime needs "
+        "cert < 1). Slopes: least squares of log10(seed mean) on log10 m over all widths; m(cert=½) "
+        "extrapolates that line (an extrapolation, not a bound).",
+        parts,
+    )
 
 
 def _training_section(frames: Frames, refs: RefBook) -> Section:
     stores = dict.fromkeys(frames.training["store"])
-    return ("Function-space distance after training (paper Table 1)",
-            "The trained width-m network f_m, its linearization f_lin (trained the same way) and the "
-            "infinite-width NTK predictor f_NTK on the test points (docs/math.md §8), beside each fit's "
-            "training health: final training loss over the loss of predicting 0 (*loss/chance*), training "
-            "accuracy, relative weight change and the fraction of hidden units whose ReLU pattern varies "
-            "across training points. " + FLAG_NOTE,
-            [(s, [training_table(frames.training[frames.training["store"] == s], refs), ""]) for s in stores])
+    return (
+        "Function-space distance after training (paper Table 1)",
+        "The trained width-m network f_m, its linearization f_lin (trained the same way) and the "
+        "infinite-width NTK predictor f_NTK on the test points (docs/math.md §8), beside each fit's "
+        "training health: final training loss over the loss of predicting 0 (*loss/chance*), training "
+        "accuracy, relative weight change and the fraction of hidden units whose ReLU pattern varies "
+        "across training points. " + FLAG_NOTE,
+        [(s, [training_table(frames.training[frames.training["store"] == s], refs), ""]) for s in stores],
+    )
 
 
 def _malleability_section(frames: Frames, summary: pd.DataFrame, refs: RefBook) -> Section:
@@ -267,13 +323,20 @@ def _malleability_section(frames: Frames, summary: pd.DataFrame, refs: RefBook) 
             lines += [untrained, ""]
         gap = malleability_gap_table(sub, refs)
         if gap:
-            lines += ["Malleability gap (flip rate relative to 2L-ReLU; ▲ interval above 1, ▼ below, ≈ "
-                      "containing 1):", "", gap, ""]
+            lines += [
+                "Malleability gap (flip rate relative to 2L-ReLU; ▲ interval above 1, ▼ below, ≈ containing 1):",
+                "",
+                gap,
+                "",
+            ]
         parts.append((store, lines))
-    return ("Influence malleability",
-            "Flip rate: among each test point's top-τ training points by |influence|, the fraction whose "
-            "sign flips after the intervention; Spearman ρ and top-k overlap between the clean and perturbed "
-            "influence rows (docs/math.md §10). Means over test points (then over seeds).", parts)
+    return (
+        "Influence malleability",
+        "Flip rate: among each test point's top-τ training points by |influence|, the fraction whose "
+        "sign flips after the intervention; Spearman ρ and top-k overlap between the clean and perturbed "
+        "influence rows (docs/math.md §10). Means over test points (then over seeds).",
+        parts,
+    )
 
 
 # =========================================================================== the report
@@ -282,8 +345,12 @@ def _malleability_section(frames: Frames, summary: pd.DataFrame, refs: RefBook) 
 def _store_heading(frames: Frames, store: str) -> str:
     description = frames.info.get(store, {}).get("description", "")
     name, _, setting = store.partition("~")
-    title = f"### `{name}`" + (f" — setting `{setting}` (this store holds records of several settings, e.g. "
-                               "from an edited spec; each is reported apart)" if setting else "")
+    title = f"### `{name}`" + (
+        f" — setting `{setting}` (this store holds records of several settings, e.g. "
+        "from an edited spec; each is reported apart)"
+        if setting
+        else ""
+    )
     return f"{title}\n\n{description}\n" if description else f"{title}\n"
 
 
@@ -291,8 +358,10 @@ def _figure_links(store_figures: Sequence[str], figures: Mapping[str, str], capt
     lines = []
     for stem in store_figures:
         if stem in figures:
-            lines.append(f"![{captions.get(stem, stem)}]({figures[stem]})\n\n*{captions.get(stem, stem)}* "
-                         f"(`{Path(figures[stem]).with_suffix('.pdf').name}` alongside)\n")
+            lines.append(
+                f"![{captions.get(stem, stem)}]({figures[stem]})\n\n*{captions.get(stem, stem)}* "
+                f"(`{Path(figures[stem]).with_suffix('.pdf').name}` alongside)\n"
+            )
     return lines
 
 
@@ -309,8 +378,9 @@ def _stores_table(frames: Frames) -> str:
     return markdown_table(["Store", "Records", "Packages", "Device", "Last record"], rows, ["l", "l", "l", "l", "l"])
 
 
-def render_report(frames: Frames, figures: Mapping[str, str] | None = None,
-                  captions: Mapping[str, str] | None = None) -> str:
+def render_report(
+    frames: Frames, figures: Mapping[str, str] | None = None, captions: Mapping[str, str] | None = None
+) -> str:
     """The markdown report of every store in ``frames``.
 
     Args:
@@ -323,20 +393,34 @@ def render_report(frames: Frames, figures: Mapping[str, str] | None = None,
     refs = RefBook()
     fits = convergence_fits(frames.kernel)
     summary = malleability_summary(frames.malleability)
-    lines = ["# kernelattn — reproduction report", "",
-             "Reproduction of arXiv 2603.13085 (Miñoza, Medina, Ibañez 2026) from the result stores in "
-             f"`{frames.out}`. Every number below is read from a stored record: a row built from one record shows "
-             f"its key (first {SHORT_KEY} hex digits of `provenance.cell_key`), a row aggregating several shows "
-             "`R<n> (count)`, listed with their keys under *Record keys* at the end. Numbers have 4 significant "
-             "digits; log10 values two decimals. Regenerate with `kernelattn figures <out>` (reads the stores "
-             "only).", "", "## Stores", "", _stores_table(frames), ""]
+    lines = [
+        "# kernelattn — reproduction report",
+        "",
+        "Reproduction of arXiv 2603.13085 (Miñoza, Medina, Ibañez 2026) from the result stores in "
+        f"`{frames.out}`. Every number below is read from a stored record: a row built from one record shows "
+        f"its key (first {SHORT_KEY} hex digits of `provenance.cell_key`), a row aggregating several shows "
+        "`R<n> (count)`, listed with their keys under *Record keys* at the end. Numbers have 4 significant "
+        "digits; log10 values two decimals. Regenerate with `kernelattn figures <out>` (reads the stores "
+        "only).",
+        "",
+        "## Stores",
+        "",
+        _stores_table(frames),
+        "",
+    ]
     claims = claims_table(frames, refs, fits=fits, summary=summary)
     if claims:
-        lines += ["## The paper's claims against these results", "",
-                  "Each claim is judged *reproduced*, *not reproduced* or *not testable here* from the stored "
-                  "records cited beside it; what is checked is the claim's direction, never a number tuned to "
-                  "agree (docs/math.md §10). Malleability ratios carry paired 95 % bootstrap intervals over seeds "
-                  "and test points.", "", claims, ""]
+        lines += [
+            "## The paper's claims against these results",
+            "",
+            "Each claim is judged *reproduced*, *not reproduced* or *not testable here* from the stored "
+            "records cited beside it; what is checked is the claim's direction, never a number tuned to "
+            "agree (docs/math.md §10). Malleability ratios carry paired 95 % bootstrap intervals over seeds "
+            "and test points.",
+            "",
+            claims,
+            "",
+        ]
     builders: list[tuple[pd.DataFrame, Callable[[], Section]]] = [
         (frames.conditions, lambda: _conditions_section(frames, refs)),
         (frames.kernel, lambda: _convergence_section(frames, fits, refs)),

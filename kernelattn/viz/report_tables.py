@@ -29,12 +29,25 @@ from kernelattn.analysis.labels import display_order
 from kernelattn.analysis.statistics import seed_stats
 from kernelattn.viz.frames import SHORT_KEY
 
-__all__ = ["FLAG_NOTE", "PROTOCOL_FACTORS", "RefBook", "certificate_gap_table", "condition_table",
-           "convergence_table", "malleability_gap_table", "malleability_table", "protocol_table", "training_table",
-           "untrained_note", "width_table"]
+__all__ = [
+    "FLAG_NOTE",
+    "PROTOCOL_FACTORS",
+    "RefBook",
+    "certificate_gap_table",
+    "condition_table",
+    "convergence_table",
+    "malleability_gap_table",
+    "malleability_table",
+    "protocol_table",
+    "training_table",
+    "untrained_note",
+    "width_table",
+]
 
-FLAG_NOTE = ("† a fit of this row did not train (final loss above 0.9 of chance, or accuracy within 2 points of "
-             "chance: `TrainingHealth`); ‡ an attack of this row raised its objective by less than 1 % (no-op).")
+FLAG_NOTE = (
+    "† a fit of this row did not train (final loss above 0.9 of chance, or accuracy within 2 points of "
+    "chance: `TrainingHealth`); ‡ an attack of this row raised its objective by less than 1 % (no-op)."
+)
 _DIRECTION_MARK = {"more": "▲", "less": "▼", "inconclusive": "≈"}
 
 
@@ -71,13 +84,35 @@ def condition_table(conditions: pd.DataFrame, refs: RefBook) -> str:
     """Condition numbers per dataset: κ(G), κ_d(G), κ_d(G)^{2k+1}, measured κ_d(G^{2k+1}), m_theory."""
     rows = []
     for _, r in conditions.iterrows():
-        rows.append([r["dataset"], fmt(r["n"]), fmt(r["d"]), fmt(r["rank_G"]), fmt(r["kappa_G"]),
-                     fmt(r["kappa_d_G"]), fmt(r["kappa_d_G_power"]), fmt(r["kappa_d_attention"]),
-                     fmt(r["kappa_d_features"]), fmt_log(r["log10_m_theory"]),
-                     refs.ref(r["store"], r["dataset"], [r["key"]])])
+        rows.append(
+            [
+                r["dataset"],
+                fmt(r["n"]),
+                fmt(r["d"]),
+                fmt(r["rank_G"]),
+                fmt(r["kappa_G"]),
+                fmt(r["kappa_d_G"]),
+                fmt(r["kappa_d_G_power"]),
+                fmt(r["kappa_d_attention"]),
+                fmt(r["kappa_d_features"]),
+                fmt_log(r["log10_m_theory"]),
+                refs.ref(r["store"], r["dataset"], [r["key"]]),
+            ]
+        )
     power = int(conditions["power"].iloc[0]) if "power" in conditions and len(conditions) else 3
-    header = ["Dataset", "n", "d", "rank r", "κ(G)", "κ_d(G)", f"κ_d(G)^{power}", f"κ_d(G^{power}) measured",
-              "κ_d(attn features)", "log10 m_theory", "record"]
+    header = [
+        "Dataset",
+        "n",
+        "d",
+        "rank r",
+        "κ(G)",
+        "κ_d(G)",
+        f"κ_d(G)^{power}",
+        f"κ_d(G^{power}) measured",
+        "κ_d(attn features)",
+        "log10 m_theory",
+        "record",
+    ]
     return markdown_table(header, rows)
 
 
@@ -85,13 +120,40 @@ def convergence_table(fits: pd.DataFrame, refs: RefBook) -> str:
     """Fits per dataset × model: slopes, cert at the largest width, m(cert = 1/2) beside m_theory."""
     rows = []
     for _, r in fits.iterrows():
-        rows.append([r["dataset"], r["model"], f"{fmt(r['n_widths'])} × {fmt(r['n_seeds'])}", fmt(r["width_max"]),
-                     fmt(r.get("slope_rel_fro"), 3), fmt(r.get("slope_cert"), 3), fmt(r.get("rel_fro_at_max")),
-                     fmt(r.get("cert_at_max")), fmt_log(r.get("log10_m_cert_half")), fmt_log(r.get("log10_m_theory")),
-                     fmt(r.get("kappa_d_G")), fmt(r.get("kappa_d_features")), fmt(r.get("lambda_min_inf")),
-                     refs.ref(r["store"], f"{r['dataset']}, {r['model']}", r["keys"])])
-    header = ["Dataset", "Model", "widths × seeds", "m_max", "slope rel_fro", "slope cert", "rel_fro(m_max)",
-              "cert(m_max)", "log10 m(cert=½)", "log10 m_theory", "κ_d(G)", "κ_d(features)", "λ_min(Θ∞)", "records"]
+        rows.append(
+            [
+                r["dataset"],
+                r["model"],
+                f"{fmt(r['n_widths'])} × {fmt(r['n_seeds'])}",
+                fmt(r["width_max"]),
+                fmt(r.get("slope_rel_fro"), 3),
+                fmt(r.get("slope_cert"), 3),
+                fmt(r.get("rel_fro_at_max")),
+                fmt(r.get("cert_at_max")),
+                fmt_log(r.get("log10_m_cert_half")),
+                fmt_log(r.get("log10_m_theory")),
+                fmt(r.get("kappa_d_G")),
+                fmt(r.get("kappa_d_features")),
+                fmt(r.get("lambda_min_inf")),
+                refs.ref(r["store"], f"{r['dataset']}, {r['model']}", r["keys"]),
+            ]
+        )
+    header = [
+        "Dataset",
+        "Model",
+        "widths × seeds",
+        "m_max",
+        "slope rel_fro",
+        "slope cert",
+        "rel_fro(m_max)",
+        "cert(m_max)",
+        "log10 m(cert=½)",
+        "log10 m_theory",
+        "κ_d(G)",
+        "κ_d(features)",
+        "λ_min(Θ∞)",
+        "records",
+    ]
     return markdown_table(header, rows, ["l", "l"] + ["r"] * (len(header) - 2))
 
 
@@ -105,25 +167,46 @@ def certificate_gap_table(fits: pd.DataFrame, refs: RefBook) -> str | None:
         base = relu.iloc[0]
         for _, r in g[g["model"] != "2L-ReLU"].iterrows():
             ratio = r["cert_at_max"] / base["cert_at_max"] if base["cert_at_max"] else math.nan
-            rows.append([dataset, fmt(r["kappa_d_G"]), r["model"], fmt(r["width_max"]), fmt(base["cert_at_max"]),
-                         fmt(r["cert_at_max"]), fmt(ratio, 3),
-                         refs.ref(store, f"{dataset}, 2L-ReLU vs {r['model']}", list(base["keys"]) + list(r["keys"]))])
+            rows.append(
+                [
+                    dataset,
+                    fmt(r["kappa_d_G"]),
+                    r["model"],
+                    fmt(r["width_max"]),
+                    fmt(base["cert_at_max"]),
+                    fmt(r["cert_at_max"]),
+                    fmt(ratio, 3),
+                    refs.ref(store, f"{dataset}, 2L-ReLU vs {r['model']}", list(base["keys"]) + list(r["keys"])),
+                ]
+            )
     if not rows:
         return None
-    return markdown_table(["Dataset", "κ_d(G)", "Model", "m_max", "cert 2L-ReLU", "cert model", "ratio", "records"],
-                          rows, ["l", "r", "l"] + ["r"] * 5)
+    return markdown_table(
+        ["Dataset", "κ_d(G)", "Model", "m_max", "cert 2L-ReLU", "cert model", "ratio", "records"],
+        rows,
+        ["l", "r", "l"] + ["r"] * 5,
+    )
 
 
 def width_table(summary: pd.DataFrame, refs: RefBook) -> str:
     """Per width: mean ± sample std over seeds of rel_fro, cert and the KRR predictor error."""
     rows = []
     for _, r in summary.iterrows():
-        rows.append([r["dataset"], r["model"], fmt(r["width"]), fmt(r["n_seeds"]),
-                     fmt_pm(r.get("rel_fro_mean"), r.get("rel_fro_std")), fmt_pm(r.get("cert_mean"), r.get("cert_std")),
-                     fmt_pm(r.get("krr_err_mean"), r.get("krr_err_std")),
-                     refs.ref(r["store"], f"{r['dataset']}, {r['model']}, m = {r['width']}", r["keys"])])
-    return markdown_table(["Dataset", "Model", "m", "seeds", "rel_fro", "cert", "KRR error", "records"], rows,
-                          ["l", "l"] + ["r"] * 6)
+        rows.append(
+            [
+                r["dataset"],
+                r["model"],
+                fmt(r["width"]),
+                fmt(r["n_seeds"]),
+                fmt_pm(r.get("rel_fro_mean"), r.get("rel_fro_std")),
+                fmt_pm(r.get("cert_mean"), r.get("cert_std")),
+                fmt_pm(r.get("krr_err_mean"), r.get("krr_err_std")),
+                refs.ref(r["store"], f"{r['dataset']}, {r['model']}, m = {r['width']}", r["keys"]),
+            ]
+        )
+    return markdown_table(
+        ["Dataset", "Model", "m", "seeds", "rel_fro", "cert", "KRR error", "records"], rows, ["l", "l"] + ["r"] * 6
+    )
 
 
 def _seed_pm(frame: pd.DataFrame, column: str) -> str:
@@ -134,8 +217,16 @@ def _seed_pm(frame: pd.DataFrame, column: str) -> str:
     return fmt_pm(stats.mean, stats.std) if stats.n else "nan"
 
 
-_TRAINING_COLUMNS = ("ntk_distance", "lin_distance", "acc_m", "acc_ntk", "health_loss_ratio", "health_train_accuracy",
-                     "health_weight_change", "health_varying_units")
+_TRAINING_COLUMNS = (
+    "ntk_distance",
+    "lin_distance",
+    "acc_m",
+    "acc_ntk",
+    "health_loss_ratio",
+    "health_train_accuracy",
+    "health_weight_change",
+    "health_varying_units",
+)
 
 
 def training_table(training: pd.DataFrame, refs: RefBook) -> str:
@@ -144,18 +235,52 @@ def training_table(training: pd.DataFrame, refs: RefBook) -> str:
     rows = []
     for (store, dataset, model, width), g in training.groupby(["store", "dataset", "model", "width"], sort=False):
         untrained = fit_health(g)[0]
-        rows.append([dataset, model, fmt(width), fmt(len(g)), *(_seed_pm(g, c) for c in _TRAINING_COLUMNS),
-                     f"{untrained}" + (" †" if untrained else ""),
-                     refs.ref(store, f"{dataset}, {model}, m = {width}", list(g["key"]))])
-    return markdown_table(["Dataset", "Model", "m", "seeds", "‖f_m − f_NTK‖/‖f_NTK‖", "‖f_m − f_lin‖/‖f_lin‖",
-                           "acc f_m", "acc f_NTK", "loss/chance", "train acc", "‖θ−θ₀‖/‖θ₀‖", "varying units",
-                           "not trained", "records"], rows, ["l", "l"] + ["r"] * 12)
+        rows.append(
+            [
+                dataset,
+                model,
+                fmt(width),
+                fmt(len(g)),
+                *(_seed_pm(g, c) for c in _TRAINING_COLUMNS),
+                f"{untrained}" + (" †" if untrained else ""),
+                refs.ref(store, f"{dataset}, {model}, m = {width}", list(g["key"])),
+            ]
+        )
+    return markdown_table(
+        [
+            "Dataset",
+            "Model",
+            "m",
+            "seeds",
+            "‖f_m − f_NTK‖/‖f_NTK‖",
+            "‖f_m − f_lin‖/‖f_lin‖",
+            "acc f_m",
+            "acc f_NTK",
+            "loss/chance",
+            "train acc",
+            "‖θ−θ₀‖/‖θ₀‖",
+            "varying units",
+            "not trained",
+            "records",
+        ],
+        rows,
+        ["l", "l"] + ["r"] * 12,
+    )
 
 
-_MALL_COLUMNS = [("dataset", "Dataset"), ("n_train", "n"), ("kappa_data", "κ(G)"), ("training_mode", "Training"),
-                 ("intervention", "Intervention"), ("attack_target", "Loss attacked"),
-                 ("influence_kernel", "Influence from"), ("width", "m"), ("attack", "Attack"), ("epsilon", "ε"),
-                 ("model", "Model")]
+_MALL_COLUMNS = [
+    ("dataset", "Dataset"),
+    ("n_train", "n"),
+    ("kappa_data", "κ(G)"),
+    ("training_mode", "Training"),
+    ("intervention", "Intervention"),
+    ("attack_target", "Loss attacked"),
+    ("influence_kernel", "Influence from"),
+    ("width", "m"),
+    ("attack", "Attack"),
+    ("epsilon", "ε"),
+    ("model", "Model"),
+]
 _TEXT_COLUMNS = ("dataset", "training_mode", "intervention", "attack_target", "influence_kernel", "attack", "model")
 _FIT_BY = ["dataset", "n_train", "training_mode", "model", "width", "seed"]
 
@@ -187,16 +312,23 @@ def untrained_note(records: pd.DataFrame) -> str | None:
         return None
     why = ""
     if others:
-        why += (" Not collapsed, but short of the threshold at these settings (epochs, learning rate, or the "
-                "harder objective of adversarial training): " + "; ".join(others) + ".")
+        why += (
+            " Not collapsed, but short of the threshold at these settings (epochs, learning rate, or the "
+            "harder objective of adversarial training): " + "; ".join(others) + "."
+        )
     if collapsed:
-        why += (" Collapsed: their head inputs are nearly identical across samples — " + "; ".join(collapsed)
-                + " — the attention collapse the paper describes (docs/math.md §10.1): the network's pre-activations "
-                "vary by a few per cent across inputs, so at the paper's optimizer settings it stays near the chance "
-                "loss.")
-    return ("**Fits that did not train (†):** " + ", ".join(parts) + " (distinct clean fits over datasets, "
-            "settings and seeds)." + why + " Their numbers are shown, flagged, not dropped: they measure an "
-            "untrained network, and the null baselines beside them say how much of them is refitting noise.")
+        why += (
+            " Collapsed: their head inputs are nearly identical across samples — "
+            + "; ".join(collapsed)
+            + " — the attention collapse the paper describes (docs/math.md §10.1): the network's pre-activations "
+            "vary by a few per cent across inputs, so at the paper's optimizer settings it stays near the chance "
+            "loss."
+        )
+    return (
+        "**Fits that did not train (†):** " + ", ".join(parts) + " (distinct clean fits over datasets, "
+        "settings and seeds)." + why + " Their numbers are shown, flagged, not dropped: they measure an "
+        "untrained network, and the null baselines beside them say how much of them is refitting noise."
+    )
 
 
 def _cell_text(row: Mapping[str, Any], column: str) -> str:
@@ -233,25 +365,48 @@ def malleability_table(summary: pd.DataFrame, refs: RefBook, frame: pd.DataFrame
         cells = [_cell_text(r, c) for c, _ in varying]
         label = ", ".join(f"{t} {_cell_text(r, c)}" for c, t in varying)
         null_keys = null_keys_of(frame, r) if frame is not None else []
-        cells += [fmt(r["flip_rate"]), f"[{fmt(r.get('flip_rate_lo'), 2)}, {fmt(r.get('flip_rate_hi'), 2)}]",
-                  fmt(r.get("null_seed"), 3), fmt(r.get("null_order"), 3), fmt(r.get("excess"), 3),
-                  f"[{fmt(r.get('excess_lo'), 2)}, {fmt(r.get('excess_hi'), 2)}]",
-                  fmt(r["spearman"]), fmt(r["topk_overlap"]), fmt(r.get("loss_gain"), 3),
-                  fmt(r.get("health_loss_ratio"), 3), fmt(r.get("health_test_accuracy"), 3),
-                  fmt(r["n_seeds"]), _flags(r),
-                  refs.ref(r["store"], f"null baselines of {label}", null_keys) if null_keys else "-",
-                  refs.ref(r["store"], label, r["keys"])]
+        cells += [
+            fmt(r["flip_rate"]),
+            f"[{fmt(r.get('flip_rate_lo'), 2)}, {fmt(r.get('flip_rate_hi'), 2)}]",
+            fmt(r.get("null_seed"), 3),
+            fmt(r.get("null_order"), 3),
+            fmt(r.get("excess"), 3),
+            f"[{fmt(r.get('excess_lo'), 2)}, {fmt(r.get('excess_hi'), 2)}]",
+            fmt(r["spearman"]),
+            fmt(r["topk_overlap"]),
+            fmt(r.get("loss_gain"), 3),
+            fmt(r.get("health_loss_ratio"), 3),
+            fmt(r.get("health_test_accuracy"), 3),
+            fmt(r["n_seeds"]),
+            _flags(r),
+            refs.ref(r["store"], f"null baselines of {label}", null_keys) if null_keys else "-",
+            refs.ref(r["store"], label, r["keys"]),
+        ]
         rows.append(cells)
-    header = [t for _, t in varying] + ["flip rate", "flip 95 % CI", "null (seed)", "null (order)",
-                                        "flip − null (seed)", "excess 95 % CI", "Spearman ρ", "top-k overlap",
-                                        "attack gain", "loss/chance", "test acc", "seeds", "flags", "null records",
-                                        "records"]
+    header = [t for _, t in varying] + [
+        "flip rate",
+        "flip 95 % CI",
+        "null (seed)",
+        "null (order)",
+        "flip − null (seed)",
+        "excess 95 % CI",
+        "Spearman ρ",
+        "top-k overlap",
+        "attack gain",
+        "loss/chance",
+        "test acc",
+        "seeds",
+        "flags",
+        "null records",
+        "records",
+    ]
     text = ("Fixed: " + ", ".join(fixed) + ". " if fixed else "") + (
         "Flip rate among the top-τ |I| points, mean over test points and seeds; the null baselines are the flip "
         "rates between two fits without any perturbation (another initialization and data order: *seed*; another "
         "data order only: *order*), so only flip − null measures the attack. Intervals: two-stage (seeds, then "
         "test points) paired bootstrap, 2,000 resamples. *attack gain*: relative rise of the attacked loss; "
-        "*loss/chance*: the clean fit's final training loss over the loss of predicting 0. " + FLAG_NOTE)
+        "*loss/chance*: the clean fit's final training loss over the loss of predicting 0. " + FLAG_NOTE
+    )
     align = ["l" if c in _TEXT_COLUMNS else "r" for c, _ in varying] + ["r"] * 12 + ["l", "r", "r"]
     return text, markdown_table(header, rows, align)
 
@@ -264,32 +419,73 @@ def malleability_gap_table(summary: pd.DataFrame, refs: RefBook) -> str | None:
     for setting, base, r in relu_pairs(summary, by):
         ratio = ratio_interval(r["flips"], base["flips"])
         kappa = fmt(r["kappa_data"]) if not pd.isna(r["kappa_data"]) else "-"
-        rows.append([setting["dataset"], fmt(setting["n_train"]), kappa, setting["training_mode"],
-                     setting["intervention"], setting["attack_target"], setting["influence_kernel"],
-                     setting["attack"], fmt(setting["epsilon"]), r["model"], fmt(base["excess"], 3),
-                     fmt(r["excess"], 3), ratio.text(lambda v: fmt(v, 3)),
-                     _DIRECTION_MARK[direction(ratio)], _flags(base) + _flags(r),
-                     refs.ref(setting["store"], f"{setting['dataset']}, {setting['attack']} "
-                              f"ε={fmt(setting['epsilon'])}, 2L-ReLU vs {r['model']}",
-                              list(base["keys"]) + list(r["keys"]))])
+        rows.append(
+            [
+                setting["dataset"],
+                fmt(setting["n_train"]),
+                kappa,
+                setting["training_mode"],
+                setting["intervention"],
+                setting["attack_target"],
+                setting["influence_kernel"],
+                setting["attack"],
+                fmt(setting["epsilon"]),
+                r["model"],
+                fmt(base["excess"], 3),
+                fmt(r["excess"], 3),
+                ratio.text(lambda v: fmt(v, 3)),
+                _DIRECTION_MARK[direction(ratio)],
+                _flags(base) + _flags(r),
+                refs.ref(
+                    setting["store"],
+                    f"{setting['dataset']}, {setting['attack']} ε={fmt(setting['epsilon'])}, 2L-ReLU vs {r['model']}",
+                    list(base["keys"]) + list(r["keys"]),
+                ),
+            ]
+        )
     if not rows:
         return None
-    header = ["Dataset", "n", "κ(G)", "Training", "Intervention", "Loss attacked", "Influence from", "Attack", "ε",
-              "Model", "flip − null 2L-ReLU", "flip − null model", "flip ratio [95 % CI]", "direction", "flags",
-              "records"]
+    header = [
+        "Dataset",
+        "n",
+        "κ(G)",
+        "Training",
+        "Intervention",
+        "Loss attacked",
+        "Influence from",
+        "Attack",
+        "ε",
+        "Model",
+        "flip − null 2L-ReLU",
+        "flip − null model",
+        "flip ratio [95 % CI]",
+        "direction",
+        "flags",
+        "records",
+    ]
     align = ["l", "r", "r", "l", "l", "l", "l", "l", "r", "l", "r", "r", "r", "l", "l", "r"]
-    keep = [i for i in range(len(header))
-            if not (header[i] == "κ(G)" and all(row[i] == "-" for row in rows))
-            and not (header[i] in ("n", "Training", "Intervention", "Loss attacked", "Influence from", "Attack", "ε")
-                     and len({row[i] for row in rows}) == 1)]
-    return markdown_table([header[i] for i in keep], [[row[i] for i in keep] for row in rows],
-                          [align[i] for i in keep])
+    keep = [
+        i
+        for i in range(len(header))
+        if not (header[i] == "κ(G)" and all(row[i] == "-" for row in rows))
+        and not (
+            header[i] in ("n", "Training", "Intervention", "Loss attacked", "Influence from", "Attack", "ε")
+            and len({row[i] for row in rows}) == 1
+        )
+    ]
+    return markdown_table([header[i] for i in keep], [[row[i] for i in keep] for row in rows], [align[i] for i in keep])
 
 
 #: The protocol factors a variant can change (besides the dataset, which is the matrix's column).
-PROTOCOL_FACTORS = (("n_train", "n"), ("influence_kernel", "influence from"), ("intervention", "perturbed"),
-                    ("attack_target", "loss attacked"), ("attack", "attack"), ("epsilon", "ε"),
-                    ("training_mode", "training"))
+PROTOCOL_FACTORS = (
+    ("n_train", "n"),
+    ("influence_kernel", "influence from"),
+    ("intervention", "perturbed"),
+    ("attack_target", "loss attacked"),
+    ("attack", "attack"),
+    ("epsilon", "ε"),
+    ("training_mode", "training"),
+)
 
 
 def protocol_table(summary: pd.DataFrame, refs: RefBook) -> tuple[str, str] | None:
@@ -323,8 +519,11 @@ def protocol_table(summary: pd.DataFrame, refs: RefBook) -> tuple[str, str] | No
         for factors, per_dataset in settings.items():
             if label == "default" and not defaults:
                 defaults = dict(zip(factor_columns, factors))
-            changed = [f"{title} = {fmt(v) if not isinstance(v, str) else v}"
-                       for (c, title), v in zip(PROTOCOL_FACTORS, factors) if defaults and defaults.get(c) != v]
+            changed = [
+                f"{title} = {fmt(v) if not isinstance(v, str) else v}"
+                for (c, title), v in zip(PROTOCOL_FACTORS, factors)
+                if defaults and defaults.get(c) != v
+            ]
             name = label
             cells = [name, ", ".join(changed) or "—"]
             keys = []
@@ -337,8 +536,11 @@ def protocol_table(summary: pd.DataFrame, refs: RefBook) -> tuple[str, str] | No
                 verdict = direction(ratio)
                 verdicts[verdict].append(f"{name} / {dataset}")
                 if relu.get("flip_rate") == 0:
-                    text = "0 / 0 (no sign flips)" if attn.get("flip_rate") == 0 else (
-                        f"{fmt(attn.get('flip_rate'), 2)} / 0 (2L-ReLU: no sign flips)")
+                    text = (
+                        "0 / 0 (no sign flips)"
+                        if attn.get("flip_rate") == 0
+                        else (f"{fmt(attn.get('flip_rate'), 2)} / 0 (2L-ReLU: no sign flips)")
+                    )
                 else:
                     text = ratio.text(lambda v: fmt(v, 2))
                 cells.append(f"{text} {_DIRECTION_MARK[verdict]}{_flags(relu)}{_flags(attn)}")
@@ -347,11 +549,17 @@ def protocol_table(summary: pd.DataFrame, refs: RefBook) -> tuple[str, str] | No
             rows.append(cells)
     header = ["Variant", "changes from the default", *datasets, "records"]
     total = sum(len(v) for v in verdicts.values())
-    text = (f"flip(MLP-Attn)/flip(2L-ReLU) with its paired 95 % interval, in {total} (variant, dataset) cells: the "
-            f"paper's direction (MLP-Attn more malleable, interval above 1, ▲) in {len(verdicts['more'])}, the "
-            f"opposite (▼) in {len(verdicts['less'])}, inconclusive (≈) in {len(verdicts['inconclusive'])}. "
-            "Default protocol: "
-            + ", ".join(f"{title} = {defaults[c] if isinstance(defaults[c], str) else fmt(defaults[c])}"
-                        for c, title in PROTOCOL_FACTORS if c in defaults) + ". " + FLAG_NOTE)
+    text = (
+        f"flip(MLP-Attn)/flip(2L-ReLU) with its paired 95 % interval, in {total} (variant, dataset) cells: the "
+        f"paper's direction (MLP-Attn more malleable, interval above 1, ▲) in {len(verdicts['more'])}, the "
+        f"opposite (▼) in {len(verdicts['less'])}, inconclusive (≈) in {len(verdicts['inconclusive'])}. "
+        "Default protocol: "
+        + ", ".join(
+            f"{title} = {defaults[c] if isinstance(defaults[c], str) else fmt(defaults[c])}"
+            for c, title in PROTOCOL_FACTORS
+            if c in defaults
+        )
+        + ". "
+        + FLAG_NOTE
+    )
     return text, markdown_table(header, rows, ["l", "l"] + ["r"] * len(datasets) + ["r"])
-

@@ -57,17 +57,53 @@ DOUBLE = 6.9  # inches: two columns
 #: One colour per model, everywhere (Okabe–Ito, colour-blind safe).
 MODEL_COLORS = {"2L-ReLU": "#0072B2", "MLP-Attn": "#D55E00", "QKV-Attn": "#009E73"}
 #: Colours of attention variants (rank-r, depth-k, ...), assigned in sorted-label order.
-VARIANT_PALETTE = ("#E69F00", "#CC79A7", "#56B4E9", "#882255", "#44AA99", "#999933", "#332288", "#AA4499",
-                   "#117733", "#661100")
-DATASET_PALETTE = ("#000000", "#E69F00", "#56B4E9", "#009E73", "#CC79A7", "#0072B2", "#D55E00", "#999999",
-                   "#882255", "#44AA99")
+VARIANT_PALETTE = (
+    "#E69F00",
+    "#CC79A7",
+    "#56B4E9",
+    "#882255",
+    "#44AA99",
+    "#999933",
+    "#332288",
+    "#AA4499",
+    "#117733",
+    "#661100",
+)
+DATASET_PALETTE = (
+    "#000000",
+    "#E69F00",
+    "#56B4E9",
+    "#009E73",
+    "#CC79A7",
+    "#0072B2",
+    "#D55E00",
+    "#999999",
+    "#882255",
+    "#44AA99",
+)
 MARKERS = {"2L-ReLU": "o", "MLP-Attn": "s", "QKV-Attn": "^"}
 PAPER_RC: dict[RcKeyType, Any] = {
-    "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
-    "legend.fontsize": 7, "legend.frameon": False, "lines.linewidth": 1.2, "lines.markersize": 3.5,
-    "axes.linewidth": 0.6, "xtick.major.width": 0.6, "ytick.major.width": 0.6, "xtick.minor.width": 0.4,
-    "ytick.minor.width": 0.4, "axes.spines.top": False, "axes.spines.right": False, "savefig.dpi": 300,
-    "pdf.fonttype": 42, "ps.fonttype": 42, "axes.grid": False, "mathtext.default": "regular",
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "axes.labelsize": 8,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "legend.fontsize": 7,
+    "legend.frameon": False,
+    "lines.linewidth": 1.2,
+    "lines.markersize": 3.5,
+    "axes.linewidth": 0.6,
+    "xtick.major.width": 0.6,
+    "ytick.major.width": 0.6,
+    "xtick.minor.width": 0.4,
+    "ytick.minor.width": 0.4,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "savefig.dpi": 300,
+    "pdf.fonttype": 42,
+    "ps.fonttype": 42,
+    "axes.grid": False,
+    "mathtext.default": "regular",
 }
 REFERENCE = "#777777"
 MAX_COLS = 4  # panels per row before wrapping
@@ -198,8 +234,9 @@ def no_data(fig: Figure, message: str = "no stored data for this figure") -> Fig
     return fig
 
 
-def save_figure(figure: Figure, stem: str | Path, formats: Sequence[str] = ("png", "pdf"), *,
-                precision: str | None = None) -> list[Path]:
+def save_figure(
+    figure: Figure, stem: str | Path, formats: Sequence[str] = ("png", "pdf"), *, precision: str | None = None
+) -> list[Path]:
     """Write ``<stem>.png`` and ``<stem>.pdf`` (deterministic metadata); the paths written.
 
     The layout is computed once, for the first format, and kept for the
@@ -215,8 +252,11 @@ def save_figure(figure: Figure, stem: str | Path, formats: Sequence[str] = ("png
     with matplotlib.rc_context(PAPER_RC):
         for ext in formats:
             path = stem.with_suffix(f".{ext}")
-            metadata: dict[str, str | None] | None = {"CreationDate": None, "Producer": None} if ext == "pdf" else (
-                {"Software": None} if ext == "png" else None)
+            metadata: dict[str, str | None] | None = (
+                {"CreationDate": None, "Producer": None}
+                if ext == "pdf"
+                else ({"Software": None} if ext == "png" else None)
+            )
             if note is not None and metadata is not None:
                 metadata["Subject" if ext == "pdf" else "Description"] = note
             figure.savefig(path, format=ext, metadata=metadata)

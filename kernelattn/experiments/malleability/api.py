@@ -31,10 +31,25 @@ from kernelattn.learning.fitting import resolve_data, warn_if_normalized
 EPSILON_SWEEP = (0.1, 0.2, 0.3, 0.5)
 
 
-def malleability(data=None, *, X=None, y=None, X_test=None, y_test=None, attack: str = "pgd",
-                 epsilon: float = 0.3, tau: float = 0.1, intervention: str = "adversarial",
-                 training: str = "standard", at_epsilon: float | None = None, attack_config=None,
-                 retrain: bool = False, null: str | None = "seed", precision=None, **options) -> MalleabilityReport:
+def malleability(
+    data=None,
+    *,
+    X=None,
+    y=None,
+    X_test=None,
+    y_test=None,
+    attack: str = "pgd",
+    epsilon: float = 0.3,
+    tau: float = 0.1,
+    intervention: str = "adversarial",
+    training: str = "standard",
+    at_epsilon: float | None = None,
+    attack_config=None,
+    retrain: bool = False,
+    null: str | None = "seed",
+    precision=None,
+    **options,
+) -> MalleabilityReport:
     """Measure how far an attack on the training data moves a model's influence scores.
 
     Train on clean data → I; intervene on the training set (attack every
@@ -90,23 +105,49 @@ def malleability(data=None, *, X=None, y=None, X_test=None, y_test=None, attack:
         check_choice(null, "null", NULL_KINDS)
     with precision_policy(precision):
         experiment = _prepare_checked(
-            data, X=X, y=y, X_test=X_test, y_test=y_test, attack=attack, epsilon=epsilon, tau=tau,
-            intervention=intervention, training=training, at_epsilon=epsilon if at_epsilon is None else at_epsilon,
-            attack_config=attack_config, **options,
+            data,
+            X=X,
+            y=y,
+            X_test=X_test,
+            y_test=y_test,
+            attack=attack,
+            epsilon=epsilon,
+            tau=tau,
+            intervention=intervention,
+            training=training,
+            at_epsilon=epsilon if at_epsilon is None else at_epsilon,
+            attack_config=attack_config,
+            **options,
         )
-        report = measure(experiment, attack=attack, epsilon=epsilon, tau=tau, intervention=intervention,
-                         retrain=retrain)
+        report = measure(
+            experiment, attack=attack, epsilon=epsilon, tau=tau, intervention=intervention, retrain=retrain
+        )
         if null is None:
             return report
         return dataclasses.replace(report, null=measure_null(experiment, kind=null, tau=tau))
 
 
-def malleability_sweep(data=None, *, X=None, y=None, X_test=None, y_test=None,
-                       models: Sequence = ("relu", "mlp-attn"), attacks: Sequence[str] = ("pgd",),
-                       epsilons: Sequence[float] = (0.3,), interventions: Sequence[str] = ("adversarial",),
-                       trainings: Sequence[str] = ("standard",), tau: float = 0.1, at_epsilon: float = 0.3,
-                       attack_config=None, retrain: bool = False, null: str | None = "seed", progress=None,
-                       precision=None, **options) -> list[MalleabilityReport]:
+def malleability_sweep(
+    data=None,
+    *,
+    X=None,
+    y=None,
+    X_test=None,
+    y_test=None,
+    models: Sequence = ("relu", "mlp-attn"),
+    attacks: Sequence[str] = ("pgd",),
+    epsilons: Sequence[float] = (0.3,),
+    interventions: Sequence[str] = ("adversarial",),
+    trainings: Sequence[str] = ("standard",),
+    tau: float = 0.1,
+    at_epsilon: float = 0.3,
+    attack_config=None,
+    retrain: bool = False,
+    null: str | None = "seed",
+    progress=None,
+    precision=None,
+    **options,
+) -> list[MalleabilityReport]:
     """Grid of :func:`malleability` measurements sharing one clean fit per (model, training).
 
     Arguments as in :func:`malleability`, with lists for ``models``,
@@ -129,16 +170,33 @@ def malleability_sweep(data=None, *, X=None, y=None, X_test=None, y_test=None,
         for model in models:
             for training in trainings:
                 experiment = _prepare_checked(
-                    data, X=X, y=y, X_test=X_test, y_test=y_test, attack=attacks[0], epsilon=epsilons[0], tau=tau,
-                    intervention="adversarial" if attacked else "curated", model=model, training=training,
-                    at_epsilon=at_epsilon, attack_config=attack_config, **options,
+                    data,
+                    X=X,
+                    y=y,
+                    X_test=X_test,
+                    y_test=y_test,
+                    attack=attacks[0],
+                    epsilon=epsilons[0],
+                    tau=tau,
+                    intervention="adversarial" if attacked else "curated",
+                    model=model,
+                    training=training,
+                    at_epsilon=at_epsilon,
+                    attack_config=attack_config,
+                    **options,
                 )
                 baseline = None if null is None else measure_null(experiment, kind=null, tau=tau)
                 for intervention in interventions:
                     grid = [("pgd", 0.0)] if intervention == "curated" else [(a, e) for a in attacks for e in epsilons]
                     for attack, epsilon in grid:
-                        report = measure(experiment, attack=attack, epsilon=epsilon, tau=tau,
-                                         intervention=intervention, retrain=retrain)
+                        report = measure(
+                            experiment,
+                            attack=attack,
+                            epsilon=epsilon,
+                            tau=tau,
+                            intervention=intervention,
+                            retrain=retrain,
+                        )
                         report = dataclasses.replace(report, null=baseline)
                         reports.append(report)
                         if progress is not None:
@@ -146,8 +204,9 @@ def malleability_sweep(data=None, *, X=None, y=None, X_test=None, y_test=None,
     return reports
 
 
-def _prepare_checked(data, *, X, y, X_test, y_test, attack, epsilon, tau, intervention, training, attack_config,
-                     **kwargs) -> Experiment:
+def _prepare_checked(
+    data, *, X, y, X_test, y_test, attack, epsilon, tau, intervention, training, attack_config, **kwargs
+) -> Experiment:
     """Check the measurement arguments first (fail before training), then ``prepare``."""
     check_choice(str(attack).lower(), "attack", ATTACKS)
     check_real(epsilon, "epsilon", minimum=0.0)
@@ -161,5 +220,14 @@ def _prepare_checked(data, *, X, y, X_test, y_test, attack, epsilon, tau, interv
         check_in_bounds(split.X, config.bounds)
     if intervention != "curated" or training == "pgd-at":
         warn_if_normalized(split)
-    return prepare(data, X=X, y=y, X_test=X_test, y_test=y_test, training=training, attack_config=attack_config,
-                   attack_targets=(config.target,) if intervention != "curated" else (), **kwargs)
+    return prepare(
+        data,
+        X=X,
+        y=y,
+        X_test=X_test,
+        y_test=y_test,
+        training=training,
+        attack_config=attack_config,
+        attack_targets=(config.target,) if intervention != "curated" else (),
+        **kwargs,
+    )

@@ -118,19 +118,37 @@ class Experiment:
         """The experiment's model trained again, in its training mode, on raw ``X`` ``(n', d)`` with int
         ``labels`` ``(n',)``, from the PRNG ``keys``; PGD-AT attacks with ``attack_config``."""
         return fit_in_mode(
-            self.fitted.spec, X, labels, self.split.n_classes, mode=self.training, keys=keys,
-            config=self.options.train_config, at_epsilon=self.at_epsilon, attack_config=attack_config,
+            self.fitted.spec,
+            X,
+            labels,
+            self.split.n_classes,
+            mode=self.training,
+            keys=keys,
+            config=self.options.train_config,
+            at_epsilon=self.at_epsilon,
+            attack_config=attack_config,
         )
 
     def influence_of(self, fitted: FittedModel, X, labels, X_test) -> InfluenceResult:
         """The experiment's influence (same kernel, method, targets, ridge) of ``fitted`` on new data:
         raw ``X`` ``(n', d)`` with ``labels`` ``(n',)`` → raw ``X_test`` ``(n*, d)`` (the clean test labels)."""
-        return fitted_influence(fitted, X, labels, X_test, self.split.labels_test, n_classes=self.split.n_classes,
-                                options=self.options)
+        return fitted_influence(
+            fitted, X, labels, X_test, self.split.labels_test, n_classes=self.split.n_classes, options=self.options
+        )
 
 
-def memory_estimates(n: int, n_test: int, d: int, head, *, config: TrainConfig, kernel: str, training: str,
-                     dtype, attack_targets: Sequence[str] = ()) -> list[memory.MemoryEstimate]:
+def memory_estimates(
+    n: int,
+    n_test: int,
+    d: int,
+    head,
+    *,
+    config: TrainConfig,
+    kernel: str,
+    training: str,
+    dtype,
+    attack_targets: Sequence[str] = (),
+) -> list[memory.MemoryEstimate]:
     """What one clean fit and its measurements need, phase by phase (they run one after another).
 
     Training (Adam on the head; with "pgd-at" also the attack on the whole
@@ -146,29 +164,55 @@ def memory_estimates(n: int, n_test: int, d: int, head, *, config: TrainConfig, 
       attack_targets: "model" and/or "kernel" (none: no attack planned).
     """
     dtype = np.dtype(dtype).name
-    p = memory.head_param_count(d, head.width, out_dim=head.out_dim, use_bias=head.use_bias,
-                                train_readout=head.train_readout)
-    estimates = [memory.training_memory(n, d, width=head.width, out_dim=head.out_dim,
-                                        batch_size=config.batch_size, n_params=p, dtype=dtype)]
+    p = memory.head_param_count(
+        d, head.width, out_dim=head.out_dim, use_bias=head.use_bias, train_readout=head.train_readout
+    )
+    estimates = [
+        memory.training_memory(
+            n, d, width=head.width, out_dim=head.out_dim, batch_size=config.batch_size, n_params=p, dtype=dtype
+        )
+    ]
     if training == "pgd-at":
-        estimates.append(memory.attack_memory(n, d, width=head.width, out_dim=head.out_dim, target="model",
-                                              n_params=p, dtype=dtype))
+        estimates.append(
+            memory.attack_memory(n, d, width=head.width, out_dim=head.out_dim, target="model", n_params=p, dtype=dtype)
+        )
     if kernel in ("empirical", "empirical-init"):
-        estimates.append(memory.head_ntk_memory(
-            n + n_test, n, d, head.width, width_chunk=min(DEFAULT_WIDTH_CHUNK, head.width), out_dim=head.out_dim,
-            train_readout=head.train_readout, use_bias=head.use_bias, params_given=True, dtype="float64"))
+        estimates.append(
+            memory.head_ntk_memory(
+                n + n_test,
+                n,
+                d,
+                head.width,
+                width_chunk=min(DEFAULT_WIDTH_CHUNK, head.width),
+                out_dim=head.out_dim,
+                train_readout=head.train_readout,
+                use_bias=head.use_bias,
+                params_given=True,
+                dtype="float64",
+            )
+        )
     elif kernel == "infinite":
-        estimates.append(memory.MemoryEstimate(f"the infinite-width NTK ({n + n_test}×{n}, float64)",
-                                               {"kernel and its covariances": 6 * (n + n_test) * n * 8}))
+        estimates.append(
+            memory.MemoryEstimate(
+                f"the infinite-width NTK ({n + n_test}×{n}, float64)",
+                {"kernel and its covariances": 6 * (n + n_test) * n * 8},
+            )
+        )
     else:
         item = np.dtype(dtype).itemsize
-        estimates.append(memory.MemoryEstimate(
-            f"TracIn gradients (n*={n_test}, P={p}, {dtype})",
-            {"per-example gradients": (n_test + min(128, n)) * p * item},
-            options=("a smaller width (P grows as d·m)",)))
+        estimates.append(
+            memory.MemoryEstimate(
+                f"TracIn gradients (n*={n_test}, P={p}, {dtype})",
+                {"per-example gradients": (n_test + min(128, n)) * p * item},
+                options=("a smaller width (P grows as d·m)",),
+            )
+        )
     for target in attack_targets:
-        estimates.append(memory.attack_memory(max(n, n_test), d, width=head.width, out_dim=head.out_dim,
-                                              target=target, n_params=p, dtype=dtype))
+        estimates.append(
+            memory.attack_memory(
+                max(n, n_test), d, width=head.width, out_dim=head.out_dim, target=target, n_params=p, dtype=dtype
+            )
+        )
     return estimates
 
 
@@ -183,9 +227,21 @@ def plan_memory(n: int, n_test: int, d: int, head, *, budget: int | None = None,
         memory.ensure_fits(estimate, budget)
 
 
-def prepare(data=None, *, X=None, y=None, X_test=None, y_test=None, influence: str = "loo",
-            training: str = "standard", at_epsilon: float = 0.3, attack_config=None,
-            attack_targets: Sequence[str] = (), fitted: FittedModel | None = None, **options) -> Experiment:
+def prepare(
+    data=None,
+    *,
+    X=None,
+    y=None,
+    X_test=None,
+    y_test=None,
+    influence: str = "loo",
+    training: str = "standard",
+    at_epsilon: float = 0.3,
+    attack_config=None,
+    attack_targets: Sequence[str] = (),
+    fitted: FittedModel | None = None,
+    **options,
+) -> Experiment:
     """Validate the inputs, plan the memory, train on clean data and compute the clean influence matrix I.
 
     Arguments as in ``kernelattn.experiments.malleability.api.malleability``: ``influence`` is
@@ -206,24 +262,52 @@ def prepare(data=None, *, X=None, y=None, X_test=None, y_test=None, influence: s
     keys = fit_options.keys()
     split = resolve_data(data, X=X, y=y, X_test=X_test, y_test=y_test)
     if fit_options.kernel not in RIDGE_KERNELS and attack_config.target == "kernel":
-        raise InputValueError(f"attack_config.target: 'kernel' attacks a kernel ridge predictor, but "
-                              f"kernel={fit_options.kernel!r} has none; expected kernel in {list(RIDGE_KERNELS)} or "
-                              "target 'model'")
+        raise InputValueError(
+            f"attack_config.target: 'kernel' attacks a kernel ridge predictor, but "
+            f"kernel={fit_options.kernel!r} has none; expected kernel in {list(RIDGE_KERNELS)} or "
+            "target 'model'"
+        )
     spec = fit_options.head_model(split.n_classes)
     for target in attack_targets:
         check_choice(target, "attack_targets[]", ATTACK_TARGETS)
     config = fit_options.train_config
-    plan_memory(split.X.shape[0], split.X_test.shape[0], split.X.shape[1], spec.head, config=config,
-                kernel=fit_options.kernel, training=training, dtype=fit_options.dtype,
-                attack_targets=tuple(attack_targets))
+    plan_memory(
+        split.X.shape[0],
+        split.X_test.shape[0],
+        split.X.shape[1],
+        spec.head,
+        config=config,
+        kernel=fit_options.kernel,
+        training=training,
+        dtype=fit_options.dtype,
+        attack_targets=tuple(attack_targets),
+    )
     if fitted is None:
-        fitted = fit_in_mode(spec, split.X, split.labels, split.n_classes, mode=training, keys=keys, config=config,
-                             at_epsilon=at_epsilon, attack_config=attack_config)
+        fitted = fit_in_mode(
+            spec,
+            split.X,
+            split.labels,
+            split.n_classes,
+            mode=training,
+            keys=keys,
+            config=config,
+            at_epsilon=at_epsilon,
+            attack_config=attack_config,
+        )
         fitted = assess_fit(fitted, split, config, what=fit_label(spec, fit_options.seed, training))
-    clean = fitted_influence(fitted, split.X, split.labels, split.X_test, split.labels_test,
-                             n_classes=split.n_classes, options=fit_options)
-    return Experiment(split, fitted, dataclasses.replace(clean, seed=fit_options.seed), fit_options, training,
-                      at_epsilon if training == "pgd-at" else None, attack_config, keys)
+    clean = fitted_influence(
+        fitted, split.X, split.labels, split.X_test, split.labels_test, n_classes=split.n_classes, options=fit_options
+    )
+    return Experiment(
+        split,
+        fitted,
+        dataclasses.replace(clean, seed=fit_options.seed),
+        fit_options,
+        training,
+        at_epsilon if training == "pgd-at" else None,
+        attack_config,
+        keys,
+    )
 
 
 @functools.lru_cache(maxsize=32)
@@ -243,13 +327,16 @@ def _attack_loss(experiment: Experiment, config: AttackConfig, on: str = "train"
         x = jnp.asarray(split.X, fitted.spec.dtype)
         k = np.asarray(kernel_fn(x), np.float64)
         alpha = jnp.asarray(np.linalg.solve((k + k.T) / 2 + options.ridge * np.eye(len(k)), targets), x.dtype)
-        return kernel_predictor_loss(jax.tree_util.Partial(kernel_prediction, kernel_fn, x, alpha),
-                                     one_vs_rest(split.labels_test, split.n_classes, options.targets))
+        return kernel_predictor_loss(
+            jax.tree_util.Partial(kernel_prediction, kernel_fn, x, alpha),
+            one_vs_rest(split.labels_test, split.n_classes, options.targets),
+        )
     if on == "train":
         return model_loss(fitted.outputs_fn(), split.train_targets(options.train_config), fitted.loss)
     context = jnp.asarray(split.X, fitted.spec.dtype)
-    return model_loss(fitted.outputs_fn(context), split.train_targets(options.train_config, split.labels_test),
-                      fitted.loss)
+    return model_loss(
+        fitted.outputs_fn(context), split.train_targets(options.train_config, split.labels_test), fitted.loss
+    )
 
 
 def measure(
@@ -277,8 +364,10 @@ def measure(
     if not isinstance(retrain, bool):
         raise InputValueError(f"retrain: expected a bool, got {retrain!r}")
     if experiment.options.kernel not in RIDGE_KERNELS and config.target == "kernel":
-        raise InputValueError(f"attack_config.target: 'kernel' needs a kernel ridge influence (kernel in "
-                              f"{list(RIDGE_KERNELS)}), got kernel={experiment.options.kernel!r}")
+        raise InputValueError(
+            f"attack_config.target: 'kernel' needs a kernel ridge influence (kernel in "
+            f"{list(RIDGE_KERNELS)}), got kernel={experiment.options.kernel!r}"
+        )
     start = time.perf_counter()
     split = experiment.split
     influential = influential_points(experiment.clean.scores, tau)
@@ -291,8 +380,16 @@ def measure(
     if retrain and intervention != "test":
         fitted = experiment.refit(change.X, change.labels, keys=experiment.keys, attack_config=config)
     perturbed = experiment.influence_of(fitted, change.X, change.labels, change.X_test)
-    return _report(experiment, change, perturbed, intervention=intervention, tau=tau, retrain=retrain, start=start,
-                   health=experiment.fitted.health)
+    return _report(
+        experiment,
+        change,
+        perturbed,
+        intervention=intervention,
+        tau=tau,
+        retrain=retrain,
+        start=start,
+        health=experiment.fitted.health,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,13 +420,15 @@ def _curate(split: TrainTest, influential: np.ndarray, tau: float) -> _Intervene
     columns = np.setdiff1d(np.arange(n), influential)
     if columns.size == 0:
         raise InputValueError(
-            f"tau: removing the top-τ points must leave some training points, got tau={tau} with n={n}")
+            f"tau: removing the top-τ points must leave some training points, got tau={tau} with n={n}"
+        )
     perturbation = {"linf": 0.0, "mean_linf": 0.0, "mean_l2": 0.0, "n_perturbed": 0, "n_removed": int(influential.size)}
     return _Intervened(split.X[columns], split.labels[columns], split.X_test, columns, influential, perturbation)
 
 
-def _attack(experiment: Experiment, config: AttackConfig, attack: str, epsilon: float, chosen: np.ndarray | None, *,
-            on: str) -> _Intervened:
+def _attack(
+    experiment: Experiment, config: AttackConfig, attack: str, epsilon: float, chosen: np.ndarray | None, *, on: str
+) -> _Intervened:
     """The training set (``on="train"``) or the test set (``on="test"``) attacked with the experiment's
     attack key: every point, or only the ``chosen`` indices."""
     split = experiment.split
@@ -337,27 +436,60 @@ def _attack(experiment: Experiment, config: AttackConfig, attack: str, epsilon: 
     x_attacked = split.X_test if on == "test" else split.X
     check_in_bounds(x_attacked, config.bounds, "X_test" if on == "test" else "X")
     head = experiment.fitted.spec.head
-    memory.ensure_fits(memory.attack_memory(
-        max(n, x_attacked.shape[0]), split.X.shape[1], width=head.width, out_dim=head.out_dim,
-        target=config.target,
-        n_params=memory.head_param_count(split.X.shape[1], head.width, out_dim=head.out_dim,
-                                         use_bias=head.use_bias, train_readout=head.train_readout),
-    ))
+    memory.ensure_fits(
+        memory.attack_memory(
+            max(n, x_attacked.shape[0]),
+            split.X.shape[1],
+            width=head.width,
+            out_dim=head.out_dim,
+            target=config.target,
+            n_params=memory.head_param_count(
+                split.X.shape[1],
+                head.width,
+                out_dim=head.out_dim,
+                use_bias=head.use_bias,
+                train_readout=head.train_readout,
+            ),
+        )
+    )
     mask = np.zeros(x_attacked.shape[0], bool)
     mask[slice(None) if chosen is None else chosen] = True
     result = run_attack(
-        _attack_loss(experiment, config, on), x_attacked, method=attack, epsilon=epsilon,
-        key=experiment.keys["attack"], config=config, mask=mask,
+        _attack_loss(experiment, config, on),
+        x_attacked,
+        method=attack,
+        epsilon=epsilon,
+        key=experiment.keys["attack"],
+        config=config,
+        mask=mask,
     )
     perturbation = {k: v for k, v in result.summary().items() if k not in ("method", "epsilon")}
     perturbation["target"] = config.target
     x_new, x_test_new = (split.X, result.x_adv) if on == "test" else (result.x_adv, split.X_test)
-    return _Intervened(x_new, split.labels, x_test_new, np.arange(n), np.flatnonzero(mask), perturbation, attack,
-                       epsilon, bool(result.effective))
+    return _Intervened(
+        x_new,
+        split.labels,
+        x_test_new,
+        np.arange(n),
+        np.flatnonzero(mask),
+        perturbation,
+        attack,
+        epsilon,
+        bool(result.effective),
+    )
 
 
-def _report(experiment: Experiment, change: _Intervened, perturbed: InfluenceResult, *, intervention: str, tau: float,
-            retrain: bool, start: float, health) -> MalleabilityReport:
+def _report(
+    experiment: Experiment,
+    change: _Intervened,
+    perturbed: InfluenceResult,
+    *,
+    intervention: str,
+    tau: float,
+    retrain: bool,
+    start: float,
+    health,
+) -> MalleabilityReport:
     """Compare the clean influence (on the columns ``change`` kept) with ``perturbed`` into a
     :class:`MalleabilityReport`; ``start``: the ``time.perf_counter()`` the measurement began at."""
     clean, columns = experiment.clean.scores, change.columns
@@ -418,14 +550,19 @@ def null_keys(keys: Mapping[str, jax.Array], kind: str) -> dict[str, jax.Array]:
 def null_refit(experiment: Experiment, kind: str = "seed") -> FittedModel:
     """The experiment's clean fit repeated with the PRNG keys of a null baseline (:func:`null_keys`)."""
     kind = check_choice(kind, "null", NULL_KINDS)
-    refit = experiment.refit(experiment.split.X, experiment.split.labels, keys=null_keys(experiment.keys, kind),
-                             attack_config=experiment.attack_config)
+    refit = experiment.refit(
+        experiment.split.X,
+        experiment.split.labels,
+        keys=null_keys(experiment.keys, kind),
+        attack_config=experiment.attack_config,
+    )
     what = fit_label(experiment.fitted.spec, experiment.options.seed, experiment.training) + f", null-{kind} refit"
     return assess_fit(refit, experiment.split, experiment.options.train_config, what=what)
 
 
-def measure_null(experiment: Experiment, *, kind: str = "seed", tau: float = 0.1,
-                 refit: FittedModel | None = None) -> MalleabilityReport:
+def measure_null(
+    experiment: Experiment, *, kind: str = "seed", tau: float = 0.1, refit: FittedModel | None = None
+) -> MalleabilityReport:
     """The null baseline of a malleability number: no perturbation, the same pipeline refitted
     with other PRNG keys (:func:`null_keys`), and its influence compared with the experiment's.
 
@@ -445,5 +582,13 @@ def measure_null(experiment: Experiment, *, kind: str = "seed", tau: float = 0.1
     refit = null_refit(experiment, kind) if refit is None else refit
     perturbed = experiment.influence_of(refit, split.X, split.labels, split.X_test)
     unchanged = _Intervened(split.X, split.labels, split.X_test, np.arange(split.X.shape[0]), np.zeros(0, np.int64), {})
-    return _report(experiment, unchanged, perturbed, intervention=f"null-{kind}", tau=tau, retrain=True, start=start,
-                   health=refit.health)
+    return _report(
+        experiment,
+        unchanged,
+        perturbed,
+        intervention=f"null-{kind}",
+        tau=tau,
+        retrain=True,
+        start=start,
+        health=refit.health,
+    )

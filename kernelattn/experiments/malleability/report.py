@@ -93,9 +93,29 @@ class MalleabilityReport:
         return self.influence_perturbed
 
     _SCALARS = (
-        "model", "kernel", "influence", "training", "intervention", "attack", "epsilon", "tau", "ridge",
-        "seed", "width", "n_train", "n_test", "top_k", "flip_rate", "flip_rate_std", "spearman",
-        "spearman_std", "topk_overlap", "topk_overlap_std", "retrain", "seconds", "attack_effective",
+        "model",
+        "kernel",
+        "influence",
+        "training",
+        "intervention",
+        "attack",
+        "epsilon",
+        "tau",
+        "ridge",
+        "seed",
+        "width",
+        "n_train",
+        "n_test",
+        "top_k",
+        "flip_rate",
+        "flip_rate_std",
+        "spearman",
+        "spearman_std",
+        "topk_overlap",
+        "topk_overlap_std",
+        "retrain",
+        "seconds",
+        "attack_effective",
     )
 
     def to_dict(self, arrays: bool = False) -> dict:

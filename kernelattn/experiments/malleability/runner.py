@@ -115,22 +115,33 @@ def check_malleability_spec(spec: Mapping, *, max_cells: int | None = None, budg
             out_dim = config.out_dim(data.n_classes)
             attacked = any(i != "curated" for i in parsed["interventions"])
             for _, model, width, mode, kernel in _spec_groups(parsed):
-                head = resolve_model(_spec_model(model, width, out_dim, parsed["head"]), width, out_dim,
-                                     "float32").head
+                head = resolve_model(_spec_model(model, width, out_dim, parsed["head"]), width, out_dim, "float32").head
                 try:
-                    plan_memory(data.X_train.shape[0], data.X_test.shape[0], data.X_train.shape[1], head,
-                                config=config, kernel=kernel, training=mode, dtype=parsed["dtype"],
-                                attack_targets=parsed["attack_targets"] if attacked else (), budget=budget)
+                    plan_memory(
+                        data.X_train.shape[0],
+                        data.X_test.shape[0],
+                        data.X_train.shape[1],
+                        head,
+                        config=config,
+                        kernel=kernel,
+                        training=mode,
+                        dtype=parsed["dtype"],
+                        attack_targets=parsed["attack_targets"] if attacked else (),
+                        budget=budget,
+                    )
                 except memory.MemoryPlanError as err:
                     model_name = model if isinstance(model, str) else model["name"]
-                    raise memory.MemoryPlanError(f"datasets[{index}] ({label!r}), model {model_name}, width {width}: "
-                                                 f"{err}", err.estimate, err.budget) from None
+                    raise memory.MemoryPlanError(
+                        f"datasets[{index}] ({label!r}), model {model_name}, width {width}: {err}",
+                        err.estimate,
+                        err.budget,
+                    ) from None
     return loaded
 
 
-
-def run_malleability_spec(spec: Mapping, store, *, progress=None, loaded: Mapping | None = None,
-                          max_cells: int | None = None) -> list[str]:
+def run_malleability_spec(
+    spec: Mapping, store, *, progress=None, loaded: Mapping | None = None, max_cells: int | None = None
+) -> list[str]:
     """Run a malleability experiment spec into a ``ResultStore``, resumably.
 
     The spec is a plain dict (e.g. parsed from ``experiments/*.json``); key
@@ -191,8 +202,10 @@ def run_malleability_spec(spec: Mapping, store, *, progress=None, loaded: Mappin
       The keys of the records written by this call.
     """
     # None: the policy in force (CLI --precision); resolved now, since "fast" is part of a cell's key.
-    plans = [(label, {**parsed, "precision": resolve_precision(parsed.get("precision"))})
-             for label, parsed in validate_spec(spec, max_cells=max_cells).plans]
+    plans = [
+        (label, {**parsed, "precision": resolve_precision(parsed.get("precision"))})
+        for label, parsed in validate_spec(spec, max_cells=max_cells).plans
+    ]
     membership: dict[str, list[str]] = {}
     for label, parsed in plans:
         for dataset in parsed["datasets"]:
@@ -219,16 +232,32 @@ def run_malleability_spec(spec: Mapping, store, *, progress=None, loaded: Mappin
                     config = as_train_config(parsed["training"] or None)
                     fit_key = (seed, provenance.canonical_json(model), width, mode)
                     experiment = prepare(
-                        data, model=_spec_model(model, width, config.out_dim(data.n_classes), parsed["head"]),
-                        width=width, ridge=parsed["ridge"], seed=seed, kernel=kernel, influence=parsed["influence"],
-                        targets=parsed["targets"], training=mode, at_epsilon=parsed["at_epsilon"], train_config=config,
-                        attack_config=parsed["attack_config"] or None, dtype=parsed["dtype"], fitted=fits.get(fit_key),
-                        attack_targets=parsed["attack_targets"] if any(i != "curated" for i in parsed["interventions"])
+                        data,
+                        model=_spec_model(model, width, config.out_dim(data.n_classes), parsed["head"]),
+                        width=width,
+                        ridge=parsed["ridge"],
+                        seed=seed,
+                        kernel=kernel,
+                        influence=parsed["influence"],
+                        targets=parsed["targets"],
+                        training=mode,
+                        at_epsilon=parsed["at_epsilon"],
+                        train_config=config,
+                        attack_config=parsed["attack_config"] or None,
+                        dtype=parsed["dtype"],
+                        fitted=fits.get(fit_key),
+                        attack_targets=parsed["attack_targets"]
+                        if any(i != "curated" for i in parsed["interventions"])
                         else (),
                     )
                     fits[fit_key] = experiment.fitted
-                    context = {"spec": spec, "parsed": parsed, "dataset_label": dataset_label, "fits": fits,
-                               "fit_key": fit_key}
+                    context = {
+                        "spec": spec,
+                        "parsed": parsed,
+                        "dataset_label": dataset_label,
+                        "fits": fits,
+                        "fit_key": fit_key,
+                    }
                     for key, cell in cells:
                         report = _run_cell(store, key, cell, experiment, context, membership.get(key, []))
                         if report is not None:
@@ -257,18 +286,35 @@ def _group_cells(parsed: dict, dataset: dict, group: tuple) -> list[dict]:
         if intervention == "curated":
             grid.append((intervention, "none", "none", 0.0))
             continue
-        grid += [(intervention, target, attack, epsilon) for target in parsed["attack_targets"]
-                 for attack in parsed["attacks"] for epsilon in parsed["epsilons"]]
+        grid += [
+            (intervention, target, attack, epsilon)
+            for target in parsed["attack_targets"]
+            for attack in parsed["attacks"]
+            for epsilon in parsed["epsilons"]
+        ]
     grid += [(f"null-{kind}", "none", "none", 0.0) for kind in parsed["nulls"]]
     precision = {"precision": "fast"} if parsed["precision"] == "fast" else {}  # "highest" keeps earlier keys
-    return [{
-        "dataset": dataset, "model": model, "width": width, "seed": seed, "training_mode": mode,
-        "kernel": kernel, "head": parsed["head"], "training": parsed["training"],
-        "attack_config": parsed["attack_config"],
-        "at_epsilon": parsed["at_epsilon"] if mode == "pgd-at" else None,
-        "intervention": intervention, "attack_target": target, "attack": attack, "epsilon": epsilon,
-        **{k: parsed[k] for k in ("tau", "ridge", "influence", "targets", "retrain", "dtype")}, **precision,
-    } for intervention, target, attack, epsilon in grid]
+    return [
+        {
+            "dataset": dataset,
+            "model": model,
+            "width": width,
+            "seed": seed,
+            "training_mode": mode,
+            "kernel": kernel,
+            "head": parsed["head"],
+            "training": parsed["training"],
+            "attack_config": parsed["attack_config"],
+            "at_epsilon": parsed["at_epsilon"] if mode == "pgd-at" else None,
+            "intervention": intervention,
+            "attack_target": target,
+            "attack": attack,
+            "epsilon": epsilon,
+            **{k: parsed[k] for k in ("tau", "ridge", "influence", "targets", "retrain", "dtype")},
+            **precision,
+        }
+        for intervention, target, attack, epsilon in grid
+    ]
 
 
 def _run_cell(store, key: str, cell: dict, experiment: Experiment, context: dict, variants: list[str]):
@@ -279,7 +325,7 @@ def _run_cell(store, key: str, cell: dict, experiment: Experiment, context: dict
     parsed = context["parsed"]
     try:
         if cell["intervention"].startswith("null-"):
-            kind = cell["intervention"][len("null-"):]
+            kind = cell["intervention"][len("null-") :]
             refit_key = (context["fit_key"], kind)
             if refit_key not in context["fits"]:
                 context["fits"][refit_key] = null_refit(experiment, kind)
@@ -289,8 +335,13 @@ def _run_cell(store, key: str, cell: dict, experiment: Experiment, context: dict
                 experiment.attack_config, target="model" if cell["attack_target"] == "none" else cell["attack_target"]
             )
             report = measure(
-                experiment, attack="pgd" if cell["attack"] == "none" else cell["attack"], epsilon=cell["epsilon"],
-                tau=parsed["tau"], intervention=cell["intervention"], retrain=parsed["retrain"], attack_config=config,
+                experiment,
+                attack="pgd" if cell["attack"] == "none" else cell["attack"],
+                epsilon=cell["epsilon"],
+                tau=parsed["tau"],
+                intervention=cell["intervention"],
+                retrain=parsed["retrain"],
+                attack_config=config,
             )
         # Settings live in the cell; metrics keep the results (no clashing to_frame columns).
         metrics = {k: v for k, v in report.to_dict().items() if k not in cell and k not in ("training", "seconds")}
@@ -303,8 +354,14 @@ def _run_cell(store, key: str, cell: dict, experiment: Experiment, context: dict
             variants=list(variants),
         )
         record = make_record(
-            "malleability", cell, metrics, spec=dict(context["spec"]), seed=cell["seed"], seconds=report.seconds,
-            started=started, finished=utc_now(),
+            "malleability",
+            cell,
+            metrics,
+            spec=dict(context["spec"]),
+            seed=cell["seed"],
+            seconds=report.seconds,
+            started=started,
+            finished=utc_now(),
         )
         store.put(key, record)
         return report

@@ -109,8 +109,9 @@ def check_int(value: Any, path: str, minimum: int | None = None, maximum: int | 
     return value
 
 
-def real_text(minimum: float | None = None, strict: bool = False, maximum: float | None = None,
-              strict_max: bool = False) -> str:
+def real_text(
+    minimum: float | None = None, strict: bool = False, maximum: float | None = None, strict_max: bool = False
+) -> str:
     """What :func:`check_real` accepts, in the words of its message."""
     bounds = []
     if minimum is not None:
@@ -120,8 +121,14 @@ def real_text(minimum: float | None = None, strict: bool = False, maximum: float
     return "a number" + (" " + " and ".join(bounds) if bounds else "")
 
 
-def check_real(value: Any, path: str, minimum: float | None = None, strict: bool = False,
-               maximum: float | None = None, strict_max: bool = False) -> float:
+def check_real(
+    value: Any,
+    path: str,
+    minimum: float | None = None,
+    strict: bool = False,
+    maximum: float | None = None,
+    strict_max: bool = False,
+) -> float:
     """A finite number within the bounds (``strict``/``strict_max``: excluding them), as a float."""
     want = real_text(minimum, strict, maximum, strict_max)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -181,8 +188,9 @@ def check_mapping(value: Any, path: str, what: str = "an object") -> Mapping[str
     return value
 
 
-def check_keys(mapping: Mapping[str, Any], path: str, allowed: Sequence[str], required: Sequence[str] = (),
-               context: str = "") -> None:
+def check_keys(
+    mapping: Mapping[str, Any], path: str, allowed: Sequence[str], required: Sequence[str] = (), context: str = ""
+) -> None:
     """Unknown keys are errors (with a did-you-mean); missing required keys too."""
     for key in mapping:
         if key not in allowed:
@@ -273,8 +281,11 @@ def resolve_max_cells(value: Any = None) -> int:
 def check_cell_count(n_cells: int, limit: int, breakdown: str) -> None:
     """Refuse a grid of more than ``limit`` cells, with the count and how it arises."""
     if n_cells > limit:
-        raise SpecError("", f"the grid has {n_cells:,} cells ({breakdown}), more than the limit of {limit:,}; "
-                            f"split the spec, or raise the limit (max_cells=, --max-cells or ${MAX_CELLS_ENV_VAR})")
+        raise SpecError(
+            "",
+            f"the grid has {n_cells:,} cells ({breakdown}), more than the limit of {limit:,}; "
+            f"split the spec, or raise the limit (max_cells=, --max-cells or ${MAX_CELLS_ENV_VAR})",
+        )
 
 
 def naming_source(parse: Callable[..., Any], data: Any, source: str | None, max_cells: int | None) -> Any:

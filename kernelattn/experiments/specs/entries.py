@@ -82,8 +82,9 @@ def _classes(value: Any, path: str) -> Any:
         items = []
         for i, item in enumerate(value):
             if isinstance(item, bool) or not isinstance(item, (int, str)):
-                raise SpecError(join_path(path, i),
-                                f"expected a class index (integer) or name (string), got {show(item)}")
+                raise SpecError(
+                    join_path(path, i), f"expected a class index (integer) or name (string), got {show(item)}"
+                )
             items.append(item)
         if len(items) < 2:
             raise SpecError(path, f"expected at least 2 classes, got {show(list(value))}")
@@ -119,8 +120,11 @@ _SOURCE_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "base_url": _string_or_strings,
     "checksums": lambda v, p: freeze_mapping(v, p),
     "max_bytes": lambda v, p: check_int(v, p, minimum=1),
-    "system_dirs": lambda v, p: tuple(check_str(x, join_path(p, i)) for i, x in enumerate(v))
-    if isinstance(v, (list, tuple)) else check_str(v, p),
+    "system_dirs": lambda v, p: (
+        tuple(check_str(x, join_path(p, i)) for i, x in enumerate(v))
+        if isinstance(v, (list, tuple))
+        else check_str(v, p)
+    ),
     "timeout": lambda v, p: check_real(v, p, minimum=0.0, strict=True),
     "source": lambda v, p: check_choice(v, p, tuple(MNIST_SOURCES)),
 }
@@ -203,8 +207,19 @@ class DatasetSpec:
 
 
 #: The keys of every dataset entry of a sweep spec (plus the dataset's own :func:`source_options`).
-DATASET_KEYS = ("name", "label", "classes", "n_train", "n_test", "seed", "scale", "normalize", "target",
-                "data_dir", "download")
+DATASET_KEYS = (
+    "name",
+    "label",
+    "classes",
+    "n_train",
+    "n_test",
+    "seed",
+    "scale",
+    "normalize",
+    "target",
+    "data_dir",
+    "download",
+)
 
 
 def _label(entry: Mapping[str, Any], path: str) -> str:
@@ -248,8 +263,10 @@ def assign_labels(entries: tuple, key: str) -> tuple:
     for i, label in enumerate(labels):
         first = labels.index(label)
         if first != i:
-            raise SpecError(f"{key}[{i}].label", f"duplicate label {label!r} (also {key}[{first}]); give each entry a "
-                                                 "distinct \"label\"")
+            raise SpecError(
+                f"{key}[{i}].label",
+                f'duplicate label {label!r} (also {key}[{first}]); give each entry a distinct "label"',
+            )
     return tuple(out)
 
 
@@ -261,8 +278,10 @@ def parse_dataset(value: Any, path: str) -> DatasetSpec:
     if is_npz_name(entry["name"]):
         name = check_str(entry["name"], join_path(path, "name"))
         if not Path(name).is_file():
-            raise SpecError(join_path(path, "name"), f"no such .npz file {name!r} (a path relative to the working "
-                                                 "directory, or absolute)")
+            raise SpecError(
+                join_path(path, "name"),
+                f"no such .npz file {name!r} (a path relative to the working directory, or absolute)",
+            )
     else:
         name = check_choice(entry["name"], join_path(path, "name"), DATASET_NAMES)
     own_options = source_options(name)
@@ -296,8 +315,9 @@ def parse_dataset(value: Any, path: str) -> DatasetSpec:
         digest = file_sha256(name)
         given = dict(options)
         if given.get("sha256", digest) != digest:
-            raise SpecError(p("sha256"), f"expected the SHA-256 of {name} ({digest}), got {show(given['sha256'])}: "
-                                         "the file changed")
+            raise SpecError(
+                p("sha256"), f"expected the SHA-256 of {name} ({digest}), got {show(given['sha256'])}: the file changed"
+            )
         options = [(k, v) for k, v in options if k != "sha256"] + [("sha256", digest)]
     if name == "synthetic":
         given = dict(options)
@@ -385,8 +405,11 @@ def parse_model(value: Any, path: str) -> ModelSpec:
     for key in entry:
         if key not in allowed and any(key in opts for opts in MODEL_OPTIONS.values()):
             owners = [m for m, opts in MODEL_OPTIONS.items() if key in opts]
-            raise SpecError(join_path(path, key), f"not an option of model {name!r} (it applies to "
-                                                  f"{', '.join(owners)}; allowed here: {', '.join(allowed)})")
+            raise SpecError(
+                join_path(path, key),
+                f"not an option of model {name!r} (it applies to "
+                f"{', '.join(owners)}; allowed here: {', '.join(allowed)})",
+            )
     check_keys(entry, path, allowed, context=f"for model {name!r}")
     p = lambda key: join_path(path, key)  # noqa: E731
     fields: dict[str, Any] = {"name": name}
@@ -401,7 +424,7 @@ def parse_model(value: Any, path: str) -> ModelSpec:
         hw = entry["head_width"]
         if isinstance(hw, str):
             if hw != "width":
-                raise SpecError(p("head_width"), f"expected an integer >= 1 or \"width\", got {show(hw)}")
+                raise SpecError(p("head_width"), f'expected an integer >= 1 or "width", got {show(hw)}')
             fields["head_width"] = hw
         else:
             fields["head_width"] = check_int(hw, p("head_width"), minimum=1, maximum=MAX_WIDTH)
@@ -419,7 +442,12 @@ def _parse_user_model(entry: Mapping[str, Any], path: str) -> ModelSpec:
     except ValueError as err:
         raise SpecError(join_path(path, "name"), str(err)) from None
     defaults = model.defaults()
-    check_keys(entry, path, ("name", "label", *tuple(defaults)), context=f"for model {name!r}",
-                required=[k for k, v in defaults.items() if v is REQUIRED])
+    check_keys(
+        entry,
+        path,
+        ("name", "label", *tuple(defaults)),
+        context=f"for model {name!r}",
+        required=[k for k, v in defaults.items() if v is REQUIRED],
+    )
     options = tuple(sorted((k, freeze(entry[k], join_path(path, k))) for k in entry if k not in ("name", "label")))
     return ModelSpec(name=name, label=_label(entry, path), options=options)

@@ -34,9 +34,12 @@ def check_store_name(value: Any, path: str = "name") -> str:
     """
     name = check_str(value, path)
     if not _NAME_RE.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
-        raise SpecError(path, f"expected a store directory name (letters, digits, '_', '.', '-', not starting with "
-                              f"'.', at most {MAX_NAME_LENGTH} characters: no path separators, no '..', not "
-                              f"absolute), got {show(name)}")
+        raise SpecError(
+            path,
+            f"expected a store directory name (letters, digits, '_', '.', '-', not starting with "
+            f"'.', at most {MAX_NAME_LENGTH} characters: no path separators, no '..', not "
+            f"absolute), got {show(name)}",
+        )
     return name
 
 
@@ -76,8 +79,9 @@ def read_spec_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     except OSError as err:
         raise SpecError("", f"cannot read the spec file ({err.strerror or err})", source) from None
     if stat.S_ISDIR(st.st_mode):
-        raise SpecError("", "is a directory; expected a JSON spec file (e.g. experiments/quick_width_sweep.json)",
-                        source)
+        raise SpecError(
+            "", "is a directory; expected a JSON spec file (e.g. experiments/quick_width_sweep.json)", source
+        )
     if not stat.S_ISREG(st.st_mode):
         raise SpecError("", "is not a regular file (a FIFO or a device); expected a JSON spec file", source)
     if st.st_size > MAX_SPEC_BYTES:
@@ -90,8 +94,9 @@ def read_spec_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise SpecError("", f"is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); save the "
-                            "spec as UTF-8", source) from None
+        raise SpecError(
+            "", f"is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); save the spec as UTF-8", source
+        ) from None
     try:
         data = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as err:

@@ -54,6 +54,7 @@ from kernelattn.registry import MODEL_ALIASES, REQUIRED
 
 __all__ = ["MalleabilitySpec", "malleability_cells", "malleability_variants", "parse_malleability_spec"]
 
+
 @dataclasses.dataclass(frozen=True)
 class MalleabilitySpec:
     """A validated malleability spec.
@@ -77,8 +78,9 @@ class MalleabilitySpec:
     source: str | None = None
 
 
-def _config_section(value: Any, path: str, checks: Mapping[str, Callable[[Any, str], Any]], build: Callable,
-                    what: str) -> dict[str, Any]:
+def _config_section(
+    value: Any, path: str, checks: Mapping[str, Callable[[Any, str], Any]], build: Callable, what: str
+) -> dict[str, Any]:
     """A ``{field: value}`` section (``training``, ``attack_config``, ``kernel``): keys and values checked,
     then ``build(**section)`` run as a final check; the section as written is returned."""
     if value is None:
@@ -123,15 +125,20 @@ def _malleability_dataset(value: Any, path: str) -> tuple[dict[str, Any], str]:
     """(``kernelattn.data.load`` keyword arguments, table label) of one dataset entry."""
     parsed = parse_dataset(value, path)  # the sweep's checks: keys, types, source options
     entry = dict(value)
-    label = str(entry["label"]) if entry.get("label") else (
-        parsed.name + ("" if entry.get("classes") is None else
-                       " " + "-vs-".join(str(c) for c in entry["classes"])))
+    label = (
+        str(entry["label"])
+        if entry.get("label")
+        else (
+            parsed.name + ("" if entry.get("classes") is None else " " + "-vs-".join(str(c) for c in entry["classes"]))
+        )
+    )
     kwargs = {"normalize": False, **{k: v for k, v in entry.items() if k not in ("label", "target")}}
     return kwargs, label
 
 
-def _one_or_many(top: Mapping[str, Any], plural: str, default: Any, where: Callable[[str], str],
-                 allow_empty: bool = False) -> tuple[list, Callable[[int], str]]:
+def _one_or_many(
+    top: Mapping[str, Any], plural: str, default: Any, where: Callable[[str], str], allow_empty: bool = False
+) -> tuple[list, Callable[[int], str]]:
     """The values of ``plural`` (or its singular spelling), and the path of the i-th."""
     singular = PLURAL_KEYS.get(plural)
     if singular is not None and plural in top and singular in top:
@@ -145,7 +152,7 @@ def _one_or_many(top: Mapping[str, Any], plural: str, default: Any, where: Calla
             raise SpecError(where(key), "expected a non-empty list, got []")
         return list(value), (lambda i: join_path(where(key), i))
     if plural == "null_baselines":  # no one-value spelling: a string here is a mistake, not a list of letters
-        raise SpecError(where(key), f"expected a list (e.g. [\"seed\", \"order\"], or [] for none), got {show(value)}")
+        raise SpecError(where(key), f'expected a list (e.g. ["seed", "order"], or [] for none), got {show(value)}')
     return [value], (lambda i: where(key))
 
 
@@ -156,8 +163,9 @@ def _parse_malleability_body(top: Mapping[str, Any], where: Callable[[str], str]
         if key not in MALLEABILITY_KEYS:
             hint = difflib.get_close_matches(key, list(MALLEABILITY_KEYS), n=1, cutoff=0.6)
             suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise SpecError(where(key), f"unknown key of a malleability spec{suggestion} "
-                                        f"(allowed: {', '.join(MALLEABILITY_KEYS)})")
+            raise SpecError(
+                where(key), f"unknown key of a malleability spec{suggestion} (allowed: {', '.join(MALLEABILITY_KEYS)})"
+            )
 
     schema = MALLEABILITY_KEYSPECS  # defaults and checks of the keys
 
@@ -175,27 +183,43 @@ def _parse_malleability_body(top: Mapping[str, Any], where: Callable[[str], str]
 
     entries = many("datasets", _malleability_dataset)
     if not entries:
-        raise SpecError(where("datasets"), "required key is missing (e.g. \"datasets\": [{\"name\": \"digits\"}])")
-    attack_config = _config_section(top.get("attack_config"), where("attack_config"), {
-        "steps": lambda v, p: check_int(v, p, minimum=1),
-        "step_size": nullable(lambda v, p: check_real(v, p, minimum=0.0, strict=True)),
-        "random_start": check_bool,
-        "momentum": lambda v, p: check_real(v, p, minimum=0.0),
-        "target": lambda v, p: check_choice(v, p, choices["attack_targets"]),
-        "bounds": _bounds,
-    }, _attack_config_class(), "an attack_config object")
-    training = _config_section(top.get("training"), where("training"), {
-        "learning_rate": lambda v, p: check_real(v, p, minimum=0.0, strict=True),
-        "batch_size": lambda v, p: check_int(v, p, minimum=1),
-        "epochs": lambda v, p: check_int(v, p, minimum=0),
-        "weight_decay": lambda v, p: check_real(v, p, minimum=0.0),
-        "loss": lambda v, p: check_choice(v, p, choices["losses"]),
-        "weight_decay_mode": lambda v, p: check_choice(v, p, choices["decay_modes"]),
-        "binary_output": lambda v, p: check_choice(v, p, choices["binary_outputs"]),
-    }, _train_config_class(), "a training object")
-    head = _config_section(top.get("kernel"), where("kernel"),
-                           {k: KERNEL_CHECKS[k] for k in MALLEABILITY_HEAD_KEYS}, lambda **_: None,
-                           "a kernel object (the head: readout, sigma_w, sigma_b, sigma_a)")
+        raise SpecError(where("datasets"), 'required key is missing (e.g. "datasets": [{"name": "digits"}])')
+    attack_config = _config_section(
+        top.get("attack_config"),
+        where("attack_config"),
+        {
+            "steps": lambda v, p: check_int(v, p, minimum=1),
+            "step_size": nullable(lambda v, p: check_real(v, p, minimum=0.0, strict=True)),
+            "random_start": check_bool,
+            "momentum": lambda v, p: check_real(v, p, minimum=0.0),
+            "target": lambda v, p: check_choice(v, p, choices["attack_targets"]),
+            "bounds": _bounds,
+        },
+        _attack_config_class(),
+        "an attack_config object",
+    )
+    training = _config_section(
+        top.get("training"),
+        where("training"),
+        {
+            "learning_rate": lambda v, p: check_real(v, p, minimum=0.0, strict=True),
+            "batch_size": lambda v, p: check_int(v, p, minimum=1),
+            "epochs": lambda v, p: check_int(v, p, minimum=0),
+            "weight_decay": lambda v, p: check_real(v, p, minimum=0.0),
+            "loss": lambda v, p: check_choice(v, p, choices["losses"]),
+            "weight_decay_mode": lambda v, p: check_choice(v, p, choices["decay_modes"]),
+            "binary_output": lambda v, p: check_choice(v, p, choices["binary_outputs"]),
+        },
+        _train_config_class(),
+        "a training object",
+    )
+    head = _config_section(
+        top.get("kernel"),
+        where("kernel"),
+        {k: KERNEL_CHECKS[k] for k in MALLEABILITY_HEAD_KEYS},
+        lambda **_: None,
+        "a kernel object (the head: readout, sigma_w, sigma_b, sigma_a)",
+    )
     seeds_value = top.get("seeds", top.get("seed"))
     if "seeds" in top and "seed" in top:
         raise SpecError(where("seeds"), "give either 'seeds' or 'seed', not both")
@@ -232,21 +256,26 @@ def _parse_malleability_body(top: Mapping[str, Any], where: Callable[[str], str]
         "epsilons": many("epsilons"),
         "interventions": many("interventions"),
         # attack_config's target, when given, is the default target
-        "attack_targets": many("attack_targets", default=[attack_config.get("target",
-                                                                            *schema["attack_targets"].default)]),
+        "attack_targets": many(
+            "attack_targets", default=[attack_config.get("target", *schema["attack_targets"].default)]
+        ),
         "nulls": many("null_baselines"),
     }
     if "kernel" in parsed["attack_targets"] and not set(parsed["kernels"]) <= set(choices["ridge_kernels"]):
-        raise SpecError(where("attack_targets"), f"'kernel' needs every influence kernel in "
-                                                 f"{list(choices['ridge_kernels'])}, got influence_kernels "
-                                                 f"{parsed['kernels']}")
+        raise SpecError(
+            where("attack_targets"),
+            f"'kernel' needs every influence kernel in "
+            f"{list(choices['ridge_kernels'])}, got influence_kernels "
+            f"{parsed['kernels']}",
+        )
     for i, model in enumerate(parsed["models"]):
         rank = model.get("rank") if isinstance(model, Mapping) else None
         for j, dataset in enumerate(parsed["datasets"]):
             n_train = dataset.get("n_train")
             if rank is not None and n_train is not None and rank > n_train:
-                raise SpecError(f"{where('models')}[{i}].rank", f"expected <= n_train of datasets[{j}] ({n_train}), "
-                                                                f"got {rank}")
+                raise SpecError(
+                    f"{where('models')}[{i}].rank", f"expected <= n_train of datasets[{j}] ({n_train}), got {rank}"
+                )
     return parsed
 
 
@@ -264,10 +293,18 @@ def _attack_config_class():
 
 def malleability_cells(parsed: Mapping[str, Any]) -> int:
     """The number of cells of one parsed variant (see ``kernelattn.experiments.malleability``)."""
-    per_group = sum(1 if i == "curated" else len(parsed["attack_targets"]) * len(parsed["attacks"])
-                    * len(parsed["epsilons"]) for i in parsed["interventions"]) + len(parsed["nulls"])
-    groups = (len(parsed["datasets"]) * len(parsed["seeds"]) * len(parsed["models"]) * len(parsed["widths"])
-              * len(parsed["modes"]) * len(parsed["kernels"]))
+    per_group = sum(
+        1 if i == "curated" else len(parsed["attack_targets"]) * len(parsed["attacks"]) * len(parsed["epsilons"])
+        for i in parsed["interventions"]
+    ) + len(parsed["nulls"])
+    groups = (
+        len(parsed["datasets"])
+        * len(parsed["seeds"])
+        * len(parsed["models"])
+        * len(parsed["widths"])
+        * len(parsed["modes"])
+        * len(parsed["kernels"])
+    )
     return groups * per_group
 
 
@@ -286,7 +323,7 @@ def malleability_variants(spec: Mapping[str, Any]) -> list[tuple[str, dict, dict
     if variants is None:
         return out
     if not isinstance(variants, (list, tuple)):
-        raise SpecError("variants", f"expected a list of {{\"label\": ..., overrides}} objects, got {show(variants)}")
+        raise SpecError("variants", f'expected a list of {{"label": ..., overrides}} objects, got {show(variants)}')
     allowed = (*tuple(k for k in MALLEABILITY_KEYS if k not in VARIANT_FIXED_KEYS), "label", "n_train")
     for i, variant in enumerate(variants):
         path = f"variants[{i}]"
@@ -302,9 +339,11 @@ def malleability_variants(spec: Mapping[str, Any]) -> list[tuple[str, dict, dict
         check_keys(entry, path, allowed, context="of a variant")
         overrides = {k: v for k, v in entry.items() if k != "label"}
         n_train = overrides.pop("n_train", None)
-        merged = {k: v for k, v in base.items()
-                  if k not in overrides and PLURAL_KEYS.get(k) not in overrides
-                  and SINGULAR_KEYS.get(k) not in overrides}
+        merged = {
+            k: v
+            for k, v in base.items()
+            if k not in overrides and PLURAL_KEYS.get(k) not in overrides and SINGULAR_KEYS.get(k) not in overrides
+        }
         merged.update(overrides)
         if n_train is not None:
             n_train = check_int(n_train, join_path(path, "n_train"), minimum=2)
@@ -316,8 +355,9 @@ def malleability_variants(spec: Mapping[str, Any]) -> list[tuple[str, dict, dict
     return out
 
 
-def parse_malleability_spec(spec: Mapping[str, Any] | str | os.PathLike[str], *, source: str | None = None,
-                            max_cells: int | None = None) -> MalleabilitySpec:
+def parse_malleability_spec(
+    spec: Mapping[str, Any] | str | os.PathLike[str], *, source: str | None = None, max_cells: int | None = None
+) -> MalleabilitySpec:
     """Validate a malleability spec (a dict, or the path of its JSON file) and every variant.
 
     Args:
@@ -347,11 +387,17 @@ def _parse_malleability(spec: Any, source: str | None, max_cells: int) -> Mallea
     choices = malleability_choices()
     plans = []
     for i, (label, merged, overrides) in enumerate(malleability_variants(top)):
-        where = (lambda key: key) if i == 0 else (
-            lambda key, i=i, overrides=overrides: f"variants[{i - 1}].{key}" if key in overrides else key)
+        where = (
+            (lambda key: key)
+            if i == 0
+            else (lambda key, i=i, overrides=overrides: f"variants[{i - 1}].{key}" if key in overrides else key)
+        )
         plans.append((label, _parse_malleability_body(merged, where, choices)))
     counts = [malleability_cells(parsed) for _, parsed in plans]
-    breakdown = " + ".join(f"{n:,} ({label})" for (label, _), n in zip(plans, counts)) if len(plans) > 1 else \
-        "datasets × seeds × models × widths × training modes × influence kernels × (attack cells + nulls)"
+    breakdown = (
+        " + ".join(f"{n:,} ({label})" for (label, _), n in zip(plans, counts))
+        if len(plans) > 1
+        else "datasets × seeds × models × widths × training modes × influence kernels × (attack cells + nulls)"
+    )
     check_cell_count(sum(counts), max_cells, breakdown)
     return MalleabilitySpec(name, description, tuple(plans), sum(counts), source)

@@ -157,7 +157,7 @@ def _widths(value: Any, path: str) -> tuple[int, ...]:
             dup = next(w for w in widths if widths.count(w) > 1)
             raise SpecError(path, f"expected distinct widths, got {dup} twice")
         return tuple(sorted(widths))
-    raise SpecError(path, f"expected a list of widths or {{\"log2\": [low, high]}}, got {show(value)}")
+    raise SpecError(path, f'expected a list of widths or {{"log2": [low, high]}}, got {show(value)}')
 
 
 def _seeds(value: Any, path: str) -> tuple[int, ...]:
@@ -221,8 +221,13 @@ class KernelOptions:
 
     def head_identity(self) -> dict[str, Any]:
         """Options that change the network or its draws (cell identity)."""
-        return {"readout": self.readout, "sigma_w": self.sigma_w, "sigma_b": self.sigma_b,
-                "sigma_a": self.sigma_a, "width_chunk": self.width_chunk}
+        return {
+            "readout": self.readout,
+            "sigma_w": self.sigma_w,
+            "sigma_b": self.sigma_b,
+            "sigma_a": self.sigma_a,
+            "width_chunk": self.width_chunk,
+        }
 
 
 def parse_devices(value: Any, path: str = "kernel.devices") -> Any:
@@ -233,19 +238,19 @@ def parse_devices(value: Any, path: str = "kernel.devices") -> Any:
         try:
             value = int(value.strip())
         except ValueError:
-            raise SpecError(path, f"expected an integer >= 1 or \"all\", got {show(value)}") from None
+            raise SpecError(path, f'expected an integer >= 1 or "all", got {show(value)}') from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(path, f"expected an integer >= 1 or \"all\", got {show(value)}")
+        raise SpecError(path, f'expected an integer >= 1 or "all", got {show(value)}')
     try:
         return check_int(value, path, minimum=1, maximum=1_000_000)
     except SpecError:
-        raise SpecError(path, f"expected an integer >= 1 or \"all\", got {show(value)}") from None
+        raise SpecError(path, f'expected an integer >= 1 or "all", got {show(value)}') from None
 
 
 def _auto_or_bool(value: Any, path: str) -> Any:
     if value == "auto" or isinstance(value, bool):
         return value
-    raise SpecError(path, f"expected \"auto\", true or false, got {show(value)}")
+    raise SpecError(path, f'expected "auto", true or false, got {show(value)}')
 
 
 #: The keys of a sweep spec's ``kernel`` section → the check of each (``check(value, path)``).
@@ -295,8 +300,9 @@ class TrainingOptions:
         # Deferred: specs are read and validated without loading JAX and optax.
         from kernelattn.learning.training import TrainConfig
 
-        return TrainConfig(self.learning_rate, self.batch_size, self.epochs, self.weight_decay, self.loss,
-                           self.weight_decay_mode)
+        return TrainConfig(
+            self.learning_rate, self.batch_size, self.epochs, self.weight_decay, self.loss, self.weight_decay_mode
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -323,8 +329,21 @@ def _parse_training(value: Any, path: str) -> TrainingOptions:
 # --------------------------------------------------------------------------- the spec
 
 #: The top-level keys of a sweep spec.
-SWEEP_KEYS = ("name", "kind", "description", "datasets", "models", "widths", "seeds", "dtype", "precision",
-              "metrics", "ridge", "kernel", "training")
+SWEEP_KEYS = (
+    "name",
+    "kind",
+    "description",
+    "datasets",
+    "models",
+    "widths",
+    "seeds",
+    "dtype",
+    "precision",
+    "metrics",
+    "ridge",
+    "kernel",
+    "training",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -404,8 +423,13 @@ class Spec:
     def head_kwargs(self) -> dict[str, Any]:
         """σ's and readout mode for ``kernelattn.models.HeadConfig``."""
         k = self.kernel
-        return {"sigma_w": k.sigma_w, "sigma_b": k.sigma_b, "sigma_a": k.sigma_a,
-                "use_bias": k.sigma_b > 0, "train_readout": k.train_readout}
+        return {
+            "sigma_w": k.sigma_w,
+            "sigma_b": k.sigma_b,
+            "sigma_a": k.sigma_a,
+            "use_bias": k.sigma_b > 0,
+            "train_readout": k.train_readout,
+        }
 
 
 def parse_spec(data: Mapping[str, Any], *, source: str | None = None, max_cells: int | None = None) -> Spec:
@@ -443,9 +467,11 @@ def _parse(data: Any, source: str | None, max_cells: int) -> Spec:
     models = entries("models", parse_model)
     widths = _widths(top["widths"], "widths")
     seeds = _seeds(top.get("seeds", [0]), "seeds")
-    check_cell_count(len(datasets) * len(models) * len(widths) * len(seeds), max_cells,
-                     f"{len(datasets)} dataset(s) × {len(models)} model(s) × {len(widths)} width(s) × "
-                     f"{len(seeds)} seed(s)")
+    check_cell_count(
+        len(datasets) * len(models) * len(widths) * len(seeds),
+        max_cells,
+        f"{len(datasets)} dataset(s) × {len(models)} model(s) × {len(widths)} width(s) × {len(seeds)} seed(s)",
+    )
     dtype = check_choice(top.get("dtype", "float32"), "dtype", DTYPES)
     precision = nullable(lambda v, p: check_choice(v, p, PRECISIONS))(top.get("precision"), "precision")
     metrics_value = top.get("metrics")
@@ -453,8 +479,9 @@ def _parse(data: Any, source: str | None, max_cells: int) -> Spec:
         metrics = METRICS[kind]
     else:
         if not isinstance(metrics_value, (list, tuple)) or not metrics_value:
-            raise SpecError("metrics", f"expected null or a non-empty list of {list(METRICS[kind])}, "
-                                       f"got {show(metrics_value)}")
+            raise SpecError(
+                "metrics", f"expected null or a non-empty list of {list(METRICS[kind])}, got {show(metrics_value)}"
+            )
         chosen = [check_choice(v, join_path("metrics", i), METRICS[kind]) for i, v in enumerate(metrics_value)]
         metrics = tuple(m for m in METRICS[kind] if m in chosen)
     ridge = check_real(top.get("ridge", 1e-3), "ridge", minimum=0.0)
@@ -465,11 +492,25 @@ def _parse(data: Any, source: str | None, max_cells: int) -> Spec:
     for i, model in enumerate(models):
         for j, dataset in enumerate(datasets):
             if model.rank is not None and dataset.n_train is not None and model.rank > dataset.n_train:
-                raise SpecError(f"models[{i}].rank", f"expected <= n_train of datasets[{j}] ({dataset.n_train}), "
-                                                     f"got {model.rank}")
-    return Spec(name=name, kind=kind, datasets=datasets, models=models, widths=widths, seeds=seeds, dtype=dtype,
-                precision=precision, metrics=metrics, ridge=ridge, kernel=kernel, training=training,
-                description=description, source=source)
+                raise SpecError(
+                    f"models[{i}].rank", f"expected <= n_train of datasets[{j}] ({dataset.n_train}), got {model.rank}"
+                )
+    return Spec(
+        name=name,
+        kind=kind,
+        datasets=datasets,
+        models=models,
+        widths=widths,
+        seeds=seeds,
+        dtype=dtype,
+        precision=precision,
+        metrics=metrics,
+        ridge=ridge,
+        kernel=kernel,
+        training=training,
+        description=description,
+        source=source,
+    )
 
 
 def load_spec(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, *, max_cells: int | None = None) -> Spec:

@@ -231,8 +231,9 @@ def owner_alive(info: Mapping[str, Any] | None, host: str) -> bool:
     return owner is not None and pid_alive(*owner)
 
 
-def claim_is_stale(info: Mapping[str, Any] | None, mtime: float, now: float, *, host: str,
-                   timeout: float | None) -> bool:
+def claim_is_stale(
+    info: Mapping[str, Any] | None, mtime: float, now: float, *, host: str, timeout: float | None
+) -> bool:
     """Whether a claim (its content, or None if unreadable, and file mtime) is stale at ``now``.
 
     Stale: it is older than ``timeout``, or its owner ran on ``host`` (this
@@ -248,8 +249,17 @@ def claim_is_stale(info: Mapping[str, Any] | None, mtime: float, now: float, *, 
     return owner is not None and not pid_alive(*owner)
 
 
-def claim_info(key: str, path: str, info: Mapping[str, Any] | None, mtime: float, now: float, *,
-               finished: bool, stale: bool, host: str) -> ClaimInfo:
+def claim_info(
+    key: str,
+    path: str,
+    info: Mapping[str, Any] | None,
+    mtime: float,
+    now: float,
+    *,
+    finished: bool,
+    stale: bool,
+    host: str,
+) -> ClaimInfo:
     """The :class:`ClaimInfo` of the claim file ``path`` of ``key`` read as ``info`` (None: unreadable).
 
     ``finished``: the cell has a record; ``stale``: see :func:`claim_is_stale`; ``host``: this host.
@@ -257,8 +267,11 @@ def claim_info(key: str, path: str, info: Mapping[str, Any] | None, mtime: float
     taken = info.get("time") if info is not None else None
     born = float(taken) if isinstance(taken, (int, float)) and not isinstance(taken, bool) else mtime
     owner_host = info.get("host") if info is not None and isinstance(info.get("host"), str) else None
-    pid = info.get("pid") if info is not None and isinstance(info.get("pid"), int) \
-        and not isinstance(info.get("pid"), bool) else None
+    pid = (
+        info.get("pid")
+        if info is not None and isinstance(info.get("pid"), int) and not isinstance(info.get("pid"), bool)
+        else None
+    )
     if finished:
         state = "finished"
     elif stale:

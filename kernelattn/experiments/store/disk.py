@@ -62,8 +62,14 @@ __all__ = [
 
 _NO_HARDLINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV}
 _NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
-_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"),
-               (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISLNK, "a symbolic link"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
 def file_kind(mode: int) -> str:
@@ -83,8 +89,11 @@ def read_regular(path: str) -> tuple[bytes, os.stat_result]:
     """
     st = os.lstat(path)
     if not stat.S_ISREG(st.st_mode):
-        raise NotARegularFileError(path, f"{file_kind(st.st_mode)}, not a regular file; kernelattn never opens "
-                                         "it (kernelattn store --repair moves it to quarantine/)")
+        raise NotARegularFileError(
+            path,
+            f"{file_kind(st.st_mode)}, not a regular file; kernelattn never opens "
+            "it (kernelattn store --repair moves it to quarantine/)",
+        )
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     fd = os.open(path, flags)
     try:
@@ -198,8 +207,9 @@ def store_error(err: OSError, action: str, path: str) -> StoreError:
     if err.errno == errno.ENOSPC:
         return StoreError(f"disk full (ENOSPC) while {action} {path}; the partial file was removed, store unchanged")
     if err.errno == getattr(errno, "EDQUOT", -1):
-        return StoreError(f"disk quota exceeded (EDQUOT) while {action} {path}; "
-                          "the partial file was removed, store unchanged")
+        return StoreError(
+            f"disk quota exceeded (EDQUOT) while {action} {path}; the partial file was removed, store unchanged"
+        )
     if isinstance(err, PermissionError) or err.errno in _NOT_WRITABLE:
         return StoreError(
             f"{path} is not writable ({err.strerror or err}) while {action}; fix the permissions, "

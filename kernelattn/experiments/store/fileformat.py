@@ -171,8 +171,9 @@ def resolve_hmac_key(value: Any) -> bytes | None:
     if isinstance(value, str):
         value = value.encode("utf-8")
     if not isinstance(value, (bytes, bytearray)) or not value:
-        raise InputValueError(f"hmac_key: expected non-empty bytes or text (or ${HMAC_ENV_VAR}), got "
-                              f"{type(value).__name__}")
+        raise InputValueError(
+            f"hmac_key: expected non-empty bytes or text (or ${HMAC_ENV_VAR}), got {type(value).__name__}"
+        )
     return bytes(value)
 
 
@@ -226,8 +227,9 @@ def make_record(
     return record
 
 
-def finalize_record(key: str, record: Mapping[str, Any], environment: Mapping[str, Any], *,
-                    hmac_key: bytes | None = None) -> dict[str, Any]:
+def finalize_record(
+    key: str, record: Mapping[str, Any], environment: Mapping[str, Any], *, hmac_key: bytes | None = None
+) -> dict[str, Any]:
     """Validate ``record`` and return the exact dict that will be stored.
 
     Adds ``format``, ``key`` and ``checksum`` (and ``hmac`` when ``hmac_key``
@@ -287,8 +289,9 @@ def encode_record(record: Mapping[str, Any]) -> bytes:
     return (text + "\n").encode("ascii")
 
 
-def decode_record(data: bytes, path: str | os.PathLike[str], expected_key: str, *,
-                  hmac_key: bytes | None = None) -> dict[str, Any]:
+def decode_record(
+    data: bytes, path: str | os.PathLike[str], expected_key: str, *, hmac_key: bytes | None = None
+) -> dict[str, Any]:
     """Parse and verify one record file's bytes.
 
     Args:
@@ -335,11 +338,15 @@ def decode_record(data: bytes, path: str | os.PathLike[str], expected_key: str, 
     if hmac_key is not None:
         stored = record.get(HMAC_FIELD)
         if not isinstance(stored, str):
-            raise StoreCorruptError(path, f"no HMAC, but this store is read with a key (${HMAC_ENV_VAR} or "
-                                          "hmac_key=): written without the key, or the field was removed")
+            raise StoreCorruptError(
+                path,
+                f"no HMAC, but this store is read with a key (${HMAC_ENV_VAR} or "
+                "hmac_key=): written without the key, or the field was removed",
+            )
         if not _hmac.compare_digest(stored, record_hmac(record, hmac_key)):
-            raise StoreCorruptError(path, "HMAC mismatch: the record was changed by someone without the key, "
-                                          "or written under another key")
+            raise StoreCorruptError(
+                path, "HMAC mismatch: the record was changed by someone without the key, or written under another key"
+            )
     return record
 
 

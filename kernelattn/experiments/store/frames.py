@@ -27,8 +27,16 @@ from kernelattn.experiments.provenance import canonical_json
 from kernelattn.experiments.store.disk import fsync_dir, unlink_quiet
 from kernelattn.experiments.store.fileformat import TEMP_PREFIX
 
-__all__ = ["FRAME_COLUMNS", "PARQUET_METADATA_KEY", "flatten", "frame_row", "parquet_modules", "read_parquet",
-           "records_frame", "write_parquet"]
+__all__ = [
+    "FRAME_COLUMNS",
+    "PARQUET_METADATA_KEY",
+    "flatten",
+    "frame_row",
+    "parquet_modules",
+    "read_parquet",
+    "records_frame",
+    "write_parquet",
+]
 
 #: ``to_frame`` columns that precede the cell and metric columns.
 FRAME_COLUMNS: tuple[str, ...] = ("key", "kind", "seed", "seconds")
@@ -113,8 +121,10 @@ def parquet_modules():
       DependencyError: pyarrow is not installed (``pip install 'kernelattn[parquet]'``).
     """
     purpose = "reading or writing Parquet"
-    return (import_optional("pyarrow", extra="parquet", purpose=purpose),
-            import_optional("pyarrow.parquet", extra="parquet", purpose=purpose))
+    return (
+        import_optional("pyarrow", extra="parquet", purpose=purpose),
+        import_optional("pyarrow.parquet", extra="parquet", purpose=purpose),
+    )
 
 
 def _plain(value: Any) -> Any:

@@ -507,7 +507,8 @@ class ResultStore:
         """
         host = self._host_id()
         return self._remove_claims(
-            lambda info, owner: info.state == "finished" and bool(info.key) and not owner_alive(owner, host))
+            lambda info, owner: info.state == "finished" and bool(info.key) and not owner_alive(owner, host)
+        )
 
     def _remove_claims(self, remove: Callable[[ClaimInfo, dict[str, Any] | None], bool]) -> list[ClaimInfo]:
         """Break each claim file for which ``remove(info, owner record)`` holds; return those removed."""
@@ -614,4 +615,3 @@ class ResultStore:
         if problems:
             fsync_dir(self._dir(RECORDS_DIR))
         return problems
-

@@ -82,8 +82,15 @@ def load_data(dataset: DatasetSpec, index: int = 0) -> SweepData:
         y = encode_targets(ds.labels_train, ds.n_classes, target)
         labels_test = np.asarray(ds.labels_test)
     out_dim = 1 if y.ndim == 1 else int(y.shape[1])
-    return SweepData(np.asarray(ds.X_train, np.float64), np.asarray(ds.X_test, np.float64), y, labels_test, out_dim,
-                     target, dict(ds.metadata))
+    return SweepData(
+        np.asarray(ds.X_train, np.float64),
+        np.asarray(ds.X_test, np.float64),
+        y,
+        labels_test,
+        out_dim,
+        target,
+        dict(ds.metadata),
+    )
 
 
 def feature_inputs(model: ModelSpec, data: SweepData) -> np.ndarray | None:
@@ -107,9 +114,16 @@ def head_config(spec: Spec, width: int, out_dim: int) -> HeadConfig:
 def network(spec: Spec, model: ModelSpec, width: int, out_dim: int):
     """The Flax module of a network model ("qkv-attn", a user's) of width ``width`` (registry constructor)."""
     k = spec.kernel
-    return model_entry(model.name).network(width, out_dim, sigma_w=k.sigma_w, sigma_b=k.sigma_b, sigma_a=k.sigma_a,
-                                           train_readout=k.train_readout, param_dtype=jnp.dtype(spec.dtype),
-                                           **model.model_options())
+    return model_entry(model.name).network(
+        width,
+        out_dim,
+        sigma_w=k.sigma_w,
+        sigma_b=k.sigma_b,
+        sigma_a=k.sigma_a,
+        train_readout=k.train_readout,
+        param_dtype=jnp.dtype(spec.dtype),
+        **model.model_options(),
+    )
 
 
 def network_kernel(spec: Spec, model: ModelSpec, data: SweepData, width: int, key) -> np.ndarray:
@@ -140,19 +154,23 @@ class SweepGroup:
 def _condition_info(data: SweepData, features: np.ndarray | None) -> dict[str, Any]:
     n = data.x_train.shape[0]
     report = condition_report(data.x_train, warn_rank_deficient=False)
-    info = {"kappa_G": report.kappa, "kappa_d_G": report.kappa_d, "rank_G": report.rank,
-            "log10_m_theory": report.log10_m_theory}
+    info = {
+        "kappa_G": report.kappa,
+        "kappa_d_G": report.kappa_d,
+        "rank_G": report.rank,
+        "log10_m_theory": report.log10_m_theory,
+    }
     if features is not None:
         feat = condition_report(features[:n], warn_rank_deficient=False)
-        info.update(kappa_d_features=feat.kappa_d, rank_features=feat.rank,
-                    log10_m_theory_features=feat.log10_m_theory)
+        info.update(kappa_d_features=feat.kappa_d, rank_features=feat.rank, log10_m_theory_features=feat.log10_m_theory)
     else:
         info.update(kappa_d_features=math.nan, rank_features=-1, log10_m_theory_features=math.nan)
     return info
 
 
-def _limit_kernel(spec: Spec, model: ModelSpec, data: SweepData,
-                  features: np.ndarray | None) -> tuple[np.ndarray, dict]:
+def _limit_kernel(
+    spec: Spec, model: ModelSpec, data: SweepData, features: np.ndarray | None
+) -> tuple[np.ndarray, dict]:
     """Θ_∞ ``(n + n*, n)`` float64 and how it was obtained."""
     n = data.x_train.shape[0]
     if features is not None:
@@ -160,8 +178,10 @@ def _limit_kernel(spec: Spec, model: ModelSpec, data: SweepData,
         ntk = head_kernels(features, features[:n], head, dtype="float64").ntk
         return np.asarray(ntk, np.float64), {"limit": "closed-form", "limit_width": 0, "limit_seeds": 0}
     k = spec.kernel
-    thetas = (network_kernel(spec, model, data, k.limit_width, jax.random.fold_in(jax.random.PRNGKey(i), LIMIT_FOLD))
-              for i in range(k.limit_seeds))
+    thetas = (
+        network_kernel(spec, model, data, k.limit_width, jax.random.fold_in(jax.random.PRNGKey(i), LIMIT_FOLD))
+        for i in range(k.limit_seeds)
+    )
     total = functools.reduce(operator.add, thetas)  # summed in seed order, one kernel held at a time
     return total / k.limit_seeds, {"limit": "monte-carlo", "limit_width": k.limit_width, "limit_seeds": k.limit_seeds}
 
@@ -179,7 +199,10 @@ def _check_memory(dataset: DatasetSpec, data: SweepData) -> None:
         raise memory.MemoryPlanError(
             f"dataset {dataset.label!r}: n_train = {n}, n_test = {n_all - n} needs about {need / 2**30:.1f} GiB for "
             f"its (n + n*) × n kernel matrices, more than the {available / 2**30:.1f} GiB available; set n_train / "
-            "n_test in the spec's dataset entry", estimate, available, "host"
+            "n_test in the spec's dataset entry",
+            estimate,
+            available,
+            "host",
         )
 
 
@@ -191,14 +214,30 @@ def prepare_group(spec: Spec, dataset: DatasetSpec, model: ModelSpec, data: Swee
     n = data.x_train.shape[0]
     theta, limit = _limit_kernel(spec, model, data, features)
     with blas_single_thread(n):
-        reference = limit_reference(theta[:n], theta[n:], data.y, spec.ridge, labels_test=data.labels_test,
-                                      predict=spec.kind == "training" or "krr" in spec.metrics)
+        reference = limit_reference(
+            theta[:n],
+            theta[n:],
+            data.y,
+            spec.ridge,
+            labels_test=data.labels_test,
+            predict=spec.kind == "training" or "krr" in spec.metrics,
+        )
     # Guard-rails on Θ_∞ (its eigenvalues are already computed): warn with the remedy, and record.
-    diagnostics = guards.check_kernel(theta[:n], name=f"Θ_∞ {dataset.label}/{model.label}", dtype="float64",
-                                      requested="spectrum", eigenvalues=reference.eigenvalues)
-    info = {"lambda_min_inf": reference.spectrum.lambda_min, "lambda_max_inf": reference.spectrum.lambda_max,
-            "kappa_inf": reference.spectrum.kappa, "guard_limit": " ".join(diagnostics.kinds) or "ok",
-            **_condition_info(data, features), **limit}
+    diagnostics = guards.check_kernel(
+        theta[:n],
+        name=f"Θ_∞ {dataset.label}/{model.label}",
+        dtype="float64",
+        requested="spectrum",
+        eigenvalues=reference.eigenvalues,
+    )
+    info = {
+        "lambda_min_inf": reference.spectrum.lambda_min,
+        "lambda_max_inf": reference.spectrum.lambda_max,
+        "kappa_inf": reference.spectrum.kappa,
+        "guard_limit": " ".join(diagnostics.kinds) or "ok",
+        **_condition_info(data, features),
+        **limit,
+    }
     return SweepGroup(dataset, model, data, features, reference, info, time.perf_counter() - start)
 
 

@@ -112,11 +112,13 @@ def sweep_mesh(devices: Any = 1):
     elif isinstance(devices, (int, np.integer)) and not isinstance(devices, bool) and devices >= 1:
         count = int(devices)
     else:
-        raise InputValueError(f"kernel.devices: expected an integer >= 1 or \"all\", got {devices!r}")
+        raise InputValueError(f'kernel.devices: expected an integer >= 1 or "all", got {devices!r}')
     if count > len(local):
-        raise InputValueError(f"kernel.devices: {count} requested but this process has {len(local)} "
-                              f"{jax.default_backend()} device(s) (on CPU, XLA_FLAGS="
-                              f"--xla_force_host_platform_device_count={count} simulates more)")
+        raise InputValueError(
+            f"kernel.devices: {count} requested but this process has {len(local)} "
+            f"{jax.default_backend()} device(s) (on CPU, XLA_FLAGS="
+            f"--xla_force_host_platform_device_count={count} simulates more)"
+        )
     if count == 1:
         return None
     return device_mesh(local[:count])

@@ -25,19 +25,58 @@ from kernelattn.experiments.specs import Spec, load_spec
 from kernelattn.experiments.store import ResultStore
 from kernelattn.experiments.sweeps.plan import Cell, plan_cells
 
-__all__ = ["CELL_METRICS", "FIT_METRICS", "GROUP_COLUMNS", "SweepResults", "format_summary", "load_results",
-           "sweep_tables"]
+__all__ = [
+    "CELL_METRICS",
+    "FIT_METRICS",
+    "GROUP_COLUMNS",
+    "SweepResults",
+    "format_summary",
+    "load_results",
+    "sweep_tables",
+]
 
 #: Per-cell metric columns summarized over seeds, by spec kind (in table order).
 CELL_METRICS = {
-    "kernel": ("rel_fro", "rel_fro_test", "spec_err", "cert", "lambda_min", "lambda_max", "kappa", "krr_err",
-               "krr_acc_m", "krr_acc_inf"),
-    "training": ("ntk_distance", "lin_distance", "lin_ntk_distance", "acc_m", "acc_lin", "acc_ntk", "loss_m",
-                 "loss_lin", "f_ntk_norm"),
+    "kernel": (
+        "rel_fro",
+        "rel_fro_test",
+        "spec_err",
+        "cert",
+        "lambda_min",
+        "lambda_max",
+        "kappa",
+        "krr_err",
+        "krr_acc_m",
+        "krr_acc_inf",
+    ),
+    "training": (
+        "ntk_distance",
+        "lin_distance",
+        "lin_ntk_distance",
+        "acc_m",
+        "acc_lin",
+        "acc_ntk",
+        "loss_m",
+        "loss_lin",
+        "f_ntk_norm",
+    ),
 }
 #: Per (dataset, model) columns (identical in every cell record of the pair).
-GROUP_COLUMNS = ("lambda_min_inf", "lambda_max_inf", "kappa_inf", "kappa_G", "kappa_d_G", "rank_G", "log10_m_theory",
-                 "kappa_d_features", "rank_features", "log10_m_theory_features", "limit", "limit_width", "limit_seeds")
+GROUP_COLUMNS = (
+    "lambda_min_inf",
+    "lambda_max_inf",
+    "kappa_inf",
+    "kappa_G",
+    "kappa_d_G",
+    "rank_G",
+    "log10_m_theory",
+    "kappa_d_features",
+    "rank_features",
+    "log10_m_theory_features",
+    "limit",
+    "limit_width",
+    "limit_seeds",
+)
 #: Metrics fitted against width, by spec kind; cert's fit is extrapolated to cert = 1/2.
 FIT_METRICS = {"kernel": ("rel_fro", "cert", "krr_err"), "training": ("ntk_distance", "lin_distance")}
 
@@ -75,8 +114,10 @@ class SweepResults:
     seconds: float = 0.0
 
     def __repr__(self) -> str:
-        return (f"SweepResults({self.spec.name!r}, kind={self.spec.kind!r}, cells={self.n_cells - self.n_missing}/"
-                f"{self.n_cells}, computed={self.n_computed}, store_path={str(self.store_path)!r})")
+        return (
+            f"SweepResults({self.spec.name!r}, kind={self.spec.kind!r}, cells={self.n_cells - self.n_missing}/"
+            f"{self.n_cells}, computed={self.n_computed}, store_path={str(self.store_path)!r})"
+        )
 
 
 def sweep_tables(spec: Spec, store: ResultStore, plan: list[Cell]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -95,8 +136,12 @@ def sweep_tables(spec: Spec, store: ResultStore, plan: list[Cell]) -> tuple[pd.D
         if not store.has(cell.key):
             continue
         record = store.get(cell.key)
-        row = {"dataset": spec.datasets[cell.dataset].label, "model": spec.models[cell.model].label,
-               "width": cell.width, "seed": cell.seed}
+        row = {
+            "dataset": spec.datasets[cell.dataset].label,
+            "model": spec.models[cell.model].label,
+            "width": cell.width,
+            "seed": cell.seed,
+        }
         row.update(record["metrics"])
         row["seconds"] = record["timing"]["seconds"]
         row["key"] = cell.key
@@ -105,21 +150,28 @@ def sweep_tables(spec: Spec, store: ResultStore, plan: list[Cell]) -> tuple[pd.D
     if not rows:
         columns = ["dataset", "model", "width", "seed", *cell_metrics, "seconds", "key"]
         empty = pd.DataFrame(columns=columns)
-        return empty, pd.DataFrame(columns=["dataset", "model", "width", "n_seeds"]), pd.DataFrame(
-            columns=["dataset", "model"])
+        return (
+            empty,
+            pd.DataFrame(columns=["dataset", "model", "width", "n_seeds"]),
+            pd.DataFrame(columns=["dataset", "model"]),
+        )
     cells = pd.DataFrame(rows)
     ds_order = {d.label: i for i, d in enumerate(spec.datasets)}
     model_order = {m.label: i for i, m in enumerate(spec.models)}
-    cells = cells.sort_values(["dataset", "model", "width", "seed"],
-                              key=lambda col: col.map(ds_order) if col.name == "dataset" else
-                              col.map(model_order) if col.name == "model" else col).reset_index(drop=True)
+    cells = cells.sort_values(
+        ["dataset", "model", "width", "seed"],
+        key=lambda col: (
+            col.map(ds_order) if col.name == "dataset" else col.map(model_order) if col.name == "model" else col
+        ),
+    ).reset_index(drop=True)
     summary = seed_summary(cells, ["dataset", "model", "width"], cell_metrics)
     fits = group_fits(summary, cells, FIT_METRICS[spec.kind], crossings={"cert": 0.5}, carry=GROUP_COLUMNS)
     return cells, summary, fits
 
 
-def load_results(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, out: str | os.PathLike[str] = "results"
-                 ) -> SweepResults:
+def load_results(
+    spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, out: str | os.PathLike[str] = "results"
+) -> SweepResults:
     """The tables of a sweep from its store, computing nothing.
 
     Args:
@@ -153,24 +205,46 @@ def format_summary(results: SweepResults) -> str:
     if spec.kind == "kernel":
         shown = [("rel_fro", "rel_fro"), ("cert", "cert"), ("kappa", "kappa(Θ_m)"), ("krr_err", "krr_err")]
     else:
-        shown = [("ntk_distance", "|f_m-f_ntk|"), ("lin_distance", "|f_m-f_lin|"), ("acc_m", "acc_m"),
-                 ("acc_lin", "acc_lin"), ("acc_ntk", "acc_ntk")]
+        shown = [
+            ("ntk_distance", "|f_m-f_ntk|"),
+            ("lin_distance", "|f_m-f_lin|"),
+            ("acc_m", "acc_m"),
+            ("acc_lin", "acc_lin"),
+            ("acc_ntk", "acc_ntk"),
+        ]
     shown = [(k, label) for k, label in shown if f"{k}_mean" in summary.columns]
     lines += ["", "mean ± std over seeds:", seed_summary_table(summary, shown)]
     fits = results.fits
     if fits is not None and len(fits):
         if spec.kind == "kernel":
-            fit_cols = [("slope_rel_fro", "slope rel_fro"), ("slope_cert", "slope cert"),
-                        ("log10_m_cert_half", "log10 m(cert=1/2)"), ("log10_m_theory", "log10 m_theory"),
-                        ("kappa_G", "κ(G)"), ("kappa_d_G", "κ_d(G)"), ("rank_G", "rank"),
-                        ("lambda_min_inf", "λ_min(Θ∞)"), ("kappa_inf", "κ(Θ∞)"), ("limit", "Θ∞")]
+            fit_cols = [
+                ("slope_rel_fro", "slope rel_fro"),
+                ("slope_cert", "slope cert"),
+                ("log10_m_cert_half", "log10 m(cert=1/2)"),
+                ("log10_m_theory", "log10 m_theory"),
+                ("kappa_G", "κ(G)"),
+                ("kappa_d_G", "κ_d(G)"),
+                ("rank_G", "rank"),
+                ("lambda_min_inf", "λ_min(Θ∞)"),
+                ("kappa_inf", "κ(Θ∞)"),
+                ("limit", "Θ∞"),
+            ]
         else:
-            fit_cols = [("slope_ntk_distance", "slope |f_m-f_ntk|"), ("slope_lin_distance", "slope |f_m-f_lin|"),
-                        ("kappa_d_G", "κ_d(G)"), ("log10_m_theory", "log10 m_theory"), ("kappa_inf", "κ(Θ∞)"),
-                        ("limit", "Θ∞")]
+            fit_cols = [
+                ("slope_ntk_distance", "slope |f_m-f_ntk|"),
+                ("slope_lin_distance", "slope |f_m-f_lin|"),
+                ("kappa_d_G", "κ_d(G)"),
+                ("log10_m_theory", "log10 m_theory"),
+                ("kappa_inf", "κ(Θ∞)"),
+                ("limit", "Θ∞"),
+            ]
         fit_cols = [(k, label) for k, label in fit_cols if k in fits.columns]
-        lines += ["", "fits vs width (log-log least squares on seed means; m(cert=1/2) extrapolated, "
-                      "m_theory = κ_d(G)^6 n ln n with constant 1):" if spec.kind == "kernel" else
-                  "fits vs width (log-log least squares on seed means):",
-                  fits_table(fits, fit_cols)]
+        lines += [
+            "",
+            "fits vs width (log-log least squares on seed means; m(cert=1/2) extrapolated, "
+            "m_theory = κ_d(G)^6 n ln n with constant 1):"
+            if spec.kind == "kernel"
+            else "fits vs width (log-log least squares on seed means):",
+            fits_table(fits, fit_cols),
+        ]
     return "\n".join(lines)

@@ -81,8 +81,16 @@ class _Runner:
         return self._data[index]
 
     def put(self, cell: Cell, metrics: dict[str, Any], seconds: float, started: str) -> None:
-        record = make_record(KIND_RECORD[self.spec.kind], cell.definition, metrics, spec=self._spec_dict,
-                             seed=cell.seed, seconds=seconds, started=started, finished=utc_now())
+        record = make_record(
+            KIND_RECORD[self.spec.kind],
+            cell.definition,
+            metrics,
+            spec=self._spec_dict,
+            seed=cell.seed,
+            seconds=seconds,
+            started=started,
+            finished=utc_now(),
+        )
         self.store.put(cell.key, record, exist_ok=True)
         self.computed += 1
         self.bar.update(1)
@@ -121,11 +129,19 @@ class _Runner:
         # depends on which cells were pending.
         batches = [list(spec.seeds)] if batched else [[seed] for seed in spec.seeds]
         n_devices = 1 if self.mesh is None else int(self.mesh.devices.size)
-        memory.ensure_fits(memory.sweep_cell_memory(
-            n, group.features.shape[0] - n, group.features.shape[1], width_chunk=k.width_chunk,
-            seeds=max(len(b) for b in batches), out_dim=head.out_dim, train_readout=head.train_readout,
-            use_bias=head.use_bias, dtype=spec.dtype,
-        ))
+        memory.ensure_fits(
+            memory.sweep_cell_memory(
+                n,
+                group.features.shape[0] - n,
+                group.features.shape[1],
+                width_chunk=k.width_chunk,
+                seeds=max(len(b) for b in batches),
+                out_dim=head.out_dim,
+                train_readout=head.train_readout,
+                use_bias=head.use_bias,
+                dtype=spec.dtype,
+            )
+        )
         for batch in _rotate(batches, self.offset):
             pending = [c for s in batch for c in by_seed.get(s, [])]
             claimed = self.claim(pending)
@@ -136,8 +152,17 @@ class _Runner:
                 keys = jnp.stack([jax.random.PRNGKey(s) for s in batch]) if batched else jax.random.PRNGKey(batch[0])
                 widths = sorted({c.width for c in claimed})
                 started, t0 = utc_now(), time.perf_counter()
-                for m, theta in head_kernel_stream(keys, head, group.features, n, widths, width_chunk=k.width_chunk,
-                                                   dtype=spec.dtype, mesh=self.mesh, precision=spec.precision):
+                for m, theta in head_kernel_stream(
+                    keys,
+                    head,
+                    group.features,
+                    n,
+                    widths,
+                    width_chunk=k.width_chunk,
+                    dtype=spec.dtype,
+                    mesh=self.mesh,
+                    precision=spec.precision,
+                ):
                     thetas = theta if theta.ndim == 3 else theta[None]
                     elapsed = time.perf_counter() - t0
                     done = [(i, index[(s, m)]) for i, s in enumerate(batch) if (s, m) in index]
@@ -151,15 +176,17 @@ class _Runner:
         k = self.spec.kernel
         if k.batch_seeds is False or len(self.spec.seeds) == 1:
             return False
-        estimate = memory.seed_batch_memory(n, n_test, width_chunk=k.width_chunk,
-                                            seeds=len(self.spec.seeds), dtype=self.spec.dtype)
+        estimate = memory.seed_batch_memory(
+            n, n_test, width_chunk=k.width_chunk, seeds=len(self.spec.seeds), dtype=self.spec.dtype
+        )
         fits = estimate.total <= k.memory_gb * 2**30
         if k.batch_seeds is True:
             return fits
         return fits and jax.default_backend() != "cpu"
 
-    def _kernel_record(self, group: SweepGroup, cell: Cell, theta: np.ndarray, seconds: float, started: str, *,
-                       devices: int = 1) -> None:
+    def _kernel_record(
+        self, group: SweepGroup, cell: Cell, theta: np.ndarray, seconds: float, started: str, *, devices: int = 1
+    ) -> None:
         n = group.data.x_train.shape[0]
         t0 = time.perf_counter()
         with blas_single_thread(n):
@@ -179,8 +206,7 @@ class _Runner:
             if ntk_time is None:
                 f_ntk = ref.predictions
             else:
-                f_ntk = ntk_predictor(ref.theta_train, ref.theta_test, ref.y, time=ntk_time,
-                                      ridge=spec.ridge)
+                f_ntk = ntk_predictor(ref.theta_train, ref.theta_test, ref.y, time=ntk_time, ridge=spec.ridge)
         f_ntk = np.asarray(f_ntk, np.float64).reshape(group.data.x_test.shape[0], -1)
         for cell in _rotate(list(cells), self.offset):
             if not self.store.claim(cell.key):
@@ -226,11 +252,28 @@ def _train_cell(spec: Spec, group: SweepGroup, cell: Cell, f_ntk: np.ndarray) ->
 
     result = train(apply_fn, params, x_train, y, key=shuffle_key, config=config)
     f_m = np.asarray(apply_fn(result.params, jnp.asarray(x_test, dtype)), np.float64)
-    out: dict[str, Any] = {"loss": loss, "epochs": config.epochs, "loss_m": final_loss(apply_fn, result.params),
-                           "f_ntk_norm": float(np.linalg.norm(f_ntk))}
+    out: dict[str, Any] = {
+        "loss": loss,
+        "epochs": config.epochs,
+        "loss_m": final_loss(apply_fn, result.params),
+        "f_ntk_norm": float(np.linalg.norm(f_ntk)),
+    }
     if data.labels_test is not None:
-        out.update(_fit_health(apply_fn, params, result.params, rest if group.features is not None else None,
-                               module, x_train, y, f_m, data.labels_test, loss, dtype))
+        out.update(
+            _fit_health(
+                apply_fn,
+                params,
+                result.params,
+                rest if group.features is not None else None,
+                module,
+                x_train,
+                y,
+                f_m,
+                data.labels_test,
+                loss,
+                dtype,
+            )
+        )
     metrics = spec.metrics
     if "ntk_distance" in metrics:
         out["ntk_distance"] = relative_error(f_m, f_ntk)
@@ -259,9 +302,17 @@ def _fit_health(apply_fn, params0, params, rest, module, x_train, y, f_test, lab
         hidden = np.asarray(head_preactivations(module.config, {**params, **rest.get("constants", {})}, x))
         hidden0 = np.asarray(head_preactivations(module.config, {**params0, **rest.get("constants", {})}, x))
     health = training_health(
-        loss=loss, targets=y, labels=predicted_labels(y), outputs=np.asarray(apply_fn(params, x)), params=params,
-        initial_params=params0, hidden=hidden, hidden_initial=hidden0, features=np.asarray(x_train),
-        labels_test=labels_test, outputs_test=f_test,
+        loss=loss,
+        targets=y,
+        labels=predicted_labels(y),
+        outputs=np.asarray(apply_fn(params, x)),
+        params=params,
+        initial_params=params0,
+        hidden=hidden,
+        hidden_initial=hidden0,
+        features=np.asarray(x_train),
+        labels_test=labels_test,
+        outputs_test=f_test,
     )
     return {f"health_{k}": v for k, v in health.to_dict().items()} | {"trained": health.trained}
 
@@ -310,8 +361,14 @@ def _wait_for_others(store, plan: list[Cell], bar, poll_s: float = WAIT_POLL_S) 
         time.sleep(poll_s)
 
 
-def run_sweep(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, out: str | os.PathLike[str] = "results", *,
-              progress: bool = True, devices: Any = None, wait: bool = True) -> SweepResults:
+def run_sweep(
+    spec: str | os.PathLike[str] | Mapping[str, Any] | Spec,
+    out: str | os.PathLike[str] = "results",
+    *,
+    progress: bool = True,
+    devices: Any = None,
+    wait: bool = True,
+) -> SweepResults:
     """Run (or resume) a sweep and return its tables.
 
     Args:
@@ -360,8 +417,9 @@ def run_sweep(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, out: str 
 
 def _run_sweep(spec: Spec, out, *, progress: bool, devices: Any, wait: bool, t_start: float) -> SweepResults:
     if devices is not None:
-        spec = dataclasses.replace(spec, kernel=dataclasses.replace(spec.kernel, devices=parse_devices(devices,
-                                                                                                       "devices")))
+        spec = dataclasses.replace(
+            spec, kernel=dataclasses.replace(spec.kernel, devices=parse_devices(devices, "devices"))
+        )
     if not x64_enabled():
         enable_x64()
     resolve_dtype(spec.dtype, "dtype")  # refuses float64 without 64-bit mode, naming "dtype"
@@ -375,8 +433,15 @@ def _run_sweep(spec: Spec, out, *, progress: bool, devices: Any, wait: bool, t_s
     plan = plan_cells(spec)
     pending = [c for c in plan if not store.has(c.key)]
     skipped = len(plan) - len(pending)
-    bar = tqdm(total=len(plan), initial=skipped, desc=spec.name, unit="cell", dynamic_ncols=True,
-               disable=not _progress_enabled(progress), smoothing=0.1)
+    bar = tqdm(
+        total=len(plan),
+        initial=skipped,
+        desc=spec.name,
+        unit="cell",
+        dynamic_ncols=True,
+        disable=not _progress_enabled(progress),
+        smoothing=0.1,
+    )
     runner = _Runner(spec, store, bar, mesh=mesh, offset=offset)
     runner._data.update(preloaded)
     try:
@@ -391,5 +456,6 @@ def _run_sweep(spec: Spec, out, *, progress: bool, devices: Any, wait: bool, t_s
         bar.close()
     cells_df, summary, fits = sweep_tables(spec, store, plan)
     missing = sum(not store.has(c.key) for c in plan)
-    return SweepResults(spec, path, cells_df, summary, fits, len(plan), runner.computed, skipped, missing,
-                        time.perf_counter() - t_start)
+    return SweepResults(
+        spec, path, cells_df, summary, fits, len(plan), runner.computed, skipped, missing, time.perf_counter() - t_start
+    )

@@ -63,8 +63,7 @@ def _jacobian_ntk(apply_fn, params, x1, x2, trace_output, row_block, precision="
     with precision_policy(precision):
         j1 = _jacobian(apply_fn, params, x1, row_block)
         j2 = j1 if x2 is None else _jacobian(apply_fn, params, x2, row_block)
-        leaves = jax.tree_util.tree_map(lambda a, b: factored.contract_jacobians(a, b, trace_output, precision),
-                                        j1, j2)
+        leaves = jax.tree_util.tree_map(lambda a, b: factored.contract_jacobians(a, b, trace_output, precision), j1, j2)
         return sum(jax.tree_util.tree_leaves(leaves))
 
 
@@ -143,10 +142,12 @@ def empirical_ntk(
     params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, dtype), params)
     if row_block is not None:
         row_block = check_int(row_block, "row_block", minimum=1)
-    _ensure_autodiff_fits(apply_fn, params, x1, x2, bool(trace_output), implementation, row_block, dtype, budget,
-                          precision)
-    return empirical_ntk_fn(apply_fn, trace_output=trace_output, implementation=implementation,
-                            row_block=row_block, precision=precision)(params, x1, x2)
+    _ensure_autodiff_fits(
+        apply_fn, params, x1, x2, bool(trace_output), implementation, row_block, dtype, budget, precision
+    )
+    return empirical_ntk_fn(
+        apply_fn, trace_output=trace_output, implementation=implementation, row_block=row_block, precision=precision
+    )(params, x1, x2)
 
 
 def empirical_ntk_fn(
@@ -176,6 +177,7 @@ def empirical_ntk_fn(
     if precision is not None:
         precision = resolve_precision(precision)
     if implementation == "factored":
+
         def ntk_fn(params, x1, x2=None):
             resolved = resolve_precision(precision)
             plan = factored.make_plan(apply_fn, params, x1.shape[1], x1.dtype, resolved)
@@ -185,11 +187,13 @@ def empirical_ntk_fn(
 
         def ntk_fn(params, x1, x2=None):
             return core(apply_fn, params, x1, x2, trace_output, row_block, resolve_precision(precision))
+
     return ntk_fn
 
 
-def _ensure_autodiff_fits(apply_fn, params, x1, x2, trace_output, implementation, row_block, dtype, budget,
-                          precision="highest") -> None:
+def _ensure_autodiff_fits(
+    apply_fn, params, x1, x2, trace_output, implementation, row_block, dtype, budget, precision="highest"
+) -> None:
     """Refuse (``MemoryPlanError``) before allocating when the kernel would not fit in ``budget``.
 
     A refused "jacobian" or "ntvp" kernel names what ``implementation="factored"``
@@ -204,17 +208,23 @@ def _ensure_autodiff_fits(apply_fn, params, x1, x2, trace_output, implementation
     if not memory.fits(estimate, budget):
         factored_estimate = _factored_memory(*args)
         verdict = ", which fits" if memory.fits(factored_estimate, budget) else ""
-        options = (f"implementation='factored' (needs ≈{memory.format_bytes(factored_estimate.total)} here{verdict}; "
-                   "for models that act on each row alone, as every kernelattn model does for a fixed context)",)
+        options = (
+            f"implementation='factored' (needs ≈{memory.format_bytes(factored_estimate.total)} here{verdict}; "
+            "for models that act on each row alone, as every kernelattn model does for a fixed context)",
+        )
     memory.ensure_fits(estimate, budget, options=options, budget_of="empirical_ntk")
 
 
 def _autodiff_memory(apply_fn, params, x1, x2, trace_output, implementation, row_block, dtype, precision):
     return memory.autodiff_ntk_memory(
-        x1.shape[0], None if x2 is None else x2.shape[0],
+        x1.shape[0],
+        None if x2 is None else x2.shape[0],
         n_params=sum(p.size for p in jax.tree_util.tree_leaves(params)),
         out_dim=jax.eval_shape(apply_fn, params, x1[:1]).shape[-1],
-        implementation=implementation, trace_output=trace_output, row_block=row_block, dtype=dtype.name,
+        implementation=implementation,
+        trace_output=trace_output,
+        row_block=row_block,
+        dtype=dtype.name,
     )
 
 
@@ -222,9 +232,15 @@ def _factored_memory(apply_fn, params, x1, x2, trace_output, implementation, row
     plan = factored.make_plan(apply_fn, params, x1.shape[1], dtype, precision)
     leaves = jax.tree_util.tree_leaves(params)
     return memory.factored_ntk_memory(
-        x1.shape[0], None if x2 is None else x2.shape[0], factor_size=plan.factor_size(),
-        pair_size=plan.pair_size(), rest_params=sum(leaves[i].size for i in plan.rest), out_dim=plan.out_dim,
-        activations=plan.activations, trace_output=trace_output, dtype=dtype.name,
+        x1.shape[0],
+        None if x2 is None else x2.shape[0],
+        factor_size=plan.factor_size(),
+        pair_size=plan.pair_size(),
+        rest_params=sum(leaves[i].size for i in plan.rest),
+        out_dim=plan.out_dim,
+        activations=plan.activations,
+        trace_output=trace_output,
+        dtype=dtype.name,
     )
 
 
@@ -244,4 +260,3 @@ def model_apply_fn(model, variables: dict, context: jax.Array | None = None) -> 
         return model.apply({"params": p, **variables}, x, context)
 
     return apply_fn, params
-

@@ -78,13 +78,23 @@ def resolve_method(method: str, head: HeadConfig, platform: str | None = None) -
             return "float"
         return "popcount" if (platform or jax.default_backend()) == "cpu" else "int8"
     if method != "float" and head.train_readout:
-        raise InputValueError(f"method: {method!r} is exact only for the fixed ±1 readout (train_readout=False), got a "
-                              "trained readout; use 'float' or 'auto'")
+        raise InputValueError(
+            f"method: {method!r} is exact only for the fixed ±1 readout (train_readout=False), got a "
+            "trained readout; use 'float' or 'auto'"
+        )
     return method
 
 
-def head_unit_ntk(h1: jax.Array, h2: jax.Array, lin: jax.Array, a: jax.Array, head: HeadConfig, *,
-                  trace_output: bool = True, precision=None) -> jax.Array:
+def head_unit_ntk(
+    h1: jax.Array,
+    h2: jax.Array,
+    lin: jax.Array,
+    a: jax.Array,
+    head: HeadConfig,
+    *,
+    trace_output: bool = True,
+    precision=None,
+) -> jax.Array:
     """Unnormalized structured NTK of a set of hidden units, summed over the units (docs/math.md §7).
 
     With S = 1[H > 0] and R = relu(H) per unit r,
@@ -159,18 +169,31 @@ def _finish(total, lin, head: HeadConfig, trace_output, method):
     return (head.sigma_a**2 / head.width) * total.astype(lin.dtype) * factor
 
 
-def _ensure_head_fits(x1, x2, head: HeadConfig, chunk: int, trace_output: bool, params_given: bool, dtype,
-                      budget, caller: str) -> None:
+def _ensure_head_fits(
+    x1, x2, head: HeadConfig, chunk: int, trace_output: bool, params_given: bool, dtype, budget, caller: str
+) -> None:
     """Refuse (``MemoryPlanError``) before allocating when the kernel would not fit in ``budget``.
 
     The float method's estimate serves the exact ones too (their int32 counts
     and int8 / bit-packed patterns are no larger than its float buffers).
     """
-    memory.ensure_fits(memory.head_ntk_memory(
-        x1.shape[0], None if x2 is None else x2.shape[0], x1.shape[1], head.width,
-        width_chunk=chunk, out_dim=head.out_dim, trace_output=trace_output,
-        train_readout=head.train_readout, use_bias=head.use_bias, params_given=params_given, dtype=dtype.name,
-    ), budget, budget_of=caller)
+    memory.ensure_fits(
+        memory.head_ntk_memory(
+            x1.shape[0],
+            None if x2 is None else x2.shape[0],
+            x1.shape[1],
+            head.width,
+            width_chunk=chunk,
+            out_dim=head.out_dim,
+            trace_output=trace_output,
+            train_readout=head.train_readout,
+            use_bias=head.use_bias,
+            params_given=params_given,
+            dtype=dtype.name,
+        ),
+        budget,
+        budget_of=caller,
+    )
 
 
 def head_linear_part(x1: jax.Array, x2: jax.Array | None, head: HeadConfig, *, precision=None) -> jax.Array:
@@ -191,13 +214,24 @@ def _chunked(array: jax.Array, axis: int, chunk: int) -> jax.Array:
     pad = [(0, 0)] * array.ndim
     pad[axis] = (0, n_chunks * chunk - width)
     array = jnp.pad(array, pad)
-    shape = (*array.shape[:axis], n_chunks, chunk, *array.shape[axis + 1:])
+    shape = (*array.shape[:axis], n_chunks, chunk, *array.shape[axis + 1 :])
     return jnp.moveaxis(array.reshape(shape), axis, 0)
 
 
 @functools.partial(jax.jit, static_argnames=("head", "trace_output", "chunk", "method", "precision"))
-def _structured(x1, x2, w, b, a, *, head: HeadConfig, trace_output: bool, chunk: int, method: str = "float",
-                precision: str = "highest"):
+def _structured(
+    x1,
+    x2,
+    w,
+    b,
+    a,
+    *,
+    head: HeadConfig,
+    trace_output: bool,
+    chunk: int,
+    method: str = "float",
+    precision: str = "highest",
+):
     lin = head_linear_part(x1, x2, head, precision=precision)
     # Padded units have w = 0 and a = 0: H = σ_b b·0-pad = 0 → S = 0, relu = 0.
     ws = _chunked(w, 1, chunk)
@@ -209,14 +243,21 @@ def _structured(x1, x2, w, b, a, *, head: HeadConfig, trace_output: bool, chunk:
         return total + _unit_term(x1, x2, None, lin, w_c, b_c, a_c, head, trace_output, method, precision), None
 
     n2 = x1.shape[0] if x2 is None else x2.shape[0]
-    total, _ = jax.lax.scan(body, _accumulator(x1.shape[0], n2, head, trace_output, method, x1.dtype),
-                            (ws, bs, as_))
+    total, _ = jax.lax.scan(body, _accumulator(x1.shape[0], n2, head, trace_output, method, x1.dtype), (ws, bs, as_))
     return _finish(total, lin, head, trace_output, method)
 
 
-def head_ntk_fn(head_variables: dict, head: HeadConfig, x1: jax.Array, x2: jax.Array | None = None, *,
-                trace_output: bool = True, width_chunk: int = DEFAULT_WIDTH_CHUNK, method: str = "auto",
-                precision=None) -> jax.Array:
+def head_ntk_fn(
+    head_variables: dict,
+    head: HeadConfig,
+    x1: jax.Array,
+    x2: jax.Array | None = None,
+    *,
+    trace_output: bool = True,
+    width_chunk: int = DEFAULT_WIDTH_CHUNK,
+    method: str = "auto",
+    precision=None,
+) -> jax.Array:
     """Pure, jit-able core of :func:`structured_head_ntk`.
 
     No checks and no memory planning; differentiable in the inputs (the ReLU
@@ -238,9 +279,18 @@ def head_ntk_fn(head_variables: dict, head: HeadConfig, x1: jax.Array, x2: jax.A
     """
     w = head_variables["W"]
     b = head_variables["b"] if head.use_bias else None
-    return _structured(x1, x2, w, b, head_variables["a"], head=head, trace_output=bool(trace_output),
-                       chunk=min(int(width_chunk), w.shape[1]), method=resolve_method(method, head),
-                       precision=resolve_precision(precision))
+    return _structured(
+        x1,
+        x2,
+        w,
+        b,
+        head_variables["a"],
+        head=head,
+        trace_output=bool(trace_output),
+        chunk=min(int(width_chunk), w.shape[1]),
+        method=resolve_method(method, head),
+        precision=resolve_precision(precision),
+    )
 
 
 def _check_signs(a, method: str) -> None:
@@ -250,8 +300,10 @@ def _check_signs(a, method: str) -> None:
     except jax.errors.TracerArrayConversionError:
         return
     if not np.all(np.abs(values) == 1):
-        raise InputValueError(f"head_variables['a']: expected entries ±1 (the fixed readout) for method={method!r}, "
-                              f"got values in [{values.min():.3g}, {values.max():.3g}]; use method='float'")
+        raise InputValueError(
+            f"head_variables['a']: expected entries ±1 (the fixed readout) for method={method!r}, "
+            f"got values in [{values.min():.3g}, {values.max():.3g}]; use method='float'"
+        )
 
 
 def structured_head_ntk(
@@ -310,12 +362,14 @@ def structured_head_ntk(
     if method != "float":
         _check_signs(a, method)
     _ensure_head_fits(x1, x2, head, chunk, trace_output, True, dtype, budget, "structured_head_ntk")
-    return _structured(x1, x2, w, b, a, head=head, trace_output=bool(trace_output), chunk=chunk, method=method,
-                       precision=precision)
+    return _structured(
+        x1, x2, w, b, a, head=head, trace_output=bool(trace_output), chunk=chunk, method=method, precision=precision
+    )
 
 
-def draw_head_units(key: jax.Array, index, d: int, chunk: int, n_units, head: HeadConfig, dtype
-                    ) -> tuple[jax.Array, jax.Array | None, jax.Array]:
+def draw_head_units(
+    key: jax.Array, index, d: int, chunk: int, n_units, head: HeadConfig, dtype
+) -> tuple[jax.Array, jax.Array | None, jax.Array]:
     """Parameters of hidden units [index·chunk, (index+1)·chunk) of the network of ``key``.
 
     ``k_w, k_b, k_a = split(fold_in(key, index), 3)``; W ~ N(0, 1)^(d×chunk),
@@ -346,10 +400,24 @@ def draw_head_units(key: jax.Array, index, d: int, chunk: int, n_units, head: He
     return w, b, a * alive[:, None]
 
 
-def head_ntk_blocks(key: jax.Array, x1: jax.Array, x2: jax.Array | None, lin: jax.Array, head: HeadConfig, *,
-                    chunk: int, first, steps, stride: int = 1, n_units=None, n2: int | None = None,
-                    trace_output: bool = True, total: jax.Array | None = None, method: str = "float",
-                    precision=None) -> jax.Array:
+def head_ntk_blocks(
+    key: jax.Array,
+    x1: jax.Array,
+    x2: jax.Array | None,
+    lin: jax.Array,
+    head: HeadConfig,
+    *,
+    chunk: int,
+    first,
+    steps,
+    stride: int = 1,
+    n_units=None,
+    n2: int | None = None,
+    trace_output: bool = True,
+    total: jax.Array | None = None,
+    method: str = "float",
+    precision=None,
+) -> jax.Array:
     """Unnormalized streamed head NTK: Σ over the chunks first, first + stride, … (``steps`` of them).
 
     Each chunk's units are drawn (:func:`draw_head_units`) and contracted
@@ -395,17 +463,39 @@ def head_ntk_blocks(key: jax.Array, x1: jax.Array, x2: jax.Array | None, lin: ja
 
 
 @functools.partial(jax.jit, static_argnames=("head", "trace_output", "chunk", "method", "precision"))
-def _streaming(key, x1, x2, *, head: HeadConfig, trace_output: bool, chunk: int, method: str = "float",
-               precision: str = "highest"):
+def _streaming(
+    key, x1, x2, *, head: HeadConfig, trace_output: bool, chunk: int, method: str = "float", precision: str = "highest"
+):
     lin = head_linear_part(x1, x2, head, precision=precision)
-    total = head_ntk_blocks(key, x1, x2, lin, head, chunk=chunk, first=0, steps=-(-head.width // chunk),
-                            trace_output=trace_output, method=method, precision=precision)
+    total = head_ntk_blocks(
+        key,
+        x1,
+        x2,
+        lin,
+        head,
+        chunk=chunk,
+        first=0,
+        steps=-(-head.width // chunk),
+        trace_output=trace_output,
+        method=method,
+        precision=precision,
+    )
     return _finish(total, lin, head, trace_output, method)
 
 
-def streaming_head_ntk(key: jax.Array, head: HeadConfig, x1: jax.Array, x2: jax.Array | None = None, *,
-                       trace_output: bool = True, width_chunk: int = DEFAULT_WIDTH_CHUNK, dtype="float32",
-                       budget: int | None = None, method: str = "auto", precision=None) -> jax.Array:
+def streaming_head_ntk(
+    key: jax.Array,
+    head: HeadConfig,
+    x1: jax.Array,
+    x2: jax.Array | None = None,
+    *,
+    trace_output: bool = True,
+    width_chunk: int = DEFAULT_WIDTH_CHUNK,
+    dtype="float32",
+    budget: int | None = None,
+    method: str = "auto",
+    precision=None,
+) -> jax.Array:
     """Empirical NTK of a freshly drawn ``MLPHead`` of any width, parameters drawn per chunk.
 
     Hidden units of chunk i are drawn from ``fold_in(key, i)`` (W, b ~ N(0, 1);
@@ -424,8 +514,9 @@ def streaming_head_ntk(key: jax.Array, head: HeadConfig, x1: jax.Array, x2: jax.
     method = resolve_method(method, head)
     precision = resolve_precision(precision)
     _ensure_head_fits(x1, x2, head, chunk, trace_output, False, dtype, budget, "streaming_head_ntk")
-    return _streaming(key, x1, x2, head=head, trace_output=bool(trace_output), chunk=chunk, method=method,
-                      precision=precision)
+    return _streaming(
+        key, x1, x2, head=head, trace_output=bool(trace_output), chunk=chunk, method=method, precision=precision
+    )
 
 
 def head_variables(variables: dict) -> dict:

@@ -89,8 +89,15 @@ def _analyse(
             f"{name}: symmetric/psd checks need a square kernel, got shape {k.shape}; "
             "pass symmetric=False, psd=False for a cross (e.g. test × train) kernel"
         )
-    base: dict[str, Any] = {"name": name, "shape": tuple(k.shape), "dtype": dtype, "requested": requested,
-                            "ridge": float(ridge), "eps": eps, "precision": precision}
+    base: dict[str, Any] = {
+        "name": name,
+        "shape": tuple(k.shape),
+        "dtype": dtype,
+        "requested": requested,
+        "ridge": float(ridge),
+        "eps": eps,
+        "precision": precision,
+    }
     problems: list[Problem] = []
     size = f"{k.shape[0]}×{k.shape[1]}"
     where = f"kernel '{name}' ({size}, computed in {computed_as(dtype, precision)})"
@@ -98,18 +105,33 @@ def _analyse(
     finite = np.isfinite(k)
     n_bad = int(k.size - np.count_nonzero(finite))
     if n_bad:
-        problems.append(Problem("nonfinite", (
-            f"{where} has {n_bad} NaN/inf entries of {k.size}. Remedy: if it overflowed, compute it in float64 "
-            "(kernelattn.enable_x64(), dtype='float64'); check the inputs for zero rows (unit-row normalization "
-            "of a zero row gives NaN) and for NaN parameters."), float(n_bad)))
+        problems.append(
+            Problem(
+                "nonfinite",
+                (
+                    f"{where} has {n_bad} NaN/inf entries of {k.size}. Remedy: if it overflowed, compute it in float64 "
+                    "(kernelattn.enable_x64(), dtype='float64'); check the inputs for zero rows (unit-row "
+                    "normalization "
+                    "of a zero row gives NaN) and for NaN parameters."
+                ),
+                float(n_bad),
+            )
+        )
         return KernelDiagnostics(**base, n_nonfinite=n_bad, problems=tuple(problems))
 
     kd = np.asarray(k, dtype=np.float64)
     norm = float(np.linalg.norm(kd))
     if norm == 0.0:
-        problems.append(Problem("zero", (
-            f"{where} is identically zero. Remedy: check the model's parameters (a zero readout or zero "
-            "inputs give a zero NTK) and the scales σ_w, σ_a."), 0.0))
+        problems.append(
+            Problem(
+                "zero",
+                (
+                    f"{where} is identically zero. Remedy: check the model's parameters (a zero readout or zero "
+                    "inputs give a zero NTK) and the scales σ_w, σ_a."
+                ),
+                0.0,
+            )
+        )
         return KernelDiagnostics(**base, problems=tuple(problems))
 
     symmetry_error = None
@@ -140,35 +162,55 @@ def _analyse(
                 minor = kd**2 / np.outer(diag, diag)
                 worst = max(worst, float(np.max(minor)) - 1.0)
             if worst > max(psd_tol, 1e3 * eps):
-                problems.append(Problem("not_psd", (
-                    f"{where} is not positive semi-definite: a diagonal entry or 2×2 principal minor is "
-                    f"negative (violation {sig2(worst)} relative to the diagonal; eigenvalues not computed). "
-                    "An NTK or Gram matrix is PSD by construction, so this signals a bug in how it was built; "
-                    "pass psd=False if it is not meant to be one."), worst))
+                problems.append(
+                    Problem(
+                        "not_psd",
+                        (
+                            f"{where} is not positive semi-definite: a diagonal entry or 2×2 principal minor is "
+                            f"negative (violation {sig2(worst)} relative to the diagonal; eigenvalues not computed). "
+                            "An NTK or Gram matrix is PSD by construction, so this signals a bug in how it was built; "
+                            "pass psd=False if it is not meant to be one."
+                        ),
+                        worst,
+                    )
+                )
         return KernelDiagnostics(**base, symmetry_error=symmetry_error, problems=tuple(problems))
 
     lam_min, lam_max = float(values[0]), float(values[-1])
     limit = pol.kappa_limit(dtype, precision)
     out: dict[str, Any] = {"lambda_min": lam_min, "lambda_max": lam_max, "kappa_limit": limit}
     if lam_max <= 0:
-        problems.append(Problem("not_psd", (
-            f"{where} has no positive eigenvalue (λ_max = {sig2(lam_max)}, λ_min = {sig2(lam_min)}): it is not a "
-            "kernel matrix. Remedy: check its sign and how it was built; psd=False if it is not meant to be PSD."),
-            lam_max))
+        problems.append(
+            Problem(
+                "not_psd",
+                (
+                    f"{where} has no positive eigenvalue (λ_max = {sig2(lam_max)}, λ_min = {sig2(lam_min)}): it is not "
+                    "a kernel matrix. Remedy: check its sign and how it was built; psd=False if it is not meant to "
+                    "be PSD."
+                ),
+                lam_max,
+            )
+        )
         return KernelDiagnostics(**base, symmetry_error=symmetry_error, **out, problems=tuple(problems))
 
     negative_ratio = max(0.0, -lam_min) / lam_max
     kappa = lam_max / lam_min if lam_min > 0 else math.inf
     out.update(negative_ratio=negative_ratio, kappa=kappa)
     if psd and negative_ratio > psd_tol:
-        problems.append(Problem("not_psd", (
-            f"{where} is not positive semi-definite: its most negative eigenvalue is "
-            f"{sig2(-negative_ratio)}·λ_max (λ_min = {sig2(lam_min)}, λ_max = {sig2(lam_max)}), beyond the "
-            f"{computed_as(dtype, precision)} round-off floor {sig2(psd_tol)}·λ_max. "
-            "An NTK or Gram matrix is PSD by construction, so this "
-            "signals a bug (x1 ≠ x2, a test × train block checked as train × train, a sign); solvers would clip "
-            "these eigenvalues. Remedy: check how it was built; psd=False if it is not meant to be PSD."),
-            -negative_ratio))
+        problems.append(
+            Problem(
+                "not_psd",
+                (
+                    f"{where} is not positive semi-definite: its most negative eigenvalue is "
+                    f"{sig2(-negative_ratio)}·λ_max (λ_min = {sig2(lam_min)}, λ_max = {sig2(lam_max)}), beyond the "
+                    f"{computed_as(dtype, precision)} round-off floor {sig2(psd_tol)}·λ_max. "
+                    "An NTK or Gram matrix is PSD by construction, so this "
+                    "signals a bug (x1 ≠ x2, a test × train block checked as train × train, a sign); solvers would "
+                    "clip these eigenvalues. Remedy: check how it was built; psd=False if it is not meant to be PSD."
+                ),
+                -negative_ratio,
+            )
+        )
 
     if requested == "entries":
         return KernelDiagnostics(**base, symmetry_error=symmetry_error, **out, problems=tuple(problems))
@@ -188,40 +230,61 @@ def _analyse(
         if lam_min > 0:
             spectrum = f"κ = {sig2(kappa)} (λ_max = {sig2(lam_max)}, λ_min = {sig2(lam_min)})"
         else:
-            spectrum = (f"κ = inf (λ_min = {sig2(lam_min)} ≤ 0 at λ_max = {sig2(lam_max)}: numerically singular "
-                        f"in {computed_as(dtype, precision)})")
+            spectrum = (
+                f"κ = inf (λ_min = {sig2(lam_min)} ≤ 0 at λ_max = {sig2(lam_max)}: numerically singular "
+                f"in {computed_as(dtype, precision)})"
+            )
         if use_ridge > 0:
             spectrum += f"; with the ridge λ = {sig2(use_ridge)}, κ(K + λI) = {sig2(kappa_eff)}"
-        use = ("solves with it ((K + λI)⁻¹y, influence, kernel regression)" if requested == "solve"
-               else "its smallest eigenvalues, λ_min, κ and the certificate ‖Θ_m − Θ_∞‖₂/λ_min")
+        use = (
+            "solves with it ((K + λI)⁻¹y, influence, kernel regression)"
+            if requested == "solve"
+            else "its smallest eigenvalues, λ_min, κ and the certificate ‖Θ_m − Θ_∞‖₂/λ_min"
+        )
         remedies = precision_remedy(dtype, precision) + float64_remedy(dtype)
         if requested == "solve":
             remedies.append(f"solve with a ridge λ ≥ {sig2(ridge_needed)} (κ(K + λI) ≤ {sig2(limit)})")
-        remedies.append(f"truncate K to its top r = {rank_needed} of {n} eigenpairs (those above λ_max/{sig2(limit)}), "
-                        "or use rank-truncated attention (AttentionConfig(rank=r)) for MLP-Attn")
-        problems.append(Problem("ill_conditioned", (
-            f"{where} is too ill-conditioned for {use} in {computed_as(dtype, precision)}: {spectrum} exceeds "
-            f"{sig2(limit)} = {sig2(pol.solve_margin)}/eps({computed_as(dtype, precision)}), so its smallest "
-            "eigenvalues are round-off. "
-            "Remedy: " + "; or ".join(remedies) + "."), kappa_eff))
+        remedies.append(
+            f"truncate K to its top r = {rank_needed} of {n} eigenpairs (those above λ_max/{sig2(limit)}), "
+            "or use rank-truncated attention (AttentionConfig(rank=r)) for MLP-Attn"
+        )
+        problems.append(
+            Problem(
+                "ill_conditioned",
+                (
+                    f"{where} is too ill-conditioned for {use} in {computed_as(dtype, precision)}: {spectrum} exceeds "
+                    f"{sig2(limit)} = {sig2(pol.solve_margin)}/eps({computed_as(dtype, precision)}), so its smallest "
+                    "eigenvalues are round-off. "
+                    "Remedy: " + "; or ".join(remedies) + "."
+                ),
+                kappa_eff,
+            )
+        )
     return KernelDiagnostics(**base, symmetry_error=symmetry_error, **out, problems=tuple(problems))
 
 
-def _asymmetry(symmetry_error: float, where: str, dtype: str, pol: GuardPolicy, *, cross_remedy: bool,
-               precision: str = "highest") -> list[Problem]:
+def _asymmetry(
+    symmetry_error: float, where: str, dtype: str, pol: GuardPolicy, *, cross_remedy: bool, precision: str = "highest"
+) -> list[Problem]:
     """The "asymmetric" problem when ‖K − Kᵀ‖_F/‖K‖_F exceeds the policy's tolerance
     (``symmetry_rtol``, default 1000·eps: round-off); else none."""
     tol = pol.symmetry_rtol if pol.symmetry_rtol is not None else 1e3 * effective_eps(dtype, precision)
     if not symmetry_error > tol:
         return []
     cross = ", or pass symmetric=False, psd=False for a cross (test × train) kernel" if cross_remedy else ""
-    return [Problem("asymmetric", (
-        f"{where} is not symmetric: ‖K − Kᵀ‖_F/‖K‖_F = {sig2(symmetry_error)} > {sig2(tol)} "
-        f"(round-off in {computed_as(dtype, precision)}). "
-        "A train × train NTK or Gram matrix is symmetric by construction and "
-        "solvers use (K + Kᵀ)/2, which changes this K materially. Remedy: make sure both arguments are "
-        f"the same training set in the same order (x2 = x1){cross}."), symmetry_error)]
-
+    return [
+        Problem(
+            "asymmetric",
+            (
+                f"{where} is not symmetric: ‖K − Kᵀ‖_F/‖K‖_F = {sig2(symmetry_error)} > {sig2(tol)} "
+                f"(round-off in {computed_as(dtype, precision)}). "
+                "A train × train NTK or Gram matrix is symmetric by construction and "
+                "solvers use (K + Kᵀ)/2, which changes this K materially. Remedy: make sure both arguments are "
+                f"the same training set in the same order (x2 = x1){cross}."
+            ),
+            symmetry_error,
+        )
+    ]
 
 
 def _check_args(requested, ridge) -> tuple[str, float]:
@@ -290,8 +353,19 @@ def check_kernel(
     precision = resolve_precision(precision)
     requested, ridge = _check_args(requested if requested is not None else ("solve" if psd else "entries"), ridge)
     pol = resolve_policy(policy)
-    diag = _analyse(matrix, name=name, dtype=dtype, requested=requested, symmetric=symmetric, psd=psd, ridge=ridge,
-                    eig=eig, eigenvalues=eigenvalues, pol=pol, precision=precision)
+    diag = _analyse(
+        matrix,
+        name=name,
+        dtype=dtype,
+        requested=requested,
+        symmetric=symmetric,
+        psd=psd,
+        ridge=ridge,
+        eig=eig,
+        eigenvalues=eigenvalues,
+        pol=pol,
+        precision=precision,
+    )
     return report(diag, pol, stacklevel)
 
 
@@ -328,10 +402,16 @@ def check_symmetry(
     norm = float(np.linalg.norm(kd))
     symmetry_error = float(np.linalg.norm(kd - kd.T)) / norm if norm > 0 else 0.0
     where = f"kernel '{name}' ({matrix.shape[0]}×{matrix.shape[1]}, computed in {computed_as(dtype, precision)})"
-    diag = KernelDiagnostics(name=name, shape=tuple(matrix.shape), dtype=dtype, requested="entries",
-                             eps=effective_eps(dtype, precision), symmetry_error=symmetry_error, precision=precision,
-                             problems=tuple(_asymmetry(symmetry_error, where, dtype, pol, cross_remedy=False,
-                                                       precision=precision)))
+    diag = KernelDiagnostics(
+        name=name,
+        shape=tuple(matrix.shape),
+        dtype=dtype,
+        requested="entries",
+        eps=effective_eps(dtype, precision),
+        symmetry_error=symmetry_error,
+        precision=precision,
+        problems=tuple(_asymmetry(symmetry_error, where, dtype, pol, cross_remedy=False, precision=precision)),
+    )
     return report(diag, pol, stacklevel)
 
 
@@ -382,20 +462,41 @@ def check_solve(
     if method is not None and method not in ("cholesky", "eigh-clipped"):
         raise InputValueError(f"method: expected 'cholesky' or 'eigh-clipped', got {method!r}")
     pol = resolve_policy(policy)
-    diag = _analyse(matrix, name=name, dtype=dtype, requested="solve", symmetric=True, psd=True, ridge=ridge,
-                    eig=eig, eigenvalues=eigenvalues, pol=pol, precision=precision)
+    diag = _analyse(
+        matrix,
+        name=name,
+        dtype=dtype,
+        requested="solve",
+        symmetric=True,
+        psd=True,
+        ridge=ridge,
+        eig=eig,
+        eigenvalues=eigenvalues,
+        pol=pol,
+        precision=precision,
+    )
     problems = list(diag.problems)
-    where = (f"solve with kernel '{name}' + {sig2(ridge)}·I ({matrix.shape[0]}×{matrix.shape[1]}, computed in "
-             f"{computed_as(dtype, precision)})")
+    where = (
+        f"solve with kernel '{name}' + {sig2(ridge)}·I ({matrix.shape[0]}×{matrix.shape[1]}, computed in "
+        f"{computed_as(dtype, precision)})"
+    )
     if method == "eigh-clipped":
         need = f"a ridge λ ≥ {sig2(diag.ridge_needed)}" if diag.ridge_needed else "a larger ridge"
-        problems.append(Problem("clipped", (
-            f"{where} fell back from Cholesky to a clipped eigen-decomposition: "
-            f"{clipped if clipped is not None else 'some'} eigenvalue(s) raised to the floor because K + λI is not "
-            "positive definite in float64, so the result solves a modified system. Remedy: "
-            + "; or ".join([need, *precision_remedy(dtype, precision), *float64_remedy(dtype),
-                            "a rank truncation of K"]) + "."),
-            float(clipped) if clipped is not None else None))
+        problems.append(
+            Problem(
+                "clipped",
+                (
+                    f"{where} fell back from Cholesky to a clipped eigen-decomposition: "
+                    f"{clipped if clipped is not None else 'some'} eigenvalue(s) raised to the floor because K + λI is "
+                    "not positive definite in float64, so the result solves a modified system. Remedy: "
+                    + "; or ".join(
+                        [need, *precision_remedy(dtype, precision), *float64_remedy(dtype), "a rank truncation of K"]
+                    )
+                    + "."
+                ),
+                float(clipped) if clipped is not None else None,
+            )
+        )
     backward = None
     if rhs is not None and solution is not None:
         b = np.asarray(rhs, np.float64)
@@ -406,12 +507,18 @@ def check_solve(
         denominator = a_norm * float(np.linalg.norm(x)) + float(np.linalg.norm(b))
         backward = float(np.linalg.norm(b - a_x)) / denominator if denominator > 0 else 0.0
         if backward > pol.backward_rtol:
-            problems.append(Problem("backward_error", (
-                f"{where} has backward error {sig2(backward)} > {sig2(pol.backward_rtol)}: the solution does not "
-                f"solve (K + λI)x = b to float64 accuracy (method: {method or 'unknown'}). Remedy: a larger ridge, "
-                "float64 kernels, or a rank truncation."), backward))
-    diag = dataclasses.replace(diag, problems=tuple(problems), method=method, clipped=clipped,
-                               backward_error=backward)
+            problems.append(
+                Problem(
+                    "backward_error",
+                    (
+                        f"{where} has backward error {sig2(backward)} > {sig2(pol.backward_rtol)}: the solution does "
+                        f"not solve (K + λI)x = b to float64 accuracy (method: {method or 'unknown'}). Remedy: a "
+                        "larger ridge, float64 kernels, or a rank truncation."
+                    ),
+                    backward,
+                )
+            )
+    diag = dataclasses.replace(diag, problems=tuple(problems), method=method, clipped=clipped, backward_error=backward)
     return report(diag, pol, stacklevel)
 
 
@@ -455,17 +562,39 @@ def check_condition(
     problems = []
     if predicted > limit:
         powered = f"κ^{power:g} = ({sig2(kappa)})^{power:g}" if power != 1 else "κ"
-        remedies = precision_remedy(dtype, precision) + float64_remedy(dtype) + [
-            f"a ridge λ ≥ {sig2(1 / (limit - 1))}·λ_max", "rank-truncated attention (AttentionConfig(rank=r))"]
+        remedies = (
+            precision_remedy(dtype, precision)
+            + float64_remedy(dtype)
+            + [f"a ridge λ ≥ {sig2(1 / (limit - 1))}·λ_max", "rank-truncated attention (AttentionConfig(rank=r))"]
+        )
         computed = computed_as(dtype, precision)
-        problems.append(Problem("ill_conditioned", (
-            f"kernel '{name}' (to be computed in {computed}) has predicted condition number {powered} = "
-            f"{sig2(predicted)} > {sig2(limit)} = {sig2(pol.solve_margin)}/eps({computed})"
-            + (" (linearized attention raises κ(G) to the power 2k + 1)" if power != 1 else "")
-            + f", beyond what {computed} resolves for "
-            + ("solves" if requested == "solve" else "λ_min, κ and certificates")
-            + ". Remedy: " + "; or ".join(remedies) + "."), predicted))
-    diag = KernelDiagnostics(name=name, shape=(), dtype=dtype, requested=requested, kappa=predicted,
-                             kappa_effective=predicted, kappa_limit=limit, representable=predicted <= limit,
-                             eps=effective_eps(dtype, precision), precision=precision, problems=tuple(problems))
+        problems.append(
+            Problem(
+                "ill_conditioned",
+                (
+                    f"kernel '{name}' (to be computed in {computed}) has predicted condition number {powered} = "
+                    f"{sig2(predicted)} > {sig2(limit)} = {sig2(pol.solve_margin)}/eps({computed})"
+                    + (" (linearized attention raises κ(G) to the power 2k + 1)" if power != 1 else "")
+                    + f", beyond what {computed} resolves for "
+                    + ("solves" if requested == "solve" else "λ_min, κ and certificates")
+                    + ". Remedy: "
+                    + "; or ".join(remedies)
+                    + "."
+                ),
+                predicted,
+            )
+        )
+    diag = KernelDiagnostics(
+        name=name,
+        shape=(),
+        dtype=dtype,
+        requested=requested,
+        kappa=predicted,
+        kappa_effective=predicted,
+        kappa_limit=limit,
+        representable=predicted <= limit,
+        eps=effective_eps(dtype, precision),
+        precision=precision,
+        problems=tuple(problems),
+    )
     return report(diag, pol, stacklevel)

@@ -12,8 +12,16 @@ from kernelattn._precision import effective_eps, float_eps
 from kernelattn.errors import InputTypeError, InputValueError
 from kernelattn.kernels.guards.reporting import GuardPolicy
 
-__all__ = ["KERNEL_DTYPES", "as_kernel_matrix", "computed_as", "float64_remedy", "kernel_dtype_name",
-           "precision_remedy", "ridge_for", "sig2"]
+__all__ = [
+    "KERNEL_DTYPES",
+    "as_kernel_matrix",
+    "computed_as",
+    "float64_remedy",
+    "kernel_dtype_name",
+    "precision_remedy",
+    "ridge_for",
+    "sig2",
+]
 
 #: The dtypes a kernel can have been computed in.
 KERNEL_DTYPES = ("float32", "float64")
@@ -27,8 +35,10 @@ def computed_as(dtype: str, precision: str) -> str:
 def precision_remedy(dtype: str, precision: str) -> list[str]:
     if precision == "highest" or effective_eps(dtype, precision) <= float_eps(dtype):
         return []
-    return [f"recompute it at precision='highest' (true {dtype} products: eps {sig2(float_eps(dtype))} instead of "
-            f"{sig2(effective_eps(dtype, precision))}; kernelattn.precision_policy('highest'), the default)"]
+    return [
+        f"recompute it at precision='highest' (true {dtype} products: eps {sig2(float_eps(dtype))} instead of "
+        f"{sig2(effective_eps(dtype, precision))}; kernelattn.precision_policy('highest'), the default)"
+    ]
 
 
 def kernel_dtype_name(dtype, k: np.ndarray) -> str:
@@ -39,8 +49,9 @@ def kernel_dtype_name(dtype, k: np.ndarray) -> str:
     except TypeError as err:
         raise InputValueError(f"dtype: expected one of {list(KERNEL_DTYPES)}, got {dtype!r}") from err
     if name not in KERNEL_DTYPES:
-        raise InputValueError(f"dtype: expected one of {list(KERNEL_DTYPES)} (the dtype the kernel was computed in), "
-                              f"got {name!r}")
+        raise InputValueError(
+            f"dtype: expected one of {list(KERNEL_DTYPES)} (the dtype the kernel was computed in), got {name!r}"
+        )
     return name
 
 
@@ -59,7 +70,8 @@ def as_kernel_matrix(k: Any, name: str) -> np.ndarray:
         array = np.transpose(array, (0, 2, 1, 3)).reshape(n1 * c1, n2 * c2)
     if array.ndim != 2 or array.size == 0:
         raise InputValueError(
-            f"{name}: expected a non-empty (n1, n2) or (n1, n2, C, C) kernel, got shape {array.shape}")
+            f"{name}: expected a non-empty (n1, n2) or (n1, n2, C, C) kernel, got shape {array.shape}"
+        )
     return array
 
 
@@ -71,8 +83,10 @@ def sig2(x: float) -> str:
 def float64_remedy(dtype: str) -> list[str]:
     if dtype == "float64":
         return []
-    return ["compute it in float64 (kernelattn.enable_x64() at program start, then dtype='float64'; "
-            f"float64 resolves κ up to {sig2(GuardPolicy().kappa_limit('float64'))})"]
+    return [
+        "compute it in float64 (kernelattn.enable_x64() at program start, then dtype='float64'; "
+        f"float64 resolves κ up to {sig2(GuardPolicy().kappa_limit('float64'))})"
+    ]
 
 
 def ridge_for(lam_max: float, lam_min: float, limit: float) -> float:

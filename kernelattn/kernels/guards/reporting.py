@@ -124,8 +124,7 @@ class GuardPolicy:
         return self.solve_margin / effective_eps(dtype, precision)
 
 
-_POLICY: contextvars.ContextVar[GuardPolicy] = contextvars.ContextVar("kernelattn_guard_policy",
-                                                                      default=GuardPolicy())
+_POLICY: contextvars.ContextVar[GuardPolicy] = contextvars.ContextVar("kernelattn_guard_policy", default=GuardPolicy())
 _LOG: contextvars.ContextVar[GuardLog | None] = contextvars.ContextVar("kernelattn_guard_log", default=None)
 
 
@@ -173,9 +172,15 @@ def strict(**overrides: Any) -> contextlib.AbstractContextManager[GuardPolicy]:
 
 
 #: The key number of each problem kind, named in a log's summary of repeats.
-_QUANTITY = {"ill_conditioned": "κ", "not_psd": "λ_min/λ_max", "asymmetric": "‖K − Kᵀ‖_F/‖K‖_F",
-             "nonfinite": "non-finite entries", "clipped": "clipped eigenvalues",
-             "backward_error": "backward error", "zero": "‖K‖_F"}
+_QUANTITY = {
+    "ill_conditioned": "κ",
+    "not_psd": "λ_min/λ_max",
+    "asymmetric": "‖K − Kᵀ‖_F/‖K‖_F",
+    "nonfinite": "non-finite entries",
+    "clipped": "clipped eigenvalues",
+    "backward_error": "backward error",
+    "zero": "‖K‖_F",
+}
 
 
 @dataclasses.dataclass

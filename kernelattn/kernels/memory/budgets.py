@@ -74,8 +74,9 @@ class MemoryPlanError(KernelattnError, MemoryError):
         ``memory_stats()``), "host" (host RAM) or "budget" (given explicitly).
     """
 
-    def __init__(self, message: str, estimate: MemoryEstimate | None = None, budget: int | None = None,
-                 source: str | None = None):
+    def __init__(
+        self, message: str, estimate: MemoryEstimate | None = None, budget: int | None = None, source: str | None = None
+    ):
         super().__init__(message)
         self.estimate = estimate
         self.budget = budget
@@ -131,8 +132,9 @@ class MemoryEstimate:
 
     def describe(self, limit: int = 4) -> str:
         """``'≈1.23 GiB (Θ accumulator 512.00 MiB, pre-activations …)'``, the largest terms first."""
-        items = sorted({**self.terms, **{f"host {k}": v for k, v in self.host_terms.items()}}.items(),
-                       key=lambda kv: -kv[1])
+        items = sorted(
+            {**self.terms, **{f"host {k}": v for k, v in self.host_terms.items()}}.items(), key=lambda kv: -kv[1]
+        )
         shown = ", ".join(f"{k} {format_bytes(v)}" for k, v in items[:limit] if v > 0)
         return f"≈{format_bytes(self.total)}" + (f" ({shown})" if shown else "")
 
@@ -179,8 +181,7 @@ def cgroup_memory(root: str | os.PathLike[str] = "/sys/fs/cgroup") -> dict | Non
     root = Path(root)
     for limit_file, usage_file, stat_file, inactive in (
         ("memory.max", "memory.current", "memory.stat", "inactive_file"),
-        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "memory/memory.stat",
-         "total_inactive_file"),
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "memory/memory.stat", "total_inactive_file"),
     ):
         limit = _read_int(root / limit_file)
         if limit is None or limit >= 2**62:
@@ -262,16 +263,19 @@ def default_budget(fraction: float = DEFAULT_FRACTION, *, device=None) -> Budget
     free = device_free_memory(device)
     source = f"{fraction:.0%} of {format_bytes(host)} host memory available"
     if free is not None:
-        source = (f"{fraction:.0%} of {format_bytes(free)} free device memory (memory_stats of "
-                  f"{_describe_device(device)}: bytes_limit − bytes_in_use) and " + source)
+        source = (
+            f"{fraction:.0%} of {format_bytes(free)} free device memory (memory_stats of "
+            f"{_describe_device(device)}: bytes_limit − bytes_in_use) and " + source
+        )
         return {"host": int(fraction * host), "device": int(fraction * free), "source": source, "memory": "device"}
     if getattr(device, "platform", "cpu") != "cpu":
         source += f" ({_describe_device(device)} reports no memory_stats, so host memory is used)"
     return {"host": int(fraction * host), "device": None, "source": source, "memory": "host"}
 
 
-def budget_verdict(estimate: MemoryEstimate, budget: int | None, fraction: float = DEFAULT_FRACTION,
-                   device=None) -> tuple[bool, str, int, str]:
+def budget_verdict(
+    estimate: MemoryEstimate, budget: int | None, fraction: float = DEFAULT_FRACTION, device=None
+) -> tuple[bool, str, int, str]:
     """Whether ``estimate`` fits, and against what: the shared core of :func:`fits` and :func:`ensure_fits`.
 
     Returns:
@@ -283,17 +287,30 @@ def budget_verdict(estimate: MemoryEstimate, budget: int | None, fraction: float
         return estimate.total <= budget, f"the budget of {format_bytes(budget)}", budget, "budget"
     plan = default_budget(fraction, device=device)
     if plan["device"] is None:
-        return (estimate.total <= plan["host"], f"{format_bytes(plan['host'])} of host memory ({plan['source']})",
-                plan["host"], "host")
+        return (
+            estimate.total <= plan["host"],
+            f"{format_bytes(plan['host'])} of host memory ({plan['source']})",
+            plan["host"],
+            "host",
+        )
     if estimate.device > plan["device"]:
-        return (False, f"{format_bytes(plan['device'])} of device memory for its device buffers "
-                       f"({plan['source']})", plan["device"], "device")
-    return (estimate.host <= plan["host"], f"{format_bytes(plan['host'])} of host memory for its host buffers "
-                                           f"({plan['source']})", plan["host"], "host" if estimate.host else "device")
+        return (
+            False,
+            f"{format_bytes(plan['device'])} of device memory for its device buffers ({plan['source']})",
+            plan["device"],
+            "device",
+        )
+    return (
+        estimate.host <= plan["host"],
+        f"{format_bytes(plan['host'])} of host memory for its host buffers ({plan['source']})",
+        plan["host"],
+        "host" if estimate.host else "device",
+    )
 
 
-def refusal_message(estimate: MemoryEstimate, where: str, extra: Sequence[str] = (),
-                    budget_of: str | None = None) -> str:
+def refusal_message(
+    estimate: MemoryEstimate, where: str, extra: Sequence[str] = (), budget_of: str | None = None
+) -> str:
     """The refusal message: the estimate, the budget and the options (``extra`` first).
 
     ``budget_of`` names the function whose ``budget=`` argument can raise the
@@ -302,12 +319,15 @@ def refusal_message(estimate: MemoryEstimate, where: str, extra: Sequence[str] =
     options = list(extra) + [o for o in estimate.options if o not in extra]
     if budget_of is not None:
         options.append(f"pass a larger budget= (bytes) to {budget_of} if more memory is really free")
-    return (f"{estimate.what} needs {estimate.describe()}, more than {where}; refusing before allocating. "
-            "Options: " + "; ".join(options) + ".")
+    return (
+        f"{estimate.what} needs {estimate.describe()}, more than {where}; refusing before allocating. "
+        "Options: " + "; ".join(options) + "."
+    )
 
 
-def fits(estimate: MemoryEstimate, budget: int | None = None, *, fraction: float = DEFAULT_FRACTION,
-         device=None) -> bool:
+def fits(
+    estimate: MemoryEstimate, budget: int | None = None, *, fraction: float = DEFAULT_FRACTION, device=None
+) -> bool:
     """Whether ``estimate`` fits ``budget`` (bytes; None → ``fraction`` of the free memory of ``device``)."""
     return budget_verdict(estimate, budget, fraction, device)[0]
 

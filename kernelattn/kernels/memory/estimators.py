@@ -61,8 +61,9 @@ def _itemsize(dtype) -> int:
     return np.dtype(name).itemsize
 
 
-def head_param_count(d: int, width: int, *, out_dim: int = 1, use_bias: bool = False,
-                     train_readout: bool = False) -> int:
+def head_param_count(
+    d: int, width: int, *, out_dim: int = 1, use_bias: bool = False, train_readout: bool = False
+) -> int:
     """Trainable parameters P of the two-layer head: d·m (+ m for b) (+ m·C for a trained readout)."""
     return width * (d + int(use_bias) + (out_dim if train_readout else 0))
 
@@ -70,8 +71,10 @@ def head_param_count(d: int, width: int, *, out_dim: int = 1, use_bias: bool = F
 def _common_options(dtype: str, seeds: int = 1) -> list[str]:
     options = []
     if np.dtype(dtype).name == "float64":
-        options.append("float32 instead of float64 (halves every term; check the kernel with "
-                       "kernelattn.kernels.guards.check_kernel afterwards)")
+        options.append(
+            "float32 instead of float64 (halves every term; check the kernel with "
+            "kernelattn.kernels.guards.check_kernel afterwards)"
+        )
     if seeds > 1:
         options.append(f"fewer seeds batched at once (now {seeds}; see plan_seed_batch)")
     return options
@@ -148,17 +151,20 @@ def head_ntk_memory(
         padded = -(-width // chunk) * chunk
         terms["parameters (given, and chunked copy)"] = (width + padded) * (d + int(use_bias) + c) * item
     shape = f"{n1}×{n2}" + ("" if trace_output else f"×{c}×{c}")
-    options = [f"smaller n (the Θ accumulator alone is {format_bytes(terms['Θ accumulator'])}, "
-               f"quadratic in n)"]
+    options = [f"smaller n (the Θ accumulator alone is {format_bytes(terms['Θ accumulator'])}, quadratic in n)"]
     if chunk > 1:
         options.append(f"a smaller width_chunk (now {chunk}; see plan_width_chunk)")
     if not trace_output and c > 1:
         options.append(f"trace_output=True (divides the accumulator by C² = {c * c})")
     options += _common_options(dtype, seeds)
-    options.append("shard the rows over devices (kernelattn.kernels.distributed, shard_samples=True: "
-                   "each device holds n1/D rows of Θ)")
-    what = (f"the empirical head NTK ({shape}, d={d}, width={width}, width_chunk={chunk}, "
-            f"{np.dtype(dtype).name}" + (f", {seeds} seeds" if seeds > 1 else "") + ")")
+    options.append(
+        "shard the rows over devices (kernelattn.kernels.distributed, shard_samples=True: "
+        "each device holds n1/D rows of Θ)"
+    )
+    what = (
+        f"the empirical head NTK ({shape}, d={d}, width={width}, width_chunk={chunk}, "
+        f"{np.dtype(dtype).name}" + (f", {seeds} seeds" if seeds > 1 else "") + ")"
+    )
     return MemoryEstimate(what, terms, options=tuple(options))
 
 
@@ -216,16 +222,17 @@ def autodiff_ntk_memory(
         else:  # row by row: b rows at a time, each through itself only
             cotangent_rows = sum(min(check_int(row_block, "row_block", minimum=1), b) for b in blocks)
         terms["reverse-mode cotangents"] = cotangent_rows * c * a * item
-        options = [f"row_block=b (cotangents b·C·A instead of n²·C·A: now "
-                   f"{format_bytes(terms['reverse-mode cotangents'])})",
-                   "implementation='ntvp' (never stores a Jacobian)"]
+        options = [
+            f"row_block=b (cotangents b·C·A instead of n²·C·A: now {format_bytes(terms['reverse-mode cotangents'])})",
+            "implementation='ntvp' (never stores a Jacobian)",
+        ]
     else:
         terms["activations and tangents"] = (4 * (n1 + n2) * a + 3 * p) * item
         terms["stacked columns"] = 2 * n1 * n2 * c * c * item
         options = []
     options.append("the structured head NTK (kernels.empirical.structured_head_ntk) for the two-layer head")
     options += _common_options(dtype)
-    what = (f"the autodiff NTK ({implementation}, {n1}×{n2}, C={c}, P={p}, A={a}, {np.dtype(dtype).name})")
+    what = f"the autodiff NTK ({implementation}, {n1}×{n2}, C={c}, P={p}, A={a}, {np.dtype(dtype).name})"
     return MemoryEstimate(what, terms, options=tuple(options))
 
 
@@ -267,13 +274,19 @@ def factored_ntk_memory(
     terms = {
         "kernel": n1 * n2 * k * item,
         "factors (matmul inputs and output cotangents)": rows * check_int(factor_size, "factor_size", minimum=0) * item,
-        "per-row Jacobians of the other parameters": 2 * rows * c * check_int(rest_params, "rest_params", minimum=0)
+        "per-row Jacobians of the other parameters": 2
+        * rows
+        * c
+        * check_int(rest_params, "rest_params", minimum=0)
         * item,
         "reverse-mode cotangents": rows * c * check_int(activations, "activations", minimum=0) * item,
         "pairwise products": 2 * n1 * n2 * k * check_int(pair_size, "pair_size", minimum=1) * item,
     }
-    options = ["the structured head NTK (kernels.empirical.structured_head_ntk) for the two-layer head",
-               "computing the kernel in blocks of rows of x1 and x2", *_common_options(dtype)]
+    options = [
+        "the structured head NTK (kernels.empirical.structured_head_ntk) for the two-layer head",
+        "computing the kernel in blocks of rows of x1 and x2",
+        *_common_options(dtype),
+    ]
     what = f"the factored autodiff NTK ({n1}×{n2}, C={c}, {np.dtype(dtype).name})"
     return MemoryEstimate(what, terms, options=tuple(options))
 
@@ -317,8 +330,13 @@ def sweep_cell_memory(
     seeds = check_int(seeds, "seeds", minimum=1)
     c = check_int(out_dim, "out_dim", minimum=1)
     n_all = n + n_test
-    per_seed_device = (3 * n_all * n + (n_all + 2 * n) * chunk * (1 + int(train_readout))
-                       + 4 * d * chunk + 3 * chunk * c + 2 * chunk * int(use_bias)) * item
+    per_seed_device = (
+        3 * n_all * n
+        + (n_all + 2 * n) * chunk * (1 + int(train_readout))
+        + 4 * d * chunk
+        + 3 * chunk * c
+        + 2 * chunk * int(use_bias)
+    ) * item
     terms = {
         "Θ_m accumulators and pre-activations": seeds * per_seed_device,
         "inputs": 2 * n_all * d * item,
@@ -333,12 +351,17 @@ def sweep_cell_memory(
     # Θ_∞ is computed first and its temporaries freed before streaming: the peak is the larger phase.
     if sum(limit_phase.values()) + sum(limit_host.values()) > sum(terms.values()) + sum(stream_host.values()):
         terms, stream_host = limit_phase, limit_host
-    options = [f"fewer training/test points (Θ is (n + n*) × n = {n_all}×{n}, float64 on the host)",
-               f"a smaller width_chunk (now {chunk})"]
+    options = [
+        f"fewer training/test points (Θ is (n + n*) × n = {n_all}×{n}, float64 on the host)",
+        f"a smaller width_chunk (now {chunk})",
+    ]
     options += _common_options(dtype, seeds)
     options.append("spread seeds over processes or devices (kernelattn.kernels.distributed)")
-    what = (f"a kernel-sweep cell (n={n}, n*={n_test}, d={d}, width_chunk={chunk}, {np.dtype(dtype).name}"
-            + (f", {seeds} seeds batched" if seeds > 1 else "") + ")")
+    what = (
+        f"a kernel-sweep cell (n={n}, n*={n_test}, d={d}, width_chunk={chunk}, {np.dtype(dtype).name}"
+        + (f", {seeds} seeds batched" if seeds > 1 else "")
+        + ")"
+    )
     return MemoryEstimate(what, terms, stream_host, options=tuple(options))
 
 
@@ -355,9 +378,13 @@ def sweep_group_memory(n: int, n_test: int) -> MemoryEstimate:
     """
     n = check_int(n, "n", minimum=1)
     n_test = check_int(n_test, "n_test", minimum=0)
-    return MemoryEstimate(f"the kernel matrices of a sweep group (n={n}, n*={n_test})", {},
-                          {"(n + n*) × n kernel matrices (float64)": 6 * 8 * (n + n_test) * n}, overhead=0,
-                          options=("set n_train / n_test in the spec's dataset entry",))
+    return MemoryEstimate(
+        f"the kernel matrices of a sweep group (n={n}, n*={n_test})",
+        {},
+        {"(n + n*) × n kernel matrices (float64)": 6 * 8 * (n + n_test) * n},
+        overhead=0,
+        options=("set n_train / n_test in the spec's dataset entry",),
+    )
 
 
 def seed_batch_memory(n: int, n_test: int, *, width_chunk: int, seeds: int, dtype="float32") -> MemoryEstimate:
@@ -378,9 +405,11 @@ def seed_batch_memory(n: int, n_test: int, *, width_chunk: int, seeds: int, dtyp
     n_all = n + check_int(n_test, "n_test", minimum=0)
     chunk = check_int(width_chunk, "width_chunk", minimum=1)
     seeds = check_int(seeds, "seeds", minimum=1)
-    return MemoryEstimate(f"{seeds} seeds of a sweep group vmapped together (n={n}, n*={n_all - n})",
-                          {"Θ_m accumulators and pre-activations": seeds * item * (3 * n_all * n + 4 * n_all * chunk)},
-                          overhead=0)
+    return MemoryEstimate(
+        f"{seeds} seeds of a sweep group vmapped together (n={n}, n*={n_all - n})",
+        {"Θ_m accumulators and pre-activations": seeds * item * (3 * n_all * n + 4 * n_all * chunk)},
+        overhead=0,
+    )
 
 
 def _head_sizes(n, d, width, out_dim, n_params) -> tuple[int, int, int, int, int]:

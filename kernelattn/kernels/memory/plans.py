@@ -87,8 +87,15 @@ def plan_width_chunk(
     width = check_int(width, "width", minimum=1)
     multiple_of = check_int(multiple_of, "multiple_of", minimum=1)
     max_chunk = check_int(max_chunk, "max_chunk", minimum=multiple_of)
-    kwargs = {"out_dim": out_dim, "trace_output": trace_output, "train_readout": train_readout, "use_bias": use_bias,
-                  "seeds": seeds, "sample_shards": sample_shards, "dtype": dtype}
+    kwargs = {
+        "out_dim": out_dim,
+        "trace_output": trace_output,
+        "train_readout": train_readout,
+        "use_bias": use_bias,
+        "seeds": seeds,
+        "sample_shards": sample_shards,
+        "dtype": dtype,
+    }
     if budget is not None:
         limit = int(check_real(budget, "budget", minimum=0.0))
         plan: Budget = {"host": limit, "device": None, "source": "explicit", "memory": "host"}
@@ -109,13 +116,17 @@ def plan_width_chunk(
             break  # the estimate grows with the chunk
     if best is None:
         smallest = head_ntk_memory(n1, n2, d, width, width_chunk=candidates[0], **kwargs)
-        where = (f"the budget of {format_bytes(plan['host'])}" if plan["source"] == "explicit" else
-                 f"{format_bytes(plan['device'] if plan['device'] is not None else plan['host'])} "
-                 f"({plan['source']})")
-        raise MemoryPlanError(refusal_message(smallest, where + f" even with width_chunk={candidates[0]}",
-                                       budget_of="plan_width_chunk"),
-                              smallest, plan["device"] if plan["device"] is not None else plan["host"],
-                              "budget" if plan["source"] == "explicit" else plan["memory"])
+        where = (
+            f"the budget of {format_bytes(plan['host'])}"
+            if plan["source"] == "explicit"
+            else f"{format_bytes(plan['device'] if plan['device'] is not None else plan['host'])} ({plan['source']})"
+        )
+        raise MemoryPlanError(
+            refusal_message(smallest, where + f" even with width_chunk={candidates[0]}", budget_of="plan_width_chunk"),
+            smallest,
+            plan["device"] if plan["device"] is not None else plan["host"],
+            "budget" if plan["source"] == "explicit" else plan["memory"],
+        )
     if best > width and width % multiple_of == 0:
         return width  # one chunk holds the whole layer
     return best
@@ -151,8 +162,13 @@ def plan_seed_batch(
       MemoryPlanError: not even one seed fits.
     """
     seeds = check_int(seeds, "seeds", minimum=1)
-    kwargs = {"width_chunk": width_chunk, "out_dim": out_dim, "train_readout": train_readout, "use_bias": use_bias,
-                  "dtype": dtype}
+    kwargs = {
+        "width_chunk": width_chunk,
+        "out_dim": out_dim,
+        "train_readout": train_readout,
+        "use_bias": use_bias,
+        "dtype": dtype,
+    }
     single = sweep_cell_memory(n, n_test, d, seeds=1, **kwargs)
     ok, where, limit, source = budget_verdict(single, budget, fraction)
     if not ok:
