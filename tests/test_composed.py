@@ -36,7 +36,8 @@ def test_depth_one_is_2l_relu_and_mlp_attn(rng, train_readout):
     for name, features in (("mlp-relu", x), ("mlp-attn-deep", np.asarray(linear_attention(x[:10], x)))):
         theta = registry.model_entry(name).limit_kernel(x, x[:10], depth=1, train_readout=train_readout, **HEAD)
         expected = np.asarray(head_kernels(features, None, head, dtype="float64").ntk)[:, :10]
-        np.testing.assert_allclose(theta, expected, rtol=1e-12, atol=1e-14)
+        # arccos at c near 1 turns rounding of c into √ε: 1e-8 relative at worst (jax 0.4.25)
+        np.testing.assert_allclose(theta, expected, rtol=1e-7, atol=1e-14)
 
 
 def test_limit_is_kernel_fn_and_the_wide_network_approaches_it(rng):
