@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from kernelattn._precision import lax_precision, resolve_precision
 from kernelattn._validation import check_choice, check_int, check_real
 from kernelattn.errors import InputValueError
-from kernelattn.registry import MODELS, canonical_model_name
+from kernelattn.registry import canonical_model_name
 from kernelattn.transforms import AttentionConfig, attend
 
 #: Largest hidden width a model may have: 2^31 (beyond it the unit indices of a streamed draw overflow
@@ -249,7 +249,7 @@ def make_model(
     ``precision`` ("highest", "fast" or None for the policy in force when
     the model is traced) applies to every matmul of the model.
     """
-    name = check_choice(canonical_model_name(name), "model", tuple(MODELS))
+    name = check_choice(canonical_model_name(name), "model", ("relu", "mlp-attn", "qkv-attn"))
     if precision is not None:
         precision = resolve_precision(precision)
     head = HeadConfig(width, out_dim, sigma_w, sigma_b, sigma_a, sigma_b > 0, train_readout)

@@ -12,8 +12,10 @@ with their defaults, and how to compute with it — either
 - a *network model*: ``build(width, out_dim, **options) -> flax module``
   (``__call__(x, context=None) -> (n, C)``), whose Θ_m comes from ``ntk(module,
   variables, x, n2)`` (the structured QKV kernel) or else from autodiff
-  (``kernels.empirical.empirical_ntk``), and Θ_∞ from the Monte-Carlo mean of
-  wide networks.
+  (``kernels.empirical.empirical_ntk``), and Θ_∞ from ``limit(x, x_context,
+  **options)`` where the entry has one (the composer's closed form:
+  "mlp-relu", "mlp-attn-deep", ``kernels.composed``) or else the Monte-Carlo
+  mean of wide networks.
 
 Callables are given as ``"module:attr"`` references, imported when first
 used, so reading the registry (to validate a spec, or to label a table) does
@@ -105,6 +107,11 @@ class ModelEntry:
         ("module:attr" or callable).
       ntk: ``(module, variables, x, n2) -> (n1, n2)`` empirical NTK of the
         network against the first ``n2`` rows of ``x``; None: autodiff.
+      limit: ``(x, x_context, **options) -> (n, n_c)`` float64 closed-form
+        Θ_∞ of the network (rows of ``x`` against the context's, which
+        attention attends over); None: the Monte-Carlo mean of wide networks.
+      shown: ``(option, symbol)`` pairs always shown in the display label
+        ("ReLU MLP (L=2)" for ``("depth", "L")``).
     """
 
     name: str
@@ -114,6 +121,8 @@ class ModelEntry:
     features: str | Callable | None = None
     build: str | Callable | None = None
     ntk: str | Callable | None = None
+    limit: str | Callable | None = None
+    shown: tuple[tuple[str, str], ...] = ()
 
     @property
     def is_feature_model(self) -> bool:
@@ -140,10 +149,14 @@ class ModelEntry:
         build = resolve(self.build)
         if build is None:
             raise InputValueError(f"model {self.name!r} has no network constructor")
-        accepted = _keywords(build)
-        if accepted is not None:
-            kwargs = {k: v for k, v in kwargs.items() if k in accepted or k not in HEAD_OPTIONS}
-        return build(width, out_dim, **kwargs)
+        return build(width, out_dim, **_accepted(build, kwargs))
+
+    def limit_kernel(self, x: np.ndarray, x_context: np.ndarray, **kwargs: Any) -> np.ndarray:
+        """Closed-form Θ_∞ ``(n, n_c)`` float64 (``kwargs`` as in :meth:`network`; needs ``enable_x64``)."""
+        limit = resolve(self.limit)
+        if limit is None:
+            raise InputValueError(f"model {self.name!r} has no closed-form limit kernel")
+        return np.asarray(limit(x, x_context, **_accepted(limit, kwargs)), np.float64)
 
     def kernel(self, module: Any, variables: Mapping[str, Any], x: np.ndarray, n2: int) -> np.ndarray:
         """Θ_m ``(n1, n2)`` float64 of the network against the first ``n2`` rows of ``x`` (the context)."""
@@ -173,6 +186,12 @@ def _keywords(fn: Callable) -> set[str] | None:
     ]
     skip = {p.name for p in positional[:2]}
     return {p.name for p in parameters if p.name not in skip and p.kind is not inspect.Parameter.VAR_POSITIONAL}
+
+
+def _accepted(fn: Callable, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` less the head options (:data:`HEAD_OPTIONS`) that ``fn`` does not take."""
+    accepted = _keywords(fn)
+    return kwargs if accepted is None else {k: v for k, v in kwargs.items() if k in accepted or k not in HEAD_OPTIONS}
 
 
 def _autodiff_ntk(module, variables, x, n2):
@@ -240,6 +259,24 @@ MODELS: dict[str, ModelEntry] = {
             options=(("head_width", "width"), ("scaling", "linear"), ("normalize", False)),
             build=_builtin("qkv-attn"),
             ntk="kernelattn.kernels.qkv:qkv_empirical_ntk",
+        ),
+        ModelEntry(
+            "mlp-relu",
+            "ReLU MLP",
+            aliases=("deep-relu",),
+            options=(("depth", 1),),
+            build="kernelattn.kernels.composed:mlp_relu",
+            limit="kernelattn.kernels.composed:mlp_relu_ntk",
+            shown=(("depth", "L"),),
+        ),
+        ModelEntry(
+            "mlp-attn-deep",
+            "MLP-Attn",
+            aliases=("deep-attn",),
+            options=(("depth", 1),),
+            build="kernelattn.kernels.composed:mlp_attn_deep",
+            limit="kernelattn.kernels.composed:mlp_attn_deep_ntk",
+            shown=(("depth", "L"),),
         ),
     )
 }

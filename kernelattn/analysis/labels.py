@@ -67,6 +67,9 @@ def model_info(model: Any) -> dict[str, Any]:
             extras.append("norm")
     elif is_user_model(name):
         extras += [f"{k}={v}" for k, v in sorted(options.items()) if k not in _HEAD_KEYS]
+    elif name in MODELS:  # options the registry always shows ("ReLU MLP (L=2)")
+        defaults = MODELS[name].defaults()
+        extras += [f"{symbol}={options.get(key, defaults.get(key))}" for key, symbol in MODELS[name].shown]
     for key in _HEAD_KEYS:
         if key in options:
             extras.append(f"{key}={options[key]}")

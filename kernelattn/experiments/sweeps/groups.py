@@ -3,8 +3,9 @@
 Per dataset: the data (:class:`SweepData`, float64 inputs, encoded targets).
 Per (dataset, model) group (:func:`prepare_group`): the model's features
 (feature models: the parameter-free head inputs), the limit kernel Θ_∞ on
-(train + test) × train in float64 — closed form for feature models,
-Monte-Carlo mean of wide networks for network models — its spectrum and
+(train + test) × train in float64 — closed form for feature models and for
+network models whose registry entry has one (the composer's), else the
+Monte-Carlo mean of wide networks — its spectrum and
 kernel-ridge reference (``kernels.metrics.limit_reference``), its guard-rail
 diagnostics, and the condition numbers of the training inputs. Every
 number comes from ``kernelattn.kernels``; this module only assembles them.
@@ -43,6 +44,7 @@ __all__ = [
     "feature_inputs",
     "head_config",
     "load_data",
+    "model_kwargs",
     "network",
     "network_kernel",
     "prepare_group",
@@ -111,19 +113,22 @@ def head_config(spec: Spec, width: int, out_dim: int) -> HeadConfig:
 # --------------------------------------------------------------------------- network models
 
 
+def model_kwargs(spec: Spec, model: ModelSpec) -> dict[str, Any]:
+    """The model's options and the head options of the spec's ``kernel`` section and ``dtype`` (registry calls)."""
+    k = spec.kernel
+    return {
+        "sigma_w": k.sigma_w,
+        "sigma_b": k.sigma_b,
+        "sigma_a": k.sigma_a,
+        "train_readout": k.train_readout,
+        "param_dtype": jnp.dtype(spec.dtype),
+        **model.model_options(),
+    }
+
+
 def network(spec: Spec, model: ModelSpec, width: int, out_dim: int):
     """The Flax module of a network model ("qkv-attn", a user's) of width ``width`` (registry constructor)."""
-    k = spec.kernel
-    return model_entry(model.name).network(
-        width,
-        out_dim,
-        sigma_w=k.sigma_w,
-        sigma_b=k.sigma_b,
-        sigma_a=k.sigma_a,
-        train_readout=k.train_readout,
-        param_dtype=jnp.dtype(spec.dtype),
-        **model.model_options(),
-    )
+    return model_entry(model.name).network(width, out_dim, **model_kwargs(spec, model))
 
 
 def network_kernel(spec: Spec, model: ModelSpec, data: SweepData, width: int, key) -> np.ndarray:
@@ -177,6 +182,11 @@ def _limit_kernel(
         head = head_config(spec, 1, data.out_dim)
         ntk = head_kernels(features, features[:n], head, dtype="float64").ntk
         return np.asarray(ntk, np.float64), {"limit": "closed-form", "limit_width": 0, "limit_seeds": 0}
+    entry = model_entry(model.name)
+    if entry.limit is not None:  # a composer-defined network ("mlp-relu", "mlp-attn-deep"): kernel_fn's Θ_∞
+        x_all = np.concatenate([data.x_train, data.x_test])
+        theta = entry.limit_kernel(x_all, data.x_train, **model_kwargs(spec, model))
+        return theta, {"limit": "closed-form", "limit_width": 0, "limit_seeds": 0}
     k = spec.kernel
     thetas = (
         network_kernel(spec, model, data, k.limit_width, jax.random.fold_in(jax.random.PRNGKey(i), LIMIT_FOLD))
