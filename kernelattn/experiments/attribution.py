@@ -25,13 +25,13 @@ from kernelattn._precision import enable_x64, x64_enabled
 from kernelattn.data import load
 from kernelattn.errors import InputValueError
 from kernelattn.experiments import provenance
-from kernelattn.experiments.specs import SpecError, read_spec_file
+from kernelattn.experiments.specs import SpecError, spec_and_source
 from kernelattn.experiments.specs.checks import check_bool, check_choice, check_int, check_keys, check_real, check_str
 from kernelattn.experiments.specs.entries import assign_labels, parse_dataset
 from kernelattn.experiments.store import ResultStore, make_record, store_exists, utc_now
 from kernelattn.learning.attribution import ATTRIBUTION_METHODS
 from kernelattn.learning.attribution_truth import compare_to_ground_truth, retrained_loo
-from kernelattn.learning.fitting import fit_model
+from kernelattn.learning.fitting import assess_fit, fit_label, fit_model, resolve_data
 from kernelattn.learning.model_influence import FitOptions, fitted_influence
 from kernelattn.learning.training import TrainConfig, class_targets
 
@@ -165,6 +165,7 @@ def _cell_metrics(spec, data, model: str, width: int, seed: int, dampings, retra
         config=config,
         checkpoints=base.fit_checkpoints,
     )
+    fitted = assess_fit(fitted, resolve_data(data), config, what=fit_label(head, seed))
     split = (data.X_train, data.labels_train, data.X_test, data.labels_test)
     out = {}
     for damping in dampings:
@@ -181,7 +182,7 @@ def _cell_metrics(spec, data, model: str, width: int, seed: int, dampings, retra
             "vs_loo": _truth_table(scores, loo.scores, spec["tau"]),
             "n_train": int(data.X_train.shape[0]),
             "n_test": int(data.X_test.shape[0]),
-            "final_train_loss": float(np.asarray(fitted.losses)[-1]) if len(fitted.losses) else float("nan"),
+            "health": fitted.health.to_dict() if fitted.health is not None else None,
         }
         if retrained is not None:
             metrics["vs_retrained"] = _truth_table(scores, retrained, spec["tau"])
@@ -197,33 +198,28 @@ def run_attribution(
 ) -> list[str]:
     """Score attribution estimators against exact kernel LOO and retraining into ``<out>/<name>``, resumably.
 
-    Spec format (JSON)::
+    One record (kind ``"attribution"``) per (dataset, model, width, seed, damping), keyed by
+    ``provenance.cell_key`` of :func:`attribution_cell`. Metrics: ``vs_loo`` and (with ``retrain``)
+    ``vs_retrained``, each estimator → ``spearman``, ``pearson``, ``topk_overlap``, ``sign_agreement``,
+    ``spearman_std`` (over test points; :func:`kernelattn.learning.attribution_truth.compare_to_ground_truth`);
+    ``n_train``, ``n_test`` and ``health`` (the trained network's ``TrainingHealth``, as a dict).
+    The spec (JSON; defaults of the optional keys shown)::
 
         {"name": "quick_attribution", "kind": "attribution", "description": "...",
          "datasets": [...],            # kernelattn.experiments.specs dataset entries (load options + "label")
-         "models": ["relu", "mlp-attn"],
-         "widths": [64, 1024], "seeds": [0, 1],
+         "models": ["relu", "mlp-attn"], "widths": [64, 512], "seeds": [0, 1],
          "dampings": [1e-3, 1e-1],     # λ of kernel ridge, IF and TRAK (and of the kernel LOO truth)
          "estimators": ["loo", "if", "tracin", "grad-dot", "grad-cos", "representer", "trak"],
-         "training": {"epochs": 200},  # TrainConfig fields
+         "training": {},               # TrainConfig fields (default: the paper's optimizer, 500 epochs)
          "tau": 0.1,                   # top fraction of top-k overlap and sign agreement
          "retrain": true,              # also the network's truth (n + 1 fits per model, width, seed)
          "projection_dim": 64, "checkpoints": 5}   # TRAK's k, TracIn's checkpoints
 
-    One record (kind ``"attribution"``) per (dataset, model, width, seed, damping), keyed by
-    ``provenance.cell_key`` of :func:`attribution_cell`. Metrics: ``vs_loo`` and (with ``retrain``)
-    ``vs_retrained``, each estimator → ``spearman``, ``pearson``, ``topk_overlap``, ``sign_agreement``,
-    ``spearman_std`` (over test points; :func:`kernelattn.learning.attribution_truth.compare_to_ground_truth`),
-    and ``n_train``, ``n_test``, ``final_train_loss``.
-
     Returns:
       The keys of the records written by this call.
     """
-    source = None
-    if isinstance(spec, (str, os.PathLike)):
-        source = str(spec)
-        spec = read_spec_file(spec)
-    datasets, normalized = parse_attribution(spec, source)
+    data, source = spec_and_source(spec)
+    datasets, normalized = parse_attribution(data, source)
     if not x64_enabled():
         enable_x64()
     path = Path(out) / normalized["name"]

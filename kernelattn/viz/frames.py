@@ -26,7 +26,8 @@ else NaN), ``model`` (label: "2L-ReLU", "MLP-Attn", "MLP-Attn (r=10)",
   ``eigenvalues_G``, ``eigenvalues_attention`` (lists);
 - ``attribution``: one row per record, ground truth and estimator: ``width``, ``seed``, ``damping``,
   ``reference`` ("kernel LOO" or "retraining"), ``estimator``, ``spearman``, ``pearson``,
-  ``topk_overlap``, ``sign_agreement``, ``spearman_std`` (over test points), ``n_train``, ``n_test``.
+  ``topk_overlap``, ``sign_agreement``, ``spearman_std`` (over test points), ``n_train``, ``n_test``,
+  ``trained`` and ``health_loss_ratio`` (of the network's fit).
 """
 
 from __future__ import annotations
@@ -235,7 +236,9 @@ def _attribution_rows(store: str, record: Mapping[str, Any]) -> list[dict[str, A
     row.update(_dataset_columns(cell.get("dataset", {}), record.get("spec", {})))
     row.update(model_info(cell["model"]), model_index=_model_index(cell["model"], record.get("spec", {})))
     row.update(width=int(cell["width"]), seed=int(cell["seed"]), damping=float(cell["damping"]))
-    row.update(n_train=metrics.get("n_train"), n_test=metrics.get("n_test"))
+    health = metrics.get("health") or {}
+    row.update(n_train=metrics.get("n_train"), n_test=metrics.get("n_test"), trained=health.get("trained", True))
+    row["health_loss_ratio"] = health.get("loss_ratio", math.nan)
     return [
         {**row, "reference": reference, "estimator": estimator, **values}
         for entry, reference in ATTRIBUTION_REFERENCES.items()

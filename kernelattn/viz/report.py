@@ -350,7 +350,8 @@ def _attribution_section(frames: Frames, refs: RefBook) -> Section:
         "trained network's empirical NTK at damping λ (so the LOO row is 1 by construction), *retraining* the "
         "trained network's change on each test point's true class when that point is left out and the network "
         "retrained from the same initialization (independent of λ). Mean ± sample std over seeds, [min – max] of "
-        "the seeds.",
+        "the seeds. † a network of this row did not train (`TrainingHealth`): its retraining differences are "
+        "those of a near-chance fit.",
         [(s, [attribution_table(frames.attribution[frames.attribution["store"] == s], refs), ""]) for s in stores],
     )
 

@@ -568,7 +568,8 @@ def protocol_table(summary: pd.DataFrame, refs: RefBook) -> tuple[str, str] | No
 
 def attribution_table(attribution: pd.DataFrame, refs: RefBook) -> str:
     """Spearman ρ of each estimator against exact kernel LOO and against retraining, per model, width m and
-    damping λ: mean ± sample std over seeds, [min, max] of the seeds beside it (docs/math.md §14)."""
+    damping λ: mean ± sample std over seeds, [min, max] of the seeds beside it (docs/math.md §14); † a fit
+    of the row did not train."""
     by = ["dataset", "model", "estimator", "width", "damping"]
     references = list(dict.fromkeys(attribution["reference"]))
     rows = []
@@ -584,7 +585,7 @@ def attribution_table(attribution: pd.DataFrame, refs: RefBook) -> str:
         rows.append(
             [
                 dataset,
-                model,
+                model + ("" if group["trained"].all() else " †"),
                 estimator,
                 str(width),
                 fmt(damping),
