@@ -33,8 +33,10 @@ Spec kinds, dispatched by their ``"kind"``:
 - ``"kernel"``, ``"training"``: :func:`kernelattn.experiments.sweeps.run_sweep`
   (``kernelattn.experiments.specs`` format);
 - ``"malleability"``: :func:`kernelattn.experiments.malleability.runner.run_malleability_spec`;
-- ``"conditions"``: the condition-number table, computed here
-  (:func:`kernelattn.experiments.conditions.run_conditions`, format in its docstring).
+- ``"conditions"``: the condition-number table
+  (:func:`kernelattn.experiments.conditions.run_conditions`, format in its docstring);
+- ``"attribution"``: attribution estimators against exact kernel LOO and retraining
+  (:func:`kernelattn.experiments.attribution.run_attribution`, format in its docstring).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ import platformdirs
 from kernelattn._precision import enable_x64, precision_policy, x64_enabled
 from kernelattn.data import DatasetNotFoundError, dataset_info, load
 from kernelattn.errors import InputValueError
+from kernelattn.experiments.attribution import parse_attribution, run_attribution
 from kernelattn.experiments.conditions import parse_conditions, run_conditions
 from kernelattn.experiments.malleability.runner import check_malleability_spec, run_malleability_spec
 from kernelattn.experiments.specs import (
@@ -83,7 +86,7 @@ __all__ = [
 
 TIERS = ("quick", "real", "paper", "full")
 #: Run order of spec kinds (cheap tables first, so a failure shows early).
-KIND_ORDER = ("conditions", "kernel", "training", "malleability")
+KIND_ORDER = ("conditions", "kernel", "training", "malleability", "attribution")
 _FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 
 
@@ -201,6 +204,8 @@ def _validate(entries: list[_SpecEntry]) -> None:
         try:
             if entry.kind == "conditions":
                 parse_conditions(entry.data, entry.source)
+            elif entry.kind == "attribution":
+                parse_attribution(entry.data, entry.source)
             elif entry.kind in ("kernel", "training"):
                 load_spec(entry.source if entry.source is not None else entry.data)
             else:
@@ -362,9 +367,10 @@ def _setup_compile_cache(compile_cache: Any) -> None:
 
 def _run_one(entry: _SpecEntry, out: Path, progress: bool) -> int:
     """Run one spec into ``<out>/<name>``; the number of records written."""
-    if entry.kind == "conditions":
+    if entry.kind in ("conditions", "attribution"):
+        run = run_conditions if entry.kind == "conditions" else run_attribution
         return len(
-            run_conditions(
+            run(
                 entry.data if entry.source is None else entry.source,
                 out,
                 progress=(lambda msg: _say(True, f"    {msg}")) if progress else None,

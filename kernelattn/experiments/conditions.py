@@ -18,7 +18,7 @@ from kernelattn._precision import enable_x64, x64_enabled
 from kernelattn.data import load
 from kernelattn.errors import InputValueError
 from kernelattn.experiments import provenance
-from kernelattn.experiments.specs import SpecError, parse_spec, read_spec_file
+from kernelattn.experiments.specs import SpecError, parse_spec, spec_and_source
 from kernelattn.experiments.store import ResultStore, make_record, store_exists, utc_now
 from kernelattn.kernels.gram import condition_report
 from kernelattn.transforms import linear_attention
@@ -161,11 +161,8 @@ def run_conditions(
     Returns:
       The keys of the records written by this call.
     """
-    source = None
-    if isinstance(spec, (str, os.PathLike)):
-        source = str(spec)
-        spec = read_spec_file(spec)
-    datasets, normalized = parse_conditions(spec, source)
+    data, source = spec_and_source(spec)
+    datasets, normalized = parse_conditions(data, source)
     if not x64_enabled():
         enable_x64()
     path = Path(out) / normalized["name"]

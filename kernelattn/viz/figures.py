@@ -29,6 +29,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from kernelattn.viz.figures_attribution import plot_attribution
 from kernelattn.viz.figures_malleability import (
     default_protocol,
     plot_adversarial_training,
@@ -173,6 +174,16 @@ def _store_jobs(frames: Frames, store: str, colors: dict[str, str]) -> list[Figu
                     on_m,
                 )
             )
+    a = rows(frames.attribution)
+    if not a.empty:
+        jobs.append(
+            FigureJob(
+                f"{store}_attribution",
+                f"Attribution estimators against exact kernel LOO and retraining: Spearman ρ against width ({store}).",
+                plot_attribution,
+                {"attribution": a},
+            )
+        )
     return jobs
 
 
@@ -184,7 +195,7 @@ def figure_jobs(frames: Frames) -> list[FigureJob]:
     synthetic κ); training sweep → NTK distance; malleability → flip-rate
     bars (several attacks, or nothing more specific), ε sweep (several ε),
     adversarial training (several training modes), remedies (variants),
-    κ sweep (synthetic κ). Models keep one colour across all figures.
+    κ sweep (synthetic κ); attribution → Spearman ρ against width. Models keep one colour across all figures.
     """
     labels = []
     for frame in (frames.kernel, frames.training, frames.malleability):
@@ -192,7 +203,7 @@ def figure_jobs(frames: Frames) -> list[FigureJob]:
             labels += list(frame["model"].unique())
     colors = model_colors(list(dict.fromkeys(labels)))
     stores: list[str] = []  # store names, or "<store>~<setting>" when a store holds several settings
-    for frame in (frames.conditions, frames.kernel, frames.training, frames.malleability):
+    for frame in (frames.conditions, frames.kernel, frames.training, frames.malleability, frames.attribution):
         if not frame.empty:
             stores += [s for s in dict.fromkeys(frame["store"]) if s not in stores]
     return [job for store in sorted(stores) for job in _store_jobs(frames, store, colors)]

@@ -23,7 +23,11 @@ else NaN), ``model`` (label: "2L-ReLU", "MLP-Attn", "MLP-Attn (r=10)",
 - ``conditions``: ``n``, ``d``, ``rank_G``, ``kappa_G``, ``kappa_d_G``,
   ``power``, ``kappa_d_G_power``, ``kappa_attention``, ``kappa_d_attention``,
   ``kappa_d_features``, ``log10_m_theory``, and the spectra
-  ``eigenvalues_G``, ``eigenvalues_attention`` (lists).
+  ``eigenvalues_G``, ``eigenvalues_attention`` (lists);
+- ``attribution``: one row per record, ground truth and estimator: ``width``, ``seed``, ``damping``,
+  ``reference`` ("kernel LOO" or "retraining"), ``estimator``, ``spearman``, ``pearson``,
+  ``topk_overlap``, ``sign_agreement``, ``spearman_std`` (over test points), ``n_train``, ``n_test``,
+  ``trained`` and ``health_loss_ratio`` (of the network's fit).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +46,16 @@ from kernelattn.analysis.labels import classes_text, dataset_label, model_info
 from kernelattn.experiments.provenance import canonical_json
 from kernelattn.experiments.store import ResultStore
 
-__all__ = ["MANIFEST", "SHORT_KEY", "Frames", "find_stores", "is_kappa_sweep", "load_frames", "setting_of"]
+__all__ = [
+    "ATTRIBUTION_REFERENCES",
+    "MANIFEST",
+    "SHORT_KEY",
+    "Frames",
+    "find_stores",
+    "is_kappa_sweep",
+    "load_frames",
+    "setting_of",
+]
 
 MANIFEST = "kernelattn-store.json"
 SHORT_KEY = 12
@@ -56,7 +69,8 @@ class Frames:
     Attributes:
       out: the results directory.
       stores: store directory names, sorted.
-      kernel, training, malleability, conditions: one row per record of that kind. Their ``store``
+      kernel, training, malleability, conditions: one row per record of that kind (attribution: per
+        record, ground truth and estimator). Their ``store``
         column is the store's name, or ``<name>~<setting>`` when one store holds records of several
         settings (see :func:`setting_of`), so that they are never merged; ``store_path`` is the name.
       info: per store: ``kinds`` (record counts by kind), ``description`` (of its spec),
@@ -70,6 +84,7 @@ class Frames:
     malleability: pd.DataFrame
     conditions: pd.DataFrame
     info: dict[str, dict[str, Any]]
+    attribution: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
 
 
 def find_stores(out: str | Path) -> list[Path]:
@@ -211,6 +226,28 @@ def _conditions_row(store: str, record: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
+#: The ground truths of an attribution record: its metrics entry → the ``reference`` column.
+ATTRIBUTION_REFERENCES = {"vs_loo": "kernel LOO", "vs_retrained": "retraining"}
+
+
+def _attribution_rows(store: str, record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    cell, metrics = record["cell"], record["metrics"]
+    row = _base(store, record)
+    row.update(_dataset_columns(cell.get("dataset", {}), record.get("spec", {})))
+    row.update(model_info(cell["model"]), model_index=_model_index(cell["model"], record.get("spec", {})))
+    row.update(width=int(cell["width"]), seed=int(cell["seed"]), damping=float(cell["damping"]))
+    health = metrics.get("health") or {}
+    row.update(n_train=metrics.get("n_train"), n_test=metrics.get("n_test"), trained=health.get("trained", True))
+    row["health_loss_ratio"] = health.get("loss_ratio", math.nan)
+    return [
+        {**row, "reference": reference, "estimator": estimator, **values}
+        for entry, reference in ATTRIBUTION_REFERENCES.items()
+        for estimator in cell.get("estimators", [])  # the spec's order (stored metrics are key-sorted)
+        for values in [(metrics.get(entry) or {}).get(estimator)]
+        if values is not None
+    ]
+
+
 #: Cell entries that tables and figures show as columns (or that vary within one setting); the rest of a
 #: cell is its "setting": records of one store whose settings differ (the spec was edited between runs)
 #: are reported apart, never averaged together.
@@ -231,6 +268,7 @@ _SHOWN = {
         "attack_target",
     ),
     "conditions": ("dataset",),
+    "attribution": ("seed", "width", "model", "dataset", "damping"),
 }
 
 
@@ -240,11 +278,13 @@ def setting_of(kind: str, cell: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(rest).encode("ascii")).hexdigest()[:8]
 
 
-_BUILDERS = {
+#: Record kind → (frame, its rows: one row, or a list of rows).
+_BUILDERS: dict[str, tuple[str, Callable[[str, Mapping[str, Any]], dict | list[dict]]]] = {
     "kernel_sweep": ("kernel", _kernel_row),
     "training_sweep": ("training", _kernel_row),
     "malleability": ("malleability", _malleability_row),
     "conditions": ("conditions", _conditions_row),
+    "attribution": ("attribution", _attribution_rows),
 }
 
 
@@ -264,7 +304,13 @@ def _environment(record: Mapping[str, Any]) -> dict[str, Any]:
 def load_frames(out: str | Path) -> Frames:
     """Read every store under ``out`` (read-only) into :class:`Frames`. Computes nothing."""
     out = Path(out)
-    rows: dict[str, list[dict]] = {"kernel": [], "training": [], "malleability": [], "conditions": []}
+    rows: dict[str, list[dict]] = {
+        "kernel": [],
+        "training": [],
+        "malleability": [],
+        "conditions": [],
+        "attribution": [],
+    }
     info: dict[str, dict[str, Any]] = {}
     stores = []
     for path in find_stores(out):
@@ -279,10 +325,11 @@ def load_frames(out: str | Path) -> Frames:
             kinds[record["kind"]] = kinds.get(record["kind"], 0) + 1
             builder = _BUILDERS.get(record["kind"])
             if builder is not None:
-                row = builder[1](name, record)
-                row["store_path"] = name
-                row["setting"] = setting_of(builder[0], record["cell"])
-                mine.setdefault(builder[0], []).append(row)
+                built = builder[1](name, record)
+                for row in built if isinstance(built, list) else [built]:
+                    row["store_path"] = name
+                    row["setting"] = setting_of(builder[0], record["cell"])
+                    mine.setdefault(builder[0], []).append(row)
             finished = (record.get("timing") or {}).get("finished") or ""
             if latest is None or finished > ((latest.get("timing") or {}).get("finished") or ""):
                 latest = record
@@ -304,10 +351,19 @@ def load_frames(out: str | Path) -> Frames:
     frames = {}
     for kind, kind_rows in rows.items():
         frame = pd.DataFrame(kind_rows)
-        order = [c for c in ("store", "dataset_index", "model_index", "width", "seed", "epsilon") if c in frame]
+        order = [
+            c for c in ("store", "dataset_index", "model_index", "width", "seed", "epsilon", "damping") if c in frame
+        ]
         frames[kind] = frame.sort_values(order, kind="stable").reset_index(drop=True) if order else frame
     return Frames(
-        out, tuple(stores), frames["kernel"], frames["training"], frames["malleability"], frames["conditions"], info
+        out,
+        tuple(stores),
+        frames["kernel"],
+        frames["training"],
+        frames["malleability"],
+        frames["conditions"],
+        info,
+        frames["attribution"],
     )
 
 

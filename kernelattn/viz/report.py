@@ -31,6 +31,7 @@ from kernelattn.viz.frames import SHORT_KEY, Frames, is_kappa_sweep
 from kernelattn.viz.report_tables import (
     FLAG_NOTE,
     RefBook,
+    attribution_table,
     certificate_gap_table,
     condition_table,
     convergence_table,
@@ -55,6 +56,7 @@ FIGURE_SUFFIXES = (
     "flip_rates",
     "epsilon",
     "adversarial_training",
+    "attribution",
 )
 REPRODUCED, NOT_REPRODUCED, NOT_TESTABLE = "reproduced", "not reproduced", "not testable here"
 
@@ -339,6 +341,21 @@ def _malleability_section(frames: Frames, summary: pd.DataFrame, refs: RefBook) 
     )
 
 
+def _attribution_section(frames: Frames, refs: RefBook) -> Section:
+    stores = dict.fromkeys(frames.attribution["store"])
+    return (
+        "Attribution estimators against ground truth",
+        "Per test point, Spearman ρ between an estimator's scores over the training points and a ground truth's, "
+        "averaged over test points (docs/math.md §14): *kernel LOO* is exact leave-one-out of kernel ridge on the "
+        "trained network's empirical NTK at damping λ (so the LOO row is 1 by construction), *retraining* the "
+        "trained network's change on each test point's true class when that point is left out and the network "
+        "retrained from the same initialization (independent of λ). Mean ± sample std over seeds, [min – max] of "
+        "the seeds. † a network of this row did not train (`TrainingHealth`): its retraining differences are "
+        "those of a near-chance fit.",
+        [(s, [attribution_table(frames.attribution[frames.attribution["store"] == s], refs), ""]) for s in stores],
+    )
+
+
 # =========================================================================== the report
 
 
@@ -426,6 +443,7 @@ def render_report(
         (frames.kernel, lambda: _convergence_section(frames, fits, refs)),
         (frames.training, lambda: _training_section(frames, refs)),
         (frames.malleability, lambda: _malleability_section(frames, summary, refs)),
+        (frames.attribution, lambda: _attribution_section(frames, refs)),
     ]
     linked: list[str] = []
     section = 1

@@ -33,6 +33,7 @@ __all__ = [
     "FLAG_NOTE",
     "PROTOCOL_FACTORS",
     "RefBook",
+    "attribution_table",
     "certificate_gap_table",
     "condition_table",
     "convergence_table",
@@ -563,3 +564,36 @@ def protocol_table(summary: pd.DataFrame, refs: RefBook) -> tuple[str, str] | No
         + FLAG_NOTE
     )
     return text, markdown_table(header, rows, ["l", "l"] + ["r"] * len(datasets) + ["r"])
+
+
+def attribution_table(attribution: pd.DataFrame, refs: RefBook) -> str:
+    """Spearman ρ of each estimator against exact kernel LOO and against retraining, per model, width m and
+    damping λ: mean ± sample std over seeds, [min, max] of the seeds beside it (docs/math.md §14); † a fit
+    of the row did not train."""
+    by = ["dataset", "model", "estimator", "width", "damping"]
+    references = list(dict.fromkeys(attribution["reference"]))
+    rows = []
+    for values, group in attribution.groupby(by, sort=False):
+        dataset, model, estimator, width, damping = values
+        cells = []
+        for reference in references:
+            spearman = group[group["reference"] == reference]["spearman"]
+            stats = seed_stats(spearman)
+            cells.append(f"{fmt_pm(stats.mean, stats.std)} [{fmt_range(spearman)}]" if stats.n else "-")
+        what = f"{dataset}, {model}, {estimator}, m={width}, λ={damping:g}"
+        keys = list(dict.fromkeys(group["key"]))
+        rows.append(
+            [
+                dataset,
+                model + ("" if group["trained"].all() else " †"),
+                estimator,
+                str(width),
+                fmt(damping),
+                str(len(keys)),
+                *cells,
+                refs.ref(group["store"].iloc[0], what, keys),
+            ]
+        )
+    header = ["Dataset", "Model", "Estimator", "m", "λ", "seeds"]
+    header += [f"Spearman vs {reference}" for reference in references] + ["records"]
+    return markdown_table(header, rows, ["l", "l", "l"] + ["r"] * (len(header) - 3))

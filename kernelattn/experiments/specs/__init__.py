@@ -52,7 +52,13 @@ from kernelattn.experiments.specs.entries import (
     ModelSpec,
     source_options,
 )
-from kernelattn.experiments.specs.files import MAX_NAME_LENGTH, MAX_SPEC_BYTES, check_store_name, read_spec_file
+from kernelattn.experiments.specs.files import (
+    MAX_NAME_LENGTH,
+    MAX_SPEC_BYTES,
+    check_store_name,
+    read_spec_file,
+    spec_and_source,
+)
 from kernelattn.experiments.specs.malleability import (
     MalleabilitySpec,
     malleability_cells,
@@ -136,4 +142,5 @@ __all__ = [
     "read_spec_file",
     "resolve_max_cells",
     "source_options",
+    "spec_and_source",
 ]

@@ -16,7 +16,7 @@ from typing import Any
 
 from kernelattn.experiments.specs.checks import SpecError, SpecFileNotFoundError, check_str, show
 
-__all__ = ["MAX_NAME_LENGTH", "MAX_SPEC_BYTES", "check_store_name", "read_spec_file"]
+__all__ = ["MAX_NAME_LENGTH", "MAX_SPEC_BYTES", "check_store_name", "read_spec_file", "spec_and_source"]
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 #: Longest store name (one directory name; filesystems allow 255 bytes).
@@ -58,6 +58,14 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise _BadJSONError(f"duplicate key {key!r} in one JSON object (the later value would silently win)")
         seen[key] = value
     return seen
+
+
+def spec_and_source(spec: Any) -> tuple[Any, str | None]:
+    """A spec given as a file path (read by :func:`read_spec_file`) or as data: ``(data, source)``,
+    ``source`` the path, or None for data (passed on as given, for its parser to check)."""
+    if isinstance(spec, (str, os.PathLike)):
+        return read_spec_file(spec), os.fspath(spec)
+    return spec, None
 
 
 def read_spec_file(path: str | os.PathLike[str]) -> dict[str, Any]:
