@@ -195,7 +195,7 @@ def test_redraw_without_a_store_is_an_error(tmp_path):
 #: The paper artifacts each tier must cover (the paper tier: every MNIST experiment, no remedies or κ sweep).
 _PAPER_MNIST = ("conditions", "width", "malleability", "epsilon", "adversarial_training")
 _MORE = ("remedies_kernel", "remedies_malleability", "kappa_kernel", "kappa_malleability")
-TIER_ARTIFACTS = {"quick": _PAPER_MNIST + _MORE + ("attribution",), "real": _PAPER_MNIST + _MORE, "full": _PAPER_MNIST + _MORE,
+TIER_ARTIFACTS = {"quick": _PAPER_MNIST + _MORE + ("attribution", "depth"), "real": _PAPER_MNIST + _MORE, "full": _PAPER_MNIST + _MORE,
                   "paper": _PAPER_MNIST + ("ntk_distance",)}
 
 
