@@ -60,7 +60,8 @@ from kernelattn.data import DatasetNotFoundError, dataset_info, load
 from kernelattn.errors import InputValueError
 from kernelattn.experiments.attribution import parse_attribution, run_attribution
 from kernelattn.experiments.conditions import parse_conditions, run_conditions
-from kernelattn.experiments.malleability.runner import check_malleability_spec, run_malleability_spec
+from kernelattn.experiments.malleability.runner import FitCache, check_malleability_spec, run_malleability_spec
+from kernelattn.experiments.resources import SMALL_N_BLAS, blas_single_thread
 from kernelattn.experiments.specs import (
     SpecError,
     check_store_name,
@@ -365,8 +366,32 @@ def _setup_compile_cache(compile_cache: Any) -> None:
         warnings.warn(f"compile_cache: JAX's persistent cache is not available ({err})", stacklevel=3)
 
 
-def _run_one(entry: _SpecEntry, out: Path, progress: bool) -> int:
-    """Run one spec into ``<out>/<name>``; the number of records written."""
+def _largest_training_set(spec: Any) -> int | None:
+    """The largest ``n_train`` a spec names (datasets, variants, lists of sizes), or None when a
+    dataset entry names none (its full size)."""
+    if isinstance(spec, list):
+        sizes = [_largest_training_set(item) for item in spec]
+    elif isinstance(spec, dict):
+        if "name" in spec and "n_train" not in spec and ("seed" in spec or "n_test" in spec):
+            return None
+        named = spec.get("n_train", 0)
+        sizes = [_largest_training_set(value) for value in spec.values()]
+        sizes.append(max(named) if isinstance(named, list) and named else named if isinstance(named, int) else 0)
+    else:
+        return 0
+    return None if None in sizes else max((size for size in sizes if size is not None), default=0)
+
+
+def _run_one(entry: _SpecEntry, out: Path, progress: bool, fits: FitCache) -> int:
+    """Run one spec into ``<out>/<name>``; the number of records written. Malleability specs share
+    the trained networks of ``fits``. Dense linear algebra runs on one thread when every training
+    set is small (``kernelattn.experiments.resources.blas_single_thread``)."""
+    largest = _largest_training_set(entry.data)
+    with blas_single_thread(SMALL_N_BLAS + 1 if largest is None else largest):
+        return _run_entry(entry, out, progress, fits)
+
+
+def _run_entry(entry: _SpecEntry, out: Path, progress: bool, fits: FitCache) -> int:
     if entry.kind in ("conditions", "attribution"):
         run = run_conditions if entry.kind == "conditions" else run_attribution
         return len(
@@ -398,7 +423,9 @@ def _run_one(entry: _SpecEntry, out: Path, progress: bool) -> int:
             f"seed {cell['seed']}: flip rate {rep.flip_rate:.3f}",
         )
 
-    return len(run_malleability_spec(entry.data, store, progress=report if progress else None, loaded=loaded))
+    return len(
+        run_malleability_spec(entry.data, store, progress=report if progress else None, loaded=loaded, fits=fits)
+    )
 
 
 def reproduce(
@@ -471,6 +498,7 @@ def _reproduce(tier, only, out, figures_dir, progress, *, specs, experiments, co
     _setup_compile_cache(compile_cache)
     out.mkdir(parents=True, exist_ok=True)
     runs = []
+    fits = FitCache()  # the specs of a tier train many of the same networks (same data, seeds, settings)
     for i, entry in enumerate(entries, 1):
         _say(
             progress,
@@ -479,7 +507,7 @@ def _reproduce(tier, only, out, figures_dir, progress, *, specs, experiments, co
         )
         t0 = time.perf_counter()
         try:
-            written = _run_one(entry, out, progress)
+            written = _run_one(entry, out, progress, fits)
         except DatasetNotFoundError as err:
             raise DatasetNotFoundError(f"experiment {entry.name!r} ({entry.source or 'given spec'}): {err}") from err
         seconds = time.perf_counter() - t0

@@ -191,3 +191,49 @@ def test_malleability_bad_arguments(digits, kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         malleability(**args)
+
+
+def test_fit_cache_trains_each_network_once_across_variants_and_specs(tmp_path, monkeypatch):
+    """Variants and specs that train the same network (data, model, seed, settings) share one fit;
+    the records equal those of a run that trains every group afresh."""
+    from kernelattn.experiments.malleability import experiment, runner
+    from kernelattn.experiments.store import ResultStore
+
+    trained = []
+    fit_in_mode = experiment.fit_in_mode
+    monkeypatch.setattr(experiment, "fit_in_mode", lambda *a, **k: trained.append(1) or fit_in_mode(*a, **k))
+    spec = {
+        "kind": "malleability",
+        "datasets": [{"name": "digits", "n_train": 30, "n_test": 10, "seed": 0, "label": "digits"}],
+        "models": ["relu"], "attacks": ["pgd"], "epsilons": [0.1], "width": 8,
+        "training": {"epochs": 2}, "attack_config": {"steps": 1}, "null_baselines": ["seed"],
+        "variants": [{"label": "Θ_∞", "influence_kernels": ["infinite"]}, {"label": "n = 20", "n_train": 20}],
+    }
+    fits = runner.FitCache()
+    shared = ResultStore.open(tmp_path / "shared")
+    runner.run_malleability_spec(spec, shared, fits=fits)
+    assert len(trained) == 4  # clean fit and null refit, at n = 30 and at n = 20
+    runner.run_malleability_spec(spec, ResultStore.open(tmp_path / "again"), fits=fits)
+    assert len(trained) == 4  # a second spec with the same networks trains none
+    fresh = ResultStore.open(tmp_path / "fresh")
+    for label, variant in runner.spec_variants(spec):
+        runner.run_malleability_spec({**variant, "variants": []}, fresh, fits=runner.FitCache())
+    strip = ["seconds", "started", "finished", "variants"]
+    mine = shared.to_frame("malleability").drop(columns=strip, errors="ignore").sort_values("key")
+    theirs = fresh.to_frame("malleability").drop(columns=strip, errors="ignore").sort_values("key")
+    pd.testing.assert_frame_equal(mine.reset_index(drop=True), theirs.reset_index(drop=True))
+
+
+def test_fit_cache_drops_the_least_recently_used_past_its_byte_limit():
+    from kernelattn.experiments.malleability.runner import FitCache
+    from kernelattn.learning.fitting import FittedModel
+
+    def fit(width):
+        w = np.zeros((4, width), np.float32)
+        return FittedModel(None, {"params": {"W": w}}, {"params": {"W": w}}, np.zeros(0))
+
+    cache = FitCache(max_bytes=2 * 2 * 4 * 8 * 4)  # two fits of width 8 (variables and initial)
+    cache.put("a", fit(8)), cache.put("b", fit(8))
+    assert cache.get("a") is not None  # now the most recently used
+    cache.put("c", fit(8))
+    assert cache.get("b") is None and cache.get("a") is not None and cache.get("c") is not None

@@ -24,3 +24,19 @@ def test_programs_are_kept_below_the_threshold_and_dropped_above_it():
     assert dropped is (memory_maps() is not None)
     if dropped:
         assert double._cache_size() == 0
+
+
+def test_small_linear_algebra_runs_on_one_blas_thread_and_large_keeps_its_threads():
+    from threadpoolctl import threadpool_info
+
+    from kernelattn.experiments.resources import SMALL_N_BLAS, blas_single_thread
+
+    def blas_threads():
+        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+    before = blas_threads()
+    with blas_single_thread(SMALL_N_BLAS):
+        assert blas_threads() == {1}
+    assert blas_threads() == before
+    with blas_single_thread(SMALL_N_BLAS + 1):
+        assert blas_threads() == before

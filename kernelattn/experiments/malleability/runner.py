@@ -3,14 +3,19 @@
 A spec (``kernelattn.experiments.specs.parse_malleability_spec``) expands into
 cells; the cells sharing one clean fit form a group, prepared once
 (:func:`~kernelattn.experiments.malleability.experiment.prepare`) and measured
-cell by cell into records of kind "malleability".
+cell by cell into records of kind "malleability". A :class:`FitCache` shares the clean fits
+and null refits between groups that train the same network on the same data (the variants of a
+protocol matrix, the specs of a tier): training is deterministic, so a shared fit is the very fit.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Mapping
 from typing import Any
+
+import jax
 
 from kernelattn._precision import precision_policy, resolve_precision
 from kernelattn.data import api as data_api
@@ -24,9 +29,10 @@ from kernelattn.experiments.malleability.experiment import (
     plan_memory,
     prepare,
 )
-from kernelattn.experiments.resources import release_compiled_programs_if_crowded
+from kernelattn.experiments.resources import blas_single_thread, release_compiled_programs_if_crowded
 from kernelattn.experiments.store import make_record, utc_now
 from kernelattn.kernels import memory
+from kernelattn.learning.attacks import as_attack_config
 from kernelattn.learning.fitting import FittedModel, as_train_config, resolve_model
 from kernelattn.models import make_model
 
@@ -35,6 +41,59 @@ SPEC_KEYS = specs.MALLEABILITY_KEYS
 #: The null baselines of a spec that names none.
 DEFAULT_NULLS = next(key.default for key in specs.MALLEABILITY_SCHEMA if key.name == "null_baselines")
 _HEAD_KEYS = {"readout": "train_readout", "sigma_w": "sigma_w", "sigma_b": "sigma_b", "sigma_a": "sigma_a"}
+
+
+class FitCache:
+    """Trained networks by what determines them, least recently used dropped past ``max_bytes``.
+
+    A key names everything a fit depends on (dataset entry, model, width, head, seed, training mode
+    and settings, PGD-AT radius and attack, dtype, precision, and the null kind of a refit), so a
+    hit returns the fit that training would produce again, bit for bit on the same machine.
+    """
+
+    def __init__(self, max_bytes: int = 512 * 2**20):
+        self.max_bytes = max_bytes
+        self._fits: collections.OrderedDict[str, tuple[FittedModel, int]] = collections.OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: str) -> FittedModel | None:
+        """The fit stored under ``key`` (now the most recently used), or None."""
+        if key not in self._fits:
+            return None
+        self._fits.move_to_end(key)
+        return self._fits[key][0]
+
+    def put(self, key: str, fitted: FittedModel) -> FittedModel:
+        """Store ``fitted`` under ``key``; returns it."""
+        size = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves((fitted.variables, fitted.initial)))
+        self._fits[key] = (fitted, size)
+        self._bytes += size
+        while self._bytes > self.max_bytes and len(self._fits) > 1:
+            _, (_, dropped) = self._fits.popitem(last=False)
+            self._bytes -= dropped
+        return fitted
+
+
+def fit_key(parsed: Mapping, dataset: Mapping, group: tuple, null: str | None = None) -> str:
+    """The :class:`FitCache` key of a group's clean fit (``null=None``) or of its null refit of that kind."""
+    seed, model, width, mode, _ = group
+    pgd_at = mode == "pgd-at"
+    return provenance.canonical_json(
+        {
+            "dataset": dataset,
+            "model": model,
+            "width": width,
+            "head": parsed["head"],
+            "seed": seed,
+            "training_mode": mode,
+            "training": dataclasses.asdict(as_train_config(parsed["training"] or None)),
+            "at_epsilon": parsed["at_epsilon"] if pgd_at else None,
+            "attack_config": dataclasses.asdict(as_attack_config(parsed["attack_config"] or None)) if pgd_at else None,
+            "dtype": parsed["dtype"],
+            "precision": parsed["precision"],
+            "null": null,
+        }
+    )
 
 
 def _spec_model(entry, width: int, out_dim: int, head_options: Mapping):
@@ -140,7 +199,13 @@ def check_malleability_spec(spec: Mapping, *, max_cells: int | None = None, budg
 
 
 def run_malleability_spec(
-    spec: Mapping, store, *, progress=None, loaded: Mapping | None = None, max_cells: int | None = None
+    spec: Mapping,
+    store,
+    *,
+    progress=None,
+    loaded: Mapping | None = None,
+    max_cells: int | None = None,
+    fits: FitCache | None = None,
 ) -> list[str]:
     """Run a malleability experiment spec into a ``ResultStore``, resumably.
 
@@ -197,6 +262,8 @@ def run_malleability_spec(
       progress: optional callable ``progress(cell, report)`` after each stored cell.
       loaded: datasets already loaded by :func:`check_malleability_spec`.
       max_cells: the cell limit (see ``kernelattn.experiments.specs.parse_malleability_spec``).
+      fits: a :class:`FitCache` to share fits with other specs (a tier passes one to all its
+        specs); None → one for this call, shared by the spec's variants.
 
     Returns:
       The keys of the records written by this call.
@@ -214,10 +281,10 @@ def run_malleability_spec(
                     membership.setdefault(provenance.cell_key(cell), []).append(label)
     written: list[str] = []
     loaded = dict(loaded or {})
+    fits = FitCache() if fits is None else fits  # one clean fit serves every influence kernel and variant
     for _, parsed in plans:
         with precision_policy(parsed["precision"]):
             for index, (dataset, dataset_label) in enumerate(zip(parsed["datasets"], parsed["dataset_labels"])):
-                fits: dict[tuple, FittedModel] = {}  # one clean fit serves every influence kernel
                 release_compiled_programs_if_crowded()
                 for group in _spec_groups(parsed):
                     cells = [(provenance.cell_key(cell), cell) for cell in _group_cells(parsed, dataset, group)]
@@ -227,44 +294,52 @@ def run_malleability_spec(
                     data_key = provenance.canonical_json(dataset)
                     if data_key not in loaded:
                         loaded[data_key] = _load_dataset(dataset, dataset_label, index)
-                    data = loaded[data_key]
-                    seed, model, width, mode, kernel = group
-                    config = as_train_config(parsed["training"] or None)
-                    fit_key = (seed, provenance.canonical_json(model), width, mode)
-                    experiment = prepare(
-                        data,
-                        model=_spec_model(model, width, config.out_dim(data.n_classes), parsed["head"]),
-                        width=width,
-                        ridge=parsed["ridge"],
-                        seed=seed,
-                        kernel=kernel,
-                        influence=parsed["influence"],
-                        targets=parsed["targets"],
-                        training=mode,
-                        at_epsilon=parsed["at_epsilon"],
-                        train_config=config,
-                        attack_config=parsed["attack_config"] or None,
-                        dtype=parsed["dtype"],
-                        fitted=fits.get(fit_key),
-                        attack_targets=parsed["attack_targets"]
-                        if any(i != "curated" for i in parsed["interventions"])
-                        else (),
-                    )
-                    fits[fit_key] = experiment.fitted
                     context = {
                         "spec": spec,
                         "parsed": parsed,
+                        "dataset": dataset,
                         "dataset_label": dataset_label,
+                        "group": group,
                         "fits": fits,
-                        "fit_key": fit_key,
                     }
-                    for key, cell in cells:
-                        report = _run_cell(store, key, cell, experiment, context, membership.get(key, []))
-                        if report is not None:
-                            written.append(key)
-                            if progress is not None:
-                                progress(cell, report)
+                    data = loaded[data_key]
+                    with blas_single_thread(data.X_train.shape[0]):
+                        experiment = _prepare_group(data, context)
+                        for key, cell in cells:
+                            report = _run_cell(store, key, cell, experiment, context, membership.get(key, []))
+                            if report is not None:
+                                written.append(key)
+                                if progress is not None:
+                                    progress(cell, report)
     return written
+
+
+def _prepare_group(data, context: dict) -> Experiment:
+    """The experiment of one group (``context``: its parsed spec, dataset entry, group and the
+    :class:`FitCache`), its clean fit taken from the cache when there."""
+    parsed, fits = context["parsed"], context["fits"]
+    seed, model, width, mode, kernel = context["group"]
+    config = as_train_config(parsed["training"] or None)
+    clean_key = fit_key(parsed, context["dataset"], context["group"])
+    experiment = prepare(
+        data,
+        model=_spec_model(model, width, config.out_dim(data.n_classes), parsed["head"]),
+        width=width,
+        ridge=parsed["ridge"],
+        seed=seed,
+        kernel=kernel,
+        influence=parsed["influence"],
+        targets=parsed["targets"],
+        training=mode,
+        at_epsilon=parsed["at_epsilon"],
+        train_config=config,
+        attack_config=parsed["attack_config"] or None,
+        dtype=parsed["dtype"],
+        fitted=fits.get(clean_key),
+        attack_targets=parsed["attack_targets"] if any(i != "curated" for i in parsed["interventions"]) else (),
+    )
+    fits.put(clean_key, experiment.fitted)
+    return experiment
 
 
 def _spec_groups(parsed: dict):
@@ -326,10 +401,9 @@ def _run_cell(store, key: str, cell: dict, experiment: Experiment, context: dict
     try:
         if cell["intervention"].startswith("null-"):
             kind = cell["intervention"][len("null-") :]
-            refit_key = (context["fit_key"], kind)
-            if refit_key not in context["fits"]:
-                context["fits"][refit_key] = null_refit(experiment, kind)
-            report = measure_null(experiment, kind=kind, tau=parsed["tau"], refit=context["fits"][refit_key])
+            refit_key, fits = fit_key(parsed, context["dataset"], context["group"], kind), context["fits"]
+            refit = fits.get(refit_key) or fits.put(refit_key, null_refit(experiment, kind))
+            report = measure_null(experiment, kind=kind, tau=parsed["tau"], refit=refit)
         else:
             config = dataclasses.replace(
                 experiment.attack_config, target="model" if cell["attack_target"] == "none" else cell["attack_target"]

@@ -13,7 +13,6 @@ number comes from ``kernelattn.kernels``; this module only assembles them.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
@@ -29,6 +28,7 @@ import psutil
 from kernelattn.data import load
 from kernelattn.data.dataset import encode_targets
 from kernelattn.errors import InputValueError
+from kernelattn.experiments.resources import blas_single_thread
 from kernelattn.experiments.specs import DatasetSpec, ModelSpec, Spec
 from kernelattn.kernels import guards, memory
 from kernelattn.kernels.analytic import head_kernels
@@ -40,7 +40,6 @@ from kernelattn.registry import model_entry
 __all__ = [
     "SweepData",
     "SweepGroup",
-    "blas_single_thread",
     "feature_inputs",
     "head_config",
     "load_data",
@@ -51,7 +50,6 @@ __all__ = [
 ]
 
 LIMIT_FOLD = 0x6C696D  # "lim": the Monte-Carlo limit networks use fold_in(PRNGKey(i), LIMIT_FOLD)
-SMALL_N_BLAS = 1000  # below this n, dense eigenproblems run single-threaded (see blas_single_thread)
 
 
 # --------------------------------------------------------------------------- data and features
@@ -249,24 +247,3 @@ def prepare_group(spec: Spec, dataset: DatasetSpec, model: ModelSpec, data: Swee
         **limit,
     }
     return SweepGroup(dataset, model, data, features, reference, info, time.perf_counter() - start)
-
-
-@contextlib.contextmanager
-def blas_single_thread(n: int):
-    """Run small dense linear algebra single-threaded.
-
-    For n ≤ 1000 the eigen-decompositions gain little from threads, and next
-    to XLA's own thread pool a multi-threaded BLAS can be many times slower
-    (measured 15× on a 2-core machine); one thread also makes them bitwise
-    reproducible. No effect when threadpoolctl is absent.
-    """
-    if n > SMALL_N_BLAS:
-        yield
-        return
-    try:
-        from threadpoolctl import threadpool_limits  # optional: deferred, and without it no effect
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield

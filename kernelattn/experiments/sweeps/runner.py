@@ -27,12 +27,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from kernelattn._precision import enable_x64, precision_policy, resolve_dtype, resolve_precision, x64_enabled
+from kernelattn.experiments.resources import blas_single_thread
 from kernelattn.experiments.specs import Spec, load_spec, parse_devices
 from kernelattn.experiments.store import ResultStore, make_record, store_exists, utc_now
 from kernelattn.experiments.sweeps.groups import (
     SweepData,
     SweepGroup,
-    blas_single_thread,
     head_config,
     load_data,
     network,
