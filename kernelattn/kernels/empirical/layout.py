@@ -91,17 +91,17 @@ def unravel_rows(z: jax.Array, spec: InputSpec):
     return jax.tree_util.tree_unflatten(spec.treedef, leaves)
 
 
-def flat_model(f: Callable, spec: InputSpec) -> Callable:
+def flat_model(f: Callable, spec: InputSpec, out_ndim: int) -> Callable:
     """``g(params, z (n, D)) -> (n, P)``: ``f`` on the unraveled rows, its output rows raveled.
 
-    ``f`` itself when the inputs are one matrix (its output must then be
-    ``(n, C)`` for the kernels to take it as it is; see :func:`output_axes`).
+    ``f`` itself for one ``(n, d)`` input matrix and ``(n, C)`` outputs
+    (``out_ndim`` 2), which the kernels take as they are.
     """
-    if spec.is_matrix:
+    if spec.is_matrix and out_ndim == 2:
         return f
 
     def g(params, z):
-        out = f(params, unravel_rows(z, spec))
+        out = f(params, z if spec.is_matrix else unravel_rows(z, spec))
         return out.reshape(out.shape[0], -1)
 
     return g

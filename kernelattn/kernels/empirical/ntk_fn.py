@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from kernelattn._precision import resolve_precision
 from kernelattn._validation import check_choice, check_int
@@ -51,7 +52,7 @@ def _same_rows(a, b) -> bool:
     if a is None or b is None:
         return a is b
     leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-    shapes_a, shapes_b = [jax.numpy.shape(x) for x in leaves_a], [jax.numpy.shape(x) for x in leaves_b]
+    shapes_a, shapes_b = [jnp.shape(x) for x in leaves_a], [jnp.shape(x) for x in leaves_b]
     return (
         str(jax.tree_util.tree_structure(a)) == str(jax.tree_util.tree_structure(b))
         and all(len(s) >= 1 for s in shapes_a + shapes_b)
@@ -103,6 +104,7 @@ class NtkFn:
         self.vmap_axes, self.implementation = vmap_axes, implementation
         self.batch_size, self.budget, self.precision = batch_size, budget, precision
         self._flat: dict = {}  # one wrapped model per input structure: jit caches key on it
+        self._choices: dict = {}
 
     def _setup(self, x1, x2, params) -> _Setup:
         spec, n1 = layout.input_spec(x1, "x1")
@@ -115,10 +117,21 @@ class NtkFn:
         if out_shape[0] != n1:
             raise InputValueError(f"f: expected outputs (n, ...) with the batch axis first, got shape {out_shape}")
         traced, diagonal = layout.output_axes(self.trace_axes, self.diagonal_axes, out_shape)
-        g = self._flat.setdefault(spec, layout.flat_model(self.f, spec))
+        key = (spec, len(out_shape))
+        if key not in self._flat:
+            self._flat[key] = layout.flat_model(self.f, spec, len(out_shape))
+        g = self._flat[key]
         return _Setup(spec, n1, n2, g, out_shape, traced, diagonal)
 
     def _choice(self, setup: _Setup, params, precision: str) -> auto.Choice:
+        """The planned route, made once per input structure, rows, parameter shapes and precision."""
+        shapes = tuple((jnp.shape(p), jnp.result_type(p).name) for p in jax.tree_util.tree_leaves(params))
+        key = (setup.spec, setup.n1, setup.n2, str(jax.tree_util.tree_structure(params)), shapes, precision)
+        if key not in self._choices:
+            self._choices[key] = self._plan(setup, params, precision)
+        return self._choices[key]
+
+    def _plan(self, setup: _Setup, params, precision: str) -> auto.Choice:
         plan = functools.partial(
             auto.plan_route, f=self.f, g=setup.g, params=params, spec=setup.spec, n1=setup.n1, n2=setup.n2,
             trace=setup.trace, vmap_axes=self.vmap_axes, batch_size=self.batch_size, budget=self.budget,
@@ -140,9 +153,9 @@ class NtkFn:
         precision = resolve_precision(self.precision)
         setup = self._setup(x1, x2, params)
         choice = self._choice(setup, params, precision)
-        flat = setup.g is not self.f
-        z1 = layout.ravel_rows(x1, setup.spec) if flat else x1
-        z2 = z1 if x2 is None else (layout.ravel_rows(x2, setup.spec) if flat else x2)
+        matrix = setup.spec.is_matrix
+        z1 = x1 if matrix else layout.ravel_rows(x1, setup.spec)
+        z2 = z1 if x2 is None else (x2 if matrix else layout.ravel_rows(x2, setup.spec))
         kernel = functools.partial(auto.route_kernel, choice.implementation, setup.g, params, trace=setup.trace,
                                    vmap0=self.vmap_axes == 0, precision=precision)  # fmt: skip
         rows1 = layout.blocks(setup.n1, choice.batch_size)
