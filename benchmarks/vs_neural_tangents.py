@@ -10,7 +10,7 @@ Model: the 2L-ReLU head of MATH.md §5 with the paper's fixed ±1 readout (only
 W trained), C = 1, d = 784, float32, widths m ∈ {256, 1024, 4096}; one
 training set of n unit-norm rows; the kernel is the (n, n) train NTK. Every
 method gets the same inputs and parameters in the same process, is called in
-its function form (kernelattn's ``head_ntk_fn`` and ``empirical_ntk_fn``,
+its function form (kernelattn's ``head_ntk_fn`` and ``autodiff_ntk_fn``,
 neural-tangents' ``empirical_ntk_fn``: no per-call input checks or memory
 planning, which add ~2 ms to kernelattn's checked calls), jitted and warmed
 up; then the methods of one (n, m) are timed in interleaved rounds (so
@@ -20,7 +20,7 @@ whose warm-up run exceeds ``--long-run-s`` is timed by that one run (its
 compile time is negligible next to it):
 
 - kernelattn structured: ``head_ntk_fn`` (the closed form, MATH.md §7);
-- kernelattn generic: ``empirical_ntk_fn`` "factored" (structured derivatives
+- kernelattn generic: ``autodiff_ntk_fn`` "factored" (structured derivatives
   read off the model's jaxpr, model-agnostic), "jacobian" (whole batch, and
   row by row with ``row_block=50``) and "ntvp";
 - neural-tangents: ``empirical_ntk_fn`` JACOBIAN_CONTRACTION,
@@ -49,7 +49,7 @@ import numpy as np
 
 import kernelattn as ka
 from kernelattn.kernels import nt_backend
-from kernelattn.kernels.empirical import head_ntk_fn
+from kernelattn.kernels.empirical import autodiff_ntk_fn, head_ntk_fn
 
 D = 784
 OUT_DIM = 1
@@ -143,9 +143,9 @@ def methods_for(model, variables, head, x) -> dict[str, Callable[[], jax.Array]]
     structured = jax.jit(head_ntk_fn, static_argnums=1)
     methods = {"kernelattn structured": lambda: structured(head_vars, head, xj)}
     for impl in GENERIC:
-        ntk_fn = jax.jit(ka.empirical_ntk_fn(apply_fn, implementation=impl))
+        ntk_fn = jax.jit(autodiff_ntk_fn(apply_fn, implementation=impl))
         methods[f"kernelattn generic ({impl})"] = (lambda f: (lambda: f(params, xj)))(ntk_fn)
-    row_by_row = jax.jit(ka.empirical_ntk_fn(apply_fn, implementation="jacobian", row_block=ROW_BLOCK))
+    row_by_row = jax.jit(autodiff_ntk_fn(apply_fn, implementation="jacobian", row_block=ROW_BLOCK))
     methods[ROW_BY_ROW] = lambda: row_by_row(params, xj)
     for impl in nt_backend.IMPLEMENTATIONS:
         ntk_fn, nt_params = nt_backend.empirical_ntk_fn_nt(model, variables, implementation=impl)

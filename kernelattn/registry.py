@@ -205,7 +205,9 @@ def _autodiff_ntk(module, variables, x, n2):
     dtype = np.result_type(*[np.asarray(v).dtype for v in _leaves(variables["params"])])
     context = jnp.asarray(x[:n2], dtype)
     apply_fn, params = model_apply_fn(module, variables, context)
-    return empirical_ntk_fn(apply_fn)(params, jnp.asarray(x, dtype), context)
+    # The whole-batch Jacobian contraction, as before the neural-tangents-style API: the same numbers.
+    ntk = empirical_ntk_fn(apply_fn, vmap_axes=None, implementation="jacobian")
+    return ntk(jnp.asarray(x, dtype), context, params)
 
 
 def _leaves(tree: Any) -> list:

@@ -5,6 +5,7 @@ import pytest
 
 from support import unit_rows
 from kernelattn.kernels.empirical import (
+    autodiff_ntk_fn,
     draw_head_units,
     empirical_ntk,
     empirical_ntk_fn,
@@ -124,7 +125,7 @@ def test_empirical_ntk_fn_is_the_same_kernel_under_jit(rng, implementation):
     model = make_model("qkv-attn", 12, 2, head_width=8, param_dtype=jnp.float64)
     variables = model.init(jax.random.PRNGKey(0), x)
     apply_fn, params = model_apply_fn(model, variables, jnp.asarray(x))
-    ntk_fn = jax.jit(empirical_ntk_fn(apply_fn, trace_output=False, implementation=implementation))
+    ntk_fn = jax.jit(autodiff_ntk_fn(apply_fn, trace_output=False, implementation=implementation))
     checked = empirical_ntk(apply_fn, params, x_test, x, trace_output=False, implementation=implementation,
                             dtype="float64")
     assert _rel(ntk_fn(params, jnp.asarray(x_test), jnp.asarray(x)), checked) < 1e-13
@@ -135,3 +136,5 @@ def test_empirical_ntk_fn_is_the_same_kernel_under_jit(rng, implementation):
 def test_empirical_ntk_fn_names_a_bad_implementation():
     with pytest.raises(ValueError, match="implementation"):
         empirical_ntk_fn(lambda p, x: x, implementation="fast")
+    with pytest.raises(ValueError, match="implementation"):
+        autodiff_ntk_fn(lambda p, x: x, implementation="fast")

@@ -38,3 +38,15 @@ def test_readme_attribution_example_runs():
     exec(compile(blocks[2], "README.md", "exec"), namespace)  # noqa: S102
     assert list(namespace["table"]["method"]) == ["if", "tracin", "grad-cos", "representer", "trak"]
     assert namespace["helpful"].shape == (10, 3) and namespace["mine"].scores.shape == (10, 40)
+
+
+def test_readme_empirical_ntk_fn_example_runs():
+    """The fourth block (neural-tangents-style empirical NTK) continues the first one's ``data``."""
+    import jax
+
+    import kernelattn as ka
+
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    namespace: dict = {"ka": ka, "jax": jax, "data": ka.data.load("digits", n_train=200, n_test=50)}
+    exec(compile(blocks[3], "README.md", "exec"), namespace)  # noqa: S102
+    assert namespace["theta"].shape == (50, 200) and namespace["full"].shape == (8, 8, 10, 10)

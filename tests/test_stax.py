@@ -183,9 +183,10 @@ def _draws(width: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
     x = jnp.asarray(X_MC)
     keys = [jax.random.PRNGKey(seed) for seed in range(SEEDS)]
     apply_fn, _ = model_apply_fn(model, {"params": {}}, x)  # one function for every draw: compiled once
-    ntk_fn = empirical_ntk_fn(apply_fn)  # eager: compiling the whole draw at each width costs more than running it
+    # eager: compiling the whole draw at each width costs more than running it
+    ntk_fn = empirical_ntk_fn(apply_fn, vmap_axes=None, implementation="jacobian")
     init = jax.jit(model.init)
-    draws = [np.asarray(ntk_fn(init(key, x)["params"], x)) for key in keys]
+    draws = [np.asarray(ntk_fn(x, None, init(key, x)["params"])) for key in keys]
     return np.stack(draws), np.asarray(net.kernel_fn(X_MC).ntk)
 
 

@@ -54,8 +54,9 @@ class MyTwoLayerNet(nn.Module):
 def kernel_of_width(width: int):
     """``(init, ntk)``: jitted initializer and Θ_m function of MyTwoLayerNet at this width.
 
-    ``empirical_ntk_fn`` is the pure, jit-able form of ``empirical_ntk`` (no per-call checks):
-    compiled once per width, it serves every seed and every input set of that shape.
+    ``empirical_ntk_fn`` is the pure, jit-able form with neural-tangents' conventions,
+    ``ntk(x1, x2, params)`` (no per-call checks): compiled once per width, it serves every
+    seed and every input set of that shape.
     "factored" reads the model's matmuls off its jaxpr, so no Jacobian is stored and any width fits.
     """
     model = MyTwoLayerNet(width)
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
             stats = []
             for seed in seeds:
                 params = init(jax.random.PRNGKey(seed), features[:1])["params"]
-                stats.append(certificate(np.asarray(ntk(params, jnp.asarray(features))), limits[label]))
+                stats.append(certificate(np.asarray(ntk(jnp.asarray(features), None, params)), limits[label]))
             rows.append((label, width, *np.mean(stats, axis=0)))
     rows.sort(key=lambda r: (r[0] != "raw inputs", r[1]))
     print(f"\n{'inputs':<20} {'width':>7} {'rel_fro':>10} {'certificate':>12}")

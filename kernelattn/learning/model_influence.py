@@ -420,9 +420,9 @@ def module_influence(module, variables, split: TrainTest, options: FitOptions) -
                 "kernel: 'empirical-init' needs the parameters at initialization, which are "
                 "unknown for given variables; use kernel='empirical'"
             )
-        k = np.asarray(
-            empirical_ntk_fn(lambda p, x: model.apply_fn(p, x))(at, jnp.concatenate([X, X_test]), X), np.float64
-        )
+        # Any Flax module: rows may interact, so the whole-batch Jacobian contraction (vmap_axes=None).
+        ntk = empirical_ntk_fn(lambda p, x: model.apply_fn(p, x), vmap_axes=None, implementation="jacobian")
+        k = np.asarray(ntk(jnp.concatenate([X, X_test]), X, at), np.float64)
         n = X.shape[0]
         result = influence_scores(
             k[:n],

@@ -164,3 +164,54 @@ def test_nt_trace_convention():
     leaves = zip(jax.tree_util.tree_leaves(j1), jax.tree_util.tree_leaves(j2))
     explicit = sum(np.einsum("icp,jdp->ijcd", a.reshape(6, 4, -1), b.reshape(4, 4, -1)) for a, b in leaves)
     np.testing.assert_allclose(full, explicit, rtol=1e-12, atol=1e-14)
+
+
+def _images(params, x):  # (n, 4, 4, 2) images → (n, 3, 5): N-D inputs and two output axes
+    h = jnp.tanh(jnp.einsum("nhwc,ck->nhk", x, params["K"]) / 4.0)  # (n, 4, 6), summed over w
+    return jnp.einsum("nhk,kc->nhc", h[:, :3], params["V"])
+
+
+def _pytree(params, x):  # {"a": (n, 3), "b": (n, 2, 2)} → (n, 4)
+    h = jnp.tanh(x["a"] @ params["A"] + x["b"].reshape(x["b"].shape[0], -1) @ params["B"])
+    return h @ params["V"]
+
+
+@pytest.mark.parametrize(
+    ("trace_axes", "diagonal_axes"), [((-1,), ()), ((), ()), ((), (-1,)), ((-1,), (1,)), ((1, 2), ())]
+)
+def test_empirical_ntk_fn_is_neural_tangents_on_images(trace_axes, diagonal_axes):
+    """The same f, the same axes: ka.empirical_ntk_fn(f, ...)(x1, x2, params) == nt.empirical_ntk_fn (float64)."""
+    rng = np.random.default_rng(13)
+    keys = jax.random.split(jax.random.PRNGKey(2), 2)
+    params = {"K": jax.random.normal(keys[0], (2, 6)), "V": jax.random.normal(keys[1], (6, 5))}
+    x1, x2 = jnp.asarray(rng.normal(size=(5, 4, 4, 2))), jnp.asarray(rng.normal(size=(3, 4, 4, 2)))
+    nt = nt_backend._nt()
+    theirs = nt.empirical_ntk_fn(_images, trace_axes, diagonal_axes, vmap_axes=0)(x1, x2, params)
+    for implementation in ("auto", "jacobian", "ntvp", "factored"):
+        ntk = ka.empirical_ntk_fn(_images, trace_axes, diagonal_axes, implementation=implementation, batch_size=2)
+        assert rel_err(ntk(x1, x2, params), theirs) < TOL["float64"], implementation
+    self_kernel = nt.empirical_ntk_fn(_images, trace_axes, diagonal_axes, vmap_axes=0)(x1, None, params)
+    assert rel_err(ka.empirical_ntk_fn(_images, trace_axes, diagonal_axes)(x1, None, params), self_kernel) < 1e-9
+
+
+@pytest.mark.parametrize("vmap_axes", [0, None])
+def test_empirical_ntk_fn_is_neural_tangents_on_pytree_inputs_and_models(vmap_axes):
+    """Pytree inputs, and a kernelattn model whose attention is over its own batch (vmap_axes=None)."""
+    rng = np.random.default_rng(14)
+    keys = jax.random.split(jax.random.PRNGKey(3), 3)
+    params = {"A": jax.random.normal(keys[0], (3, 5)), "B": jax.random.normal(keys[1], (4, 5)),
+              "V": jax.random.normal(keys[2], (5, 4))}  # fmt: skip
+    x1 = {"a": jnp.asarray(rng.normal(size=(5, 3))), "b": jnp.asarray(rng.normal(size=(5, 2, 2)))}
+    x2 = {"a": jnp.asarray(rng.normal(size=(2, 3))), "b": jnp.asarray(rng.normal(size=(2, 2, 2)))}
+    nt = nt_backend._nt()
+    for trace_axes in [(-1,), ()]:
+        theirs = nt.empirical_ntk_fn(_pytree, trace_axes, vmap_axes=vmap_axes)(x1, x2, params)
+        ours = ka.empirical_ntk_fn(_pytree, trace_axes, vmap_axes=vmap_axes)(x1, x2, params)
+        assert rel_err(ours, theirs) < TOL["float64"], trace_axes
+    x, _ = inputs(4, 6, 2, 5, unit=True)
+    model = AttentionMLP(ka.HeadConfig(12, 3, sigma_b=0.3), param_dtype=jnp.float64)
+    apply_fn, params = ka.model_apply_fn(model, model.init(jax.random.PRNGKey(0), x), None if vmap_axes is None else x)
+    theirs = nt.empirical_ntk_fn(apply_fn, (), vmap_axes=vmap_axes)(x, x[:4], params)
+    for implementation in ("auto", "structured", "jacobian"):
+        ours = ka.empirical_ntk_fn(apply_fn, (), vmap_axes=vmap_axes, implementation=implementation)(x, x[:4], params)
+        assert rel_err(ours, theirs) < TOL["float64"], implementation

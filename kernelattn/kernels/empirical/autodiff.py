@@ -12,11 +12,14 @@
 
 :func:`empirical_ntk` checks its inputs and refuses (``MemoryPlanError``,
 ``kernels.memory``) before allocating a kernel that would not fit;
-:func:`empirical_ntk_fn` is its pure, jit-able core.
+:func:`autodiff_ntk_fn` is its pure, jit-able core on ``(n, d)`` inputs and
+``(n, C)`` outputs, the building block of the neural-tangents-style
+``empirical_ntk_fn`` (``ntk_fn.py``); :func:`autodiff_memory` its memory plan.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -27,7 +30,15 @@ from kernelattn._precision import kernel_inputs, precision_policy, resolve_preci
 from kernelattn._validation import check_choice, check_int
 from kernelattn.kernels import factored, memory
 
-__all__ = ["IMPLEMENTATIONS", "ApplyFn", "empirical_ntk", "empirical_ntk_fn", "model_apply_fn"]
+__all__ = [
+    "IMPLEMENTATIONS",
+    "ApplyFn",
+    "ModelApply",
+    "autodiff_memory",
+    "autodiff_ntk_fn",
+    "empirical_ntk",
+    "model_apply_fn",
+]
 
 ApplyFn = Callable[[dict, jax.Array], jax.Array]
 IMPLEMENTATIONS = ("jacobian", "ntvp", "factored")
@@ -145,12 +156,12 @@ def empirical_ntk(
     _ensure_autodiff_fits(
         apply_fn, params, x1, x2, bool(trace_output), implementation, row_block, dtype, budget, precision
     )
-    return empirical_ntk_fn(
+    return autodiff_ntk_fn(
         apply_fn, trace_output=trace_output, implementation=implementation, row_block=row_block, precision=precision
     )(params, x1, x2)
 
 
-def empirical_ntk_fn(
+def autodiff_ntk_fn(
     apply_fn: ApplyFn,
     *,
     trace_output: bool = True,
@@ -158,7 +169,7 @@ def empirical_ntk_fn(
     row_block: int | None = None,
     precision=None,
 ) -> Callable:
-    """Pure, jit-able form of :func:`empirical_ntk` (like neural-tangents' ``empirical_ntk_fn``).
+    """Pure, jit-able form of :func:`empirical_ntk` (``empirical_ntk_fn`` up to 0.1.0).
 
     No input checks, casts or memory planning: for calls inside ``jax.jit``
     or in tight loops, where :func:`empirical_ntk`'s per-call validation
@@ -199,41 +210,59 @@ def _ensure_autodiff_fits(
     A refused "jacobian" or "ntvp" kernel names what ``implementation="factored"``
     would need instead (it stores no Jacobian and no n²·C·A cotangents).
     """
-    args = (apply_fn, params, x1, x2, trace_output, implementation, row_block, dtype, precision)
+    n1, n2, d = x1.shape[0], None if x2 is None else x2.shape[0], x1.shape[1]
+    estimate = functools.partial(autodiff_memory, apply_fn, params, n1, n2, d, trace_output=trace_output,
+                                 row_block=row_block, dtype=dtype, precision=precision)  # fmt: skip
     if implementation == "factored":
-        memory.ensure_fits(_factored_memory(*args), budget, budget_of="empirical_ntk")
+        memory.ensure_fits(estimate(implementation="factored"), budget, budget_of="empirical_ntk")
         return
-    estimate = _autodiff_memory(*args)
     options: tuple[str, ...] = ()
-    if not memory.fits(estimate, budget):
-        factored_estimate = _factored_memory(*args)
+    if not memory.fits(estimate(implementation=implementation), budget):
+        factored_estimate = estimate(implementation="factored")
         verdict = ", which fits" if memory.fits(factored_estimate, budget) else ""
         options = (
             f"implementation='factored' (needs ≈{memory.format_bytes(factored_estimate.total)} here{verdict}; "
             "for models that act on each row alone, as every kernelattn model does for a fixed context)",
         )
-    memory.ensure_fits(estimate, budget, options=options, budget_of="empirical_ntk")
+    memory.ensure_fits(estimate(implementation=implementation), budget, options=options, budget_of="empirical_ntk")
 
 
-def _autodiff_memory(apply_fn, params, x1, x2, trace_output, implementation, row_block, dtype, precision):
-    return memory.autodiff_ntk_memory(
-        x1.shape[0],
-        None if x2 is None else x2.shape[0],
-        n_params=sum(p.size for p in jax.tree_util.tree_leaves(params)),
-        out_dim=jax.eval_shape(apply_fn, params, x1[:1]).shape[-1],
-        implementation=implementation,
-        trace_output=trace_output,
-        row_block=row_block,
-        dtype=dtype.name,
-    )
+def autodiff_memory(
+    apply_fn: ApplyFn,
+    params,
+    n1: int,
+    n2: int | None,
+    d: int,
+    *,
+    implementation: str,
+    trace_output: bool = True,
+    row_block: int | None = None,
+    dtype="float32",
+    precision="highest",
+) -> memory.MemoryEstimate:
+    """Peak-memory estimate of :func:`autodiff_ntk_fn` on ``(n1, d)`` and ``(n2, d)`` inputs (n2 None: x2 = x1).
 
-
-def _factored_memory(apply_fn, params, x1, x2, trace_output, implementation, row_block, dtype, precision):
-    plan = factored.make_plan(apply_fn, params, x1.shape[1], dtype, precision)
+    From shapes alone: "jacobian" and "ntvp" by ``memory.autodiff_ntk_memory``,
+    "factored" by ``memory.factored_ntk_memory`` from the model's plan.
+    """
+    dtype = jnp.dtype(dtype)
     leaves = jax.tree_util.tree_leaves(params)
+    if implementation != "factored":
+        row = jax.ShapeDtypeStruct((1, d), dtype)
+        return memory.autodiff_ntk_memory(
+            n1,
+            n2,
+            n_params=sum(p.size for p in leaves),
+            out_dim=jax.eval_shape(apply_fn, params, row).shape[-1],
+            implementation=implementation,
+            trace_output=trace_output,
+            row_block=row_block,
+            dtype=dtype.name,
+        )
+    plan = factored.make_plan(apply_fn, params, d, dtype, precision)
     return memory.factored_ntk_memory(
-        x1.shape[0],
-        None if x2 is None else x2.shape[0],
+        n1,
+        n2,
         factor_size=plan.factor_size(),
         pair_size=plan.pair_size(),
         rest_params=sum(leaves[i].size for i in plan.rest),
@@ -244,6 +273,28 @@ def _factored_memory(apply_fn, params, x1, x2, trace_output, implementation, row
     )
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class ModelApply:
+    """``f(params, x) -> (n, C)`` of a kernelattn Flax model, its constants and context closed over.
+
+    Compared and hashed by identity, as a function is (it is a static argument
+    of the jitted kernels). It keeps the model, so ``empirical_ntk_fn``'s
+    "structured" route can recognise the two-layer head models.
+
+    Attributes:
+      model: the Flax module.
+      constants: its variables other than ``"params"`` (e.g. the fixed readout).
+      context: ``(n, d)`` training set the attention attends over, or None.
+    """
+
+    model: object
+    constants: dict
+    context: jax.Array | None = None
+
+    def __call__(self, params, x: jax.Array) -> jax.Array:
+        return self.model.apply({"params": params, **self.constants}, x, self.context)  # type: ignore[attr-defined]
+
+
 def model_apply_fn(model, variables: dict, context: jax.Array | None = None) -> tuple[ApplyFn, dict]:
     """``(apply_fn, params)`` for a kernelattn Flax model, constants and context closed over.
 
@@ -252,11 +303,10 @@ def model_apply_fn(model, variables: dict, context: jax.Array | None = None) -> 
       variables: its Flax variables (``"params"`` and optional ``"constants"``).
       context: ``(n, d)`` training set the attention attends over (``None``:
         each call attends over its own inputs).
+
+    Returns:
+      ``(ModelApply, params)``: ``apply_fn(params, x) -> (n, C)`` and the trainable parameters.
     """
     variables = dict(variables)
     params = variables.pop("params")
-
-    def apply_fn(p, x):
-        return model.apply({"params": p, **variables}, x, context)
-
-    return apply_fn, params
+    return ModelApply(model, variables, context), params
