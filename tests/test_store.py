@@ -887,3 +887,18 @@ def test_non_regular_files_are_never_opened(tmp_path):
         assert store.verify() == [] and [r["key"] for r in store.records()] == [key]
     finally:
         signal.alarm(0)
+
+
+def test_claiming_yields_the_keys_held_and_releases_them_however_the_block_ends(tmp_path):
+    store = ResultStore.open(tmp_path / "s")
+    other = ResultStore.open(tmp_path / "s")
+    keys = [provenance.cell_key({"i": i}) for i in range(3)]
+    assert other.claim(keys[2])  # a live owner elsewhere
+    with store.claiming(keys) as held:
+        assert held == keys[:2] and set(store.held_claims()) == set(keys[:2])
+        store.put(keys[0], make_record("t", {"i": 0}, {}, spec={}, seed=0, seconds=0.0))  # put releases its claim
+    assert store.held_claims() == [] and not store.claimed_elsewhere(keys[1])
+    with pytest.raises(RuntimeError), store.claiming(keys[1:2]) as held:
+        assert held == keys[1:2]
+        raise RuntimeError("killed mid-cell")
+    assert store.held_claims() == [] and other.held_claims() == [keys[2]]

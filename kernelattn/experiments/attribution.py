@@ -243,11 +243,11 @@ def _run_group(store: ResultStore, spec, dataset, data, model, width, seed, prog
     """The cells of one (dataset, model, width, seed), one per damping, sharing the fit and the retraining."""
     cells = {d: attribution_cell(spec, dataset, model, width, seed, d) for d in spec["dampings"]}
     keys = {d: provenance.cell_key(cell) for d, cell in cells.items()}
-    todo = [d for d, key in keys.items() if not store.has(key) and store.claim(key)]
-    if not todo:
-        return []
-    written = []
-    try:
+    written: list[str] = []
+    with store.claiming(key for key in keys.values() if not store.has(key)) as held:
+        todo = [d for d, key in keys.items() if key in held]
+        if not todo:
+            return []
         started, t0 = utc_now(), time.perf_counter()
         config = TrainConfig(**spec["training"])
         retrained = None
@@ -285,8 +285,4 @@ def _run_group(store: ResultStore, spec, dataset, data, model, width, seed, prog
                     f"{'retraining' if retrained is not None else 'kernel LOO'} "
                     + ", ".join(f"{k} {v['spearman']:.2f}" for k, v in vs.items())
                 )
-    finally:
-        for key in keys.values():
-            if key in store.held_claims():
-                store.release(key)
     return written

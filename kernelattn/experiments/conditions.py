@@ -176,9 +176,9 @@ def run_conditions(
             normalized["name"], dataset, normalized["depth"], normalized["energy_fractions"], normalized["spectra"]
         )
         key = provenance.cell_key(cell)
-        if store.has(key) or not store.claim(key):
-            continue
-        try:
+        with store.claiming([key]) as held:
+            if not held:
+                continue
             started, t0 = utc_now(), time.perf_counter()
             metrics = _condition_metrics(
                 dataset, normalized["depth"], normalized["energy_fractions"], normalized["spectra"]
@@ -200,7 +200,4 @@ def run_conditions(
                     f"{dataset.label}: κ_d(G) = {metrics['kappa_d_G']:.4g}, "
                     f"κ_d(G^{metrics['power']}) = {metrics['kappa_d_attention']:.4g}"
                 )
-        finally:
-            if key in store.held_claims():
-                store.release(key)
     return written

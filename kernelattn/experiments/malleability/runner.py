@@ -258,7 +258,7 @@ def run_malleability_spec(
 
     Args:
       spec: the experiment spec (a ``kernelattn.experiments.specs.SpecError`` names any bad key).
-      store: a ``kernelattn.experiments.store.ResultStore`` (``has``, ``claim``, ``put``, ``release``).
+      store: a ``kernelattn.experiments.store.ResultStore`` (``has``, ``claiming``, ``put``).
       progress: optional callable ``progress(cell, report)`` after each stored cell.
       loaded: datasets already loaded by :func:`check_malleability_spec`.
       max_cells: the cell limit (see ``kernelattn.experiments.specs.parse_malleability_spec``).
@@ -394,11 +394,11 @@ def _group_cells(parsed: dict, dataset: dict, group: tuple) -> list[dict]:
 
 def _run_cell(store, key: str, cell: dict, experiment: Experiment, context: dict, variants: list[str]):
     """Claim, measure and store one cell; its report, or None when another process holds it."""
-    if not store.claim(key):
-        return None
-    started = utc_now()
-    parsed = context["parsed"]
-    try:
+    with store.claiming([key]) as held:
+        if not held:
+            return None
+        started = utc_now()
+        parsed = context["parsed"]
         if cell["intervention"].startswith("null-"):
             kind = cell["intervention"][len("null-") :]
             refit_key, fits = fit_key(parsed, context["dataset"], context["group"], kind), context["fits"]
@@ -439,8 +439,6 @@ def _run_cell(store, key: str, cell: dict, experiment: Experiment, context: dict
         )
         store.put(key, record)
         return report
-    finally:
-        store.release(key)
 
 
 SUMMARY_KEYS = ("dataset.name", "model", "width", "training_mode", "kernel", "intervention", "attack", "epsilon")

@@ -17,7 +17,7 @@ import json
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import pandas as pd
@@ -430,6 +430,21 @@ class ResultStore:
             return break_claim(path, current, st)
         except OSError as err:
             raise store_error(err, "releasing claim", path) from err
+
+    @contextlib.contextmanager
+    def claiming(self, keys: Iterable[str]) -> Iterator[list[str]]:
+        """Claim ``keys`` for a block of work: ``with store.claiming(keys) as held: ...``.
+
+        Yields the keys this handle now holds (the others are finished or held
+        by a live owner). On exit every claim still held — the block ended,
+        or failed, before :meth:`put` released it — is released.
+        """
+        held = [key for key in keys if self.claim(key)]
+        try:
+            yield held
+        finally:
+            for key in held:
+                self.release(key)
 
     def _remove_stale_claim(self, path: str) -> None:
         """Remove a claim file if it is (still) stale, of a finished cell, or not a claim."""

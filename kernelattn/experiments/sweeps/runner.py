@@ -13,11 +13,12 @@ share one store; the tables are read back from it (``sweeps.results``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,13 +96,12 @@ class _Runner:
         self.computed += 1
         self.bar.update(1)
 
-    def claim(self, cells: Sequence[Cell]) -> list[Cell]:
-        return [c for c in cells if self.store.claim(c.key)]
-
-    def release(self, cells: Sequence[Cell]) -> None:
-        for c in cells:
-            if c.key in self.store.held_claims():
-                self.store.release(c.key)
+    @contextlib.contextmanager
+    def claiming(self, cells: Sequence[Cell]) -> Iterator[list[Cell]]:
+        """The cells of ``cells`` this process now holds, released on exit (``ResultStore.claiming``)."""
+        with self.store.claiming(c.key for c in cells) as keys:
+            held = set(keys)
+            yield [c for c in cells if c.key in held]
 
     # -- kernel sweeps ---------------------------------------------------------------
 
@@ -112,14 +112,11 @@ class _Runner:
             by_seed.setdefault(cell.seed, []).append(cell)
         if group.features is None:  # a network model: one kernel per cell
             for _seed, seed_cells in _rotate(list(by_seed.items()), self.offset):
-                claimed = self.claim(seed_cells)
-                try:
+                with self.claiming(seed_cells) as claimed:
                     for cell in claimed:
                         started, t0 = utc_now(), time.perf_counter()
                         theta = network_kernel(spec, group.model, group.data, cell.width, jax.random.PRNGKey(cell.seed))
                         self._kernel_record(group, cell, theta, time.perf_counter() - t0, started, devices=1)
-                finally:
-                    self.release(claimed)
             return
         n = group.data.x_train.shape[0]
         head = head_config(spec, 1, group.data.out_dim)
@@ -144,10 +141,9 @@ class _Runner:
         )
         for batch in _rotate(batches, self.offset):
             pending = [c for s in batch for c in by_seed.get(s, [])]
-            claimed = self.claim(pending)
-            if not claimed:
-                continue
-            try:
+            with self.claiming(pending) as claimed:
+                if not claimed:
+                    continue
                 index = {(c.seed, c.width): c for c in claimed}
                 keys = jnp.stack([jax.random.PRNGKey(s) for s in batch]) if batched else jax.random.PRNGKey(batch[0])
                 widths = sorted({c.width for c in claimed})
@@ -169,8 +165,6 @@ class _Runner:
                     for i, cell in done:
                         self._kernel_record(group, cell, thetas[i], elapsed / len(done), started, devices=n_devices)
                     started, t0 = utc_now(), time.perf_counter()
-            finally:
-                self.release(claimed)
 
     def _batch_seeds(self, n: int, n_test: int) -> bool:
         k = self.spec.kernel
@@ -209,15 +203,13 @@ class _Runner:
                 f_ntk = ntk_predictor(ref.theta_train, ref.theta_test, ref.y, time=ntk_time, ridge=spec.ridge)
         f_ntk = np.asarray(f_ntk, np.float64).reshape(group.data.x_test.shape[0], -1)
         for cell in _rotate(list(cells), self.offset):
-            if not self.store.claim(cell.key):
-                continue
-            try:
+            with self.claiming([cell]) as claimed:
+                if not claimed:
+                    continue
                 started, t0 = utc_now(), time.perf_counter()
                 metrics = _train_cell(spec, group, cell, f_ntk)
                 metrics.update(group.info)
                 self.put(cell, metrics, time.perf_counter() - t0, started)
-            finally:
-                self.release([cell])
 
 
 def _train_cell(spec: Spec, group: SweepGroup, cell: Cell, f_ntk: np.ndarray) -> dict[str, Any]:
