@@ -182,3 +182,16 @@ def test_seed_summary_and_fits_tables():
     fits = pd.DataFrame([{"dataset": "d", "model": "m", "slope_cert": -0.5, "log10_m_cert_half": 2.345678}])
     text = fits_table(fits, [("slope_cert", "slope"), ("log10_m_cert_half", "log10 m")])
     assert text.splitlines()[-1].split() == ["d", "m", "-0.5", "2.35"]
+
+
+def test_flip_ratio_with_a_relu_that_flipped_nothing_is_inconclusive_without_warnings():
+    import warnings
+
+    from kernelattn.analysis.flip_summary import direction, ratio_interval
+
+    attn = {0: np.array([0.2, 0.4]), 1: np.array([0.3, 0.1])}
+    relu = {0: np.zeros(2), 1: np.zeros(2)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        interval = ratio_interval(attn, relu)
+    assert not np.isfinite(interval.estimate) and direction(interval) == "inconclusive"

@@ -194,9 +194,13 @@ def ratio_interval(attn: Mapping[int, np.ndarray], relu: Mapping[int, np.ndarray
     seeds = [sd for sd in attn if sd in relu]
     if not seeds:
         return Interval(math.nan, math.nan, math.nan, 0.95, 0, 0)
-    return paired_bootstrap(
-        {"a": [attn[sd] for sd in seeds], "r": [relu[sd] for sd in seeds]}, lambda m: m["a"] / m["r"]
-    )
+    return paired_bootstrap({"a": [attn[sd] for sd in seeds], "r": [relu[sd] for sd in seeds]}, _ratio)
+
+
+def _ratio(means: Mapping[str, np.ndarray]) -> np.ndarray:
+    """a / r, inf or nan where 2L-ReLU flipped nothing (the interval is then not finite: "inconclusive")."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return means["a"] / means["r"]
 
 
 def direction(interval: Interval) -> str:
