@@ -237,3 +237,29 @@ def test_fit_cache_drops_the_least_recently_used_past_its_byte_limit():
     assert cache.get("a") is not None  # now the most recently used
     cache.put("c", fit(8))
     assert cache.get("b") is None and cache.get("a") is not None and cache.get("c") is not None
+
+
+def test_networks_trained_ahead_in_threads_give_the_records_of_one_at_a_time(tmp_path):
+    from kernelattn.experiments.malleability import runner
+    from kernelattn.experiments.store import ResultStore
+    from kernelattn.kernels import guards
+    from kernelattn.learning.training import UntrainedError
+
+    spec = {
+        "kind": "malleability",
+        "datasets": [{"name": "digits", "classes": [3, 8], "n_train": 30, "n_test": 10, "seed": 0}],
+        "models": ["relu", "mlp-attn"], "seeds": [0, 1], "attacks": ["pgd"], "epsilons": [0.1], "width": 8,
+        "training": {"epochs": 3}, "attack_config": {"steps": 1},
+    }
+    frames = []
+    for workers in (1, 2):
+        store = ResultStore.open(tmp_path / f"w{workers}")
+        runner.run_malleability_spec(spec, store, workers=workers)
+        frame = store.to_frame("malleability").drop(columns=["seconds", "started", "finished"], errors="ignore")
+        frames.append(frame.sort_values("key").reset_index(drop=True))
+    pd.testing.assert_frame_equal(*frames)
+    # The worker threads run in the caller's context: strict guards refuse an untrained fit there too.
+    with guards.strict(), pytest.raises(UntrainedError):
+        runner.run_malleability_spec(
+            {**spec, "training": {"epochs": 0}}, ResultStore.open(tmp_path / "strict"), workers=2
+        )

@@ -44,6 +44,7 @@ import dataclasses
 import functools
 import time
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -227,6 +228,92 @@ def plan_memory(n: int, n_test: int, d: int, head, *, budget: int | None = None,
         memory.ensure_fits(estimate, budget)
 
 
+class _Setting(NamedTuple):
+    """The validated arguments of :func:`prepare` that determine its clean fit."""
+
+    split: TrainTest
+    options: FitOptions
+    training: str
+    at_epsilon: float | None
+    attack_config: AttackConfig
+
+    @classmethod
+    def of(cls, data, X, y, X_test, y_test, influence, training, at_epsilon, attack_config, options) -> _Setting:
+        # Malleability compares kernel ridge influence (FitOptions also takes the network estimators).
+        fit_options = FitOptions(method=check_choice(influence, "influence method", INFLUENCE_METHODS), **options)
+        training = check_choice(training, "training", TRAININGS)
+        at_epsilon = check_real(at_epsilon, "at_epsilon", minimum=0.0)
+        attack_config = as_attack_config(attack_config)
+        split = resolve_data(data, X=X, y=y, X_test=X_test, y_test=y_test)
+        if fit_options.kernel not in RIDGE_KERNELS and attack_config.target == "kernel":
+            raise InputValueError(
+                f"attack_config.target: 'kernel' attacks a kernel ridge predictor, but "
+                f"kernel={fit_options.kernel!r} has none; expected kernel in {list(RIDGE_KERNELS)} or "
+                "target 'model'"
+            )
+        return cls(split, fit_options, training, at_epsilon, attack_config)
+
+    def plan(self, attack_targets: Sequence[str]) -> None:
+        """:func:`plan_memory` of the training, the influence kernel and attacks on ``attack_targets``."""
+        for target in attack_targets:
+            check_choice(target, "attack_targets[]", ATTACK_TARGETS)
+        split, options = self.split, self.options
+        plan_memory(
+            split.X.shape[0],
+            split.X_test.shape[0],
+            split.X.shape[1],
+            options.head_model(split.n_classes).head,
+            config=options.train_config,
+            kernel=options.kernel,
+            training=self.training,
+            dtype=options.dtype,
+            attack_targets=tuple(attack_targets),
+        )
+
+    def train(self, keys: Mapping[str, jax.Array], null: str | None = None) -> FittedModel:
+        """The network trained from ``keys`` on the clean data, its training health assessed (a warning names
+        the fit, and the ``null`` kind of a null refit, when it did not train)."""
+        spec, config = self.options.head_model(self.split.n_classes), self.options.train_config
+        fitted = fit_in_mode(
+            spec,
+            self.split.X,
+            self.split.labels,
+            self.split.n_classes,
+            mode=self.training,
+            keys=keys,
+            config=config,
+            at_epsilon=self.at_epsilon,
+            attack_config=self.attack_config,
+        )
+        what = fit_label(spec, self.options.seed, self.training) + ("" if null is None else f", null-{null} refit")
+        return assess_fit(fitted, self.split, config, what=what)
+
+
+def train_network(
+    data=None,
+    *,
+    null: str | None = None,
+    influence: str = "loo",
+    training: str = "standard",
+    at_epsilon: float = 0.3,
+    attack_config=None,
+    attack_targets: Sequence[str] = (),
+    **options,
+) -> FittedModel:
+    """The clean fit :func:`prepare` trains with the same arguments (``null=None``), or the refit of its
+    null baseline of that kind (:func:`null_refit`), with its training health — nothing else computed.
+
+    The same network, bit for bit, as the one :func:`prepare` would train: passed back as
+    ``prepare(..., fitted=...)`` or ``measure_null(..., refit=...)`` it saves the training. Training is
+    pure JAX, so several networks can be trained at once in threads (the malleability runner does).
+    Like :func:`prepare`, it plans the memory first (``attack_targets`` as there).
+    """
+    setting = _Setting.of(data, None, None, None, None, influence, training, at_epsilon, attack_config, options)
+    setting.plan(attack_targets)
+    keys = setting.options.keys()
+    return setting.train(keys if null is None else null_keys(keys, null), null)
+
+
 def prepare(
     data=None,
     *,
@@ -254,47 +341,12 @@ def prepare(
     ``fitted``: the clean fit of an earlier ``prepare`` with the same data, model, width, seed,
     training and configs (say, for another influence kernel), reused instead of training again.
     """
-    # Malleability compares kernel ridge influence (FitOptions also takes the network estimators).
-    fit_options = FitOptions(method=check_choice(influence, "influence method", INFLUENCE_METHODS), **options)
-    training = check_choice(training, "training", TRAININGS)
-    at_epsilon = check_real(at_epsilon, "at_epsilon", minimum=0.0)
-    attack_config = as_attack_config(attack_config)
+    setting = _Setting.of(data, X, y, X_test, y_test, influence, training, at_epsilon, attack_config, options)
+    split, fit_options, training, _, attack_config = setting
     keys = fit_options.keys()
-    split = resolve_data(data, X=X, y=y, X_test=X_test, y_test=y_test)
-    if fit_options.kernel not in RIDGE_KERNELS and attack_config.target == "kernel":
-        raise InputValueError(
-            f"attack_config.target: 'kernel' attacks a kernel ridge predictor, but "
-            f"kernel={fit_options.kernel!r} has none; expected kernel in {list(RIDGE_KERNELS)} or "
-            "target 'model'"
-        )
-    spec = fit_options.head_model(split.n_classes)
-    for target in attack_targets:
-        check_choice(target, "attack_targets[]", ATTACK_TARGETS)
-    config = fit_options.train_config
-    plan_memory(
-        split.X.shape[0],
-        split.X_test.shape[0],
-        split.X.shape[1],
-        spec.head,
-        config=config,
-        kernel=fit_options.kernel,
-        training=training,
-        dtype=fit_options.dtype,
-        attack_targets=tuple(attack_targets),
-    )
+    setting.plan(attack_targets)
     if fitted is None:
-        fitted = fit_in_mode(
-            spec,
-            split.X,
-            split.labels,
-            split.n_classes,
-            mode=training,
-            keys=keys,
-            config=config,
-            at_epsilon=at_epsilon,
-            attack_config=attack_config,
-        )
-        fitted = assess_fit(fitted, split, config, what=fit_label(spec, fit_options.seed, training))
+        fitted = setting.train(keys)
     clean = fitted_influence(
         fitted, split.X, split.labels, split.X_test, split.labels_test, n_classes=split.n_classes, options=fit_options
     )
@@ -304,7 +356,7 @@ def prepare(
         dataclasses.replace(clean, seed=fit_options.seed),
         fit_options,
         training,
-        at_epsilon if training == "pgd-at" else None,
+        setting.at_epsilon if training == "pgd-at" else None,
         attack_config,
         keys,
     )
@@ -550,14 +602,10 @@ def null_keys(keys: Mapping[str, jax.Array], kind: str) -> dict[str, jax.Array]:
 def null_refit(experiment: Experiment, kind: str = "seed") -> FittedModel:
     """The experiment's clean fit repeated with the PRNG keys of a null baseline (:func:`null_keys`)."""
     kind = check_choice(kind, "null", NULL_KINDS)
-    refit = experiment.refit(
-        experiment.split.X,
-        experiment.split.labels,
-        keys=null_keys(experiment.keys, kind),
-        attack_config=experiment.attack_config,
+    setting = _Setting(
+        experiment.split, experiment.options, experiment.training, experiment.at_epsilon, experiment.attack_config
     )
-    what = fit_label(experiment.fitted.spec, experiment.options.seed, experiment.training) + f", null-{kind} refit"
-    return assess_fit(refit, experiment.split, experiment.options.train_config, what=what)
+    return setting.train(null_keys(experiment.keys, kind), kind)
 
 
 def measure_null(
