@@ -237,6 +237,9 @@ def test_fit_cache_drops_the_least_recently_used_past_its_byte_limit():
     assert cache.get("a") is not None  # now the most recently used
     cache.put("c", fit(8))
     assert cache.get("b") is None and cache.get("a") is not None and cache.get("c") is not None
+    for _ in range(3):  # storing a key again replaces it: nothing else is dropped
+        cache.put("c", fit(8))
+    assert cache.get("a") is not None and cache.get("c") is not None
 
 
 def test_networks_trained_ahead_in_threads_give_the_records_of_one_at_a_time(tmp_path):
@@ -263,3 +266,21 @@ def test_networks_trained_ahead_in_threads_give_the_records_of_one_at_a_time(tmp
         runner.run_malleability_spec(
             {**spec, "training": {"epochs": 0}}, ResultStore.open(tmp_path / "strict"), workers=2
         )
+
+
+def test_cli_malleability_runs_a_spec_and_prints_its_summary(tmp_path, capsys):
+    import json
+
+    from kernelattn.cli import main
+
+    spec = {
+        "name": "tiny", "kind": "malleability",
+        "datasets": [{"name": "digits", "n_train": 30, "n_test": 10, "seed": 0}],
+        "models": ["relu"], "attacks": ["pgd"], "epsilons": [0.1], "width": 8,
+        "training": {"epochs": 2}, "attack_config": {"steps": 1}, "null_baselines": ["seed"],
+    }
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(spec))
+    assert main(["malleability", str(path), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "flip_rate" in printed and "null-seed" in printed and "adversarial" in printed
