@@ -51,15 +51,16 @@ _HEAD_KEYS = {"readout": "train_readout", "sigma_w": "sigma_w", "sigma_b": "sigm
 
 
 class FitCache:
-    """Trained networks by what determines them, least recently used dropped past ``max_bytes``.
+    """Trained networks by what determines them, least recently used dropped past ``max_bytes``
+    (None: an eighth of the memory available when the cache is made).
 
     A key names everything a fit depends on (dataset entry, model, width, head, seed, training mode
     and settings, PGD-AT radius and attack, dtype, precision, and the null kind of a refit), so a
     hit returns the fit that training would produce again, bit for bit on the same machine.
     """
 
-    def __init__(self, max_bytes: int = 512 * 2**20):
-        self.max_bytes = max_bytes
+    def __init__(self, max_bytes: int | None = None):
+        self.max_bytes = memory.available_memory() // 8 if max_bytes is None else max_bytes
         self._fits: collections.OrderedDict[str, tuple[FittedModel, int]] = collections.OrderedDict()
         self._bytes = 0
 
