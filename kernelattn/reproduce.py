@@ -369,17 +369,22 @@ def _setup_compile_cache(compile_cache: Any) -> None:
 def _largest_training_set(spec: Any) -> int | None:
     """The largest ``n_train`` a spec names (datasets, variants, lists of sizes), or None when a
     dataset entry names none (its full size)."""
-    if isinstance(spec, list):
-        sizes = [_largest_training_set(item) for item in spec]
-    elif isinstance(spec, dict):
+    if isinstance(spec, dict):
         if "name" in spec and "n_train" not in spec and ("seed" in spec or "n_test" in spec):
             return None
-        named = spec.get("n_train", 0)
-        sizes = [_largest_training_set(value) for value in spec.values()]
-        sizes.append(max(named) if isinstance(named, list) and named else named if isinstance(named, int) else 0)
+        named = spec.get("n_train", [])
+        sizes = list(named) if isinstance(named, list) else [named]
+        children: Any = spec.values()
+    elif isinstance(spec, list):
+        sizes, children = [], spec
     else:
         return 0
-    return None if None in sizes else max((size for size in sizes if size is not None), default=0)
+    for child in children:
+        size = _largest_training_set(child)
+        if size is None:
+            return None
+        sizes.append(size)
+    return max(sizes, default=0)
 
 
 def _run_one(entry: _SpecEntry, out: Path, progress: bool, fits: FitCache) -> int:

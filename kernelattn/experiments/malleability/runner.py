@@ -304,8 +304,15 @@ def run_malleability_spec(
                     cells = [(provenance.cell_key(cell), cell) for cell in _group_cells(parsed, dataset, group)]
                     cells = [(key, cell) for key, cell in cells if key not in written and not store.has(key)]
                     if cells:
-                        context = {"spec": spec, "parsed": parsed, "dataset": dataset, "group": group}
-                        pending.append(({**context, "dataset_label": dataset_label, "fits": fits}, cells))
+                        context = {
+                            "spec": spec,
+                            "parsed": parsed,
+                            "dataset": dataset,
+                            "dataset_label": dataset_label,
+                            "group": group,
+                            "fits": fits,
+                        }
+                        pending.append((context, cells))
                 if not pending:
                     continue
                 data_key = provenance.canonical_json(dataset)
