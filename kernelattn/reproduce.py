@@ -342,9 +342,11 @@ def _say(progress: bool, message: str) -> None:
 def _setup_compile_cache(compile_cache: Any) -> None:
     """Point JAX's persistent compilation cache at a directory (unless one is set or ``compile_cache`` is off).
 
-    The malleability runner compiles its training and attack loops per clean
-    fit; identical programs (same shapes and constants) are then read from disk
-    instead of recompiled, within a run and across runs.
+    Identical programs (same shapes and constants) are then read from disk
+    instead of recompiled, within a run and across runs. Every program is
+    kept, however fast it compiled (JAX keeps only those over 1 s by default):
+    the quick tier's hundreds of small programs took 10 s to recompile on
+    each run with a 0.3 s minimum.
     """
     if compile_cache is False or compile_cache is None:
         return
@@ -361,7 +363,7 @@ def _setup_compile_cache(compile_cache: Any) -> None:
         return
     try:
         jax.config.update("jax_compilation_cache_dir", str(directory))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     except (AttributeError, KeyError, ValueError) as err:  # a JAX without these options
         warnings.warn(f"compile_cache: JAX's persistent cache is not available ({err})", stacklevel=3)
 
@@ -444,6 +446,7 @@ def reproduce(
     experiments: str | os.PathLike[str] | None = None,
     compile_cache: bool | str | os.PathLike[str] = True,
     precision: str | None = None,
+    fits: FitCache | None = None,
 ) -> ReproduceResult:
     """Run a tier's experiments (resumably), then write the figures and the markdown report.
 
@@ -472,6 +475,9 @@ def reproduce(
         TF32 on recent GPUs); None → the policy in force
         (``kernelattn.precision_policy``, the CLI's ``--precision``, else
         "highest"). Records and figures' metadata name the one used.
+      fits: the :class:`~kernelattn.experiments.malleability.runner.FitCache` the malleability specs
+        share their trained networks through (None: a new one); pass one to keep the networks, e.g.
+        to inspect what a tier trained or to share them with a later call in the same process.
 
     Returns:
       A :class:`ReproduceResult`.
@@ -484,11 +490,19 @@ def reproduce(
     """
     with precision_policy(precision):
         return _reproduce(
-            tier, only, out, figures_dir, progress, specs=specs, experiments=experiments, compile_cache=compile_cache
+            tier,
+            only,
+            out,
+            figures_dir,
+            progress,
+            specs=specs,
+            experiments=experiments,
+            compile_cache=compile_cache,
+            fits=FitCache() if fits is None else fits,
         )
 
 
-def _reproduce(tier, only, out, figures_dir, progress, *, specs, experiments, compile_cache) -> ReproduceResult:
+def _reproduce(tier, only, out, figures_dir, progress, *, specs, experiments, compile_cache, fits) -> ReproduceResult:
     start = time.perf_counter()
     out = Path(out)
     if specs is not None:
@@ -502,8 +516,7 @@ def _reproduce(tier, only, out, figures_dir, progress, *, specs, experiments, co
     _check_data(entries)
     _setup_compile_cache(compile_cache)
     out.mkdir(parents=True, exist_ok=True)
-    runs = []
-    fits = FitCache()  # the specs of a tier train many of the same networks (same data, seeds, settings)
+    runs = []  # the specs of a tier share ``fits``: they train many of the same networks
     for i, entry in enumerate(entries, 1):
         _say(
             progress,

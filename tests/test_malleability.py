@@ -1,5 +1,7 @@
 """Influence malleability: metrics, interventions, adversarial training, the public entry point."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -240,6 +242,7 @@ def test_fit_cache_drops_the_least_recently_used_past_its_byte_limit():
     for _ in range(3):  # storing a key again replaces it: nothing else is dropped
         cache.put("c", fit(8))
     assert cache.get("a") is not None and cache.get("c") is not None
+    assert len(cache) == 2 and [key for key, _ in cache.items()] == ["a", "c"]  # least recently used first
 
 
 def test_networks_trained_ahead_in_threads_give_the_records_of_one_at_a_time(tmp_path):
@@ -254,13 +257,18 @@ def test_networks_trained_ahead_in_threads_give_the_records_of_one_at_a_time(tmp
         "models": ["relu", "mlp-attn"], "seeds": [0, 1], "attacks": ["pgd"], "epsilons": [0.1], "width": 8,
         "training": {"epochs": 3}, "attack_config": {"steps": 1},
     }
-    frames = []
+    DEFAULTS = runner.DEFAULT_NULLS
+    frames, fits = [], runner.FitCache()
     for workers in (1, 2):
         store = ResultStore.open(tmp_path / f"w{workers}")
-        runner.run_malleability_spec(spec, store, workers=workers)
+        runner.run_malleability_spec(spec, store, workers=workers, fits=fits if workers == 2 else None)
         frame = store.to_frame("malleability").drop(columns=["seconds", "started", "finished"], errors="ignore")
         frames.append(frame.sort_values("key").reset_index(drop=True))
     pd.testing.assert_frame_equal(*frames)
+    keys = [json.loads(key) for key, _ in fits.items()]  # every network of the spec, trained once
+    assert sorted((k["model"], k["seed"], k["null"] or "") for k in keys) == [
+        (model, seed, null) for model in ("mlp-attn", "relu") for seed in (0, 1) for null in ("", *sorted(DEFAULTS))
+    ]
     # The worker threads run in the caller's context: strict guards refuse an untrained fit there too.
     with guards.strict(), pytest.raises(UntrainedError):
         runner.run_malleability_spec(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import contextvars
 import dataclasses
 import functools
@@ -70,6 +71,13 @@ class FitCache:
             return None
         self._fits.move_to_end(key)
         return self._fits[key][0]
+
+    def items(self) -> list[tuple[str, FittedModel]]:
+        """``(key, fit)`` pairs, least recently used first; a key is the canonical JSON of :func:`fit_key`."""
+        return [(key, fitted) for key, (fitted, _) in self._fits.items()]
+
+    def __len__(self) -> int:
+        return len(self._fits)
 
     def put(self, key: str, fitted: FittedModel) -> FittedModel:
         """Store ``fitted`` under ``key``; returns it."""
@@ -275,7 +283,7 @@ def run_malleability_spec(
       max_cells: the cell limit (see ``kernelattn.experiments.specs.parse_malleability_spec``).
       fits: a :class:`FitCache` to share fits with other specs (a tier passes one to all its
         specs); None → one for this call, shared by the spec's variants.
-      workers: networks trained at once, in threads (:func:`train_ahead`); None →
+      workers: networks trained at once, in threads (:func:`training_ahead`); None →
         :func:`default_workers`. The records are the same for any number.
 
     Returns:
@@ -319,9 +327,12 @@ def run_malleability_spec(
                 if data_key not in loaded:
                     loaded[data_key] = _load_dataset(dataset, dataset_label, index)
                 data = loaded[data_key]
-                with blas_single_thread(data.X_train.shape[0]):
-                    train_ahead(data, pending, fits, workers=workers, progress=progress is not None)
+                with (
+                    blas_single_thread(data.X_train.shape[0]),
+                    training_ahead(data, pending, fits, workers=workers, progress=progress is not None) as trained,
+                ):
                     for context, cells in pending:
+                        trained(context, cells)
                         experiment = _prepare_group(data, context)
                         for key, cell in cells:
                             report = _run_cell(store, key, cell, experiment, context, membership.get(key, []))
@@ -370,28 +381,32 @@ def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def train_ahead(
+@contextlib.contextmanager
+def training_ahead(
     data, pending: Sequence[tuple[dict, list]], fits: FitCache, *, workers: int | None = None, progress: bool = False
-) -> int:
+):
     """Train the clean fits and null refits the ``pending`` groups (``(context, cells)`` pairs) need and
-    ``fits`` lacks, ``workers`` at a time in threads; the number trained.
+    ``fits`` lacks, ``workers`` at a time in threads, in the order of the groups, while the caller works.
 
-    Each network is the one the group would train by itself (``train_network``, bit for bit: the
+    Yields ``trained(context, cells)``, which waits until that group's networks are in ``fits``: the caller
+    measures a group's cells while the later groups' networks train, so both kinds of work share the
+    cores. Each network is the one the group would train by itself (``train_network``, bit for bit: the
     same program on the same inputs), so the records do not depend on ``workers``. Each thread runs in
-    a copy of the caller's context (precision policy, guard policy). On a 2-core CPU two fits at once
-    take about 0.6 of the time of one after the other. ``progress``: a tqdm bar of the networks trained.
+    a copy of the caller's context (precision policy, guard policy). On leaving, networks not started
+    are cancelled and those running are awaited. ``progress``: a tqdm bar of the networks trained.
     """
     workers = default_workers() if workers is None else check_int(workers, "workers", minimum=1)
     jobs: dict[str, tuple[dict, str | None]] = {}
     for context, cells in pending:
-        nulls = {cell["intervention"][len("null-") :] for _, cell in cells if cell["intervention"].startswith("null-")}
-        for null in (None, *sorted(nulls)):
+        for null in _group_nulls(cells):
             key = fit_key(context["parsed"], context["dataset"], context["group"], null)
             if key not in jobs and fits.get(key) is None:
                 jobs[key] = (context, null)
     if workers == 1 or len(jobs) < 2:
-        return 0
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        yield lambda context, cells: None
+        return
+    pool = concurrent.futures.ThreadPoolExecutor(workers)
+    try:
         futures = {
             key: pool.submit(
                 contextvars.copy_context().run,
@@ -400,10 +415,23 @@ def train_ahead(
             for key, (context, null) in jobs.items()
         }
         with tqdm(total=len(futures), desc="training networks", unit="fit", disable=not progress, leave=False) as bar:
-            for key, future in futures.items():
-                fits.put(key, future.result())
-                bar.update(1)
-    return len(jobs)
+
+            def trained(context: dict, cells: list) -> None:
+                for null in _group_nulls(cells):
+                    key = fit_key(context["parsed"], context["dataset"], context["group"], null)
+                    if key in futures:
+                        fits.put(key, futures.pop(key).result())
+                        bar.update(1)
+
+            yield trained
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _group_nulls(cells: list) -> tuple[str | None, ...]:
+    """``None`` (the clean fit) and the null kinds of a group's ``(key, cell)`` pairs, sorted."""
+    kinds = {cell["intervention"][len("null-") :] for _, cell in cells if cell["intervention"].startswith("null-")}
+    return (None, *sorted(kinds))
 
 
 def _spec_groups(parsed: dict):
