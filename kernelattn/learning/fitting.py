@@ -192,11 +192,11 @@ class HeadModel:
 
     def features(self, queries: ArrayLike, context: ArrayLike) -> jax.Array:
         """``(n_q, d)`` head inputs of raw ``queries`` given the raw training set ``context``."""
-        return _features(self, jnp.asarray(queries, self.dtype), jnp.asarray(context, self.dtype))
+        return _features(self.attention, jnp.asarray(queries, self.dtype), jnp.asarray(context, self.dtype))
 
     def apply(self, variables: dict, features: jax.Array) -> jax.Array:
         """Head outputs ``(n_q, C)`` on precomputed features."""
-        return _apply(self, variables, features)
+        return _apply(self.head, self.dtype, variables, features)
 
     def outputs(self, variables: dict, queries: jax.Array, context: jax.Array) -> jax.Array:
         """Model outputs ``(n_q, C)`` on raw queries, attending over the raw training set."""
@@ -204,42 +204,46 @@ class HeadModel:
 
     def init(self, key: jax.Array, features: jax.Array) -> dict:
         """Head variables ``{"params": {"W", ["b"], ["a"]}, ["constants": {"a"}]}``, N(0, 1) / ±1."""
-        return _init(self, key, jnp.asarray(features, self.dtype))
+        return _init(self.head, self.dtype, key, jnp.asarray(features, self.dtype))
 
 
-# Jitted with the (hashable, frozen) HeadModel static: one compilation per model
-# configuration and shape instead of one per primitive in eager mode.
+# Jitted with only what each part depends on static (frozen, hashable configurations): one
+# compilation per configuration and shape instead of one per primitive in eager mode, and the
+# features of every head, the head of every model (2L-ReLU and MLP-Attn train the same head
+# program on features of the same shape) compiled once.
 @functools.partial(jax.jit, static_argnums=0)
-def _features(spec: HeadModel, queries, context):
+def _features(attention: AttentionConfig | None, queries, context):
     queries = unit_rows(queries)
-    if spec.attention is None:
+    if attention is None:
         return queries
-    return attend(queries, unit_rows(context), spec.attention)
+    return attend(queries, unit_rows(context), attention)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _apply(spec: HeadModel, variables, features):
-    return MLPHead(spec.head, spec.dtype).apply(variables, features)
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _apply(head: HeadConfig, dtype, variables, features):
+    return MLPHead(head, dtype).apply(variables, features)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _init(spec: HeadModel, key, features):
-    variables = MLPHead(spec.head, spec.dtype).init(key, features)
-    return jax.tree_util.tree_map(lambda v: jnp.asarray(v, spec.dtype), dict(variables))
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init(head: HeadConfig, dtype, key, features):
+    variables = MLPHead(head, dtype).init(key, features)
+    return jax.tree_util.tree_map(lambda v: jnp.asarray(v, dtype), dict(variables))
 
 
 @dataclasses.dataclass(frozen=True)
 class HeadApply:
     """``(rest, params, features) ↦ (n, C)`` head outputs, the non-trainable collections ``rest`` passed in.
 
-    Compared by value (its :class:`HeadModel`): ``jax.tree_util.Partial(HeadApply(spec), rest)`` is the
-    ``apply_fn`` of :func:`kernelattn.learning.training.train`, compiled once per model configuration.
+    Compared by value (the head's configuration and dtype, not the model's: the head is trained on
+    precomputed features): ``jax.tree_util.Partial(HeadApply(spec.head, spec.dtype), rest)`` is the
+    ``apply_fn`` of :func:`kernelattn.learning.training.train`, compiled once per head configuration.
     """
 
-    spec: HeadModel
+    head: HeadConfig
+    dtype: Any
 
     def __call__(self, rest: dict, params: dict, features: jax.Array) -> jax.Array:
-        return self.spec.apply({"params": params, **rest}, features)
+        return _apply(self.head, self.dtype, {"params": params, **rest}, features)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -371,7 +375,7 @@ def fit_model(
     initial = spec.init(key_init, features)
     params, rest = initial["params"], {k: v for k, v in initial.items() if k != "params"}
 
-    apply_fn = jax.tree_util.Partial(HeadApply(spec), rest)
+    apply_fn = jax.tree_util.Partial(HeadApply(spec.head, spec.dtype), rest)
     result = train(
         apply_fn,
         params,

@@ -104,7 +104,7 @@ def head_gradient_model(fitted: FittedModel, learning_rate: float) -> GradientMo
     """The :class:`GradientModel` of a fitted head (inputs: its features, ``HeadModel.features``)."""
     rest = {k: v for k, v in fitted.variables.items() if k != "params"}
     return GradientModel(
-        apply_fn=jax.tree_util.Partial(HeadApply(fitted.spec), rest),
+        apply_fn=jax.tree_util.Partial(HeadApply(fitted.spec.head, fitted.spec.dtype), rest),
         params=fitted.variables["params"],
         loss=fitted.loss,
         checkpoints=tuple(v["params"] for v in fitted.checkpoints),
