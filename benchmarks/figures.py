@@ -3,7 +3,7 @@
     python benchmarks/figures.py [RESULTS] [--workers N] [--repeats 3]
 
 RESULTS is a finished results directory (default ``results``; the quick tier
-draws 12 figures, 24 files). The stores are read once; then every figure is
+draws 16 figures, 32 files). The stores are read once; then every figure is
 drawn and written as PNG and PDF (``kernelattn.viz.figures.save_figures``)
 into a temporary directory, alternately with ``workers=1`` (in this process,
 as ``kernelattn figures`` did before workers) and with ``--workers`` processes
@@ -32,8 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from kernelattn.viz.figures import default_workers, figure_jobs, save_figures
+from kernelattn.viz.figures import figure_jobs, save_figures
 from kernelattn.viz.frames import load_frames
+from kernelattn.viz.workers import default_workers
 
 
 def cpu_seconds() -> float:

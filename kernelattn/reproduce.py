@@ -71,7 +71,7 @@ from kernelattn.experiments.specs import (
 )
 from kernelattn.experiments.store import ResultStore, StoreNotFoundError
 from kernelattn.experiments.sweeps import run_sweep
-from kernelattn.viz import figures, report
+from kernelattn.viz import figures, report, workers
 from kernelattn.viz.frames import load_frames
 
 __all__ = [
@@ -586,15 +586,14 @@ def redraw(out: str | os.PathLike[str] = "results", figures_dir: str | os.PathLi
     if not frames.stores:
         raise StoreNotFoundError(f"{out}: no result store found (run kernelattn reproduce first)")
     jobs = figures.figure_jobs(frames)
-    written = figures.save_figures(jobs, figures_dir, {job.stem: _figure_precision(frames, job.stem) for job in jobs})
-    captions = {job.stem: job.caption for job in jobs}
-    report_path = out / "report.md"
-    text = report.render_report(
-        frames, figures={stem: _relative(figures_dir / f"{stem}.png", out) for stem in captions}, captions=captions
+    precisions = {job.stem: _figure_precision(frames, job.stem) for job in jobs}
+    links = {job.stem: _relative(figures_dir / f"{job.stem}.png", out) for job in jobs}
+    report_task = workers.Task(
+        "report.md", report.write_report, (out / "report.md", frames, links, {job.stem: job.caption for job in jobs})
     )
-    tmp = report_path.with_name(f".{report_path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, report_path)
+    # The report first: this process, which has read the stores, writes it while the workers start drawing.
+    report_path, *drawn = workers.run_tasks([report_task, *figures.figure_tasks(jobs, figures_dir, precisions)])
+    written = [path for paths in drawn for path in paths]
     return [*written, report_path]
 
 

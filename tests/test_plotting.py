@@ -16,8 +16,9 @@ import pytest
 
 from kernelattn.analysis.flip_summary import malleability_summary
 from kernelattn.viz import figures_malleability, figures_sweeps, report, style
-from kernelattn.viz.figures import FigureJob, figure_jobs, figures_for, save_figures
+from kernelattn.viz.figures import FigureJob, figure_jobs, figure_tasks, figures_for, save_figures
 from kernelattn.viz.figures_sweeps import plot_spectra
+from kernelattn.viz.workers import Task, run_tasks
 from kernelattn.viz.frames import SHORT_KEY, load_frames
 from kernelattn.experiments.provenance import cell_key
 from kernelattn.experiments.store import ResultStore, make_record
@@ -175,13 +176,13 @@ def test_workers_write_the_files_drawn_here(stores, tmp_path):
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(here, pooled))
 
 
-def test_a_worker_draws_each_task_and_sends_errors_back(stores, tmp_path):
+def test_a_worker_runs_each_task_and_sends_errors_back(stores, tmp_path):
     out, _ = stores
     good = figure_jobs(load_frames(out))[0]
     bad = FigureJob("bad", "no frame", plot_spectra, {"conditions": None})
-    worker = subprocess.run([sys.executable, "-c", "from kernelattn.viz.figures import serve; serve()"],
-                            input=pickle.dumps((good, tmp_path / good.stem, "highest")) + pickle.dumps(
-                                (bad, tmp_path / "bad", None)), capture_output=True, check=True, timeout=300)
+    tasks = figure_tasks([good, bad], tmp_path, {good.stem: "highest"})
+    worker = subprocess.run([sys.executable, "-c", "from kernelattn.viz.workers import serve; serve()"],
+                            input=b"".join(map(pickle.dumps, tasks)), capture_output=True, check=True, timeout=300)
     answers = io.BytesIO(worker.stdout)
     assert pickle.load(answers) is None  # ready
     assert pickle.load(answers) == (True, [tmp_path / f"{good.stem}.png", tmp_path / f"{good.stem}.pdf"])
@@ -189,6 +190,12 @@ def test_a_worker_draws_each_task_and_sends_errors_back(stores, tmp_path):
     assert not ok and isinstance(error, TypeError)
     with pytest.raises(TypeError):  # the same exception, raised in the caller, whoever drew the bad job
         save_figures([good, bad], tmp_path / "both", workers=2)
+
+
+def test_run_tasks_returns_results_in_task_order_wherever_they_ran():
+    tasks = [Task(f"pow {i}", pow, (i, 2)) for i in range(7)]
+    assert run_tasks(tasks, workers=3) == run_tasks(tasks, workers=1) == [i * i for i in range(7)]
+    assert run_tasks([], workers=2) == []
 
 
 def test_a_worker_that_cannot_start_leaves_its_figures_to_the_others(stores, tmp_path, monkeypatch):
@@ -203,7 +210,8 @@ def test_a_worker_that_cannot_start_leaves_its_figures_to_the_others(stores, tmp
 
 
 def test_the_figure_modules_load_no_jax():
-    code = "import sys, kernelattn.viz.figures; print(sorted(m for m in ('jax', 'flax', 'optax') if m in sys.modules))"
+    code = ("import sys, kernelattn.viz.figures, kernelattn.viz.report, kernelattn.viz.workers; "
+            "print(sorted(m for m in ('jax', 'flax', 'optax') if m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "[]"
 

@@ -4,25 +4,17 @@
 :class:`FigureJob` s (file stem, caption, plot function and the frames it
 draws): nothing is drawn yet. :func:`figures_for` draws them here, one by one;
 :func:`save_figures` writes each as PNG and PDF, spreading the figures over
-this process and worker processes, one per CPU. A worker is a fresh
-interpreter running :func:`serve` (not a fork of this process, which may hold JAX's threads, and
-not ``multiprocessing``, which would re-run the caller's main script): it
-imports only pandas, matplotlib and the figure modules, never JAX, receives
-each figure's frames pickled, and draws on matplotlib's Agg and PDF canvases.
-A figure drawn in a worker is the same file as one drawn here.
+this process and worker processes, one per CPU (:mod:`kernelattn.viz.workers`;
+:func:`figure_tasks` to run them beside other tasks). A worker imports only
+pandas, matplotlib and the figure modules, never JAX, receives each figure's
+frames pickled, and draws on matplotlib's Agg and PDF canvases. A figure
+drawn in a worker is the same file as one drawn here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import pickle
-import queue
-import subprocess
-import sys
-import threading
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,8 +33,9 @@ from kernelattn.viz.figures_malleability import (
 from kernelattn.viz.figures_sweeps import plot_condition_power, plot_convergence, plot_ntk_distance, plot_spectra
 from kernelattn.viz.frames import Frames, is_kappa_sweep
 from kernelattn.viz.style import model_colors, save_figure
+from kernelattn.viz.workers import Task, run_tasks
 
-__all__ = ["FigureJob", "default_workers", "figure_jobs", "figures_for", "save_figures", "serve"]
+__all__ = ["FigureJob", "figure_jobs", "figure_tasks", "figures_for", "save_figures"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,130 +208,18 @@ def figures_for(frames: Frames) -> Iterator[tuple[str, str, Figure]]:
         yield job.stem, job.caption, job.draw()
 
 
-def default_workers(n_figures: int) -> int:
-    """Worker processes for ``n_figures``: one per CPU this process may use, at most one per figure."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # no CPU affinity on macOS and Windows
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, n_figures))
-
-
 def _save(job: FigureJob, stem: Path, precision: str | None) -> list[Path]:
     return save_figure(job.draw(), stem, precision=precision)
 
 
-#: A worker's command line: this interpreter, the parent's ``sys.path`` (as JSON, the next argument), then
-#: :func:`serve`. No ``multiprocessing``: it would re-run the parent's main script in every worker.
-_WORKER = "import json, sys; sys.path[:] = json.loads(sys.argv[1]); from kernelattn.viz.figures import serve; serve()"
-
-
-def serve() -> None:
-    """A worker's loop: say it is ready (a pickled None on stdout), then read pickled ``(job, stem,
-    precision)`` tasks from stdin, one at a time, and answer each with the pickled ``(True, paths written)``
-    or ``(False, the exception raised)``; stop at the end of stdin. Anything the drawing prints goes to stderr."""
-    answers = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
-    answers.write(pickle.dumps(None))
-    answers.flush()
-    while True:
-        try:
-            task = pickle.load(sys.stdin.buffer)
-        except EOFError:
-            return
-        answer: tuple[bool, list[Path] | Exception]
-        try:
-            answer = (True, _save(*task))
-        except Exception as err:  # noqa: BLE001 - raised again in the parent
-            answer = (False, err)
-        try:
-            data = pickle.dumps(answer)
-        except Exception:  # noqa: BLE001 - an exception that does not pickle: its text
-            data = pickle.dumps((False, RuntimeError(f"{type(answer[1]).__name__}: {answer[1]}")))
-        answers.write(data)
-        answers.flush()
-
-
-def _draw_in_workers(tasks: Sequence[tuple], n: int) -> list[list[Path]]:
-    """The paths written for each task, drawn here and by ``n − 1`` worker processes, each of the ``n``
-    taking the next task when free (this process, its modules already imported, starts at once)."""
-    pending: queue.SimpleQueue = queue.SimpleQueue()
-    for index, task in enumerate(tasks):
-        pending.put((index, task))
-    results: list[list[Path]] = [[] for _ in tasks]
-    errors: list[BaseException] = []  # raised by the workers
-    stop = threading.Event()  # set on the first error: nobody takes another task
-
-    def take() -> tuple[int, tuple] | None:
-        try:
-            return None if stop.is_set() else pending.get_nowait()
-        except queue.Empty:
-            return None
-
-    def fail(error: BaseException) -> None:
-        errors.append(error)
-        stop.set()
-
-    def drive() -> None:  # one worker process, fed by one thread of this process once it is ready
-        try:
-            worker = subprocess.Popen(
-                [sys.executable, "-c", _WORKER, json.dumps(list(map(os.fsdecode, sys.path)))],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-            )
-        except OSError as err:
-            warnings.warn(
-                f"no figure worker ({err}): the figures are drawn by the others", RuntimeWarning, stacklevel=1
-            )  # from a worker thread: no caller to point at
-            return
-        with worker:
-            requests, answers = worker.stdin, worker.stdout
-            assert requests is not None and answers is not None  # both opened as pipes
-            try:
-                pickle.load(answers)
-            except Exception:  # noqa: BLE001 - not a worker speaking this protocol (e.g. no Python at sys.executable)
-                worker.kill()
-                warnings.warn(
-                    f"a figure worker did not start (exit code {worker.wait()}): the figures are drawn by the others",
-                    RuntimeWarning,
-                    stacklevel=1,
-                )
-                return
-            while (item := take()) is not None:
-                index, task = item
-                try:
-                    pickle.dump(task, requests)
-                    requests.flush()
-                    ok, value = pickle.load(answers)
-                except (EOFError, OSError):
-                    fail(
-                        RuntimeError(
-                            f"a figure worker died drawing {task[0].stem} (exit code {worker.wait()}; "
-                            "its messages are above)"
-                        )
-                    )
-                    return
-                if ok:
-                    results[index] = value
-                else:
-                    fail(value)
-
-    threads = [threading.Thread(target=drive, daemon=True) for _ in range(n - 1)]
-    for thread in threads:
-        thread.start()
-    try:
-        while (item := take()) is not None:
-            index, task = item
-            results[index] = _save(*task)
-    except BaseException:
-        stop.set()  # the workers stop after their current figure
-        raise
-    finally:
-        for thread in threads:
-            thread.join()
-    if errors:
-        raise errors[0]
-    return results
+def figure_tasks(
+    jobs: Sequence[FigureJob], directory: str | os.PathLike[str], precisions: Mapping[str, str] | None = None
+) -> list[Task]:
+    """One :class:`~kernelattn.viz.workers.Task` per job, writing ``<directory>/<stem>.png`` and ``.pdf``
+    (``directory`` created) and returning their paths: :func:`save_figures`'s work, to run with
+    :func:`kernelattn.viz.workers.run_tasks` beside other tasks (the report)."""
+    directory = Path(directory)
+    return [Task(job.stem, _save, (job, directory / job.stem, (precisions or {}).get(job.stem))) for job in jobs]
 
 
 def save_figures(
@@ -355,15 +236,11 @@ def save_figures(
       directory: where the files go (created).
       precisions: stem → the matmul precision policy of its records, for the files' metadata
         (see ``style.save_figure``).
-      workers: processes drawing at once, this one included (default :func:`default_workers`); 1 draws
-        every figure here.
+      workers: processes drawing at once, this one included (default
+        :func:`kernelattn.viz.workers.default_workers`); 1 draws every figure here.
 
     Raises:
       The first exception a figure raised (in a worker: the same exception, raised here).
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tasks = [(job, directory / job.stem, (precisions or {}).get(job.stem)) for job in jobs]
-    n = default_workers(len(tasks)) if workers is None else max(1, min(workers, len(tasks)))
-    drawn = [_save(*task) for task in tasks] if n == 1 else _draw_in_workers(tasks, n)
+    drawn = run_tasks(figure_tasks(jobs, directory, precisions), workers)
     return [path for paths in drawn for path in paths]

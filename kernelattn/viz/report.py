@@ -10,6 +10,7 @@ report's last section (``report_tables.RefBook``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -43,7 +44,7 @@ from kernelattn.viz.report_tables import (
     width_table,
 )
 
-__all__ = ["FIGURE_SUFFIXES", "artifact_rank", "claims_table", "render_report", "store_order"]
+__all__ = ["FIGURE_SUFFIXES", "artifact_rank", "claims_table", "render_report", "store_order", "write_report"]
 
 #: Figure file stems are ``<store>_<suffix>`` (see ``kernelattn.viz.figures.figure_jobs``), linked in this order.
 FIGURE_SUFFIXES = (
@@ -467,3 +468,17 @@ def render_report(
             lines += [f"### `{store}` per width", "", width_table(summary[summary["store"] == store], refs), ""]
     lines += ["## Record keys", "", refs.render(), ""]
     return "\n".join(lines)
+
+
+def write_report(
+    path: str | os.PathLike[str],
+    frames: Frames,
+    figures: Mapping[str, str] | None = None,
+    captions: Mapping[str, str] | None = None,
+) -> Path:
+    """Write :func:`render_report` to ``path`` (through a temporary file beside it, then renamed); ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(render_report(frames, figures, captions), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
